@@ -1,0 +1,57 @@
+// Plan: how a training step is laid out on the rank grid (DP x TP x PP, micro-batches, schedule, memory savers).
+// Names follow Megatron-LM's flags (see tools/ for the aliases).
+#pragma once
+
+#include "model/gpu_spec.hpp"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace cuboid::model {
+
+enum class Schedule { GPipe, OneFOneB, Interleaved };
+enum class Recompute { None, Selective, Full };
+
+struct Plan {
+  int tp = 1;
+  int pp = 1;
+  int dp = 1;
+  int vp = 1;                       // model chunks per pipeline rank; > 1 means the interleaved schedule
+  std::int64_t micro_batch_size = 1;
+  std::int64_t global_batch_size = 1;
+  Schedule schedule = Schedule::OneFOneB;
+  Recompute recompute = Recompute::None;
+  bool sequence_parallel = false;
+  bool distributed_optimizer = false;   // ZeRO-1 style optimizer-state sharding over DP (Megatron)
+  Precision precision = Precision::Bf16;
+  bool overlap_grad_reduce = true;      // DP gradient all-reduce overlaps backward (bucketed)
+  double grad_bucket_bytes = 40e6 * 4;  // Megatron default bucket: 40M parameters (fp32 main grads)
+  // Uneven pipelines (Megatron --decoder-first/last-pipeline-num-layers); 0 = even split.
+  int first_stage_layers = 0;
+  int last_stage_layers = 0;
+
+  [[nodiscard]] int world_size() const { return tp * pp * dp; }
+  /// Micro-batches per step per DP replica: global / (micro * dp).
+  [[nodiscard]] std::int64_t num_microbatches() const { return global_batch_size / (micro_batch_size * dp); }
+};
+
+std::string to_string(Schedule schedule);
+std::string to_string(Recompute recompute);
+std::string to_string(Precision precision);
+Schedule parse_schedule(const std::string& text, const std::string& where);
+Recompute parse_recompute(const std::string& text, const std::string& where);
+Precision parse_precision(const std::string& text, const std::string& where);
+
+/// Number of layers held by each pipeline stage (size pp), honouring first/last overrides.
+/// Throws InfeasibleError when layers cannot be split as asked.
+std::vector<int> layers_per_stage(const Plan& plan, std::int64_t num_layers);
+
+struct ModelSpec;
+struct ClusterSpec;
+/// Checks plan against model and cluster: tp divides heads and query groups, tp*pp*dp == num_gpus, global batch
+/// divisible by micro*dp, vp valid for the schedule, layers divisible... Throws InputError for malformed values
+/// (non-positive sizes) and InfeasibleError for well-formed plans that cannot run, both naming the field.
+void validate(const Plan& plan, const ModelSpec& model, const ClusterSpec& cluster, const std::string& where);
+
+} // namespace cuboid::model

@@ -1,0 +1,90 @@
+// RankGrid implementation: Megatron "tp-dp-pp" order, see rank_grid.hpp for the worked example.
+#include "model/rank_grid.hpp"
+
+#include "model/errors.hpp"
+
+namespace cuboid::model {
+
+RankGrid::RankGrid(int tp_size, int dp_size, int pp_size) : tp_(tp_size), dp_(dp_size), pp_(pp_size) {
+  CUBOID_ASSERT(tp_ > 0 && dp_ > 0 && pp_ > 0, "rank grid sizes must be positive: tp={} dp={} pp={}", tp_, dp_, pp_);
+}
+
+int RankGrid::rank_of(const RankCoord& coord) const {
+  CUBOID_ASSERT(coord.tp_rank >= 0 && coord.tp_rank < tp_ && coord.dp_rank >= 0 && coord.dp_rank < dp_ &&
+                    coord.pp_rank >= 0 && coord.pp_rank < pp_,
+                "coordinate out of grid: tp={} dp={} pp={}", coord.tp_rank, coord.dp_rank, coord.pp_rank);
+  return coord.tp_rank + tp_ * (coord.dp_rank + dp_ * coord.pp_rank);
+}
+
+RankCoord RankGrid::coord_of(int rank) const {
+  CUBOID_ASSERT(rank >= 0 && rank < world_size(), "rank {} outside world of {}", rank, world_size());
+  RankCoord coord;
+  coord.tp_rank = rank % tp_;
+  coord.dp_rank = (rank / tp_) % dp_;
+  coord.pp_rank = rank / (tp_ * dp_);
+  return coord;
+}
+
+std::vector<int> RankGrid::tp_group(int rank) const {
+  RankCoord coord = coord_of(rank);
+  std::vector<int> members;
+  members.reserve(static_cast<std::size_t>(tp_));
+  for (int tp_rank = 0; tp_rank < tp_; ++tp_rank) {
+    coord.tp_rank = tp_rank;
+    members.push_back(rank_of(coord));
+  }
+  return members;
+}
+
+std::vector<int> RankGrid::dp_group(int rank) const {
+  RankCoord coord = coord_of(rank);
+  std::vector<int> members;
+  members.reserve(static_cast<std::size_t>(dp_));
+  for (int dp_rank = 0; dp_rank < dp_; ++dp_rank) {
+    coord.dp_rank = dp_rank;
+    members.push_back(rank_of(coord));
+  }
+  return members;
+}
+
+std::vector<int> RankGrid::pp_group(int rank) const {
+  RankCoord coord = coord_of(rank);
+  std::vector<int> members;
+  members.reserve(static_cast<std::size_t>(pp_));
+  for (int pp_rank = 0; pp_rank < pp_; ++pp_rank) {
+    coord.pp_rank = pp_rank;
+    members.push_back(rank_of(coord));
+  }
+  return members;
+}
+
+namespace {
+template <typename GroupOf>
+std::vector<std::vector<int>> collect_groups(int world_size, GroupOf group_of) {
+  std::vector<std::vector<int>> groups;
+  std::vector<bool> seen(static_cast<std::size_t>(world_size), false);
+  for (int rank = 0; rank < world_size; ++rank) {
+    if (seen[static_cast<std::size_t>(rank)]) {
+      continue;
+    }
+    std::vector<int> members = group_of(rank);
+    for (int member : members) {
+      seen[static_cast<std::size_t>(member)] = true;
+    }
+    groups.push_back(std::move(members));
+  }
+  return groups;
+}
+} // namespace
+
+std::vector<std::vector<int>> RankGrid::all_tp_groups() const {
+  return collect_groups(world_size(), [this](int rank) { return tp_group(rank); });
+}
+std::vector<std::vector<int>> RankGrid::all_dp_groups() const {
+  return collect_groups(world_size(), [this](int rank) { return dp_group(rank); });
+}
+std::vector<std::vector<int>> RankGrid::all_pp_groups() const {
+  return collect_groups(world_size(), [this](int rank) { return pp_group(rank); });
+}
+
+} // namespace cuboid::model

@@ -1,0 +1,51 @@
+// RankGrid: the DP x TP x PP process grid in Megatron order ("tp-dp-pp": TP varies fastest, then DP, then PP).
+//
+//   rank = tp_rank + tp * (dp_rank + dp * pp_rank)
+//
+// Worked example, tp=2 dp=2 pp=2 (8 ranks):
+//   TP groups  {0,1} {2,3} {4,5} {6,7}     (neighbours: inside one node when tp <= gpus per node)
+//   DP groups  {0,2} {1,3} {4,6} {5,7}
+//   PP groups  {0,4} {1,5} {2,6} {3,7}
+// This matches Megatron-LM's RankGenerator with order "tp-dp-pp" (megatron/core/parallel_state.py).
+#pragma once
+
+#include <vector>
+
+namespace cuboid::model {
+
+struct RankCoord {
+  int tp_rank = 0;
+  int dp_rank = 0;
+  int pp_rank = 0;
+  bool operator==(const RankCoord&) const = default;
+};
+
+class RankGrid {
+public:
+  RankGrid(int tp_size, int dp_size, int pp_size);
+
+  [[nodiscard]] int get_tp_size() const { return tp_; }
+  [[nodiscard]] int get_dp_size() const { return dp_; }
+  [[nodiscard]] int get_pp_size() const { return pp_; }
+  [[nodiscard]] int world_size() const { return tp_ * dp_ * pp_; }
+
+  [[nodiscard]] int rank_of(const RankCoord& coord) const;
+  [[nodiscard]] RankCoord coord_of(int rank) const;
+
+  /// Members of the group containing `rank`, in increasing group-rank order.
+  [[nodiscard]] std::vector<int> tp_group(int rank) const;
+  [[nodiscard]] std::vector<int> dp_group(int rank) const;
+  [[nodiscard]] std::vector<int> pp_group(int rank) const;
+
+  /// All groups of a kind (each a sorted member list), in order of their lowest rank.
+  [[nodiscard]] std::vector<std::vector<int>> all_tp_groups() const;
+  [[nodiscard]] std::vector<std::vector<int>> all_dp_groups() const;
+  [[nodiscard]] std::vector<std::vector<int>> all_pp_groups() const;
+
+private:
+  int tp_;
+  int dp_;
+  int pp_;
+};
+
+} // namespace cuboid::model

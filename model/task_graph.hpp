@@ -1,0 +1,147 @@
+// TaskGraph: the IR at the centre of cuboid. One DAG per training step of forward / backward compute, TP collectives
+// (inside compute blocks), PP send/recv, DP gradient collectives and the optimizer step, with memory effects.
+// Built by build_step_graph() (step_builder.hpp); replayed by sim/, lowered to per-rank programs by exec/.
+// Edges are data and ordering dependencies: a schedule (GPipe, 1F1B, interleaved) is just edges.
+#pragma once
+
+#include "model/gpu_spec.hpp"
+#include "model/model_spec.hpp"
+#include "model/plan.hpp"
+
+#include <boost/graph/adjacency_list.hpp>
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace cuboid::model {
+
+using TaskId = std::uint32_t;
+
+enum class TaskKind { Compute, Collective, P2P, Optimizer };
+enum class Phase { Forward, Backward, None };
+/// Streams a rank executes on; tasks on one stream of one rank run one at a time, in readiness order.
+enum class Stream { Compute, TpComm, DpComm, PpComm };
+constexpr int NUM_STREAMS = 4;
+enum class CollectiveKind { AllReduce, ReduceScatter, AllGather, AllToAll };
+enum class GroupKind { Tp, Dp, Pp };
+
+/// Memory tags of DESIGN.md; index into MemBytes.
+enum class MemTag { Weights, Grads, Optimizer, Activations, Workspace, CommBuffers };
+constexpr int NUM_MEM_TAGS = 6;
+using MemBytes = std::array<double, NUM_MEM_TAGS>;
+
+enum class OpKind { Gemm, Attention, Elementwise, Norm, Embedding, Loss, TpCollective };
+
+/// One kernel-level operation inside a compute block, sized for one rank (one TP shard).
+struct Op {
+  std::string name;          // "qkv", "attn", "proj", "fc1", "act", "fc2", "ln1", "ln2", "embed", "logits", "loss"
+  OpKind kind = OpKind::Gemm;
+  // GEMM: C(M,N) = A(M,K) * B(K,N), repeated `batch` times. Attention: M = N = seq, K = head_dim, batch = b*heads.
+  std::int64_t m = 0;
+  std::int64_t n = 0;
+  std::int64_t k = 0;
+  std::int64_t batch = 1;
+  double flops = 0.0;        // per rank
+  double hbm_bytes = 0.0;    // minimal bytes through HBM per rank (inputs read once, outputs written once)
+  bool recompute = false;    // a recomputed forward op inside backward: counted in hardware FLOPs only
+  CollectiveKind collective = CollectiveKind::AllReduce; // TpCollective only
+  double msg_bytes = 0.0;    // TpCollective only: per-rank buffer (all-reduce input / all-gather output)
+};
+
+/// The ops of one compute task (e.g. one layer's forward for one micro-batch). Shared by identical tasks.
+struct OpBlock {
+  std::string name;          // "layer.fwd", "layer.bwd", "embed.fwd", "head.bwd", ...
+  std::vector<Op> ops;
+  double model_flops = 0.0;  // per rank, excludes recompute
+  double hw_flops = 0.0;     // per rank, includes recompute
+};
+
+struct Task {
+  TaskKind kind = TaskKind::Compute;
+  Phase phase = Phase::None;
+  Stream stream = Stream::Compute;
+  int rank = 0;              // executing rank (representative in rank-class mode); P2P: the sender
+  int peer = -1;             // P2P: the receiver
+  int stage = 0;             // pipeline rank
+  int chunk = 0;             // model chunk (virtual stage) on this pipeline rank
+  int microbatch = -1;       // -1 when not per micro-batch
+  int layer = -1;            // global layer index; -1 for non-layer tasks
+  std::int32_t block = -1;   // Compute/Optimizer: index into TaskGraph::blocks()
+  // Collective and P2P:
+  CollectiveKind collective = CollectiveKind::AllReduce;
+  GroupKind group = GroupKind::Dp;
+  std::int32_t group_index = -1; // Collective: index into TaskGraph::groups() (materialised members)
+  int group_size = 1;            // full group size (the same in both instantiations)
+  double msg_bytes = 0.0;        // Collective: per-rank buffer; P2P: message size
+  // Memory effects on `rank` (and for P2P recv buffers on `peer`): applied at start / end of the task.
+  MemBytes alloc_at_start{};
+  MemBytes free_at_end{};
+};
+
+enum class Instantiation { AllRanks, RankClasses };
+
+/// A materialised rank. In rank-class mode one representative per pipeline stage stands for `multiplicity` ranks.
+struct RankInfo {
+  int rank = 0;
+  int stage = 0;
+  double multiplicity = 1.0;
+  MemBytes static_bytes{};   // allocated before the step: weights, grads, optimizer state, comm buffers
+};
+
+class TaskGraph {
+public:
+  using Graph = boost::adjacency_list<boost::vecS, boost::vecS, boost::bidirectionalS>;
+
+  TaskGraph(ModelSpec model, ClusterSpec cluster, Plan plan, Instantiation instantiation);
+
+  TaskId add_task(const Task& task);
+  /// `to` may start only after `from` has finished.
+  void add_edge(TaskId from, TaskId to);
+  std::int32_t add_block(OpBlock block);
+  std::int32_t add_group(std::vector<int> members);
+  void add_rank(const RankInfo& info);
+
+  [[nodiscard]] std::size_t num_tasks() const { return tasks_.size(); }
+  [[nodiscard]] std::size_t num_edges() const { return boost::num_edges(graph_); }
+  [[nodiscard]] const Task& task(TaskId id) const { return tasks_[id]; }
+  [[nodiscard]] const std::vector<Task>& tasks() const { return tasks_; }
+  [[nodiscard]] const Graph& graph() const { return graph_; }
+  [[nodiscard]] const std::vector<OpBlock>& blocks() const { return blocks_; }
+  [[nodiscard]] const std::vector<std::vector<int>>& groups() const { return groups_; }
+  [[nodiscard]] const std::vector<RankInfo>& ranks() const { return ranks_; }
+  /// Position of `rank` in ranks(), or -1 if it is not materialised.
+  [[nodiscard]] int rank_index(int rank) const;
+
+  [[nodiscard]] const ModelSpec& get_model() const { return model_; }
+  [[nodiscard]] const ClusterSpec& get_cluster() const { return cluster_; }
+  [[nodiscard]] const Plan& get_plan() const { return plan_; }
+  [[nodiscard]] Instantiation get_instantiation() const { return instantiation_; }
+
+  /// Whole-step FLOPs summed over all ranks (model: no recompute; hardware: with recompute).
+  double model_flops_per_step = 0.0;
+  double hw_flops_per_step = 0.0;
+
+  /// Human-readable, stable label: "fwd L5 mb3 s0c0 r0", "dp.allreduce b2 r0", "send mb3 s0->s1".
+  [[nodiscard]] std::string label(TaskId id) const;
+
+private:
+  ModelSpec model_;
+  ClusterSpec cluster_;
+  Plan plan_;
+  Instantiation instantiation_;
+  Graph graph_;
+  std::vector<Task> tasks_;
+  std::vector<OpBlock> blocks_;
+  std::vector<std::vector<int>> groups_;
+  std::vector<RankInfo> ranks_;
+  std::vector<int> rank_index_; // world rank -> position in ranks_, -1 if absent
+};
+
+std::string to_string(TaskKind kind);
+std::string to_string(MemTag tag);
+std::string to_string(Stream stream);
+std::string to_string(CollectiveKind kind);
+
+} // namespace cuboid::model
