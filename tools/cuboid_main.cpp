@@ -1,1 +1,47 @@
-int main() { return 0; }
+// cuboid: plan, predict and run DP x TP x PP training of large language models. This is only the CLI11 front end:
+// every command lives in tools/cmd_*.cpp and calls the libraries. Exit codes: 0 answer, 2 bad input, 1 failure.
+#include "model/errors.hpp"
+#include "tools/commands.hpp"
+
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <exception>
+
+namespace {
+constexpr int EXIT_BAD_INPUT = 2;
+constexpr int EXIT_FAILURE_INTERNAL = 1;
+} // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"cuboid: predict, search and run DP x TP x PP training plans for large language models"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "cuboid 0.1.0");
+  cuboid::tools::Action action;
+  try {
+    cuboid::tools::add_simulate_command(app, action);
+    cuboid::tools::add_list_command(app, action);
+    try {
+      app.parse(argc, argv);
+    } catch (const CLI::CallForHelp& e) {
+      return app.exit(e);
+    } catch (const CLI::CallForAllHelp& e) {
+      return app.exit(e);
+    } catch (const CLI::CallForVersion& e) {
+      return app.exit(e);
+    } catch (const CLI::ParseError& e) {
+      std::fputs(fmt::format("cuboid: error: command line: {}\n", e.what()).c_str(), stderr);
+      return EXIT_BAD_INPUT;
+    }
+    return action ? action() : EXIT_BAD_INPUT;
+  } catch (const cuboid::InputError& e) {
+    std::fputs(fmt::format("cuboid: error: {}\n", e.what()).c_str(), stderr);
+    return EXIT_BAD_INPUT;
+  } catch (const cuboid::InfeasibleError& e) {
+    std::fputs(fmt::format("cuboid: infeasible: {}\n", e.what()).c_str(), stderr);
+    return EXIT_BAD_INPUT;
+  } catch (const std::exception& e) {
+    std::fputs(fmt::format("cuboid: failed: {}\n", e.what()).c_str(), stderr);
+    return EXIT_FAILURE_INTERNAL;
+  }
+}

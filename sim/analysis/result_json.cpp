@@ -1,0 +1,241 @@
+// JSON, CSV and table views of a SimResult; the key names are the interface of `simulate --json` and `search --csv`.
+#include "sim/analysis/result_json.hpp"
+
+#include <fmt/format.h>
+
+#include <array>
+
+namespace cuboid::sim::analysis {
+
+namespace {
+constexpr double GB = 1e9;
+
+const std::array<std::string, model::NUM_MEM_TAGS> MEM_KEYS = {"weights",    "grads",     "optimizer",
+                                                                 "activations", "workspace", "comm_buffers"};
+
+nlohmann::json memory_to_json(const model::MemBytes& bytes) {
+  nlohmann::json out = nlohmann::json::object();
+  double total = 0.0;
+  for (std::size_t tag = 0; tag < bytes.size(); ++tag) {
+    out[MEM_KEYS[tag]] = bytes[tag];
+    total += bytes[tag];
+  }
+  out["total"] = total;
+  return out;
+}
+
+std::string csv_number(double value) { return fmt::format("{:.6g}", value); }
+} // namespace
+
+nlohmann::json plan_to_json(const model::Plan& plan) {
+  return nlohmann::json{{"tp", plan.tp},
+                        {"pp", plan.pp},
+                        {"dp", plan.dp},
+                        {"vp", plan.vp},
+                        {"micro_batch_size", plan.micro_batch_size},
+                        {"global_batch_size", plan.global_batch_size},
+                        {"num_microbatches", plan.num_microbatches()},
+                        {"schedule", model::to_string(plan.schedule)},
+                        {"recompute", model::to_string(plan.recompute)},
+                        {"sequence_parallel", plan.sequence_parallel},
+                        {"distributed_optimizer", plan.distributed_optimizer},
+                        {"precision", model::to_string(plan.precision)},
+                        {"overlap_grad_reduce", plan.overlap_grad_reduce},
+                        {"first_stage_layers", plan.first_stage_layers},
+                        {"last_stage_layers", plan.last_stage_layers}};
+}
+
+nlohmann::json model_to_json(const model::ModelSpec& spec) {
+  return nlohmann::json{{"name", spec.name},
+                        {"num_layers", spec.num_layers},
+                        {"hidden_size", spec.hidden_size},
+                        {"num_attention_heads", spec.num_attention_heads},
+                        {"num_query_groups", spec.num_query_groups},
+                        {"ffn_hidden_size", spec.ffn_hidden_size},
+                        {"vocab_size", spec.vocab_size},
+                        {"seq_length", spec.seq_length},
+                        {"gated_mlp", spec.gated_mlp},
+                        {"tied_embeddings", spec.tied_embeddings},
+                        {"num_parameters", spec.num_parameters()},
+                        {"source", spec.source}};
+}
+
+nlohmann::json cluster_to_json(const model::ClusterSpec& cluster) {
+  return nlohmann::json{{"system", cluster.name},
+                        {"gpu", cluster.gpu.name},
+                        {"num_gpus", cluster.num_gpus},
+                        {"gpus_per_node", cluster.gpus_per_node},
+                        {"nvlink_bw_bytes_per_s", cluster.nvlink_bw_bytes_per_s},
+                        {"nic_bw_bytes_per_s", cluster.nic_bw_bytes_per_s},
+                        {"source", cluster.source}};
+}
+
+nlohmann::json result_to_json(const SimResult& result) {
+  nlohmann::json out;
+  out["step_time_s"] = result.step_time_s;
+  out["tokens_per_s"] = result.tokens_per_s;
+  out["tokens_per_s_per_gpu"] = result.tokens_per_s_per_gpu;
+  out["tflops_per_gpu"] = result.model_tflops_per_gpu;
+  out["hw_tflops_per_gpu"] = result.hw_tflops_per_gpu;
+  out["mfu"] = result.mfu;
+  out["bubble_fraction"] = result.bubble_fraction;
+  out["peak_memory_bytes"] = result.peak_memory_bytes;
+  out["peak_memory_rank"] = result.peak_memory_rank;
+  out["hbm_bytes"] = result.hbm_bytes;
+  out["fits"] = result.fits;
+  if (!result.fits) {
+    out["oom_reason"] = result.oom_reason;
+  }
+  const Breakdown& b = result.breakdown;
+  out["breakdown"] = nlohmann::json{{"compute_s", b.compute_s},
+                                    {"recompute_s", b.recompute_s},
+                                    {"tp_comm_exposed_s", b.tp_comm_exposed_s},
+                                    {"pp_comm_exposed_s", b.pp_comm_exposed_s},
+                                    {"dp_comm_exposed_s", b.dp_comm_exposed_s},
+                                    {"bubble_s", b.bubble_s},
+                                    {"optimizer_s", b.optimizer_s}};
+  out["bottleneck_rank"] = result.bottleneck_rank;
+  out["memory"] = memory_to_json(result.peak_memory_breakdown);
+  return out;
+}
+
+nlohmann::json simulation_to_json(const model::TaskGraph& graph, const model::CostModel& cost,
+                                  const SimResult& result) {
+  nlohmann::json out;
+  out["plan"] = plan_to_json(graph.get_plan());
+  out["model"] = model_to_json(graph.get_model());
+  out["cluster"] = cluster_to_json(graph.get_cluster());
+  out.update(result_to_json(result));
+  out["instantiation"] = graph.get_instantiation() == model::Instantiation::AllRanks ? "all-ranks" : "rank-classes";
+  out["num_tasks"] = graph.num_tasks();
+  out["num_events"] = result.num_events;
+  std::vector<std::string> assumptions = graph.get_cluster().assumptions;
+  for (const auto& line : cost.assumptions()) {
+    assumptions.push_back(line);
+  }
+  out["assumptions"] = assumptions;
+  return out;
+}
+
+std::vector<std::string> csv_header() {
+  return {"tp",
+          "pp",
+          "dp",
+          "vp",
+          "micro_batch_size",
+          "global_batch_size",
+          "schedule",
+          "recompute",
+          "sequence_parallel",
+          "distributed_optimizer",
+          "precision",
+          "step_time_s",
+          "tokens_per_s",
+          "tokens_per_s_per_gpu",
+          "tflops_per_gpu",
+          "hw_tflops_per_gpu",
+          "mfu",
+          "bubble_fraction",
+          "peak_memory_bytes",
+          "hbm_bytes",
+          "fits",
+          "breakdown.compute_s",
+          "breakdown.recompute_s",
+          "breakdown.tp_comm_exposed_s",
+          "breakdown.pp_comm_exposed_s",
+          "breakdown.dp_comm_exposed_s",
+          "breakdown.bubble_s",
+          "breakdown.optimizer_s"};
+}
+
+std::vector<std::string> csv_row(const model::Plan& plan, const SimResult& result) {
+  const Breakdown& b = result.breakdown;
+  return {std::to_string(plan.tp),
+          std::to_string(plan.pp),
+          std::to_string(plan.dp),
+          std::to_string(plan.vp),
+          std::to_string(plan.micro_batch_size),
+          std::to_string(plan.global_batch_size),
+          model::to_string(plan.schedule),
+          model::to_string(plan.recompute),
+          plan.sequence_parallel ? "true" : "false",
+          plan.distributed_optimizer ? "true" : "false",
+          model::to_string(plan.precision),
+          csv_number(result.step_time_s),
+          csv_number(result.tokens_per_s),
+          csv_number(result.tokens_per_s_per_gpu),
+          csv_number(result.model_tflops_per_gpu),
+          csv_number(result.hw_tflops_per_gpu),
+          csv_number(result.mfu),
+          csv_number(result.bubble_fraction),
+          csv_number(result.peak_memory_bytes),
+          csv_number(result.hbm_bytes),
+          result.fits ? "true" : "false",
+          csv_number(b.compute_s),
+          csv_number(b.recompute_s),
+          csv_number(b.tp_comm_exposed_s),
+          csv_number(b.pp_comm_exposed_s),
+          csv_number(b.dp_comm_exposed_s),
+          csv_number(b.bubble_s),
+          csv_number(b.optimizer_s)};
+}
+
+std::string format_summary(const model::TaskGraph& graph, const model::CostModel& cost, const SimResult& result) {
+  const model::Plan& plan = graph.get_plan();
+  const model::ModelSpec& spec = graph.get_model();
+  const model::ClusterSpec& cluster = graph.get_cluster();
+  std::string out;
+  out += fmt::format("# model    {} ({:.1f} B parameters, {} layers, hidden {}, seq {})\n", spec.name,
+                     spec.num_parameters() / GB, spec.num_layers, spec.hidden_size, spec.seq_length);
+  out += fmt::format("# cluster  {} x {} ({} per node, system {})\n", cluster.num_gpus, cluster.gpu.name,
+                     cluster.gpus_per_node, cluster.name);
+  out += fmt::format("# plan     tp={} pp={} dp={} vp={} mbs={} gbs={} ({} micro-batches) schedule={} recompute={} "
+                     "sp={} dist-opt={} {}\n",
+                     plan.tp, plan.pp, plan.dp, plan.vp, plan.micro_batch_size, plan.global_batch_size,
+                     plan.num_microbatches(), model::to_string(plan.schedule), model::to_string(plan.recompute),
+                     plan.sequence_parallel ? "on" : "off", plan.distributed_optimizer ? "on" : "off",
+                     model::to_string(plan.precision));
+  out += "#\n";
+  out += fmt::format("# {:>12} {:>14} {:>12} {:>10} {:>8} {:>9} {:>11} {:>6}\n", "step", "tokens/s", "tokens/s/gpu",
+                     "TFLOP/s", "MFU", "bubble", "peak mem", "fits");
+  out += fmt::format("# {:>12} {:>14} {:>12} {:>10} {:>8} {:>9} {:>11} {:>6}\n", "(s)", "(1/s)", "(1/s)",
+                     "(/gpu)", "(%)", "(%)", "(GB)", "");
+  out += fmt::format("  {:>12.4f} {:>14.4g} {:>12.1f} {:>10.1f} {:>8.1f} {:>9.1f} {:>11.2f} {:>6}\n",
+                     result.step_time_s, result.tokens_per_s, result.tokens_per_s_per_gpu,
+                     result.model_tflops_per_gpu, 100.0 * result.mfu, 100.0 * result.bubble_fraction,
+                     result.peak_memory_bytes / GB, result.fits ? "yes" : "NO");
+  if (!result.fits) {
+    out += fmt::format("\nDOES NOT FIT: {}\n", result.oom_reason);
+  }
+  const Breakdown& b = result.breakdown;
+  const double step = result.step_time_s > 0.0 ? result.step_time_s : 1.0;
+  out += fmt::format("\n# time breakdown on the bottleneck rank {} (s, % of step)\n", result.bottleneck_rank);
+  const std::array<std::pair<const char*, double>, 7> parts = {{{"compute", b.compute_s},
+                                                                {"recompute", b.recompute_s},
+                                                                {"tp comm (exposed)", b.tp_comm_exposed_s},
+                                                                {"pp comm (exposed)", b.pp_comm_exposed_s},
+                                                                {"dp comm (exposed)", b.dp_comm_exposed_s},
+                                                                {"pipeline bubble", b.bubble_s},
+                                                                {"optimizer", b.optimizer_s}}};
+  for (const auto& [name, seconds] : parts) {
+    out += fmt::format("  {:<20} {:>10.4f} {:>6.1f}%\n", name, seconds, 100.0 * seconds / step);
+  }
+  out += fmt::format("\n# memory on rank {} at its peak (GB; HBM {:.1f} GB)\n", result.peak_memory_rank,
+                     result.hbm_bytes / GB);
+  double total = 0.0;
+  for (std::size_t tag = 0; tag < result.peak_memory_breakdown.size(); ++tag) {
+    out += fmt::format("  {:<20} {:>10.2f}\n", MEM_KEYS[tag], result.peak_memory_breakdown[tag] / GB);
+    total += result.peak_memory_breakdown[tag];
+  }
+  out += fmt::format("  {:<20} {:>10.2f}\n", "total", total / GB);
+  out += "\n# assumptions (override with flags or --profile FILE)\n";
+  for (const auto& line : graph.get_cluster().assumptions) {
+    out += fmt::format("  - {}\n", line);
+  }
+  for (const auto& line : cost.assumptions()) {
+    out += fmt::format("  - {}\n", line);
+  }
+  return out;
+}
+
+} // namespace cuboid::sim::analysis

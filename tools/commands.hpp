@@ -1,0 +1,17 @@
+// Sub-command registration for the `cuboid` CLI. Each add_*_command registers its flags on `app` and sets `action`
+// to the function that runs it after parsing. Actions return the process exit code and may throw InputError
+// (exit 2) or InfeasibleError (exit 2); cuboid_main.cpp maps exceptions to exit codes.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+
+namespace cuboid::tools {
+
+using Action = std::function<int()>;
+
+void add_simulate_command(CLI::App& app, Action& action);
+void add_list_command(CLI::App& app, Action& action);
+
+} // namespace cuboid::tools

@@ -1,0 +1,238 @@
+// Shared model/cluster/plan flags and their resolution into a validated Scenario (see plan_options.hpp).
+#include "tools/plan_options.hpp"
+
+#include "model/errors.hpp"
+#include "model/hardware_catalog.hpp"
+#include "model/model_catalog.hpp"
+
+#include <fmt/format.h>
+#include <yaml-cpp/yaml.h>
+
+#include <filesystem>
+
+namespace cuboid::tools {
+
+namespace {
+constexpr const char* WHERE = "command line";
+
+// The built-in default job: GPT-3 175B on 1024 A100-80GB with the layout of Narayanan et al. SC21 section 5.1
+// (TP8 within a node, PP16, global batch 1536, micro-batch 1).
+constexpr int DEFAULT_NUM_GPUS = 1024;
+constexpr int DEFAULT_TP = 8;
+constexpr int DEFAULT_PP = 16;
+constexpr std::int64_t DEFAULT_GBS = 1536;
+constexpr const char* DEFAULT_MODEL = "gpt3-175b";
+constexpr const char* DEFAULT_GPU = "a100-80gb";
+// Without a scenario: micro-batches per step default to 4 x pp so that the pipeline has work to overlap.
+constexpr std::int64_t DEFAULT_MICROBATCHES_PER_STAGE = 4;
+
+bool ends_with(const std::string& text, const std::string& suffix) {
+  return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+bool is_scenario_file(const std::string& path) {
+  if (!(ends_with(path, ".yaml") || ends_with(path, ".yml")) || !std::filesystem::exists(path)) {
+    return false;
+  }
+  try {
+    const YAML::Node root = YAML::LoadFile(path);
+    return root.IsMap() && (root["plan"] || root["cluster"]);
+  } catch (const YAML::Exception&) {
+    return false; // load_model reports the parse error with file and line
+  }
+}
+
+void require_positive(const char* flag, std::int64_t value) {
+  if (value <= 0) {
+    throw InputError(input_message(WHERE, flag, fmt::format("{} must be a positive integer", value)));
+  }
+}
+
+bool any_plan_flag(const PlanFlags& p) {
+  return p.tp || p.pp || p.dp || p.vp || p.micro_batch_size || p.global_batch_size || p.first_stage_layers ||
+         p.last_stage_layers;
+}
+} // namespace
+
+void add_model_flags(CLI::App& app, ModelFlags& flags) {
+  app.add_option("--model", flags.model,
+                 "Model: catalog name (cuboid list models), HF config.json, model YAML or scenario YAML")
+      ->capture_default_str();
+  app.add_option("--num-layers", flags.num_layers, "Override: transformer layers");
+  app.add_option("--hidden-size", flags.hidden_size, "Override: hidden size");
+  app.add_option("--num-attention-heads", flags.num_attention_heads, "Override: attention heads");
+  app.add_option("--num-query-groups", flags.num_query_groups, "Override: KV heads (GQA)");
+  app.add_option("--ffn-hidden-size", flags.ffn_hidden_size, "Override: MLP hidden size");
+  app.add_option("--vocab-size,--padded-vocab-size", flags.vocab_size, "Override: vocabulary size");
+  app.add_option("--seq-length", flags.seq_length, "Override: training sequence length");
+}
+
+void add_cluster_flags(CLI::App& app, ClusterFlags& flags) {
+  app.add_option("--gpu", flags.gpu, "GPU type (cuboid list gpus); picks the matching DGX system");
+  app.add_option("--system", flags.system, "System (cuboid list systems), e.g. dgx-a100, dgx-h100");
+  app.add_option("--num-gpus,--world-size", flags.num_gpus, "World size (GPUs)");
+  app.add_option("--gpus-per-node", flags.gpus_per_node, "GPUs per node (default: the system's)");
+  app.add_option("--profile", flags.profile, "Cost profile YAML (scenarios/profiles/, or from cuboid calibrate)");
+}
+
+void add_plan_flags(CLI::App& app, PlanFlags& flags) {
+  app.add_option("--tp,--tensor-model-parallel-size", flags.tp, "Tensor-parallel size");
+  app.add_option("--pp,--pipeline-model-parallel-size", flags.pp, "Pipeline-parallel size");
+  app.add_option("--dp,--data-parallel-size", flags.dp, "Data-parallel size (default num-gpus / (tp*pp))");
+  app.add_option("--vp,--num-virtual-stages-per-pipeline-rank,--virtual-pipeline-model-parallel-size", flags.vp,
+                 "Model chunks per pipeline rank (>1: interleaved 1F1B)");
+  app.add_option("--micro-batch-size,--mbs", flags.micro_batch_size, "Micro-batch size (sequences)");
+  app.add_option("--global-batch-size,--gbs", flags.global_batch_size, "Global batch size (sequences)");
+  app.add_option("--schedule", flags.schedule, "Pipeline schedule: gpipe, 1f1b, interleaved");
+  app.add_option("--recompute,--recompute-granularity", flags.recompute, "Recompute: none, selective, full");
+  app.add_option("--precision", flags.precision, "bf16, fp16 or fp8");
+  app.add_flag("--sequence-parallel", flags.sequence_parallel, "Megatron sequence parallelism");
+  app.add_flag("--distributed-optimizer,--use-distributed-optimizer", flags.distributed_optimizer,
+               "Shard optimizer state over DP (ZeRO-1)");
+  app.add_flag("--no-overlap-grad-reduce", flags.no_overlap_grad_reduce,
+               "Run the DP gradient reduction after backward instead of overlapping it");
+  app.add_option("--decoder-first-pipeline-num-layers", flags.first_stage_layers, "Layers on the first stage");
+  app.add_option("--decoder-last-pipeline-num-layers", flags.last_stage_layers, "Layers on the last stage");
+}
+
+void add_scenario_flags(CLI::App& app, ScenarioFlags& flags) {
+  app.add_option("scenario", flags.scenario, "Scenario YAML (model, cluster, plan); flags override it");
+  add_model_flags(app, flags.model);
+  add_cluster_flags(app, flags.cluster);
+  add_plan_flags(app, flags.plan);
+}
+
+void apply_model_flags(const ModelFlags& flags, model::ModelSpec& spec) {
+  const auto apply = [](const char* flag, const std::optional<std::int64_t>& value, std::int64_t& field) {
+    if (value) {
+      require_positive(flag, *value);
+      field = *value;
+    }
+  };
+  const std::int64_t old_heads = spec.num_attention_heads;
+  apply("--num-layers", flags.num_layers, spec.num_layers);
+  apply("--hidden-size", flags.hidden_size, spec.hidden_size);
+  apply("--num-attention-heads", flags.num_attention_heads, spec.num_attention_heads);
+  apply("--num-query-groups", flags.num_query_groups, spec.num_query_groups);
+  apply("--ffn-hidden-size", flags.ffn_hidden_size, spec.ffn_hidden_size);
+  apply("--vocab-size", flags.vocab_size, spec.vocab_size);
+  apply("--seq-length", flags.seq_length, spec.seq_length);
+  if ((flags.hidden_size || flags.num_attention_heads) && spec.num_attention_heads > 0) {
+    spec.head_dim = spec.hidden_size / spec.num_attention_heads;
+  }
+  if (flags.num_attention_heads && !flags.num_query_groups && spec.num_query_groups == old_heads) {
+    spec.num_query_groups = spec.num_attention_heads; // MHA stays MHA
+  }
+  model::validate(spec, WHERE);
+}
+
+model::Scenario resolve_scenario(const ScenarioFlags& flags) {
+  model::Scenario scenario;
+  std::optional<std::string> scenario_path = flags.scenario;
+  if (!scenario_path && is_scenario_file(flags.model.model)) {
+    scenario_path = flags.model.model;
+  }
+  const bool pure_default = !scenario_path && flags.model.model == DEFAULT_MODEL && !flags.cluster.gpu &&
+                            !flags.cluster.system && !flags.cluster.num_gpus && !any_plan_flag(flags.plan);
+  std::vector<std::string> notes;
+  if (scenario_path) {
+    scenario = model::load_scenario(*scenario_path);
+  } else {
+    scenario.model = model::load_model(flags.model.model);
+    if (pure_default) {
+      scenario.plan.tp = DEFAULT_TP;
+      scenario.plan.pp = DEFAULT_PP;
+      scenario.plan.global_batch_size = DEFAULT_GBS;
+      notes.emplace_back("default job: GPT-3 175B on 1024 A100-80GB, TP8 PP16 DP8, mbs 1, gbs 1536 "
+                         "(Narayanan et al. SC21 sec. 5.1)");
+    }
+  }
+  apply_model_flags(flags.model, scenario.model);
+
+  model::Plan& plan = scenario.plan;
+  const PlanFlags& pf = flags.plan;
+  if (pf.tp) plan.tp = *pf.tp;
+  if (pf.pp) plan.pp = *pf.pp;
+  if (pf.vp) plan.vp = *pf.vp;
+  if (pf.micro_batch_size) plan.micro_batch_size = *pf.micro_batch_size;
+  if (pf.schedule) plan.schedule = model::parse_schedule(*pf.schedule, fmt::format("{}: --schedule", WHERE));
+  if (pf.recompute) plan.recompute = model::parse_recompute(*pf.recompute, fmt::format("{}: --recompute", WHERE));
+  if (pf.precision) plan.precision = model::parse_precision(*pf.precision, fmt::format("{}: --precision", WHERE));
+  if (pf.sequence_parallel) plan.sequence_parallel = true;
+  if (pf.distributed_optimizer) plan.distributed_optimizer = true;
+  if (pf.no_overlap_grad_reduce) plan.overlap_grad_reduce = false;
+  if (pf.first_stage_layers) plan.first_stage_layers = *pf.first_stage_layers;
+  if (pf.last_stage_layers) plan.last_stage_layers = *pf.last_stage_layers;
+  if (pf.vp && *pf.vp > 1 && !pf.schedule) {
+    plan.schedule = model::Schedule::Interleaved; // Megatron: virtual stages imply the interleaved schedule
+  }
+  require_positive("--tp", plan.tp);
+  require_positive("--pp", plan.pp);
+  require_positive("--vp", plan.vp);
+  require_positive("--micro-batch-size", plan.micro_batch_size);
+
+  // Cluster: flags on top of the scenario's, else defaults.
+  const ClusterFlags& cf = flags.cluster;
+  const bool cluster_flags = cf.gpu || cf.system || cf.num_gpus || cf.gpus_per_node;
+  if (!scenario_path || cluster_flags) {
+    int num_gpus = 0;
+    if (cf.num_gpus) {
+      num_gpus = *cf.num_gpus;
+    } else if (scenario_path) {
+      num_gpus = scenario.cluster.num_gpus;
+    } else if (pure_default) {
+      num_gpus = DEFAULT_NUM_GPUS;
+    } else {
+      num_gpus = plan.tp * plan.pp * (pf.dp ? *pf.dp : 1);
+      notes.emplace_back(fmt::format("--num-gpus not given: using tp*pp*dp = {}", num_gpus));
+    }
+    require_positive("--num-gpus", num_gpus);
+    std::string system_or_gpu = DEFAULT_GPU;
+    if (cf.system) {
+      system_or_gpu = *cf.system;
+    } else if (cf.gpu) {
+      system_or_gpu = *cf.gpu;
+    } else if (scenario_path) {
+      system_or_gpu = scenario.cluster.name;
+    } else {
+      notes.emplace_back(fmt::format("--gpu not given: using {}", DEFAULT_GPU));
+    }
+    if (cf.gpus_per_node) {
+      require_positive("--gpus-per-node", *cf.gpus_per_node);
+    }
+    scenario.cluster = model::make_cluster(system_or_gpu, num_gpus, cf.gpus_per_node.value_or(0), WHERE);
+  }
+
+  const int model_parallel = plan.tp * plan.pp;
+  const int num_gpus = scenario.cluster.num_gpus;
+  if (pf.dp) {
+    require_positive("--dp", *pf.dp);
+    if (model_parallel * *pf.dp != num_gpus) {
+      throw InputError(input_message(WHERE, "--dp",
+                                     fmt::format("tp*pp*dp = {}*{}*{} = {} != num_gpus = {}", plan.tp, plan.pp,
+                                                 *pf.dp, model_parallel * *pf.dp, num_gpus)));
+    }
+    plan.dp = *pf.dp;
+  } else {
+    if (num_gpus % model_parallel != 0) {
+      throw InputError(input_message(WHERE, "--num-gpus",
+                                     fmt::format("{} is not divisible by tp*pp = {}*{} = {}", num_gpus, plan.tp,
+                                                 plan.pp, model_parallel)));
+    }
+    plan.dp = num_gpus / model_parallel;
+  }
+  if (pf.global_batch_size) {
+    require_positive("--global-batch-size", *pf.global_batch_size);
+    plan.global_batch_size = *pf.global_batch_size;
+  } else if (!scenario_path && !pure_default) {
+    plan.global_batch_size = plan.micro_batch_size * plan.dp * DEFAULT_MICROBATCHES_PER_STAGE * plan.pp;
+    notes.emplace_back(fmt::format("--global-batch-size not given: using mbs*dp*4*pp = {}", plan.global_batch_size));
+  }
+  for (auto& note : notes) {
+    scenario.cluster.assumptions.push_back(std::move(note));
+  }
+  model::validate(plan, scenario.model, scenario.cluster, WHERE);
+  return scenario;
+}
+
+} // namespace cuboid::tools

@@ -1,0 +1,62 @@
+// Cost-profile selection and command-line overrides (see profile_options.hpp).
+#include "tools/profile_options.hpp"
+
+#include "model/errors.hpp"
+
+#include <fmt/format.h>
+
+#include <cmath>
+
+namespace cuboid::tools {
+
+namespace {
+constexpr double US = 1e-6;
+
+void override_fraction(const char* flag, const std::optional<double>& value, double& field,
+                       std::vector<std::string>& notes) {
+  if (!value) {
+    return;
+  }
+  if (!std::isfinite(*value) || *value <= 0.0 || *value > 1.0) {
+    throw InputError(input_message("command line", flag, fmt::format("{} is not a fraction in (0, 1]", *value)));
+  }
+  field = *value;
+  notes.push_back(fmt::format("{} {} (command line)", flag, *value));
+}
+} // namespace
+
+void add_profile_flags(CLI::App& app, ProfileFlags& flags) {
+  app.add_option("--gemm-efficiency", flags.gemm_efficiency, "Override: large-GEMM fraction of dense peak");
+  app.add_option("--attention-efficiency", flags.attention_efficiency, "Override: attention fraction of peak");
+  app.add_option("--hbm-efficiency", flags.hbm_efficiency, "Override: fraction of HBM bandwidth achieved");
+  app.add_option("--nvlink-efficiency", flags.nvlink_efficiency, "Override: fraction of NVLink bandwidth");
+  app.add_option("--nic-efficiency", flags.nic_efficiency, "Override: fraction of NIC bandwidth");
+  app.add_option("--launch-overhead-us", flags.launch_overhead_us, "Override: kernel launch overhead (us)");
+}
+
+model::CostProfile resolve_profile(const ProfileFlags& flags, const ClusterFlags& cluster_flags,
+                                   const model::ClusterSpec& cluster) {
+  model::CostProfile profile =
+      cluster_flags.profile ? model::load_profile(*cluster_flags.profile) : model::default_profile(cluster.gpu.name);
+  std::vector<std::string> notes;
+  override_fraction("--gemm-efficiency", flags.gemm_efficiency, profile.gemm_max_efficiency, notes);
+  override_fraction("--attention-efficiency", flags.attention_efficiency, profile.attention_efficiency, notes);
+  override_fraction("--hbm-efficiency", flags.hbm_efficiency, profile.hbm_efficiency, notes);
+  override_fraction("--nvlink-efficiency", flags.nvlink_efficiency, profile.nvlink_efficiency, notes);
+  override_fraction("--nic-efficiency", flags.nic_efficiency, profile.nic_efficiency, notes);
+  if (flags.launch_overhead_us) {
+    const double value = *flags.launch_overhead_us;
+    if (!std::isfinite(value) || value < 0.0) {
+      throw InputError(input_message("command line", "--launch-overhead-us",
+                                     fmt::format("{} must be a finite number >= 0", value)));
+    }
+    profile.launch_overhead_s = value * US;
+    notes.push_back(fmt::format("--launch-overhead-us {} (command line)", value));
+  }
+  for (auto& note : notes) {
+    profile.assumptions.push_back(std::move(note));
+  }
+  return profile;
+}
+
+} // namespace cuboid::tools

@@ -1,0 +1,30 @@
+// Flags that override the cost profile's numbers (every number a user might dispute is overridable, DESIGN.md).
+#pragma once
+
+#include "model/cost_profile.hpp"
+#include "model/gpu_spec.hpp"
+#include "tools/plan_options.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include <optional>
+
+namespace cuboid::tools {
+
+struct ProfileFlags {
+  std::optional<double> gemm_efficiency;      // fraction of dense peak for large GEMMs
+  std::optional<double> attention_efficiency; // fraction of dense peak
+  std::optional<double> hbm_efficiency;       // fraction of HBM bandwidth
+  std::optional<double> nvlink_efficiency;    // fraction of NVLink wire bandwidth
+  std::optional<double> nic_efficiency;       // fraction of NIC wire bandwidth
+  std::optional<double> launch_overhead_us;   // per kernel
+};
+
+void add_profile_flags(CLI::App& app, ProfileFlags& flags);
+
+/// The profile for `cluster`: --profile FILE if given, else the shipped default for its GPU; then flag overrides.
+/// Throws InputError for out-of-range overrides (efficiencies in (0, 1], overhead >= 0).
+model::CostProfile resolve_profile(const ProfileFlags& flags, const ClusterFlags& cluster_flags,
+                                   const model::ClusterSpec& cluster);
+
+} // namespace cuboid::tools
