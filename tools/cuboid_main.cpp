@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   try {
     cuboid::tools::add_simulate_command(app, action);
     cuboid::tools::add_list_command(app, action);
+    cuboid::tools::add_search_command(app, action);
     try {
       app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {

@@ -24,7 +24,8 @@ nlohmann::json memory_to_json(const model::MemBytes& bytes) {
   return out;
 }
 
-std::string csv_number(double value) { return fmt::format("{:.6g}", value); }
+// Shortest representation that reads back to the same double, so a resumed search reproduces rows exactly.
+std::string csv_number(double value) { return fmt::format("{}", value); }
 } // namespace
 
 nlohmann::json plan_to_json(const model::Plan& plan) {
