@@ -4,6 +4,7 @@
 
 #include "model/cost_model.hpp"
 #include "model/task_graph.hpp"
+#include "model/timeline.hpp"
 
 #include <cstddef>
 #include <string>
@@ -14,6 +15,8 @@ namespace cuboid::sim {
 struct SimOptions {
   bool record_timeline = true;        // keep per-task start/end (needed for --trace)
   std::size_t max_events = 200'000'000; // bounded resources: abort with InfeasibleError beyond this
+  bool record_memory_timeline = true; // keep every (time, bytes) point per rank; peaks are computed either way
+  bool p2p_holds_receiver_stream = true; // a P2P task occupies the receiver's stream as well as the sender's
 };
 
 struct TaskTiming {
@@ -64,5 +67,9 @@ struct SimResult {
 /// Runs the discrete-event simulation. Throws InfeasibleError on deadlock (names the stuck tasks) or when
 /// max_events is exceeded.
 SimResult simulate(const model::TaskGraph& graph, const model::CostModel& cost, const SimOptions& options = {});
+
+/// Predicted timeline for the trace writer (model/timeline.hpp): one event per recorded task, on the task's rank
+/// and stream, named by graph.label(). Empty when the result was simulated with record_timeline = false.
+std::vector<model::TimelineEvent> to_timeline(const model::TaskGraph& graph, const SimResult& result);
 
 } // namespace cuboid::sim
