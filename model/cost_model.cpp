@@ -1,1 +1,308 @@
-// placeholder: implemented by its owner (see model/CMakeLists.txt)
+// Roofline cost model (DESIGN.md "Costs"): op time = max(FLOPs / (peak * eff), bytes / (HBM bw * hbm_eff))
+// + launch overhead, with GEMM efficiency from shape, and alpha-beta ring collectives with nccl-tests bus-bandwidth
+// factors. Registered as "roofline+ring"; every number comes from a CostProfile (cost_profile.cpp cites them).
+#include "model/cost_model.hpp"
+
+#include "model/errors.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <utility>
+
+namespace cuboid::model {
+
+namespace {
+
+// Megatron-LM mixed-precision Adam, bytes through HBM per parameter per step:
+//   grad-norm read of the fp32 main grad (4) + fused Adam: read grad, param, m, v (16) and write param, m, v (12)
+//   + copy fp32 main param to the bf16 model param (read 4, write 2) + zeroing the fp32 main grad (4) = 42 B.
+// (Megatron-LM megatron/core/optimizer: clip_grads, FusedAdam, _copy_main_params_to_model_params, zero_grad.)
+constexpr double OPTIMIZER_BYTES_PER_PARAM = 42.0;
+constexpr double OPTIMIZER_KERNELS = 4.0; // grad norm, Adam, param copy, zero grad (multi-tensor launches)
+
+// Output tiles cuBLAS / CUTLASS pick for large BF16/FP8 GEMMs on sm80/sm90 (NVIDIA "Matrix Multiplication
+// Background User's Guide", sections on tile and wave quantisation; CUTLASS default threadblock shapes).
+constexpr std::array<std::pair<double, double>, 3> GEMM_TILES = {{{128.0, 256.0}, {256.0, 128.0}, {128.0, 128.0}}};
+constexpr int GEMM_TABLE_NEIGHBOURS = 4;
+
+double dense_peak(const GpuSpec& gpu, Precision precision) {
+  switch (precision) {
+  case Precision::Fp8:
+    if (gpu.fp8_flops_per_s <= 0.0) {
+      throw InfeasibleError(fmt::format("GPU '{}' has no FP8 tensor cores (fp8 peak = 0): use bf16 or fp16",
+                                        gpu.name));
+    }
+    return gpu.fp8_flops_per_s;
+  case Precision::Fp16:
+    return gpu.fp16_flops_per_s > 0.0 ? gpu.fp16_flops_per_s : gpu.bf16_flops_per_s;
+  case Precision::Bf16:
+    break;
+  }
+  return gpu.bf16_flops_per_s;
+}
+
+const char* precision_name(Precision precision) {
+  switch (precision) {
+  case Precision::Fp8:
+    return "fp8";
+  case Precision::Fp16:
+    return "fp16";
+  case Precision::Bf16:
+    break;
+  }
+  return "bf16";
+}
+
+bool name_says_backward(const std::string& name) {
+  return name.find("bwd") != std::string::npos || name.find("grad") != std::string::npos;
+}
+
+bool block_is_backward(const std::string& name) {
+  return name.size() >= 3 && name.compare(name.size() - 3, 3, "bwd") == 0;
+}
+
+} // namespace
+
+CostModel::CostModel(const ClusterSpec& cluster, CostProfile profile, const Plan& plan)
+    : cluster_(cluster), profile_(std::move(profile)), plan_(plan) {
+  peak_flops_per_s_ = dense_peak(cluster_.gpu, plan_.precision);
+  bf16_flops_per_s_ = dense_peak(cluster_.gpu, plan_.precision == Precision::Fp16 ? Precision::Fp16 : Precision::Bf16);
+  tp_intra_node_ = cluster_.gpus_per_node <= 0 || plan_.tp <= cluster_.gpus_per_node;
+}
+
+// ---- GEMM efficiency.
+// eff(M,N,K) = max_eff * F / (F + F_half) * q(M,N)
+//   max_eff: best-shape achievable fraction (MAMF, Bekman), F = 2*M*N*K*batch the kernel's FLOPs;
+//   F / (F + F_half) is Hockney's half-performance model (r = r_inf * n / (n + n_1/2); Hockney & Jesshope,
+//   "Parallel Computers 2", 1988): a fixed per-call cost makes small GEMMs slow; F_half scales with the rate, so
+//   FP8 uses F_half * (FP8 rate / BF16 rate);
+//   q = tile x wave quantisation (NVIDIA Matrix Multiplication Background guide): useful work / work of the launched
+//   waves, best of the candidate tiles. It is applied only beyond one full wave: cuBLAS fills the GPU for smaller
+//   problems with split-K and small tiles, whose cost the Hockney term already carries.
+double CostModel::analytic_gemm_efficiency(double m, double n, double k, double batch, bool fp8) const {
+  const double max_eff = fp8 ? profile_.gemm_fp8_max_efficiency : profile_.gemm_max_efficiency;
+  const double flops = 2.0 * m * n * k * batch;
+  double half_flops = profile_.gemm_half_efficiency_flops;
+  if (fp8 && profile_.gemm_max_efficiency > 0.0) {
+    half_flops *= (peak_flops_per_s_ * profile_.gemm_fp8_max_efficiency) /
+                  (bf16_flops_per_s_ * profile_.gemm_max_efficiency);
+  }
+  const double size_factor = flops / (flops + half_flops);
+  double quantisation = 1.0;
+  if (profile_.num_sms > 0.0) {
+    double best = 0.0;
+    for (const auto& [tile_m, tile_n] : GEMM_TILES) {
+      const double tiles = std::ceil(m / tile_m) * std::ceil(n / tile_n) * batch;
+      if (tiles <= profile_.num_sms) {
+        best = 1.0;
+        break;
+      }
+      const double waves = std::ceil(tiles / profile_.num_sms);
+      best = std::max(best, (m * n * batch) / (waves * profile_.num_sms * tile_m * tile_n));
+    }
+    quantisation = best;
+  }
+  return max_eff * size_factor * quantisation;
+}
+
+// Measured table (cuboid calibrate, BF16): inverse-squared-distance average of the nearest points in
+// (log M, log N, log K); an exact hit returns its value. FP8 scales by the FP8 / BF16 max-efficiency ratio.
+double CostModel::table_gemm_efficiency(double m, double n, double k, bool fp8) const {
+  std::vector<std::pair<double, double>> by_distance; // (squared log distance, efficiency)
+  by_distance.reserve(profile_.gemm_table.size());
+  for (const auto& point : profile_.gemm_table) {
+    const double dm = std::log(m / point.m);
+    const double dn = std::log(n / point.n);
+    const double dk = std::log(k / point.k);
+    by_distance.emplace_back(dm * dm + dn * dn + dk * dk, point.efficiency);
+  }
+  const auto count = std::min<std::size_t>(GEMM_TABLE_NEIGHBOURS, by_distance.size());
+  std::partial_sort(by_distance.begin(), by_distance.begin() + static_cast<std::ptrdiff_t>(count), by_distance.end());
+  double weighted = 0.0;
+  double weights = 0.0;
+  for (std::size_t idx = 0; idx < count; ++idx) {
+    if (by_distance[idx].first < 1e-12) {
+      weighted = by_distance[idx].second;
+      weights = 1.0;
+      break;
+    }
+    weighted += by_distance[idx].second / by_distance[idx].first;
+    weights += 1.0 / by_distance[idx].first;
+  }
+  const double eff = weighted / weights;
+  const double scale = fp8 && profile_.gemm_max_efficiency > 0.0
+                           ? profile_.gemm_fp8_max_efficiency / profile_.gemm_max_efficiency
+                           : 1.0;
+  return std::min(1.0, eff * scale);
+}
+
+double CostModel::gemm_efficiency(double m, double n, double k, double batch, bool fp8) const {
+  CUBOID_ASSERT(m > 0.0 && n > 0.0 && k > 0.0 && batch > 0.0, "GEMM shape {}x{}x{} (batch {})", m, n, k, batch);
+  if (!profile_.gemm_table.empty()) {
+    return table_gemm_efficiency(m, n, k, fp8);
+  }
+  return analytic_gemm_efficiency(m, n, k, batch, fp8);
+}
+
+// ---- compute ops
+double CostModel::op_time_s(const Op& op) const {
+  return op_time_s(op, name_says_backward(op.name) ? Phase::Backward : Phase::Forward);
+}
+
+double CostModel::op_time_s(const Op& op, Phase phase) const {
+  if (op.kind == OpKind::TpCollective) {
+    return tp_collective_time_s(op);
+  }
+  const double memory_s = op.hbm_bytes / (cluster_.gpu.hbm_bw_bytes_per_s * profile_.hbm_efficiency);
+  double compute_s = 0.0;
+  if (op.kind == OpKind::Gemm && op.flops > 0.0) {
+    const bool fp8 = plan_.precision == Precision::Fp8;
+    const double eff = op.m > 0 && op.n > 0 && op.k > 0
+                           ? gemm_efficiency(static_cast<double>(op.m), static_cast<double>(op.n),
+                                             static_cast<double>(op.k), static_cast<double>(std::max<std::int64_t>(
+                                                                            1, op.batch)),
+                                             fp8)
+                           : (fp8 ? profile_.gemm_fp8_max_efficiency : profile_.gemm_max_efficiency);
+    compute_s = op.flops / (peak_flops_per_s_ * eff);
+  } else if (op.kind == OpKind::Attention) {
+    // Fused attention stays BF16/FP16 even in FP8 plans (Transformer Engine's default FP8 recipe).
+    const double eff = phase == Phase::Backward ? profile_.attention_bwd_efficiency : profile_.attention_efficiency;
+    compute_s = op.flops / (bf16_flops_per_s_ * eff);
+  }
+  // Elementwise, Norm, Embedding, Loss: memory bound (their FLOPs run on CUDA cores far below any limit that binds).
+  return std::max(compute_s, memory_s) + profile_.launch_overhead_s;
+}
+
+double CostModel::tp_collective_time_s(const Op& op) const {
+  if (plan_.tp <= 1) {
+    return 0.0;
+  }
+  return collective_time_s(op.collective, op.msg_bytes, plan_.tp, tp_intra_node_ ? nvlink() : network());
+}
+
+BlockCost CostModel::block_cost(const OpBlock& block) const {
+  const Phase phase = block_is_backward(block.name) ? Phase::Backward : Phase::Forward;
+  BlockCost cost;
+  for (const auto& op : block.ops) {
+    if (op.kind == OpKind::TpCollective) {
+      cost.tp_comm_s += tp_collective_time_s(op);
+    } else if (op.recompute) {
+      cost.recompute_s += op_time_s(op, Phase::Forward); // recomputation repeats the forward kernels
+    } else {
+      cost.compute_s += op_time_s(op, phase);
+    }
+  }
+  cost.total_s = cost.compute_s + cost.recompute_s + cost.tp_comm_s;
+  return cost;
+}
+
+// ---- links and collectives
+LinkParams CostModel::nvlink() const {
+  const double wire = cluster_.nvlink_bw_bytes_per_s > 0.0 ? cluster_.nvlink_bw_bytes_per_s
+                                                           : cluster_.gpu.nvlink_bw_bytes_per_s;
+  LinkParams link;
+  link.bw_bytes_per_s = wire * profile_.nvlink_efficiency;
+  link.latency_s = profile_.nvlink_latency_s > 0.0 ? profile_.nvlink_latency_s : cluster_.nvlink_latency_s;
+  if (profile_.nvls_efficiency > 0.0) {
+    link.nvls_bw_bytes_per_s = wire * profile_.nvls_efficiency;
+    link.nvls_latency_s = profile_.nvls_latency_s;
+    link.nvls_min_ranks = static_cast<int>(profile_.nvls_min_ranks);
+  }
+  return link;
+}
+
+LinkParams CostModel::network() const {
+  LinkParams link;
+  link.bw_bytes_per_s = cluster_.nic_bw_bytes_per_s * profile_.nic_efficiency;
+  link.latency_s = profile_.net_latency_s > 0.0 ? profile_.net_latency_s : cluster_.net_latency_s;
+  return link;
+}
+
+// Ring collectives (NVIDIA/nccl-tests doc/PERFORMANCE.md): all-reduce = 2(n-1) steps moving 2(n-1)/n * S per rank,
+// reduce-scatter / all-gather = (n-1) steps moving (n-1)/n * S, so busbw = factor * S / time equals the link's
+// effective bandwidth for large S. All-to-all: (n-1) pairwise steps of S/n each. S is the full buffer (all-reduce
+// input, all-gather output). NVLS all-reduce (in-switch reduction): each rank sends and receives S once, time =
+// nvls_latency + S / nvls_bw; NCCL takes it when faster and the group has >= nvls_min_ranks ranks.
+double CostModel::collective_time_s(CollectiveKind kind, double msg_bytes, int group_size,
+                                    const LinkParams& link) const {
+  if (group_size <= 1 || msg_bytes <= 0.0) {
+    return 0.0;
+  }
+  CUBOID_ASSERT(link.bw_bytes_per_s > 0.0, "link bandwidth {} for a {}-rank collective", link.bw_bytes_per_s,
+                group_size);
+  const double n = static_cast<double>(group_size);
+  if (kind == CollectiveKind::AllReduce) {
+    const double ring = 2.0 * (n - 1.0) * link.latency_s + 2.0 * (n - 1.0) / n * msg_bytes / link.bw_bytes_per_s;
+    if (link.nvls_bw_bytes_per_s > 0.0 && group_size >= link.nvls_min_ranks) {
+      return std::min(ring, link.nvls_latency_s + msg_bytes / link.nvls_bw_bytes_per_s);
+    }
+    return ring;
+  }
+  return (n - 1.0) * link.latency_s + (n - 1.0) / n * msg_bytes / link.bw_bytes_per_s;
+}
+
+double CostModel::hierarchical_allreduce_time_s(double msg_bytes, int ranks_per_node, int num_nodes) const {
+  const LinkParams intra = nvlink();
+  const LinkParams inter = network();
+  if (num_nodes <= 1) {
+    return collective_time_s(CollectiveKind::AllReduce, msg_bytes, ranks_per_node, intra);
+  }
+  const double local = static_cast<double>(ranks_per_node);
+  const double nodes = static_cast<double>(num_nodes);
+  const double intra_s = 2.0 * (local - 1.0) / local * msg_bytes / intra.bw_bytes_per_s;
+  const double inter_s = 2.0 * (nodes - 1.0) / nodes * (msg_bytes / local) / inter.bw_bytes_per_s;
+  const double alphas = 2.0 * (local - 1.0) * intra.latency_s + 2.0 * (nodes - 1.0) * inter.latency_s;
+  return std::max(intra_s, inter_s) + alphas;
+}
+
+double CostModel::optimizer_time_s(double num_params) const {
+  const double bytes = OPTIMIZER_BYTES_PER_PARAM * num_params;
+  return bytes / (cluster_.gpu.hbm_bw_bytes_per_s * profile_.hbm_efficiency) +
+         OPTIMIZER_KERNELS * profile_.launch_overhead_s;
+}
+
+std::vector<std::string> CostModel::assumptions() const {
+  const std::string tag = fmt::format("(profile {})", profile_.name);
+  const bool fp8 = plan_.precision == Precision::Fp8;
+  std::vector<std::string> lines;
+  lines.push_back(fmt::format(
+      "GEMM efficiency: max {:.3f} of {:.0f} TFLOP/s ({}), half at {:.2f} GFLOP, wave quantisation on {:.0f} SMs{} {}",
+      fp8 ? profile_.gemm_fp8_max_efficiency : profile_.gemm_max_efficiency, peak_flops_per_s_ / 1e12,
+      precision_name(plan_.precision), profile_.gemm_half_efficiency_flops / 1e9, profile_.num_sms,
+      profile_.gemm_table.empty() ? "" : fmt::format("; measured table of {} points", profile_.gemm_table.size()),
+      tag));
+  lines.push_back(fmt::format("Attention: fwd {:.2f}, bwd {:.2f} of {:.0f} TFLOP/s (16-bit) {}",
+                              profile_.attention_efficiency, profile_.attention_bwd_efficiency,
+                              bf16_flops_per_s_ / 1e12, tag));
+  lines.push_back(fmt::format("HBM: {:.0f} GB/s x {:.2f} = {:.0f} GB/s for memory-bound ops; launch {:.1f} us {}",
+                              cluster_.gpu.hbm_bw_bytes_per_s / 1e9, profile_.hbm_efficiency,
+                              cluster_.gpu.hbm_bw_bytes_per_s * profile_.hbm_efficiency / 1e9,
+                              profile_.launch_overhead_s * 1e6, tag));
+  const LinkParams intra = nvlink();
+  lines.push_back(fmt::format("NVLink: {:.0f} GB/s x {:.3f} = {:.0f} GB/s effective ring busbw, alpha {:.1f} us/step{} {}",
+                              intra.bw_bytes_per_s / profile_.nvlink_efficiency / 1e9, profile_.nvlink_efficiency,
+                              intra.bw_bytes_per_s / 1e9, intra.latency_s * 1e6,
+                              intra.nvls_bw_bytes_per_s > 0.0
+                                  ? fmt::format("; NVLS all-reduce algbw {:.0f} GB/s + {:.0f} us (>= {} ranks)",
+                                                intra.nvls_bw_bytes_per_s / 1e9, intra.nvls_latency_s * 1e6,
+                                                intra.nvls_min_ranks)
+                                  : std::string{},
+                              tag));
+  const LinkParams inter = network();
+  lines.push_back(fmt::format("Network: {:.0f} GB/s x {:.2f} = {:.0f} GB/s per GPU, alpha {:.1f} us/step {}",
+                              cluster_.nic_bw_bytes_per_s / 1e9, profile_.nic_efficiency,
+                              inter.bw_bytes_per_s / 1e9, inter.latency_s * 1e6, tag));
+  lines.push_back(fmt::format("TP collectives: ring over {} (tp={}), exposed on the compute stream",
+                              tp_intra_node_ ? "NVLink" : "the network", plan_.tp));
+  lines.push_back(fmt::format("Optimizer: Adam, {:.0f} B/param through HBM (memory bound) {}",
+                              OPTIMIZER_BYTES_PER_PARAM, tag));
+  for (const auto& line : profile_.assumptions) {
+    lines.push_back(line);
+  }
+  return lines;
+}
+
+} // namespace cuboid::model

@@ -15,6 +15,11 @@ namespace cuboid::model {
 struct LinkParams {
   double bw_bytes_per_s = 0.0;
   double latency_s = 0.0;
+  // NVLink SHARP (in-switch all-reduce, H100 and later): 0 bandwidth when the link has none. The simulator's flow
+  // model may ignore these; collective_time_s() uses them for all-reduces of >= nvls_min_ranks ranks.
+  double nvls_bw_bytes_per_s = 0.0;
+  double nvls_latency_s = 0.0;
+  int nvls_min_ranks = 0;
 };
 
 /// Time of one compute block split by cause (sums to total_s).
@@ -30,8 +35,13 @@ public:
   /// `plan` fixes the precision and the TP group (size, and whether it stays inside a node).
   CostModel(const ClusterSpec& cluster, CostProfile profile, const Plan& plan);
 
-  /// Compute op time (any OpKind but TpCollective) in seconds.
+  /// Compute op time in seconds (a TpCollective op returns tp_collective_time_s). The phase picks the attention
+  /// efficiency (forward / backward); this overload infers it from the op name ("bwd", "grad" -> backward).
   [[nodiscard]] double op_time_s(const Op& op) const;
+  [[nodiscard]] double op_time_s(const Op& op, Phase phase) const;
+  /// Fraction of the GEMM peak (FP8 peak when `fp8`) reached by `batch` GEMMs C(m,n) = A(m,k) B(k,n):
+  /// the profile's gemm_table when it has one, else the analytic curve documented in cost_model.cpp.
+  [[nodiscard]] double gemm_efficiency(double m, double n, double k, double batch, bool fp8) const;
   /// Isolated time of a TP collective op (OpKind::TpCollective) on the TP group.
   [[nodiscard]] double tp_collective_time_s(const Op& op) const;
   [[nodiscard]] BlockCost block_cost(const OpBlock& block) const;
@@ -43,12 +53,18 @@ public:
   /// reduce-scatter / all-gather = (n-1) steps (nccl-tests doc/PERFORMANCE.md bus-bandwidth factors).
   [[nodiscard]] double collective_time_s(CollectiveKind kind, double msg_bytes, int group_size,
                                          const LinkParams& link) const;
-  /// Optimizer step time on one rank holding `num_params` parameters (memory bound: Adam reads/writes state).
+  /// Multi-node all-reduce as NCCL's tree/hierarchical path does it: reduce-scatter inside each node, all-reduce of
+  /// S / ranks_per_node across `num_nodes`, all-gather inside the node, pipelined (time = slower phase + alphas).
+  [[nodiscard]] double hierarchical_allreduce_time_s(double msg_bytes, int ranks_per_node, int num_nodes) const;
+  /// Optimizer step time on one rank holding `num_params` parameters (memory bound: Adam reads/writes state,
+  /// OPTIMIZER_BYTES_PER_PARAM in cost_model.cpp).
   [[nodiscard]] double optimizer_time_s(double num_params) const;
 
   [[nodiscard]] const CostProfile& get_profile() const { return profile_; }
   [[nodiscard]] const ClusterSpec& get_cluster() const { return cluster_; }
+  /// Dense peak at the plan's precision (the MFU denominator, as the dgxc recipes use 1979 TF for FP8).
   [[nodiscard]] double peak_flops_per_s() const { return peak_flops_per_s_; }
+  [[nodiscard]] bool is_tp_intra_node() const { return tp_intra_node_; }
   /// Human-readable list of every number that drives the prediction (efficiencies, bandwidths, overlap).
   [[nodiscard]] std::vector<std::string> assumptions() const;
 
@@ -56,8 +72,12 @@ private:
   ClusterSpec cluster_;
   CostProfile profile_;
   Plan plan_;
-  double peak_flops_per_s_ = 0.0;
+  double peak_flops_per_s_ = 0.0;  // plan precision (FP8 peak for FP8 plans)
+  double bf16_flops_per_s_ = 0.0;  // attention and non-GEMM math stay 16-bit
   bool tp_intra_node_ = true;
+
+  [[nodiscard]] double analytic_gemm_efficiency(double m, double n, double k, double batch, bool fp8) const;
+  [[nodiscard]] double table_gemm_efficiency(double m, double n, double k, bool fp8) const;
 };
 
 } // namespace cuboid::model
