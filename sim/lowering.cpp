@@ -157,15 +157,17 @@ SimProgram lower(const model::TaskGraph& graph, const model::CostModel& cost, co
             collectives::choose(task.collective, task.msg_bytes, layouts[group], links);
         inst = builder.add_instance(participants[group][occurrence[id]]);
         for (const collectives::PhaseSpec& phase : schedule.phases) {
-          if (phase.bytes_per_member > 0.0) {
-            require_fabric(links, phase.fabric, fmt::format("collective task {} (group {})", id, group));
-          }
           builder.add_phase(inst, phase.latency_s);
-          for (const int member : graph.groups()[group]) {
-            const std::uint32_t midx = index_of(member);
-            if (midx != NO_INDEX) {
-              builder.add_flow(phase.bytes_per_member, port_id(midx, out_port(phase.fabric)),
-                               port_id(midx, in_port(phase.fabric)));
+          for (const Fabric fabric : {Fabric::Nvlink, Fabric::Nic}) {
+            if (phase.bytes(fabric) <= 0.0) {
+              continue;
+            }
+            require_fabric(links, fabric, fmt::format("collective task {} (group {})", id, group));
+            for (const int member : graph.groups()[group]) {
+              const std::uint32_t midx = index_of(member);
+              if (midx != NO_INDEX) {
+                builder.add_flow(phase.bytes(fabric), port_id(midx, out_port(fabric)), port_id(midx, in_port(fabric)));
+              }
             }
           }
         }

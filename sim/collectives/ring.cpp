@@ -12,7 +12,7 @@ std::vector<PhaseSpec> ring(model::CollectiveKind kind, double msg_bytes, int n,
   const auto members = static_cast<double>(n);
   const double steps = kind == model::CollectiveKind::AllReduce ? 2.0 * (members - 1.0) : members - 1.0;
   // Each step moves S/n per rank.
-  return {PhaseSpec{steps * link.latency_s, steps / members * msg_bytes, fabric}};
+  return {make_phase(steps * link.latency_s, steps / members * msg_bytes, fabric)};
 }
 
 } // namespace cuboid::sim::collectives

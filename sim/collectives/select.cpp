@@ -33,17 +33,26 @@ GroupLayout layout_of(const std::vector<int>& members, const model::ClusterSpec&
   return layout;
 }
 
+PhaseSpec make_phase(double latency_s, double bytes, Fabric fabric) {
+  PhaseSpec phase;
+  phase.latency_s = latency_s;
+  (fabric == Fabric::Nvlink ? phase.nvlink_bytes : phase.nic_bytes) = bytes;
+  return phase;
+}
+
 double isolated_time_s(const std::vector<PhaseSpec>& phases, const Links& links) {
   double total_s = 0.0;
   for (const PhaseSpec& phase : phases) {
-    total_s += phase.latency_s + phase.bytes_per_member / links.of(phase.fabric).bw_bytes_per_s;
+    const double nvlink_s = phase.nvlink_bytes > 0.0 ? phase.nvlink_bytes / links.nvlink.bw_bytes_per_s : 0.0;
+    const double nic_s = phase.nic_bytes > 0.0 ? phase.nic_bytes / links.nic.bw_bytes_per_s : 0.0;
+    total_s += phase.latency_s + std::max(nvlink_s, nic_s);
   }
   return total_s;
 }
 
 CollectiveSchedule choose(model::CollectiveKind kind, double msg_bytes, const GroupLayout& layout, const Links& links) {
   CollectiveSchedule best;
-  if (layout.size <= 1) {
+  if (layout.size <= 1 || msg_bytes <= 0.0) {
     return best;
   }
   if (layout.num_nodes > 1 && layout.members_per_node > 1) {
@@ -54,10 +63,21 @@ CollectiveSchedule choose(model::CollectiveKind kind, double msg_bytes, const Gr
   const Fabric fabric = layout.num_nodes == 1 ? Fabric::Nvlink : Fabric::Nic;
   best.algorithm = Algorithm::Ring;
   best.phases = ring(kind, msg_bytes, layout.size, fabric, links.of(fabric));
-  std::vector<PhaseSpec> tree_phases = tree(kind, msg_bytes, layout.size, fabric, links.of(fabric));
-  if (!tree_phases.empty() && isolated_time_s(tree_phases, links) < isolated_time_s(best.phases, links)) {
-    best.algorithm = Algorithm::Tree;
-    best.phases = std::move(tree_phases);
+  double best_s = isolated_time_s(best.phases, links);
+  auto consider = [&](Algorithm algorithm, std::vector<PhaseSpec> phases) {
+    if (phases.empty()) {
+      return;
+    }
+    const double time_s = isolated_time_s(phases, links);
+    if (time_s < best_s) {
+      best_s = time_s;
+      best.algorithm = algorithm;
+      best.phases = std::move(phases);
+    }
+  };
+  consider(Algorithm::Tree, tree(kind, msg_bytes, layout.size, fabric, links.of(fabric)));
+  if (fabric == Fabric::Nvlink) {
+    consider(Algorithm::Nvls, nvls(kind, msg_bytes, layout.size, links.nvlink));
   }
   return best;
 }
@@ -70,6 +90,8 @@ std::string to_string(Algorithm algorithm) {
     return "ring";
   case Algorithm::Tree:
     return "tree";
+  case Algorithm::Nvls:
+    return "nvls";
   case Algorithm::Hierarchical:
     return "hierarchical";
   }

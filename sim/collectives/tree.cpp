@@ -13,7 +13,7 @@ std::vector<PhaseSpec> tree(model::CollectiveKind kind, double msg_bytes, int n,
     return {};
   }
   const double depth = std::ceil(std::log2(static_cast<double>(n)));
-  return {PhaseSpec{2.0 * depth * link.latency_s, 2.0 * msg_bytes, fabric}};
+  return {make_phase(2.0 * depth * link.latency_s, 2.0 * msg_bytes, fabric)};
 }
 
 } // namespace cuboid::sim::collectives
