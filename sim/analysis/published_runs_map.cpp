@@ -1,0 +1,233 @@
+// Maps a published run to (ModelSpec, GPU, Plan) and converts its measured quantity to a step time with the
+// source's own FLOP formula. The rules are listed in published_runs.hpp; each default applied becomes an assumption.
+#include "sim/analysis/published_runs.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+
+namespace cuboid::sim::analysis {
+
+namespace {
+
+// Dense peaks the sources divide by (scenarios/validation/README.md "GPU peak numbers used by the sources").
+constexpr double A100_PEAK = 312e12;
+constexpr double H100_BF16_PEAK = 989e12;
+constexpr double H100_FP8_PEAK = 1979e12;
+
+std::string lower(std::string text) {
+  std::transform(text.begin(), text.end(), text.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  return text;
+}
+
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+std::int64_t as_int(double value) { return static_cast<std::int64_t>(std::llround(value)); }
+
+// Architecture family from the model name: decides MLP, norm, bias, positions, tying and the default vocabulary.
+struct Family {
+  std::string name;
+  bool gated = false;
+  model::NormKind norm = model::NormKind::LayerNorm;
+  bool bias = true;
+  bool learned_positions = true;
+  bool tied = true;
+  double vocab = 51200.0;
+};
+
+Family family_of(const std::string& model_name) {
+  const std::string name = lower(model_name);
+  if (contains(name, "llama")) {
+    // Llama 2 / 3: SwiGLU, RMSNorm, no biases, RoPE, untied output layer (Hugging Face configs in shared/specs).
+    const bool llama2 = contains(name, "llama2") || contains(name, "llama-2") || contains(name, "llama 2");
+    return {"llama", true, model::NormKind::RmsNorm, false, false, false, llama2 ? 32000.0 : 128256.0};
+  }
+  if (contains(name, "bloom")) {
+    // BLOOM: GeLU MLP, LayerNorm, biases, ALiBi (no position table), tied embeddings, vocab 250880 padded.
+    return {"bloom", false, model::NormKind::LayerNorm, true, false, true, 250880.0};
+  }
+  if (contains(name, "nemotron")) {
+    // Nemotron-4: squared-ReLU MLP (not gated), LayerNorm, no biases, RoPE, untied, 256k vocabulary.
+    return {"nemotron", false, model::NormKind::LayerNorm, false, false, false, 256000.0};
+  }
+  // GPT-3 style (Megatron, NeMo GPT3): GeLU MLP, LayerNorm, biases, learned positions, tied embeddings.
+  return {"gpt", false, model::NormKind::LayerNorm, true, true, true, 51200.0};
+}
+
+model::Precision precision_of(const std::string& text, std::vector<std::string>& assumptions) {
+  const std::string value = lower(text);
+  if (value.rfind("fp8", 0) == 0) {
+    return model::Precision::Fp8;
+  }
+  if (value.rfind("bf16", 0) == 0) {
+    return model::Precision::Bf16;
+  }
+  if (value.rfind("mixed-16bit", 0) == 0 || value.rfind("fp16", 0) == 0) {
+    return model::Precision::Fp16;
+  }
+  assumptions.emplace_back(fmt::format("precision '{}' -> bf16", text.empty() ? "missing" : text));
+  return model::Precision::Bf16;
+}
+
+} // namespace
+
+MappedRun map_run(const PublishedRun& run) {
+  MappedRun mapped;
+  auto& notes = mapped.assumptions;
+  auto stop = [&](RunStatus status, std::string reason) {
+    mapped.status = status;
+    mapped.reason = std::move(reason);
+    return mapped;
+  };
+  // ---- GPU
+  if (contains(run.gpu_text, "A100")) {
+    mapped.gpu = "a100-80gb";
+  } else if (contains(run.gpu_text, "H200")) {
+    mapped.gpu = "h200";
+  } else if (contains(run.gpu_text, "H100")) {
+    mapped.gpu = "h100-sxm";
+  } else {
+    return stop(RunStatus::Unsupported, fmt::format("GPU '{}' has no catalog entry", run.gpu_text));
+  }
+  // ---- model
+  if (!run.num_layers || !run.hidden_size || !run.num_heads || !run.seq_len) {
+    return stop(RunStatus::Skipped, "architecture incomplete (layers, hidden, heads or seq missing)");
+  }
+  const Family family = family_of(run.model_name);
+  model::ModelSpec& spec = mapped.model;
+  spec.name = run.model_name;
+  spec.source = run.source;
+  spec.num_layers = as_int(*run.num_layers);
+  spec.hidden_size = as_int(*run.hidden_size);
+  spec.num_attention_heads = as_int(*run.num_heads);
+  spec.num_query_groups = run.num_kv_heads ? as_int(*run.num_kv_heads) : spec.num_attention_heads;
+  spec.head_dim = spec.hidden_size / std::max<std::int64_t>(1, spec.num_attention_heads);
+  spec.seq_length = as_int(*run.seq_len);
+  spec.ffn_hidden_size = run.ffn_hidden_size ? as_int(*run.ffn_hidden_size) : 4 * spec.hidden_size;
+  if (!run.ffn_hidden_size) {
+    notes.emplace_back("ffn_hidden_size not given -> 4h");
+  }
+  spec.vocab_size = as_int(run.vocab_size.value_or(family.vocab));
+  if (!run.vocab_size) {
+    notes.emplace_back(fmt::format("vocab not given -> {} ({} tokenizer)", spec.vocab_size, family.name));
+  }
+  spec.gated_mlp = family.gated;
+  spec.norm = family.norm;
+  spec.linear_bias = family.bias;
+  spec.learned_position_embedding = family.learned_positions;
+  spec.tied_embeddings = family.tied;
+  // ---- layout
+  if (run.cp && *run.cp > 1.0) {
+    return stop(RunStatus::Unsupported, fmt::format("context parallelism cp={} is not modelled", *run.cp));
+  }
+  if (!run.tp || !run.pp) {
+    return stop(RunStatus::Skipped, "no layout: tp/pp not given (source states only the model-parallel size)");
+  }
+  if (!run.num_gpus || !run.global_batch) {
+    return stop(RunStatus::Skipped, "num_gpus or global_batch not given");
+  }
+  model::Plan& plan = mapped.plan;
+  plan.tp = static_cast<int>(as_int(*run.tp));
+  plan.pp = static_cast<int>(as_int(*run.pp));
+  mapped.num_gpus = static_cast<int>(as_int(*run.num_gpus));
+  if (plan.tp <= 0 || plan.pp <= 0 || mapped.num_gpus % (plan.tp * plan.pp) != 0) {
+    return stop(RunStatus::Infeasible, fmt::format("tp*pp = {} does not divide {} GPUs", plan.tp * plan.pp,
+                                                   mapped.num_gpus));
+  }
+  plan.dp = run.dp ? static_cast<int>(as_int(*run.dp)) : mapped.num_gpus / (plan.tp * plan.pp);
+  plan.micro_batch_size = run.micro_batch ? as_int(*run.micro_batch) : 1;
+  if (!run.micro_batch) {
+    notes.emplace_back("micro batch not given -> 1");
+  }
+  plan.global_batch_size = as_int(*run.global_batch);
+  plan.vp = run.vp ? std::max(1, static_cast<int>(as_int(*run.vp))) : 1;
+  plan.schedule = plan.vp > 1 ? model::Schedule::Interleaved : model::Schedule::OneFOneB;
+  if (!run.vp && run.source_kind == "sc21") {
+    notes.emplace_back("interleaved schedule without a stated chunk count -> plain 1F1B");
+  }
+  // ---- memory savers and precision
+  const std::string flops_def = run.note("flops_def");
+  const std::string recompute = lower(run.recompute);
+  mapped.recompute_stated = !recompute.empty();
+  if (recompute == "full") {
+    plan.recompute = model::Recompute::Full;
+  } else if (recompute.rfind("selective", 0) == 0) {
+    plan.recompute = model::Recompute::Selective;
+  } else if (recompute.empty() && flops_def.rfind("hw_incl_recompute", 0) == 0) {
+    plan.recompute = model::Recompute::Full;
+    mapped.recompute_stated = true;
+    notes.emplace_back("recompute not stated -> full (flops_def=hw_incl_recompute counts the recompute forward)");
+  } else {
+    plan.recompute = model::Recompute::None;
+  }
+  const bool modern = run.source_kind == "megatron-lm-readme" || run.source_kind == "nemo" || run.source_kind == "dgxc";
+  if (run.sequence_parallel == "yes" || run.sequence_parallel == "no") {
+    plan.sequence_parallel = run.sequence_parallel == "yes" && plan.tp > 1;
+  } else {
+    plan.sequence_parallel = modern && plan.tp > 1;
+    notes.emplace_back(fmt::format("sequence parallel not stated -> {}", plan.sequence_parallel ? "yes" : "no"));
+  }
+  plan.distributed_optimizer = run.source_kind != "sc21";
+  // SC21-era Megatron and Megatron-DeepSpeed (BLOOM) reduce gradients after the backward pass.
+  plan.overlap_grad_reduce = modern;
+  plan.precision = precision_of(run.note("precision"), notes);
+  if (plan.precision == model::Precision::Fp8 && mapped.gpu == "a100-80gb") {
+    return stop(RunStatus::Unsupported, "FP8 on A100");
+  }
+  if (contains(run.notes, "embedding counted as a PP stage layer") && plan.pp > 1 &&
+      (spec.num_layers + 2) % plan.pp == 0) {
+    plan.first_stage_layers = static_cast<int>((spec.num_layers + 2) / plan.pp - 1);
+    plan.last_stage_layers = plan.first_stage_layers;
+    notes.emplace_back(fmt::format("embedding counted as a stage layer -> first/last stages hold {} layers",
+                                   plan.first_stage_layers));
+  }
+  return mapped;
+}
+
+double hw_flops_incl_recompute(double batch, double seq, double layers, double hidden, double vocab) {
+  return 96.0 * batch * seq * layers * hidden * hidden *
+         (1.0 + seq / (6.0 * hidden) + vocab / (16.0 * layers * hidden));
+}
+
+double model_flops_per_step(double batch, double seq, double layers, double hidden, double vocab) {
+  return 72.0 * batch * seq * layers * hidden * hidden *
+         (1.0 + seq / (6.0 * hidden) + vocab / (12.0 * layers * hidden));
+}
+
+std::optional<MeasuredStep> measured_step_time(const PublishedRun& run, const MappedRun& mapped) {
+  const auto& spec = mapped.model;
+  const double batch = static_cast<double>(mapped.plan.global_batch_size);
+  const double seq = static_cast<double>(spec.seq_length);
+  const double gpus = static_cast<double>(mapped.num_gpus);
+  const double layers = static_cast<double>(spec.num_layers);
+  const double hidden = static_cast<double>(spec.hidden_size);
+  const double vocab = static_cast<double>(spec.vocab_size);
+  if (run.measured_step_time_s && *run.measured_step_time_s > 0.0) {
+    return MeasuredStep{*run.measured_step_time_s, "measured_step_time_s"};
+  }
+  if (run.measured_tokens_per_s_per_gpu && *run.measured_tokens_per_s_per_gpu > 0.0) {
+    return MeasuredStep{batch * seq / (*run.measured_tokens_per_s_per_gpu * gpus),
+                        "gbs*seq / (tokens/s/GPU * GPUs)"};
+  }
+  const std::string flops_def = run.note("flops_def");
+  if (run.measured_tflops_per_gpu && *run.measured_tflops_per_gpu > 0.0) {
+    const bool hardware = flops_def.rfind("hw_incl_recompute", 0) == 0;
+    const double flops = hardware ? hw_flops_incl_recompute(batch, seq, layers, hidden, vocab)
+                                  : model_flops_per_step(batch, seq, layers, hidden, vocab);
+    return MeasuredStep{flops / (*run.measured_tflops_per_gpu * 1e12 * gpus),
+                        hardware ? "TFLOP/s with SC21 eq. 3 (96Bslh^2(1+s/6h+V/16lh))"
+                                 : "TFLOP/s with model FLOPs (72Bslh^2(1+s/6h+V/12lh))"};
+  }
+  if (run.measured_mfu && *run.measured_mfu > 0.0) {
+    const double peak = mapped.gpu == "a100-80gb"                          ? A100_PEAK
+                        : mapped.plan.precision == model::Precision::Fp8 ? H100_FP8_PEAK
+                                                                         : H100_BF16_PEAK;
+    return MeasuredStep{model_flops_per_step(batch, seq, layers, hidden, vocab) / (*run.measured_mfu * peak * gpus),
+                        fmt::format("MFU x {:.0f} TF with model FLOPs", peak / 1e12)};
+  }
+  return std::nullopt;
+}
+
+} // namespace cuboid::sim::analysis
