@@ -1,0 +1,81 @@
+// Tests for `cuboid validate` reporting (sim/analysis/validation.hpp): MAPE per source, JSON and table output.
+#include "sim/analysis/validation.hpp"
+
+#include <catch2/catch.hpp>
+
+using namespace cuboid::sim::analysis;
+using Catch::Matchers::Contains;
+using Catch::Matchers::WithinRel;
+
+namespace {
+
+ValidationRow ok_row(const std::string& id, const std::string& source, double measured, double predicted) {
+  ValidationRow row;
+  row.id = id;
+  row.source = source;
+  row.measured_step_s = measured;
+  row.predicted_step_s = predicted;
+  row.error_pct = 100.0 * (predicted - measured) / measured;
+  row.dominant = "compute";
+  row.shares = {0.8, 0.15, 0.05};
+  row.layout = "tp8 pp1 dp4 mbs1 gbs64 bf16";
+  return row;
+}
+
+ValidationRow other_row(std::string id, RunStatus status, std::string reason) {
+  ValidationRow row;
+  row.id = std::move(id);
+  row.source = std::string("sc21");
+  row.status = status;
+  row.reason = std::move(reason);
+  return row;
+}
+
+ValidationReport sample_report() {
+  ValidationReport report;
+  report.csv_path = "runs.csv";
+  report.rows.push_back(ok_row("a", "sc21", 10.0, 11.0));   // +10 %
+  report.rows.push_back(ok_row("b", "sc21", 10.0, 9.0));    // -10 %
+  report.rows.push_back(ok_row("c", "dgxc", 2.0, 2.1));     // +5 %
+  report.rows.back().measured_mem_gib = 40.0;
+  report.rows.back().predicted_mem_gib = 44.0;              // 10 % off
+  report.rows.push_back(other_row("d", RunStatus::Skipped, "no layout"));
+  report.rows.push_back(other_row("e", RunStatus::Unsupported, "context parallelism cp=2 is not modelled"));
+  summarise(report);
+  return report;
+}
+
+} // namespace
+
+// MAPE = mean |error| over Ok rows only: sc21 (10 + 10) / 2 = 10, dgxc 5, overall 25 / 3; bias sc21 0.
+TEST_CASE("sim::analysis::summarise: MAPE overall and per source", "[validate]") {
+  const ValidationReport report = sample_report();
+  CHECK(report.ok == 3);
+  CHECK(report.skipped == 1);
+  CHECK(report.unsupported == 1);
+  CHECK(report.infeasible == 0);
+  CHECK_THAT(report.per_source.at("sc21").mape_pct, WithinRel(10.0, 1e-9));
+  CHECK(std::abs(report.per_source.at("sc21").bias_pct) < 1e-9);
+  CHECK_THAT(report.per_source.at("dgxc").mape_pct, WithinRel(5.0, 1e-9));
+  CHECK_THAT(report.overall.mape_pct, WithinRel(25.0 / 3.0, 1e-9));
+  REQUIRE(report.memory_mape_pct);
+  CHECK_THAT(*report.memory_mape_pct, WithinRel(10.0, 1e-9));
+}
+
+TEST_CASE("sim::analysis::to_json and format_table", "[validate]") {
+  const ValidationReport report = sample_report();
+  const nlohmann::json json = to_json(report);
+  CHECK(json["counts"]["ok"] == 3);
+  CHECK(json["rows"].size() == 5);
+  CHECK(json["rows"][0]["dominant"] == "compute");
+  CHECK(json["rows"][3]["status"] == "skipped");
+  CHECK(json["rows"][4]["reason"] == "context parallelism cp=2 is not modelled");
+  CHECK(json["per_source"]["dgxc"]["rows"] == 1);
+  const std::string table = format_table(report);
+  CHECK_THAT(table, Contains("# cuboid validate: runs.csv"));
+  CHECK_THAT(table, Contains("(s)"));
+  CHECK_THAT(table, Contains("+10.0"));
+  CHECK_THAT(table, Contains("unsupported  context parallelism cp=2"));
+  CHECK_THAT(table, Contains("overall"));
+  CHECK_THAT(table, Contains("peak memory MAPE over rows with a measurement: 10.0 %"));
+}
