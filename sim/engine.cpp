@@ -98,12 +98,12 @@ void Engine::make_ready(std::uint32_t task, double now_s) {
 }
 
 void Engine::dispatch(double now_s) {
-  // dirty_ may grow while we iterate (a zero-time instance ending frees executors): index loop.
+  // dirty_ may grow while we iterate (a zero-time instance ending frees executors and readies successors, possibly
+  // on an executor already visited): clear the flag before visiting so such an executor is queued again.
   for (std::size_t idx = 0; idx < dirty_.size(); ++idx) {
-    dispatch_executor(dirty_[idx], now_s);
-  }
-  for (const std::uint32_t executor : dirty_) {
+    const std::uint32_t executor = dirty_[idx];
     executors_[executor].dirty = false;
+    dispatch_executor(executor, now_s);
   }
   dirty_.clear();
 }

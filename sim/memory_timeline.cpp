@@ -5,6 +5,7 @@
 #include "model/errors.hpp"
 
 #include <algorithm>
+#include <limits>
 
 namespace cuboid::sim {
 
@@ -66,23 +67,57 @@ void MemoryTimeline::replay(const SimProgram& program, const std::vector<model::
                             const EngineResult& run) {
   CUBOID_ASSERT(tasks.size() == program.tasks.size(), "{} tasks vs {} in the program", tasks.size(),
                 program.tasks.size());
+  starting_.assign(program.num_executors(), 0);
+  auto hands_over = [this, &program](std::uint32_t task) {
+    const SimTask& t = program.tasks[task];
+    return starting_[t.executor] != 0 || (t.executor2 != NO_INDEX && starting_[t.executor2] != 0);
+  };
   std::size_t next_start = 0;
   std::size_t next_end = 0;
   const std::size_t num_starts = run.start_order.size();
   const std::size_t num_ends = run.end_order.size();
   while (next_start < num_starts || next_end < num_ends) {
-    double now_s = next_start < num_starts ? run.start_s[run.start_order[next_start]] : run.end_s[run.end_order[next_end]];
+    double now_s = std::numeric_limits<double>::infinity();
+    if (next_start < num_starts) {
+      now_s = run.start_s[run.start_order[next_start]];
+    }
     if (next_end < num_ends) {
       now_s = std::min(now_s, run.end_s[run.end_order[next_end]]);
     }
-    for (; next_start < num_starts && run.start_s[run.start_order[next_start]] == now_s; ++next_start) {
-      const std::uint32_t task = run.start_order[next_start];
+    std::size_t start_stop = next_start;
+    for (; start_stop < num_starts && run.start_s[run.start_order[start_stop]] == now_s; ++start_stop) {
+      const SimTask& t = program.tasks[run.start_order[start_stop]];
+      starting_[t.executor] = 1;
+      if (t.executor2 != NO_INDEX) {
+        starting_[t.executor2] = 1;
+      }
+    }
+    std::size_t end_stop = next_end;
+    for (; end_stop < num_ends && run.end_s[run.end_order[end_stop]] == now_s; ++end_stop) {
+      const std::uint32_t task = run.end_order[end_stop];
+      if (hands_over(task)) {
+        apply(program.tasks[task].free_rank, now_s, tasks[task].free_at_end, -1.0);
+      }
+    }
+    for (std::size_t idx = next_start; idx < start_stop; ++idx) {
+      const std::uint32_t task = run.start_order[idx];
       apply(program.tasks[task].alloc_rank, now_s, tasks[task].alloc_at_start, 1.0);
     }
-    for (; next_end < num_ends && run.end_s[run.end_order[next_end]] == now_s; ++next_end) {
-      const std::uint32_t task = run.end_order[next_end];
-      apply(program.tasks[task].free_rank, now_s, tasks[task].free_at_end, -1.0);
+    for (std::size_t idx = next_end; idx < end_stop; ++idx) {
+      const std::uint32_t task = run.end_order[idx];
+      if (!hands_over(task)) {
+        apply(program.tasks[task].free_rank, now_s, tasks[task].free_at_end, -1.0);
+      }
     }
+    for (std::size_t idx = next_start; idx < start_stop; ++idx) {
+      const SimTask& t = program.tasks[run.start_order[idx]];
+      starting_[t.executor] = 0;
+      if (t.executor2 != NO_INDEX) {
+        starting_[t.executor2] = 0;
+      }
+    }
+    next_start = start_stop;
+    next_end = end_stop;
   }
 }
 

@@ -17,8 +17,10 @@ public:
   explicit MemoryTimeline(const std::vector<model::RankInfo>& ranks, bool record_timeline);
 
   /// Applies every task's alloc_at_start at its start and free_at_end at its end, to the rank chosen by lowering
-  /// (SimTask::alloc_rank / free_rank). At one instant allocations are applied before frees (conservative peak).
-  /// `tasks` is indexed like program.tasks.
+  /// (SimTask::alloc_rank / free_rank). At one instant: a task that hands its stream over to the next task frees
+  /// first (the stream serialises them, so the order is known); all other frees at that instant come after the
+  /// allocations (their order against concurrent streams is unknown: conservative peak). `tasks` is indexed like
+  /// program.tasks.
   void replay(const SimProgram& program, const std::vector<model::Task>& tasks, const EngineResult& run);
 
   [[nodiscard]] const std::vector<RankMemory>& get_ranks() const { return ranks_; }
@@ -30,6 +32,7 @@ private:
 
   std::vector<RankMemory> ranks_;
   std::vector<model::MemBytes> current_;
+  std::vector<std::uint8_t> starting_; // per executor: a task starts on it at the current instant
   bool record_timeline_ = true;
 };
 

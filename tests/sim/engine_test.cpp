@@ -168,3 +168,21 @@ TEST_CASE("sim::Engine: max_events bounds the run", "[sim]") {
   REQUIRE_THROWS_AS(run_engine(program, options), cuboid::InfeasibleError);
   REQUIRE_THROWS_WITH(run_engine(program, options), Contains("max_events = 5"));
 }
+
+TEST_CASE("sim::Engine: zero-time communication readies work on an executor already dispatched", "[sim]") {
+  // Rank 0: compute task A (1 s) -> zero-phase collective C (a group of one: ends when it starts) -> optimizer O on
+  // the compute stream. At t = 1 s the compute executor is dispatched (idle, nothing queued), then C starts and ends
+  // in the same instant and readies O on that executor: O must still start at t = 1 s.
+  ProgramBuilder builder(1, NVLINK_BW, NIC_BW);
+  const std::uint32_t compute = builder.add_fixed(0, Stream::Compute, 1.0);
+  const std::uint32_t inst = builder.add_instance(1);
+  const std::uint32_t reduce = builder.add_comm_task(inst, 0, Stream::DpComm, TaskCategory::DpComm);
+  const std::uint32_t opt = builder.add_fixed(0, Stream::Compute, 0.5, TaskCategory::Optimizer);
+  builder.add_edge(compute, reduce);
+  builder.add_edge(reduce, opt);
+  const SimProgram program = builder.finish();
+  const EngineResult run = run_engine(program);
+  CHECK(run.start_s[opt] == 1.0);
+  CHECK(run.makespan_s == 1.5);
+  testing::check_invariants(program, run);
+}
