@@ -1,0 +1,406 @@
+// GptModel: parameter declaration (names and TP splits of the full model), and forward/backward of each unit with
+// the Megatron conjugate operators. Backward follows the forward in reverse; every gradient is accumulated into the
+// flat gradient buffer (grads are zeroed once per step by the runtime).
+#include "exec/gpt_model.hpp"
+
+#include "exec/cpu/activation.hpp"
+#include "exec/cpu/attention.hpp"
+#include "exec/cpu/cross_entropy.hpp"
+#include "exec/cpu/embedding.hpp"
+#include "exec/cpu/linear.hpp"
+#include "exec/cpu/norm.hpp"
+#include "exec/cpu/tp_ops.hpp"
+#include "model/errors.hpp"
+
+#include <fmt/format.h>
+
+#include <cmath>
+
+namespace cuboid::exec {
+
+using cpu::Mat;
+
+namespace {
+constexpr double INIT_STD = 0.02;            // GPT-2 / Megatron init_method_std
+constexpr double POSITION_INIT_STD = 0.01;   // GPT-2 wpe
+} // namespace
+
+GptModel::GptModel(const model::ModelSpec& spec, const model::Plan& plan, int tp_rank, int pp_rank,
+                   std::uint64_t seed, bool materialize)
+    : spec_(spec), plan_(plan), tp_rank_(tp_rank), pp_rank_(pp_rank),
+      chunks_(chunk_layouts(plan, spec.num_layers, pp_rank)), params_(plan.tp, tp_rank) {
+  declare_params();
+  params_.finalize(seed, materialize);
+}
+
+std::vector<ParamInfo> canonical_params(const model::ModelSpec& spec) {
+  model::Plan single;
+  single.micro_batch_size = 1;
+  single.global_batch_size = 1;
+  const GptModel full(spec, single, 0, 0, 0, false);
+  return full.params().infos();
+}
+
+std::int64_t GptModel::activation_rows() const {
+  const std::int64_t rows = spec_.seq_length * plan_.micro_batch_size;
+  return plan_.sequence_parallel ? rows / plan_.tp : rows;
+}
+
+GptModel::NormIdx GptModel::add_norm(const std::string& name) {
+  NormIdx idx;
+  idx.w = params_.add(name + ".w", 1, spec_.hidden_size, TpSplit::Replicated, InitKind::Ones, 0.0);
+  if (spec_.norm == model::NormKind::LayerNorm) {
+    idx.b = params_.add(name + ".b", 1, spec_.hidden_size, TpSplit::Replicated, InitKind::Zeros, 0.0);
+  }
+  return idx;
+}
+
+// Declared in backward order (head, last layer .. first layer, embedding) so that the flat gradient buffer fills
+// from the front during backward and DP buckets can start early.
+void GptModel::declare_params() {
+  const std::int64_t C = spec_.hidden_size;
+  const std::int64_t V = spec_.vocab_size;
+  const bool has_embedding = std::any_of(chunks_.begin(), chunks_.end(), [](const ChunkLayout& c) { return c.has_embedding; });
+  const bool has_head = std::any_of(chunks_.begin(), chunks_.end(), [](const ChunkLayout& c) { return c.has_head; });
+  const bool bias = spec_.linear_bias;
+  const double out_std = INIT_STD / std::sqrt(2.0 * static_cast<double>(spec_.num_layers));
+
+  if (has_head) {
+    final_norm_ = add_norm("final_norm");
+    if (spec_.tied_embeddings) {
+      wte_ = params_.add("embed.wte", V, C, TpSplit::Rows, InitKind::Normal, INIT_STD);
+      head_w_ = wte_;
+      params_.info(wte_).embedding_copy = !has_embedding; // the first stage owns it; this is the tied copy
+    } else {
+      head_w_ = params_.add("head.w", V, C, TpSplit::Rows, InitKind::Normal, INIT_STD);
+    }
+  }
+  int last_layer = -1;
+  first_layer_ = static_cast<int>(spec_.num_layers);
+  for (const auto& chunk : chunks_) {
+    first_layer_ = std::min(first_layer_, chunk.first_layer);
+    last_layer = std::max(last_layer, chunk.first_layer + chunk.num_layers - 1);
+  }
+  layer_slot_.assign(static_cast<std::size_t>(spec_.num_layers), -1);
+  std::vector<int> stage_layers;
+  for (const auto& chunk : chunks_) {
+    for (int layer = chunk.first_layer; layer < chunk.first_layer + chunk.num_layers; ++layer) {
+      stage_layers.push_back(layer);
+    }
+  }
+  std::sort(stage_layers.rbegin(), stage_layers.rend());
+  layers_.resize(stage_layers.size());
+  for (std::size_t slot = 0; slot < stage_layers.size(); ++slot) {
+    const int layer = stage_layers[slot];
+    layer_slot_[static_cast<std::size_t>(layer)] = static_cast<int>(slot);
+    LayerIdx& p = layers_[slot];
+    const std::string pre = fmt::format("layers.{}.", layer);
+    const std::int64_t F = spec_.ffn_hidden_size;
+    p.w2 = params_.add(pre + "mlp.w2", F, C, TpSplit::Rows, InitKind::Normal, out_std);
+    if (bias) {
+      p.b2 = params_.add(pre + "mlp.b2", 1, C, TpSplit::Replicated, InitKind::Zeros, 0.0);
+    }
+    p.w1 = params_.add(pre + "mlp.w1", C, F, TpSplit::Columns, InitKind::Normal, INIT_STD);
+    if (bias) {
+      p.b1 = params_.add(pre + "mlp.b1", 1, F, TpSplit::Columns, InitKind::Zeros, 0.0);
+    }
+    if (spec_.gated_mlp) {
+      p.wg = params_.add(pre + "mlp.wg", C, F, TpSplit::Columns, InitKind::Normal, INIT_STD);
+      if (bias) {
+        p.bg = params_.add(pre + "mlp.bg", 1, F, TpSplit::Columns, InitKind::Zeros, 0.0);
+      }
+    }
+    p.ln2 = add_norm(pre + "ln2");
+    p.wo = params_.add(pre + "attn.wo", spec_.q_width(), C, TpSplit::Rows, InitKind::Normal, out_std);
+    if (bias) {
+      p.bo = params_.add(pre + "attn.bo", 1, C, TpSplit::Replicated, InitKind::Zeros, 0.0);
+    }
+    p.wq = params_.add(pre + "attn.wq", C, spec_.q_width(), TpSplit::Columns, InitKind::Normal, INIT_STD);
+    p.wk = params_.add(pre + "attn.wk", C, spec_.kv_width(), TpSplit::Columns, InitKind::Normal, INIT_STD);
+    p.wv = params_.add(pre + "attn.wv", C, spec_.kv_width(), TpSplit::Columns, InitKind::Normal, INIT_STD);
+    if (bias) {
+      p.bq = params_.add(pre + "attn.bq", 1, spec_.q_width(), TpSplit::Columns, InitKind::Zeros, 0.0);
+      p.bk = params_.add(pre + "attn.bk", 1, spec_.kv_width(), TpSplit::Columns, InitKind::Zeros, 0.0);
+      p.bv = params_.add(pre + "attn.bv", 1, spec_.kv_width(), TpSplit::Columns, InitKind::Zeros, 0.0);
+    }
+    p.ln1 = add_norm(pre + "ln1");
+  }
+  if (has_embedding) {
+    if (spec_.learned_position_embedding) {
+      wpe_ = params_.add("embed.wpe", spec_.seq_length, C, TpSplit::Replicated, InitKind::Normal, POSITION_INIT_STD);
+    }
+    if (wte_ < 0) {
+      wte_ = params_.add("embed.wte", V, C, TpSplit::Rows, InitKind::Normal, INIT_STD);
+    }
+  }
+  if (plan_.sequence_parallel) {
+    for (int idx = 0; idx < static_cast<int>(params_.infos().size()); ++idx) {
+      auto& info = params_.info(idx);
+      info.sequence_parallel_grad = info.split == TpSplit::Replicated;
+    }
+  }
+}
+
+std::vector<int> GptModel::embedding_params() const {
+  std::vector<int> out;
+  if (wte_ >= 0 && !params_.info(wte_).embedding_copy) {
+    out.push_back(wte_);
+  }
+  if (wpe_ >= 0) {
+    out.push_back(wpe_);
+  }
+  return out;
+}
+
+std::vector<int> GptModel::layer_params(int layer) const {
+  const LayerIdx& p = layer_idx(layer);
+  std::vector<int> out;
+  for (const int idx : {p.ln1.w, p.ln1.b, p.wq, p.bq, p.wk, p.bk, p.wv, p.bv, p.wo, p.bo, p.ln2.w, p.ln2.b, p.w1, p.b1,
+                        p.wg, p.bg, p.w2, p.b2}) {
+    if (idx >= 0) {
+      out.push_back(idx);
+    }
+  }
+  return out;
+}
+
+std::vector<int> GptModel::head_params() const {
+  std::vector<int> out{final_norm_.w};
+  if (final_norm_.b >= 0) {
+    out.push_back(final_norm_.b);
+  }
+  if (head_w_ >= 0 && (head_w_ != wte_ || params_.info(wte_).embedding_copy)) {
+    out.push_back(head_w_);
+  }
+  return out;
+}
+
+const GptModel::LayerIdx& GptModel::layer_idx(int layer) const {
+  CUBOID_ASSERT(layer >= 0 && layer < spec_.num_layers && layer_slot_[static_cast<std::size_t>(layer)] >= 0,
+                "layer {} is not held by pipeline stage {}", layer, pp_rank_);
+  return layers_[static_cast<std::size_t>(layer_slot_[static_cast<std::size_t>(layer)])];
+}
+
+cpu::ConstMatMap GptModel::weight(int idx) const {
+  const auto& info = params_.info(idx);
+  return cpu::map_mat(params_.value(idx), info.rows, info.cols);
+}
+
+cpu::MatMap GptModel::grad(int idx) {
+  const auto& info = params_.info(idx);
+  return cpu::map_mat(params_.grad(idx), info.rows, info.cols);
+}
+
+const float* GptModel::bias(int idx) const { return idx < 0 ? nullptr : params_.value(idx); }
+float* GptModel::bias_grad(int idx) { return idx < 0 ? nullptr : params_.grad(idx); }
+
+void GptModel::norm_forward(const NormIdx& idx, const Mat& x, Mat& y, cpu::ColVec& mean, cpu::ColVec& rstd) const {
+  y.resize(x.rows(), x.cols());
+  const Eigen::Map<const cpu::RowVec> w(params_.value(idx.w), spec_.hidden_size);
+  if (idx.b >= 0) {
+    const Eigen::Map<const cpu::RowVec> b(params_.value(idx.b), spec_.hidden_size);
+    cpu::layer_norm_forward(x, w, b, y, mean, rstd);
+  } else {
+    cpu::rms_norm_forward(x, w, y, rstd);
+  }
+}
+
+void GptModel::norm_backward(const NormIdx& idx, const Mat& dy, const Mat& x, const cpu::ColVec& mean,
+                             const cpu::ColVec& rstd, Mat& dx) {
+  const Eigen::Map<const cpu::RowVec> w(params_.value(idx.w), spec_.hidden_size);
+  Eigen::Map<cpu::RowVec> dw(params_.grad(idx.w), spec_.hidden_size);
+  if (idx.b >= 0) {
+    Eigen::Map<cpu::RowVec> db(params_.grad(idx.b), spec_.hidden_size);
+    cpu::layer_norm_backward(dy, x, w, mean, rstd, dx, dw, db);
+  } else {
+    cpu::rms_norm_backward(dy, x, w, rstd, dx, dw);
+  }
+}
+
+void GptModel::enter_tp(Communicator& tp, const Mat& local, Mat& full) const {
+  if (plan_.sequence_parallel) {
+    cpu::all_gather_rows(tp, local, full);
+  } else {
+    full = local;
+  }
+}
+
+void GptModel::leave_tp(Communicator& tp, Mat& partial, Mat& out) const {
+  if (plan_.sequence_parallel) {
+    cpu::reduce_scatter_rows(tp, partial, out);
+  } else {
+    cpu::all_reduce_rows(tp, partial);
+    out = std::move(partial);
+  }
+}
+
+// ---- embedding
+
+void GptModel::embedding_forward(Communicator& tp, std::span<const std::int32_t> tokens, Mat& out) const {
+  const auto& info = params_.info(wte_);
+  Mat partial(static_cast<Eigen::Index>(tokens.size()), spec_.hidden_size);
+  cpu::embedding_forward(tokens, weight(wte_), info.row0, partial);
+  leave_tp(tp, partial, out);
+  if (wpe_ >= 0) {
+    const std::int64_t first_row = plan_.sequence_parallel ? out.rows() * tp_rank_ : 0;
+    cpu::position_embedding_forward(weight(wpe_), first_row, plan_.micro_batch_size, out);
+  }
+}
+
+void GptModel::embedding_backward(Communicator& tp, std::span<const std::int32_t> tokens, const Mat& dout) {
+  if (wpe_ >= 0) {
+    const std::int64_t first_row = plan_.sequence_parallel ? dout.rows() * tp_rank_ : 0;
+    cpu::position_embedding_backward(dout, first_row, plan_.micro_batch_size, grad(wpe_));
+  }
+  // Conjugate of leave_tp: the all-reduce's backward is the identity, the reduce-scatter's an all-gather.
+  Mat full;
+  enter_tp(tp, dout, full);
+  cpu::embedding_backward(tokens, full, params_.info(wte_).row0, grad(wte_));
+}
+
+// ---- transformer layer
+
+void GptModel::layer_forward(Communicator& tp, int layer, const Mat& x, Mat& out, LayerCache& c, bool keep_all) const {
+  const LayerIdx& p = layer_idx(layer);
+  const std::int64_t q_cols = params_.info(p.wq).cols;
+  const std::int64_t kv_cols = params_.info(p.wk).cols;
+  const std::int64_t ffn_cols = params_.info(p.w1).cols;
+  const cpu::AttentionShape shape{spec_.seq_length, plan_.micro_batch_size, q_cols / spec_.head_dim,
+                                  kv_cols / spec_.head_dim, spec_.head_dim};
+  c.x = x;
+  norm_forward(p.ln1, x, c.h1, c.ln1_mean, c.ln1_rstd);
+  enter_tp(tp, c.h1, c.h1_full);
+  const Eigen::Index rows = c.h1_full.rows();
+  c.q.resize(rows, q_cols);
+  c.k.resize(rows, kv_cols);
+  c.v.resize(rows, kv_cols);
+  cpu::linear_forward(c.h1_full, weight(p.wq), bias(p.bq), c.q);
+  cpu::linear_forward(c.h1_full, weight(p.wk), bias(p.bk), c.k);
+  cpu::linear_forward(c.h1_full, weight(p.wv), bias(p.bv), c.v);
+  c.attn.resize(rows, q_cols);
+  const bool keep_probs = plan_.recompute == model::Recompute::None;
+  cpu::attention_forward(shape, c.q, c.k, c.v, c.attn, keep_probs ? &c.probs : nullptr);
+  Mat partial(rows, spec_.hidden_size);
+  cpu::linear_forward(c.attn, weight(p.wo), nullptr, partial);
+  Mat attn_out;
+  leave_tp(tp, partial, attn_out);
+  if (p.bo >= 0) {
+    attn_out.rowwise() += Eigen::Map<const cpu::RowVec>(params_.value(p.bo), spec_.hidden_size);
+  }
+  c.x2 = x + attn_out;
+
+  norm_forward(p.ln2, c.x2, c.h2, c.ln2_mean, c.ln2_rstd);
+  enter_tp(tp, c.h2, c.h2_full);
+  c.fc1.resize(rows, ffn_cols);
+  c.act.resize(rows, ffn_cols);
+  cpu::linear_forward(c.h2_full, weight(p.w1), bias(p.b1), c.fc1);
+  if (spec_.gated_mlp) {
+    c.gate.resize(rows, ffn_cols);
+    cpu::linear_forward(c.h2_full, weight(p.wg), bias(p.bg), c.gate);
+    cpu::swiglu_forward(c.gate, c.fc1, c.act);
+  } else {
+    cpu::gelu_forward(c.fc1, c.act);
+  }
+  Mat partial2(rows, spec_.hidden_size);
+  cpu::linear_forward(c.act, weight(p.w2), nullptr, partial2);
+  Mat mlp_out;
+  leave_tp(tp, partial2, mlp_out);
+  if (p.b2 >= 0) {
+    mlp_out.rowwise() += Eigen::Map<const cpu::RowVec>(params_.value(p.b2), spec_.hidden_size);
+  }
+  out = c.x2 + mlp_out;
+  c.complete = keep_all;
+  if (!keep_all) {
+    // Full recompute: keep only the layer input; backward reruns this forward (Korthikanti et al. 2022, sec. 5).
+    LayerCache kept;
+    kept.x = std::move(c.x);
+    c = std::move(kept);
+  }
+}
+
+void GptModel::layer_backward(Communicator& tp, int layer, LayerCache& c, const Mat& dout, Mat& dx) {
+  if (!c.complete) {
+    Mat ignored;
+    const Mat input = std::move(c.x);
+    layer_forward(tp, layer, input, ignored, c, true);
+  }
+  const LayerIdx& p = layer_idx(layer);
+  const cpu::AttentionShape shape{spec_.seq_length, plan_.micro_batch_size, c.q.cols() / spec_.head_dim,
+                                  c.k.cols() / spec_.head_dim, spec_.head_dim};
+  const Eigen::Index rows = c.h1_full.rows();
+
+  // MLP branch: out = x2 + leave_tp(act W2) + b2.
+  if (p.b2 >= 0) {
+    Eigen::Map<cpu::RowVec>(params_.grad(p.b2), spec_.hidden_size) += dout.colwise().sum();
+  }
+  Mat dmlp_full;
+  enter_tp(tp, dout, dmlp_full); // conjugate of leave_tp
+  Mat dact(rows, c.act.cols());
+  cpu::linear_backward(dmlp_full, c.act, weight(p.w2), dact, grad(p.w2), nullptr);
+  Mat dh2_full(rows, spec_.hidden_size);
+  Mat dfc1(rows, c.fc1.cols());
+  if (spec_.gated_mlp) {
+    Mat dgate(rows, c.gate.cols());
+    cpu::swiglu_backward(dact, c.gate, c.fc1, dgate, dfc1);
+    cpu::linear_backward(dgate, c.h2_full, weight(p.wg), dh2_full, grad(p.wg), bias_grad(p.bg));
+    cpu::linear_backward(dfc1, c.h2_full, weight(p.w1), dh2_full, grad(p.w1), bias_grad(p.b1), true);
+  } else {
+    cpu::gelu_backward(dact, c.fc1, dfc1);
+    cpu::linear_backward(dfc1, c.h2_full, weight(p.w1), dh2_full, grad(p.w1), bias_grad(p.b1));
+  }
+  Mat dh2;
+  leave_tp(tp, dh2_full, dh2); // conjugate of enter_tp
+  Mat dx2 = dout;
+  norm_backward(p.ln2, dh2, c.x2, c.ln2_mean, c.ln2_rstd, dx2);
+
+  // Attention branch: x2 = x + leave_tp(attn Wo) + bo.
+  if (p.bo >= 0) {
+    Eigen::Map<cpu::RowVec>(params_.grad(p.bo), spec_.hidden_size) += dx2.colwise().sum();
+  }
+  Mat dattn_out_full;
+  enter_tp(tp, dx2, dattn_out_full);
+  Mat dattn(rows, c.attn.cols());
+  cpu::linear_backward(dattn_out_full, c.attn, weight(p.wo), dattn, grad(p.wo), nullptr);
+  Mat dq(rows, c.q.cols());
+  Mat dk(rows, c.k.cols());
+  Mat dv(rows, c.v.cols());
+  cpu::attention_backward(shape, dattn, c.q, c.k, c.v, c.probs.size() > 0 ? &c.probs : nullptr, dq, dk, dv);
+  Mat dh1_full(rows, spec_.hidden_size);
+  cpu::linear_backward(dq, c.h1_full, weight(p.wq), dh1_full, grad(p.wq), bias_grad(p.bq));
+  cpu::linear_backward(dk, c.h1_full, weight(p.wk), dh1_full, grad(p.wk), bias_grad(p.bk), true);
+  cpu::linear_backward(dv, c.h1_full, weight(p.wv), dh1_full, grad(p.wv), bias_grad(p.bv), true);
+  Mat dh1;
+  leave_tp(tp, dh1_full, dh1);
+  dx = std::move(dx2);
+  norm_backward(p.ln1, dh1, c.x, c.ln1_mean, c.ln1_rstd, dx);
+  c = LayerCache{};
+}
+
+// ---- final norm, output layer, loss
+
+double GptModel::head_forward(Communicator& tp, const Mat& x, std::span<const std::int32_t> targets,
+                              HeadCache& c) const {
+  c.x = x;
+  norm_forward(final_norm_, x, c.h, c.mean, c.rstd);
+  enter_tp(tp, c.h, c.h_full);
+  c.probs.noalias() = c.h_full * weight(head_w_).transpose(); // (T*B, V/tp) logits
+  cpu::ColVec losses;
+  cpu::vocab_parallel_cross_entropy_forward(c.probs, targets, params_.info(head_w_).row0, tp, losses);
+  return static_cast<double>(losses.sum()) / static_cast<double>(losses.size());
+}
+
+void GptModel::head_backward(Communicator& tp, HeadCache& c, std::span<const std::int32_t> targets, float loss_scale,
+                             Mat& dx) {
+  const float scale = loss_scale / static_cast<float>(targets.size());
+  Mat dlogits(c.probs.rows(), c.probs.cols());
+  cpu::vocab_parallel_cross_entropy_backward(c.probs, targets, params_.info(head_w_).row0, scale, dlogits);
+  Mat dh_full = dlogits * weight(head_w_);       // (T*B, C) partial over the vocab shards
+  grad(head_w_).noalias() += dlogits.transpose() * c.h_full;
+  Mat dh;
+  leave_tp(tp, dh_full, dh);
+  dx = Mat::Zero(c.x.rows(), c.x.cols());
+  norm_backward(final_norm_, dh, c.x, c.mean, c.rstd, dx);
+  c = HeadCache{};
+}
+
+} // namespace cuboid::exec

@@ -1,0 +1,126 @@
+// GptModel: this rank's shard of a decoder-only transformer (GPT: LayerNorm, GeLU, learned positions, biases;
+// Llama-style: RMSNorm, SwiGLU, GQA, no biases) for one pipeline stage (all its chunks) and one TP rank, with the
+// forward and backward of its units (embedding, transformer layer, final norm + output layer + loss).
+// Megatron tensor parallelism: QKV and fc1 column-parallel, proj and fc2 row-parallel, vocab-parallel embedding
+// and cross-entropy; with sequence parallelism the activations between TP regions hold T*B/tp rows.
+// Activations use Megatron's [s, b] row order (row = t * B + b). Not yet: rotary position embeddings (a model
+// without learned positions runs without any position signal).
+#pragma once
+
+#include "exec/communicator.hpp"
+#include "exec/cpu/tensor.hpp"
+#include "exec/param_set.hpp"
+#include "exec/stage_layout.hpp"
+#include "model/model_spec.hpp"
+#include "model/plan.hpp"
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace cuboid::exec {
+
+/// Saved activations of one layer for one micro-batch. With full recompute only `x` is kept between forward and
+/// backward; with selective recompute the attention probabilities are not kept.
+struct LayerCache {
+  cpu::Mat x;                 // (n, C) layer input (n = T*B, or T*B/tp with sequence parallelism)
+  cpu::Mat h1, h1_full;       // ln1 output (n, C); all-gathered (T*B, C) under SP
+  cpu::ColVec ln1_mean, ln1_rstd;
+  cpu::Mat q, k, v;           // (T*B, Hl*D), (T*B, Gl*D), (T*B, Gl*D)
+  cpu::Mat probs;             // (B*Hl*T, T), empty under selective recompute
+  cpu::Mat attn;              // (T*B, Hl*D) attention output before proj
+  cpu::Mat x2;                // (n, C) after the attention residual
+  cpu::Mat h2, h2_full;
+  cpu::ColVec ln2_mean, ln2_rstd;
+  cpu::Mat fc1, gate;         // (T*B, F/tp) pre-activation (up projection), gate for SwiGLU
+  cpu::Mat act;               // (T*B, F/tp)
+  bool complete = false;      // false when only x was kept (full recompute)
+};
+
+struct HeadCache {
+  cpu::Mat x;                 // (n, C)
+  cpu::Mat h, h_full;         // final norm output; all-gathered under SP
+  cpu::ColVec mean, rstd;
+  cpu::Mat probs;             // (T*B, V/tp) softmax of the logits
+};
+
+class GptModel;
+
+/// The full model's parameters (tp = pp = dp = 1) in canonical order, without buffers.
+std::vector<ParamInfo> canonical_params(const model::ModelSpec& spec);
+
+class GptModel {
+public:
+  /// Declares and initialises this rank's parameters from `seed` (identical values to the single-rank model).
+  /// With materialize = false only the parameter list is built (no buffers): canonical_params().
+  GptModel(const model::ModelSpec& spec, const model::Plan& plan, int tp_rank, int pp_rank, std::uint64_t seed,
+           bool materialize = true);
+
+  /// Rows of an activation between TP regions: T*B, or T*B/tp with sequence parallelism.
+  [[nodiscard]] std::int64_t activation_rows() const;
+  [[nodiscard]] std::int64_t hidden() const { return spec_.hidden_size; }
+  [[nodiscard]] const std::vector<ChunkLayout>& chunks() const { return chunks_; }
+  [[nodiscard]] ParamSet& params() { return params_; }
+  [[nodiscard]] const ParamSet& params() const { return params_; }
+  /// Parameter indices used by a unit (for mapping gradient buckets to the backward that finishes them).
+  [[nodiscard]] std::vector<int> embedding_params() const;
+  [[nodiscard]] std::vector<int> layer_params(int layer) const;
+  [[nodiscard]] std::vector<int> head_params() const;
+
+  /// tokens: (T*B) in [s, b] order; out: (n, C).
+  void embedding_forward(Communicator& tp, std::span<const std::int32_t> tokens, cpu::Mat& out) const;
+  void embedding_backward(Communicator& tp, std::span<const std::int32_t> tokens, const cpu::Mat& dout);
+  /// keep_all = false stores only the input (full recompute).
+  void layer_forward(Communicator& tp, int layer, const cpu::Mat& x, cpu::Mat& out, LayerCache& cache,
+                     bool keep_all) const;
+  /// dx overwritten with the gradient of the layer input; consumes the cache (recomputes it if incomplete).
+  void layer_backward(Communicator& tp, int layer, LayerCache& cache, const cpu::Mat& dout, cpu::Mat& dx);
+  /// Mean cross-entropy over the micro-batch's T*B tokens (the same value on every TP rank).
+  [[nodiscard]] double head_forward(Communicator& tp, const cpu::Mat& x, std::span<const std::int32_t> targets,
+                                    HeadCache& cache) const;
+  /// loss_scale: d(step loss)/d(micro-batch mean loss), e.g. 1 / (m * dp).
+  void head_backward(Communicator& tp, HeadCache& cache, std::span<const std::int32_t> targets, float loss_scale,
+                     cpu::Mat& dx);
+
+private:
+  struct NormIdx {
+    int w = -1;
+    int b = -1; // -1 for RMSNorm
+  };
+  struct LayerIdx {
+    NormIdx ln1, ln2;
+    int wq = -1, bq = -1, wk = -1, bk = -1, wv = -1, bv = -1, wo = -1, bo = -1;
+    int w1 = -1, b1 = -1, wg = -1, bg = -1, w2 = -1, b2 = -1;
+  };
+
+  void declare_params();
+  NormIdx add_norm(const std::string& name);
+  void norm_forward(const NormIdx& idx, const cpu::Mat& x, cpu::Mat& y, cpu::ColVec& mean, cpu::ColVec& rstd) const;
+  void norm_backward(const NormIdx& idx, const cpu::Mat& dy, const cpu::Mat& x, const cpu::ColVec& mean,
+                     const cpu::ColVec& rstd, cpu::Mat& dx);
+  [[nodiscard]] cpu::ConstMatMap weight(int idx) const;
+  [[nodiscard]] cpu::MatMap grad(int idx);
+  [[nodiscard]] const float* bias(int idx) const;
+  [[nodiscard]] float* bias_grad(int idx);
+  /// Enter a column-parallel region: all-gather rows under SP (else identity).
+  void enter_tp(Communicator& tp, const cpu::Mat& local, cpu::Mat& full) const;
+  /// Leave a row-parallel region: reduce-scatter under SP, else all-reduce (in place), result in `out`.
+  void leave_tp(Communicator& tp, cpu::Mat& partial, cpu::Mat& out) const;
+  [[nodiscard]] const LayerIdx& layer_idx(int layer) const;
+
+  model::ModelSpec spec_;
+  model::Plan plan_;
+  int tp_rank_;
+  int pp_rank_;
+  std::vector<ChunkLayout> chunks_;
+  ParamSet params_;
+  int wte_ = -1;       // (V/tp, C) word embedding (embedding stage, and head stage when tied)
+  int wpe_ = -1;       // (T, C) learned positions
+  int head_w_ = -1;    // (V/tp, C) output layer (== wte_ when tied on the same stage)
+  NormIdx final_norm_;
+  int first_layer_ = 0;
+  std::vector<LayerIdx> layers_; // indexed by layer - first_layer_ (layers of this stage, all chunks)
+  std::vector<int> layer_slot_;  // global layer -> index into layers_, -1 if not on this stage
+};
+
+} // namespace cuboid::exec

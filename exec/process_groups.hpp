@@ -1,0 +1,25 @@
+// ProcessGroups: the TP, DP and PP sub-communicators of this rank, split from the world by model::RankGrid
+// (rank = tp_rank + tp * (dp_rank + dp * pp_rank)), plus the embedding group {first stage, last stage} that ties
+// the word embedding when pp > 1 (Megatron's embedding group).
+#pragma once
+
+#include "exec/communicator.hpp"
+#include "model/rank_grid.hpp"
+
+#include <memory>
+
+namespace cuboid::exec {
+
+struct ProcessGroups {
+  model::RankCoord coord;
+  std::unique_ptr<Communicator> tp;
+  std::unique_ptr<Communicator> dp;
+  std::unique_ptr<Communicator> pp;
+  /// First and last pipeline stage ranks with the same (tp, dp) coordinates; a group of one elsewhere.
+  std::unique_ptr<Communicator> embedding;
+};
+
+/// Collective over `world`; world.size() must equal grid.world_size() (checked by the caller).
+ProcessGroups make_process_groups(Communicator& world, const model::RankGrid& grid);
+
+} // namespace cuboid::exec

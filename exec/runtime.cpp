@@ -1,0 +1,543 @@
+// Runtime: executes this rank's Program step after step. Activations live per (chunk, micro-batch); P2P sends keep
+// their buffer until Free or the end of the step; DP gradient buckets are contiguous ranges of the flat gradient
+// buffer, reduced asynchronously between CollectiveStart and CollectiveWait; the optimizer step finishes gradient
+// reduction (tied-embedding group, sequence-parallel norms) and applies AdamW.
+#include "exec/runtime.hpp"
+
+#include "exec/data.hpp"
+#include "exec/gpt_model.hpp"
+#include "exec/internal_schedule.hpp"
+#include "exec/process_groups.hpp"
+#include "exec/watchdog.hpp"
+#include "model/errors.hpp"
+#include "model/rank_grid.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <map>
+
+namespace cuboid::exec {
+
+using cpu::Mat;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+struct MicroState {
+  Mat act;                          // forward activation flowing through the chunk (n, C)
+  Mat grad;                         // its gradient flowing back
+  std::map<int, LayerCache> layers; // by global layer
+  HeadCache head;
+  MicroBatch data;
+  bool has_data = false;
+};
+
+struct PendingSend {
+  int chunk = 0;
+  int microbatch = 0;
+  std::unique_ptr<Mat> buffer;
+  std::unique_ptr<Request> request;
+};
+
+struct Bucket {
+  std::size_t begin = 0; // range of the flat gradient buffer
+  std::size_t end = 0;
+  std::unique_ptr<Request> request;
+};
+
+std::string category_of(InstrKind kind) {
+  switch (kind) {
+  case InstrKind::Forward:
+  case InstrKind::Backward: return "compute";
+  case InstrKind::Send:
+  case InstrKind::Recv: return "p2p";
+  case InstrKind::CollectiveStart:
+  case InstrKind::CollectiveWait: return "collective";
+  case InstrKind::OptimizerStep: return "optimizer";
+  case InstrKind::Free: return "memory";
+  }
+  return "?";
+}
+
+void validate_options(const RunOptions& options, const Communicator& world) {
+  const model::Plan& plan = options.plan;
+  if (world.size() != plan.world_size()) {
+    throw InputError(input_message("command line", "plan", fmt::format("tp*pp*dp = {}*{}*{} = {} but {} ranks were started",
+                                                                        plan.tp, plan.pp, plan.dp, plan.world_size(),
+                                                                        world.size())));
+  }
+  if (options.steps < 1) {
+    throw InputError(input_message("command line", "steps", fmt::format("{} (expected >= 1)", options.steps)));
+  }
+  const model::ModelSpec& m = options.model;
+  const auto check_divides = [](std::int64_t value, std::int64_t by, const char* what, const char* by_name) {
+    if (by <= 0 || value % by != 0) {
+      throw InputError(input_message("command line", "plan", fmt::format("{} = {} is not divisible by {} = {}", what,
+                                                                          value, by_name, by)));
+    }
+  };
+  check_divides(m.num_attention_heads, plan.tp, "num_attention_heads", "tp");
+  check_divides(m.num_query_groups, plan.tp, "num_query_groups", "tp");
+  check_divides(m.ffn_hidden_size, plan.tp, "ffn_hidden_size", "tp");
+  check_divides(m.vocab_size, plan.tp, "vocab_size", "tp");
+  check_divides(plan.global_batch_size, plan.micro_batch_size * plan.dp, "global_batch_size", "micro_batch_size*dp");
+  if (plan.sequence_parallel) {
+    check_divides(m.seq_length * plan.micro_batch_size, plan.tp, "seq_length*micro_batch_size", "tp");
+  }
+  if (plan.vp > 1) {
+    check_divides(plan.num_microbatches(), plan.pp, "micro-batches per step", "pp (interleaved schedule)");
+  }
+}
+
+} // namespace
+
+struct Trainer::State {
+  RunOptions options;
+  Communicator& world;
+  model::RankGrid grid;
+  ProcessGroups groups;
+  GptModel model;
+  TokenSource data;
+  Program program;
+  std::vector<Program> all_programs; // rank 0 only: labels for gathered timelines
+  std::vector<Bucket> buckets;
+  std::map<std::pair<int, int>, MicroState> micro;
+  std::vector<PendingSend> sends;
+  std::vector<model::TimelineEvent> events; // this rank, last step
+  std::vector<int> event_instr;             // instruction index of each event
+  int step = 0;
+  double loss_sum = 0.0;
+  std::atomic<int> current_instr{-1};
+  std::unique_ptr<Watchdog> watchdog;
+
+  State(const RunOptions& opts, Communicator& w)
+      : options(opts), world(w), grid(opts.plan.tp, opts.plan.dp, opts.plan.pp),
+        groups(make_process_groups(w, grid)),
+        model(opts.model, opts.plan, groups.coord.tp_rank, groups.coord.pp_rank, opts.seed),
+        data(opts.model.vocab_size, opts.model.seq_length, opts.seed, opts.data_file) {}
+
+  [[nodiscard]] int microbatches() const { return static_cast<int>(options.plan.num_microbatches()); }
+
+  std::string current_label() const {
+    const int idx = current_instr.load();
+    return idx >= 0 && idx < static_cast<int>(program.instrs.size()) ? program.instrs[static_cast<std::size_t>(idx)].label
+                                                                     : std::string("(between tasks)");
+  }
+
+  [[noreturn]] void fail(const std::string& what) {
+    const std::string message = fmt::format("rank {}: step {}: task {}: {}", world.rank(), step, current_label(), what);
+    if (options.abort_on_error && world.size() > 1) {
+      std::fprintf(stderr, "%s\n", message.c_str());
+      std::fflush(stderr);
+      world.abort(1);
+    }
+    throw RunError(message);
+  }
+
+  Program build_program(int rank) const {
+    // The TaskGraph lowering replaces this once model::build_step_graph is available (lowering.hpp).
+    return build_internal_program(options.model, options.plan, rank);
+  }
+
+  void setup_buckets();
+  void execute(const Instr& instr);
+  MicroState& state(int chunk, int mb) { return micro[{chunk, mb}]; }
+  MicroBatch& batch(MicroState& st, int mb) {
+    if (!st.has_data) {
+      const int global_mb = groups.coord.dp_rank * microbatches() + mb;
+      st.data = data.microbatch(step, global_mb, options.plan.micro_batch_size);
+      st.has_data = true;
+    }
+    return st.data;
+  }
+  void wait_sends(int chunk, int mb);
+  void optimizer_step();
+};
+
+// Bucket k covers the share bucket_weights[k] / sum of the flat gradient buffer (parameters are laid out in backward
+// order). A bucket may only start once every gradient in it is final: its CollectiveStart is moved after the last
+// backward of every unit owning a parameter in its range if the program placed it earlier.
+void Trainer::State::setup_buckets() {
+  const auto& weights = program.bucket_weights;
+  if (weights.empty()) {
+    return;
+  }
+  const std::size_t total = model.params().num_elements();
+  double sum = 0.0;
+  for (const double w : weights) {
+    sum += w;
+  }
+  double acc = 0.0;
+  std::size_t begin = 0;
+  for (std::size_t k = 0; k < weights.size(); ++k) {
+    acc += weights[k];
+    const std::size_t end = k + 1 == weights.size() ? total
+                                                    : std::min(total, static_cast<std::size_t>(std::llround(
+                                                                          acc / sum * static_cast<double>(total))));
+    buckets.push_back({begin, std::max(begin, end), nullptr});
+    begin = std::max(begin, end);
+  }
+  // Last program position finishing each parameter's gradient.
+  std::vector<int> finished_at(model.params().infos().size(), -1);
+  const auto mark = [&](const std::vector<int>& params, int pos) {
+    for (const int p : params) {
+      finished_at[static_cast<std::size_t>(p)] = std::max(finished_at[static_cast<std::size_t>(p)], pos);
+    }
+  };
+  for (int pos = 0; pos < static_cast<int>(program.instrs.size()); ++pos) {
+    const Instr& instr = program.instrs[static_cast<std::size_t>(pos)];
+    if (instr.kind != InstrKind::Backward) {
+      continue;
+    }
+    if (instr.unit == UnitKind::Layer) {
+      mark(model.layer_params(instr.layer), pos);
+    } else if (instr.unit == UnitKind::Embedding) {
+      mark(model.embedding_params(), pos);
+    } else {
+      mark(model.head_params(), pos);
+    }
+  }
+  for (std::size_t k = 0; k < buckets.size(); ++k) {
+    int ready = -1;
+    for (std::size_t p = 0; p < finished_at.size(); ++p) {
+      const ParamInfo& info = model.params().info(static_cast<int>(p));
+      if (info.offset < buckets[k].end && info.offset + info.size() > buckets[k].begin) {
+        ready = std::max(ready, finished_at[p]);
+      }
+    }
+    auto& instrs = program.instrs;
+    const auto is_start = [&](const Instr& i) { return i.kind == InstrKind::CollectiveStart && i.bucket == static_cast<int>(k); };
+    const auto it = std::find_if(instrs.begin(), instrs.end(), is_start);
+    if (it == instrs.end() || static_cast<int>(it - instrs.begin()) > ready) {
+      continue;
+    }
+    const Instr start = *it;
+    instrs.erase(it);
+    instrs.insert(instrs.begin() + ready, start); // ready shifted down by one by the erase: lands right after it
+    const auto start_pos = std::find_if(instrs.begin(), instrs.end(), is_start);
+    const auto wait = std::find_if(instrs.begin(), instrs.end(), [&](const Instr& i) {
+      return i.kind == InstrKind::CollectiveWait && i.bucket == static_cast<int>(k);
+    });
+    if (wait != instrs.end() && wait < start_pos) {
+      const Instr moved = *wait;
+      instrs.erase(wait);
+      instrs.insert(std::find_if(instrs.begin(), instrs.end(), is_start) + 1, moved);
+    }
+  }
+}
+
+void Trainer::State::wait_sends(int chunk, int mb) {
+  for (auto it = sends.begin(); it != sends.end();) {
+    if (chunk < 0 || (it->chunk == chunk && it->microbatch == mb)) {
+      it->request->wait();
+      it = sends.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void Trainer::State::execute(const Instr& instr) {
+  Communicator& tp = *groups.tp;
+  const bool keep_all = options.plan.recompute != model::Recompute::Full;
+  const auto rows = model.activation_rows();
+  const auto cols = model.hidden();
+  switch (instr.kind) {
+  case InstrKind::Forward: {
+    if (step == options.fault_step && world.rank() == options.fault_rank) {
+      throw std::runtime_error("injected fault (--inject-fault-rank/--inject-fault-step)");
+    }
+    MicroState& st = state(instr.chunk, instr.microbatch);
+    if (instr.unit == UnitKind::Embedding) {
+      model.embedding_forward(tp, batch(st, instr.microbatch).inputs, st.act);
+    } else if (instr.unit == UnitKind::Layer) {
+      Mat out;
+      model.layer_forward(tp, instr.layer, st.act, out, st.layers[instr.layer], keep_all);
+      st.act = std::move(out);
+    } else {
+      loss_sum += model.head_forward(tp, st.act, batch(st, instr.microbatch).targets, st.head);
+    }
+    return;
+  }
+  case InstrKind::Backward: {
+    MicroState& st = state(instr.chunk, instr.microbatch);
+    if (instr.unit == UnitKind::Embedding) {
+      model.embedding_backward(tp, batch(st, instr.microbatch).inputs, st.grad);
+    } else if (instr.unit == UnitKind::Layer) {
+      Mat dx;
+      model.layer_backward(tp, instr.layer, st.layers[instr.layer], st.grad, dx);
+      st.layers.erase(instr.layer);
+      st.grad = std::move(dx);
+    } else {
+      const float scale = 1.0f / static_cast<float>(microbatches() * options.plan.dp);
+      model.head_backward(tp, st.head, batch(st, instr.microbatch).targets, scale, st.grad);
+    }
+    return;
+  }
+  case InstrKind::Send: {
+    MicroState& st = state(instr.chunk, instr.microbatch);
+    auto buffer = std::make_unique<Mat>(std::move(instr.direction == Direction::Forward ? st.act : st.grad));
+    CUBOID_ASSERT(buffer->rows() == rows && buffer->cols() == cols, "{}: nothing to send ({} x {})", instr.label,
+                  buffer->rows(), buffer->cols());
+    auto request = world.send(std::span<const float>(buffer->data(), static_cast<std::size_t>(buffer->size())),
+                              instr.peer, instr.tag);
+    sends.push_back({instr.chunk, instr.microbatch, std::move(buffer), std::move(request)});
+    return;
+  }
+  case InstrKind::Recv: {
+    MicroState& st = state(instr.chunk, instr.microbatch);
+    Mat& target = instr.direction == Direction::Forward ? st.act : st.grad;
+    target.resize(rows, cols);
+    world.recv(std::span<float>(target.data(), static_cast<std::size_t>(target.size())), instr.peer, instr.tag);
+    return;
+  }
+  case InstrKind::CollectiveStart: {
+    Bucket& bucket = buckets.at(static_cast<std::size_t>(instr.bucket));
+    bucket.request = groups.dp->all_reduce_async(model.params().grads().subspan(bucket.begin, bucket.end - bucket.begin));
+    return;
+  }
+  case InstrKind::CollectiveWait: {
+    Bucket& bucket = buckets.at(static_cast<std::size_t>(instr.bucket));
+    if (bucket.request) {
+      bucket.request->wait();
+      bucket.request.reset();
+    }
+    return;
+  }
+  case InstrKind::OptimizerStep: optimizer_step(); return;
+  case InstrKind::Free:
+    wait_sends(instr.chunk, instr.microbatch);
+    micro.erase({instr.chunk, instr.microbatch});
+    return;
+  }
+}
+
+void Trainer::State::optimizer_step() {
+  for (auto& bucket : buckets) {
+    if (bucket.request) {
+      bucket.request->wait();
+      bucket.request.reset();
+    }
+  }
+  ParamSet& params = model.params();
+  // Tied word embedding split over the first and last stage: sum the two partial gradients (Megatron's embedding
+  // group all-reduce); both copies then take identical updates.
+  const int wte = params.find("embed.wte");
+  if (wte >= 0 && groups.embedding->size() > 1) {
+    groups.embedding->all_reduce(std::span<float>(params.grad(wte), params.info(wte).size()));
+  }
+  // Under sequence parallelism, replicated parameters saw only this rank's share of the sequence.
+  for (int idx = 0; idx < static_cast<int>(params.infos().size()); ++idx) {
+    if (params.info(idx).sequence_parallel_grad) {
+      groups.tp->all_reduce(std::span<float>(params.grad(idx), params.info(idx).size()));
+    }
+  }
+  float grad_scale = 1.0f;
+  const cpu::AdamWConfig& config = options.optimizer;
+  if (config.max_grad_norm > 0.0f) {
+    // Global norm over unique parameters: TP-replicated ones count on tp_rank 0 only, the tied copy not at all.
+    double sumsq = 0.0;
+    for (int idx = 0; idx < static_cast<int>(params.infos().size()); ++idx) {
+      const ParamInfo& info = params.info(idx);
+      if (info.embedding_copy || (info.split == TpSplit::Replicated && groups.coord.tp_rank != 0)) {
+        continue;
+      }
+      const float* g = params.grad(idx);
+      for (std::size_t e = 0; e < info.size(); ++e) {
+        sumsq += static_cast<double>(g[e]) * static_cast<double>(g[e]);
+      }
+    }
+    float total = static_cast<float>(sumsq);
+    groups.tp->all_reduce(std::span<float>(&total, 1));
+    groups.pp->all_reduce(std::span<float>(&total, 1));
+    const float norm = std::sqrt(total);
+    grad_scale = std::min(1.0f, config.max_grad_norm / (norm + 1e-6f));
+  }
+  for (int idx = 0; idx < static_cast<int>(params.infos().size()); ++idx) {
+    const ParamInfo& info = params.info(idx);
+    const auto range = [&](std::span<float> all) { return all.subspan(info.offset, info.size()); };
+    cpu::adamw_update(range(params.values()), range(params.grads()), range(params.moment1()), range(params.moment2()),
+                      step, config, info.weight_decay ? config.weight_decay : 0.0f, grad_scale);
+  }
+}
+
+Trainer::Trainer(const RunOptions& options, Communicator& world) {
+  validate_options(options, world);
+  state_ = std::make_unique<State>(options, world);
+  State& s = *state_;
+  s.program = s.build_program(world.rank());
+  s.setup_buckets();
+  if (world.rank() == 0 && options.trace) {
+    for (int rank = 0; rank < world.size(); ++rank) {
+      s.all_programs.push_back(rank == 0 ? s.program : s.build_program(rank));
+    }
+  }
+  if (options.timeout_s > 0.0) {
+    s.watchdog = std::make_unique<Watchdog>(
+        options.timeout_s, [&s] { return s.current_label(); },
+        [&s](const std::string& message) {
+          std::fprintf(stderr, "rank %d: %s\n", s.world.rank(), message.c_str());
+          std::fflush(stderr);
+          s.world.abort(1);
+        });
+  }
+}
+
+Trainer::~Trainer() = default;
+
+const Program& Trainer::program() const { return state_->program; }
+int Trainer::steps_done() const { return state_->step; }
+
+double Trainer::step() {
+  State& s = *state_;
+  ++s.step;
+  s.loss_sum = 0.0;
+  s.micro.clear();
+  s.events.clear();
+  s.event_instr.clear();
+  s.model.params().zero_grads();
+  if (s.watchdog) {
+    s.watchdog->arm(s.step);
+  }
+  const Clock::time_point start = Clock::now();
+  const int world_rank = s.world.rank();
+  try {
+    for (int idx = 0; idx < static_cast<int>(s.program.instrs.size()); ++idx) {
+      const Instr& instr = s.program.instrs[static_cast<std::size_t>(idx)];
+      s.current_instr.store(idx);
+      const double t0 = seconds_since(start);
+      s.execute(instr);
+      if (s.options.trace) {
+        s.events.push_back({instr.task == NO_TASK ? static_cast<model::TaskId>(idx) : instr.task, world_rank,
+                            instr.stream, t0, seconds_since(start), instr.label, category_of(instr.kind)});
+        s.event_instr.push_back(idx);
+      }
+    }
+    s.current_instr.store(-1);
+    s.wait_sends(-1, -1);
+  } catch (const std::exception& e) {
+    s.fail(e.what());
+  }
+  // Loss of the step: the last stage's tp_rank 0 ranks hold their replica's micro-batch losses.
+  const bool reports_loss = s.groups.coord.pp_rank == s.options.plan.pp - 1 && s.groups.coord.tp_rank == 0;
+  float loss = reports_loss ? static_cast<float>(s.loss_sum / static_cast<double>(s.microbatches() * s.options.plan.dp))
+                            : 0.0f;
+  s.world.all_reduce(std::span<float>(&loss, 1));
+  if (s.watchdog) {
+    s.watchdog->disarm();
+  }
+  return static_cast<double>(loss);
+}
+
+std::vector<model::TimelineEvent> Trainer::gather_timeline() {
+  State& s = *state_;
+  std::vector<double> packed;
+  for (std::size_t e = 0; e < s.events.size(); ++e) {
+    packed.insert(packed.end(), {static_cast<double>(s.event_instr[e]), s.events[e].start_s, s.events[e].end_s});
+  }
+  const auto all = gather_doubles(s.world, packed);
+  std::vector<model::TimelineEvent> out;
+  for (std::size_t rank = 0; rank < all.size(); ++rank) {
+    const Program& prog = s.all_programs.empty() ? s.program : s.all_programs.at(rank);
+    for (std::size_t e = 0; e + 2 < all[rank].size(); e += 3) {
+      const auto idx = static_cast<std::size_t>(all[rank][e]);
+      const Instr& instr = prog.instrs.at(idx);
+      out.push_back({instr.task == NO_TASK ? static_cast<model::TaskId>(idx) : instr.task, static_cast<int>(rank),
+                     instr.stream, all[rank][e + 1], all[rank][e + 2], instr.label, category_of(instr.kind)});
+    }
+  }
+  return out;
+}
+
+std::vector<float> Trainer::gather_full_weights() {
+  State& s = *state_;
+  const model::Plan& plan = s.options.plan;
+  const std::vector<ParamInfo> canonical = canonical_params(s.options.model);
+  // Stage holding each canonical parameter.
+  std::map<std::string, int> stage_of;
+  for (int stage = 0; stage < plan.pp; ++stage) {
+    const GptModel layout(s.options.model, plan, 0, stage, 0, false);
+    for (const auto& info : layout.params().infos()) {
+      if (!info.embedding_copy) {
+        stage_of.emplace(info.name, stage);
+      }
+    }
+  }
+  ParamSet& params = s.model.params();
+  std::vector<float> full;
+  std::size_t total = 0;
+  for (const auto& p : canonical) {
+    total += p.size();
+  }
+  if (s.world.rank() == 0) {
+    full.resize(total);
+  }
+  std::size_t offset = 0;
+  for (std::size_t tag = 0; tag < canonical.size(); ++tag) {
+    const ParamInfo& p = canonical[tag];
+    const int stage = stage_of.at(p.name);
+    const int shards = p.split == TpSplit::Replicated ? 1 : plan.tp;
+    for (int tp_rank = 0; tp_rank < shards; ++tp_rank) {
+      const int source = s.grid.rank_of({tp_rank, 0, stage});
+      const std::int64_t rows = p.split == TpSplit::Rows ? p.full_rows / plan.tp : p.full_rows;
+      const std::int64_t cols = p.split == TpSplit::Columns ? p.full_cols / plan.tp : p.full_cols;
+      std::vector<float> shard(static_cast<std::size_t>(rows * cols));
+      if (s.world.rank() == source) {
+        const int idx = params.find(p.name);
+        CUBOID_ASSERT(idx >= 0, "rank {} should hold {}", source, p.name);
+        std::copy(params.value(idx), params.value(idx) + shard.size(), shard.begin());
+        if (source != 0) {
+          s.world.send(shard, 0, static_cast<int>(tag))->wait();
+        }
+      }
+      if (s.world.rank() == 0) {
+        if (source != 0) {
+          s.world.recv(shard, source, static_cast<int>(tag));
+        }
+        const std::int64_t row0 = p.split == TpSplit::Rows ? rows * tp_rank : 0;
+        const std::int64_t col0 = p.split == TpSplit::Columns ? cols * tp_rank : 0;
+        for (std::int64_t r = 0; r < rows; ++r) {
+          for (std::int64_t c = 0; c < cols; ++c) {
+            full[offset + static_cast<std::size_t>((row0 + r) * p.full_cols + col0 + c)] =
+                shard[static_cast<std::size_t>(r * cols + c)];
+          }
+        }
+      }
+    }
+    offset += p.size();
+  }
+  return full;
+}
+
+RunResult run_training(const RunOptions& options, Communicator& world) {
+  Trainer trainer(options, world);
+  RunResult result;
+  for (int step = 0; step < options.steps; ++step) {
+    const Clock::time_point start = Clock::now();
+    result.losses.push_back(trainer.step());
+    result.step_time_s.push_back(seconds_since(start));
+  }
+  std::vector<double> tail(result.step_time_s.begin() + (result.step_time_s.size() > 1 ? 1 : 0),
+                           result.step_time_s.end());
+  std::sort(tail.begin(), tail.end());
+  result.median_step_time_s = tail.size() % 2 == 1 ? tail[tail.size() / 2]
+                                                   : 0.5 * (tail[tail.size() / 2 - 1] + tail[tail.size() / 2]);
+  if (options.trace) {
+    result.timeline = trainer.gather_timeline();
+  }
+  return result;
+}
+
+std::vector<float> gather_full_weights(Trainer& trainer) { return trainer.gather_full_weights(); }
+
+} // namespace cuboid::exec

@@ -1,0 +1,91 @@
+// Runtime: trains a GPT model for real on CPUs with DP x TP x PP, one process per rank, executing the per-rank
+// Program lowered from the step's TaskGraph (so the simulated schedule is the run schedule), and measures every
+// task. Entry points: run_training() for whole runs (used by `cuboid run`) and Trainer for step-by-step control
+// (used by the equivalence tests).
+#pragma once
+
+#include "exec/communicator.hpp"
+#include "exec/cpu/adamw.hpp"
+#include "exec/program.hpp"
+#include "model/gpu_spec.hpp"
+#include "model/model_spec.hpp"
+#include "model/plan.hpp"
+#include "model/timeline.hpp"
+
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace cuboid::exec {
+
+/// Where the per-rank programs come from.
+enum class ProgramSource {
+  TaskGraph, // lower model::build_step_graph(..., Instantiation::AllRanks) (the default)
+  Internal,  // build_internal_program(): the schedule written directly from the plan (reference / fallback)
+};
+
+struct RunOptions {
+  model::ModelSpec model;
+  model::Plan plan;
+  model::ClusterSpec cluster;  // only for building the IR; its num_gpus should equal plan.world_size()
+  int steps = 10;
+  std::uint64_t seed = 1234;   // weights and data
+  cpu::AdamWConfig optimizer;  // lr, betas, eps, weight decay, optional clipping
+  std::string data_file;       // raw little-endian uint16 tokens; empty = synthetic stream
+  double timeout_s = 0.0;      // > 0: the watchdog aborts the job when one step runs longer
+  bool trace = false;          // record per-task timings (gathered to rank 0)
+  ProgramSource program_source = ProgramSource::TaskGraph;
+  bool abort_on_error = true;  // multi-rank: print "rank R: step S: task T: what" and abort the job on any error
+  // Test-only fault injection: world rank `fault_rank` throws at the start of step `fault_step` (1-based).
+  int fault_rank = -1;
+  int fault_step = -1;
+};
+
+struct RunResult {
+  std::vector<double> losses;       // per step, mean over the global batch (valid on rank 0)
+  std::vector<double> step_time_s;  // per step, wall clock on rank 0 (steps end with a world reduction)
+  double median_step_time_s = 0.0;  // median over steps after the first (the first if only one)
+  /// Measured per-task timings of the last step, every rank, start/end relative to the rank's step start
+  /// (rank 0 only, and only with RunOptions::trace). Event ids are IR task ids.
+  std::vector<model::TimelineEvent> timeline;
+};
+
+/// Error raised on a rank while it runs a step, with "rank R: step S: task <label>: <what>".
+class RunError : public std::runtime_error {
+public:
+  using std::runtime_error::runtime_error;
+};
+
+class Trainer {
+public:
+  /// Collective over `world`. Throws InputError when world.size() != plan.world_size() or the options are invalid.
+  Trainer(const RunOptions& options, Communicator& world);
+  ~Trainer();
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  /// Runs one training step (forward, backward, gradient reduction, optimizer) on every rank; returns the global
+  /// mean loss (the same on every rank). Collective.
+  double step();
+  /// Full model weights in canonical order (the single-rank parameter order), assembled on rank 0 from dp_rank 0's
+  /// shards; empty on other ranks. Collective.
+  [[nodiscard]] std::vector<float> gather_full_weights();
+  /// Measured events of the last step (rank 0: all ranks; others: empty). Collective.
+  [[nodiscard]] std::vector<model::TimelineEvent> gather_timeline();
+  [[nodiscard]] const Program& program() const;
+  [[nodiscard]] int steps_done() const;
+
+private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+/// Trains for options.steps steps. Collective over `world`.
+RunResult run_training(const RunOptions& options, Communicator& world);
+
+/// Full weights of a run, see Trainer::gather_full_weights().
+std::vector<float> gather_full_weights(Trainer& trainer);
+
+} // namespace cuboid::exec

@@ -1,0 +1,45 @@
+// Layer assignment per chunk (see stage_layout.hpp for the equation and example).
+#include "exec/stage_layout.hpp"
+
+#include "model/errors.hpp"
+
+#include <fmt/format.h>
+
+namespace cuboid::exec {
+
+namespace {
+// Even split; switches to model::layers_per_stage (uneven first/last stages) once model/plan.cpp provides it.
+std::vector<int> stage_layer_counts(const model::Plan& plan, int total) {
+  if (plan.first_stage_layers != 0 || plan.last_stage_layers != 0 || total % plan.pp != 0) {
+    throw InfeasibleError(fmt::format("plan.pp: {} layers cannot be split evenly over pp = {} stages", total, plan.pp));
+  }
+  return std::vector<int>(static_cast<std::size_t>(plan.pp), total / plan.pp);
+}
+} // namespace
+
+std::vector<ChunkLayout> chunk_layouts(const model::Plan& plan, std::int64_t num_layers, int stage) {
+  std::vector<ChunkLayout> chunks(static_cast<std::size_t>(plan.vp));
+  const auto total = static_cast<int>(num_layers);
+  if (plan.vp == 1) {
+    const std::vector<int> counts = stage_layer_counts(plan, total);
+    int first = 0;
+    for (int s = 0; s < stage; ++s) {
+      first += counts[static_cast<std::size_t>(s)];
+    }
+    chunks[0] = {first, counts[static_cast<std::size_t>(stage)], stage == 0, stage == plan.pp - 1};
+    return chunks;
+  }
+  if (total % (plan.pp * plan.vp) != 0) {
+    throw InfeasibleError(fmt::format("plan.vp: {} layers cannot be split into pp ({}) x vp ({}) equal chunks",
+                                      total, plan.pp, plan.vp));
+  }
+  const int per_chunk = total / (plan.pp * plan.vp);
+  for (int c = 0; c < plan.vp; ++c) {
+    const int virtual_stage = c * plan.pp + stage;
+    chunks[static_cast<std::size_t>(c)] = {virtual_stage * per_chunk, per_chunk, virtual_stage == 0,
+                                           virtual_stage == plan.pp * plan.vp - 1};
+  }
+  return chunks;
+}
+
+} // namespace cuboid::exec

@@ -1,0 +1,64 @@
+// Small model specs for the exec tests: a 2-layer toy for gradient checks and gpt-tiny's shape (the catalog entry's
+// numbers) for training tests.
+#pragma once
+
+#include "model/model_spec.hpp"
+#include "model/plan.hpp"
+
+namespace cuboid::exec::test {
+
+/// GPT-style toy: L=2, C=8, 2 heads of 4, F=16, V=12, T=4.
+inline model::ModelSpec toy_gpt() {
+  model::ModelSpec m;
+  m.name = "toy-gpt";
+  m.num_layers = 2;
+  m.hidden_size = 8;
+  m.num_attention_heads = 2;
+  m.num_query_groups = 2;
+  m.head_dim = 4;
+  m.ffn_hidden_size = 16;
+  m.vocab_size = 12;
+  m.seq_length = 4;
+  m.tied_embeddings = true;
+  return m;
+}
+
+/// Llama-style toy: RMSNorm, SwiGLU, no biases, GQA (4 heads, 2 KV groups), no learned positions, untied head.
+inline model::ModelSpec toy_llama() {
+  model::ModelSpec m = toy_gpt();
+  m.name = "toy-llama";
+  m.num_attention_heads = 4;
+  m.num_query_groups = 2;
+  m.head_dim = 2;
+  m.gated_mlp = true;
+  m.tied_embeddings = false;
+  m.norm = model::NormKind::RmsNorm;
+  m.linear_bias = false;
+  m.learned_position_embedding = false;
+  return m;
+}
+
+/// gpt-tiny's shape (4 layers, hidden 128, 8 heads, ffn 512, vocab 512, seq 128, tied embeddings).
+inline model::ModelSpec gpt_tiny_shape() {
+  model::ModelSpec m;
+  m.name = "gpt-tiny";
+  m.num_layers = 4;
+  m.hidden_size = 128;
+  m.num_attention_heads = 8;
+  m.num_query_groups = 8;
+  m.head_dim = 16;
+  m.ffn_hidden_size = 512;
+  m.vocab_size = 512;
+  m.seq_length = 128;
+  m.tied_embeddings = true;
+  return m;
+}
+
+inline model::Plan single_rank_plan(std::int64_t micro_batch, std::int64_t global_batch) {
+  model::Plan plan;
+  plan.micro_batch_size = micro_batch;
+  plan.global_batch_size = global_batch;
+  return plan;
+}
+
+} // namespace cuboid::exec::test
