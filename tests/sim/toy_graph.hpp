@@ -20,6 +20,7 @@ struct ToySpec {
   double grad_bytes = 200e6;     // DP all-reduce per rank
   double act_alloc_bytes = 1e9;  // activations kept from fwd to bwd per micro-batch
   bool optimizer = true;         // append an optimizer task after the DP all-reduce
+  int layers_per_stage = 1;      // each forward / backward is a chain of this many layer tasks
 };
 
 /// Order of (is_forward, micro-batch) on a stage.
@@ -55,7 +56,7 @@ inline model::TaskGraph build_toy_graph(const ToySpec& spec, model::Instantiatio
   const Plan& plan = spec.plan;
   ModelSpec toy_model;
   toy_model.name = "toy";
-  toy_model.num_layers = plan.pp;
+  toy_model.num_layers = static_cast<std::int64_t>(plan.pp) * spec.layers_per_stage;
   toy_model.seq_length = 1024;
   TaskGraph graph(toy_model, spec.cluster, plan, inst);
   const RankGrid grid(plan.tp, plan.dp, plan.pp);
@@ -87,7 +88,7 @@ inline model::TaskGraph build_toy_graph(const ToySpec& spec, model::Instantiatio
   adam.hbm_bytes = 16.0 * spec.grad_bytes;
   opt.ops.push_back(adam);
   const std::int32_t opt_block = graph.add_block(opt);
-  graph.model_flops_per_step = 3.0 * 2.0 * size * size * size * m * plan.world_size();
+  graph.model_flops_per_step = 3.0 * 2.0 * size * size * size * m * plan.world_size() * spec.layers_per_stage;
   graph.hw_flops_per_step = graph.model_flops_per_step;
 
   // Materialised ranks: all, or the (tp 0, dp 0) representative of each stage.
@@ -110,33 +111,42 @@ inline model::TaskGraph build_toy_graph(const ToySpec& spec, model::Instantiatio
   const std::size_t world = static_cast<std::size_t>(grid.world_size());
   std::vector<std::vector<TaskId>> fwd(world, std::vector<TaskId>(static_cast<std::size_t>(m)));
   std::vector<std::vector<TaskId>> bwd(world, std::vector<TaskId>(static_cast<std::size_t>(m)));
+  std::vector<std::vector<TaskId>> fwd_end = fwd;
+  std::vector<std::vector<TaskId>> bwd_end = bwd;
   std::vector<TaskId> last(world);
   for (const int rank : ranks) {
     const RankCoord coord = grid.coord_of(rank);
     const auto r = static_cast<std::size_t>(rank);
     bool first = true;
     TaskId prev = 0;
+    // fwd[r][mb] / bwd[r][mb] hold the first task of the chain (P2P receive side); *_end the last (send side).
     for (const auto& [is_fwd, mb] : stage_order(plan.schedule, coord.pp_rank, plan.pp, m)) {
-      Task task;
-      task.kind = TaskKind::Compute;
-      task.phase = is_fwd ? Phase::Forward : Phase::Backward;
-      task.rank = rank;
-      task.stage = coord.pp_rank;
-      task.microbatch = mb;
-      task.block = is_fwd ? fwd_block : bwd_block;
-      (is_fwd ? task.alloc_at_start : task.free_at_end)[static_cast<std::size_t>(MemTag::Activations)] =
-          spec.act_alloc_bytes;
-      const TaskId id = graph.add_task(task);
-      (is_fwd ? fwd : bwd)[r][static_cast<std::size_t>(mb)] = id;
-      if (!first) {
-        graph.add_edge(prev, id);
-      } else {
-        first = false;
+      for (int layer = 0; layer < spec.layers_per_stage; ++layer) {
+        Task task;
+        task.kind = TaskKind::Compute;
+        task.phase = is_fwd ? Phase::Forward : Phase::Backward;
+        task.rank = rank;
+        task.stage = coord.pp_rank;
+        task.microbatch = mb;
+        task.layer = coord.pp_rank * spec.layers_per_stage + layer;
+        task.block = is_fwd ? fwd_block : bwd_block;
+        (is_fwd ? task.alloc_at_start : task.free_at_end)[static_cast<std::size_t>(MemTag::Activations)] =
+            spec.act_alloc_bytes / spec.layers_per_stage;
+        const TaskId id = graph.add_task(task);
+        if (layer == 0) {
+          (is_fwd ? fwd : bwd)[r][static_cast<std::size_t>(mb)] = id;
+        }
+        (is_fwd ? fwd_end : bwd_end)[r][static_cast<std::size_t>(mb)] = id;
+        if (!first) {
+          graph.add_edge(prev, id);
+        } else {
+          first = false;
+        }
+        prev = id;
       }
-      prev = id;
     }
     for (int mb = 0; mb < m; ++mb) {
-      graph.add_edge(fwd[r][static_cast<std::size_t>(mb)], bwd[r][static_cast<std::size_t>(mb)]);
+      graph.add_edge(fwd_end[r][static_cast<std::size_t>(mb)], bwd[r][static_cast<std::size_t>(mb)]);
     }
     last[r] = prev;
   }
@@ -165,7 +175,7 @@ inline model::TaskGraph build_toy_graph(const ToySpec& spec, model::Instantiatio
         const TaskId id = graph.add_task(send);
         const auto from = static_cast<std::size_t>(forward ? rank : next);
         const auto to = static_cast<std::size_t>(forward ? next : rank);
-        graph.add_edge(forward ? fwd[from][mbi] : bwd[from][mbi], id);
+        graph.add_edge(forward ? fwd_end[from][mbi] : bwd_end[from][mbi], id);
         graph.add_edge(id, forward ? fwd[to][mbi] : bwd[to][mbi]);
       }
     }
