@@ -1,6 +1,6 @@
 // Program: the ordered instruction list one rank executes per training step, lowered from the TaskGraph
 // (lowering.hpp) or built directly (internal_schedule.hpp). The runtime runs it top to bottom: compute instructions
-// block the rank, sends are non-blocking (buffer kept until Free or the end of the step), receives complete before
+// block the rank, sends are non-blocking (buffer kept until the end of the step), receives complete before
 // the next instruction, DP bucket collectives start at CollectiveStart and complete at CollectiveWait.
 #pragma once
 

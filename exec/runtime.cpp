@@ -1,5 +1,5 @@
 // Runtime: executes this rank's Program step after step. Activations live per (chunk, micro-batch); P2P sends keep
-// their buffer until Free or the end of the step; DP gradient buckets are contiguous ranges of the flat gradient
+// their buffer until the end of the step; DP gradient buckets are contiguous ranges of the flat gradient
 // buffer, reduced asynchronously between CollectiveStart and CollectiveWait; the optimizer step finishes gradient
 // reduction (tied-embedding group, sequence-parallel norms) and applies AdamW.
 #include "exec/runtime.hpp"
@@ -160,7 +160,7 @@ struct Trainer::State {
     }
     return st.data;
   }
-  void wait_sends(int chunk, int mb);
+  void wait_sends();
   void optimizer_step();
 };
 
@@ -236,15 +236,11 @@ void Trainer::State::setup_buckets() {
   }
 }
 
-void Trainer::State::wait_sends(int chunk, int mb) {
-  for (auto it = sends.begin(); it != sends.end();) {
-    if (chunk < 0 || (it->chunk == chunk && it->microbatch == mb)) {
-      it->request->wait();
-      it = sends.erase(it);
-    } else {
-      ++it;
-    }
+void Trainer::State::wait_sends() {
+  for (auto& send : sends) {
+    send.request->wait();
   }
+  sends.clear();
 }
 
 void Trainer::State::execute(const Instr& instr) {
@@ -316,7 +312,8 @@ void Trainer::State::execute(const Instr& instr) {
   }
   case InstrKind::OptimizerStep: optimizer_step(); return;
   case InstrKind::Free:
-    wait_sends(instr.chunk, instr.microbatch);
+    // Never wait for our sends here: a rendezvous-size Isend completes only when the peer posts its receive, which
+    // the schedule may place after something the peer needs from us. Send buffers live until the end of the step.
     micro.erase({instr.chunk, instr.microbatch});
     return;
   }
@@ -424,7 +421,7 @@ double Trainer::step() {
       }
     }
     s.current_instr.store(-1);
-    s.wait_sends(-1, -1);
+    s.wait_sends();
   } catch (const std::exception& e) {
     s.fail(e.what());
   }
