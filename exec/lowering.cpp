@@ -1,0 +1,333 @@
+// TaskGraph -> per-rank Program (see lowering.hpp for the placement rules).
+#include "exec/lowering.hpp"
+
+#include "model/errors.hpp"
+
+#include <boost/graph/adjacency_list.hpp>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <map>
+#include <queue>
+#include <set>
+
+namespace cuboid::exec {
+
+namespace {
+
+using model::Task;
+using model::TaskGraph;
+using model::TaskId;
+using model::TaskKind;
+
+// Kahn's algorithm with the smallest ready task id first: deterministic, and equal to builder order when the
+// builder creates tasks in schedule order.
+std::vector<TaskId> topological_order(const TaskGraph& graph) {
+  const auto& g = graph.graph();
+  const std::size_t n = graph.num_tasks();
+  std::vector<std::size_t> indegree(n, 0);
+  for (std::size_t v = 0; v < n; ++v) {
+    indegree[v] = boost::in_degree(static_cast<TaskGraph::Graph::vertex_descriptor>(v), g);
+  }
+  std::priority_queue<TaskId, std::vector<TaskId>, std::greater<>> ready;
+  for (std::size_t v = 0; v < n; ++v) {
+    if (indegree[v] == 0) {
+      ready.push(static_cast<TaskId>(v));
+    }
+  }
+  std::vector<TaskId> order;
+  order.reserve(n);
+  while (!ready.empty()) {
+    const TaskId id = ready.top();
+    ready.pop();
+    order.push_back(id);
+    for (auto [it, end] = boost::out_edges(id, g); it != end; ++it) {
+      const auto target = boost::target(*it, g);
+      if (--indegree[target] == 0) {
+        ready.push(static_cast<TaskId>(target));
+      }
+    }
+  }
+  CUBOID_ASSERT(order.size() == n, "task graph has a cycle: {} of {} tasks sorted", order.size(), n);
+  return order;
+}
+
+bool block_has_op(const TaskGraph& graph, const Task& task, std::initializer_list<const char*> names) {
+  if (task.block < 0) {
+    return false;
+  }
+  const auto& block = graph.blocks().at(static_cast<std::size_t>(task.block));
+  for (const auto& op : block.ops) {
+    for (const char* name : names) {
+      if (op.name == name) {
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+class Lowerer {
+public:
+  Lowerer(const TaskGraph& graph, const std::vector<TaskId>& order, int rank)
+      : graph_(graph), order_(order), rank_(rank), vp_(graph.get_plan().vp) {
+    position_.assign(graph.num_tasks(), 0);
+    for (std::size_t pos = 0; pos < order.size(); ++pos) {
+      position_[order[pos]] = pos;
+    }
+  }
+
+  Program lower() {
+    program_.rank = rank_;
+    // 1. The rank's own stream-ordered work: compute, optimizer, DP collectives (starts), in topological order.
+    std::vector<TaskId> local;
+    for (const TaskId id : order_) {
+      const Task& t = graph_.task(id);
+      if (t.rank == rank_ && t.kind != TaskKind::P2P) {
+        if (t.kind == TaskKind::Collective && t.group != model::GroupKind::Dp) {
+          continue; // TP collectives run inside the compute blocks
+        }
+        local.push_back(id);
+      }
+    }
+    // 2. P2P receives go right before their first local consumer; sends right after their last local producer.
+    std::map<std::size_t, std::vector<TaskId>> recv_before; // index into local -> P2P tasks
+    std::map<std::size_t, std::vector<TaskId>> send_after;
+    std::map<TaskId, std::size_t> local_index;
+    for (std::size_t idx = 0; idx < local.size(); ++idx) {
+      local_index[local[idx]] = idx;
+    }
+    const auto& g = graph_.graph();
+    for (const TaskId id : order_) {
+      const Task& t = graph_.task(id);
+      if (t.kind != TaskKind::P2P) {
+        continue;
+      }
+      if (t.peer == rank_) {
+        std::size_t first = local.size();
+        for (auto [it, end] = boost::out_edges(id, g); it != end; ++it) {
+          const auto found = local_index.find(static_cast<TaskId>(boost::target(*it, g)));
+          if (found != local_index.end()) {
+            first = std::min(first, found->second);
+          }
+        }
+        recv_before[first].push_back(id);
+      }
+      if (t.rank == rank_) {
+        std::size_t last = 0;
+        bool any = false;
+        for (auto [it, end] = boost::in_edges(id, g); it != end; ++it) {
+          const auto found = local_index.find(static_cast<TaskId>(boost::source(*it, g)));
+          if (found != local_index.end()) {
+            last = any ? std::max(last, found->second) : found->second;
+            any = true;
+          }
+        }
+        CUBOID_ASSERT(any, "P2P task {} has no producer on its sender rank {}", graph_.label(id), rank_);
+        send_after[last].push_back(id);
+      }
+    }
+    // 3. DP collectives: wait right before the first local successor.
+    std::map<std::size_t, std::vector<TaskId>> wait_before;
+    for (const TaskId id : local) {
+      const Task& t = graph_.task(id);
+      if (t.kind != TaskKind::Collective) {
+        continue;
+      }
+      std::size_t first = local.size();
+      for (auto [it, end] = boost::out_edges(id, g); it != end; ++it) {
+        const auto found = local_index.find(static_cast<TaskId>(boost::target(*it, g)));
+        if (found != local_index.end()) {
+          first = std::min(first, found->second);
+        }
+      }
+      wait_before[first].push_back(id);
+    }
+    for (std::size_t idx = 0; idx <= local.size(); ++idx) {
+      for (const TaskId id : wait_before[idx]) {
+        emit_wait(id);
+      }
+      for (const TaskId id : recv_before[idx]) {
+        emit_p2p(id, InstrKind::Recv);
+      }
+      if (idx == local.size()) {
+        break;
+      }
+      emit_local(local[idx]);
+      for (const TaskId id : send_after[idx]) {
+        emit_p2p(id, InstrKind::Send);
+      }
+    }
+    add_frees();
+    return std::move(program_);
+  }
+
+private:
+  void add(Instr instr) {
+    if (instr.label.empty()) {
+      instr.label = describe(instr);
+    }
+    program_.instrs.push_back(std::move(instr));
+  }
+
+  void emit_local(TaskId id) {
+    const Task& t = graph_.task(id);
+    Instr instr;
+    instr.task = id;
+    instr.stream = t.stream;
+    instr.label = graph_.label(id);
+    switch (t.kind) {
+    case TaskKind::Optimizer:
+      instr.kind = InstrKind::OptimizerStep;
+      add(instr);
+      return;
+    case TaskKind::Collective:
+      instr.kind = InstrKind::CollectiveStart;
+      instr.bucket = bucket_of(id);
+      add(instr);
+      return;
+    case TaskKind::Compute: emit_compute(id, instr); return;
+    case TaskKind::P2P: break;
+    }
+    CUBOID_ASSERT(false, "unexpected task {} in the local stream", graph_.label(id));
+  }
+
+  void emit_compute(TaskId id, Instr instr) {
+    const Task& t = graph_.task(id);
+    CUBOID_ASSERT(t.phase != model::Phase::None, "compute task {} has no phase", graph_.label(id));
+    instr.kind = t.phase == model::Phase::Forward ? InstrKind::Forward : InstrKind::Backward;
+    instr.chunk = t.chunk;
+    instr.microbatch = t.microbatch;
+    const bool embed = block_has_op(graph_, t, {"embed", "embedding"});
+    const bool head = block_has_op(graph_, t, {"logits", "loss", "head"});
+    std::vector<std::pair<UnitKind, int>> units;
+    if (embed) {
+      units.emplace_back(UnitKind::Embedding, -1);
+    }
+    if (t.layer >= 0) {
+      units.emplace_back(UnitKind::Layer, t.layer);
+    }
+    if (head) {
+      units.emplace_back(UnitKind::Head, -1);
+    }
+    CUBOID_ASSERT(!units.empty(), "compute task {} is neither a layer, the embedding nor the head", graph_.label(id));
+    if (instr.kind == InstrKind::Backward) {
+      std::reverse(units.begin(), units.end());
+    }
+    for (const auto& [unit, layer] : units) {
+      Instr part = instr;
+      part.unit = unit;
+      part.layer = layer;
+      add(part);
+    }
+  }
+
+  void emit_p2p(TaskId id, InstrKind kind) {
+    const Task& t = graph_.task(id);
+    const auto direction = t.phase == model::Phase::Backward ? Direction::Backward : Direction::Forward;
+    const int sender_stage = graph_.task(id).stage;
+    const auto& grid_plan = graph_.get_plan();
+    // The P2P task carries the sender's stage and chunk; the receiver's chunk changes where the pipeline wraps
+    // (interleaved: stage pp-1 chunk c feeds stage 0 chunk c+1 forward, and back).
+    int receiver_chunk = t.chunk;
+    if (direction == Direction::Forward && sender_stage == grid_plan.pp - 1) {
+      receiver_chunk = t.chunk + 1;
+    } else if (direction == Direction::Backward && sender_stage == 0) {
+      receiver_chunk = t.chunk - 1;
+    }
+    Instr instr;
+    instr.kind = kind;
+    instr.task = id;
+    instr.stream = model::Stream::PpComm;
+    instr.direction = direction;
+    instr.microbatch = t.microbatch;
+    instr.chunk = kind == InstrKind::Send ? t.chunk : receiver_chunk;
+    instr.peer = kind == InstrKind::Send ? t.peer : t.rank;
+    instr.tag = p2p_tag(t.microbatch, t.chunk, vp_, direction);
+    instr.label = graph_.label(id);
+    add(instr);
+  }
+
+  void emit_wait(TaskId id) {
+    Instr instr;
+    instr.kind = InstrKind::CollectiveWait;
+    instr.task = id;
+    instr.stream = graph_.task(id).stream;
+    instr.bucket = bucket_of(id);
+    instr.label = graph_.label(id);
+    add(instr);
+  }
+
+  int bucket_of(TaskId id) {
+    const auto [it, inserted] = buckets_.emplace(id, static_cast<int>(buckets_.size()));
+    if (inserted) {
+      program_.bucket_weights.push_back(std::max(graph_.task(id).msg_bytes, 1.0));
+    }
+    return it->second;
+  }
+
+  // Free each (chunk, micro-batch) after its last backward instruction.
+  void add_frees() {
+    std::map<std::pair<int, int>, std::size_t> last_backward;
+    for (std::size_t idx = 0; idx < program_.instrs.size(); ++idx) {
+      const Instr& instr = program_.instrs[idx];
+      if (instr.kind == InstrKind::Backward) {
+        last_backward[{instr.chunk, instr.microbatch}] = idx;
+      }
+    }
+    std::vector<Instr> out;
+    out.reserve(program_.instrs.size() + last_backward.size());
+    std::set<std::size_t> free_after;
+    for (const auto& [key, idx] : last_backward) {
+      free_after.insert(idx);
+    }
+    for (std::size_t idx = 0; idx < program_.instrs.size(); ++idx) {
+      out.push_back(program_.instrs[idx]);
+      if (free_after.contains(idx)) {
+        Instr free;
+        free.kind = InstrKind::Free;
+        free.chunk = program_.instrs[idx].chunk;
+        free.microbatch = program_.instrs[idx].microbatch;
+        free.label = describe(free);
+        out.push_back(free);
+      }
+    }
+    program_.instrs = std::move(out);
+  }
+
+  const TaskGraph& graph_;
+  const std::vector<TaskId>& order_;
+  int rank_;
+  int vp_;
+  std::vector<std::size_t> position_;
+  std::map<TaskId, int> buckets_;
+  Program program_;
+};
+
+void check_instantiation(const TaskGraph& graph) {
+  if (graph.get_instantiation() != model::Instantiation::AllRanks) {
+    throw InputError("exec: the task graph must be built with Instantiation::AllRanks to be run (rank classes "
+                     "materialise one representative per stage only)");
+  }
+}
+
+} // namespace
+
+Program lower_to_program(const TaskGraph& graph, int rank) {
+  check_instantiation(graph);
+  const std::vector<TaskId> order = topological_order(graph);
+  return Lowerer(graph, order, rank).lower();
+}
+
+std::vector<Program> lower_all_ranks(const TaskGraph& graph) {
+  check_instantiation(graph);
+  const std::vector<TaskId> order = topological_order(graph);
+  std::vector<Program> programs;
+  const int world = graph.get_plan().world_size();
+  for (int rank = 0; rank < world; ++rank) {
+    programs.push_back(Lowerer(graph, order, rank).lower());
+  }
+  return programs;
+}
+
+} // namespace cuboid::exec
