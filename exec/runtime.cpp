@@ -414,7 +414,7 @@ double Trainer::step() {
       s.current_instr.store(idx);
       const double t0 = seconds_since(start);
       s.execute(instr);
-      if (s.options.trace) {
+      if (s.options.trace && instr.kind != InstrKind::Free) {
         s.events.push_back({instr.task == NO_TASK ? static_cast<model::TaskId>(idx) : instr.task, world_rank,
                             instr.stream, t0, seconds_since(start), instr.label, category_of(instr.kind)});
         s.event_instr.push_back(idx);
@@ -446,11 +446,25 @@ std::vector<model::TimelineEvent> Trainer::gather_timeline() {
   std::vector<model::TimelineEvent> out;
   for (std::size_t rank = 0; rank < all.size(); ++rank) {
     const Program& prog = s.all_programs.empty() ? s.program : s.all_programs.at(rank);
+    // Instructions of one IR task (CollectiveStart..Wait, or embedding + layer of a fused block) become one event
+    // spanning from the first start to the last end.
+    std::map<model::TaskId, std::size_t> by_task;
     for (std::size_t e = 0; e + 2 < all[rank].size(); e += 3) {
       const auto idx = static_cast<std::size_t>(all[rank][e]);
       const Instr& instr = prog.instrs.at(idx);
+      const double start_s = all[rank][e + 1];
+      const double end_s = all[rank][e + 2];
+      if (instr.task != NO_TASK) {
+        const auto [it, inserted] = by_task.emplace(instr.task, out.size());
+        if (!inserted) {
+          model::TimelineEvent& merged = out[it->second];
+          merged.start_s = std::min(merged.start_s, start_s);
+          merged.end_s = std::max(merged.end_s, end_s);
+          continue;
+        }
+      }
       out.push_back({instr.task == NO_TASK ? static_cast<model::TaskId>(idx) : instr.task, static_cast<int>(rank),
-                     instr.stream, all[rank][e + 1], all[rank][e + 2], instr.label, category_of(instr.kind)});
+                     instr.stream, start_s, end_s, instr.label, category_of(instr.kind)});
     }
   }
   return out;
