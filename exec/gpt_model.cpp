@@ -9,6 +9,7 @@
 #include "exec/cpu/embedding.hpp"
 #include "exec/cpu/linear.hpp"
 #include "exec/cpu/norm.hpp"
+#include "exec/cpu/rope.hpp"
 #include "exec/cpu/tp_ops.hpp"
 #include "model/errors.hpp"
 
@@ -277,6 +278,10 @@ void GptModel::layer_forward(Communicator& tp, int layer, const Mat& x, Mat& out
   cpu::linear_forward(c.h1_full, weight(p.wq), bias(p.bq), c.q);
   cpu::linear_forward(c.h1_full, weight(p.wk), bias(p.bk), c.k);
   cpu::linear_forward(c.h1_full, weight(p.wv), bias(p.bv), c.v);
+  if (!spec_.learned_position_embedding) {
+    cpu::rope_forward(c.q, plan_.micro_batch_size, spec_.head_dim);
+    cpu::rope_forward(c.k, plan_.micro_batch_size, spec_.head_dim);
+  }
   c.attn.resize(rows, q_cols);
   const bool keep_probs = plan_.recompute == model::Recompute::None;
   cpu::attention_forward(shape, c.q, c.k, c.v, c.attn, keep_probs ? &c.probs : nullptr);
@@ -365,6 +370,10 @@ void GptModel::layer_backward(Communicator& tp, int layer, LayerCache& c, const 
   Mat dk(rows, c.k.cols());
   Mat dv(rows, c.v.cols());
   cpu::attention_backward(shape, dattn, c.q, c.k, c.v, c.probs.size() > 0 ? &c.probs : nullptr, dq, dk, dv);
+  if (!spec_.learned_position_embedding) {
+    cpu::rope_backward(dq, plan_.micro_batch_size, spec_.head_dim);
+    cpu::rope_backward(dk, plan_.micro_batch_size, spec_.head_dim);
+  }
   Mat dh1_full(rows, spec_.hidden_size);
   cpu::linear_backward(dq, c.h1_full, weight(p.wq), dh1_full, grad(p.wq), bias_grad(p.bq));
   cpu::linear_backward(dk, c.h1_full, weight(p.wk), dh1_full, grad(p.wk), bias_grad(p.bk), true);

@@ -1,10 +1,10 @@
 // GptModel: this rank's shard of a decoder-only transformer (GPT: LayerNorm, GeLU, learned positions, biases;
-// Llama-style: RMSNorm, SwiGLU, GQA, no biases) for one pipeline stage (all its chunks) and one TP rank, with the
+// Llama-style: RMSNorm, SwiGLU, GQA, RoPE, no biases) for one pipeline stage (all its chunks) and one TP rank, with the
 // forward and backward of its units (embedding, transformer layer, final norm + output layer + loss).
 // Megatron tensor parallelism: QKV and fc1 column-parallel, proj and fc2 row-parallel, vocab-parallel embedding
 // and cross-entropy; with sequence parallelism the activations between TP regions hold T*B/tp rows.
-// Activations use Megatron's [s, b] row order (row = t * B + b). Not yet: rotary position embeddings (a model
-// without learned positions runs without any position signal).
+// Activations use Megatron's [s, b] row order (row = t * B + b). Models without learned positions use rotary
+// embeddings (RoPE) on Q and K.
 #pragma once
 
 #include "exec/communicator.hpp"

@@ -258,7 +258,13 @@ private:
     add(instr);
   }
 
+  // Gradient buckets are the DP all-reduces (or the reduce-scatters of the distributed optimizer); the distributed
+  // optimizer's parameter all-gathers get bucket -1: the runtime keeps full replicas (all-reduce + full AdamW, the
+  // same numbers as sharded AdamW + all-gather), so they have nothing to move.
   int bucket_of(TaskId id) {
+    if (graph_.task(id).collective == model::CollectiveKind::AllGather) {
+      return -1;
+    }
     const auto [it, inserted] = buckets_.emplace(id, static_cast<int>(buckets_.size()));
     if (inserted) {
       program_.bucket_weights.push_back(std::max(graph_.task(id).msg_bytes, 1.0));

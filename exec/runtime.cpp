@@ -298,11 +298,17 @@ void Trainer::State::execute(const Instr& instr) {
     return;
   }
   case InstrKind::CollectiveStart: {
+    if (instr.bucket < 0) {
+      return; // distributed optimizer's parameter all-gather: replicas are already complete
+    }
     Bucket& bucket = buckets.at(static_cast<std::size_t>(instr.bucket));
     bucket.request = groups.dp->all_reduce_async(model.params().grads().subspan(bucket.begin, bucket.end - bucket.begin));
     return;
   }
   case InstrKind::CollectiveWait: {
+    if (instr.bucket < 0) {
+      return;
+    }
     Bucket& bucket = buckets.at(static_cast<std::size_t>(instr.bucket));
     if (bucket.request) {
       bucket.request->wait();
@@ -330,7 +336,7 @@ void Trainer::State::optimizer_step() {
   // Tied word embedding split over the first and last stage: sum the two partial gradients (Megatron's embedding
   // group all-reduce); both copies then take identical updates.
   const int wte = params.find("embed.wte");
-  if (wte >= 0 && groups.embedding->size() > 1) {
+  if (options.model.tied_embeddings && wte >= 0 && groups.embedding->size() > 1) {
     groups.embedding->all_reduce(std::span<float>(params.grad(wte), params.info(wte).size()));
   }
   // Under sequence parallelism, replicated parameters saw only this rank's share of the sequence.

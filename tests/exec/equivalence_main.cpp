@@ -38,6 +38,7 @@ struct Args {
   int fault_rank = -1;
   int fault_step = -1;
   std::string program = "ir";
+  std::string model = "gpt-tiny";
 };
 
 // Local parsers (the test must not depend on the CLI's): the same spellings as tools/.
@@ -69,7 +70,10 @@ cuboid::model::Recompute parse_recompute(const std::string& text) {
 
 RunOptions make_options(const Args& args, int tp, int dp, int pp, int vp) {
   RunOptions options;
-  options.model = cuboid::exec::test::gpt_tiny_shape();
+  if (args.model != "gpt-tiny" && args.model != "llama-tiny") {
+    throw cuboid::InputError("command line: --model: unknown value '" + args.model + "' (valid: gpt-tiny, llama-tiny)");
+  }
+  options.model = args.model == "gpt-tiny" ? cuboid::exec::test::gpt_tiny_shape() : cuboid::exec::test::llama_tiny_shape();
   options.plan.tp = tp;
   options.plan.dp = dp;
   options.plan.pp = pp;
@@ -133,7 +137,7 @@ int run(const Args& args, cuboid::exec::Communicator& world) {
     ref_losses.push_back(ref.step());
   }
   int failures = 0;
-  std::printf("# plan tp=%d dp=%d pp=%d vp=%d schedule=%s recompute=%s sp=%d mb=%ld gb=%ld\n", args.tp, args.dp,
+  std::printf("# model %s plan tp=%d dp=%d pp=%d vp=%d schedule=%s recompute=%s sp=%d mb=%ld gb=%ld\n", args.model.c_str(), args.tp, args.dp,
               args.pp, args.vp, args.schedule.c_str(), args.recompute.c_str(), args.sequence_parallel ? 1 : 0,
               static_cast<long>(args.micro_batch), static_cast<long>(args.global_batch));
   std::printf("# step  loss(plan)  loss(single)  rel.diff\n");
@@ -170,6 +174,7 @@ int main(int argc, char** argv) {
   cuboid::exec::CommEnvironment env(argc, argv);
   Args args;
   CLI::App app{"Runs a DP x TP x PP plan on gpt-tiny and compares it with a single-rank run"};
+  app.add_option("--model", args.model, "gpt-tiny or llama-tiny (RMSNorm, SwiGLU, RoPE, GQA)");
   app.add_option("--tp", args.tp);
   app.add_option("--dp", args.dp);
   app.add_option("--pp", args.pp);

@@ -9,6 +9,7 @@
 #include "exec/cpu/embedding.hpp"
 #include "exec/cpu/linear.hpp"
 #include "exec/cpu/norm.hpp"
+#include "exec/cpu/rope.hpp"
 #include "exec/init.hpp"
 #include "exec/local_communicator.hpp"
 
@@ -163,6 +164,24 @@ TEST_CASE("exec::cpu::attention: gradient check (causal, GQA, stored and recompu
     cpu::attention_forward(shape, q, k, v2, out2, nullptr);
     CHECK(out2.topRows(2).isApprox(out.topRows(2)));
   }
+}
+
+TEST_CASE("exec::cpu::rope: gradient check and norm preservation", "[exec]") {
+  // T = 3, B = 2, 2 heads of dimension 4. A rotation keeps each pair's length, so row norms are unchanged.
+  Mat x = random_mat(6, 8, 30);
+  const Mat r = random_mat(6, 8, 31);
+  const auto loss = [&] {
+    Mat y = x;
+    cpu::rope_forward(y, 2, 4);
+    return contract(y, r);
+  };
+  Mat y = x;
+  cpu::rope_forward(y, 2, 4);
+  CHECK(y.rowwise().norm().isApprox(x.rowwise().norm()));
+  CHECK(y.topRows(2).isApprox(x.topRows(2))); // position 0: angle 0
+  Mat dx = r;
+  cpu::rope_backward(dx, 2, 4);
+  check_gradient("dx", span_of(x), cspan_of(dx), loss);
 }
 
 TEST_CASE("exec::cpu::embedding: gradient check (vocab shard, positions)", "[exec]") {

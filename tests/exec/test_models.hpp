@@ -54,6 +54,20 @@ inline model::ModelSpec gpt_tiny_shape() {
   return m;
 }
 
+/// A Llama-style model of gpt-tiny's size: RMSNorm, SwiGLU, RoPE, GQA (8 heads, 4 KV groups), no biases, untied.
+inline model::ModelSpec llama_tiny_shape() {
+  model::ModelSpec m = gpt_tiny_shape();
+  m.name = "llama-tiny";
+  m.num_query_groups = 4;
+  m.ffn_hidden_size = 352;
+  m.gated_mlp = true;
+  m.tied_embeddings = false;
+  m.norm = model::NormKind::RmsNorm;
+  m.linear_bias = false;
+  m.learned_position_embedding = false;
+  return m;
+}
+
 inline model::Plan single_rank_plan(std::int64_t micro_batch, std::int64_t global_batch) {
   model::Plan plan;
   plan.micro_batch_size = micro_batch;
