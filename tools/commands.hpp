@@ -14,5 +14,6 @@ using Action = std::function<int()>;
 void add_simulate_command(CLI::App& app, Action& action);
 void add_list_command(CLI::App& app, Action& action);
 void add_search_command(CLI::App& app, Action& action);
+void add_report_command(CLI::App& app, Action& action);
 
 } // namespace cuboid::tools
