@@ -52,19 +52,19 @@ std::vector<TaskId> topological_order(const TaskGraph& graph) {
   return order;
 }
 
-bool block_has_op(const TaskGraph& graph, const Task& task, std::initializer_list<const char*> names) {
+// Whether a non-layer compute task is the embedding or the head: by its block name ("embed.fwd", "head.bwd", the
+// TaskGraph::label convention), else by the ops it contains.
+bool block_is(const TaskGraph& graph, const Task& task, const char* prefix, std::initializer_list<const char*> ops) {
   if (task.block < 0) {
     return false;
   }
   const auto& block = graph.blocks().at(static_cast<std::size_t>(task.block));
-  for (const auto& op : block.ops) {
-    for (const char* name : names) {
-      if (op.name == name) {
-        return true;
-      }
-    }
+  if (block.name.rfind(prefix, 0) == 0) {
+    return true;
   }
-  return false;
+  return std::any_of(block.ops.begin(), block.ops.end(), [&](const model::Op& op) {
+    return std::any_of(ops.begin(), ops.end(), [&](const char* name) { return op.name == name; });
+  });
 }
 
 class Lowerer {
@@ -198,8 +198,8 @@ private:
     instr.kind = t.phase == model::Phase::Forward ? InstrKind::Forward : InstrKind::Backward;
     instr.chunk = t.chunk;
     instr.microbatch = t.microbatch;
-    const bool embed = block_has_op(graph_, t, {"embed", "embedding"});
-    const bool head = block_has_op(graph_, t, {"logits", "loss", "head"});
+    const bool embed = block_is(graph_, t, "embed", {"embed", "embedding"});
+    const bool head = block_is(graph_, t, "head", {"logits", "loss"});
     std::vector<std::pair<UnitKind, int>> units;
     if (embed) {
       units.emplace_back(UnitKind::Embedding, -1);

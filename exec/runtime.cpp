@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdio>
 #include <map>
+#include <numeric>
 
 namespace cuboid::exec {
 
@@ -144,9 +145,14 @@ struct Trainer::State {
     throw RunError(message);
   }
 
-  Program build_program(int rank) const {
-    // The TaskGraph lowering replaces this once model::build_step_graph is available (lowering.hpp).
-    return build_internal_program(options.model, options.plan, rank);
+  /// Programs of `ranks` (this rank's, or every rank's for trace labels). The TaskGraph lowering (lowering.hpp)
+  /// is used once model::build_step_graph is available; until then both sources use the internal schedules.
+  std::vector<Program> build_programs(const std::vector<int>& ranks) const {
+    std::vector<Program> out;
+    for (const int rank : ranks) {
+      out.push_back(build_internal_program(options.model, options.plan, rank));
+    }
+    return out;
   }
 
   void setup_buckets();
@@ -378,13 +384,15 @@ Trainer::Trainer(const RunOptions& options, Communicator& world) {
   validate_options(options, world);
   state_ = std::make_unique<State>(options, world);
   State& s = *state_;
-  s.program = s.build_program(world.rank());
-  s.setup_buckets();
   if (world.rank() == 0 && options.trace) {
-    for (int rank = 0; rank < world.size(); ++rank) {
-      s.all_programs.push_back(rank == 0 ? s.program : s.build_program(rank));
-    }
+    std::vector<int> ranks(static_cast<std::size_t>(world.size()));
+    std::iota(ranks.begin(), ranks.end(), 0);
+    s.all_programs = s.build_programs(ranks);
+    s.program = s.all_programs.front();
+  } else {
+    s.program = std::move(s.build_programs({world.rank()}).front());
   }
+  s.setup_buckets();
   if (options.timeout_s > 0.0) {
     s.watchdog = std::make_unique<Watchdog>(
         options.timeout_s, [&s] { return s.current_label(); },
@@ -442,24 +450,61 @@ double Trainer::step() {
   return static_cast<double>(loss);
 }
 
+namespace {
+// One measured instruction as doubles: the fields that identify it, then start and end.
+constexpr std::size_t EVENT_FIELDS = 11;
+
+void pack_event(const Instr& instr, double start_s, double end_s, std::vector<double>& out) {
+  out.insert(out.end(), {instr.task == NO_TASK ? -1.0 : static_cast<double>(instr.task),
+                         static_cast<double>(instr.stream), static_cast<double>(instr.kind),
+                         static_cast<double>(instr.unit), static_cast<double>(instr.layer),
+                         static_cast<double>(instr.chunk), static_cast<double>(instr.microbatch),
+                         static_cast<double>(instr.direction), static_cast<double>(instr.peer), start_s, end_s});
+}
+
+Instr unpack_instr(const double* f) {
+  Instr instr;
+  instr.task = f[0] < 0.0 ? NO_TASK : static_cast<model::TaskId>(f[0]);
+  instr.stream = static_cast<model::Stream>(static_cast<int>(f[1]));
+  instr.kind = static_cast<InstrKind>(static_cast<int>(f[2]));
+  instr.unit = static_cast<UnitKind>(static_cast<int>(f[3]));
+  instr.layer = static_cast<int>(f[4]);
+  instr.chunk = static_cast<int>(f[5]);
+  instr.microbatch = static_cast<int>(f[6]);
+  instr.direction = static_cast<Direction>(static_cast<int>(f[7]));
+  instr.peer = static_cast<int>(f[8]);
+  return instr;
+}
+} // namespace
+
 std::vector<model::TimelineEvent> Trainer::gather_timeline() {
   State& s = *state_;
   std::vector<double> packed;
   for (std::size_t e = 0; e < s.events.size(); ++e) {
-    packed.insert(packed.end(), {static_cast<double>(s.event_instr[e]), s.events[e].start_s, s.events[e].end_s});
+    pack_event(s.program.instrs[static_cast<std::size_t>(s.event_instr[e])], s.events[e].start_s, s.events[e].end_s,
+               packed);
   }
   const auto all = gather_doubles(s.world, packed);
   std::vector<model::TimelineEvent> out;
   for (std::size_t rank = 0; rank < all.size(); ++rank) {
-    const Program& prog = s.all_programs.empty() ? s.program : s.all_programs.at(rank);
+    // IR labels of this rank's tasks (the program may have been reordered by bucket placement, labels not).
+    std::map<model::TaskId, std::string> labels;
+    if (rank < s.all_programs.size()) {
+      for (const Instr& instr : s.all_programs[rank].instrs) {
+        if (instr.task != NO_TASK) {
+          labels.emplace(instr.task, instr.label);
+        }
+      }
+    }
     // Instructions of one IR task (CollectiveStart..Wait, or embedding + layer of a fused block) become one event
     // spanning from the first start to the last end.
     std::map<model::TaskId, std::size_t> by_task;
-    for (std::size_t e = 0; e + 2 < all[rank].size(); e += 3) {
-      const auto idx = static_cast<std::size_t>(all[rank][e]);
-      const Instr& instr = prog.instrs.at(idx);
-      const double start_s = all[rank][e + 1];
-      const double end_s = all[rank][e + 2];
+    const std::vector<double>& data = all[rank];
+    for (std::size_t e = 0; e + EVENT_FIELDS <= data.size(); e += EVENT_FIELDS) {
+      const Instr instr = unpack_instr(&data[e]);
+      const double start_s = data[e + EVENT_FIELDS - 2];
+      const double end_s = data[e + EVENT_FIELDS - 1];
+      const auto event_index = static_cast<model::TaskId>(e / EVENT_FIELDS);
       if (instr.task != NO_TASK) {
         const auto [it, inserted] = by_task.emplace(instr.task, out.size());
         if (!inserted) {
@@ -469,8 +514,9 @@ std::vector<model::TimelineEvent> Trainer::gather_timeline() {
           continue;
         }
       }
-      out.push_back({instr.task == NO_TASK ? static_cast<model::TaskId>(idx) : instr.task, static_cast<int>(rank),
-                     instr.stream, start_s, end_s, instr.label, category_of(instr.kind)});
+      const auto label = labels.find(instr.task);
+      out.push_back({instr.task == NO_TASK ? event_index : instr.task, static_cast<int>(rank), instr.stream, start_s,
+                     end_s, label != labels.end() ? label->second : describe(instr), category_of(instr.kind)});
     }
   }
   return out;

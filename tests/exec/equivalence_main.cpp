@@ -8,6 +8,7 @@
 #include "exec/local_communicator.hpp"
 #include "exec/runtime.hpp"
 #include "model/errors.hpp"
+#include "model/timeline.hpp"
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -39,6 +40,7 @@ struct Args {
   int fault_step = -1;
   std::string program = "ir";
   std::string model = "gpt-tiny";
+  std::string trace_file;
 };
 
 // Local parsers (the test must not depend on the CLI's): the same spellings as tools/.
@@ -90,6 +92,7 @@ RunOptions make_options(const Args& args, int tp, int dp, int pp, int vp) {
   options.seed = 2024;
   options.timeout_s = args.timeout_s;
   options.fault_rank = args.fault_rank;
+  options.trace = !args.trace_file.empty();
   options.fault_step = args.fault_step;
   options.program_source =
       args.program == "internal" ? cuboid::exec::ProgramSource::Internal : cuboid::exec::ProgramSource::TaskGraph;
@@ -118,6 +121,13 @@ int run(const Args& args, cuboid::exec::Communicator& world) {
   for (int step = 1; step < args.steps; ++step) {
     losses.push_back(trainer.step());
   }
+  if (options.trace) {
+    const auto events = trainer.gather_timeline();
+    if (world.rank() == 0) {
+      cuboid::model::write_chrome_trace(args.trace_file, {{"measured", events}});
+      std::printf("# trace of step %d: %zu events written to %s\n", args.steps, events.size(), args.trace_file.c_str());
+    }
+  }
   if (world.rank() != 0) {
     world.barrier();
     return 0;
@@ -125,6 +135,7 @@ int run(const Args& args, cuboid::exec::Communicator& world) {
   // Single-rank reference with the same seed, batch and schedule kind.
   Args single = args;
   single.fault_rank = -1;
+  single.trace_file.clear();
   RunOptions reference = make_options(single, 1, 1, 1, 1);
   reference.plan.schedule = cuboid::model::Schedule::OneFOneB;
   reference.program_source = options.program_source;
@@ -186,6 +197,7 @@ int main(int argc, char** argv) {
   app.add_option("--micro-batch", args.micro_batch);
   app.add_option("--global-batch", args.global_batch);
   app.add_option("--timeout", args.timeout_s, "seconds per step before the watchdog aborts the job");
+  app.add_option("--trace", args.trace_file, "write the measured timeline of the last step (Chrome trace JSON)");
   app.add_option("--program", args.program, "ir (lowered TaskGraph) or internal (schedule built from the plan)");
   app.add_option("--inject-fault-rank", args.fault_rank)->group("");
   app.add_option("--inject-fault-step", args.fault_step)->group("");

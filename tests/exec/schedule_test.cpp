@@ -1,5 +1,6 @@
 // Per-rank programs: every micro-batch runs forward and backward on every unit once, sends match receives, and
 // running all ranks' programs with blocking receives (non-blocking sends) finishes: no schedule can deadlock.
+#include "program_check.hpp"
 #include "test_models.hpp"
 
 #include "exec/internal_schedule.hpp"
@@ -7,43 +8,9 @@
 #include <catch2/catch.hpp>
 
 #include <map>
-#include <set>
-#include <tuple>
 
 namespace cuboid::exec {
 namespace {
-
-// Executes programs round-robin: a Recv blocks until the matching Send was executed. Returns true if all finish.
-bool runs_to_completion(const std::vector<Program>& programs) {
-  std::vector<std::size_t> pc(programs.size(), 0);
-  std::multiset<std::tuple<int, int, int>> in_flight; // (from, to, tag)
-  bool progress = true;
-  while (progress) {
-    progress = false;
-    for (std::size_t rank = 0; rank < programs.size(); ++rank) {
-      while (pc[rank] < programs[rank].instrs.size()) {
-        const Instr& instr = programs[rank].instrs[pc[rank]];
-        if (instr.kind == InstrKind::Send) {
-          in_flight.insert({static_cast<int>(rank), instr.peer, instr.tag});
-        } else if (instr.kind == InstrKind::Recv) {
-          const auto it = in_flight.find({instr.peer, static_cast<int>(rank), instr.tag});
-          if (it == in_flight.end()) {
-            break;
-          }
-          in_flight.erase(it);
-        }
-        ++pc[rank];
-        progress = true;
-      }
-    }
-  }
-  for (std::size_t rank = 0; rank < programs.size(); ++rank) {
-    if (pc[rank] != programs[rank].instrs.size()) {
-      return false;
-    }
-  }
-  return in_flight.empty();
-}
 
 TEST_CASE("exec::build_internal_program: complete and deadlock-free schedules", "[exec]") {
   const model::ModelSpec spec = test::gpt_tiny_shape(); // 4 layers
@@ -68,7 +35,7 @@ TEST_CASE("exec::build_internal_program: complete and deadlock-free schedules", 
   for (int rank = 0; rank < plan.world_size(); ++rank) {
     programs.push_back(build_internal_program(spec, plan, rank));
   }
-  CHECK(runs_to_completion(programs));
+  CHECK(test::runs_to_completion(programs));
   // Every (layer, micro-batch) runs forward then backward exactly once on the rank of the layer's stage.
   for (int rank = 0; rank < plan.world_size(); ++rank) {
     std::map<std::pair<int, int>, int> fwd_pos;
