@@ -39,5 +39,7 @@ struct ModelSpec {
 /// Throws InputError (naming `where` and the field) if the spec is inconsistent: non-positive sizes,
 /// heads not divisible by query groups, etc.
 void validate(const ModelSpec& spec, const std::string& where);
+/// Same, with field names prefixed (e.g. "model." when the spec comes from a scenario file's `model:` mapping).
+void validate(const ModelSpec& spec, const std::string& where, const std::string& field_prefix);
 
 } // namespace cuboid::model

@@ -1,1 +1,222 @@
-// placeholder: implemented by its owner (see model/CMakeLists.txt)
+// Plan names (schedule, recompute, precision), the pipeline layer split, and plan validation against the model and
+// the cluster. The rules are Megatron-LM's (megatron/training/arguments.py), cited where they are applied.
+#include "model/plan.hpp"
+
+#include "model/errors.hpp"
+#include "model/model_spec.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <array>
+#include <cmath>
+#include <utility>
+
+namespace cuboid::model {
+
+namespace {
+constexpr std::array<std::pair<Schedule, const char*>, 3> SCHEDULES = {
+    {{Schedule::GPipe, "gpipe"}, {Schedule::OneFOneB, "1f1b"}, {Schedule::Interleaved, "interleaved"}}};
+constexpr std::array<std::pair<Recompute, const char*>, 3> RECOMPUTES = {
+    {{Recompute::None, "none"}, {Recompute::Selective, "selective"}, {Recompute::Full, "full"}}};
+constexpr std::array<std::pair<Precision, const char*>, 3> PRECISIONS = {
+    {{Precision::Bf16, "bf16"}, {Precision::Fp16, "fp16"}, {Precision::Fp8, "fp8"}}};
+
+template <typename Enum, std::size_t N>
+std::string name_of(const std::array<std::pair<Enum, const char*>, N>& table, Enum value) {
+  for (const auto& [candidate, name] : table) {
+    if (candidate == value) {
+      return name;
+    }
+  }
+  throw InternalError(fmt::format("unnamed enum value {}", static_cast<int>(value)));
+}
+
+template <typename Enum, std::size_t N>
+Enum parse_name(const std::array<std::pair<Enum, const char*>, N>& table, const std::string& text,
+                const std::string& where, const char* what) {
+  std::vector<std::string> names;
+  for (const auto& [value, name] : table) {
+    if (text == name) {
+      return value;
+    }
+    names.emplace_back(name);
+  }
+  throw InputError(fmt::format("{}: '{}' is not a valid {}{}", where, text, what, valid_values_hint(text, names)));
+}
+
+// "where: field: text", or "field: text" when there is no file (layers_per_stage called on its own).
+std::string message(const std::string& where, const std::string& field, const std::string& text) {
+  return where.empty() ? fmt::format("{}: {}", field, text) : input_message(where, field, text);
+}
+
+std::string divisors_of(std::int64_t value) {
+  std::vector<std::int64_t> divisors;
+  for (std::int64_t candidate = 1; candidate <= value && divisors.size() < 16; ++candidate) {
+    if (value % candidate == 0) {
+      divisors.push_back(candidate);
+    }
+  }
+  return fmt::format("{}", fmt::join(divisors, ", "));
+}
+
+// tp must divide a model dimension so that each TP rank holds an equal shard (Megatron: heads, query groups and
+// the MLP are split column-/row-wise; the vocabulary is padded instead, so it is not checked).
+void require_tp_divides(const Plan& plan, std::int64_t value, const char* dimension, const std::string& where) {
+  if (value % plan.tp != 0) {
+    throw InfeasibleError(input_message(where, "plan.tp",
+                                        fmt::format("{} does not divide {} = {} (valid tp: {})", plan.tp, dimension,
+                                                    value, divisors_of(value))));
+  }
+}
+} // namespace
+
+std::string to_string(Schedule schedule) { return name_of(SCHEDULES, schedule); }
+std::string to_string(Recompute recompute) { return name_of(RECOMPUTES, recompute); }
+std::string to_string(Precision precision) { return name_of(PRECISIONS, precision); }
+
+Schedule parse_schedule(const std::string& text, const std::string& where) {
+  return parse_name(SCHEDULES, text, where, "schedule");
+}
+Recompute parse_recompute(const std::string& text, const std::string& where) {
+  return parse_name(RECOMPUTES, text, where, "recompute granularity");
+}
+Precision parse_precision(const std::string& text, const std::string& where) {
+  return parse_name(PRECISIONS, text, where, "precision");
+}
+
+std::vector<int> layers_per_stage(const Plan& plan, std::int64_t num_layers) {
+  return layers_per_stage(plan, num_layers, "");
+}
+
+// Megatron --decoder-first-pipeline-num-layers / --decoder-last-pipeline-num-layers: the first and/or last stage
+// get the given counts, the middle stages split the rest evenly. Example: Llama 3.1 405B, 126 layers, pp=16,
+// first=7, last=7 -> [7, 8 x 14, 7].
+std::vector<int> layers_per_stage(const Plan& plan, std::int64_t num_layers, const std::string& where) {
+  if (plan.pp <= 0 || plan.vp <= 0 || num_layers <= 0 || plan.first_stage_layers < 0 || plan.last_stage_layers < 0) {
+    throw InputError(message(where, "plan",
+                             fmt::format("pp = {}, vp = {}, num_layers = {} must be positive and first/last stage "
+                                         "layers ({}, {}) non-negative",
+                                         plan.pp, plan.vp, num_layers, plan.first_stage_layers,
+                                         plan.last_stage_layers)));
+  }
+  const std::int64_t first = plan.first_stage_layers;
+  const std::int64_t last = plan.last_stage_layers;
+  const int overridden = (first > 0 ? 1 : 0) + (last > 0 ? 1 : 0);
+  if (overridden > 0 && plan.pp == 1) {
+    throw InfeasibleError(message(where, first > 0 ? "plan.first_stage_layers" : "plan.last_stage_layers",
+                                  fmt::format("{} cannot be set with pp = 1 (a single stage holds all {} layers)",
+                                              first > 0 ? first : last, num_layers)));
+  }
+  const std::int64_t rest = num_layers - first - last;
+  const std::int64_t middle_stages = plan.pp - overridden;
+  if (overridden == 0 && num_layers % plan.pp != 0) {
+    throw InfeasibleError(message(where, "plan.pp",
+                                  fmt::format("{} does not divide num_layers = {} (valid pp: {}; or set "
+                                              "first_stage_layers/last_stage_layers for an uneven split)",
+                                              plan.pp, num_layers, divisors_of(num_layers))));
+  }
+  const bool rest_ok = middle_stages == 0 ? rest == 0 : rest >= middle_stages && rest % middle_stages == 0;
+  if (!rest_ok) {
+    throw InfeasibleError(message(where, first > 0 ? "plan.first_stage_layers" : "plan.last_stage_layers",
+                                  fmt::format("first = {}, last = {} leave {} of num_layers = {} for {} middle "
+                                              "stages: it must split evenly with at least one layer per stage",
+                                              first, last, rest, num_layers, middle_stages)));
+  }
+  const std::int64_t per_middle = middle_stages == 0 ? 0 : rest / middle_stages;
+  std::vector<int> layers(static_cast<std::size_t>(plan.pp), static_cast<int>(per_middle));
+  if (first > 0) {
+    layers.front() = static_cast<int>(first);
+  }
+  if (last > 0) {
+    layers.back() = static_cast<int>(last);
+  }
+  // Interleaving splits each stage into vp model chunks of equal size (Megatron: layers per virtual stage).
+  for (std::size_t stage = 0; stage < layers.size(); ++stage) {
+    if (layers[stage] % plan.vp != 0) {
+      throw InfeasibleError(message(where, "plan.vp",
+                                    fmt::format("{} does not divide the {} layers of pipeline stage {} (each stage is "
+                                                "split into vp model chunks)",
+                                                plan.vp, layers[stage], stage)));
+    }
+  }
+  return layers;
+}
+
+void validate(const Plan& plan, const ModelSpec& model, const ClusterSpec& cluster, const std::string& where) {
+  // Malformed values first (InputError), then what cannot run (InfeasibleError).
+  const std::pair<const char*, std::int64_t> sizes[] = {
+      {"plan.tp", plan.tp}, {"plan.pp", plan.pp}, {"plan.dp", plan.dp}, {"plan.vp", plan.vp},
+      {"plan.micro_batch_size", plan.micro_batch_size}, {"plan.global_batch_size", plan.global_batch_size}};
+  for (const auto& [field, value] : sizes) {
+    if (value <= 0) {
+      throw InputError(input_message(where, field, fmt::format("{} is not valid (expected a positive integer)", value)));
+    }
+  }
+  const std::pair<const char*, int> overrides[] = {{"plan.first_stage_layers", plan.first_stage_layers},
+                                                   {"plan.last_stage_layers", plan.last_stage_layers}};
+  for (const auto& [field, value] : overrides) {
+    if (value < 0) {
+      throw InputError(input_message(where, field,
+                                     fmt::format("{} is not valid (expected an integer >= 0; 0 = even split)", value)));
+    }
+  }
+  if (!(plan.grad_bucket_bytes > 0.0) || !std::isfinite(plan.grad_bucket_bytes)) {
+    throw InputError(input_message(where, "plan.grad_bucket_bytes",
+                                   fmt::format("{} is not valid (expected a finite positive number)",
+                                               plan.grad_bucket_bytes)));
+  }
+  // Megatron: virtual pipeline stages only exist in the interleaved schedule, and it needs them.
+  if (plan.vp > 1 && plan.schedule != Schedule::Interleaved) {
+    throw InputError(input_message(where, "plan.vp",
+                                   fmt::format("{} needs schedule interleaved (schedule is {}; valid: vp = 1 or "
+                                               "schedule interleaved)",
+                                               plan.vp, to_string(plan.schedule))));
+  }
+  if (plan.schedule == Schedule::Interleaved && plan.vp == 1) {
+    throw InputError(input_message(where, "plan.schedule",
+                                   "interleaved needs vp > 1 model chunks per pipeline rank (valid: vp >= 2, or "
+                                   "schedule 1f1b/gpipe)"));
+  }
+  validate(model, where, "model.");
+
+  const std::int64_t world = static_cast<std::int64_t>(plan.tp) * plan.pp * plan.dp;
+  if (world != cluster.num_gpus) {
+    throw InfeasibleError(input_message(where, "plan",
+                                        fmt::format("tp*pp*dp = {}*{}*{} = {} != num_gpus = {}", plan.tp, plan.pp,
+                                                    plan.dp, world, cluster.num_gpus)));
+  }
+  require_tp_divides(plan, model.num_attention_heads, "num_attention_heads", where);
+  require_tp_divides(plan, model.num_query_groups, "num_query_groups", where);
+  require_tp_divides(plan, model.ffn_hidden_size, "ffn_hidden_size", where);
+  const std::int64_t per_step = plan.micro_batch_size * plan.dp;
+  if (plan.global_batch_size % per_step != 0) {
+    throw InfeasibleError(input_message(where, "plan.global_batch_size",
+                                        fmt::format("{} is not divisible by micro_batch_size*dp = {}*{} = {}",
+                                                    plan.global_batch_size, plan.micro_batch_size, plan.dp,
+                                                    per_step)));
+  }
+  if (plan.schedule == Schedule::Interleaved) {
+    if (plan.pp < 2) {
+      throw InfeasibleError(input_message(where, "plan.pp",
+                                          fmt::format("{}: the interleaved schedule needs pp >= 2", plan.pp)));
+    }
+    // Megatron: "number of microbatches must be divisible by pipeline-model-parallel-size when using interleaved".
+    if (plan.num_microbatches() % plan.pp != 0) {
+      throw InfeasibleError(input_message(
+          where, "plan.global_batch_size",
+          fmt::format("{} gives {} micro-batches per replica, not a multiple of pp = {} (the interleaved schedule "
+                      "needs global_batch_size / (micro_batch_size*dp) divisible by pp)",
+                      plan.global_batch_size, plan.num_microbatches(), plan.pp)));
+    }
+  }
+  (void)layers_per_stage(plan, model.num_layers, where);
+  if (plan.precision == Precision::Fp8 && cluster.gpu.fp8_flops_per_s <= 0.0) {
+    throw InfeasibleError(input_message(where, "plan.precision",
+                                        fmt::format("fp8 is not supported by {} (no FP8 tensor cores; valid: bf16, "
+                                                    "fp16)",
+                                                    cluster.gpu.name)));
+  }
+}
+
+} // namespace cuboid::model

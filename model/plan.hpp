@@ -46,6 +46,8 @@ Precision parse_precision(const std::string& text, const std::string& where);
 /// Number of layers held by each pipeline stage (size pp), honouring first/last overrides.
 /// Throws InfeasibleError when layers cannot be split as asked.
 std::vector<int> layers_per_stage(const Plan& plan, std::int64_t num_layers);
+/// Same, with `where` (file or "command line") prefixed to error messages.
+std::vector<int> layers_per_stage(const Plan& plan, std::int64_t num_layers, const std::string& where);
 
 struct ModelSpec;
 struct ClusterSpec;
