@@ -81,15 +81,14 @@ std::string kpi(std::string_view label, std::string_view value, std::string_view
 }
 
 std::string recommendation_section(const Report& report) {
-  std::string out = "<section class=\"recommendation\" id=\"recommendation\">\n<h2>Recommendation</h2>\n";
+  std::string out = "<section class=\"recommendation\" id=\"recommendation\">\n<h2>Summary</h2>\n";
   if (!report.recommended) {
     return out + fmt::format("<p class=\"headline\">{}</p>\n</section>\n", html_escape(rf::recommendation_line(report)));
   }
   const ReportOption& option = report.options[*report.recommended];
   const Projection& p = option.with_failures;
   const bool by_tokens = report.inputs.goal == ReportGoal::Tokens;
-  out += fmt::format("<p class=\"headline\"><strong>{}</strong>, plan {}</p>\n", html_escape(rf::option_name(option)),
-                     html_escape(plan_label(option.plan)));
+  out += fmt::format("<p class=\"headline\"><strong>{}</strong></p>\n", html_escape(rf::recommendation_line(report)));
   out += "<div class=\"kpis\">\n";
   out += kpi("GPUs", rf::option_name(option), fmt::format("{} per GPU-hour", rf::price(option.price.usd_per_gpu_hour)));
   if (by_tokens) {

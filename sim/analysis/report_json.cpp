@@ -194,12 +194,19 @@ std::string format_report_text(const Report& report) {
   if (!report.sensitivity.empty()) {
     out += fmt::format("#\n# sensitivity of the recommended option (inputs -/+{:.0f}%)\n",
                        100.0 * inputs.sensitivity_fraction);
-    out += fmt::format("# {:<26} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}\n", "input", "low", "high", "days lo",
-                       "days hi", "cost lo", "cost hi");
+    const bool by_tokens = inputs.goal == ReportGoal::Tokens;
+    out += fmt::format("# {:<26} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}\n", "input", "low", "high",
+                       by_tokens ? "days lo" : "tokens lo", by_tokens ? "days hi" : "tokens hi",
+                       by_tokens ? "cost lo" : "$/Mtok lo", by_tokens ? "cost hi" : "$/Mtok hi");
     for (const auto& row : report.sensitivity) {
+      const auto amount = [by_tokens](const Projection& p) {
+        return by_tokens ? rf::days(p.time_s) : rf::count(p.tokens);
+      };
+      const auto cost = [by_tokens](const Projection& p) {
+        return by_tokens ? rf::usd(p.cost_usd) : fmt::format("{:.2f}", p.cost_usd / p.tokens * 1e6);
+      };
       out += fmt::format("  {:<26} {:>10.4g} {:>10.4g} {:>10} {:>10} {:>10} {:>10}\n", row.input, row.low_value,
-                         row.high_value, rf::days(row.low.time_s), rf::days(row.high.time_s), rf::usd(row.low.cost_usd),
-                         rf::usd(row.high.cost_usd));
+                         row.high_value, amount(row.low), amount(row.high), cost(row.low), cost(row.high));
     }
   }
   out += "#\n# assumptions\n";
