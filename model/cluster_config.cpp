@@ -73,7 +73,7 @@ void require_known(const std::string& name, const std::vector<std::string>& vali
                    const std::string& where, const std::string& field) {
   if (std::find(valid.begin(), valid.end(), name) == valid.end()) {
     throw InputError(
-        input_message(where, field, fmt::format("unknown {} '{}'{}", what, name, valid_values_hint(name, valid))));
+        input_message(where, field, fmt::format("unknown {} '{}'{}", what, name, catalog_name_hint(name, valid))));
   }
 }
 } // namespace

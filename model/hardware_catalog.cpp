@@ -69,12 +69,6 @@ std::string suggestion_for(const std::string& value, const std::vector<std::stri
   return did_you_mean(value, candidates);
 }
 
-std::string hint(const std::string& value, const std::vector<std::string>& candidates) {
-  const std::string suggestion = suggestion_for(value, candidates);
-  return fmt::format(" (valid: {}{})", fmt::join(candidates, ", "),
-                     suggestion.empty() ? std::string{} : fmt::format("; did you mean '{}'?", suggestion));
-}
-
 std::string field_path(const std::string& path, const char* field) {
   return path.empty() ? std::string(field) : path + "." + field;
 }
@@ -147,7 +141,7 @@ GpuSpec find_gpu(const std::string& name, const std::string& where) {
       return gpu;
     }
   }
-  throw InputError(input_message(where, "gpu", fmt::format("unknown GPU '{}'{}", name, hint(name, builtin_gpu_names()))));
+  throw InputError(input_message(where, "gpu", fmt::format("unknown GPU '{}'{}", name, catalog_name_hint(name, builtin_gpu_names()))));
 }
 
 std::vector<SystemSpec> builtin_systems() {
@@ -200,7 +194,7 @@ SystemSpec find_system(const std::string& name, const std::string& where) {
     }
   }
   throw InputError(
-      input_message(where, "system", fmt::format("unknown system '{}'{}", name, hint(name, builtin_system_names()))));
+      input_message(where, "system", fmt::format("unknown system '{}'{}", name, catalog_name_hint(name, builtin_system_names()))));
 }
 
 std::string default_system_for_gpu(const std::string& gpu_name) {
@@ -210,7 +204,7 @@ std::string default_system_for_gpu(const std::string& gpu_name) {
     }
   }
   throw InputError(input_message("command line", "gpu",
-                                 fmt::format("unknown GPU '{}'{}", gpu_name, hint(gpu_name, builtin_gpu_names()))));
+                                 fmt::format("unknown GPU '{}'{}", gpu_name, catalog_name_hint(gpu_name, builtin_gpu_names()))));
 }
 
 ClusterSpec make_cluster(const std::string& system_or_gpu, int num_gpus, int gpus_per_node, const std::string& where) {
@@ -228,7 +222,7 @@ ClusterSpec make_cluster(const std::string& system_or_gpu, int num_gpus, int gpu
       names.insert(names.end(), systems.begin(), systems.end());
       throw InputError(input_message(where, field_path(path, "gpu"),
                                      fmt::format("unknown GPU or system '{}'{}", system_or_gpu,
-                                                 hint(system_or_gpu, names))));
+                                                 catalog_name_hint(system_or_gpu, names))));
     }
     system_name = default_system_for_gpu(system_or_gpu);
   }
@@ -265,6 +259,12 @@ ClusterSpec make_cluster(const std::string& system_or_gpu, int num_gpus, int gpu
                                               cluster.gpus_per_node, system.name, system.gpus_per_node, where));
   }
   return cluster;
+}
+
+std::string catalog_name_hint(const std::string& value, const std::vector<std::string>& candidates) {
+  const std::string suggestion = suggestion_for(value, candidates);
+  return fmt::format(" (valid: {}{})", fmt::join(candidates, ", "),
+                     suggestion.empty() ? std::string{} : fmt::format("; did you mean '{}'?", suggestion));
 }
 
 std::string to_string(Topology topology) {

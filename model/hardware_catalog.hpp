@@ -62,4 +62,8 @@ ClusterSpec load_cluster_yaml(const YAML::Node& node, const std::string& where, 
 
 std::string to_string(Topology topology);
 
+/// valid_values_hint (errors.hpp) that prefers a catalog name extending the typed one ("h100" -> "h100-sxm") over
+/// the nearest by edit distance ("h200"), which would be a different GPU.
+std::string catalog_name_hint(const std::string& value, const std::vector<std::string>& candidates);
+
 } // namespace cuboid::model

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <limits>
 #include <set>
+#include <utility>
 
 namespace cuboid::model::yaml {
 
@@ -30,6 +31,51 @@ void require_scalar(const YAML::Node& node, const std::string& where, const std:
   if (!is_plain_scalar(node)) {
     fail(where, path, fmt::format("{} is not valid (expected {})", describe(node), expected));
   }
+}
+// valid_values_hint for keys, which are often abbreviated ("nvlink_bw", "hiden"): when no whole key is close, the
+// typed text is compared with the keys' prefixes of about its length.
+std::string key_hint(const std::string& key, const std::vector<std::string>& allowed) {
+  // Megatron-LM flag names and the CLI's short forms are common in hand-written files.
+  static const std::vector<std::pair<std::string, std::string>> ALIASES = {
+      {"mbs", "micro_batch_size"},
+      {"gbs", "global_batch_size"},
+      {"tensor_model_parallel_size", "tp"},
+      {"pipeline_model_parallel_size", "pp"},
+      {"data_parallel_size", "dp"},
+      {"virtual_pipeline_model_parallel_size", "vp"},
+      {"world_size", "num_gpus"},
+      {"recompute_granularity", "recompute"},
+      {"num_key_value_heads", "num_query_groups"},
+      {"num_hidden_layers", "num_layers"},
+      {"intermediate_size", "ffn_hidden_size"}};
+  std::string suggestion;
+  for (const auto& [alias, target] : ALIASES) {
+    if (key == alias && std::find(allowed.begin(), allowed.end(), target) != allowed.end()) {
+      suggestion = target;
+    }
+  }
+  if (suggestion.empty()) {
+    suggestion = did_you_mean(key, allowed);
+  }
+  if (suggestion.empty()) {
+    std::vector<std::string> prefixes;
+    std::vector<std::string> owners;
+    for (const auto& candidate : allowed) {
+      for (std::size_t length = key.size() > 1 ? key.size() - 1 : 1; length <= key.size() + 1; ++length) {
+        if (length < candidate.size()) {
+          prefixes.push_back(candidate.substr(0, length));
+          owners.push_back(candidate);
+        }
+      }
+    }
+    const std::string prefix = did_you_mean(key, prefixes);
+    if (!prefix.empty()) {
+      suggestion = owners[static_cast<std::size_t>(std::find(prefixes.begin(), prefixes.end(), prefix) -
+                                                   prefixes.begin())];
+    }
+  }
+  return fmt::format(" (valid: {}{})", fmt::join(allowed, ", "),
+                     suggestion.empty() ? std::string{} : fmt::format("; did you mean '{}'?", suggestion));
 }
 } // namespace
 
@@ -77,7 +123,7 @@ void check_mapping(const YAML::Node& node, const std::string& where, const std::
     const std::string& key = entry.first.Scalar();
     const std::string key_path = join_path(path, key);
     if (std::find(allowed.begin(), allowed.end(), key) == allowed.end()) {
-      fail(where, key_path, fmt::format("unknown key '{}'{}", key, valid_values_hint(key, allowed)));
+      fail(where, key_path, fmt::format("unknown key '{}'{}", key, key_hint(key, allowed)));
     }
     if (!seen.insert(key).second) {
       fail(where, key_path, "duplicate key (each key may appear once)");
