@@ -1,1 +1,204 @@
-// placeholder: implemented by its owner (see model/CMakeLists.txt)
+// Memory model implementation (see memory_model.hpp). Activation formulas: Korthikanti et al. 2022, "Reducing
+// Activation Recomputation in Large Transformer Models", Table 2 and section 4; static state: Rajbhandari et al. 2020
+// (ZeRO, section 3.1: 2 + 2 + 12 bytes per parameter) as Megatron implements it (fp32 main grads, so 2 + 4 + 12),
+// and the Megatron-Core distributed optimizer docs (master params and Adam states sharded over DP).
+#include "model/memory_model.hpp"
+
+#include "model/errors.hpp"
+
+#include <algorithm>
+
+namespace cuboid::model {
+
+namespace {
+
+constexpr double BF16_BYTES = 2.0;
+constexpr double FP32_BYTES = 4.0;
+constexpr double MASK_BYTES = 1.0;          // dropout masks are stored as bytes (Korthikanti et al. 2022, 4.1)
+constexpr double WEIGHT_BYTES = 2.0;        // bf16 model parameters
+constexpr double GRAD_BYTES = 4.0;          // fp32 main grads (Megatron accumulates in fp32)
+constexpr double OPTIMIZER_BYTES = 12.0;    // fp32 master params 4 + Adam m 4 + v 4
+
+double as_d(std::int64_t value) { return static_cast<double>(value); }
+
+double norm_params(const ModelSpec& model) {
+  return model.norm == NormKind::LayerNorm ? 2.0 * as_d(model.hidden_size) : as_d(model.hidden_size);
+}
+
+// Korthikanti et al. 2022 Table 2, per layer per micro-batch, in bytes (T = s*b tokens, 2-byte activations):
+//   replicated over TP (divided by t only with sequence parallelism): two norm inputs 4Th, QKV input 2Th, FC1 input
+//   2Th, two dropout masks 2Th                                                       = 10 Th
+//   sharded over TP: Q 2Tq, K and V 2T*kv each, projection input 2Tq, FC1 output 2T*F (x2 gated), FC2 input 2T*F
+//                                                              = 24 Th for MHA and F = 4h
+//   attention core (sharded): softmax output 2as^2b, its dropout mask as^2b, dropout output 2as^2b = 5 a s^2 b
+// so no TP: sbh(34 + 5as/h); TP: sbh(10 + 24/t + 5as/(ht)); TP + SP: sbh(34/t + 5as/(ht)).
+struct LayerActivations {
+  double replicated = 0.0;
+  double sharded = 0.0;
+  double attention_core = 0.0;
+};
+
+LayerActivations layer_parts(const ModelSpec& model, const Plan& plan) {
+  const double tokens = as_d(model.seq_length) * as_d(plan.micro_batch_size);
+  const double h = as_d(model.hidden_size);
+  const double q = as_d(model.q_width());
+  const double kv = as_d(model.kv_width());
+  const double f = as_d(model.ffn_hidden_size);
+  const double fc1_out = model.gated_mlp ? 2.0 * f : f;
+  const double t = plan.tp;
+  const bool sp = plan.sequence_parallel && plan.tp > 1;
+  LayerActivations parts;
+  parts.replicated = tokens * h * (4.0 * BF16_BYTES + 2.0 * MASK_BYTES) / (sp ? t : 1.0);
+  parts.sharded = tokens * BF16_BYTES * (2.0 * q + 2.0 * kv + fc1_out + f) / t;
+  parts.attention_core = 5.0 * as_d(model.num_attention_heads) * as_d(model.seq_length) * tokens / t;
+  return parts;
+}
+
+} // namespace
+
+double layer_params_per_tp_rank(const ModelSpec& model, int tp) {
+  CUBOID_ASSERT(tp > 0, "tp={}", tp);
+  const double h = as_d(model.hidden_size);
+  const double qkv_out = as_d(model.q_width()) + 2.0 * as_d(model.kv_width());
+  const double f = as_d(model.ffn_hidden_size);
+  const double fc1_out = model.gated_mlp ? 2.0 * f : f;
+  const double bias = model.linear_bias ? 1.0 : 0.0;
+  // column-parallel: QKV, FC1 (weights and biases); row-parallel: proj, FC2 (weights only).
+  const double sharded = h * qkv_out + bias * qkv_out + as_d(model.q_width()) * h + h * fc1_out + bias * fc1_out +
+                         f * h;
+  const double replicated = 2.0 * norm_params(model) + 2.0 * bias * h; // norms, proj and FC2 biases
+  return sharded / tp + replicated;
+}
+
+double embedding_params_per_rank(const ModelSpec& model, const Plan& plan) {
+  const double h = as_d(model.hidden_size);
+  const double position = model.learned_position_embedding ? as_d(model.seq_length) * h : 0.0; // replicated
+  return as_d(model.vocab_size) * h / plan.tp + position;
+}
+
+double head_params_per_rank(const ModelSpec& model, const Plan& plan, bool stage_has_embedding) {
+  // Untied: the output layer. Tied on another stage than the embedding: Megatron keeps a copy of the word
+  // embedding on the last stage and all-reduces its gradient with the first stage.
+  const bool output_layer = !model.tied_embeddings || !stage_has_embedding;
+  return norm_params(model) + (output_layer ? as_d(model.vocab_size) * as_d(model.hidden_size) / plan.tp : 0.0);
+}
+
+double params_per_rank(const ModelSpec& model, const Plan& plan, int stage) {
+  double params = 0.0;
+  bool has_embedding = false;
+  bool has_head = false;
+  for (const ChunkLayout& chunk : chunk_layouts(plan, model.num_layers, stage)) {
+    params += chunk.num_layers * layer_params_per_tp_rank(model, plan.tp);
+    has_embedding = has_embedding || chunk.has_embedding;
+    has_head = has_head || chunk.has_head;
+  }
+  if (has_embedding) {
+    params += embedding_params_per_rank(model, plan);
+  }
+  if (has_head) {
+    params += head_params_per_rank(model, plan, has_embedding);
+  }
+  return params;
+}
+
+std::vector<double> chunk_grad_units(const ModelSpec& model, const Plan& plan, const ChunkLayout& chunk,
+                                     bool stage_has_embedding) {
+  std::vector<double> params;
+  if (chunk.has_head) {
+    params.push_back(head_params_per_rank(model, plan, stage_has_embedding));
+  }
+  params.insert(params.end(), static_cast<std::size_t>(chunk.num_layers), layer_params_per_tp_rank(model, plan.tp));
+  if (chunk.has_embedding) {
+    params.push_back(embedding_params_per_rank(model, plan));
+  }
+  return params;
+}
+
+std::vector<std::size_t> grad_bucket_ends(const Plan& plan, const std::vector<double>& unit_params) {
+  const double bucket_params = std::max(plan.grad_bucket_bytes / GRAD_BYTES, 1.0);
+  std::vector<std::size_t> ends;
+  double open = 0.0;
+  for (std::size_t unit = 0; unit < unit_params.size(); ++unit) {
+    open += unit_params[unit];
+    if (open >= bucket_params || unit + 1 == unit_params.size()) {
+      ends.push_back(unit);
+      open = 0.0;
+    }
+  }
+  return ends;
+}
+
+// Megatron mixed precision (ZeRO paper section 3.1 counts 2 + 2 + 12; Megatron keeps fp32 main grads): 2 + 4 + 12
+// = 18 B/param. Distributed optimizer (Megatron-Core docs, "Distributed Optimizer"): the 12 B of master params and
+// Adam states are sharded over DP: 6 + 12/dp.
+double static_bytes_per_param(const Plan& plan) {
+  const double optimizer = plan.distributed_optimizer ? OPTIMIZER_BYTES / plan.dp : OPTIMIZER_BYTES;
+  return WEIGHT_BYTES + GRAD_BYTES + optimizer;
+}
+
+MemBytes static_memory(const ModelSpec& model, const Plan& plan, int stage, const MemoryOptions& options) {
+  const double params = params_per_rank(model, plan, stage);
+  MemBytes bytes{};
+  bytes[static_cast<std::size_t>(MemTag::Weights)] = WEIGHT_BYTES * params;
+  // DP gradient buckets are views into the contiguous fp32 main-grad buffer (Megatron DistributedDataParallel,
+  // param_and_grad_buffer.py), reduced in place: they add nothing beyond Grads.
+  bytes[static_cast<std::size_t>(MemTag::Grads)] = GRAD_BYTES * params;
+  bytes[static_cast<std::size_t>(MemTag::Optimizer)] =
+      (plan.distributed_optimizer ? OPTIMIZER_BYTES / plan.dp : OPTIMIZER_BYTES) * params;
+  bytes[static_cast<std::size_t>(MemTag::Workspace)] = options.cublas_workspace_bytes;
+  const int communicators = (plan.tp > 1 ? 1 : 0) + (plan.dp > 1 ? 1 : 0) + (plan.pp > 1 ? 1 : 0);
+  bytes[static_cast<std::size_t>(MemTag::CommBuffers)] = communicators * options.nccl_bytes_per_communicator;
+  return bytes;
+}
+
+// Korthikanti et al. 2022 Table 2 rows: none / TP / TP+SP as in layer_parts(); selective recompute drops the
+// attention core (sbh(10 + 24/t), with SP sbh(34/t)); full recompute keeps only the layer input 2sbh (/t with SP).
+// Flash attention drops the attention core as well (it saves only O and the fp32 log-sum-exp, b*a*s*4 bytes, which
+// we neglect: < 1% of the rest).
+double layer_activation_bytes(const ModelSpec& model, const Plan& plan, const MemoryOptions& options) {
+  const LayerActivations parts = layer_parts(model, plan);
+  if (plan.recompute == Recompute::Full) {
+    const bool sp = plan.sequence_parallel && plan.tp > 1;
+    return BF16_BYTES * as_d(model.seq_length) * as_d(plan.micro_batch_size) * as_d(model.hidden_size) /
+           (sp ? plan.tp : 1.0);
+  }
+  const bool keep_core = plan.recompute == Recompute::None && !options.flash_attention;
+  return parts.replicated + parts.sharded + (keep_core ? parts.attention_core : 0.0);
+}
+
+double layer_backward_workspace_bytes(const ModelSpec& model, const Plan& plan, const MemoryOptions& options) {
+  const LayerActivations parts = layer_parts(model, plan);
+  double recomputed = 0.0;
+  if (plan.recompute == Recompute::Full) {
+    recomputed = parts.replicated + parts.sharded + (options.flash_attention ? 0.0 : parts.attention_core);
+  } else if (plan.recompute == Recompute::Selective && !options.flash_attention) {
+    recomputed = parts.attention_core;
+  }
+  // Largest activation gradient alive at once: d(FC1 output) or d(QKV output), bf16, sharded.
+  const double tokens = as_d(model.seq_length) * as_d(plan.micro_batch_size);
+  const double f = as_d(model.ffn_hidden_size);
+  const double widest = std::max(model.gated_mlp ? 2.0 * f : f, as_d(model.q_width()) + 2.0 * as_d(model.kv_width()));
+  return recomputed + BF16_BYTES * tokens * widest / plan.tp;
+}
+
+// Korthikanti et al. 2022 section 4.3: the input-embedding dropout mask, sbh bytes (sbh/t with SP).
+double embedding_activation_bytes(const ModelSpec& model, const Plan& plan) {
+  const bool sp = plan.sequence_parallel && plan.tp > 1;
+  return MASK_BYTES * as_d(model.seq_length) * as_d(plan.micro_batch_size) * as_d(model.hidden_size) /
+         (sp ? plan.tp : 1.0);
+}
+
+// Korthikanti et al. 2022 section 4.3: final norm input 2sbh, output-layer input 2sbh (both /t with SP: the
+// all-gathered copy is regathered in backward) and the fp32 logits of the cross-entropy 4sbV/t.
+double head_activation_bytes(const ModelSpec& model, const Plan& plan) {
+  const bool sp = plan.sequence_parallel && plan.tp > 1;
+  const double tokens = as_d(model.seq_length) * as_d(plan.micro_batch_size);
+  return 2.0 * BF16_BYTES * tokens * as_d(model.hidden_size) / (sp ? plan.tp : 1.0) +
+         FP32_BYTES * tokens * as_d(model.vocab_size) / plan.tp;
+}
+
+double head_backward_workspace_bytes(const ModelSpec& model, const Plan& plan) {
+  return BF16_BYTES * as_d(model.seq_length) * as_d(plan.micro_batch_size) * as_d(model.vocab_size) / plan.tp;
+}
+
+} // namespace cuboid::model

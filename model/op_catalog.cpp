@@ -1,1 +1,353 @@
-// placeholder: implemented by its owner (see model/CMakeLists.txt)
+// Op catalog implementation (see op_catalog.hpp). Shapes follow Megatron-LM's ColumnParallelLinear /
+// RowParallelLinear sharding (Shoeybi et al. 2019) and sequence parallelism (Korthikanti et al. 2022, section 4.2).
+// FLOPs are computed from unsharded sizes divided by tp (in double) so that the per-rank sums reproduce the closed
+// forms exactly; the integer shape fields are for the cost model's efficiency curve.
+#include "model/op_catalog.hpp"
+
+#include "model/errors.hpp"
+
+#include <cmath>
+#include <tuple>
+#include <utility>
+
+namespace cuboid::model {
+
+namespace {
+
+constexpr double BF16_BYTES = 2.0;
+constexpr double FP8_BYTES = 1.0;
+constexpr double FP32_BYTES = 4.0;
+// wgrad accumulates into the fp32 main grad (Megatron gradient_accumulation_fusion): read + write 4 B each.
+constexpr double WGRAD_OUT_BYTES = 2.0 * FP32_BYTES;
+// Rough per-element FLOPs of the memory-bound ops: only for cost, never part of model/hardware FLOPs.
+constexpr double NORM_FLOPS_PER_ELEMENT = 8.0;
+constexpr double ACT_FLOPS_PER_ELEMENT = 8.0;
+constexpr double BDA_FLOPS_PER_ELEMENT = 3.0;
+constexpr double LOSS_FLOPS_PER_ELEMENT = 5.0;
+// Adam on the fp32 master copy (Megatron mixed precision): read grad, master, m, v (16 B), write master, m, v (12 B)
+// and the bf16 model param (2 B); the grad-norm pass reads the grad (4 B) and zeroing the grad writes it (4 B).
+constexpr double OPTIMIZER_BYTES_PER_PARAM = 38.0;
+constexpr double ADAM_FLOPS_PER_PARAM = 12.0;
+
+// Sizes of one micro-batch on one rank, as doubles (b, s, h, q, kv, F in model letters of op_catalog.hpp).
+struct Dims {
+  double tokens = 0.0;     // b*s
+  double seq_tokens = 0.0; // tokens held by a rank outside the TP region: b*s, or b*s/t with sequence parallelism
+  double h = 0.0;
+  double q = 0.0;          // query width (heads * head_dim)
+  double kv = 0.0;         // key (= value) width (query groups * head_dim)
+  double ffn = 0.0;
+  double fc1_out = 0.0;    // F, or 2F for gated MLPs (gate and up projections)
+  double vocab = 0.0;
+  double seq = 0.0;
+  double tp = 1.0;
+  double gemm_in_bytes = BF16_BYTES;
+  bool sp = false;
+  bool has_tp = false;
+  std::int64_t b = 1;
+  std::int64_t heads = 1;
+  std::int64_t head_dim = 1;
+};
+
+Dims dims_of(const ModelSpec& model, const Plan& plan) {
+  Dims d;
+  d.tp = plan.tp;
+  d.has_tp = plan.tp > 1;
+  d.sp = plan.sequence_parallel && d.has_tp;
+  d.b = plan.micro_batch_size;
+  d.seq = static_cast<double>(model.seq_length);
+  d.tokens = static_cast<double>(plan.micro_batch_size) * d.seq;
+  d.seq_tokens = d.sp ? d.tokens / d.tp : d.tokens;
+  d.h = static_cast<double>(model.hidden_size);
+  d.q = static_cast<double>(model.q_width());
+  d.kv = static_cast<double>(model.kv_width());
+  d.ffn = static_cast<double>(model.ffn_hidden_size);
+  d.fc1_out = model.gated_mlp ? 2.0 * d.ffn : d.ffn;
+  d.vocab = static_cast<double>(model.vocab_size);
+  d.gemm_in_bytes = plan.precision == Precision::Fp8 ? FP8_BYTES : BF16_BYTES;
+  d.heads = model.num_attention_heads;
+  d.head_dim = model.head_dim;
+  return d;
+}
+
+std::int64_t dim(double value) { return static_cast<std::int64_t>(std::llround(value)); }
+
+// C(m, n) = A(m, k) B(k, n): 2mnk FLOPs; A and B read once, C written once.
+Op gemm(std::string name, double m, double n, double k, double in_bytes, double out_bytes) {
+  Op op;
+  op.name = std::move(name);
+  op.kind = OpKind::Gemm;
+  op.m = dim(m);
+  op.n = dim(n);
+  op.k = dim(k);
+  op.flops = 2.0 * m * n * k;
+  op.hbm_bytes = (m * k + k * n) * in_bytes + m * n * out_bytes;
+  return op;
+}
+
+// A linear layer Y(T, n) = X(T, k) W(k, n) and its two backward GEMMs (each the forward's FLOPs):
+// dgrad dX(T, k) = dY(T, n) W^T(n, k); wgrad dW(k, n) = X^T(k, T) dY(T, n).
+Op linear_fwd(const std::string& name, const Dims& d, double n, double k) {
+  return gemm(name, d.tokens, n, k, d.gemm_in_bytes, BF16_BYTES);
+}
+Op linear_dgrad(const std::string& name, const Dims& d, double n, double k) {
+  return gemm(name + ".dgrad", d.tokens, k, n, d.gemm_in_bytes, BF16_BYTES);
+}
+Op linear_wgrad(const std::string& name, const Dims& d, double n, double k) {
+  return gemm(name + ".wgrad", k, n, d.tokens, d.gemm_in_bytes, WGRAD_OUT_BYTES);
+}
+
+// Memory-bound op over `elements` values: `tensors` bf16 tensors of that size read or written once.
+Op memory_op(std::string name, OpKind kind, double elements, double tensors, double flops_per_element) {
+  Op op;
+  op.name = std::move(name);
+  op.kind = kind;
+  op.m = dim(elements);
+  op.flops = elements * flops_per_element;
+  op.hbm_bytes = elements * tensors * BF16_BYTES;
+  return op;
+}
+
+Op tp_collective(std::string name, CollectiveKind kind, double msg_bytes) {
+  Op op;
+  op.name = std::move(name);
+  op.kind = OpKind::TpCollective;
+  op.collective = kind;
+  op.msg_bytes = msg_bytes;
+  return op;
+}
+
+// Megatron's f/g conjugate operators (Shoeybi et al. 2019, Fig. 3): after a row-parallel layer the forward
+// all-reduces (sequence parallel: reduce-scatter); before a column-parallel layer the backward all-reduces (sequence
+// parallel: the forward all-gathers and the backward reduce-scatters). Every message is the full b*s*h bf16
+// activation (Korthikanti et al. 2022, section 4.2.2: the same bytes as the all-reduce).
+void add_reduce(std::vector<Op>& ops, const Dims& d, const std::string& name) {
+  if (d.has_tp) {
+    const bool rs = d.sp;
+    ops.push_back(tp_collective(name + (rs ? ".reducescatter" : ".allreduce"),
+                                rs ? CollectiveKind::ReduceScatter : CollectiveKind::AllReduce,
+                                d.tokens * d.h * BF16_BYTES));
+  }
+}
+void add_gather(std::vector<Op>& ops, const Dims& d, const std::string& name) {
+  if (d.sp) {
+    ops.push_back(tp_collective(name + ".allgather", CollectiveKind::AllGather, d.tokens * d.h * BF16_BYTES));
+  }
+}
+
+// Flash-style fused attention core, QK^T and AV over the full s x s matrix (Megatron's count: causal masking not
+// discounted): forward 4 b s^2 q / t FLOPs; backward twice that. Shape: M = N = s, K = head_dim, batch = b*heads/t.
+Op attention(const Dims& d, bool backward) {
+  Op op;
+  op.name = backward ? "attn.bwd" : "attn";
+  op.kind = OpKind::Attention;
+  op.m = dim(d.seq);
+  op.n = dim(d.seq);
+  op.k = d.head_dim;
+  op.batch = dim(static_cast<double>(d.b) * static_cast<double>(d.heads) / d.tp);
+  const double fwd_flops = 4.0 * d.tokens * d.seq * d.q / d.tp;
+  op.flops = backward ? 2.0 * fwd_flops : fwd_flops;
+  // forward reads Q, K, V and writes O; backward reads Q, K, V, O, dO and writes dQ, dK, dV.
+  const double widths = backward ? 4.0 * d.q + 4.0 * d.kv : 2.0 * d.q + 2.0 * d.kv;
+  op.hbm_bytes = d.tokens * widths / d.tp * BF16_BYTES;
+  return op;
+}
+
+void finish(OpBlock& block) {
+  block.model_flops = 0.0;
+  block.hw_flops = 0.0;
+  for (const Op& op : block.ops) {
+    if (op.kind != OpKind::Gemm && op.kind != OpKind::Attention) {
+      continue; // norm / elementwise / loss FLOPs are for cost only (keeps the closed forms exact)
+    }
+    block.hw_flops += op.flops;
+    if (!op.recompute) {
+      block.model_flops += op.flops;
+    }
+  }
+}
+
+OpBlock layer_forward(const Dims& d) {
+  OpBlock block;
+  block.name = "layer.fwd";
+  auto& ops = block.ops;
+  const double qkv_n = (d.q + 2.0 * d.kv) / d.tp;
+  ops.push_back(memory_op("ln1", OpKind::Norm, d.seq_tokens * d.h, 2.0, NORM_FLOPS_PER_ELEMENT));
+  add_gather(ops, d, "ln1");
+  ops.push_back(linear_fwd("qkv", d, qkv_n, d.h));
+  ops.push_back(attention(d, false));
+  ops.push_back(linear_fwd("proj", d, d.h, d.q / d.tp));
+  add_reduce(ops, d, "proj");
+  ops.push_back(memory_op("bda1", OpKind::Elementwise, d.seq_tokens * d.h, 3.0, BDA_FLOPS_PER_ELEMENT));
+  ops.push_back(memory_op("ln2", OpKind::Norm, d.seq_tokens * d.h, 2.0, NORM_FLOPS_PER_ELEMENT));
+  add_gather(ops, d, "ln2");
+  ops.push_back(linear_fwd("fc1", d, d.fc1_out / d.tp, d.h));
+  // GeLU reads F and writes F; SwiGLU reads gate and up (2F) and writes F.
+  ops.push_back(memory_op("act", OpKind::Elementwise, d.tokens * d.ffn / d.tp, 1.0 + d.fc1_out / d.ffn,
+                          ACT_FLOPS_PER_ELEMENT));
+  ops.push_back(linear_fwd("fc2", d, d.h, d.ffn / d.tp));
+  add_reduce(ops, d, "fc2");
+  ops.push_back(memory_op("bda2", OpKind::Elementwise, d.seq_tokens * d.h, 3.0, BDA_FLOPS_PER_ELEMENT));
+  finish(block);
+  return block;
+}
+
+OpBlock layer_backward(const Dims& d, const OpBlock& forward, Recompute recompute) {
+  OpBlock block;
+  block.name = "layer.bwd";
+  auto& ops = block.ops;
+  // Full recompute (Chen et al. 2016; Megatron --recompute-granularity full): rerun the whole forward first.
+  // Selective (Korthikanti et al. 2022, section 5): rerun only the attention core QK^T, softmax, AV.
+  if (recompute == Recompute::Full) {
+    for (Op op : forward.ops) {
+      op.recompute = true;
+      ops.push_back(std::move(op));
+    }
+  } else if (recompute == Recompute::Selective) {
+    Op op = attention(d, false);
+    op.recompute = true;
+    ops.push_back(std::move(op));
+  }
+  const double qkv_n = (d.q + 2.0 * d.kv) / d.tp;
+  ops.push_back(memory_op("bda2.bwd", OpKind::Elementwise, d.seq_tokens * d.h, 2.0, BDA_FLOPS_PER_ELEMENT));
+  add_gather(ops, d, "fc2");
+  ops.push_back(linear_dgrad("fc2", d, d.h, d.ffn / d.tp));
+  ops.push_back(linear_wgrad("fc2", d, d.h, d.ffn / d.tp));
+  // reads the saved fc1 output and dY (F), writes d(fc1 output)
+  ops.push_back(memory_op("act.bwd", OpKind::Elementwise, d.tokens * d.ffn / d.tp, (2.0 * d.fc1_out + d.ffn) / d.ffn,
+                          ACT_FLOPS_PER_ELEMENT));
+  ops.push_back(linear_dgrad("fc1", d, d.fc1_out / d.tp, d.h));
+  ops.push_back(linear_wgrad("fc1", d, d.fc1_out / d.tp, d.h));
+  add_reduce(ops, d, "fc1");
+  ops.push_back(memory_op("ln2.bwd", OpKind::Norm, d.seq_tokens * d.h, 3.0, NORM_FLOPS_PER_ELEMENT));
+  ops.push_back(memory_op("bda1.bwd", OpKind::Elementwise, d.seq_tokens * d.h, 2.0, BDA_FLOPS_PER_ELEMENT));
+  add_gather(ops, d, "proj");
+  ops.push_back(linear_dgrad("proj", d, d.h, d.q / d.tp));
+  ops.push_back(linear_wgrad("proj", d, d.h, d.q / d.tp));
+  ops.push_back(attention(d, true));
+  ops.push_back(linear_dgrad("qkv", d, qkv_n, d.h));
+  ops.push_back(linear_wgrad("qkv", d, qkv_n, d.h));
+  add_reduce(ops, d, "qkv");
+  ops.push_back(memory_op("ln1.bwd", OpKind::Norm, d.seq_tokens * d.h, 3.0, NORM_FLOPS_PER_ELEMENT));
+  finish(block);
+  return block;
+}
+
+// Vocab-parallel embedding (Megatron VocabParallelEmbedding): each rank looks up the tokens of its vocabulary shard
+// and the partial outputs are all-reduced (reduce-scattered with sequence parallelism).
+std::pair<OpBlock, OpBlock> embedding_blocks(const ModelSpec& model, const Dims& d) {
+  OpBlock fwd;
+  fwd.name = "embed.fwd";
+  fwd.ops.push_back(memory_op("embed", OpKind::Embedding, d.tokens * d.h, 2.0, 0.0)); // gather rows, write output
+  if (model.learned_position_embedding) {
+    fwd.ops.push_back(memory_op("pos_embed", OpKind::Elementwise, d.tokens * d.h, 3.0, 1.0));
+  }
+  add_reduce(fwd.ops, d, "embed");
+  finish(fwd);
+  OpBlock bwd;
+  bwd.name = "embed.bwd";
+  add_gather(bwd.ops, d, "embedding");
+  // Scatter-add of dY (bf16) into the fp32 main grad rows of this rank's shard (read + write 4 B each).
+  Op scatter = memory_op("embedding", OpKind::Embedding, d.tokens * d.h, 1.0, 1.0);
+  scatter.hbm_bytes += d.tokens * d.h / d.tp * WGRAD_OUT_BYTES;
+  bwd.ops.push_back(std::move(scatter));
+  finish(bwd);
+  return {std::move(fwd), std::move(bwd)};
+}
+
+// Final norm, output layer (column-parallel over the vocabulary) and vocab-parallel cross-entropy, which keeps the
+// fp32 softmax for the backward and all-reduces max, sum-exp and the target logit (3 b*s fp32 values) over TP.
+std::pair<OpBlock, OpBlock> head_blocks(const Dims& d) {
+  const double vocab_shard = d.vocab / d.tp;
+  const double logits = d.tokens * vocab_shard;
+  OpBlock fwd;
+  fwd.name = "head.fwd";
+  fwd.ops.push_back(memory_op("ln_f", OpKind::Norm, d.seq_tokens * d.h, 2.0, NORM_FLOPS_PER_ELEMENT));
+  add_gather(fwd.ops, d, "logits");
+  fwd.ops.push_back(linear_fwd("logits", d, vocab_shard, d.h));
+  Op loss = memory_op("loss", OpKind::Loss, logits, 0.0, LOSS_FLOPS_PER_ELEMENT);
+  loss.hbm_bytes = logits * (BF16_BYTES + FP32_BYTES); // read bf16 logits, write fp32 softmax
+  fwd.ops.push_back(std::move(loss));
+  if (d.has_tp) {
+    fwd.ops.push_back(tp_collective("loss.allreduce", CollectiveKind::AllReduce, 3.0 * d.tokens * FP32_BYTES));
+  }
+  finish(fwd);
+  OpBlock bwd;
+  bwd.name = "head.bwd";
+  Op loss_bwd = memory_op("loss", OpKind::Loss, logits, 0.0, 1.0);
+  loss_bwd.hbm_bytes = logits * (FP32_BYTES + BF16_BYTES); // read fp32 softmax, write bf16 d(logits)
+  bwd.ops.push_back(std::move(loss_bwd));
+  bwd.ops.push_back(linear_dgrad("logits", d, vocab_shard, d.h));
+  bwd.ops.push_back(linear_wgrad("logits", d, vocab_shard, d.h));
+  // conjugate of the forward's identity (all-reduce) or all-gather (reduce-scatter)
+  add_reduce(bwd.ops, d, "logits");
+  bwd.ops.push_back(memory_op("ln_f.bwd", OpKind::Norm, d.seq_tokens * d.h, 3.0, NORM_FLOPS_PER_ELEMENT));
+  finish(bwd);
+  return {std::move(fwd), std::move(bwd)};
+}
+
+} // namespace
+
+StepBlocks make_step_blocks(const ModelSpec& model, const Plan& plan) {
+  CUBOID_ASSERT(plan.tp > 0 && plan.micro_batch_size > 0, "bad plan tp={} b={}", plan.tp, plan.micro_batch_size);
+  const Dims d = dims_of(model, plan);
+  StepBlocks blocks;
+  blocks.layer_fwd = layer_forward(d);
+  blocks.layer_bwd = layer_backward(d, blocks.layer_fwd, plan.recompute);
+  std::tie(blocks.embed_fwd, blocks.embed_bwd) = embedding_blocks(model, d);
+  std::tie(blocks.head_fwd, blocks.head_bwd) = head_blocks(d);
+  return blocks;
+}
+
+OpBlock make_optimizer_block(double num_params) {
+  OpBlock block;
+  block.name = "optimizer";
+  Op adam;
+  adam.name = "adam";
+  adam.kind = OpKind::Elementwise;
+  adam.m = dim(num_params);
+  adam.flops = ADAM_FLOPS_PER_PARAM * num_params;
+  adam.hbm_bytes = OPTIMIZER_BYTES_PER_PARAM * num_params;
+  block.ops.push_back(std::move(adam));
+  return block; // model_flops / hw_flops stay 0: optimizer math is not part of the FLOP counts
+}
+
+// Per token per layer, forward (Korthikanti et al. 2022, section 6.1, generalised to GQA and gated MLPs):
+//   QKV 2h(q + 2kv), attention scores and values 2sq + 2sq, output projection 2qh, MLP 2hF(x2 gated) + 2Fh.
+double layer_forward_flops_per_token(const ModelSpec& model) {
+  const auto h = static_cast<double>(model.hidden_size);
+  const auto q = static_cast<double>(model.q_width());
+  const auto kv = static_cast<double>(model.kv_width());
+  const auto s = static_cast<double>(model.seq_length);
+  const auto f = static_cast<double>(model.ffn_hidden_size);
+  const double fc1_out = model.gated_mlp ? 2.0 * f : f;
+  return 2.0 * h * (q + 2.0 * kv) + 4.0 * s * q + 2.0 * q * h + 2.0 * h * fc1_out + 2.0 * f * h;
+}
+
+double logits_forward_flops_per_token(const ModelSpec& model) {
+  return 2.0 * static_cast<double>(model.hidden_size) * static_cast<double>(model.vocab_size);
+}
+
+// Forward + backward = 3x forward (backward = dgrad + wgrad); Korthikanti et al. 2022 eq. for model FLOPs:
+// 72 B s L h^2 (1 + s/(6h) + V/(12 L h)) for F = 4h and MHA.
+double model_flops_per_step(const ModelSpec& model, const Plan& plan) {
+  const double tokens = static_cast<double>(plan.global_batch_size) * static_cast<double>(model.seq_length);
+  const auto layers = static_cast<double>(model.num_layers);
+  return 3.0 * tokens * (layers * layer_forward_flops_per_token(model) + logits_forward_flops_per_token(model));
+}
+
+// Narayanan et al. SC21 eq. 3: full recompute runs one more forward of every layer (not of the logits):
+// 96 B s L h^2 (1 + s/(6h) + V/(16 L h)). Selective recompute reruns only the attention core (4 s q per token).
+double hw_flops_per_step(const ModelSpec& model, const Plan& plan) {
+  const double tokens = static_cast<double>(plan.global_batch_size) * static_cast<double>(model.seq_length);
+  const auto layers = static_cast<double>(model.num_layers);
+  double extra = 0.0;
+  if (plan.recompute == Recompute::Full) {
+    extra = tokens * layers * layer_forward_flops_per_token(model);
+  } else if (plan.recompute == Recompute::Selective) {
+    extra = tokens * layers * 4.0 * static_cast<double>(model.seq_length) * static_cast<double>(model.q_width());
+  }
+  return model_flops_per_step(model, plan) + extra;
+}
+
+} // namespace cuboid::model

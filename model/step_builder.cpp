@@ -1,1 +1,399 @@
-// placeholder: implemented by its owner (see model/CMakeLists.txt)
+// build_step_graph: one Compute task per (layer | embedding | head, micro-batch, phase) on each materialised rank,
+// chained in schedule order on the compute stream; P2P sends between virtual stages; bucketed DP gradient
+// collectives; one optimizer task per rank. Every rank of a stage has the same compute sequence, so it is built once
+// per stage as a template and copied per rank (the rank-class and all-ranks graphs share it by construction).
+#include "model/step_builder.hpp"
+
+#include "model/errors.hpp"
+#include "model/memory_model.hpp"
+#include "model/op_catalog.hpp"
+#include "model/rank_grid.hpp"
+#include "model/schedule.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <iterator>
+#include <numeric>
+
+namespace cuboid::model {
+
+namespace {
+
+constexpr double BF16_BYTES = 2.0;
+constexpr double FP32_GRAD_BYTES = 4.0;   // Megatron reduces the fp32 main grads (grad_reduce_in_fp32 default)
+constexpr std::uint32_t NONE = UINT32_MAX;
+
+std::size_t idx(int value) { return static_cast<std::size_t>(value); }
+
+// One compute task of a chunk's forward or backward: a layer (layer >= 0), the embedding or the head. Activations
+// are stored by the forward and freed by the backward; the workspace lives for the task's duration.
+struct Unit {
+  int layer = -1;
+  std::int32_t block = -1;
+  double act_bytes = 0.0;
+  double workspace_bytes = 0.0;
+};
+
+// A gradient bucket: contiguous units of one chunk in backward order (grad_bucket_ends in memory_model.hpp), waiting
+// for template task last_task (the final backward of its last unit).
+struct Bucket {
+  double params = 0.0;
+  int chunk = 0;
+  std::uint32_t last_task = NONE;
+};
+
+// A P2P send issued after template task `from` to (to_stage, to_chunk), for (microbatch, chunk) of this stage.
+struct Send {
+  std::uint32_t from = 0;
+  Phase phase = Phase::Forward;
+  int microbatch = 0, chunk = 0, to_stage = 0, to_chunk = 0;
+};
+
+struct StageTemplate {
+  std::vector<Task> tasks; // compute tasks in schedule order; rank is filled per materialised rank
+  std::vector<std::uint32_t> fwd_first, bwd_first; // [mb * vp + chunk] -> template index of the first task
+  std::vector<Send> sends;
+  std::vector<Bucket> buckets;
+  std::int32_t optimizer_block = -1;
+  MemBytes static_bytes{};
+};
+
+void set(MemBytes& bytes, MemTag tag, double value) { bytes[static_cast<std::size_t>(tag)] = value; }
+
+class Builder {
+public:
+  Builder(const ModelSpec& model, const ClusterSpec& cluster, const Plan& plan, Instantiation instantiation)
+      : model_(model), plan_(plan), inst_(instantiation), grid_(plan.tp, plan.dp, plan.pp),
+        m_(static_cast<int>(plan.num_microbatches())), graph_(model, cluster, plan, instantiation) {}
+
+  TaskGraph build(std::size_t max_tasks) {
+    if (m_ < 1) {
+      throw InfeasibleError(fmt::format("plan has {} micro-batches (global batch {} / (micro-batch {} x dp {})): need 1",
+                                        m_, plan_.global_batch_size, plan_.micro_batch_size, plan_.dp));
+    }
+    const std::size_t count = count_tasks();
+    if (count > max_tasks) {
+      throw InfeasibleError(fmt::format("plan would create {} tasks (limit {})", count, max_tasks));
+    }
+    graph_.reserve(count);
+    add_blocks();
+    for (int stage = 0; stage < plan_.pp; ++stage) {
+      stages_.push_back(make_template(stage));
+    }
+    add_ranks();
+    // Compute of every rank first (P2P targets must exist), then sends, then DP sync and the optimizer.
+    add_dp_groups();
+    for (const auto add : {&Builder::add_compute, &Builder::add_sends, &Builder::add_gradient_sync_and_optimizer}) {
+      for (std::size_t ridx = 0; ridx < ranks_.size(); ++ridx) {
+        (this->*add)(ridx);
+      }
+    }
+    graph_.model_flops_per_step = model_flops_per_step(model_, plan_);
+    graph_.hw_flops_per_step = hw_flops_per_step(model_, plan_);
+    CUBOID_ASSERT(graph_.num_tasks() == count, "built {} tasks, counted {}", graph_.num_tasks(), count);
+    return std::move(graph_);
+  }
+
+private:
+  [[nodiscard]] int ranks_per_stage() const { return inst_ == Instantiation::AllRanks ? plan_.tp * plan_.dp : 1; }
+
+  static bool has_embedding(const std::vector<ChunkLayout>& layouts) {
+    return std::any_of(layouts.begin(), layouts.end(), [](const ChunkLayout& lay) { return lay.has_embedding; });
+  }
+
+  // Exact task count from the layouts alone (no per-task work): compute + P2P + DP collectives + optimizer.
+  [[nodiscard]] std::size_t count_tasks() const {
+    std::size_t total = 0;
+    for (int stage = 0; stage < plan_.pp; ++stage) {
+      const std::vector<ChunkLayout> layouts = chunk_layouts(plan_, model_.num_layers, stage);
+      std::size_t per_rank = 1;
+      for (std::size_t chunk = 0; chunk < layouts.size(); ++chunk) {
+        const std::vector<double> params = chunk_grad_units(model_, plan_, layouts[chunk], has_embedding(layouts));
+        const int virtual_stage = static_cast<int>(chunk) * plan_.pp + stage;
+        const bool first = virtual_stage == 0;
+        const bool last = virtual_stage == plan_.pp * plan_.vp - 1;
+        const std::size_t sends = plan_.pp == 1 ? 0U : (first ? 0U : 1U) + (last ? 0U : 1U);
+        per_rank += idx(m_) * (2 * params.size() + sends);
+        if (plan_.dp > 1) {
+          per_rank += grad_bucket_ends(plan_, params).size() * (plan_.distributed_optimizer ? 2U : 1U);
+        }
+      }
+      total += per_rank * idx(ranks_per_stage());
+    }
+    return total;
+  }
+
+  // Blocks shared by every task of their kind, and the compute units of each chunk kind.
+  void add_blocks() {
+    StepBlocks blocks = make_step_blocks(model_, plan_);
+    const MemoryOptions options;
+    layer_ = {-1, graph_.add_block(std::move(blocks.layer_fwd)), layer_activation_bytes(model_, plan_, options), 0.0};
+    layer_bwd_ = {-1, graph_.add_block(std::move(blocks.layer_bwd)), layer_.act_bytes,
+                  layer_backward_workspace_bytes(model_, plan_, options)};
+    embed_ = {-1, graph_.add_block(std::move(blocks.embed_fwd)), embedding_activation_bytes(model_, plan_), 0.0};
+    embed_bwd_ = {-1, graph_.add_block(std::move(blocks.embed_bwd)), embed_.act_bytes, 0.0};
+    head_ = {-1, graph_.add_block(std::move(blocks.head_fwd)), head_activation_bytes(model_, plan_), 0.0};
+    head_bwd_ = {-1, graph_.add_block(std::move(blocks.head_bwd)), head_.act_bytes,
+                 head_backward_workspace_bytes(model_, plan_)};
+  }
+
+  // Units of a chunk in execution order: forward embedding, layers, head; backward the reverse.
+  [[nodiscard]] std::vector<Unit> units_of(const ChunkLayout& lay, Phase phase) const {
+    const bool fwd = phase == Phase::Forward;
+    std::vector<Unit> units;
+    if (lay.has_embedding) {
+      units.push_back(fwd ? embed_ : embed_bwd_);
+    }
+    for (int layer = lay.first_layer; layer < lay.first_layer + lay.num_layers; ++layer) {
+      units.push_back(fwd ? layer_ : layer_bwd_);
+      units.back().layer = layer;
+    }
+    if (lay.has_head) {
+      units.push_back(fwd ? head_ : head_bwd_);
+    }
+    if (!fwd) {
+      std::reverse(units.begin(), units.end());
+    }
+    return units;
+  }
+
+  StageTemplate make_template(int stage) {
+    const int pp = plan_.pp;
+    const int vp = plan_.vp;
+    const std::vector<ChunkLayout> layouts = chunk_layouts(plan_, model_.num_layers, stage);
+    const std::vector<ScheduleStep> order = stage_order(effective_schedule(plan_), pp, stage, m_, vp);
+    std::vector<std::vector<Unit>> fwd_units;
+    std::vector<std::vector<Unit>> bwd_units;
+    std::size_t per_mb = 0;
+    for (const ChunkLayout& lay : layouts) {
+      fwd_units.push_back(units_of(lay, Phase::Forward));
+      bwd_units.push_back(units_of(lay, Phase::Backward));
+      per_mb += 2 * fwd_units.back().size();
+    }
+    StageTemplate tmpl;
+    const std::size_t slots = idx(m_) * idx(vp);
+    tmpl.fwd_first.assign(slots, NONE);
+    tmpl.bwd_first.assign(slots, NONE);
+    tmpl.tasks.reserve(per_mb * idx(m_));
+    tmpl.sends.reserve(2 * slots);
+    // Per chunk: the first template task of its last backward, and that backward's position in the order.
+    std::vector<std::uint32_t> final_bwd(idx(vp), NONE);
+    std::vector<std::size_t> last_bwd_step(idx(vp), 0);
+    Task task{.kind = TaskKind::Compute, .stage = stage};
+    for (std::size_t step_idx = 0; step_idx < order.size(); ++step_idx) {
+      const ScheduleStep& step = order[step_idx];
+      const bool fwd = step.phase == Phase::Forward;
+      const auto first = static_cast<std::uint32_t>(tmpl.tasks.size());
+      task.phase = step.phase;
+      task.chunk = step.chunk;
+      task.microbatch = step.microbatch;
+      for (const Unit& unit : (fwd ? fwd_units : bwd_units)[idx(step.chunk)]) {
+        task.layer = unit.layer;
+        task.block = unit.block;
+        // Forward stores its activations until the matching backward frees them; workspaces live for one task.
+        set(task.alloc_at_start, MemTag::Activations, fwd ? unit.act_bytes : 0.0);
+        set(task.free_at_end, MemTag::Activations, fwd ? 0.0 : unit.act_bytes);
+        set(task.alloc_at_start, MemTag::Workspace, unit.workspace_bytes);
+        set(task.free_at_end, MemTag::Workspace, unit.workspace_bytes);
+        tmpl.tasks.push_back(task);
+      }
+      const auto last = static_cast<std::uint32_t>(tmpl.tasks.size() - 1);
+      const std::size_t slot = idx(step.microbatch) * idx(vp) + idx(step.chunk);
+      const int virtual_stage = step.chunk * pp + stage;
+      // Sends to the next virtual stage (forward) or the previous one (backward); stage pp-1 chunk c feeds stage 0
+      // chunk c+1 (interleaved wrap-around).
+      if (fwd) {
+        tmpl.fwd_first[slot] = first;
+        if (virtual_stage < pp * vp - 1) {
+          tmpl.sends.push_back({last, step.phase, step.microbatch, step.chunk, (stage + 1) % pp,
+                                stage == pp - 1 ? step.chunk + 1 : step.chunk});
+        }
+        continue;
+      }
+      tmpl.bwd_first[slot] = first;
+      final_bwd[idx(step.chunk)] = first;
+      last_bwd_step[idx(step.chunk)] = step_idx;
+      if (virtual_stage > 0) {
+        tmpl.sends.push_back({last, step.phase, step.microbatch, step.chunk, (stage + pp - 1) % pp,
+                              stage == 0 ? step.chunk - 1 : step.chunk});
+      }
+    }
+    // Buckets per chunk, chunks in the order their gradients become final; a bucket waits for its last unit in the
+    // chunk's last backward (the backward units run in grad-unit order, so unit u is task final_bwd + u).
+    std::vector<int> chunks(idx(vp));
+    std::iota(chunks.begin(), chunks.end(), 0);
+    std::sort(chunks.begin(), chunks.end(),
+              [&last_bwd_step](int lhs, int rhs) { return last_bwd_step[idx(lhs)] < last_bwd_step[idx(rhs)]; });
+    for (const int chunk : chunks) {
+      const std::vector<double> params = chunk_grad_units(model_, plan_, layouts[idx(chunk)], has_embedding(layouts));
+      std::size_t begin = 0;
+      for (const std::size_t end_unit : grad_bucket_ends(plan_, params)) {
+        const double bucket_params = std::accumulate(params.begin() + static_cast<std::ptrdiff_t>(begin),
+                                                     params.begin() + static_cast<std::ptrdiff_t>(end_unit + 1), 0.0);
+        tmpl.buckets.push_back({bucket_params, chunk, final_bwd[idx(chunk)] + static_cast<std::uint32_t>(end_unit)});
+        begin = end_unit + 1;
+      }
+    }
+    // The optimizer updates the rank's parameters (its 1/dp shard with the distributed optimizer).
+    const double params = params_per_rank(model_, plan_, stage) / (plan_.distributed_optimizer ? plan_.dp : 1);
+    tmpl.optimizer_block = graph_.add_block(make_optimizer_block(params));
+    tmpl.static_bytes = static_memory(model_, plan_, stage);
+    return tmpl;
+  }
+
+  void add_ranks() {
+    for (int rank = 0; rank < grid_.world_size(); ++rank) {
+      const RankCoord coord = grid_.coord_of(rank);
+      if (inst_ == Instantiation::RankClasses && (coord.tp_rank != 0 || coord.dp_rank != 0)) {
+        continue;
+      }
+      graph_.add_rank({rank, coord.pp_rank, static_cast<double>(ranks_per_stage() == 1 ? plan_.tp * plan_.dp : 1),
+                       stages_[idx(coord.pp_rank)].static_bytes});
+      ranks_.push_back(rank);
+    }
+    base_.assign(ranks_.size(), 0);
+  }
+
+  [[nodiscard]] const StageTemplate& stage_of(std::size_t ridx) const { return stages_[idx(graph_.ranks()[ridx].stage)]; }
+
+  void add_compute(std::size_t ridx) {
+    const StageTemplate& tmpl = stage_of(ridx);
+    const int rank = ranks_[ridx];
+    base_[ridx] = static_cast<TaskId>(graph_.num_tasks());
+    TaskId prev = NONE;
+    for (Task task : tmpl.tasks) {
+      task.rank = rank;
+      const TaskId id = graph_.add_task(task);
+      if (prev != NONE) {
+        graph_.add_edge(prev, id); // the schedule: one in-order compute stream
+      }
+      prev = id;
+    }
+  }
+
+  void add_sends(std::size_t ridx) {
+    const StageTemplate& tmpl = stage_of(ridx);
+    const int rank = ranks_[ridx];
+    const int stage = graph_.ranks()[ridx].stage;
+    // Megatron's scatter-gather optimisation sends 1/t of the activation with sequence parallelism.
+    const bool sp = plan_.sequence_parallel && plan_.tp > 1;
+    const double msg_bytes = static_cast<double>(plan_.micro_batch_size * model_.seq_length * model_.hidden_size) *
+                             BF16_BYTES / (sp ? plan_.tp : 1);
+    // Receiver: the rank with the same (tp, dp) coordinates on the target stage (rank classes: its representative).
+    RankCoord coord = grid_.coord_of(rank);
+    for (const Send& send : tmpl.sends) {
+      coord.pp_rank = send.to_stage;
+      const int peer = grid_.rank_of(coord);
+      const int peer_idx = graph_.rank_index(peer);
+      CUBOID_ASSERT(peer_idx >= 0, "P2P peer rank {} of rank {} is not materialised", peer, rank);
+      const StageTemplate& to = stages_[idx(send.to_stage)];
+      const std::size_t slot = idx(send.microbatch) * idx(plan_.vp) + idx(send.to_chunk);
+      const std::uint32_t consumer = send.phase == Phase::Forward ? to.fwd_first[slot] : to.bwd_first[slot];
+      CUBOID_ASSERT(consumer != NONE, "no consumer for send mb{} c{} s{} -> s{}", send.microbatch, send.chunk, stage,
+                    send.to_stage);
+      const TaskId producer = base_[ridx] + send.from;
+      const TaskId target = base_[idx(peer_idx)] + consumer;
+      if (peer == rank) {
+        graph_.add_edge(producer, target); // pp == 1 with chunks: the next chunk is on the same rank
+        continue;
+      }
+      const Task task{.kind = TaskKind::P2P, .phase = send.phase, .stream = Stream::PpComm, .rank = rank,
+                      .peer = peer, .stage = stage, .chunk = send.chunk, .microbatch = send.microbatch,
+                      .group = GroupKind::Pp, .group_size = plan_.pp, .msg_bytes = msg_bytes};
+      const TaskId id = graph_.add_task(task);
+      graph_.add_edge(producer, id);
+      graph_.add_edge(id, target);
+    }
+  }
+
+  // All ranks: one group per DP group; rank classes: {representative} (group_size = dp on the tasks).
+  void add_dp_groups() {
+    dp_group_of_.assign(ranks_.size(), -1);
+    for (const std::vector<int>& group : plan_.dp > 1 ? grid_.all_dp_groups() : std::vector<std::vector<int>>{}) {
+      std::vector<int> members;
+      std::copy_if(group.begin(), group.end(), std::back_inserter(members),
+                   [this](int member) { return graph_.rank_index(member) >= 0; });
+      if (members.empty()) {
+        continue;
+      }
+      const std::int32_t group_index = graph_.add_group(members);
+      for (const int member : members) {
+        dp_group_of_[idx(graph_.rank_index(member))] = group_index;
+      }
+    }
+  }
+
+  // One collective per bucket on the DP stream, chained so that every member issues them in the same order; bucket
+  // k also waits for task after(k) (NONE: nothing). Returns the last task, or NONE without buckets.
+  template <typename After>
+  TaskId add_bucket_collectives(std::size_t ridx, CollectiveKind kind, double bytes_per_param, After after) {
+    const std::vector<Bucket>& buckets = stage_of(ridx).buckets;
+    Task task{.kind = TaskKind::Collective, .stream = Stream::DpComm, .rank = ranks_[ridx],
+              .stage = graph_.ranks()[ridx].stage, .collective = kind, .group = GroupKind::Dp,
+              .group_index = dp_group_of_[ridx], .group_size = plan_.dp};
+    TaskId prev = NONE;
+    for (std::size_t bucket = 0; bucket < buckets.size(); ++bucket) {
+      task.chunk = buckets[bucket].chunk;
+      task.bucket = static_cast<int>(bucket);
+      task.msg_bytes = buckets[bucket].params * bytes_per_param;
+      const TaskId id = graph_.add_task(task);
+      for (const TaskId dep : {prev, after(bucket)}) {
+        if (dep != NONE) {
+          graph_.add_edge(dep, id);
+        }
+      }
+      prev = id;
+    }
+    return prev;
+  }
+
+  void add_gradient_sync_and_optimizer(std::size_t ridx) {
+    const StageTemplate& tmpl = stage_of(ridx);
+    const TaskId last_compute = base_[ridx] + static_cast<TaskId>(tmpl.tasks.size() - 1);
+    const bool sync = plan_.dp > 1;
+    TaskId reduced = NONE;
+    if (sync) {
+      // Distributed optimizer: reduce-scatter of the fp32 grads; otherwise all-reduce. overlap_grad_reduce: a bucket
+      // starts once its last unit's final backward is done (Megatron's backward hooks); else after all backward.
+      const bool overlap = plan_.overlap_grad_reduce;
+      reduced = add_bucket_collectives(
+          ridx, plan_.distributed_optimizer ? CollectiveKind::ReduceScatter : CollectiveKind::AllReduce,
+          FP32_GRAD_BYTES,
+          [&](std::size_t bucket) { return overlap ? base_[ridx] + tmpl.buckets[bucket].last_task : last_compute; });
+    }
+    const Task step{.kind = TaskKind::Optimizer, .stream = Stream::Compute, .rank = ranks_[ridx],
+                    .stage = graph_.ranks()[ridx].stage, .block = tmpl.optimizer_block};
+    const TaskId step_id = graph_.add_task(step);
+    graph_.add_edge(last_compute, step_id);
+    if (reduced != NONE) {
+      graph_.add_edge(reduced, step_id);
+    }
+    if (sync && plan_.distributed_optimizer) {
+      // Then all-gather the updated bf16 parameter shards, bucket by bucket.
+      add_bucket_collectives(ridx, CollectiveKind::AllGather, BF16_BYTES,
+                             [step_id](std::size_t bucket) { return bucket == 0 ? step_id : NONE; });
+    }
+  }
+
+  const ModelSpec& model_;
+  const Plan& plan_;
+  Instantiation inst_;
+  RankGrid grid_;
+  int m_;
+  TaskGraph graph_;
+  Unit layer_, layer_bwd_, embed_, embed_bwd_, head_, head_bwd_;
+  std::vector<StageTemplate> stages_;
+  std::vector<int> ranks_;       // materialised world ranks, in graph_.ranks() order
+  std::vector<TaskId> base_;     // first compute task id per materialised rank
+  std::vector<std::int32_t> dp_group_of_;
+};
+
+} // namespace
+
+TaskGraph build_step_graph(const ModelSpec& model, const ClusterSpec& cluster, const Plan& plan,
+                           Instantiation instantiation, std::size_t max_tasks) {
+  return Builder(model, cluster, plan, instantiation).build(max_tasks);
+}
+
+} // namespace cuboid::model

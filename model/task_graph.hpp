@@ -68,6 +68,7 @@ struct Task {
   int chunk = 0;             // model chunk (virtual stage) on this pipeline rank
   int microbatch = -1;       // -1 when not per micro-batch
   int layer = -1;            // global layer index; -1 for non-layer tasks
+  int bucket = -1;           // Collective: gradient bucket index on this rank
   std::int32_t block = -1;   // Compute/Optimizer: index into TaskGraph::blocks()
   // Collective and P2P:
   CollectiveKind collective = CollectiveKind::AllReduce;
@@ -96,6 +97,8 @@ public:
 
   TaskGraph(ModelSpec model, ClusterSpec cluster, Plan plan, Instantiation instantiation);
 
+  /// Capacity hint before building (no effect on the graph's contents).
+  void reserve(std::size_t num_tasks);
   TaskId add_task(const Task& task);
   /// `to` may start only after `from` has finished.
   void add_edge(TaskId from, TaskId to);
@@ -143,5 +146,7 @@ std::string to_string(TaskKind kind);
 std::string to_string(MemTag tag);
 std::string to_string(Stream stream);
 std::string to_string(CollectiveKind kind);
+std::string to_string(Phase phase);
+std::string to_string(OpKind kind);
 
 } // namespace cuboid::model
