@@ -176,8 +176,11 @@ MappedRun map_run(const PublishedRun& run) {
   if (plan.precision == model::Precision::Fp8 && mapped.gpu == "a100-80gb") {
     return stop(RunStatus::Unsupported, "FP8 on A100");
   }
-  if (contains(run.notes, "embedding counted as a PP stage layer") && plan.pp > 1 &&
-      (spec.num_layers + 2) % plan.pp == 0) {
+  // Megatron-DeepSpeed's pp-partition-method type:transformer|embedding counts the two embeddings as stage layers.
+  // Applied where the notes say so, or where the layers alone cannot be split evenly but layers + 2 can (the only
+  // even layout such a run can have, e.g. BLOOM's ramp-up rows: 70 layers on pp = 12).
+  const bool stated = contains(run.notes, "embedding counted as a PP stage layer");
+  if (plan.pp > 1 && (stated || spec.num_layers % plan.pp != 0) && (spec.num_layers + 2) % plan.pp == 0) {
     plan.first_stage_layers = static_cast<int>((spec.num_layers + 2) / plan.pp - 1);
     plan.last_stage_layers = plan.first_stage_layers;
     notes.emplace_back(fmt::format("embedding counted as a stage layer -> first/last stages hold {} layers",

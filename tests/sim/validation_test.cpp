@@ -79,3 +79,28 @@ TEST_CASE("sim::analysis::to_json and format_table", "[validate]") {
   CHECK_THAT(table, Contains("overall"));
   CHECK_THAT(table, Contains("peak memory MAPE over rows with a measurement: 10.0 %"));
 }
+
+// End to end on one shipped row: SC21 Table 1 1.7B (32 A100, tp1 pp1 dp32, full recompute) is mapped, simulated
+// and compared; the prediction must be a positive step time with a known dominant cost.
+TEST_CASE("sim::analysis::validate_runs: one SC21 row end to end", "[validate]") {
+  ValidateOptions options;
+  options.source_filter = "megatron-sc21-t1-1.7b";
+  const ValidationReport report =
+      validate_runs(std::string(CUBOID_SOURCE_DIR) + "/scenarios/validation/published_runs.csv", options);
+  REQUIRE(report.rows.size() == 1);
+  const ValidationRow& row = report.rows[0];
+  INFO(row.reason);
+  REQUIRE(row.status == RunStatus::Ok);
+  CHECK(row.predicted_step_s > 0.0);
+  CHECK(row.dominant == "compute");
+  CHECK(report.profile_assumptions.contains("a100-80gb"));
+}
+
+// The whole published_runs.csv: prints the table (run with -s). Hidden ([.]) because it simulates ~70 clusters of up
+// to 6144 GPUs; `cuboid_sim_tests "[validation-run]" -s` is the validation command.
+TEST_CASE("sim::analysis::validate_runs: all published runs", "[.][validation-run]") {
+  const ValidationReport report =
+      validate_runs(std::string(CUBOID_SOURCE_DIR) + "/scenarios/validation/published_runs.csv", {});
+  WARN(format_table(report));
+  CHECK(report.ok > 0);
+}
