@@ -26,8 +26,7 @@ constexpr std::uint32_t NONE = UINT32_MAX;
 
 std::size_t idx(int value) { return static_cast<std::size_t>(value); }
 
-// One compute task of a chunk's forward or backward: a layer (layer >= 0), the embedding or the head. Activations
-// are stored by the forward and freed by the backward; the workspace lives for the task's duration.
+// A compute task of a chunk (layer >= 0, embedding or head): activations live forward -> backward, workspace 1 task.
 struct Unit {
   int layer = -1;
   std::int32_t block = -1;
@@ -35,8 +34,7 @@ struct Unit {
   double workspace_bytes = 0.0;
 };
 
-// A gradient bucket: contiguous units of one chunk in backward order (grad_bucket_ends in memory_model.hpp), waiting
-// for template task last_task (the final backward of its last unit).
+// A gradient bucket (grad_bucket_ends in memory_model.hpp), waiting for template task last_task.
 struct Bucket {
   double params = 0.0;
   int chunk = 0;
@@ -63,11 +61,12 @@ void set(MemBytes& bytes, MemTag tag, double value) { bytes[static_cast<std::siz
 
 class Builder {
 public:
-  Builder(const ModelSpec& model, const ClusterSpec& cluster, const Plan& plan, Instantiation instantiation)
-      : model_(model), plan_(plan), inst_(instantiation), grid_(plan.tp, plan.dp, plan.pp),
-        m_(static_cast<int>(plan.num_microbatches())), graph_(model, cluster, plan, instantiation) {}
+  // Fills `graph` in place (Boost 1.74's adjacency_list has no move constructor: moving a TaskGraph copies it).
+  Builder(const ModelSpec& model, const Plan& plan, TaskGraph& graph)
+      : model_(model), plan_(plan), inst_(graph.get_instantiation()), grid_(plan.tp, plan.dp, plan.pp),
+        m_(static_cast<int>(plan.num_microbatches())), graph_(graph) {}
 
-  TaskGraph build(std::size_t max_tasks) {
+  void build(std::size_t max_tasks) {
     if (m_ < 1) {
       throw InfeasibleError(fmt::format("plan has {} micro-batches (global batch {} / (micro-batch {} x dp {})): need 1",
                                         m_, plan_.global_batch_size, plan_.micro_batch_size, plan_.dp));
@@ -92,7 +91,6 @@ public:
     graph_.model_flops_per_step = model_flops_per_step(model_, plan_);
     graph_.hw_flops_per_step = hw_flops_per_step(model_, plan_);
     CUBOID_ASSERT(graph_.num_tasks() == count, "built {} tasks, counted {}", graph_.num_tasks(), count);
-    return std::move(graph_);
   }
 
 private:
@@ -315,7 +313,7 @@ private:
       std::copy_if(group.begin(), group.end(), std::back_inserter(members),
                    [this](int member) { return graph_.rank_index(member) >= 0; });
       if (members.empty()) {
-        continue;
+        continue; // rank classes: DP groups without a representative
       }
       const std::int32_t group_index = graph_.add_group(members);
       for (const int member : members) {
@@ -381,7 +379,7 @@ private:
   Instantiation inst_;
   RankGrid grid_;
   int m_;
-  TaskGraph graph_;
+  TaskGraph& graph_;
   Unit layer_, layer_bwd_, embed_, embed_bwd_, head_, head_bwd_;
   std::vector<StageTemplate> stages_;
   std::vector<int> ranks_;       // materialised world ranks, in graph_.ranks() order
@@ -393,7 +391,9 @@ private:
 
 TaskGraph build_step_graph(const ModelSpec& model, const ClusterSpec& cluster, const Plan& plan,
                            Instantiation instantiation, std::size_t max_tasks) {
-  return Builder(model, cluster, plan, instantiation).build(max_tasks);
+  TaskGraph graph(model, cluster, plan, instantiation);
+  Builder(model, plan, graph).build(max_tasks);
+  return graph;
 }
 
 } // namespace cuboid::model

@@ -211,3 +211,36 @@ TEST_CASE("model::build_step_graph: GPT-3 175B on 1024 GPUs, all ranks", "[ir][s
   CHECK(graph.num_tasks() > 64U * 37'000U);
   CHECK(elapsed_s < 5.0);
 }
+
+TEST_CASE("model::build_step_graph: uneven first/last stages follow layers_per_stage", "[ir]") {
+  // Llama 3.1 405B style split: 14 layers, pp = 4, first = 3, last = 3 -> [3, 4, 4, 3]; each stage runs exactly
+  // its layers, the embedding on stage 0 and the head on stage 3.
+  const ModelSpec spec = gpt_model(14, 512, 8, 512, 8192);
+  Plan plan = make_plan(1, 4, 1, 8);
+  plan.first_stage_layers = 3;
+  plan.last_stage_layers = 3;
+  const TaskGraph graph = build_step_graph(spec, test_cluster(4), plan, Instantiation::AllRanks);
+  const std::vector<int> expected_layers = {3, 4, 4, 3};
+  for (const RankInfo& info : graph.ranks()) {
+    std::map<int, int> layers; // layer -> forward count
+    int embeds = 0;
+    int heads = 0;
+    for (const TaskId id : tasks_of(graph, info.rank)) {
+      const Task& t = graph.task(id);
+      if (t.kind != TaskKind::Compute || t.phase != Phase::Forward) {
+        continue;
+      }
+      const std::string& block = graph.blocks()[static_cast<std::size_t>(t.block)].name;
+      embeds += block == "embed.fwd" ? 1 : 0;
+      heads += block == "head.fwd" ? 1 : 0;
+      if (t.layer >= 0) {
+        ++layers[t.layer];
+      }
+    }
+    CHECK(layers.size() == static_cast<std::size_t>(expected_layers[static_cast<std::size_t>(info.stage)]));
+    CHECK(embeds == (info.stage == 0 ? 8 : 0));
+    CHECK(heads == (info.stage == 3 ? 8 : 0));
+  }
+  CHECK(graph.label(0) == "fwd embed mb0 s0c0 r0");
+  CHECK(graph.label(1) == "fwd L0 mb0 s0c0 r0");
+}
