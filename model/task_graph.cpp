@@ -14,6 +14,28 @@ namespace cuboid::model {
 TaskGraph::TaskGraph(ModelSpec model, ClusterSpec cluster, Plan plan, Instantiation instantiation)
     : model_(std::move(model)), cluster_(std::move(cluster)), plan_(plan), instantiation_(instantiation) {}
 
+TaskGraph::TaskGraph(TaskGraph&& other) noexcept : instantiation_(other.instantiation_) { *this = std::move(other); }
+
+TaskGraph& TaskGraph::operator=(TaskGraph&& other) noexcept {
+  if (this == &other) {
+    return *this;
+  }
+  model_ = std::move(other.model_);
+  cluster_ = std::move(other.cluster_);
+  plan_ = other.plan_;
+  instantiation_ = other.instantiation_;
+  graph_.clear();
+  graph_.swap(other.graph_);
+  tasks_ = std::move(other.tasks_);
+  blocks_ = std::move(other.blocks_);
+  groups_ = std::move(other.groups_);
+  ranks_ = std::move(other.ranks_);
+  rank_index_ = std::move(other.rank_index_);
+  model_flops_per_step = other.model_flops_per_step;
+  hw_flops_per_step = other.hw_flops_per_step;
+  return *this;
+}
+
 void TaskGraph::reserve(std::size_t num_tasks) {
   tasks_.reserve(num_tasks);
   // vecS vertex storage is a public std::vector in Boost's adjacency_list implementation.

@@ -96,6 +96,13 @@ public:
   using Graph = boost::adjacency_list<boost::vecS, boost::vecS, boost::bidirectionalS>;
 
   TaskGraph(ModelSpec model, ClusterSpec cluster, Plan plan, Instantiation instantiation);
+  TaskGraph(const TaskGraph&) = default;
+  TaskGraph& operator=(const TaskGraph&) = default;
+  /// Moves swap the Boost graph: Boost 1.74's adjacency_list has no move constructor, so a defaulted move would
+  /// copy every vertex and edge (0.5 s for a 1024-rank graph).
+  TaskGraph(TaskGraph&& other) noexcept;
+  TaskGraph& operator=(TaskGraph&& other) noexcept;
+  ~TaskGraph() = default;
 
   /// Capacity hint before building (no effect on the graph's contents).
   void reserve(std::size_t num_tasks);

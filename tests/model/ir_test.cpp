@@ -244,3 +244,23 @@ TEST_CASE("model::build_step_graph: uneven first/last stages follow layers_per_s
   CHECK(graph.label(0) == "fwd embed mb0 s0c0 r0");
   CHECK(graph.label(1) == "fwd L0 mb0 s0c0 r0");
 }
+
+TEST_CASE("model::TaskGraph: moving keeps tasks, edges, blocks and ranks", "[ir]") {
+  const ModelSpec spec = gpt_model(4, 256, 4, 256, 4096);
+  const Plan plan = make_plan(1, 2, 2, 8);
+  TaskGraph graph = build_step_graph(spec, test_cluster(4), plan, Instantiation::AllRanks);
+  const std::size_t tasks = graph.num_tasks();
+  const std::size_t edges = graph.num_edges();
+  const std::string label = graph.label(3);
+  TaskGraph moved(std::move(graph));
+  CHECK(moved.num_tasks() == tasks);
+  CHECK(moved.num_edges() == edges);
+  CHECK(moved.label(3) == label);
+  CHECK(moved.get_model().name == spec.name);
+  CHECK(moved.rank_index(3) == 3);
+  TaskGraph assigned(spec, test_cluster(4), plan, Instantiation::RankClasses);
+  assigned = std::move(moved);
+  CHECK(assigned.num_edges() == edges);
+  CHECK(assigned.get_instantiation() == Instantiation::AllRanks);
+  CHECK(assigned.model_flops_per_step > 0.0);
+}
