@@ -272,14 +272,22 @@ private:
     return it->second;
   }
 
-  // Free each (chunk, micro-batch) after its last backward instruction.
+  // Free each (chunk, micro-batch) after the last instruction that uses it (its last backward, or the send of the
+  // gradient that follows it).
   void add_frees() {
     std::map<std::pair<int, int>, std::size_t> last_backward;
+    std::map<std::pair<int, int>, std::size_t> last_use;
     for (std::size_t idx = 0; idx < program_.instrs.size(); ++idx) {
       const Instr& instr = program_.instrs[idx];
+      if (instr.microbatch >= 0) {
+        last_use[{instr.chunk, instr.microbatch}] = idx;
+      }
       if (instr.kind == InstrKind::Backward) {
         last_backward[{instr.chunk, instr.microbatch}] = idx;
       }
+    }
+    for (auto& [key, idx] : last_backward) {
+      idx = last_use[key];
     }
     std::vector<Instr> out;
     out.reserve(program_.instrs.size() + last_backward.size());

@@ -7,10 +7,12 @@
 #include "exec/data.hpp"
 #include "exec/gpt_model.hpp"
 #include "exec/internal_schedule.hpp"
+#include "exec/lowering.hpp"
 #include "exec/process_groups.hpp"
 #include "exec/watchdog.hpp"
 #include "model/errors.hpp"
 #include "model/rank_grid.hpp"
+#include "model/step_builder.hpp"
 
 #include <fmt/format.h>
 
@@ -70,6 +72,15 @@ std::string category_of(InstrKind kind) {
   return "?";
 }
 
+// CPU runs need no GPU description: the IR only needs the rank count (and uses it for node boundaries).
+RunOptions with_world_size(RunOptions options, int world_size) {
+  options.cluster.num_gpus = world_size;
+  if (options.cluster.gpus_per_node <= 0) {
+    options.cluster.gpus_per_node = world_size;
+  }
+  return options;
+}
+
 void validate_options(const RunOptions& options, const Communicator& world) {
   const model::Plan& plan = options.plan;
   if (world.size() != plan.world_size()) {
@@ -77,6 +88,9 @@ void validate_options(const RunOptions& options, const Communicator& world) {
                                                                         plan.tp, plan.pp, plan.dp, plan.world_size(),
                                                                         world.size())));
   }
+  model::ClusterSpec cluster = options.cluster;
+  cluster.num_gpus = world.size();
+  model::validate(plan, options.model, cluster, "run options");
   if (options.steps < 1) {
     throw InputError(input_message("command line", "steps", fmt::format("{} (expected >= 1)", options.steps)));
   }
@@ -122,7 +136,7 @@ struct Trainer::State {
   std::unique_ptr<Watchdog> watchdog;
 
   State(const RunOptions& opts, Communicator& w)
-      : options(opts), world(w), grid(opts.plan.tp, opts.plan.dp, opts.plan.pp),
+      : options(with_world_size(opts, w.size())), world(w), grid(opts.plan.tp, opts.plan.dp, opts.plan.pp),
         groups(make_process_groups(w, grid)),
         model(opts.model, opts.plan, groups.coord.tp_rank, groups.coord.pp_rank, opts.seed),
         data(opts.model.vocab_size, opts.model.seq_length, opts.seed, opts.data_file) {}
@@ -145,12 +159,19 @@ struct Trainer::State {
     throw RunError(message);
   }
 
-  /// Programs of `ranks` (this rank's, or every rank's for trace labels). The TaskGraph lowering (lowering.hpp)
-  /// is used once model::build_step_graph is available; until then both sources use the internal schedules.
+  /// Programs of `ranks` (this rank's, or every rank's for trace labels), from the IR or the internal schedules.
   std::vector<Program> build_programs(const std::vector<int>& ranks) const {
     std::vector<Program> out;
+    if (options.program_source == ProgramSource::Internal) {
+      for (const int rank : ranks) {
+        out.push_back(build_internal_program(options.model, options.plan, rank));
+      }
+      return out;
+    }
+    const model::TaskGraph graph =
+        model::build_step_graph(options.model, options.cluster, options.plan, model::Instantiation::AllRanks);
     for (const int rank : ranks) {
-      out.push_back(build_internal_program(options.model, options.plan, rank));
+      out.push_back(lower_to_program(graph, rank));
     }
     return out;
   }

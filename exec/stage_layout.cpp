@@ -7,21 +7,12 @@
 
 namespace cuboid::exec {
 
-namespace {
-// Even split; switches to model::layers_per_stage (uneven first/last stages) once model/plan.cpp provides it.
-std::vector<int> stage_layer_counts(const model::Plan& plan, int total) {
-  if (plan.first_stage_layers != 0 || plan.last_stage_layers != 0 || total % plan.pp != 0) {
-    throw InfeasibleError(fmt::format("plan.pp: {} layers cannot be split evenly over pp = {} stages", total, plan.pp));
-  }
-  return std::vector<int>(static_cast<std::size_t>(plan.pp), total / plan.pp);
-}
-} // namespace
 
 std::vector<ChunkLayout> chunk_layouts(const model::Plan& plan, std::int64_t num_layers, int stage) {
   std::vector<ChunkLayout> chunks(static_cast<std::size_t>(plan.vp));
   const auto total = static_cast<int>(num_layers);
   if (plan.vp == 1) {
-    const std::vector<int> counts = stage_layer_counts(plan, total);
+    const std::vector<int> counts = model::layers_per_stage(plan, num_layers);
     int first = 0;
     for (int s = 0; s < stage; ++s) {
       first += counts[static_cast<std::size_t>(s)];

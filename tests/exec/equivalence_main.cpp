@@ -41,6 +41,8 @@ struct Args {
   std::string program = "ir";
   std::string model = "gpt-tiny";
   std::string trace_file;
+  double grad_bucket_bytes = 0.0;
+  bool distributed_optimizer = false;
 };
 
 // Local parsers (the test must not depend on the CLI's): the same spellings as tools/.
@@ -85,6 +87,10 @@ RunOptions make_options(const Args& args, int tp, int dp, int pp, int vp) {
   options.plan.schedule = parse_schedule(args.schedule);
   options.plan.recompute = parse_recompute(args.recompute);
   options.plan.sequence_parallel = args.sequence_parallel && tp > 1;
+  options.plan.distributed_optimizer = args.distributed_optimizer;
+  if (args.grad_bucket_bytes > 0.0) {
+    options.plan.grad_bucket_bytes = args.grad_bucket_bytes;
+  }
   options.cluster.name = "cpu";
   options.cluster.num_gpus = tp * dp * pp;
   options.cluster.gpus_per_node = tp * dp * pp;
@@ -193,6 +199,8 @@ int main(int argc, char** argv) {
   app.add_option("--schedule", args.schedule, "gpipe, 1f1b or interleaved");
   app.add_option("--recompute", args.recompute, "none, selective or full");
   app.add_flag("--sequence-parallel", args.sequence_parallel);
+  app.add_flag("--distributed-optimizer", args.distributed_optimizer);
+  app.add_option("--grad-bucket-bytes", args.grad_bucket_bytes, "DP gradient bucket size (default: the plan's)");
   app.add_option("--steps", args.steps);
   app.add_option("--micro-batch", args.micro_batch);
   app.add_option("--global-batch", args.global_batch);

@@ -41,4 +41,18 @@ inline bool runs_to_completion(const std::vector<Program>& programs) {
   return in_flight.empty();
 }
 
+// True if no instruction touches a (chunk, micro-batch) after its Free.
+inline bool no_use_after_free(const Program& program) {
+  std::set<std::pair<int, int>> freed;
+  for (const Instr& instr : program.instrs) {
+    const std::pair<int, int> key{instr.chunk, instr.microbatch};
+    if (instr.kind == InstrKind::Free) {
+      freed.insert(key);
+    } else if (instr.microbatch >= 0 && freed.contains(key)) {
+      return false;
+    }
+  }
+  return true;
+}
+
 } // namespace cuboid::exec::test

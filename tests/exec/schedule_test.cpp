@@ -58,6 +58,7 @@ TEST_CASE("exec::build_internal_program: complete and deadlock-free schedules", 
       CHECK(bwd_pos.at(key) > at);
     }
     CHECK(programs[static_cast<std::size_t>(rank)].instrs.back().kind == InstrKind::OptimizerStep);
+    CHECK(test::no_use_after_free(programs[static_cast<std::size_t>(rank)]));
   }
 }
 

@@ -1,7 +1,8 @@
-// Small model specs for the exec tests: a 2-layer toy for gradient checks and gpt-tiny's shape (the catalog entry's
-// numbers) for training tests.
+// Small model specs for the exec tests: 2-layer toys for gradient checks, the catalog's gpt-tiny and llama-tiny for
+// training tests.
 #pragma once
 
+#include "model/model_catalog.hpp"
 #include "model/model_spec.hpp"
 #include "model/plan.hpp"
 
@@ -38,35 +39,12 @@ inline model::ModelSpec toy_llama() {
   return m;
 }
 
-/// gpt-tiny's shape (4 layers, hidden 128, 8 heads, ffn 512, vocab 512, seq 128, tied embeddings).
-inline model::ModelSpec gpt_tiny_shape() {
-  model::ModelSpec m;
-  m.name = "gpt-tiny";
-  m.num_layers = 4;
-  m.hidden_size = 128;
-  m.num_attention_heads = 8;
-  m.num_query_groups = 8;
-  m.head_dim = 16;
-  m.ffn_hidden_size = 512;
-  m.vocab_size = 512;
-  m.seq_length = 128;
-  m.tied_embeddings = true;
-  return m;
-}
+/// The catalog's gpt-tiny (4 layers, hidden 128, 8 heads, ffn 512, vocab 512, seq 128, tied embeddings).
+inline model::ModelSpec gpt_tiny_shape() { return model::find_model("gpt-tiny"); }
 
-/// A Llama-style model of gpt-tiny's size: RMSNorm, SwiGLU, RoPE, GQA (8 heads, 4 KV groups), no biases, untied.
-inline model::ModelSpec llama_tiny_shape() {
-  model::ModelSpec m = gpt_tiny_shape();
-  m.name = "llama-tiny";
-  m.num_query_groups = 4;
-  m.ffn_hidden_size = 352;
-  m.gated_mlp = true;
-  m.tied_embeddings = false;
-  m.norm = model::NormKind::RmsNorm;
-  m.linear_bias = false;
-  m.learned_position_embedding = false;
-  return m;
-}
+/// The catalog's llama-tiny: gpt-tiny's size with RMSNorm, SwiGLU (F=352), RoPE, GQA (8 heads, 4 KV groups),
+/// no biases, untied output layer.
+inline model::ModelSpec llama_tiny_shape() { return model::find_model("llama-tiny"); }
 
 inline model::Plan single_rank_plan(std::int64_t micro_batch, std::int64_t global_batch) {
   model::Plan plan;
