@@ -23,10 +23,6 @@ namespace {
 constexpr double OPTIMIZER_BYTES_PER_PARAM = 42.0;
 constexpr double OPTIMIZER_KERNELS = 4.0; // grad norm, Adam, param copy, zero grad (multi-tensor launches)
 
-// Output tiles cuBLAS / CUTLASS pick for large BF16/FP8 GEMMs on sm80/sm90 (NVIDIA "Matrix Multiplication
-// Background User's Guide", sections on tile and wave quantisation; CUTLASS default threadblock shapes).
-constexpr std::array<std::pair<double, double>, 3> GEMM_TILES = {{{128.0, 256.0}, {256.0, 128.0}, {128.0, 128.0}}};
-constexpr int GEMM_TABLE_NEIGHBOURS = 4;
 
 double dense_peak(const GpuSpec& gpu, Precision precision) {
   switch (precision) {
@@ -73,80 +69,6 @@ CostModel::CostModel(const ClusterSpec& cluster, CostProfile profile, const Plan
   tp_intra_node_ = cluster_.gpus_per_node <= 0 || plan_.tp <= cluster_.gpus_per_node;
 }
 
-// ---- GEMM efficiency.
-// eff(M,N,K) = max_eff * F / (F + F_half) * q(M,N)
-//   max_eff: best-shape achievable fraction (MAMF, Bekman), F = 2*M*N*K*batch the kernel's FLOPs;
-//   F / (F + F_half) is Hockney's half-performance model (r = r_inf * n / (n + n_1/2); Hockney & Jesshope,
-//   "Parallel Computers 2", 1988): a fixed per-call cost makes small GEMMs slow; F_half scales with the rate, so
-//   FP8 uses F_half * (FP8 rate / BF16 rate);
-//   q = tile x wave quantisation (NVIDIA Matrix Multiplication Background guide): useful work / work of the launched
-//   waves, best of the candidate tiles. It is applied only beyond one full wave: cuBLAS fills the GPU for smaller
-//   problems with split-K and small tiles, whose cost the Hockney term already carries.
-double CostModel::analytic_gemm_efficiency(double m, double n, double k, double batch, bool fp8) const {
-  const double max_eff = fp8 ? profile_.gemm_fp8_max_efficiency : profile_.gemm_max_efficiency;
-  const double flops = 2.0 * m * n * k * batch;
-  double half_flops = profile_.gemm_half_efficiency_flops;
-  if (fp8 && profile_.gemm_max_efficiency > 0.0) {
-    half_flops *= (peak_flops_per_s_ * profile_.gemm_fp8_max_efficiency) /
-                  (bf16_flops_per_s_ * profile_.gemm_max_efficiency);
-  }
-  const double size_factor = flops / (flops + half_flops);
-  double quantisation = 1.0;
-  if (profile_.num_sms > 0.0) {
-    double best = 0.0;
-    for (const auto& [tile_m, tile_n] : GEMM_TILES) {
-      const double tiles = std::ceil(m / tile_m) * std::ceil(n / tile_n) * batch;
-      if (tiles <= profile_.num_sms) {
-        best = 1.0;
-        break;
-      }
-      const double waves = std::ceil(tiles / profile_.num_sms);
-      best = std::max(best, (m * n * batch) / (waves * profile_.num_sms * tile_m * tile_n));
-    }
-    quantisation = best;
-  }
-  return max_eff * size_factor * quantisation;
-}
-
-// Measured table (cuboid calibrate, BF16): inverse-squared-distance average of the nearest points in
-// (log M, log N, log K); an exact hit returns its value. FP8 scales by the FP8 / BF16 max-efficiency ratio.
-double CostModel::table_gemm_efficiency(double m, double n, double k, bool fp8) const {
-  std::vector<std::pair<double, double>> by_distance; // (squared log distance, efficiency)
-  by_distance.reserve(profile_.gemm_table.size());
-  for (const auto& point : profile_.gemm_table) {
-    const double dm = std::log(m / point.m);
-    const double dn = std::log(n / point.n);
-    const double dk = std::log(k / point.k);
-    by_distance.emplace_back(dm * dm + dn * dn + dk * dk, point.efficiency);
-  }
-  const auto count = std::min<std::size_t>(GEMM_TABLE_NEIGHBOURS, by_distance.size());
-  std::partial_sort(by_distance.begin(), by_distance.begin() + static_cast<std::ptrdiff_t>(count), by_distance.end());
-  double weighted = 0.0;
-  double weights = 0.0;
-  for (std::size_t idx = 0; idx < count; ++idx) {
-    if (by_distance[idx].first < 1e-12) {
-      weighted = by_distance[idx].second;
-      weights = 1.0;
-      break;
-    }
-    weighted += by_distance[idx].second / by_distance[idx].first;
-    weights += 1.0 / by_distance[idx].first;
-  }
-  const double eff = weighted / weights;
-  const double scale = fp8 && profile_.gemm_max_efficiency > 0.0
-                           ? profile_.gemm_fp8_max_efficiency / profile_.gemm_max_efficiency
-                           : 1.0;
-  return std::min(1.0, eff * scale);
-}
-
-double CostModel::gemm_efficiency(double m, double n, double k, double batch, bool fp8) const {
-  CUBOID_ASSERT(m > 0.0 && n > 0.0 && k > 0.0 && batch > 0.0, "GEMM shape {}x{}x{} (batch {})", m, n, k, batch);
-  if (!profile_.gemm_table.empty()) {
-    return table_gemm_efficiency(m, n, k, fp8);
-  }
-  return analytic_gemm_efficiency(m, n, k, batch, fp8);
-}
-
 // ---- compute ops
 double CostModel::op_time_s(const Op& op) const {
   return op_time_s(op, name_says_backward(op.name) ? Phase::Backward : Phase::Forward);
@@ -168,9 +90,7 @@ double CostModel::op_time_s(const Op& op, Phase phase) const {
                            : (fp8 ? profile_.gemm_fp8_max_efficiency : profile_.gemm_max_efficiency);
     compute_s = op.flops / (peak_flops_per_s_ * eff);
   } else if (op.kind == OpKind::Attention) {
-    // Fused attention stays BF16/FP16 even in FP8 plans (Transformer Engine's default FP8 recipe).
-    const double eff = phase == Phase::Backward ? profile_.attention_bwd_efficiency : profile_.attention_efficiency;
-    compute_s = op.flops / (bf16_flops_per_s_ * eff);
+    return attention_time_s(op, phase);
   }
   // Elementwise, Norm, Embedding, Loss: memory bound (their FLOPs run on CUDA cores far below any limit that binds).
   return std::max(compute_s, memory_s) + profile_.launch_overhead_s;

@@ -78,6 +78,7 @@ private:
 
   [[nodiscard]] double analytic_gemm_efficiency(double m, double n, double k, double batch, bool fp8) const;
   [[nodiscard]] double table_gemm_efficiency(double m, double n, double k, bool fp8) const;
+  [[nodiscard]] double attention_time_s(const Op& op, Phase phase) const;
 };
 
 } // namespace cuboid::model

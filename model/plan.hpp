@@ -26,6 +26,9 @@ struct Plan {
   bool distributed_optimizer = false;   // ZeRO-1 style optimizer-state sharding over DP (Megatron)
   Precision precision = Precision::Bf16;
   bool overlap_grad_reduce = true;      // DP gradient all-reduce overlaps backward (bucketed)
+  // Fused (FlashAttention-style) attention core; false = Megatron's pre-2022 unfused path (QK^T and AV batched GEMMs
+  // with the s x s scores through HBM: fused scale-mask-softmax, dropout). Costed in cost_model.cpp.
+  bool flash_attention = true;
   double grad_bucket_bytes = 40e6 * 4;  // Megatron default bucket: 40M parameters (fp32 main grads)
   // Uneven pipelines (Megatron --decoder-first/last-pipeline-num-layers); 0 = even split.
   int first_stage_layers = 0;

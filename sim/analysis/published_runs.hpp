@@ -58,6 +58,7 @@ struct MappedRun {
   int num_gpus = 0;
   model::Plan plan;
   bool recompute_stated = false; // false: the caller may pick the least recompute that fits memory
+  double nic_bw_bytes_per_s = 0.0; // > 0: the source's network differs from the catalog system (BLOOM: Omni-Path)
   std::vector<std::string> assumptions;
 };
 
@@ -74,7 +75,10 @@ struct MappedRun {
 ///  readme, nemo, dgxc: --tp-comm-overlap needs it), no for SC21 and BLOOM (it postdates them);
 ///  distributed optimizer: yes except SC21 (BLOOM: ZeRO-1 per notes);
 ///  precision from notes: FP8* -> fp8, BF16 -> bf16, mixed-16bit -> fp16, not stated -> bf16;
-///  BLOOM "embedding counted as a PP stage layer": first/last stages hold (L+2)/pp - 1 layers when that divides.
+///  BLOOM "embedding counted as a PP stage layer": first/last stages hold (L+2)/pp - 1 layers when that divides;
+///  attention: FlashAttention (arXiv:2205.14135, May 2022) postdates SC21 and BLOOM's Megatron-DeepSpeed (fused
+///  scale-mask-softmax), so those use the unfused path (Plan::flash_attention = false); the others are fused;
+///  network: BLOOM's Jean Zay nodes have 4 Omni-Path links (README; Intel OPA 100 Gb/s each) = 50 Gb/s per GPU.
 MappedRun map_run(const PublishedRun& run);
 
 /// SC21 eq. 3 (also BLOOM's "4*2 coefficient"): hardware FLOPs per step including the recompute forward,

@@ -16,6 +16,8 @@ namespace {
 constexpr double A100_PEAK = 312e12;
 constexpr double H100_BF16_PEAK = 989e12;
 constexpr double H100_FP8_PEAK = 1979e12;
+// Jean Zay (BLOOM): 4 Omni-Path links per node (validation README), 100 Gb/s each (Intel OPA 100 series), 8 GPUs.
+constexpr double BLOOM_NIC_BYTES_PER_S = 4.0 * 100e9 / 8.0 / 8.0;
 
 std::string lower(std::string text) {
   std::transform(text.begin(), text.end(), text.begin(), [](unsigned char ch) { return std::tolower(ch); });
@@ -173,6 +175,14 @@ MappedRun map_run(const PublishedRun& run) {
   // SC21-era Megatron and Megatron-DeepSpeed (BLOOM) reduce gradients after the backward pass.
   plan.overlap_grad_reduce = modern;
   plan.precision = precision_of(run.note("precision"), notes);
+  plan.flash_attention = modern;
+  if (!modern) {
+    notes.emplace_back("unfused attention (source predates FlashAttention)");
+  }
+  if (run.source_kind == "bloom") {
+    mapped.nic_bw_bytes_per_s = BLOOM_NIC_BYTES_PER_S;
+    notes.emplace_back("network: 4 x 100 Gb/s Omni-Path per 8-GPU node = 6.25 GB/s per GPU");
+  }
   if (plan.precision == model::Precision::Fp8 && mapped.gpu == "a100-80gb") {
     return stop(RunStatus::Unsupported, "FP8 on A100");
   }

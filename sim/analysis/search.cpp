@@ -54,10 +54,20 @@ bool allowed(const std::vector<T>& list, const T& value) {
   return list.empty() || std::find(list.begin(), list.end(), value) != list.end();
 }
 
-// Short category of a rejection reason for the "rejected by reason" counts: the text before the first ':'.
+// Short category of a reason for the "not simulated, by reason" counts: the text before the first ':', and for
+// validator messages ("plan: plan.tp: ...") the field that failed.
 std::string reason_category(const std::string& reason) {
   const std::size_t colon = reason.find(':');
-  return colon == std::string::npos ? reason : reason.substr(0, colon);
+  if (colon == std::string::npos) {
+    return reason;
+  }
+  const std::string head = reason.substr(0, colon);
+  if (head == "plan") {
+    const std::size_t field_end = reason.find(':', colon + 1);
+    return "invalid " + reason.substr(colon + 2, field_end == std::string::npos ? std::string::npos
+                                                                                   : field_end - colon - 2);
+  }
+  return head;
 }
 
 // When pp does not divide the layers, Megatron's --decoder-first/last-pipeline-num-layers let the end stages take
@@ -148,8 +158,9 @@ std::vector<PlanOutcome> enumerate_space(const model::ModelSpec& spec, const mod
           for (const model::Schedule schedule : schedules) {
             std::vector<int> vps{1};
             if (schedule == model::Schedule::Interleaved) {
-              if (pp == 1 || first_layers != 0) {
-                continue; // interleaving needs equal stages
+              const std::int64_t microbatches = space.global_batch_size / (mbs * dp);
+              if (pp == 1 || first_layers != 0 || (space.vp.empty() && microbatches % pp != 0)) {
+                continue; // interleaving needs equal stages and (Megatron) micro-batches divisible by pp
               }
               vps.clear();
               const int per_stage = static_cast<int>(spec.num_layers) / pp;

@@ -44,6 +44,11 @@ CostShares shares_of(const SimResult& result) {
   shares.compute = (b.compute_s + b.recompute_s + b.optimizer_s) / total;
   shares.exposed_comm = (b.tp_comm_exposed_s + b.pp_comm_exposed_s + b.dp_comm_exposed_s) / total;
   shares.bubble = b.bubble_s / total;
+  shares.recompute = b.recompute_s / total;
+  shares.optimizer = b.optimizer_s / total;
+  shares.tp_comm = b.tp_comm_exposed_s / total;
+  shares.pp_comm = b.pp_comm_exposed_s / total;
+  shares.dp_comm = b.dp_comm_exposed_s / total;
   return shares;
 }
 
@@ -96,8 +101,11 @@ ValidationRow validate_row(const PublishedRun& run, const ValidateOptions& optio
     return row;
   }
   try {
-    const model::ClusterSpec cluster = options.make_cluster ? options.make_cluster(mapped.gpu, mapped.num_gpus)
-                                                            : model::make_cluster(mapped.gpu, mapped.num_gpus, 0, run.where);
+    model::ClusterSpec cluster = options.make_cluster ? options.make_cluster(mapped.gpu, mapped.num_gpus)
+                                                      : model::make_cluster(mapped.gpu, mapped.num_gpus, 0, run.where);
+    if (mapped.nic_bw_bytes_per_s > 0.0) {
+      cluster.nic_bw_bytes_per_s = mapped.nic_bw_bytes_per_s;
+    }
     const model::CostProfile profile =
         options.profile_path ? model::load_profile(*options.profile_path) : model::default_profile(mapped.gpu);
     if (!report.profile_assumptions.contains(mapped.gpu)) {

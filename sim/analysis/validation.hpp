@@ -29,6 +29,12 @@ struct CostShares {
   double compute = 0.0;       // compute + recompute + optimizer
   double exposed_comm = 0.0;  // TP + PP + DP communication not hidden behind compute
   double bubble = 0.0;        // pipeline idle time
+  // The parts (sim::Breakdown / step time): compute = forward/backward + recompute + optimizer, exposed_comm = tp+pp+dp.
+  double recompute = 0.0;
+  double optimizer = 0.0;
+  double tp_comm = 0.0;
+  double pp_comm = 0.0;
+  double dp_comm = 0.0;
 };
 
 struct ValidationRow {

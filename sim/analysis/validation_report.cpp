@@ -84,7 +84,12 @@ nlohmann::json to_json(const ValidationReport& report) {
       item["dominant"] = row.dominant;
       item["shares"] = {{"compute", row.shares.compute},
                         {"exposed_comm", row.shares.exposed_comm},
-                        {"bubble", row.shares.bubble}};
+                        {"bubble", row.shares.bubble},
+                        {"recompute", row.shares.recompute},
+                        {"optimizer", row.shares.optimizer},
+                        {"tp_comm", row.shares.tp_comm},
+                        {"pp_comm", row.shares.pp_comm},
+                        {"dp_comm", row.shares.dp_comm}};
       item["layout"] = row.layout;
       if (row.measured_mem_gib) {
         item["measured_peak_mem_gib"] = *row.measured_mem_gib;

@@ -42,6 +42,8 @@ struct Args {
   std::string model = "gpt-tiny";
   std::string trace_file;
   double grad_bucket_bytes = 0.0;
+  int first_stage_layers = 0;
+  int last_stage_layers = 0;
   bool distributed_optimizer = false;
 };
 
@@ -88,6 +90,8 @@ RunOptions make_options(const Args& args, int tp, int dp, int pp, int vp) {
   options.plan.recompute = parse_recompute(args.recompute);
   options.plan.sequence_parallel = args.sequence_parallel && tp > 1;
   options.plan.distributed_optimizer = args.distributed_optimizer;
+  options.plan.first_stage_layers = pp > 1 ? args.first_stage_layers : 0;
+  options.plan.last_stage_layers = pp > 1 ? args.last_stage_layers : 0;
   if (args.grad_bucket_bytes > 0.0) {
     options.plan.grad_bucket_bytes = args.grad_bucket_bytes;
   }
@@ -200,6 +204,8 @@ int main(int argc, char** argv) {
   app.add_option("--recompute", args.recompute, "none, selective or full");
   app.add_flag("--sequence-parallel", args.sequence_parallel);
   app.add_flag("--distributed-optimizer", args.distributed_optimizer);
+  app.add_option("--first-stage-layers", args.first_stage_layers, "uneven pipeline: layers of the first stage");
+  app.add_option("--last-stage-layers", args.last_stage_layers, "uneven pipeline: layers of the last stage");
   app.add_option("--grad-bucket-bytes", args.grad_bucket_bytes, "DP gradient bucket size (default: the plan's)");
   app.add_option("--steps", args.steps);
   app.add_option("--micro-batch", args.micro_batch);

@@ -19,7 +19,6 @@ RunOptions tiny_options(int steps) {
   options.cluster.num_gpus = 1;
   options.cluster.gpus_per_node = 1;
   options.steps = steps;
-  options.program_source = ProgramSource::Internal;
   options.optimizer.lr = 1e-3f;
   return options;
 }
@@ -62,6 +61,18 @@ TEST_CASE("exec::Trainer: micro-batch size does not change the step", "[exec]") 
   for (std::size_t step = 0; step < one.losses.size(); ++step) {
     CHECK_THAT(four.losses[step], Catch::Matchers::WithinRel(one.losses[step], 1e-5));
   }
+}
+
+TEST_CASE("exec::Trainer: the lowered IR and the internal schedule compute the same step", "[exec]") {
+  // Same instructions in the same order on one rank, so the same bits.
+  RunOptions options = tiny_options(2);
+  options.model = test::toy_gpt();
+  options.plan = test::single_rank_plan(1, 3);
+  LocalCommunicator world;
+  const RunResult ir = run_training(options, world);
+  options.program_source = ProgramSource::Internal;
+  const RunResult internal = run_training(options, world);
+  CHECK(ir.losses == internal.losses);
 }
 
 TEST_CASE("exec::GptModel: TP shards hold the full model's values", "[exec]") {

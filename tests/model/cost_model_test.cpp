@@ -163,7 +163,8 @@ TEST_CASE("model::CostModel: memory-bound op time", "[cost]") {
   CHECK_THAT(cost.op_time_s(op), WithinRel(1e9 / (3.35e12 * profile.hbm_efficiency) + profile.launch_overhead_s, 1e-12));
 }
 
-// Attention runs at the flash-attention fraction of the 16-bit peak, backward slower than forward.
+// Fused attention runs at the flash-attention fraction of the 16-bit peak in FlashAttention's FLOP convention: causal
+// attention does half of Megatron's full s x s count, and the backward counts 2.5x the forward (Op::flops: 2x).
 TEST_CASE("model::CostModel: attention uses forward and backward efficiencies", "[cost]") {
   const CostModel cost(make_test_cluster("a100-80gb", 8), default_profile("a100-80gb"), make_plan(1));
   Op op;
@@ -172,10 +173,32 @@ TEST_CASE("model::CostModel: attention uses forward and backward efficiencies", 
   op.flops = 1e12;
   const auto& profile = cost.get_profile();
   const double fwd = cost.op_time_s(op, Phase::Forward) - profile.launch_overhead_s;
-  CHECK_THAT(fwd, WithinRel(1e12 / (312e12 * profile.attention_efficiency), 1e-12));
+  CHECK_THAT(fwd, WithinRel(0.5e12 / (312e12 * profile.attention_efficiency), 1e-12));
   op.name = "attn.bwd";
+  op.flops = 2e12;
   CHECK_THAT(cost.op_time_s(op) - profile.launch_overhead_s,
-             WithinRel(1e12 / (312e12 * profile.attention_bwd_efficiency), 1e-12));
+             WithinRel(1.25e12 / (312e12 * profile.attention_bwd_efficiency), 1e-12));
+}
+
+// Unfused attention (pre-FlashAttention Megatron): the s x s scores go through HBM, so at a small head dimension it
+// costs far more than the fused kernel and at least the score traffic: forward 13 B, backward 19 B per score.
+TEST_CASE("model::CostModel: unfused attention pays the score traffic", "[cost]") {
+  Plan plan = make_plan(1);
+  plan.flash_attention = false;
+  const CostModel unfused(make_test_cluster("a100-80gb", 8), default_profile("a100-80gb"), plan);
+  const CostModel fused(make_test_cluster("a100-80gb", 8), default_profile("a100-80gb"), make_plan(1));
+  Op op;
+  op.kind = OpKind::Attention;
+  op.m = op.n = 2048;
+  op.k = 96;
+  op.batch = 24; // b * heads / t (GPT 1.7B of SC21)
+  op.flops = 4.0 * 2048.0 * 2048.0 * 96.0 * 24.0;
+  const double scores = 24.0 * 2048.0 * 2048.0;
+  const double bw = 2.039e12 * unfused.get_profile().hbm_efficiency;
+  CHECK(unfused.op_time_s(op, Phase::Forward) > 13.0 * scores / bw);
+  CHECK(unfused.op_time_s(op, Phase::Forward) > 2.0 * fused.op_time_s(op, Phase::Forward));
+  op.flops *= 2.0;
+  CHECK(unfused.op_time_s(op, Phase::Backward) > 19.0 * scores / bw);
 }
 
 // nccl-tests ring formulas: all-reduce 2(n-1) alpha + 2(n-1)/n S/B; reduce-scatter / all-gather (n-1) alpha +

@@ -198,10 +198,13 @@ TEST_CASE("sim::simulate: deadlocks name the stuck tasks by label", "[sim]") {
   }
   SECTION("P2P whose predecessor never runs") {
     model::TaskGraph graph = testing::build_toy_graph(spec, model::Instantiation::AllRanks);
+    // Two tasks waiting on each other never run, so neither does what depends on them.
     model::Task orphan;
     orphan.rank = 0;
     const model::TaskId never = graph.add_task(orphan);
-    graph.add_edge(never, never);
+    const model::TaskId partner = graph.add_task(orphan);
+    graph.add_edge(never, partner);
+    graph.add_edge(partner, never);
     model::Task send;
     send.kind = model::TaskKind::P2P;
     send.stream = model::Stream::PpComm;
