@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Renders the HTML of `cuboid report` in headless Chromium and checks that the charts are in the rendered DOM, then
-# saves a screenshot next to it. Exits 77 (ctest: skipped) when no Chromium is installed; tools/setup
-# --with-browser installs one.
+# saves a screenshot next to it. Exits 77 (ctest: skipped) when no Chromium is installed (tools/setup installs
+# Debian's chromium).
 # Usage: report_browser_test.sh CUBOID_BINARY OUTPUT_DIR
 set -euo pipefail
 
@@ -17,7 +17,7 @@ for candidate in chromium chromium-browser google-chrome google-chrome-stable; d
   fi
 done
 if [ -z "$browser" ]; then
-  echo "SKIP: no headless Chromium found (chromium, chromium-browser, google-chrome); install it with tools/setup --with-browser"
+  echo "SKIP: no headless Chromium found (chromium, chromium-browser, google-chrome); tools/setup installs Debian's chromium"
   exit "$SKIP"
 fi
 
