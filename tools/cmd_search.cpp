@@ -258,6 +258,7 @@ int run_search_command(const SearchFlags& flags) {
     out["cluster"] = sim::analysis::cluster_to_json(cluster);
     out["num_plans"] = result.plans.size();
     out["num_simulated"] = result.num_simulated;
+    out["num_resumed"] = result.num_resumed;
     out["best"] = result.top.empty() ? nlohmann::json(nullptr) : outcome_json(result.plans[result.top.front()]);
     out["plans"] = nlohmann::json::array();
     for (const std::size_t idx : result.top) {

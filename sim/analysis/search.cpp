@@ -370,6 +370,7 @@ SearchResult run_search(const model::ModelSpec& spec, const model::ClusterSpec& 
     const auto known = options.known.find(plan_key(plans[idx].plan, plans[idx].num_gpus));
     if (known != options.known.end()) {
       record(idx, known->second);
+      ++out.num_resumed;
     }
   }
   Staircase staircase;

@@ -72,7 +72,8 @@ struct SearchResult {
   std::vector<std::size_t> pareto_memory;  // step time vs peak memory front (fitting plans), fastest first
   std::vector<std::size_t> pareto_gpus;    // step time vs GPU count front
   std::map<std::string, std::size_t> rejected_by_reason; // reason category -> count
-  std::size_t num_simulated = 0;
+  std::size_t num_simulated = 0;          // plans with a simulated result, those taken from `known` included
+  std::size_t num_resumed = 0;            // of which taken from SearchOptions::known (not simulated again)
 };
 
 /// Unique key of a plan within a search ("n1024 tp8 pp16 dp8 vp1 mbs1 1f1b none sp0 do0 bf16").
