@@ -32,7 +32,13 @@ TEST_CASE("exec::calibrate: a CPU profile from the model's GEMM shapes", "[exec]
   }
   CHECK(p.attention_efficiency > 0.0);
   CHECK(p.hbm_efficiency == Approx(1.0));
-  CHECK(p.launch_overhead_s > 0.0);
+  CHECK(p.launch_overhead_s >= 0.0);
+  CHECK(result.tiny_op_s > 0.0);
+  REQUIRE(result.units.size() == 7); // embedding, layer, head (fwd, bwd) and the optimizer of one TP shard
+  for (const auto& u : result.units) {
+    CHECK(u.time_s > 0.0);
+    CHECK(u.memory_ops >= 1.0); // every unit has a norm, activation, residual, lookup, loss or Adam op
+  }
   CHECK_FALSE(p.assumptions.empty());
 
   const std::string path = "exec_calibration_test_profile.yaml";
