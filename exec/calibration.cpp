@@ -43,12 +43,19 @@ constexpr double UNBOUNDED_BYTES_PER_S = 1e15;
 // Floor for a GEMM's time without the per-op cost (keeps efficiencies finite when the fitted cost is large).
 constexpr double MIN_NET_SHARE = 0.5;
 
-// Best time of one call, repeating until min_time_s has passed (at least 3 calls).
-double best_time_s(const std::function<void()>& fn, double min_time_s) {
+// Best time of one call, repeating until min_time_s has passed (at least 3 calls); `setup` runs untimed before each
+// call (e.g. restoring a cache the call consumes). The best repeat is the one least disturbed by other processes.
+double best_time_s(const std::function<void()>& fn, double min_time_s, const std::function<void()>& setup = {}) {
+  if (setup) {
+    setup();
+  }
   fn(); // warm-up: first touch of the buffers
   double best = 1e30;
   double total = 0.0;
   for (int rep = 0; rep < 3 || total < min_time_s; ++rep) {
+    if (setup) {
+      setup();
+    }
     const auto start = Clock::now();
     fn();
     const double t = std::chrono::duration<double>(Clock::now() - start).count();
@@ -206,30 +213,28 @@ UnitTimes measure_units(const model::ModelSpec& model, const model::Plan& plan, 
     inputs[idx] = static_cast<std::int32_t>((idx * 7 + 3) % static_cast<std::size_t>(shard_vocab));
     targets[idx] = static_cast<std::int32_t>((idx * 5 + 1) % static_cast<std::size_t>(shard_vocab));
   }
-  const auto time = [&](const std::function<void()>& fn) { return max_over(world, best_time_s(fn, options.min_time_s)); };
+  const auto time = [&](const std::function<void()>& fn, const std::function<void()>& setup = {}) {
+    return max_over(world, best_time_s(fn, options.min_time_s, setup));
+  };
   UnitTimes t;
   Mat act;
   t.embed_fwd_s = time([&] { gpt.embedding_forward(local, inputs, act); });
   const Mat grad_act = Mat::Random(act.rows(), act.cols());
   t.embed_bwd_s = time([&] { gpt.embedding_backward(local, inputs, grad_act); });
-  // Backward consumes the forward's cache: time forward alone and forward + backward.
-  LayerCache cache;
+  // Backward consumes the forward's cache: each backward gets a fresh copy (copied untimed).
+  LayerCache layer_saved;
+  LayerCache layer_cache;
   Mat out;
   Mat dx;
-  t.layer_fwd_s = time([&] { gpt.layer_forward(local, 0, act, out, cache, true); });
-  const double layer_pair_s = time([&] {
-    gpt.layer_forward(local, 0, act, out, cache, true);
-    gpt.layer_backward(local, 0, cache, grad_act, dx);
-  });
-  t.layer_bwd_s = std::max(0.0, layer_pair_s - t.layer_fwd_s);
-  HeadCache head;
+  t.layer_fwd_s = time([&] { gpt.layer_forward(local, 0, act, out, layer_saved, true); });
+  t.layer_bwd_s = time([&] { gpt.layer_backward(local, 0, layer_cache, grad_act, dx); },
+                       [&] { layer_cache = layer_saved; });
+  HeadCache head_saved;
+  HeadCache head_cache;
   double loss = 0.0;
-  t.head_fwd_s = time([&] { loss += gpt.head_forward(local, act, targets, head); });
-  const double head_pair_s = time([&] {
-    loss += gpt.head_forward(local, act, targets, head);
-    gpt.head_backward(local, head, targets, 1.0f, dx);
-  });
-  t.head_bwd_s = std::max(0.0, head_pair_s - t.head_fwd_s);
+  t.head_fwd_s = time([&] { loss += gpt.head_forward(local, act, targets, head_saved); });
+  t.head_bwd_s = time([&] { gpt.head_backward(local, head_cache, targets, 1.0f, dx); },
+                      [&] { head_cache = head_saved; });
   ParamSet& params = gpt.params();
   t.num_params = static_cast<double>(params.num_elements());
   const cpu::AdamWConfig adam;
@@ -271,13 +276,20 @@ UnitMeasurement split_unit(const std::string& name, int tp, double time_s, const
   return u;
 }
 
-// Least squares on relative error: residual_u = time_u - compute_u ~ ops_u * per_op_s + bytes_u * s_per_byte, both
-// >= 0 (a negative solution drops that term and refits the other).
-std::pair<double, double> fit_memory_ops(const std::vector<UnitMeasurement>& units) {
+// Weighted least squares: residual_u = time_u - compute_u ~ ops_u * per_op_s + bytes_u * s_per_byte, both >= 0 (a
+// negative solution drops that term and refits the other). Weight = runs of the unit per step: the absolute error of
+// the step counts, so the units that take the step's time are fitted first (a small unit may be off by far more in
+// relative terms: the per-op cost is one number for norms, GeLU, residual adds and lookups alike).
+std::pair<double, double> fit_memory_ops(const std::vector<UnitMeasurement>& units, const std::vector<double>& runs) {
   double aa = 0.0, ab = 0.0, bb = 0.0, ar = 0.0, br = 0.0;
-  for (const auto& u : units) {
+  std::vector<double> residuals;
+  std::vector<double> weights;
+  for (std::size_t idx = 0; idx < units.size(); ++idx) {
+    const UnitMeasurement& u = units[idx];
     const double residual = std::max(MIN_MEMORY_SHARE * u.time_s, u.time_s - u.compute_s);
-    const double w = 1.0 / (residual * residual);
+    const double w = runs[idx];
+    residuals.push_back(residual);
+    weights.push_back(w);
     aa += w * u.memory_ops * u.memory_ops;
     ab += w * u.memory_ops * u.memory_bytes;
     bb += w * u.memory_bytes * u.memory_bytes;
@@ -297,10 +309,9 @@ std::pair<double, double> fit_memory_ops(const std::vector<UnitMeasurement>& uni
   // Keep the single term that explains more (smaller weighted squared error).
   double err_bytes = 0.0;
   double err_ops = 0.0;
-  for (const auto& u : units) {
-    const double residual = std::max(MIN_MEMORY_SHARE * u.time_s, u.time_s - u.compute_s);
-    err_bytes += std::pow((u.memory_bytes * bytes_only - residual) / residual, 2);
-    err_ops += std::pow((u.memory_ops * ops_only - residual) / residual, 2);
+  for (std::size_t idx = 0; idx < units.size(); ++idx) {
+    err_bytes += weights[idx] * std::pow(units[idx].memory_bytes * bytes_only - residuals[idx], 2);
+    err_ops += weights[idx] * std::pow(units[idx].memory_ops * ops_only - residuals[idx], 2);
   }
   return err_bytes <= err_ops ? std::make_pair(0.0, bytes_only) : std::make_pair(ops_only, 0.0);
 }
@@ -370,6 +381,7 @@ CalibrationResult calibrate(const model::ModelSpec& model, const model::Plan& pl
   }
   // ---- whole units of every TP shard (one micro-batch; one optimizer step over the shard's parameters), split into
   // their measured GEMMs and attention and the memory-bound rest.
+  std::vector<double> unit_runs;
   for (std::size_t idx = 0; idx < tps.size(); ++idx) {
     model::Plan unit_plan = plan;
     unit_plan.tp = tps[idx];
@@ -392,8 +404,16 @@ CalibrationResult calibrate(const model::ModelSpec& model, const model::Plan& pl
     result.units.push_back(split_unit("head.bwd", tp, t.head_bwd_s, blocks.head_bwd, result.gemms, attn));
     result.units.push_back(
         split_unit("optimizer", tp, t.optimizer_s, model::make_optimizer_block(t.num_params), result.gemms, attn));
+    // Runs per step on a rank of one stage: embedding and head once per micro-batch, each layer once per
+    // micro-batch, the optimizer once.
+    const double microbatches = static_cast<double>(std::max<std::int64_t>(1, plan.num_microbatches()));
+    const double layers = static_cast<double>(model.num_layers) / static_cast<double>(std::max(1, plan.pp));
+    for (const double count : {microbatches, microbatches, microbatches * layers, microbatches * layers, microbatches,
+                               microbatches, 1.0}) {
+      unit_runs.push_back(count);
+    }
   }
-  const auto [per_op_s, s_per_byte] = fit_memory_ops(result.units);
+  const auto [per_op_s, s_per_byte] = fit_memory_ops(result.units, unit_runs);
   result.launch_overhead_s = per_op_s;
   // No byte term (the per-op cost explains the units): memory traffic is free up to the reference bandwidth.
   result.elementwise_bytes_per_s =

@@ -26,6 +26,7 @@
 #include <map>
 #include <numeric>
 #include <thread>
+#include <time.h>
 
 namespace cuboid::exec {
 
@@ -640,19 +641,33 @@ std::vector<float> Trainer::gather_full_weights() {
   return full;
 }
 
+namespace {
+double process_cpu_time_s() {
+  timespec now{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now);
+  return static_cast<double>(now.tv_sec) + 1e-9 * static_cast<double>(now.tv_nsec);
+}
+
+// Median over the steps after the first (the first step pays for first-touch allocations), or the only step.
+double median_after_first(const std::vector<double>& values) {
+  std::vector<double> tail(values.begin() + (values.size() > 1 ? 1 : 0), values.end());
+  std::sort(tail.begin(), tail.end());
+  return tail.size() % 2 == 1 ? tail[tail.size() / 2] : 0.5 * (tail[tail.size() / 2 - 1] + tail[tail.size() / 2]);
+}
+} // namespace
+
 RunResult run_training(const RunOptions& options, Communicator& world) {
   Trainer trainer(options, world);
   RunResult result;
   for (int step = 0; step < options.steps; ++step) {
     const Clock::time_point start = Clock::now();
+    const double cpu_start_s = process_cpu_time_s();
     result.losses.push_back(trainer.step());
     result.step_time_s.push_back(seconds_since(start));
+    result.step_cpu_time_s.push_back(process_cpu_time_s() - cpu_start_s);
   }
-  std::vector<double> tail(result.step_time_s.begin() + (result.step_time_s.size() > 1 ? 1 : 0),
-                           result.step_time_s.end());
-  std::sort(tail.begin(), tail.end());
-  result.median_step_time_s = tail.size() % 2 == 1 ? tail[tail.size() / 2]
-                                                   : 0.5 * (tail[tail.size() / 2 - 1] + tail[tail.size() / 2]);
+  result.median_step_time_s = median_after_first(result.step_time_s);
+  result.median_step_cpu_time_s = median_after_first(result.step_cpu_time_s);
   if (options.trace) {
     result.timeline = trainer.gather_timeline();
   }

@@ -57,6 +57,10 @@ struct RunResult {
   std::vector<double> losses;       // per step, mean over the global batch (valid on rank 0)
   std::vector<double> step_time_s;  // per step, wall clock on rank 0 (steps end with a world reduction)
   double median_step_time_s = 0.0;  // median over steps after the first (the first if only one)
+  /// CPU time of rank 0's process per step (all its threads) and its median as above: on a machine shared with
+  /// other jobs, wall time / CPU time shows how much of a core the rank actually had.
+  std::vector<double> step_cpu_time_s;
+  double median_step_cpu_time_s = 0.0;
   /// Measured per-task timings of the last step, every rank, start/end relative to the rank's step start
   /// (rank 0 only, and only with RunOptions::trace). Event ids are IR task ids.
   std::vector<model::TimelineEvent> timeline;

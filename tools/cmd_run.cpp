@@ -139,6 +139,10 @@ void print_human(const RunCliOptions& cli, const model::Scenario& scenario, cons
                      run.median_step_time_s * MS, run.losses.size() > 1 ? 2 : 1, run.losses.size(),
                      predicted.step_time_s * MS,
                      100.0 * relative_error(predicted.step_time_s, run.median_step_time_s));
+  out += fmt::format("rank 0 CPU time per step: {:.3f} ms = {:.0f} % of the wall time (below 100 %: the rank waited "
+                     "or shared its core with other processes)\n",
+                     run.median_step_cpu_time_s * MS,
+                     100.0 * run.median_step_cpu_time_s / std::max(1e-12, run.median_step_time_s));
   out += fmt::format("profile: {} ({})\n", profile.name, profile.source);
   out += fmt::format("\n# tasks with the largest prediction error (last step; {} of {} measured tasks matched by id)\n",
                      matched_tasks, measured_tasks);
@@ -168,6 +172,8 @@ nlohmann::json to_json(const model::Scenario& scenario, const exec::RunResult& r
   out["losses"] = run.losses;
   out["step_times_s"] = run.step_time_s;
   out["step_time_s"] = run.median_step_time_s;
+  out["step_cpu_times_s"] = run.step_cpu_time_s;
+  out["step_cpu_time_s"] = run.median_step_cpu_time_s;
   out["predicted_step_time_s"] = predicted.step_time_s;
   out["prediction_error"] = relative_error(predicted.step_time_s, run.median_step_time_s);
   out["profile"] = {{"name", profile.name}, {"source", profile.source}};
