@@ -38,6 +38,7 @@ constexpr std::uint64_t UNIT_SEED = 7;
 // Floor for the memory-bound share of a unit: when GEMMs and attention explain the whole unit time (noise), the
 // memory-bound ops still cost something.
 constexpr double MIN_MEMORY_SHARE = 0.01;
+constexpr int MAX_COLLECTIVE_REPS = 1000;
 // Memory bandwidth recorded when the fit finds no byte term and no reference bandwidth is given.
 constexpr double UNBOUNDED_BYTES_PER_S = 1e15;
 // Floor for a GEMM's time without the per-op cost (keeps efficiencies finite when the fitted cost is large).
@@ -61,6 +62,24 @@ double best_time_s(const std::function<void()>& fn, double min_time_s, const std
     const double t = std::chrono::duration<double>(Clock::now() - start).count();
     best = std::min(best, t);
     total += t;
+  }
+  return best;
+}
+
+// Best time of a collective: every member must call it equally often, so the repeat count (enough for min_time_s
+// on the slowest member, at least 3) is agreed on first.
+double best_collective_time_s(const std::function<void()>& fn, double min_time_s, Communicator& world) {
+  fn(); // warm-up
+  const auto start = Clock::now();
+  fn();
+  auto first = static_cast<float>(std::chrono::duration<double>(Clock::now() - start).count());
+  world.all_reduce(std::span<float>(&first, 1), ReduceOp::Max);
+  const int reps = std::clamp(static_cast<int>(std::ceil(min_time_s / static_cast<double>(std::max(1e-9f, first)))), 3, MAX_COLLECTIVE_REPS);
+  double best = static_cast<double>(first);
+  for (int rep = 0; rep < reps; ++rep) {
+    const auto t0 = Clock::now();
+    fn();
+    best = std::min(best, std::chrono::duration<double>(Clock::now() - t0).count());
   }
   return best;
 }
@@ -374,7 +393,7 @@ CalibrationResult calibrate(const model::ModelSpec& model, const model::Plan& pl
   if (n > 1) {
     for (const double bytes : options.allreduce_bytes) {
       std::vector<float> buf(static_cast<std::size_t>(bytes / 4.0), 1.0f);
-      const double t = max_over(world, best_time_s([&] { world.all_reduce(buf); }, options.min_time_s));
+      const double t = max_over(world, best_collective_time_s([&] { world.all_reduce(buf); }, options.min_time_s, world));
       const double algbw = bytes / t;
       result.allreduce.push_back({bytes, t, algbw, algbw * 2.0 * (n - 1) / n});
     }
