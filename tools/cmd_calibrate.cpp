@@ -118,6 +118,7 @@ nlohmann::json to_json(const CalibrateOptions& cli, const exec::CalibrationResul
           {"ranks", ranks},
           {"profile_path", cli.out_path},
           {"gemms", gemms},
+          {"eigen_peak_size", r.eigen_peak_size},
           {"eigen_peak_flops_per_s", r.eigen_peak_flops_per_s},
           {"eigen_linear_flops_per_s", r.eigen_linear_flops_per_s},
           {"backend_linear_flops_per_s", r.backend_linear_flops_per_s},
