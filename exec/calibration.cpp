@@ -11,6 +11,7 @@
 #include "exec/cpu/tensor.hpp"
 #include "exec/gpt_model.hpp"
 #include "exec/local_communicator.hpp"
+#include "model/cost_model.hpp"
 #include "model/errors.hpp"
 #include "model/op_catalog.hpp"
 
@@ -39,6 +40,7 @@ constexpr std::uint64_t UNIT_SEED = 7;
 // memory-bound ops still cost something.
 constexpr double MIN_MEMORY_SHARE = 0.01;
 constexpr int MAX_COLLECTIVE_REPS = 1000;
+constexpr std::size_t UNITS_PER_TP = 7; // embed, layer, head (fwd, bwd) and the optimizer
 // Memory bandwidth recorded when the fit finds no byte term and no reference bandwidth is given.
 constexpr double UNBOUNDED_BYTES_PER_S = 1e15;
 // Floor for a GEMM's time without the per-op cost (keeps efficiencies finite when the fitted cost is large).
@@ -265,26 +267,50 @@ UnitTimes measure_units(const model::ModelSpec& model, const model::Plan& plan, 
   return t;
 }
 
-// The IR's GEMM and attention op names -> this calibration's measurement of the same op ("qkv" -> "qkv.fwd").
-std::string gemm_label(const std::string& ir_name) {
-  return ir_name.find('.') == std::string::npos ? ir_name + ".fwd" : ir_name;
+// One GEMM table point per shape: ops of the same shape (qkv forward and weight gradient, ...) share the mean time.
+struct ShapeTime {
+  double m = 0.0;
+  double n = 0.0;
+  double k = 0.0;
+  double time_s = 0.0;
+};
+
+std::vector<ShapeTime> merge_shapes(const std::vector<GemmMeasurement>& gemms) {
+  std::vector<ShapeTime> shapes;
+  std::vector<double> counts;
+  for (const auto& g : gemms) {
+    const auto it = std::find_if(shapes.begin(), shapes.end(),
+                                 [&](const ShapeTime& st) { return st.m == g.m && st.n == g.n && st.k == g.k; });
+    if (it == shapes.end()) {
+      shapes.push_back({g.m, g.n, g.k, g.backend_time_s});
+      counts.push_back(1.0);
+    } else {
+      it->time_s += g.backend_time_s;
+      counts[static_cast<std::size_t>(it - shapes.begin())] += 1.0;
+    }
+  }
+  for (std::size_t idx = 0; idx < shapes.size(); ++idx) {
+    shapes[idx].time_s /= counts[idx];
+  }
+  return shapes;
 }
 
 // Splits a measured unit into its GEMMs and attention (measured on their own) and the rest, priced by the IR ops'
 // count and bytes.
 UnitMeasurement split_unit(const std::string& name, int tp, double time_s, const model::OpBlock& block,
-                           const std::vector<GemmMeasurement>& gemms, const AttentionTimes& attention) {
+                           const std::vector<ShapeTime>& gemms, const AttentionTimes& attention) {
   UnitMeasurement u{name, tp, time_s, 0.0, 0.0, 0.0};
   for (const model::Op& op : block.ops) {
     if (op.kind == model::OpKind::TpCollective) {
       continue; // a no-op in a 1-rank group; priced by the all-reduce sweep
     }
     if (op.kind == model::OpKind::Gemm) {
-      const auto it = std::find_if(gemms.begin(), gemms.end(), [&](const GemmMeasurement& g) {
-        return g.tp == tp && g.label == gemm_label(op.name);
+      const auto it = std::find_if(gemms.begin(), gemms.end(), [&](const ShapeTime& g) {
+        return g.m == static_cast<double>(op.m) && g.n == static_cast<double>(op.n) && g.k == static_cast<double>(op.k);
       });
-      CUBOID_ASSERT(it != gemms.end(), "calibration has no measurement of GEMM {} at tp {}", op.name, tp);
-      u.compute_s += it->backend_time_s;
+      CUBOID_ASSERT(it != gemms.end(), "calibration has no measurement of GEMM {} ({} x {} x {}) at tp {}", op.name,
+                    op.m, op.n, op.k, tp);
+      u.compute_s += it->time_s;
     } else if (op.kind == model::OpKind::Attention) {
       u.compute_s += op.name == "attn" ? attention.fwd_s : attention.bwd_s;
     } else {
@@ -295,44 +321,34 @@ UnitMeasurement split_unit(const std::string& name, int tp, double time_s, const
   return u;
 }
 
-// Weighted least squares: residual_u = time_u - compute_u ~ ops_u * per_op_s + bytes_u * s_per_byte, both >= 0 (a
-// negative solution drops that term and refits the other). Weight = runs of the unit per step: the absolute error of
-// the step counts, so the units that take the step's time are fitted first (a small unit may be off by far more in
-// relative terms: the per-op cost is one number for norms, GeLU, residual adds and lookups alike).
-std::pair<double, double> fit_memory_ops(const std::vector<UnitMeasurement>& units, const std::vector<double>& runs) {
-  double aa = 0.0, ab = 0.0, bb = 0.0, ar = 0.0, br = 0.0;
-  std::vector<double> residuals;
-  std::vector<double> weights;
+// Seconds per IR byte of the memory-bound ops, fitted over the units without attention (embedding, head,
+// optimizer): least squares on the step's absolute error, each unit weighted by its runs per step, so the
+// optimizer (one op, many bytes) and the head dominate. Returns 0 when no unit has a positive rest.
+double fit_seconds_per_byte(const std::vector<UnitMeasurement>& units, const std::vector<double>& runs,
+                            double per_op_s) {
+  double bb = 0.0;
+  double br = 0.0;
   for (std::size_t idx = 0; idx < units.size(); ++idx) {
     const UnitMeasurement& u = units[idx];
-    const double residual = std::max(MIN_MEMORY_SHARE * u.time_s, u.time_s - u.compute_s);
-    const double w = runs[idx];
-    residuals.push_back(residual);
-    weights.push_back(w);
-    aa += w * u.memory_ops * u.memory_ops;
-    ab += w * u.memory_ops * u.memory_bytes;
-    bb += w * u.memory_bytes * u.memory_bytes;
-    ar += w * u.memory_ops * residual;
-    br += w * u.memory_bytes * residual;
+    if (u.name.rfind("layer", 0) == 0) {
+      continue; // layers: their rest goes to the attention op (see calibrate())
+    }
+    const double residual = std::max(0.0, u.time_s - u.compute_s - u.memory_ops * per_op_s);
+    bb += runs[idx] * u.memory_bytes * u.memory_bytes;
+    br += runs[idx] * u.memory_bytes * residual;
   }
-  const double det = aa * bb - ab * ab;
-  if (det > 0.0) {
-    const double per_op_s = (ar * bb - br * ab) / det;
-    const double s_per_byte = (aa * br - ab * ar) / det;
-    if (per_op_s >= 0.0 && s_per_byte >= 0.0) {
-      return {per_op_s, s_per_byte};
+  return bb > 0.0 ? br / bb : 0.0;
+}
+
+// Unit time predicted by the cost model (TP collectives excluded: the units ran on a 1-rank group).
+double predict_unit_s(const model::OpBlock& block, const model::CostModel& cost) {
+  double total = 0.0;
+  for (const model::Op& op : block.ops) {
+    if (op.kind != model::OpKind::TpCollective) {
+      total += cost.op_time_s(op);
     }
   }
-  const double bytes_only = bb > 0.0 ? br / bb : 0.0;
-  const double ops_only = aa > 0.0 ? ar / aa : 0.0;
-  // Keep the single term that explains more (smaller weighted squared error).
-  double err_bytes = 0.0;
-  double err_ops = 0.0;
-  for (std::size_t idx = 0; idx < units.size(); ++idx) {
-    err_bytes += weights[idx] * std::pow(units[idx].memory_bytes * bytes_only - residuals[idx], 2);
-    err_ops += weights[idx] * std::pow(units[idx].memory_ops * ops_only - residuals[idx], 2);
-  }
-  return err_bytes <= err_ops ? std::make_pair(0.0, bytes_only) : std::make_pair(ops_only, 0.0);
+  return total;
 }
 
 } // namespace
@@ -398,9 +414,11 @@ CalibrationResult calibrate(const model::ModelSpec& model, const model::Plan& pl
       result.allreduce.push_back({bytes, t, algbw, algbw * 2.0 * (n - 1) / n});
     }
   }
+  const std::vector<ShapeTime> shapes = merge_shapes(result.gemms);
   // ---- whole units of every TP shard (one micro-batch; one optimizer step over the shard's parameters), split into
   // their measured GEMMs and attention and the memory-bound rest.
   std::vector<double> unit_runs;
+  std::vector<double> shard_params; // per TP size
   for (std::size_t idx = 0; idx < tps.size(); ++idx) {
     model::Plan unit_plan = plan;
     unit_plan.tp = tps[idx];
@@ -415,14 +433,15 @@ CalibrationResult calibrate(const model::ModelSpec& model, const model::Plan& pl
     const UnitTimes t = measure_units(model, unit_plan, options, world);
     const int tp = tps[idx];
     const AttentionTimes& attn = attention[idx];
-    result.units.push_back(split_unit("embed.fwd", tp, t.embed_fwd_s, blocks.embed_fwd, result.gemms, attn));
-    result.units.push_back(split_unit("embed.bwd", tp, t.embed_bwd_s, blocks.embed_bwd, result.gemms, attn));
-    result.units.push_back(split_unit("layer.fwd", tp, t.layer_fwd_s, blocks.layer_fwd, result.gemms, attn));
-    result.units.push_back(split_unit("layer.bwd", tp, t.layer_bwd_s, blocks.layer_bwd, result.gemms, attn));
-    result.units.push_back(split_unit("head.fwd", tp, t.head_fwd_s, blocks.head_fwd, result.gemms, attn));
-    result.units.push_back(split_unit("head.bwd", tp, t.head_bwd_s, blocks.head_bwd, result.gemms, attn));
+    result.units.push_back(split_unit("embed.fwd", tp, t.embed_fwd_s, blocks.embed_fwd, shapes, attn));
+    result.units.push_back(split_unit("embed.bwd", tp, t.embed_bwd_s, blocks.embed_bwd, shapes, attn));
+    result.units.push_back(split_unit("layer.fwd", tp, t.layer_fwd_s, blocks.layer_fwd, shapes, attn));
+    result.units.push_back(split_unit("layer.bwd", tp, t.layer_bwd_s, blocks.layer_bwd, shapes, attn));
+    result.units.push_back(split_unit("head.fwd", tp, t.head_fwd_s, blocks.head_fwd, shapes, attn));
+    result.units.push_back(split_unit("head.bwd", tp, t.head_bwd_s, blocks.head_bwd, shapes, attn));
     result.units.push_back(
-        split_unit("optimizer", tp, t.optimizer_s, model::make_optimizer_block(t.num_params), result.gemms, attn));
+        split_unit("optimizer", tp, t.optimizer_s, model::make_optimizer_block(t.num_params), shapes, attn));
+    shard_params.push_back(t.num_params);
     // Runs per step on a rank of one stage: embedding and head once per micro-batch, each layer once per
     // micro-batch, the optimizer once.
     const double microbatches = static_cast<double>(std::max<std::int64_t>(1, plan.num_microbatches()));
@@ -432,12 +451,29 @@ CalibrationResult calibrate(const model::ModelSpec& model, const model::Plan& pl
       unit_runs.push_back(count);
     }
   }
-  const auto [per_op_s, s_per_byte] = fit_memory_ops(result.units, unit_runs);
-  result.launch_overhead_s = per_op_s;
-  // No byte term (the per-op cost explains the units): memory traffic is free up to the reference bandwidth.
+  // Per-op cost: the floor of any op (a 1x1 GEMM). Memory-bound bytes: fitted on the units without attention.
+  result.launch_overhead_s = result.tiny_op_s;
+  const double s_per_byte = fit_seconds_per_byte(result.units, unit_runs, result.launch_overhead_s);
+  // No byte term (nothing left to explain): memory traffic is free up to the reference bandwidth.
   result.elementwise_bytes_per_s =
       s_per_byte > 0.0 ? 1.0 / s_per_byte
                        : (options.mem_bw_bytes_per_s > 0.0 ? options.mem_bw_bytes_per_s : UNBOUNDED_BYTES_PER_S);
+  // A layer's rest beyond its byte-priced ops (GeLU's tanh, the backend's copies and allocations, GEMMs slower
+  // inside the layer than alone) has no op of its own in the IR: it is added to the layer's attention op, forward
+  // and backward separately, so that whole layers are predicted at their measured time.
+  double attn_fwd_eff_s = 0.0;
+  double attn_bwd_eff_s = 0.0;
+  for (const auto& u : result.units) {
+    const double rest = u.time_s - u.compute_s - u.memory_ops * result.launch_overhead_s -
+                        u.memory_bytes / result.elementwise_bytes_per_s;
+    if (u.name == "layer.fwd") {
+      attn_fwd_eff_s += rest;
+    } else if (u.name == "layer.bwd") {
+      attn_bwd_eff_s += rest;
+    }
+  }
+  attn_fwd_eff_s = std::max(MIN_NET_SHARE * attn_fwd_s, attn_fwd_s + attn_fwd_eff_s);
+  attn_bwd_eff_s = std::max(MIN_NET_SHARE * attn_bwd_s, attn_bwd_s + attn_bwd_eff_s);
 
   model::CostProfile& p = result.profile;
   p.name = options.name;
@@ -451,8 +487,11 @@ CalibrationResult calibrate(const model::ModelSpec& model, const model::Plan& pl
   // The cost model adds launch_overhead_s to every op: GEMM and attention efficiencies are computed without it, so
   // that a calibrated op is predicted at its measured time.
   const auto net = [&](double time_s) { return std::max(MIN_NET_SHARE * time_s, time_s - result.launch_overhead_s); };
+  for (const auto& st : shapes) {
+    best_gemm = std::max(best_gemm, 2.0 * st.m * st.n * st.k / net(st.time_s));
+  }
   for (const auto& g : result.gemms) {
-    best_gemm = std::max({best_gemm, g.flops_per_s, 2.0 * g.m * g.n * g.k / net(g.backend_time_s)});
+    best_gemm = std::max(best_gemm, g.flops_per_s);
   }
   const double peak = options.peak_flops_per_s > 0.0 ? options.peak_flops_per_s : best_gemm;
   if (options.peak_flops_per_s <= 0.0) {
@@ -464,17 +503,15 @@ CalibrationResult calibrate(const model::ModelSpec& model, const model::Plan& pl
   p.gemm_fp8_max_efficiency = p.gemm_max_efficiency;
   p.num_sms = 0.0; // no wave quantisation on CPUs
   // The table holds what the run executes: the backend's linear ops.
-  for (const auto& g : result.gemms) {
-    p.gemm_table.push_back({g.m, g.n, g.k, std::min(1.0, 2.0 * g.m * g.n * g.k / net(g.backend_time_s) / peak)});
+  for (const auto& st : shapes) {
+    p.gemm_table.push_back({st.m, st.n, st.k, std::min(1.0, 2.0 * st.m * st.n * st.k / net(st.time_s) / peak)});
   }
-  double attn_fwd_net_s = 0.0;
-  double attn_bwd_net_s = 0.0;
-  for (const auto& a : attention) {
-    attn_fwd_net_s += net(a.fwd_s);
-    attn_bwd_net_s += net(a.bwd_s);
-  }
-  p.attention_efficiency = std::min(1.0, attn_flops / attn_fwd_net_s / peak);
-  p.attention_bwd_efficiency = std::min(1.0, ATTENTION_BWD_WORK_PER_FWD * attn_flops / attn_bwd_net_s / peak);
+  p.attention_efficiency = std::min(1.0, attn_flops / net(attn_fwd_eff_s) / peak);
+  p.attention_bwd_efficiency = std::min(1.0, ATTENTION_BWD_WORK_PER_FWD * attn_flops / net(attn_bwd_eff_s) / peak);
+  p.assumptions.push_back(fmt::format(
+      "attention efficiencies are effective: they carry each layer's time beyond its GEMMs and byte-priced ops "
+      "(measured alone: forward {:.3g}, backward {:.3g} FLOP/s)",
+      result.attention_flops_per_s, result.attention_bwd_flops_per_s));
   p.launch_overhead_s = result.launch_overhead_s;
   const double mem_bw = options.mem_bw_bytes_per_s > 0.0 ? options.mem_bw_bytes_per_s : result.elementwise_bytes_per_s;
   if (options.mem_bw_bytes_per_s <= 0.0) {
@@ -482,9 +519,9 @@ CalibrationResult calibrate(const model::ModelSpec& model, const model::Plan& pl
   }
   p.hbm_efficiency = std::min(1.0, result.elementwise_bytes_per_s / mem_bw);
   p.assumptions.push_back(fmt::format(
-      "memory-bound ops: {:.3g} IR bytes/s and {:.3g} s per op (launch_overhead_s), fitted to {} measured units "
-      "(embedding, layer, head, optimizer) minus their GEMMs and attention",
-      result.elementwise_bytes_per_s, result.launch_overhead_s, result.units.size()));
+      "memory-bound ops: {:.3g} IR bytes/s fitted to the measured embedding, head and optimizer units minus their "
+      "GEMMs; per-op cost {:.3g} s (a 1x1 GEMM)",
+      result.elementwise_bytes_per_s, result.launch_overhead_s));
   if (result.allreduce.size() >= 2) {
     double sx = 0.0, sy = 0.0, sxx = 0.0, sxy = 0.0;
     for (const auto& c : result.allreduce) {
@@ -509,6 +546,34 @@ CalibrationResult calibrate(const model::ModelSpec& model, const model::Plan& pl
   } else {
     p.assumptions.push_back("collectives not measured (one rank): link numbers are the profile defaults; run "
                             "`mpirun -np 2 cuboid calibrate ...` to measure them");
+  }
+  // ---- every unit as the finished profile predicts it (the check of the fit, printed by `cuboid calibrate`).
+  for (std::size_t idx = 0; idx < tps.size(); ++idx) {
+    model::Plan unit_plan = plan;
+    unit_plan.tp = tps[idx];
+    unit_plan.pp = 1;
+    unit_plan.vp = 1;
+    unit_plan.dp = 1;
+    unit_plan.sequence_parallel = false;
+    unit_plan.recompute = model::Recompute::None;
+    unit_plan.first_stage_layers = 0;
+    unit_plan.last_stage_layers = 0;
+    model::ClusterSpec cluster;
+    cluster.gpu.name = "cpu";
+    cluster.gpu.bf16_flops_per_s = peak;
+    cluster.gpu.hbm_bw_bytes_per_s = mem_bw;
+    cluster.num_gpus = 1;
+    cluster.gpus_per_node = 1;
+    const model::CostModel cost(cluster, p, unit_plan);
+    const model::StepBlocks blocks = model::make_step_blocks(model, unit_plan);
+    const std::size_t first = idx * UNITS_PER_TP;
+    const std::vector<const model::OpBlock*> unit_blocks = {&blocks.embed_fwd, &blocks.embed_bwd, &blocks.layer_fwd,
+                                                            &blocks.layer_bwd, &blocks.head_fwd,  &blocks.head_bwd};
+    for (std::size_t u = 0; u < unit_blocks.size(); ++u) {
+      result.units[first + u].predicted_s = predict_unit_s(*unit_blocks[u], cost);
+    }
+    result.units[first + UNITS_PER_TP - 1].predicted_s =
+        predict_unit_s(model::make_optimizer_block(shard_params[idx]), cost);
   }
   return result;
 }

@@ -58,6 +58,7 @@ struct UnitMeasurement {
   double compute_s = 0.0;    // its GEMMs and attention, as measured on their own
   double memory_ops = 0.0;   // IR ops priced by bytes (norms, activations, residual adds, embedding, loss, Adam)
   double memory_bytes = 0.0; // their IR bytes
+  double predicted_s = 0.0;  // the unit as the finished profile predicts it
 };
 
 struct CalibrationResult {
@@ -67,11 +68,10 @@ struct CalibrationResult {
   std::vector<UnitMeasurement> units;
   double attention_flops_per_s = 0.0;     // forward, causal FLOPs (2 * B * H * T^2 * D)
   double attention_bwd_flops_per_s = 0.0; // backward, 2.5 x the causal forward FLOPs (the cost model's convention)
-  /// Memory-bound ops: unit time minus GEMMs and attention = memory_ops * launch_overhead_s + memory_bytes /
-  /// elementwise_bytes_per_s, fitted over the units (least squares on relative error). Bytes are IR bytes (the IR
-  /// counts 16-bit activations); the per-op cost carries the backend's allocations, copies and loop overheads.
+  /// Memory-bound ops in IR bytes per second (the IR counts 16-bit activations), fitted to the embedding, head and
+  /// optimizer units minus their GEMMs. What a layer needs beyond that goes into the attention efficiencies.
   double elementwise_bytes_per_s = 0.0;
-  double launch_overhead_s = 0.0;
+  double launch_overhead_s = 0.0; // per op: tiny_op_s
   double tiny_op_s = 0.0; // a 1x1 GEMM: the floor of any op on this machine
   std::int64_t eigen_peak_size = 0;     // N of the square N x N x N GEMM
   double eigen_peak_flops_per_s = 0.0;  // Eigen's own rate on a large square GEMM (one thread)

@@ -70,16 +70,16 @@ void print_human(const CalibrateOptions& cli, const model::Scenario& scenario, c
   out += fmt::format("attention: forward {:.2f} GFLOP/s, backward {:.2f} GFLOP/s (causal FLOPs)\n",
                      r.attention_flops_per_s / GIGA, r.attention_bwd_flops_per_s / GIGA);
   out += "# units (one micro-batch on one TP shard; optimizer: one step) and the fit of their memory-bound ops\n";
-  out += "#  tp  unit            time  GEMM+attn  rest  IR ops  IR bytes    fitted\n";
-  out += "#   -  -               (us)       (us)  (us)       -       (B)      (us)\n";
+  out += "#  tp  unit        measured  GEMM+attn      rest  IR ops   IR bytes  predicted\n";
+  out += "#   -  -               (us)       (us)      (us)       -        (B)       (us)\n";
   for (const auto& u : r.units) {
-    out += fmt::format("{:5d}  {:<10} {:9.1f} {:10.1f} {:8.1f} {:5.0f} {:10.0f} {:9.1f}\n", u.tp, u.name,
+    out += fmt::format("{:5d}  {:<10} {:9.1f} {:10.1f} {:9.1f} {:7.0f} {:10.0f} {:10.1f}\n", u.tp, u.name,
                        u.time_s * US, u.compute_s * US, (u.time_s - u.compute_s) * US, u.memory_ops, u.memory_bytes,
-                       (u.memory_ops * r.launch_overhead_s + u.memory_bytes / r.elementwise_bytes_per_s) * US);
+                       u.predicted_s * US);
   }
-  out += fmt::format("memory-bound ops: {:.3f} GB/s of IR bytes + {:.2f} us per op (fitted; a 1x1 GEMM takes "
-                     "{:.3f} us)\n",
-                     r.elementwise_bytes_per_s / GIGA, r.launch_overhead_s * US, r.tiny_op_s * US);
+  out += fmt::format("memory-bound ops: {:.3f} GB/s of IR bytes (fitted on embedding, head, optimizer); per-op cost "
+                     "{:.3f} us (a 1x1 GEMM); the layers' rest is carried by the attention efficiencies\n",
+                     r.elementwise_bytes_per_s / GIGA, r.launch_overhead_s * US);
   if (!r.allreduce.empty()) {
     out += fmt::format("# all-reduce over {} ranks (MPI)\n", ranks);
     out += "#       size        time      algbw      busbw\n";
@@ -114,6 +114,16 @@ nlohmann::json to_json(const CalibrateOptions& cli, const exec::CalibrationResul
                          {"algbw_bytes_per_s", c.algbw_bytes_per_s},
                          {"busbw_bytes_per_s", c.busbw_bytes_per_s}});
   }
+  nlohmann::json units = nlohmann::json::array();
+  for (const auto& u : r.units) {
+    units.push_back({{"tp", u.tp},
+                     {"name", u.name},
+                     {"time_s", u.time_s},
+                     {"compute_s", u.compute_s},
+                     {"memory_ops", u.memory_ops},
+                     {"memory_bytes", u.memory_bytes},
+                     {"predicted_s", u.predicted_s}});
+  }
   return {{"backend", "cpu"},
           {"ranks", ranks},
           {"profile_path", cli.out_path},
@@ -127,7 +137,8 @@ nlohmann::json to_json(const CalibrateOptions& cli, const exec::CalibrationResul
           {"elementwise_bytes_per_s", r.elementwise_bytes_per_s},
           {"launch_overhead_s", r.launch_overhead_s},
           {"tiny_op_s", r.tiny_op_s},
-          {"allreduce", allreduce}};
+          {"allreduce", allreduce},
+          {"units", units}};
 }
 
 int run_calibrate(const CalibrateOptions& cli) {
