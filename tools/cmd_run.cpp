@@ -117,6 +117,61 @@ std::vector<TaskError> task_errors(const std::vector<model::TimelineEvent>& meas
   return out;
 }
 
+// Kind of a task from its label: the first two words without digits ("fwd L3 mb2 s0c0 r1" -> "fwd L",
+// "dp.allreduce b2 r0" -> "dp.allreduce b").
+std::string task_kind(const std::string& label) {
+  std::string out;
+  int words = 0;
+  bool in_word = false;
+  for (const char c : label) {
+    if (c == ' ') {
+      in_word = false;
+      continue;
+    }
+    if (!in_word) {
+      if (++words > 2) {
+        break;
+      }
+      if (!out.empty()) {
+        out += ' ';
+      }
+      in_word = true;
+    }
+    if (c < '0' || c > '9') {
+      out += c;
+    }
+  }
+  return out;
+}
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const std::size_t n = values.size();
+  return n == 0 ? 0.0 : (n % 2 == 1 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]));
+}
+
+struct KindError {
+  std::string kind;
+  int count = 0;
+  double measured_s = 0.0;  // median
+  double predicted_s = 0.0; // median
+};
+
+// Median measured and predicted duration per task kind: robust to the few tasks another process interrupted.
+std::vector<KindError> kind_errors(const std::vector<TaskError>& errors) {
+  std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> by_kind;
+  for (const auto& e : errors) {
+    auto& [measured, predicted] = by_kind[task_kind(e.label)];
+    measured.push_back(e.measured_s);
+    predicted.push_back(e.predicted_s);
+  }
+  std::vector<KindError> out;
+  for (const auto& [kind, values] : by_kind) {
+    out.push_back({kind, static_cast<int>(values.first.size()), median(values.first), median(values.second)});
+  }
+  return out;
+}
+
 double relative_error(double predicted, double measured) {
   return measured > 0.0 ? (predicted - measured) / measured : 0.0;
 }
@@ -144,8 +199,15 @@ void print_human(const RunCliOptions& cli, const model::Scenario& scenario, cons
                      run.median_step_cpu_time_s * MS,
                      100.0 * run.median_step_cpu_time_s / std::max(1e-12, run.median_step_time_s));
   out += fmt::format("profile: {} ({})\n", profile.name, profile.source);
-  out += fmt::format("\n# tasks with the largest prediction error (last step; {} of {} measured tasks matched by id)\n",
+  out += fmt::format("\n# tasks by kind (last step, every rank; {} of {} measured tasks matched by id): medians\n",
                      matched_tasks, measured_tasks);
+  out += "# kind                  tasks   measured  predicted    error\n";
+  out += "# -                         -       (us)       (us)      (%)\n";
+  for (const KindError& k : kind_errors(errors)) {
+    out += fmt::format("{:<22} {:7d}  {:9.1f}  {:9.1f}  {:+7.1f}\n", k.kind, k.count, k.measured_s * US,
+                       k.predicted_s * US, 100.0 * relative_error(k.predicted_s, k.measured_s));
+  }
+  out += "\n# tasks with the largest prediction error\n";
   out += "#     id  rank  task                              measured  predicted      error\n";
   out += "#      -     -  -                                     (us)       (us)       (us)\n";
   const std::size_t shown = std::min(errors.size(), static_cast<std::size_t>(std::max(0, cli.top_tasks)));
@@ -187,6 +249,14 @@ nlohmann::json to_json(const model::Scenario& scenario, const exec::RunResult& r
                      {"predicted_s", e.predicted_s}});
   }
   out["largest_task_errors"] = tasks;
+  nlohmann::json kinds = nlohmann::json::array();
+  for (const KindError& k : kind_errors(errors)) {
+    kinds.push_back({{"kind", k.kind},
+                     {"tasks", k.count},
+                     {"median_measured_s", k.measured_s},
+                     {"median_predicted_s", k.predicted_s}});
+  }
+  out["task_kinds"] = kinds;
   return out;
 }
 
