@@ -1,33 +1,87 @@
 // Calibration microbenchmarks on the CPU backend's own kernels, so the profile describes what `cuboid run` executes.
+// GEMMs and attention are measured directly; everything else the IR prices by bytes (norms, activations, residual
+// adds, embedding, loss, optimizer, and the backend's copies and allocations between them) is measured as the time
+// of whole units minus their GEMMs and attention, so that the predicted unit time matches the measured one.
 #include "exec/calibration.hpp"
 
 #include "exec/cpu/activation.hpp"
+#include "exec/cpu/adamw.hpp"
 #include "exec/cpu/attention.hpp"
+#include "exec/cpu/linear.hpp"
 #include "exec/cpu/tensor.hpp"
+#include "exec/gpt_model.hpp"
+#include "exec/local_communicator.hpp"
+#include "model/cost_model.hpp"
+#include "model/errors.hpp"
+#include "model/op_catalog.hpp"
 
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <functional>
+#include <numeric>
 
 namespace cuboid::exec {
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using cpu::Mat;
 
-// Best time of one call, repeating until min_time_s has passed (at least 3 calls).
-double best_time_s(const std::function<void()>& fn, double min_time_s) {
+// Square sizes for Eigen's peak: the best counts (larger ones suffer more from other processes on a shared machine).
+constexpr std::int64_t EIGEN_PEAK_SIZES[] = {128, 256, 512};
+// The cost model's attention convention (cost_model_compute.cpp, FlashAttention's benchmark): the backward does 2.5x
+// the causal forward's work.
+constexpr double ATTENTION_BWD_WORK_PER_FWD = 2.5;
+constexpr std::uint64_t UNIT_SEED = 7;
+// Floor for the memory-bound share of a unit: when GEMMs and attention explain the whole unit time (noise), the
+// memory-bound ops still cost something.
+constexpr double MIN_MEMORY_SHARE = 0.01;
+constexpr int MAX_COLLECTIVE_REPS = 1000;
+constexpr std::size_t UNITS_PER_TP = 7; // embed, layer, head (fwd, bwd) and the optimizer
+// Memory bandwidth recorded when the fit finds no byte term and no reference bandwidth is given.
+constexpr double UNBOUNDED_BYTES_PER_S = 1e15;
+// Floor for a GEMM's time without the per-op cost (keeps efficiencies finite when the fitted cost is large).
+constexpr double MIN_NET_SHARE = 0.5;
+
+// Best time of one call, repeating until min_time_s has passed (at least 3 calls); `setup` runs untimed before each
+// call (e.g. restoring a cache the call consumes). The best repeat is the one least disturbed by other processes.
+double best_time_s(const std::function<void()>& fn, double min_time_s, const std::function<void()>& setup = {}) {
+  if (setup) {
+    setup();
+  }
   fn(); // warm-up: first touch of the buffers
   double best = 1e30;
   double total = 0.0;
   for (int rep = 0; rep < 3 || total < min_time_s; ++rep) {
+    if (setup) {
+      setup();
+    }
     const auto start = Clock::now();
     fn();
     const double t = std::chrono::duration<double>(Clock::now() - start).count();
     best = std::min(best, t);
     total += t;
+  }
+  return best;
+}
+
+// Best time of a collective: every member must call it equally often, so the repeat count (enough for min_time_s
+// on the slowest member, at least 3) is agreed on first.
+double best_collective_time_s(const std::function<void()>& fn, double min_time_s, Communicator& world) {
+  fn(); // warm-up
+  const auto start = Clock::now();
+  fn();
+  auto first = static_cast<float>(std::chrono::duration<double>(Clock::now() - start).count());
+  world.all_reduce(std::span<float>(&first, 1), ReduceOp::Max);
+  const int reps = std::clamp(static_cast<int>(std::ceil(min_time_s / static_cast<double>(std::max(1e-9f, first)))), 3, MAX_COLLECTIVE_REPS);
+  double best = static_cast<double>(first);
+  for (int rep = 0; rep < reps; ++rep) {
+    const auto t0 = Clock::now();
+    fn();
+    best = std::min(best, std::chrono::duration<double>(Clock::now() - t0).count());
   }
   return best;
 }
@@ -39,11 +93,263 @@ double max_over(Communicator& world, double value) {
   return static_cast<double>(v);
 }
 
-struct Shape {
+// A linear layer of the IR (one GEMM of `in` x sum(outs)) and how the backend runs it: one linear op per part of
+// `outs` (separate Q, K, V and gate / up weights), with a bias or not, or the output layer's transposed weight.
+struct LinearShape {
   std::string name;
   std::int64_t in = 0;
-  std::int64_t out = 0;
+  std::vector<std::int64_t> outs;
+  bool bias = false;
+  bool transposed_weight = false; // logits = h W^T with W (V/tp, C) (tied with the embedding table)
 };
+
+std::vector<LinearShape> linear_shapes(const model::ModelSpec& model, std::int64_t tp) {
+  const bool bias = model.linear_bias;
+  const std::int64_t ffn = model.ffn_hidden_size / tp;
+  return {
+      {"qkv", model.hidden_size, {model.q_width() / tp, model.kv_width() / tp, model.kv_width() / tp}, bias, false},
+      // the row-parallel layers add their bias after the TP reduction (a memory-bound op)
+      {"proj", model.q_width() / tp, {model.hidden_size}, false, false},
+      {"fc1", model.hidden_size, model.gated_mlp ? std::vector<std::int64_t>{ffn, ffn} : std::vector<std::int64_t>{ffn},
+       bias, false},
+      {"fc2", ffn, {model.hidden_size}, false, false},
+      {"logits", model.hidden_size, {model.vocab_size / tp}, false, true},
+  };
+}
+
+void measure_linears(const model::ModelSpec& model, std::int64_t tokens, int tp, const CalibrationOptions& options,
+                     Communicator& world, CalibrationResult& result) {
+  for (const LinearShape& s : linear_shapes(model, tp)) {
+    const std::int64_t n = std::accumulate(s.outs.begin(), s.outs.end(), std::int64_t{0});
+    const Mat x = Mat::Random(tokens, s.in);
+    const Mat w = Mat::Random(s.in, n);
+    const Mat wt = w.transpose();
+    const Mat dy = Mat::Random(tokens, n);
+    Mat y(tokens, n);
+    Mat dx(tokens, s.in);
+    Mat dw(s.in, n);
+    Mat dwt(n, s.in);
+    std::vector<float> bias(static_cast<std::size_t>(n), 0.5f);
+    std::vector<float> dbias(static_cast<std::size_t>(n), 0.0f);
+    const auto time = [&](const std::function<void()>& fn) { return max_over(world, best_time_s(fn, options.min_time_s)); };
+    const double eigen_fwd = time([&] { y.noalias() = x * w; });
+    const double eigen_dgrad = time([&] { dx.noalias() = dy * w.transpose(); });
+    const double eigen_wgrad = time([&] { dw.noalias() = x.transpose() * dy; });
+    double backend_fwd = 0.0;
+    double backend_bwd = 0.0;
+    if (s.transposed_weight) {
+      backend_fwd = time([&] { y.noalias() = x * wt.transpose(); });
+      backend_bwd = time([&] {
+        dx.noalias() = dy * wt;
+        dwt.noalias() += dy.transpose() * x;
+      });
+    } else {
+      // One weight and output per part, as the backend holds them.
+      std::vector<Mat> parts_w;
+      std::vector<Mat> parts_y;
+      std::vector<Mat> parts_dy;
+      std::vector<Mat> parts_dw;
+      for (const std::int64_t out : s.outs) {
+        parts_w.emplace_back(Mat::Random(s.in, out));
+        parts_y.emplace_back(tokens, out);
+        parts_dy.emplace_back(Mat::Random(tokens, out));
+        parts_dw.emplace_back(Mat::Zero(s.in, out));
+      }
+      backend_fwd = time([&] {
+        for (std::size_t p = 0; p < s.outs.size(); ++p) {
+          cpu::linear_forward(x, parts_w[p], s.bias ? bias.data() : nullptr, parts_y[p]);
+        }
+      });
+      backend_bwd = time([&] {
+        for (std::size_t p = 0; p < s.outs.size(); ++p) {
+          cpu::linear_backward(parts_dy[p], x, parts_w[p], dx, parts_dw[p], s.bias ? dbias.data() : nullptr, p > 0);
+        }
+      });
+    }
+    const auto rows = static_cast<double>(tokens);
+    const auto in = static_cast<double>(s.in);
+    const auto out = static_cast<double>(n);
+    const auto add = [&](const char* kind, double m, double nn, double k, double eigen_s, double backend_s) {
+      result.gemms.push_back({s.name + "." + kind, tp, m, nn, k, eigen_s, 2.0 * m * nn * k / eigen_s, backend_s});
+    };
+    const double dgrad_share = eigen_dgrad / (eigen_dgrad + eigen_wgrad);
+    add("fwd", rows, out, in, eigen_fwd, backend_fwd);
+    add("dgrad", rows, in, out, eigen_dgrad, backend_bwd * dgrad_share);
+    add("wgrad", in, out, rows, eigen_wgrad, backend_bwd * (1.0 - dgrad_share));
+  }
+}
+
+struct AttentionTimes {
+  double causal_flops = 0.0; // forward, causal half: 2 * 2 * B * H * T^2 * D / 2
+  double fwd_s = 0.0;
+  double bwd_s = 0.0;
+};
+
+AttentionTimes measure_attention(const model::ModelSpec& model, std::int64_t micro_batch, int tp,
+                                 const CalibrationOptions& options, Communicator& world) {
+  const std::int64_t tokens = model.seq_length * micro_batch;
+  const std::int64_t heads = model.num_attention_heads / tp;
+  const std::int64_t groups = model.num_query_groups / tp;
+  const cpu::AttentionShape shape{model.seq_length, micro_batch, heads, groups, model.head_dim};
+  const Mat q = Mat::Random(tokens, heads * model.head_dim);
+  const Mat kv = Mat::Random(tokens, groups * model.head_dim);
+  const Mat dout = Mat::Random(tokens, heads * model.head_dim);
+  Mat out(tokens, heads * model.head_dim);
+  Mat probs;
+  Mat dq(tokens, heads * model.head_dim);
+  Mat dk(tokens, groups * model.head_dim);
+  Mat dv(tokens, groups * model.head_dim);
+  AttentionTimes t;
+  t.causal_flops = 2.0 * static_cast<double>(micro_batch * heads * model.seq_length * model.seq_length *
+                                             model.head_dim);
+  t.fwd_s = max_over(world,
+                     best_time_s([&] { cpu::attention_forward(shape, q, kv, kv, out, &probs); }, options.min_time_s));
+  t.bwd_s = max_over(world, best_time_s([&] { cpu::attention_backward(shape, dout, q, kv, kv, &probs, dq, dk, dv); },
+                                        options.min_time_s));
+  return t;
+}
+
+// Measured time of one micro-batch through each unit of one TP shard (a 1-rank group: its collectives are no-ops,
+// their cost comes from the all-reduce sweep), and of one optimizer step over the shard's parameters.
+struct UnitTimes {
+  double embed_fwd_s = 0.0;
+  double embed_bwd_s = 0.0;
+  double layer_fwd_s = 0.0;
+  double layer_bwd_s = 0.0;
+  double head_fwd_s = 0.0;
+  double head_bwd_s = 0.0;
+  double optimizer_s = 0.0;
+  double num_params = 0.0;
+};
+
+UnitTimes measure_units(const model::ModelSpec& model, const model::Plan& plan, const CalibrationOptions& options,
+                        Communicator& world) {
+  LocalCommunicator local;
+  GptModel gpt(model, plan, 0, 0, UNIT_SEED);
+  const std::int64_t tokens = model.seq_length * plan.micro_batch_size;
+  std::vector<std::int32_t> inputs(static_cast<std::size_t>(tokens));
+  std::vector<std::int32_t> targets(static_cast<std::size_t>(tokens));
+  const std::int64_t shard_vocab = model.vocab_size / plan.tp; // tokens of shard 0: every lookup hits this rank
+  for (std::size_t idx = 0; idx < inputs.size(); ++idx) {
+    inputs[idx] = static_cast<std::int32_t>((idx * 7 + 3) % static_cast<std::size_t>(shard_vocab));
+    targets[idx] = static_cast<std::int32_t>((idx * 5 + 1) % static_cast<std::size_t>(shard_vocab));
+  }
+  const auto time = [&](const std::function<void()>& fn, const std::function<void()>& setup = {}) {
+    return max_over(world, best_time_s(fn, options.min_time_s, setup));
+  };
+  UnitTimes t;
+  Mat act;
+  t.embed_fwd_s = time([&] { gpt.embedding_forward(local, inputs, act); });
+  const Mat grad_act = Mat::Random(act.rows(), act.cols());
+  t.embed_bwd_s = time([&] { gpt.embedding_backward(local, inputs, grad_act); });
+  // Backward consumes the forward's cache: each backward gets a fresh copy (copied untimed).
+  LayerCache layer_saved;
+  LayerCache layer_cache;
+  Mat out;
+  Mat dx;
+  t.layer_fwd_s = time([&] { gpt.layer_forward(local, 0, act, out, layer_saved, true); });
+  t.layer_bwd_s = time([&] { gpt.layer_backward(local, 0, layer_cache, grad_act, dx); },
+                       [&] { layer_cache = layer_saved; });
+  HeadCache head_saved;
+  HeadCache head_cache;
+  double loss = 0.0;
+  t.head_fwd_s = time([&] { loss += gpt.head_forward(local, act, targets, head_saved); });
+  t.head_bwd_s = time([&] { gpt.head_backward(local, head_cache, targets, 1.0f, dx); },
+                      [&] { head_cache = head_saved; });
+  ParamSet& params = gpt.params();
+  t.num_params = static_cast<double>(params.num_elements());
+  const cpu::AdamWConfig adam;
+  int step = 0;
+  t.optimizer_s = time([&] {
+    ++step;
+    cpu::adamw_update(params.values(), params.grads(), params.moment1(), params.moment2(), step, adam, 0.0f, 1.0f);
+  });
+  return t;
+}
+
+// One GEMM table point per shape: ops of the same shape (qkv forward and weight gradient, ...) share the mean time.
+struct ShapeTime {
+  double m = 0.0;
+  double n = 0.0;
+  double k = 0.0;
+  double time_s = 0.0;
+};
+
+std::vector<ShapeTime> merge_shapes(const std::vector<GemmMeasurement>& gemms) {
+  std::vector<ShapeTime> shapes;
+  std::vector<double> counts;
+  for (const auto& g : gemms) {
+    const auto it = std::find_if(shapes.begin(), shapes.end(),
+                                 [&](const ShapeTime& st) { return st.m == g.m && st.n == g.n && st.k == g.k; });
+    if (it == shapes.end()) {
+      shapes.push_back({g.m, g.n, g.k, g.backend_time_s});
+      counts.push_back(1.0);
+    } else {
+      it->time_s += g.backend_time_s;
+      counts[static_cast<std::size_t>(it - shapes.begin())] += 1.0;
+    }
+  }
+  for (std::size_t idx = 0; idx < shapes.size(); ++idx) {
+    shapes[idx].time_s /= counts[idx];
+  }
+  return shapes;
+}
+
+// Splits a measured unit into its GEMMs and attention (measured on their own) and the rest, priced by the IR ops'
+// count and bytes.
+UnitMeasurement split_unit(const std::string& name, int tp, double time_s, const model::OpBlock& block,
+                           const std::vector<ShapeTime>& gemms, const AttentionTimes& attention) {
+  UnitMeasurement u{name, tp, time_s, 0.0, 0.0, 0.0};
+  for (const model::Op& op : block.ops) {
+    if (op.kind == model::OpKind::TpCollective) {
+      continue; // a no-op in a 1-rank group; priced by the all-reduce sweep
+    }
+    if (op.kind == model::OpKind::Gemm) {
+      const auto it = std::find_if(gemms.begin(), gemms.end(), [&](const ShapeTime& g) {
+        return g.m == static_cast<double>(op.m) && g.n == static_cast<double>(op.n) && g.k == static_cast<double>(op.k);
+      });
+      CUBOID_ASSERT(it != gemms.end(), "calibration has no measurement of GEMM {} ({} x {} x {}) at tp {}", op.name,
+                    op.m, op.n, op.k, tp);
+      u.compute_s += it->time_s;
+    } else if (op.kind == model::OpKind::Attention) {
+      u.compute_s += op.name == "attn" ? attention.fwd_s : attention.bwd_s;
+    } else {
+      u.memory_ops += 1.0;
+      u.memory_bytes += op.hbm_bytes;
+    }
+  }
+  return u;
+}
+
+// Seconds per IR byte of the memory-bound ops, fitted over the units without attention (embedding, head,
+// optimizer): least squares on the step's absolute error, each unit weighted by its runs per step, so the
+// optimizer (one op, many bytes) and the head dominate. Returns 0 when no unit has a positive rest.
+double fit_seconds_per_byte(const std::vector<UnitMeasurement>& units, const std::vector<double>& runs,
+                            double per_op_s) {
+  double bb = 0.0;
+  double br = 0.0;
+  for (std::size_t idx = 0; idx < units.size(); ++idx) {
+    const UnitMeasurement& u = units[idx];
+    if (u.name.rfind("layer", 0) == 0) {
+      continue; // layers: their rest goes to the attention op (see calibrate())
+    }
+    const double residual = std::max(0.0, u.time_s - u.compute_s - u.memory_ops * per_op_s);
+    bb += runs[idx] * u.memory_bytes * u.memory_bytes;
+    br += runs[idx] * u.memory_bytes * residual;
+  }
+  return bb > 0.0 ? br / bb : 0.0;
+}
+
+// Unit time predicted by the cost model (TP collectives excluded: the units ran on a 1-rank group).
+double predict_unit_s(const model::OpBlock& block, const model::CostModel& cost) {
+  double total = 0.0;
+  for (const model::Op& op : block.ops) {
+    if (op.kind != model::OpKind::TpCollective) {
+      total += cost.op_time_s(op);
+    }
+  }
+  return total;
+}
 
 } // namespace
 
@@ -51,101 +357,171 @@ CalibrationResult calibrate(const model::ModelSpec& model, const model::Plan& pl
                             Communicator& world) {
   CalibrationResult result;
   const std::int64_t tokens = model.seq_length * plan.micro_batch_size;
-  const std::int64_t tp = plan.tp;
-  const std::int64_t mlp_in = model.gated_mlp ? 2 * model.ffn_hidden_size / tp : model.ffn_hidden_size / tp;
-  const std::vector<Shape> linears = {
-      {"qkv", model.hidden_size, (model.q_width() + 2 * model.kv_width()) / tp},
-      {"proj", model.q_width() / tp, model.hidden_size},
-      {"fc1", model.hidden_size, mlp_in},
-      {"fc2", model.ffn_hidden_size / tp, model.hidden_size},
-      {"logits", model.hidden_size, model.vocab_size / tp},
-  };
-  // ---- GEMMs: forward Y = X W, data gradient dX = dY W^T, weight gradient dW = X^T dY.
-  for (const Shape& s : linears) {
-    const cpu::Mat x = cpu::Mat::Random(tokens, s.in);
-    const cpu::Mat w = cpu::Mat::Random(s.in, s.out);
-    const cpu::Mat dy = cpu::Mat::Random(tokens, s.out);
-    cpu::Mat y(tokens, s.out);
-    cpu::Mat dx(tokens, s.in);
-    cpu::Mat dw(s.in, s.out);
-    const auto measure = [&](const std::string& kind, double m, double n, double k, const std::function<void()>& fn) {
-      const double t = max_over(world, best_time_s(fn, options.min_time_s));
-      result.gemms.push_back({s.name + "." + kind, m, n, k, t, 2.0 * m * n * k / t});
-    };
-    const auto rows = static_cast<double>(tokens);
-    measure("fwd", rows, static_cast<double>(s.out), static_cast<double>(s.in), [&] { y.noalias() = x * w; });
-    measure("dgrad", rows, static_cast<double>(s.in), static_cast<double>(s.out),
-            [&] { dx.noalias() = dy * w.transpose(); });
-    measure("wgrad", static_cast<double>(s.in), static_cast<double>(s.out), rows,
-            [&] { dw.noalias() = x.transpose() * dy; });
+  const std::vector<int> tps = options.tp_sizes.empty() ? std::vector<int>{plan.tp} : options.tp_sizes;
+  // ---- GEMMs: forward Y = X W, data gradient dX = dY W^T, weight gradient dW = X^T dY, for every TP shard.
+  for (const int tp : tps) {
+    measure_linears(model, tokens, tp, options, world, result);
   }
   double best_gemm = 0.0;
+  double linear_flops = 0.0;
+  double eigen_s = 0.0;
+  double backend_s = 0.0;
   for (const auto& g : result.gemms) {
-    best_gemm = std::max(best_gemm, g.flops_per_s);
+    linear_flops += 2.0 * g.m * g.n * g.k;
+    eigen_s += g.time_s;
+    backend_s += g.backend_time_s;
   }
-  // ---- attention core (forward), FLOPs of the causal half: 2 * 2 * B * H * T^2 * D / 2.
-  {
-    const std::int64_t heads = model.num_attention_heads / tp;
-    const std::int64_t groups = model.num_query_groups / tp;
-    const cpu::AttentionShape shape{model.seq_length, plan.micro_batch_size, heads, groups, model.head_dim};
-    const cpu::Mat q = cpu::Mat::Random(tokens, heads * model.head_dim);
-    const cpu::Mat kv = cpu::Mat::Random(tokens, groups * model.head_dim);
-    cpu::Mat out(tokens, heads * model.head_dim);
-    const double t =
-        max_over(world, best_time_s([&] { cpu::attention_forward(shape, q, kv, kv, out, nullptr); }, options.min_time_s));
-    const double flops = 2.0 * static_cast<double>(plan.micro_batch_size * heads * model.seq_length *
-                                                   model.seq_length * model.head_dim);
-    result.attention_flops_per_s = flops / t;
+  result.eigen_linear_flops_per_s = linear_flops / eigen_s;
+  result.backend_linear_flops_per_s = linear_flops / backend_s;
+  // ---- Eigen's own rate on square GEMMs (the best size): the reference for "fraction of Eigen's peak".
+  for (const std::int64_t size : EIGEN_PEAK_SIZES) {
+    const Mat a = Mat::Random(size, size);
+    const Mat b = Mat::Random(size, size);
+    Mat c(size, size);
+    const double t = max_over(world, best_time_s([&] { c.noalias() = a * b; }, options.min_time_s));
+    const double rate = 2.0 * static_cast<double>(size * size * size) / t;
+    if (rate > result.eigen_peak_flops_per_s) {
+      result.eigen_peak_size = size;
+      result.eigen_peak_flops_per_s = rate;
+    }
   }
-  // ---- memory-bound elementwise op (GeLU over 16M floats: read 4 B + write 4 B per element).
-  {
-    constexpr std::int64_t ROWS = 4096;
-    constexpr std::int64_t COLS = 4096;
-    const cpu::Mat x = cpu::Mat::Random(ROWS, COLS);
-    cpu::Mat y(ROWS, COLS);
-    const double t = max_over(world, best_time_s([&] { y = x * 2.0f + x; }, options.min_time_s));
-    result.elementwise_bytes_per_s = 2.0 * 4.0 * static_cast<double>(ROWS * COLS) / t;
+  // ---- attention core, forward and backward (probabilities kept), for every TP shard.
+  std::vector<AttentionTimes> attention;
+  double attn_flops = 0.0;
+  double attn_fwd_s = 0.0;
+  double attn_bwd_s = 0.0;
+  for (const int tp : tps) {
+    attention.push_back(measure_attention(model, plan.micro_batch_size, tp, options, world));
+    attn_flops += attention.back().causal_flops;
+    attn_fwd_s += attention.back().fwd_s;
+    attn_bwd_s += attention.back().bwd_s;
   }
-  // ---- per-op fixed cost: a 1x1 GEMM.
+  result.attention_flops_per_s = attn_flops / attn_fwd_s;
+  result.attention_bwd_flops_per_s = ATTENTION_BWD_WORK_PER_FWD * attn_flops / attn_bwd_s;
+  // ---- the floor of any op: a 1x1 GEMM.
   {
-    const cpu::Mat a = cpu::Mat::Random(1, 1);
-    cpu::Mat c(1, 1);
-    result.launch_overhead_s = max_over(world, best_time_s([&] { c.noalias() = a * a; }, options.min_time_s));
+    const Mat a = Mat::Random(1, 1);
+    Mat c(1, 1);
+    result.tiny_op_s = max_over(world, best_time_s([&] { c.noalias() = a * a; }, options.min_time_s));
   }
   // ---- all-reduce sweep, alpha-beta fit t = a + b * S (least squares): a = 2(n-1) alpha, b = 2(n-1)/(n B).
   const int n = world.size();
   if (n > 1) {
     for (const double bytes : options.allreduce_bytes) {
       std::vector<float> buf(static_cast<std::size_t>(bytes / 4.0), 1.0f);
-      const double t = max_over(world, best_time_s([&] { world.all_reduce(buf); }, options.min_time_s));
+      const double t = max_over(world, best_collective_time_s([&] { world.all_reduce(buf); }, options.min_time_s, world));
       const double algbw = bytes / t;
       result.allreduce.push_back({bytes, t, algbw, algbw * 2.0 * (n - 1) / n});
     }
   }
+  const std::vector<ShapeTime> shapes = merge_shapes(result.gemms);
+  // ---- whole units of every TP shard (one micro-batch; one optimizer step over the shard's parameters), split into
+  // their measured GEMMs and attention and the memory-bound rest.
+  std::vector<double> unit_runs;
+  std::vector<double> shard_params; // per TP size
+  for (std::size_t idx = 0; idx < tps.size(); ++idx) {
+    model::Plan unit_plan = plan;
+    unit_plan.tp = tps[idx];
+    unit_plan.pp = 1;
+    unit_plan.vp = 1;
+    unit_plan.dp = 1;
+    unit_plan.sequence_parallel = false;
+    unit_plan.recompute = model::Recompute::None;
+    unit_plan.first_stage_layers = 0;
+    unit_plan.last_stage_layers = 0;
+    const model::StepBlocks blocks = model::make_step_blocks(model, unit_plan);
+    const UnitTimes t = measure_units(model, unit_plan, options, world);
+    const int tp = tps[idx];
+    const AttentionTimes& attn = attention[idx];
+    result.units.push_back(split_unit("embed.fwd", tp, t.embed_fwd_s, blocks.embed_fwd, shapes, attn));
+    result.units.push_back(split_unit("embed.bwd", tp, t.embed_bwd_s, blocks.embed_bwd, shapes, attn));
+    result.units.push_back(split_unit("layer.fwd", tp, t.layer_fwd_s, blocks.layer_fwd, shapes, attn));
+    result.units.push_back(split_unit("layer.bwd", tp, t.layer_bwd_s, blocks.layer_bwd, shapes, attn));
+    result.units.push_back(split_unit("head.fwd", tp, t.head_fwd_s, blocks.head_fwd, shapes, attn));
+    result.units.push_back(split_unit("head.bwd", tp, t.head_bwd_s, blocks.head_bwd, shapes, attn));
+    result.units.push_back(
+        split_unit("optimizer", tp, t.optimizer_s, model::make_optimizer_block(t.num_params), shapes, attn));
+    shard_params.push_back(t.num_params);
+    // Runs per step on a rank of one stage: embedding and head once per micro-batch, each layer once per
+    // micro-batch, the optimizer once.
+    const double microbatches = static_cast<double>(std::max<std::int64_t>(1, plan.num_microbatches()));
+    const double layers = static_cast<double>(model.num_layers) / static_cast<double>(std::max(1, plan.pp));
+    for (const double count : {microbatches, microbatches, microbatches * layers, microbatches * layers, microbatches,
+                               microbatches, 1.0}) {
+      unit_runs.push_back(count);
+    }
+  }
+  // Per-op cost: the floor of any op (a 1x1 GEMM). Memory-bound bytes: fitted on the units without attention.
+  result.launch_overhead_s = result.tiny_op_s;
+  const double s_per_byte = fit_seconds_per_byte(result.units, unit_runs, result.launch_overhead_s);
+  // No byte term (nothing left to explain): memory traffic is free up to the reference bandwidth.
+  result.elementwise_bytes_per_s =
+      s_per_byte > 0.0 ? 1.0 / s_per_byte
+                       : (options.mem_bw_bytes_per_s > 0.0 ? options.mem_bw_bytes_per_s : UNBOUNDED_BYTES_PER_S);
+  // A layer's rest beyond its byte-priced ops (GeLU's tanh, the backend's copies and allocations, GEMMs slower
+  // inside the layer than alone) has no op of its own in the IR: it is added to the layer's attention op, forward
+  // and backward separately, so that whole layers are predicted at their measured time.
+  double attn_fwd_eff_s = 0.0;
+  double attn_bwd_eff_s = 0.0;
+  for (const auto& u : result.units) {
+    const double rest = u.time_s - u.compute_s - u.memory_ops * result.launch_overhead_s -
+                        u.memory_bytes / result.elementwise_bytes_per_s;
+    if (u.name == "layer.fwd") {
+      attn_fwd_eff_s += rest;
+    } else if (u.name == "layer.bwd") {
+      attn_bwd_eff_s += rest;
+    }
+  }
+  attn_fwd_eff_s = std::max(MIN_NET_SHARE * attn_fwd_s, attn_fwd_s + attn_fwd_eff_s);
+  attn_bwd_eff_s = std::max(MIN_NET_SHARE * attn_bwd_s, attn_bwd_s + attn_bwd_eff_s);
 
   model::CostProfile& p = result.profile;
   p.name = options.name;
   p.gpu = "cpu";
+  std::string tp_list;
+  for (const int tp : tps) {
+    tp_list += (tp_list.empty() ? "" : ",") + std::to_string(tp);
+  }
   p.source = fmt::format("measured by exec::calibrate on {} rank(s), model {}, tp {}, micro-batch {}", n, model.name,
-                         plan.tp, plan.micro_batch_size);
+                         tp_list, plan.micro_batch_size);
+  // The cost model adds launch_overhead_s to every op: GEMM and attention efficiencies are computed without it, so
+  // that a calibrated op is predicted at its measured time.
+  const auto net = [&](double time_s) { return std::max(MIN_NET_SHARE * time_s, time_s - result.launch_overhead_s); };
+  for (const auto& st : shapes) {
+    best_gemm = std::max(best_gemm, 2.0 * st.m * st.n * st.k / net(st.time_s));
+  }
+  for (const auto& g : result.gemms) {
+    best_gemm = std::max(best_gemm, g.flops_per_s);
+  }
   const double peak = options.peak_flops_per_s > 0.0 ? options.peak_flops_per_s : best_gemm;
   if (options.peak_flops_per_s <= 0.0) {
     p.assumptions.push_back(fmt::format("peak FLOP/s unknown: taken as the best measured GEMM, {:.3g} FLOP/s", peak));
+  } else {
+    p.assumptions.push_back(fmt::format("efficiencies are fractions of a reference {:.3g} FLOP/s", peak));
   }
   p.gemm_max_efficiency = std::min(1.0, best_gemm / peak);
   p.gemm_fp8_max_efficiency = p.gemm_max_efficiency;
   p.num_sms = 0.0; // no wave quantisation on CPUs
-  for (const auto& g : result.gemms) {
-    p.gemm_table.push_back({g.m, g.n, g.k, std::min(1.0, g.flops_per_s / peak)});
+  // The table holds what the run executes: the backend's linear ops.
+  for (const auto& st : shapes) {
+    p.gemm_table.push_back({st.m, st.n, st.k, std::min(1.0, 2.0 * st.m * st.n * st.k / net(st.time_s) / peak)});
   }
-  p.attention_efficiency = std::min(1.0, result.attention_flops_per_s / peak);
-  p.attention_bwd_efficiency = p.attention_efficiency; // backward not measured separately yet
+  p.attention_efficiency = std::min(1.0, attn_flops / net(attn_fwd_eff_s) / peak);
+  p.attention_bwd_efficiency = std::min(1.0, ATTENTION_BWD_WORK_PER_FWD * attn_flops / net(attn_bwd_eff_s) / peak);
+  p.assumptions.push_back(fmt::format(
+      "attention efficiencies are effective: they carry each layer's time beyond its GEMMs and byte-priced ops "
+      "(measured alone: forward {:.3g}, backward {:.3g} FLOP/s)",
+      result.attention_flops_per_s, result.attention_bwd_flops_per_s));
+  p.launch_overhead_s = result.launch_overhead_s;
   const double mem_bw = options.mem_bw_bytes_per_s > 0.0 ? options.mem_bw_bytes_per_s : result.elementwise_bytes_per_s;
   if (options.mem_bw_bytes_per_s <= 0.0) {
     p.assumptions.push_back(fmt::format("memory bandwidth unknown: taken as measured, {:.3g} B/s", mem_bw));
   }
   p.hbm_efficiency = std::min(1.0, result.elementwise_bytes_per_s / mem_bw);
-  p.launch_overhead_s = result.launch_overhead_s;
+  p.assumptions.push_back(fmt::format(
+      "memory-bound ops: {:.3g} IR bytes/s fitted to the measured embedding, head and optimizer units minus their "
+      "GEMMs; per-op cost {:.3g} s (a 1x1 GEMM)",
+      result.elementwise_bytes_per_s, result.launch_overhead_s));
   if (result.allreduce.size() >= 2) {
     double sx = 0.0, sy = 0.0, sxx = 0.0, sxy = 0.0;
     for (const auto& c : result.allreduce) {
@@ -167,6 +543,37 @@ CalibrationResult calibrate(const model::ModelSpec& model, const model::Plan& pl
     p.nic_efficiency = p.nvlink_efficiency;
     p.nvlink_latency_s = intercept / steps;
     p.net_latency_s = p.nvlink_latency_s;
+  } else {
+    p.assumptions.push_back("collectives not measured (one rank): link numbers are the profile defaults; run "
+                            "`mpirun -np 2 cuboid calibrate ...` to measure them");
+  }
+  // ---- every unit as the finished profile predicts it (the check of the fit, printed by `cuboid calibrate`).
+  for (std::size_t idx = 0; idx < tps.size(); ++idx) {
+    model::Plan unit_plan = plan;
+    unit_plan.tp = tps[idx];
+    unit_plan.pp = 1;
+    unit_plan.vp = 1;
+    unit_plan.dp = 1;
+    unit_plan.sequence_parallel = false;
+    unit_plan.recompute = model::Recompute::None;
+    unit_plan.first_stage_layers = 0;
+    unit_plan.last_stage_layers = 0;
+    model::ClusterSpec cluster;
+    cluster.gpu.name = "cpu";
+    cluster.gpu.bf16_flops_per_s = peak;
+    cluster.gpu.hbm_bw_bytes_per_s = mem_bw;
+    cluster.num_gpus = 1;
+    cluster.gpus_per_node = 1;
+    const model::CostModel cost(cluster, p, unit_plan);
+    const model::StepBlocks blocks = model::make_step_blocks(model, unit_plan);
+    const std::size_t first = idx * UNITS_PER_TP;
+    const std::vector<const model::OpBlock*> unit_blocks = {&blocks.embed_fwd, &blocks.embed_bwd, &blocks.layer_fwd,
+                                                            &blocks.layer_bwd, &blocks.head_fwd,  &blocks.head_bwd};
+    for (std::size_t u = 0; u < unit_blocks.size(); ++u) {
+      result.units[first + u].predicted_s = predict_unit_s(*unit_blocks[u], cost);
+    }
+    result.units[first + UNITS_PER_TP - 1].predicted_s =
+        predict_unit_s(model::make_optimizer_block(shard_params[idx]), cost);
   }
   return result;
 }

@@ -20,9 +20,13 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
+#include <limits>
 #include <map>
 #include <numeric>
+#include <thread>
+#include <time.h>
 
 namespace cuboid::exec {
 
@@ -131,6 +135,7 @@ struct Trainer::State {
   std::vector<model::TimelineEvent> events; // this rank, last step
   std::vector<int> event_instr;             // instruction index of each event
   int step = 0;
+  int fault_fired_step = 0; // the step whose fault was injected (once per step)
   double loss_sum = 0.0;
   std::atomic<int> current_instr{-1};
   std::unique_ptr<Watchdog> watchdog;
@@ -189,6 +194,7 @@ struct Trainer::State {
   }
   void wait_sends();
   void optimizer_step();
+  void inject_fault() const;
 };
 
 // Bucket k covers the share bucket_weights[k] / sum of the flat gradient buffer (parameters are laid out in backward
@@ -263,6 +269,23 @@ void Trainer::State::setup_buckets() {
   }
 }
 
+// Test-only faults (RunOptions::fault_kind). NanLoss only marks the step: execute() poisons the activation.
+void Trainer::State::inject_fault() const {
+  switch (options.fault_kind) {
+  case FaultKind::Throw: throw std::runtime_error("injected fault (--inject-fault-rank/--inject-fault-step)");
+  case FaultKind::NanLoss: return;
+  case FaultKind::Hang:
+    for (;;) {
+      std::this_thread::sleep_for(std::chrono::seconds(1)); // until the watchdog (or mpirun) ends the job
+    }
+  case FaultKind::Crash:
+    std::fprintf(stderr, "rank %d: step %d: injected crash (SIGKILL)\n", world.rank(), step);
+    std::fflush(stderr);
+    std::raise(SIGKILL);
+    return;
+  }
+}
+
 void Trainer::State::wait_sends() {
   for (auto& send : sends) {
     send.request->wait();
@@ -277,8 +300,10 @@ void Trainer::State::execute(const Instr& instr) {
   const auto cols = model.hidden();
   switch (instr.kind) {
   case InstrKind::Forward: {
-    if (step == options.fault_step && world.rank() == options.fault_rank) {
-      throw std::runtime_error("injected fault (--inject-fault-rank/--inject-fault-step)");
+    const bool poison = step == options.fault_step && world.rank() == options.fault_rank && fault_fired_step != step;
+    if (poison) {
+      fault_fired_step = step;
+      inject_fault();
     }
     MicroState& st = state(instr.chunk, instr.microbatch);
     if (instr.unit == UnitKind::Embedding) {
@@ -288,7 +313,20 @@ void Trainer::State::execute(const Instr& instr) {
       model.layer_forward(tp, instr.layer, st.act, out, st.layers[instr.layer], keep_all);
       st.act = std::move(out);
     } else {
-      loss_sum += model.head_forward(tp, st.act, batch(st, instr.microbatch).targets, st.head);
+      double loss = model.head_forward(tp, st.act, batch(st, instr.microbatch).targets, st.head);
+      if (poison) {
+        loss = std::numeric_limits<double>::quiet_NaN();
+      }
+      // A NaN or infinite loss ends the job here, naming this rank, step and task (Trainer::State::fail).
+      if (!std::isfinite(loss)) {
+        throw std::runtime_error(fmt::format("loss is {} on micro-batch {}: stopping the run (diverged or bad input: "
+                                             "check the learning rate and the data)",
+                                             loss, instr.microbatch));
+      }
+      loss_sum += loss;
+    }
+    if (poison && instr.unit != UnitKind::Head) {
+      st.act.setConstant(std::numeric_limits<float>::quiet_NaN());
     }
     return;
   }
@@ -603,19 +641,33 @@ std::vector<float> Trainer::gather_full_weights() {
   return full;
 }
 
+namespace {
+double process_cpu_time_s() {
+  timespec now{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now);
+  return static_cast<double>(now.tv_sec) + 1e-9 * static_cast<double>(now.tv_nsec);
+}
+
+// Median over the steps after the first (the first step pays for first-touch allocations), or the only step.
+double median_after_first(const std::vector<double>& values) {
+  std::vector<double> tail(values.begin() + (values.size() > 1 ? 1 : 0), values.end());
+  std::sort(tail.begin(), tail.end());
+  return tail.size() % 2 == 1 ? tail[tail.size() / 2] : 0.5 * (tail[tail.size() / 2 - 1] + tail[tail.size() / 2]);
+}
+} // namespace
+
 RunResult run_training(const RunOptions& options, Communicator& world) {
   Trainer trainer(options, world);
   RunResult result;
   for (int step = 0; step < options.steps; ++step) {
     const Clock::time_point start = Clock::now();
+    const double cpu_start_s = process_cpu_time_s();
     result.losses.push_back(trainer.step());
     result.step_time_s.push_back(seconds_since(start));
+    result.step_cpu_time_s.push_back(process_cpu_time_s() - cpu_start_s);
   }
-  std::vector<double> tail(result.step_time_s.begin() + (result.step_time_s.size() > 1 ? 1 : 0),
-                           result.step_time_s.end());
-  std::sort(tail.begin(), tail.end());
-  result.median_step_time_s = tail.size() % 2 == 1 ? tail[tail.size() / 2]
-                                                   : 0.5 * (tail[tail.size() / 2 - 1] + tail[tail.size() / 2]);
+  result.median_step_time_s = median_after_first(result.step_time_s);
+  result.median_step_cpu_time_s = median_after_first(result.step_cpu_time_s);
   if (options.trace) {
     result.timeline = trainer.gather_timeline();
   }

@@ -26,6 +26,15 @@ enum class ProgramSource {
   Internal,  // build_internal_program(): the schedule written directly from the plan (reference / fallback)
 };
 
+/// Test-only fault injection (RunOptions::fault_kind): what the faulty rank does at the start of its first forward
+/// task of the faulty step.
+enum class FaultKind {
+  Throw,   // throws (an error in an op)
+  NanLoss, // poisons its activation with NaN, so the loss of the step becomes NaN downstream
+  Hang,    // blocks forever (a hung op or collective; only the watchdog ends the job)
+  Crash,   // kills its own process with SIGKILL (a rank that dies without a word)
+};
+
 struct RunOptions {
   model::ModelSpec model;
   model::Plan plan;
@@ -38,15 +47,20 @@ struct RunOptions {
   bool trace = false;          // record per-task timings (gathered to rank 0)
   ProgramSource program_source = ProgramSource::TaskGraph;
   bool abort_on_error = true;  // multi-rank: print "rank R: step S: task T: what" and abort the job on any error
-  // Test-only fault injection: world rank `fault_rank` throws at the start of step `fault_step` (1-based).
+  // Test-only fault injection: world rank `fault_rank` fails at the start of step `fault_step` (1-based).
   int fault_rank = -1;
   int fault_step = -1;
+  FaultKind fault_kind = FaultKind::Throw;
 };
 
 struct RunResult {
   std::vector<double> losses;       // per step, mean over the global batch (valid on rank 0)
   std::vector<double> step_time_s;  // per step, wall clock on rank 0 (steps end with a world reduction)
   double median_step_time_s = 0.0;  // median over steps after the first (the first if only one)
+  /// CPU time of rank 0's process per step (all its threads) and its median as above: on a machine shared with
+  /// other jobs, wall time / CPU time shows how much of a core the rank actually had.
+  std::vector<double> step_cpu_time_s;
+  double median_step_cpu_time_s = 0.0;
   /// Measured per-task timings of the last step, every rank, start/end relative to the rank's step start
   /// (rank 0 only, and only with RunOptions::trace). Event ids are IR task ids.
   std::vector<model::TimelineEvent> timeline;

@@ -23,6 +23,8 @@ int main(int argc, char** argv) {
     cuboid::tools::add_list_command(app, action);
     cuboid::tools::add_search_command(app, action);
     cuboid::tools::add_report_command(app, action);
+    cuboid::tools::add_run_command(app, action);
+    cuboid::tools::add_calibrate_command(app, action);
     try {
       app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {

@@ -36,8 +36,11 @@ void add_profile_flags(CLI::App& app, ProfileFlags& flags) {
 
 model::CostProfile resolve_profile(const ProfileFlags& flags, const ClusterFlags& cluster_flags,
                                    const model::ClusterSpec& cluster) {
-  model::CostProfile profile =
-      cluster_flags.profile ? model::load_profile(*cluster_flags.profile) : model::default_profile(cluster.gpu.name);
+  return apply_profile_flags(flags, cluster_flags.profile ? model::load_profile(*cluster_flags.profile)
+                                                         : model::default_profile(cluster.gpu.name));
+}
+
+model::CostProfile apply_profile_flags(const ProfileFlags& flags, model::CostProfile profile) {
   std::vector<std::string> notes;
   override_fraction("--gemm-efficiency", flags.gemm_efficiency, profile.gemm_max_efficiency, notes);
   override_fraction("--attention-efficiency", flags.attention_efficiency, profile.attention_efficiency, notes);

@@ -26,5 +26,7 @@ void add_profile_flags(CLI::App& app, ProfileFlags& flags);
 /// Throws InputError for out-of-range overrides (efficiencies in (0, 1], overhead >= 0).
 model::CostProfile resolve_profile(const ProfileFlags& flags, const ClusterFlags& cluster_flags,
                                    const model::ClusterSpec& cluster);
+/// Applies the flag overrides to `profile` (same checks as resolve_profile); used for measured profiles.
+model::CostProfile apply_profile_flags(const ProfileFlags& flags, model::CostProfile profile);
 
 } // namespace cuboid::tools

@@ -3,11 +3,15 @@
 #include "test_models.hpp"
 
 #include "exec/calibration.hpp"
+#include "exec/cpu_device.hpp"
 #include "exec/local_communicator.hpp"
+#include "model/cost_model.hpp"
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cstdio>
+#include <string>
 
 namespace cuboid::exec {
 namespace {
@@ -32,7 +36,13 @@ TEST_CASE("exec::calibrate: a CPU profile from the model's GEMM shapes", "[exec]
   }
   CHECK(p.attention_efficiency > 0.0);
   CHECK(p.hbm_efficiency == Approx(1.0));
-  CHECK(p.launch_overhead_s > 0.0);
+  CHECK(p.launch_overhead_s >= 0.0);
+  CHECK(result.tiny_op_s > 0.0);
+  REQUIRE(result.units.size() == 7); // embedding, layer, head (fwd, bwd) and the optimizer of one TP shard
+  for (const auto& u : result.units) {
+    CHECK(u.time_s > 0.0);
+    CHECK(u.memory_ops >= 1.0); // every unit has a norm, activation, residual, lookup, loss or Adam op
+  }
   CHECK_FALSE(p.assumptions.empty());
 
   const std::string path = "exec_calibration_test_profile.yaml";
@@ -41,6 +51,76 @@ TEST_CASE("exec::calibrate: a CPU profile from the model's GEMM shapes", "[exec]
   std::remove(path.c_str());
   CHECK(loaded.gemm_table.size() == p.gemm_table.size());
   CHECK(loaded.launch_overhead_s == Approx(p.launch_overhead_s));
+}
+
+} // namespace
+} // namespace cuboid::exec
+
+namespace cuboid::exec {
+namespace {
+
+// The contract between exec::calibrate and model::CostModel: a GEMM shape that was calibrated is predicted at its
+// measured time through the CPU backend (the mean over the ops of that shape, e.g. qkv forward and weight gradient),
+// on the cpu device (reference rates) with the profile saved and loaded again. Reason: the table point is an exact
+// hit, its efficiency was computed from (time - per-op cost) and the cost model adds the per-op cost back (floor
+// max(0.5 t, t - cost) for ops shorter than twice the per-op cost). The memory term is zero for an op without bytes.
+TEST_CASE("exec::calibrate: calibrated GEMMs are predicted at their measured time on the cpu device", "[exec]") {
+  LocalCommunicator world;
+  CalibrationOptions options;
+  options.min_time_s = 0.001;
+  options.peak_flops_per_s = CPU_REFERENCE_FLOPS_PER_S;
+  options.mem_bw_bytes_per_s = CPU_REFERENCE_MEM_BW_BYTES_PER_S;
+  options.link_bw_bytes_per_s = CPU_REFERENCE_LINK_BW_BYTES_PER_S;
+  options.tp_sizes = {1, 2};
+  const model::ModelSpec spec = test::gpt_tiny_shape();
+  const model::Plan plan = test::single_rank_plan(1, 2);
+  const CalibrationResult result = calibrate(spec, plan, options, world);
+  REQUIRE(result.gemms.size() == 30); // 2 TP sizes x 5 linears x (fwd, dgrad, wgrad)
+  REQUIRE(result.units.size() == 14);
+  const std::string path = "exec_calibration_contract_profile.yaml";
+  model::save_profile(result.profile, path);
+  const model::CostProfile loaded = model::load_profile(path);
+  std::remove(path.c_str());
+  CHECK(loaded.gpu == "cpu");
+  const model::CostModel cost(cpu_cluster(1), loaded, plan);
+  const double per_op_s = loaded.launch_overhead_s;
+  for (const auto& g : result.gemms) {
+    model::Op op;
+    op.name = g.label;
+    op.kind = model::OpKind::Gemm;
+    op.m = static_cast<std::int64_t>(g.m);
+    op.n = static_cast<std::int64_t>(g.n);
+    op.k = static_cast<std::int64_t>(g.k);
+    op.flops = 2.0 * g.m * g.n * g.k;
+    op.hbm_bytes = 0.0;
+    double sum_s = 0.0;
+    double count = 0.0;
+    for (const auto& other : result.gemms) {
+      if (other.m == g.m && other.n == g.n && other.k == g.k) {
+        sum_s += other.backend_time_s;
+        count += 1.0;
+      }
+    }
+    const double t = sum_s / count;
+    const double expected = std::max(0.5 * t, t - per_op_s) + per_op_s;
+    INFO(g.label << " tp " << g.tp << " measured " << t << " s, per-op cost " << per_op_s << " s");
+    CHECK_THAT(cost.op_time_s(op), Catch::Matchers::WithinRel(expected, 1e-6));
+  }
+  // Whole layers, summed over the TP sizes, are predicted at their measured time: the attention efficiencies carry
+  // the layers' time beyond GEMMs and byte-priced ops (forward and backward each; the layer's rest is positive, as
+  // GeLU alone costs far more than its bytes, so the floor at half the attention time is not reached).
+  for (const std::string unit : {"layer.fwd", "layer.bwd"}) {
+    double measured_s = 0.0;
+    double predicted_s = 0.0;
+    for (const auto& u : result.units) {
+      if (u.name == unit) {
+        measured_s += u.time_s;
+        predicted_s += u.predicted_s;
+      }
+    }
+    INFO(unit); // 1e-4: times travel as float through the ranks' max reduction
+    CHECK_THAT(predicted_s, Catch::Matchers::WithinRel(measured_s, 1e-4));
+  }
 }
 
 } // namespace

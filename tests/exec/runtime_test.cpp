@@ -9,6 +9,9 @@
 
 #include <catch2/catch.hpp>
 
+#include <cmath>
+#include <string>
+
 namespace cuboid::exec {
 namespace {
 
@@ -125,6 +128,29 @@ TEST_CASE("exec::Trainer: trace has one event per instruction (but Free)", "[exe
   for (const auto& event : result.timeline) {
     CHECK(event.end_s >= event.start_s);
     CHECK(event.rank == 0);
+  }
+}
+
+
+// A NaN loss must stop the run at the step where it appears, naming rank, step and the head task that computed it
+// (issue 8 point 6). The injected fault poisons the first forward activation of step 2 with NaN, which propagates.
+TEST_CASE("exec::Trainer: a NaN loss stops the run naming rank, step and task", "[exec]") {
+  RunOptions options = tiny_options(3);
+  options.model = test::toy_gpt();
+  options.plan = test::single_rank_plan(1, 2);
+  options.fault_rank = 0;
+  options.fault_step = 2;
+  options.fault_kind = FaultKind::NanLoss;
+  LocalCommunicator world;
+  Trainer trainer(options, world);
+  CHECK(std::isfinite(trainer.step()));
+  try {
+    (void)trainer.step();
+    FAIL("step 2 should have thrown");
+  } catch (const RunError& e) {
+    const std::string what = e.what();
+    CHECK_THAT(what, Catch::Matchers::StartsWith("rank 0: step 2: task "));
+    CHECK_THAT(what, Catch::Matchers::Contains("loss is nan"));
   }
 }
 

@@ -1,0 +1,231 @@
+// `cuboid calibrate`: measures this machine's op costs on the CPU backend's own kernels (the GEMM shapes of the
+// model's linear layers for each TP size, attention, elementwise ops, the per-op fixed cost and, under `mpirun -np
+// N`, all-reduce by message size) and writes them as a cost profile that `cuboid run --profile FILE` and
+// `cuboid simulate --profile FILE` read. The file is replaced atomically (model::save_profile).
+#include "exec/calibration.hpp"
+#include "exec/comm_environment.hpp"
+#include "exec/cpu_device.hpp"
+#include "model/errors.hpp"
+#include "tools/commands.hpp"
+#include "tools/plan_options.hpp"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+
+namespace cuboid::tools {
+
+namespace {
+constexpr const char* WHERE = "command line";
+constexpr int EXIT_BAD_INPUT = 2;
+constexpr int MAX_DEFAULT_TP = 8;
+constexpr double GIGA = 1e9;
+constexpr double US = 1e6;
+
+struct CalibrateOptions {
+  ScenarioFlags scenario;
+  std::string backend = "cpu";
+  std::string out_path = "cpu-profile.yaml";
+  std::vector<int> tp_sizes;
+  double min_time_s = 0.02;
+  bool json = false;
+};
+
+// TP sizes up to MAX_DEFAULT_TP that the model's heads, query groups, MLP and vocabulary divide by.
+std::vector<int> default_tp_sizes(const model::ModelSpec& m) {
+  std::vector<int> out;
+  for (int tp = 1; tp <= MAX_DEFAULT_TP; tp *= 2) {
+    if (m.num_attention_heads % tp == 0 && m.num_query_groups % tp == 0 && m.ffn_hidden_size % tp == 0 &&
+        m.vocab_size % tp == 0) {
+      out.push_back(tp);
+    }
+  }
+  return out;
+}
+
+void print_human(const CalibrateOptions& cli, const model::Scenario& scenario, const exec::CalibrationResult& r,
+                 int ranks) {
+  std::string out;
+  out += fmt::format("# cuboid calibrate --backend cpu: model {}, micro-batch {}, {} rank(s) measuring at once\n",
+                     scenario.model.name, scenario.plan.micro_batch_size, ranks);
+  out += "# GEMMs of the linear layers (Eigen, fp32, one thread per rank); backend = the CPU backend's linear op\n";
+  out += "#  tp  gemm              M      N      K       time    Eigen  backend/Eigen\n";
+  out += "#   -  -                 -      -      -       (us) (GFLOP/s)           (%)\n";
+  for (const auto& g : r.gemms) {
+    out += fmt::format("{:5d}  {:<14} {:6.0f} {:6.0f} {:6.0f} {:10.1f} {:8.2f}  {:13.1f}\n", g.tp, g.label, g.m, g.n,
+                       g.k, g.time_s * US, g.flops_per_s / GIGA,
+                       g.backend_time_s > 0.0 ? 100.0 * g.time_s / g.backend_time_s : 0.0);
+  }
+  out += fmt::format("Eigen square GEMM {}^3: {:.2f} GFLOP/s (this machine's Eigen peak, one thread)\n",
+                     r.eigen_peak_size, r.eigen_peak_flops_per_s / GIGA);
+  out += fmt::format("backend linear layers: {:.2f} GFLOP/s overall = {:.1f} % of Eigen on the same shapes, "
+                     "{:.1f} % of the Eigen peak\n",
+                     r.backend_linear_flops_per_s / GIGA,
+                     100.0 * r.backend_linear_flops_per_s / std::max(1.0, r.eigen_linear_flops_per_s),
+                     100.0 * r.backend_linear_flops_per_s / std::max(1.0, r.eigen_peak_flops_per_s));
+  out += fmt::format("attention: forward {:.2f} GFLOP/s, backward {:.2f} GFLOP/s (causal FLOPs)\n",
+                     r.attention_flops_per_s / GIGA, r.attention_bwd_flops_per_s / GIGA);
+  out += "# units (one micro-batch on one TP shard; optimizer: one step) and the fit of their memory-bound ops\n";
+  out += "#  tp  unit        measured  GEMM+attn      rest  IR ops   IR bytes  predicted\n";
+  out += "#   -  -               (us)       (us)      (us)       -        (B)       (us)\n";
+  for (const auto& u : r.units) {
+    out += fmt::format("{:5d}  {:<10} {:9.1f} {:10.1f} {:9.1f} {:7.0f} {:10.0f} {:10.1f}\n", u.tp, u.name,
+                       u.time_s * US, u.compute_s * US, (u.time_s - u.compute_s) * US, u.memory_ops, u.memory_bytes,
+                       u.predicted_s * US);
+  }
+  out += fmt::format("memory-bound ops: {:.3f} GB/s of IR bytes (fitted on embedding, head, optimizer); per-op cost "
+                     "{:.3f} us (a 1x1 GEMM); the layers' rest is carried by the attention efficiencies\n",
+                     r.elementwise_bytes_per_s / GIGA, r.launch_overhead_s * US);
+  if (!r.allreduce.empty()) {
+    out += fmt::format("# all-reduce over {} ranks (MPI)\n", ranks);
+    out += "#       size        time      algbw      busbw\n";
+    out += "#        (B)        (us)     (GB/s)     (GB/s)\n";
+    for (const auto& c : r.allreduce) {
+      out += fmt::format("{:12.0f} {:11.1f} {:10.3f} {:10.3f}\n", c.msg_bytes, c.time_s * US,
+                         c.algbw_bytes_per_s / GIGA, c.busbw_bytes_per_s / GIGA);
+    }
+  } else {
+    out += "all-reduce: not measured with one rank (run `mpirun -np 2 cuboid calibrate ...` to measure MPI)\n";
+  }
+  out += fmt::format("profile written to {}\n", cli.out_path);
+  std::fputs(out.c_str(), stdout);
+}
+
+nlohmann::json to_json(const CalibrateOptions& cli, const exec::CalibrationResult& r, int ranks) {
+  nlohmann::json gemms = nlohmann::json::array();
+  for (const auto& g : r.gemms) {
+    gemms.push_back({{"tp", g.tp},
+                     {"label", g.label},
+                     {"m", g.m},
+                     {"n", g.n},
+                     {"k", g.k},
+                     {"time_s", g.time_s},
+                     {"flops_per_s", g.flops_per_s},
+                     {"backend_time_s", g.backend_time_s}});
+  }
+  nlohmann::json allreduce = nlohmann::json::array();
+  for (const auto& c : r.allreduce) {
+    allreduce.push_back({{"msg_bytes", c.msg_bytes},
+                         {"time_s", c.time_s},
+                         {"algbw_bytes_per_s", c.algbw_bytes_per_s},
+                         {"busbw_bytes_per_s", c.busbw_bytes_per_s}});
+  }
+  nlohmann::json units = nlohmann::json::array();
+  for (const auto& u : r.units) {
+    units.push_back({{"tp", u.tp},
+                     {"name", u.name},
+                     {"time_s", u.time_s},
+                     {"compute_s", u.compute_s},
+                     {"memory_ops", u.memory_ops},
+                     {"memory_bytes", u.memory_bytes},
+                     {"predicted_s", u.predicted_s}});
+  }
+  return {{"backend", "cpu"},
+          {"ranks", ranks},
+          {"profile_path", cli.out_path},
+          {"gemms", gemms},
+          {"eigen_peak_size", r.eigen_peak_size},
+          {"eigen_peak_flops_per_s", r.eigen_peak_flops_per_s},
+          {"eigen_linear_flops_per_s", r.eigen_linear_flops_per_s},
+          {"backend_linear_flops_per_s", r.backend_linear_flops_per_s},
+          {"attention_flops_per_s", r.attention_flops_per_s},
+          {"attention_bwd_flops_per_s", r.attention_bwd_flops_per_s},
+          {"elementwise_bytes_per_s", r.elementwise_bytes_per_s},
+          {"launch_overhead_s", r.launch_overhead_s},
+          {"tiny_op_s", r.tiny_op_s},
+          {"allreduce", allreduce},
+          {"units", units}};
+}
+
+int run_calibrate(const CalibrateOptions& cli) {
+  if (cli.backend == "cuda") {
+    throw InputError(input_message(WHERE, "--backend",
+                                   "cuda: the CUDA backend is not built into this cuboid / not available yet "
+                                   "(valid here: cpu)"));
+  }
+  if (cli.backend != "cpu") {
+    throw InputError(input_message(WHERE, "--backend", fmt::format("unknown value '{}' (valid: cpu, cuda)", cli.backend)));
+  }
+  int argc = 0;
+  char** argv = nullptr;
+  exec::CommEnvironment env(argc, argv);
+  exec::Communicator& world = env.world();
+  const bool root = world.rank() == 0;
+  model::Scenario scenario;
+  exec::CalibrationOptions options;
+  try {
+    if (cli.scenario.cluster.gpu || cli.scenario.cluster.system || cli.scenario.cluster.num_gpus ||
+        cli.scenario.cluster.gpus_per_node || cli.scenario.cluster.profile) {
+      throw InputError(input_message(WHERE, "--gpu/--system/--num-gpus/--gpus-per-node/--profile",
+                                     "not used by calibrate --backend cpu (it measures this machine; the number of "
+                                     "ranks is the MPI world size)"));
+    }
+    if (cli.out_path.empty()) {
+      throw InputError(input_message(WHERE, "--out", "empty path (expected the profile file to write)"));
+    }
+    if (!std::isfinite(cli.min_time_s) || cli.min_time_s <= 0.0 || cli.min_time_s > 10.0) {
+      throw InputError(input_message(WHERE, "--min-time",
+                                     fmt::format("{} (expected seconds in (0, 10])", cli.min_time_s)));
+    }
+    scenario = resolve_scenario(cli.scenario); // shapes only: tp and micro-batch size of the plan
+    options.tp_sizes = cli.tp_sizes.empty() ? default_tp_sizes(scenario.model) : cli.tp_sizes;
+    for (const int tp : options.tp_sizes) {
+      const model::ModelSpec& m = scenario.model;
+      if (tp < 1 || m.num_attention_heads % tp != 0 || m.num_query_groups % tp != 0 || m.ffn_hidden_size % tp != 0 ||
+          m.vocab_size % tp != 0) {
+        throw InputError(input_message(WHERE, "--tp-sizes",
+                                       fmt::format("{}: expected a size >= 1 dividing num_attention_heads = {}, "
+                                                   "num_query_groups = {}, ffn_hidden_size = {} and vocab_size = {}",
+                                                   tp, m.num_attention_heads, m.num_query_groups, m.ffn_hidden_size,
+                                                   m.vocab_size)));
+      }
+    }
+  } catch (const std::exception&) {
+    if (!root) {
+      return EXIT_BAD_INPUT; // every rank finds the same error; rank 0 reports it
+    }
+    throw;
+  }
+  options.peak_flops_per_s = exec::CPU_REFERENCE_FLOPS_PER_S;
+  options.mem_bw_bytes_per_s = exec::CPU_REFERENCE_MEM_BW_BYTES_PER_S;
+  options.link_bw_bytes_per_s = exec::CPU_REFERENCE_LINK_BW_BYTES_PER_S;
+  options.min_time_s = cli.min_time_s;
+  options.name = "cpu-measured";
+  const exec::CalibrationResult result = exec::calibrate(scenario.model, scenario.plan, options, world);
+  if (!root) {
+    return 0;
+  }
+  model::save_profile(result.profile, cli.out_path);
+  if (cli.json) {
+    std::puts(to_json(cli, result, world.size()).dump(2).c_str());
+  } else {
+    print_human(cli, scenario, result, world.size());
+  }
+  return 0;
+}
+} // namespace
+
+void add_calibrate_command(CLI::App& app, Action& action) {
+  auto options = std::make_shared<CalibrateOptions>();
+  options->scenario.model.model = "gpt-tiny";
+  CLI::App* cmd = app.add_subcommand("calibrate", "Measure this machine's op costs and write a cost profile "
+                                                  "(mpirun -np N cuboid calibrate ... also measures MPI all-reduce)");
+  cmd->add_option("--backend", options->backend, "cpu (Eigen + MPI) or cuda")->capture_default_str();
+  add_model_flags(*cmd, options->scenario.model);
+  add_cluster_flags(*cmd, options->scenario.cluster);
+  add_plan_flags(*cmd, options->scenario.plan);
+  cmd->add_option("--out", options->out_path, "Profile file to write (replaced atomically)")->capture_default_str();
+  cmd->add_option("--tp-sizes", options->tp_sizes,
+                  "TP sizes whose per-rank shapes are measured (default: 1, 2, 4, 8 where the model divides)")
+      ->delimiter(',');
+  cmd->add_option("--min-time", options->min_time_s, "Seconds each measurement repeats for (best repeat counts)")
+      ->capture_default_str();
+  cmd->add_flag("--json", options->json, "Print the measurements as one JSON object");
+  cmd->callback([options, &action] { action = [options] { return run_calibrate(*options); }; });
+}
+
+} // namespace cuboid::tools

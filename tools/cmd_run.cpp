@@ -1,0 +1,397 @@
+// `cuboid run`: trains the plan for real (CPU backend: Eigen + MPI, one process per rank; `mpirun -np N cuboid run
+// ...` or a single process) and compares the measured step with the prediction of the same TaskGraph on this
+// machine's calibration profile, task by task (same task ids). Rank 0 prints; --json prints one object.
+#include "exec/calibration.hpp"
+#include "exec/comm_environment.hpp"
+#include "exec/cpu_device.hpp"
+#include "exec/runtime.hpp"
+#include "model/cost_model.hpp"
+#include "model/errors.hpp"
+#include "model/step_builder.hpp"
+#include "model/timeline.hpp"
+#include "sim/analysis/result_json.hpp"
+#include "sim/simulator.hpp"
+#include "tools/commands.hpp"
+#include "tools/plan_options.hpp"
+#include "tools/profile_options.hpp"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <utility>
+
+namespace cuboid::tools {
+
+namespace {
+constexpr const char* WHERE = "command line";
+constexpr int EXIT_BAD_INPUT = 2;
+// Without --profile, `cuboid run` measures a quick profile first (shorter repeats than `cuboid calibrate`).
+constexpr double QUICK_CALIBRATION_MIN_TIME_S = 0.003;
+const std::vector<double> QUICK_ALLREDUCE_BYTES = {16384, 262144, 1 << 20};
+constexpr double DEFAULT_TIMEOUT_S = 300.0;
+constexpr double MS = 1e3;
+constexpr double US = 1e6;
+
+struct RunCliOptions {
+  ScenarioFlags scenario;
+  ProfileFlags profile;
+  std::string backend = "cpu";
+  int steps = 10;
+  std::uint64_t seed = 1234;
+  std::string data_file;
+  double timeout_s = DEFAULT_TIMEOUT_S;
+  float lr = 0.0f; // 0: the runtime's default
+  bool json = false;
+  std::string trace_path;
+  int top_tasks = 8;
+  int fault_rank = -1;
+  int fault_step = -1;
+  std::string fault_kind = "throw";
+};
+
+exec::FaultKind parse_fault_kind(const std::string& text) {
+  const std::map<std::string, exec::FaultKind> kinds = {{"throw", exec::FaultKind::Throw},
+                                                        {"nan", exec::FaultKind::NanLoss},
+                                                        {"hang", exec::FaultKind::Hang},
+                                                        {"crash", exec::FaultKind::Crash}};
+  const auto it = kinds.find(text);
+  if (it == kinds.end()) {
+    throw InputError(input_message(WHERE, "--inject-fault-kind",
+                                   fmt::format("unknown value '{}' (valid: throw, nan, hang, crash)", text)));
+  }
+  return it->second;
+}
+
+// The world size decides --num-gpus; a different explicit value is an error (issue: "the MPI world size must equal
+// --num-gpus").
+model::Scenario resolve_run_scenario(ScenarioFlags flags, int world_size) {
+  if (flags.cluster.num_gpus && *flags.cluster.num_gpus != world_size) {
+    throw InputError(input_message(WHERE, "--num-gpus",
+                                   fmt::format("{} but this job has {} rank(s) (MPI world size); start it with "
+                                               "`mpirun -np {} cuboid run ...` or drop --num-gpus",
+                                               *flags.cluster.num_gpus, world_size, *flags.cluster.num_gpus)));
+  }
+  if (flags.cluster.gpu || flags.cluster.system || flags.cluster.gpus_per_node) {
+    throw InputError(input_message(WHERE, "--gpu/--system/--gpus-per-node",
+                                   "not used by --backend cpu (it runs on this machine's CPUs, one MPI rank each); "
+                                   "they describe clusters for `cuboid simulate`"));
+  }
+  flags.cluster.num_gpus = world_size;
+  model::Scenario scenario = resolve_scenario(flags);
+  scenario.cluster = exec::cpu_cluster(world_size);
+  return scenario;
+}
+
+struct TaskError {
+  model::TaskId id = 0;
+  int rank = 0;
+  std::string label;
+  double measured_s = 0.0;
+  double predicted_s = 0.0;
+};
+
+// Measured and predicted durations of the same (task id, rank), largest absolute difference first.
+std::vector<TaskError> task_errors(const std::vector<model::TimelineEvent>& measured,
+                                   const std::vector<model::TimelineEvent>& predicted) {
+  std::map<std::pair<model::TaskId, int>, const model::TimelineEvent*> by_task;
+  for (const auto& event : predicted) {
+    by_task.emplace(std::make_pair(event.id, event.rank), &event);
+  }
+  std::vector<TaskError> out;
+  for (const auto& event : measured) {
+    const auto it = by_task.find({event.id, event.rank});
+    if (it == by_task.end()) {
+      continue;
+    }
+    out.push_back({event.id, event.rank, event.name, event.end_s - event.start_s,
+                   it->second->end_s - it->second->start_s});
+  }
+  std::stable_sort(out.begin(), out.end(), [](const TaskError& a, const TaskError& b) {
+    return std::abs(a.measured_s - a.predicted_s) > std::abs(b.measured_s - b.predicted_s);
+  });
+  return out;
+}
+
+// Kind of a task from its label: the first two words without digits ("fwd L3 mb2 s0c0 r1" -> "fwd L",
+// "dp.allreduce b2 r0" -> "dp.allreduce b").
+std::string task_kind(const std::string& label) {
+  std::string out;
+  int words = 0;
+  bool in_word = false;
+  for (const char c : label) {
+    if (c == ' ') {
+      in_word = false;
+      continue;
+    }
+    if (!in_word) {
+      if (++words > 2) {
+        break;
+      }
+      if (!out.empty()) {
+        out += ' ';
+      }
+      in_word = true;
+    }
+    if (c < '0' || c > '9') {
+      out += c;
+    }
+  }
+  return out;
+}
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const std::size_t n = values.size();
+  return n == 0 ? 0.0 : (n % 2 == 1 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]));
+}
+
+struct KindError {
+  std::string kind;
+  int count = 0;
+  double measured_s = 0.0;  // median
+  double predicted_s = 0.0; // median
+};
+
+// Median measured and predicted duration per task kind: robust to the few tasks another process interrupted.
+std::vector<KindError> kind_errors(const std::vector<TaskError>& errors) {
+  std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> by_kind;
+  for (const auto& e : errors) {
+    auto& [measured, predicted] = by_kind[task_kind(e.label)];
+    measured.push_back(e.measured_s);
+    predicted.push_back(e.predicted_s);
+  }
+  std::vector<KindError> out;
+  for (const auto& [kind, values] : by_kind) {
+    out.push_back({kind, static_cast<int>(values.first.size()), median(values.first), median(values.second)});
+  }
+  return out;
+}
+
+double relative_error(double predicted, double measured) {
+  return measured > 0.0 ? (predicted - measured) / measured : 0.0;
+}
+
+void print_human(const RunCliOptions& cli, const model::Scenario& scenario, const exec::RunResult& run,
+                 const model::CostProfile& profile, const sim::SimResult& predicted,
+                 const std::vector<TaskError>& errors, int matched_tasks, int measured_tasks) {
+  const model::Plan& plan = scenario.plan;
+  std::string out;
+  out += fmt::format("# cuboid run --backend cpu: model {}, tp={} pp={} dp={} vp={} ({} ranks), schedule {}, "
+                     "micro-batch {}, global batch {}, fp32, seed {}\n",
+                     scenario.model.name, plan.tp, plan.pp, plan.dp, plan.vp, plan.world_size(),
+                     model::to_string(plan.schedule), plan.micro_batch_size, plan.global_batch_size, cli.seed);
+  out += "# step        loss   step time\n";
+  out += "#    -           -        (ms)\n";
+  for (std::size_t step = 0; step < run.losses.size(); ++step) {
+    out += fmt::format("{:6d}  {:10.6f}  {:10.3f}\n", step + 1, run.losses[step], run.step_time_s[step] * MS);
+  }
+  out += fmt::format("\nstep time: measured {:.3f} ms (median of steps {}..{}), predicted {:.3f} ms ({:+.1f} %)\n",
+                     run.median_step_time_s * MS, run.losses.size() > 1 ? 2 : 1, run.losses.size(),
+                     predicted.step_time_s * MS,
+                     100.0 * relative_error(predicted.step_time_s, run.median_step_time_s));
+  out += fmt::format("rank 0 CPU time per step: {:.3f} ms = {:.0f} % of the wall time (below 100 %: the rank waited "
+                     "or shared its core with other processes)\n",
+                     run.median_step_cpu_time_s * MS,
+                     100.0 * run.median_step_cpu_time_s / std::max(1e-12, run.median_step_time_s));
+  out += fmt::format("profile: {} ({})\n", profile.name, profile.source);
+  out += fmt::format("\n# tasks by kind (last step, every rank; {} of {} measured tasks matched by id): medians\n",
+                     matched_tasks, measured_tasks);
+  out += "# kind                  tasks   measured  predicted    error\n";
+  out += "# -                         -       (us)       (us)      (%)\n";
+  for (const KindError& k : kind_errors(errors)) {
+    out += fmt::format("{:<22} {:7d}  {:9.1f}  {:9.1f}  {:+7.1f}\n", k.kind, k.count, k.measured_s * US,
+                       k.predicted_s * US, 100.0 * relative_error(k.predicted_s, k.measured_s));
+  }
+  out += "\n# tasks with the largest prediction error\n";
+  out += "#     id  rank  task                              measured  predicted      error\n";
+  out += "#      -     -  -                                     (us)       (us)       (us)\n";
+  const std::size_t shown = std::min(errors.size(), static_cast<std::size_t>(std::max(0, cli.top_tasks)));
+  for (std::size_t idx = 0; idx < shown; ++idx) {
+    const TaskError& e = errors[idx];
+    out += fmt::format("{:8d}  {:4d}  {:<32}  {:9.1f}  {:9.1f}  {:+9.1f}\n", e.id, e.rank, e.label, e.measured_s * US,
+                       e.predicted_s * US, (e.predicted_s - e.measured_s) * US);
+  }
+  if (!cli.trace_path.empty()) {
+    out += fmt::format("\ntrace (measured and predicted) written to {} (open in https://ui.perfetto.dev)\n",
+                       cli.trace_path);
+  }
+  std::fputs(out.c_str(), stdout);
+}
+
+nlohmann::json to_json(const model::Scenario& scenario, const exec::RunResult& run, const model::CostProfile& profile,
+                       const sim::SimResult& predicted, const std::vector<TaskError>& errors, int top_tasks) {
+  nlohmann::json out;
+  out["backend"] = "cpu";
+  out["ranks"] = scenario.plan.world_size();
+  out["model"] = sim::analysis::model_to_json(scenario.model);
+  out["plan"] = sim::analysis::plan_to_json(scenario.plan);
+  out["steps"] = run.losses.size();
+  out["losses"] = run.losses;
+  out["step_times_s"] = run.step_time_s;
+  out["step_time_s"] = run.median_step_time_s;
+  out["step_cpu_times_s"] = run.step_cpu_time_s;
+  out["step_cpu_time_s"] = run.median_step_cpu_time_s;
+  out["predicted_step_time_s"] = predicted.step_time_s;
+  out["prediction_error"] = relative_error(predicted.step_time_s, run.median_step_time_s);
+  out["profile"] = {{"name", profile.name}, {"source", profile.source}};
+  nlohmann::json tasks = nlohmann::json::array();
+  for (std::size_t idx = 0; idx < std::min(errors.size(), static_cast<std::size_t>(std::max(0, top_tasks))); ++idx) {
+    const TaskError& e = errors[idx];
+    tasks.push_back({{"id", e.id},
+                     {"rank", e.rank},
+                     {"label", e.label},
+                     {"measured_s", e.measured_s},
+                     {"predicted_s", e.predicted_s}});
+  }
+  out["largest_task_errors"] = tasks;
+  nlohmann::json kinds = nlohmann::json::array();
+  for (const KindError& k : kind_errors(errors)) {
+    kinds.push_back({{"kind", k.kind},
+                     {"tasks", k.count},
+                     {"median_measured_s", k.measured_s},
+                     {"median_predicted_s", k.predicted_s}});
+  }
+  out["task_kinds"] = kinds;
+  return out;
+}
+
+int run_cpu(const RunCliOptions& cli) {
+  int argc = 0;
+  char** argv = nullptr;
+  exec::CommEnvironment env(argc, argv);
+  exec::Communicator& world = env.world();
+  const bool root = world.rank() == 0;
+  model::Scenario scenario;
+  model::CostProfile profile;
+  try {
+    scenario = resolve_run_scenario(cli.scenario, world.size());
+    if (cli.scenario.cluster.profile) {
+      profile = apply_profile_flags(cli.profile, model::load_profile(*cli.scenario.cluster.profile));
+      if (profile.gpu != "cpu") {
+        throw InputError(input_message(*cli.scenario.cluster.profile, "gpu",
+                                       fmt::format("'{}': --backend cpu needs a CPU profile (gpu: cpu), written by "
+                                                   "`cuboid calibrate --backend cpu --out FILE`",
+                                                   profile.gpu)));
+      }
+    }
+    if (cli.steps < 1) {
+      throw InputError(input_message(WHERE, "--steps", fmt::format("{} (expected an integer >= 1)", cli.steps)));
+    }
+    if (!std::isfinite(cli.timeout_s) || cli.timeout_s < 0.0) {
+      throw InputError(input_message(WHERE, "--timeout",
+                                     fmt::format("{} (expected seconds >= 0; 0 disables the watchdog)", cli.timeout_s)));
+    }
+    if (!std::isfinite(cli.lr) || cli.lr < 0.0f) {
+      throw InputError(input_message(WHERE, "--lr", fmt::format("{} (expected a finite number >= 0)", cli.lr)));
+    }
+  } catch (const std::exception&) {
+    if (!root) {
+      return EXIT_BAD_INPUT; // every rank finds the same error; rank 0 reports it
+    }
+    throw;
+  }
+
+  exec::RunOptions options;
+  options.model = scenario.model;
+  options.plan = scenario.plan;
+  options.cluster = scenario.cluster;
+  options.steps = cli.steps;
+  options.seed = cli.seed;
+  options.data_file = cli.data_file;
+  options.timeout_s = cli.timeout_s;
+  options.trace = true; // the per-task comparison needs the measured timeline
+  if (cli.lr > 0.0f) {
+    options.optimizer.lr = cli.lr;
+  }
+  options.fault_rank = cli.fault_rank;
+  options.fault_step = cli.fault_step;
+  options.fault_kind = parse_fault_kind(cli.fault_kind);
+
+  if (!cli.scenario.cluster.profile) {
+    exec::CalibrationOptions calibration;
+    calibration.peak_flops_per_s = exec::CPU_REFERENCE_FLOPS_PER_S;
+    calibration.mem_bw_bytes_per_s = exec::CPU_REFERENCE_MEM_BW_BYTES_PER_S;
+    calibration.link_bw_bytes_per_s = exec::CPU_REFERENCE_LINK_BW_BYTES_PER_S;
+    calibration.min_time_s = QUICK_CALIBRATION_MIN_TIME_S;
+    calibration.allreduce_bytes = QUICK_ALLREDUCE_BYTES;
+    calibration.name = "cpu-quick";
+    profile = exec::calibrate(options.model, options.plan, calibration, world).profile;
+    profile.assumptions.emplace_back("quick calibration by cuboid run (no --profile): for a steadier prediction run "
+                                     "`cuboid calibrate --backend cpu --out FILE` and pass --profile FILE");
+    profile = apply_profile_flags(cli.profile, std::move(profile));
+  }
+
+  const exec::RunResult run = exec::run_training(options, world);
+  if (!root) {
+    return 0;
+  }
+
+  // Prediction of the same all-ranks TaskGraph (same task ids as the measured timeline).
+  const model::TaskGraph graph =
+      model::build_step_graph(scenario.model, scenario.cluster, scenario.plan, model::Instantiation::AllRanks);
+  const model::CostModel cost(scenario.cluster, profile, scenario.plan);
+  sim::SimOptions sim_options;
+  sim_options.record_timeline = true;
+  const sim::SimResult predicted = sim::simulate(graph, cost, sim_options);
+  const std::vector<model::TimelineEvent> predicted_events = sim::to_timeline(graph, predicted);
+  const std::vector<TaskError> errors = task_errors(run.timeline, predicted_events);
+  if (!cli.trace_path.empty()) {
+    model::write_chrome_trace(cli.trace_path, {model::TraceSet{"measured", run.timeline},
+                                               model::TraceSet{"predicted", predicted_events}});
+  }
+  if (cli.json) {
+    std::puts(to_json(scenario, run, profile, predicted, errors, cli.top_tasks).dump(2).c_str());
+  } else {
+    print_human(cli, scenario, run, profile, predicted, errors, static_cast<int>(errors.size()),
+                static_cast<int>(run.timeline.size()));
+  }
+  return 0;
+}
+
+int run_command(const RunCliOptions& cli) {
+  if (cli.backend == "cuda") {
+    throw InputError(input_message(WHERE, "--backend",
+                                   "cuda: the CUDA backend is not built into this cuboid / not available yet "
+                                   "(valid here: cpu)"));
+  }
+  if (cli.backend != "cpu") {
+    throw InputError(input_message(WHERE, "--backend", fmt::format("unknown value '{}' (valid: cpu, cuda)", cli.backend)));
+  }
+  return run_cpu(cli);
+}
+} // namespace
+
+void add_run_command(CLI::App& app, Action& action) {
+  auto options = std::make_shared<RunCliOptions>();
+  options->scenario.model.model = "gpt-tiny";
+  CLI::App* cmd = app.add_subcommand("run", "Train a plan for real (CPU: Eigen + MPI; mpirun -np N cuboid run ...) "
+                                            "and compare with its prediction");
+  cmd->add_option("--backend", options->backend, "cpu (Eigen + MPI) or cuda")->capture_default_str();
+  add_scenario_flags(*cmd, options->scenario);
+  add_profile_flags(*cmd, options->profile);
+  cmd->add_option("--steps", options->steps, "Training steps")->capture_default_str();
+  cmd->add_option("--seed", options->seed, "Seed of the initial weights and the synthetic token stream")
+      ->capture_default_str();
+  cmd->add_option("--data", options->data_file, "Token file (raw little-endian uint16) instead of synthetic tokens");
+  cmd->add_option("--timeout", options->timeout_s,
+                  "Seconds one step may take before the watchdog ends the whole job (0: off)")
+      ->capture_default_str();
+  cmd->add_option("--lr", options->lr, "AdamW learning rate (default: the runtime's)");
+  cmd->add_flag("--json", options->json, "Print one JSON object (rank 0) instead of the tables");
+  cmd->add_option("--trace", options->trace_path,
+                  "Write the measured and the predicted timeline of the last step (Chrome/Perfetto JSON)");
+  cmd->add_option("--top-tasks", options->top_tasks, "Tasks listed with the largest prediction error")
+      ->capture_default_str();
+  // Test-only fault injection (hidden): rank, 1-based step and kind (throw, nan, hang, crash).
+  cmd->add_option("--inject-fault-rank", options->fault_rank)->group("");
+  cmd->add_option("--inject-fault-step", options->fault_step)->group("");
+  cmd->add_option("--inject-fault-kind", options->fault_kind)->group("");
+  cmd->callback([options, &action] { action = [options] { return run_command(*options); }; });
+}
+
+} // namespace cuboid::tools
