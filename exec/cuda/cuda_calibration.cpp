@@ -7,6 +7,7 @@
 #include "exec/cuda/gemm.hpp"
 #include "kernels/attention.cuh"
 #include "kernels/cast.cuh"
+#include "model/errors.hpp"
 
 #include <fmt/format.h>
 
@@ -244,6 +245,30 @@ CudaCalibrationResult calibrate_cuda(const model::ModelSpec& model, const model:
   }
   assemble_profile(result, options.base, ranks);
   return result;
+}
+
+CudaCalibrationResult calibrate_cuda_job(const model::ModelSpec& model, const model::Plan& plan,
+                                         const CudaCalibrationOptions& options, double rendezvous_timeout_s) {
+  const LaunchEnv env = read_process_launch_env();
+  int devices = 0;
+  CUDA_CHECK(cudaGetDeviceCount(&devices));
+  if (env.local_rank >= devices) {
+    throw InputError(input_message("environment", "LOCAL_RANK",
+                                   fmt::format("{} but this node has {} CUDA device(s) (expected < {})",
+                                               env.local_rank, devices, devices)));
+  }
+  CUDA_CHECK(cudaSetDevice(env.local_rank));
+  if (env.world_size == 1) {
+    return calibrate_cuda(model, plan, options, nullptr);
+  }
+  cudaStream_t stream = nullptr;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  struct StreamGuard {
+    cudaStream_t s;
+    ~StreamGuard() { cudaStreamDestroy(s); }
+  } guard{stream};
+  auto world = NcclCommunicator::world(env, stream, rendezvous_timeout_s);
+  return calibrate_cuda(model, plan, options, world.get());
 }
 
 } // namespace cuboid::exec::cuda

@@ -26,4 +26,11 @@ struct CudaCalibrationOptions {
 CudaCalibrationResult calibrate_cuda(const model::ModelSpec& model, const model::Plan& plan,
                                      const CudaCalibrationOptions& options, NcclCommunicator* world);
 
+/// Entry point for `cuboid calibrate --backend cuda` (one process, or one per GPU under torchrun / mpirun): reads
+/// the launch environment (launch_env.hpp), selects GPU LOCAL_RANK, builds the NCCL world over the TCP rendezvous
+/// when WORLD_SIZE > 1, and calls calibrate_cuda. Every rank returns the same profile; rank `result_rank` (0) saves
+/// it. Throws DeviceError when no CUDA device is usable, InputError when LOCAL_RANK >= the number of devices.
+CudaCalibrationResult calibrate_cuda_job(const model::ModelSpec& model, const model::Plan& plan,
+                                         const CudaCalibrationOptions& options, double rendezvous_timeout_s = 300.0);
+
 } // namespace cuboid::exec::cuda
