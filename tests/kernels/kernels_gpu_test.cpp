@@ -1,7 +1,7 @@
 // [gpu] Each CUDA kernel (kernels/) and the cuBLASLt / NCCL wrappers (exec/cuda) against the CPU backend's op
 // (exec/cpu), the reference, with tolerances scaled by the element type's epsilon (karpathy/llm.c dev/cuda/common.h
 // validate_result): inputs are rounded to T first, so both sides see identical inputs and the difference is only
-// the kernel's own rounding (fp32 summation order; bf16 rounding of outputs). Skipped without a GPU (gpu_main.cpp).
+// the kernel's own rounding (fp32 summation order; bf16 rounding of outputs). Skipped without a GPU (gpu_test_runner.cpp).
 #include "bf16_host.hpp"
 
 #include "exec/cpu/activation.hpp"
@@ -25,8 +25,10 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
+#include <tuple>
 #include <thread>
 
 namespace k = cuboid::kernels;
@@ -87,6 +89,14 @@ void require_close(const std::vector<float>& got, const std::vector<float>& ref,
   INFO(what << ": worst element " << worst_idx << ": got " << got[worst_idx] << ", reference " << ref[worst_idx]
             << " (rtol " << rtol << ", atol " << atol << ")");
   CHECK(worst <= 0.0);
+}
+
+double max_abs(const std::vector<float>& v) {
+  double out = 0.0;
+  for (const float x : v) {
+    out = std::max(out, std::abs(static_cast<double>(x)));
+  }
+  return out;
 }
 
 std::vector<std::int32_t> random_tokens(std::size_t n, std::int32_t max_token, std::uint32_t seed) {
@@ -270,10 +280,13 @@ TEMPLATE_TEST_CASE("kernels::attention vs exec::cpu attention (causal, GQA)", "[
                              d_v.get(), d_out.get(), d_lse.get(), ks},
                             nullptr);
   // bf16: the kernel's delta uses the bf16-rounded forward output, so allow a few output ulps more.
+  // The absolute part scales with the largest gradient (cancellation in dP - delta makes small entries noisy).
   const double bwd_tol = std::is_same_v<T, float> ? 1e-4 : 6.0 * EPS<T>;
-  require_close(d_dq.download(), to_vec(dq), bwd_tol, bwd_tol, "attention dq");
-  require_close(d_dk.download(), to_vec(dk), bwd_tol, bwd_tol, "attention dk");
-  require_close(d_dv.download(), to_vec(dv), bwd_tol, bwd_tol, "attention dv");
+  for (const auto& [name, got, ref] : {std::tuple{"attention dq", d_dq.download(), to_vec(dq)},
+                                       std::tuple{"attention dk", d_dk.download(), to_vec(dk)},
+                                       std::tuple{"attention dv", d_dv.download(), to_vec(dv)}}) {
+    require_close(got, ref, bwd_tol, bwd_tol * std::max(1e-3, max_abs(ref)), name);
+  }
 }
 
 TEMPLATE_TEST_CASE("kernels::cross_entropy vs exec::cpu vocab-parallel cross-entropy", "[gpu][kernels]", float,
