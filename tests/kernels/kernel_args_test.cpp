@@ -5,6 +5,7 @@
 #include "kernels/embedding.cuh"
 #include "kernels/layernorm.cuh"
 #include "kernels/rmsnorm.cuh"
+#include "kernels/rope.cuh"
 
 #include <catch2/catch.hpp>
 
@@ -99,4 +100,12 @@ TEST_CASE("kernels::adamw: preconditions", "[kernels]") {
   REQUIRE_THROWS_WITH(args.validate(), Catch::Contains("beta2 must be in [0, 1)"));
   args.beta2 = 0.95f;
   CHECK_NOTHROW(args.validate());
+}
+
+TEST_CASE("kernels::rope: one thread per rotated pair", "[kernels]") {
+  k::rope::Args<float> args{dummy, 6, 2, 8, 3};
+  CHECK(args.pairs() == 6 * 2 * 4);
+  CHECK(args.grid().x == 1);
+  args.head_dim = 7;
+  REQUIRE_THROWS_WITH(args.validate(), "rope::rotate: head_dim must be positive and even (got 7)");
 }

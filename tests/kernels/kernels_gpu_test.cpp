@@ -11,6 +11,7 @@
 #include "exec/cpu/embedding.hpp"
 #include "exec/cpu/linear.hpp"
 #include "exec/cpu/norm.hpp"
+#include "exec/cpu/rope.hpp"
 #include "exec/cuda/gemm.hpp"
 #include "exec/cuda/nccl_communicator.hpp"
 #include "exec/local_communicator.hpp"
@@ -22,6 +23,7 @@
 #include "kernels/embedding.cuh"
 #include "kernels/layernorm.cuh"
 #include "kernels/rmsnorm.cuh"
+#include "kernels/rope.cuh"
 
 #include <catch2/catch.hpp>
 
@@ -249,6 +251,24 @@ TEMPLATE_TEST_CASE("kernels::activation vs exec::cpu activations", "[gpu][kernel
     require_close(d_dx.download(), to_vec(dgate), tol, tol, "swiglu dgate");
     require_close(d_dup.download(), to_vec(dup), tol, tol, "swiglu dup");
   }
+}
+
+TEMPLATE_TEST_CASE("kernels::rope vs exec::cpu rope (forward, and backward undoes it)", "[gpu][kernels]", float,
+                   k::bf16) {
+  using T = TestType;
+  const std::int64_t seq = 300, batch = 2, heads = 3, head_dim = 64, rows = seq * batch, cols = heads * head_dim;
+  const auto x = quantize<T>(random_vec(static_cast<std::size_t>(rows * cols), 25));
+  cpu::Mat ref = to_mat(x, rows, cols);
+  cpu::rope_forward(ref, batch, head_dim);
+  DeviceArray<T> d_x(x);
+  const k::rope::Args<T> args{d_x.get(), rows, heads, head_dim, batch};
+  k::rope::forward<T>(args, nullptr);
+  // Angles up to 299 rad: sinf/cosf and std::sin/std::cos may differ by an ulp of the result.
+  const double tol = 2.0 * EPS<T> + 2e-6;
+  require_close(d_x.download(), to_vec(ref), tol, tol, "rope forward");
+  cpu::rope_backward(ref, batch, head_dim);
+  k::rope::backward<T>(args, nullptr);
+  require_close(d_x.download(), to_vec(ref), 2.0 * tol, 2.0 * tol, "rope backward");
 }
 
 TEMPLATE_TEST_CASE("kernels::attention vs exec::cpu attention (causal, GQA)", "[gpu][kernels]", float, k::bf16) {
