@@ -19,6 +19,13 @@ void require_peak(double value, const char* field) {
 }
 } // namespace
 
+void set_catalog_peaks(const model::GpuSpec& gpu, CalibrationOptions& options) {
+  options.peak_flops_per_s = gpu.bf16_flops_per_s;
+  options.mem_bw_bytes_per_s = gpu.hbm_bw_bytes_per_s;
+  options.link_bw_bytes_per_s = gpu.nvlink_bw_bytes_per_s;
+  options.name = gpu.name + "-measured";
+}
+
 void assemble_profile(CudaCalibrationResult& cuda_result, const CalibrationOptions& options, int world_size) {
   CalibrationResult& result = cuda_result.base;
   const DeviceDescription& device = cuda_result.device;

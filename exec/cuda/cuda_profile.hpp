@@ -6,6 +6,7 @@
 
 #include "exec/calibration.hpp"
 #include "model/cost_profile.hpp"
+#include "model/gpu_spec.hpp"
 
 #include <string>
 
@@ -16,6 +17,10 @@ struct DeviceDescription {
   std::string device;   // cudaDeviceProp::name
   double num_sms = 0.0; // for wave quantisation in the cost model
 };
+
+/// Sets the peaks a GPU profile is relative to from the catalog entry (dense BF16 FLOP/s, HBM bandwidth, NVLink
+/// bandwidth per direction) and names the profile "<gpu>-measured". For the caller of calibrate_cuda_job.
+void set_catalog_peaks(const model::GpuSpec& gpu, CalibrationOptions& options);
 
 /// GPU calibration results: the CPU backend's CalibrationResult plus what only the GPU path measures.
 struct CudaCalibrationResult {

@@ -68,3 +68,17 @@ TEST_CASE("exec::cuda::assemble_profile: missing peaks are input errors", "[exec
   REQUIRE_THROWS_AS(cuboid::exec::cuda::assemble_profile(r, o, 1), cuboid::InputError);
   REQUIRE_THROWS_WITH(cuboid::exec::cuda::assemble_profile(r, o, 1), Catch::Contains("peak_flops_per_s"));
 }
+
+TEST_CASE("exec::cuda::set_catalog_peaks: the profile is relative to the catalog's peaks", "[exec][cuda]") {
+  cuboid::model::GpuSpec gpu;
+  gpu.name = "h100-sxm";
+  gpu.bf16_flops_per_s = 989e12;
+  gpu.hbm_bw_bytes_per_s = 3.35e12;
+  gpu.nvlink_bw_bytes_per_s = 450e9;
+  cuboid::exec::CalibrationOptions o;
+  cuboid::exec::cuda::set_catalog_peaks(gpu, o);
+  CHECK(o.peak_flops_per_s == 989e12);
+  CHECK(o.mem_bw_bytes_per_s == 3.35e12);
+  CHECK(o.link_bw_bytes_per_s == 450e9);
+  CHECK(o.name == "h100-sxm-measured");
+}
