@@ -12,6 +12,7 @@
 #include "exec/cpu/linear.hpp"
 #include "exec/cpu/norm.hpp"
 #include "exec/cpu/rope.hpp"
+#include "exec/cuda/event_timeline.hpp"
 #include "exec/cuda/gemm.hpp"
 #include "exec/cuda/nccl_communicator.hpp"
 #include "exec/local_communicator.hpp"
@@ -544,4 +545,34 @@ TEST_CASE("exec::cuda::NcclCommunicator on every local GPU: exactly predictable 
   for (auto s : streams) {
     cudaStreamDestroy(s);
   }
+}
+
+TEST_CASE("exec::cuda::EventTimeline: task times in the measured-trace format", "[gpu][exec]") {
+  // Two dependent casts of 64M elements on one stream: the second starts after the first ends, both after the step
+  // start, and each takes more than zero time.
+  const std::int64_t n = 64 << 20;
+  DeviceArray<float> a(static_cast<std::size_t>(n));
+  DeviceArray<k::bf16> b(static_cast<std::size_t>(n));
+  cudaStream_t stream = nullptr;
+  REQUIRE(cudaStreamCreate(&stream) == cudaSuccess);
+  cuboid::exec::cuda::EventTimeline timeline(3);
+  for (int step = 0; step < 2; ++step) { // the second step reuses the pooled events
+    timeline.begin_step(stream);
+    const auto first = timeline.start(11, cuboid::model::Stream::Compute, "cast.a", "compute", stream);
+    k::cast::convert<k::bf16, float>({b.get(), a.get(), n}, stream);
+    timeline.stop(first, stream);
+    const auto second = timeline.start(12, cuboid::model::Stream::Compute, "cast.b", "compute", stream);
+    k::cast::convert<float, k::bf16>({a.get(), b.get(), n}, stream);
+    timeline.stop(second, stream);
+    const auto events = timeline.collect();
+    REQUIRE(events.size() == 2);
+    CHECK(events[0].id == 11);
+    CHECK(events[1].name == "cast.b");
+    CHECK(events[0].rank == 3);
+    CHECK(events[0].start_s >= 0.0);
+    CHECK(events[0].end_s > events[0].start_s);
+    CHECK(events[1].start_s >= events[0].end_s);
+    CHECK(events[1].end_s > events[1].start_s);
+  }
+  cudaStreamDestroy(stream);
 }
