@@ -504,6 +504,7 @@ TEST_CASE("exec::cuda::NcclCommunicator on every local GPU: exactly predictable 
   const std::size_t count = 1024;
   const int n = devices;
   std::vector<std::vector<float>> sum_results(ids.size()), max_results(ids.size()), gathered(ids.size());
+  std::vector<int> split_sizes(ids.size()), split_ranks(ids.size());
   std::vector<std::thread> threads;
   // One thread per rank: NCCL calls of different ranks of one communicator must not be serialised on one thread.
   for (int rank = 0; rank < n; ++rank) {
@@ -521,6 +522,10 @@ TEST_CASE("exec::cuda::NcclCommunicator on every local GPU: exactly predictable 
       comms[r]->all_reduce(std::span<float>(mx.get(), count), cuboid::exec::ReduceOp::Max);
       part.upload({static_cast<float>(rank), 1.0f, 2.0f, 3.0f});
       comms[r]->all_gather(std::span<const float>(part.get(), 4), std::span<float>(all.get(), all.size()));
+      // Split by parity (as TP/DP groups are split from the world): ranks 0, 2, 4, ... and 1, 3, 5, ...
+      const auto sub = comms[r]->split(rank % 2, rank);
+      split_sizes[r] = sub->size();
+      split_ranks[r] = sub->rank();
       cudaStreamSynchronize(streams[r]);
       sum_results[r] = buf.download();
       max_results[r] = mx.download();
@@ -540,6 +545,8 @@ TEST_CASE("exec::cuda::NcclCommunicator on every local GPU: exactly predictable 
     for (int peer = 0; peer < n; ++peer) {
       REQUIRE(gathered[r][static_cast<std::size_t>(4 * peer)] == static_cast<float>(peer));
     }
+    CHECK(split_sizes[r] == (rank % 2 == 0 ? (n + 1) / 2 : n / 2));
+    CHECK(split_ranks[r] == rank / 2);
   }
   comms.clear();
   for (auto s : streams) {
