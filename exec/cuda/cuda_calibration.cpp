@@ -144,11 +144,20 @@ CudaCalibrationResult calibrate_cuda(const model::ModelSpec& model, const model:
   CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
   result.device = {options.gpu.empty() ? std::string(prop.name) : options.gpu, prop.name,
                    static_cast<double>(prop.multiProcessorCount)};
+  // The communicator's compute stream, or one of our own (destroyed on every exit path).
+  struct OwnedStream {
+    cudaStream_t stream = nullptr;
+    ~OwnedStream() {
+      if (stream != nullptr) {
+        cudaStreamDestroy(stream);
+      }
+    }
+  } owned;
   cudaStream_t stream = world != nullptr ? world->compute_stream() : nullptr;
   if (stream == nullptr) {
-    CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&owned.stream, cudaStreamNonBlocking));
+    stream = owned.stream;
   }
-  const bool own_stream = world == nullptr || world->compute_stream() == nullptr;
 
   // ---- GEMMs (inputs left uninitialised: cuBLASLt's speed does not depend on the values, except for denormal-free
   // bf16, which cudaMemset(0) guarantees).
@@ -239,9 +248,6 @@ CudaCalibrationResult calibrate_cuda(const model::ModelSpec& model, const model:
       const double algbw = bytes / t;
       result.base.allreduce.push_back({bytes, t, algbw, algbw * 2.0 * (ranks - 1) / ranks});
     }
-  }
-  if (own_stream) {
-    CUDA_CHECK(cudaStreamDestroy(stream));
   }
   assemble_profile(result, options.base, ranks);
   return result;
