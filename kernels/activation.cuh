@@ -1,0 +1,79 @@
+// MLP activations, forward and backward; reference: exec/cpu/activation.hpp. GeLU is the tanh approximation
+// (Hendrycks & Gimpel 2016, as GPT-2): y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); SwiGLU (Shazeer 2020,
+// as Llama): y = silu(gate) * up. All tensors are contiguous (n elements) in T (float or bf16), computed in fp32.
+// Backward outputs are OVERWRITTEN, like the CPU ops. Elementwise, grid-stride loops.
+#pragma once
+
+#include "kernels/common.cuh"
+
+namespace cuboid::kernels::activation {
+
+struct Config {
+  static constexpr int THREADS = 256;
+  static constexpr int MAX_BLOCKS = 65536; // grid-stride beyond this
+};
+
+template <typename T> struct GeluForwardArgs {
+  T* y = nullptr;       // (n)
+  const T* x = nullptr; // (n)
+  std::int64_t n = 0;
+  [[nodiscard]] dim3 grid() const { return grid_stride_grid(n, Config::THREADS, Config::MAX_BLOCKS); }
+  void validate() const {
+    require_ptr(y, "activation::gelu_forward", "y");
+    require_ptr(x, "activation::gelu_forward", "x");
+    require(n > 0, "activation::gelu_forward", "n must be positive", n);
+  }
+};
+
+template <typename T> struct GeluBackwardArgs {
+  T* dx = nullptr;       // (n), overwritten
+  const T* dy = nullptr; // (n)
+  const T* x = nullptr;  // (n)
+  std::int64_t n = 0;
+  [[nodiscard]] dim3 grid() const { return grid_stride_grid(n, Config::THREADS, Config::MAX_BLOCKS); }
+  void validate() const {
+    require_ptr(dx, "activation::gelu_backward", "dx");
+    require_ptr(dy, "activation::gelu_backward", "dy");
+    require_ptr(x, "activation::gelu_backward", "x");
+    require(n > 0, "activation::gelu_backward", "n must be positive", n);
+  }
+};
+
+template <typename T> struct SwigluForwardArgs {
+  T* y = nullptr;          // (n)
+  const T* gate = nullptr; // (n)
+  const T* up = nullptr;   // (n)
+  std::int64_t n = 0;
+  [[nodiscard]] dim3 grid() const { return grid_stride_grid(n, Config::THREADS, Config::MAX_BLOCKS); }
+  void validate() const {
+    require_ptr(y, "activation::swiglu_forward", "y");
+    require_ptr(gate, "activation::swiglu_forward", "gate");
+    require_ptr(up, "activation::swiglu_forward", "up");
+    require(n > 0, "activation::swiglu_forward", "n must be positive", n);
+  }
+};
+
+template <typename T> struct SwigluBackwardArgs {
+  T* dgate = nullptr;      // (n), overwritten
+  T* dup = nullptr;        // (n), overwritten
+  const T* dy = nullptr;   // (n)
+  const T* gate = nullptr; // (n)
+  const T* up = nullptr;   // (n)
+  std::int64_t n = 0;
+  [[nodiscard]] dim3 grid() const { return grid_stride_grid(n, Config::THREADS, Config::MAX_BLOCKS); }
+  void validate() const {
+    require_ptr(dgate, "activation::swiglu_backward", "dgate");
+    require_ptr(dup, "activation::swiglu_backward", "dup");
+    require_ptr(dy, "activation::swiglu_backward", "dy");
+    require_ptr(gate, "activation::swiglu_backward", "gate");
+    require_ptr(up, "activation::swiglu_backward", "up");
+    require(n > 0, "activation::swiglu_backward", "n must be positive", n);
+  }
+};
+
+template <typename T> void gelu_forward(const GeluForwardArgs<T>& args, cudaStream_t stream);
+template <typename T> void gelu_backward(const GeluBackwardArgs<T>& args, cudaStream_t stream);
+template <typename T> void swiglu_forward(const SwigluForwardArgs<T>& args, cudaStream_t stream);
+template <typename T> void swiglu_backward(const SwigluBackwardArgs<T>& args, cudaStream_t stream);
+
+} // namespace cuboid::kernels::activation

@@ -1,0 +1,585 @@
+// [gpu] Each CUDA kernel (kernels/) and the cuBLASLt / NCCL wrappers (exec/cuda) against the CPU backend's op
+// (exec/cpu), the reference, with tolerances scaled by the element type's epsilon (karpathy/llm.c dev/cuda/common.h
+// validate_result): inputs are rounded to T first, so both sides see identical inputs and the difference is only
+// the kernel's own rounding (fp32 summation order; bf16 rounding of outputs). Skipped without a GPU (gpu_test_runner.cpp).
+#include "bf16_host.hpp"
+
+#include "exec/cpu/activation.hpp"
+#include "exec/cpu/adamw.hpp"
+#include "exec/cpu/attention.hpp"
+#include "exec/cpu/cross_entropy.hpp"
+#include "exec/cpu/embedding.hpp"
+#include "exec/cpu/linear.hpp"
+#include "exec/cpu/norm.hpp"
+#include "exec/cpu/rope.hpp"
+#include "exec/cuda/event_timeline.hpp"
+#include "exec/cuda/gemm.hpp"
+#include "exec/cuda/nccl_communicator.hpp"
+#include "exec/local_communicator.hpp"
+#include "kernels/activation.cuh"
+#include "kernels/adamw.cuh"
+#include "kernels/attention.cuh"
+#include "kernels/cast.cuh"
+#include "kernels/cross_entropy.cuh"
+#include "kernels/embedding.cuh"
+#include "kernels/layernorm.cuh"
+#include "kernels/rmsnorm.cuh"
+#include "kernels/rope.cuh"
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <tuple>
+#include <thread>
+
+namespace k = cuboid::kernels;
+namespace cpu = cuboid::exec::cpu;
+using k::test::DeviceArray;
+
+namespace {
+
+template <typename T> constexpr double EPS = std::is_same_v<T, float> ? 1.19e-7 : 7.81e-3; // 2^-23, 2^-7
+
+std::vector<float> random_vec(std::size_t n, std::uint32_t seed, float scale = 1.0f) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<float> dist(-scale, scale);
+  std::vector<float> out(n);
+  for (float& v : out) {
+    v = dist(gen);
+  }
+  return out;
+}
+
+// Rounds to what T can hold, so the CPU reference sees the kernel's exact inputs.
+template <typename T> std::vector<float> quantize(std::vector<float> v) {
+  if constexpr (!std::is_same_v<T, float>) {
+    for (float& x : v) {
+      x = k::test::round_bf16(x);
+    }
+  }
+  return v;
+}
+
+cpu::Mat to_mat(const std::vector<float>& v, std::int64_t rows, std::int64_t cols) {
+  return cpu::ConstMatMap(v.data(), rows, cols);
+}
+std::vector<float> to_vec(const cpu::Mat& m) { return {m.data(), m.data() + m.size()}; }
+template <typename V> std::vector<float> to_vec_any(const V& m) {
+  std::vector<float> out(static_cast<std::size_t>(m.size()));
+  for (Eigen::Index idx = 0; idx < m.size(); ++idx) {
+    out[static_cast<std::size_t>(idx)] = m(idx);
+  }
+  return out;
+}
+
+// |got - ref| <= rtol |ref| + atol everywhere; reports the worst element.
+void require_close(const std::vector<float>& got, const std::vector<float>& ref, double rtol, double atol,
+                   const std::string& what) {
+  REQUIRE(got.size() == ref.size());
+  double worst = 0.0;
+  std::size_t worst_idx = 0;
+  for (std::size_t idx = 0; idx < got.size(); ++idx) {
+    const auto g = static_cast<double>(got[idx]);
+    const auto r = static_cast<double>(ref[idx]);
+    const double err = std::abs(g - r) - rtol * std::abs(r) - atol;
+    if (err > worst || std::isnan(got[idx])) {
+      worst = std::isnan(got[idx]) ? 1e30 : err;
+      worst_idx = idx;
+    }
+  }
+  INFO(what << ": worst element " << worst_idx << ": got " << got[worst_idx] << ", reference " << ref[worst_idx]
+            << " (rtol " << rtol << ", atol " << atol << ")");
+  CHECK(worst <= 0.0);
+}
+
+double max_abs(const std::vector<float>& v) {
+  double out = 0.0;
+  for (const float x : v) {
+    out = std::max(out, std::abs(static_cast<double>(x)));
+  }
+  return out;
+}
+
+std::vector<std::int32_t> random_tokens(std::size_t n, std::int32_t max_token, std::uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::uniform_int_distribution<std::int32_t> dist(0, max_token - 1);
+  std::vector<std::int32_t> out(n);
+  for (auto& t : out) {
+    t = dist(gen);
+  }
+  return out;
+}
+
+class DeviceTokens {
+public:
+  explicit DeviceTokens(const std::vector<std::int32_t>& host) {
+    k::test::check(cudaMalloc(reinterpret_cast<void**>(&ptr_), host.size() * sizeof(std::int32_t)), "cudaMalloc");
+    k::test::check(cudaMemcpy(ptr_, host.data(), host.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice), "copy");
+  }
+  ~DeviceTokens() { cudaFree(ptr_); }
+  DeviceTokens(const DeviceTokens&) = delete;
+  DeviceTokens& operator=(const DeviceTokens&) = delete;
+  [[nodiscard]] const std::int32_t* get() const { return ptr_; }
+
+private:
+  std::int32_t* ptr_ = nullptr;
+};
+
+} // namespace
+
+TEMPLATE_TEST_CASE("kernels::embedding vs exec::cpu embedding ops", "[gpu][kernels]", float, k::bf16) {
+  using T = TestType;
+  const std::int64_t rows = 12, vocab_rows = 10, cols = 33, vocab_start = 5;
+  const auto tokens = random_tokens(static_cast<std::size_t>(rows), 20, 1); // about half outside [5, 15)
+  const DeviceTokens d_tokens(tokens);
+  const auto table = quantize<T>(random_vec(static_cast<std::size_t>(vocab_rows * cols), 2));
+  SECTION("forward: an exact gather") {
+    cpu::Mat ref(rows, cols);
+    cpu::embedding_forward(tokens, to_mat(table, vocab_rows, cols), vocab_start, ref);
+    DeviceArray<T> d_table(table), d_out(static_cast<std::size_t>(rows * cols));
+    k::embedding::forward<T>({d_out.get(), d_tokens.get(), d_table.get(), rows, vocab_rows, cols, vocab_start}, nullptr);
+    require_close(d_out.download(), to_vec(ref), 0.0, 0.0, "embedding forward");
+  }
+  SECTION("backward: fp32 scatter-add") {
+    const auto dout = quantize<T>(random_vec(static_cast<std::size_t>(rows * cols), 3));
+    cpu::Mat ref = cpu::Mat::Zero(vocab_rows, cols);
+    cpu::embedding_backward(tokens, to_mat(dout, rows, cols), vocab_start, ref);
+    DeviceArray<T> d_dout(dout);
+    DeviceArray<float> d_dtable(static_cast<std::size_t>(vocab_rows * cols));
+    k::embedding::backward<T>({d_dtable.get(), d_tokens.get(), d_dout.get(), rows, vocab_rows, cols, vocab_start},
+                              nullptr);
+    require_close(d_dtable.download(), to_vec(ref), 1e-6, 1e-6, "embedding backward");
+  }
+  SECTION("position embedding forward and backward (sequence-parallel offset)") {
+    const std::int64_t positions = 6, n = 8, first_row = 4, batch = 2;
+    const auto pos = quantize<T>(random_vec(static_cast<std::size_t>(positions * cols), 4));
+    const auto x = quantize<T>(random_vec(static_cast<std::size_t>(n * cols), 5));
+    cpu::Mat ref = to_mat(x, n, cols);
+    cpu::position_embedding_forward(to_mat(pos, positions, cols), first_row, batch, ref);
+    DeviceArray<T> d_x(x), d_pos(pos);
+    k::embedding::position_forward<T>({d_x.get(), d_pos.get(), n, cols, positions, first_row, batch}, nullptr);
+    require_close(d_x.download(), to_vec(ref), EPS<T>, 0.0, "position forward");
+    cpu::Mat dref = cpu::Mat::Zero(positions, cols);
+    cpu::position_embedding_backward(to_mat(x, n, cols), first_row, batch, dref);
+    DeviceArray<T> d_dx(x);
+    DeviceArray<float> d_dpos(static_cast<std::size_t>(positions * cols));
+    k::embedding::position_backward<T>({d_dpos.get(), d_dx.get(), n, cols, positions, first_row, batch}, nullptr);
+    require_close(d_dpos.download(), to_vec(dref), 1e-6, 1e-6, "position backward");
+  }
+}
+
+TEMPLATE_TEST_CASE("kernels::layernorm and rmsnorm vs exec::cpu norms", "[gpu][kernels]", float, k::bf16) {
+  using T = TestType;
+  const std::int64_t rows = 7;
+  const std::int64_t cols = GENERATE(200, 1000);
+  const auto x = quantize<T>(random_vec(static_cast<std::size_t>(rows * cols), 10, 2.0f));
+  const auto dy = quantize<T>(random_vec(static_cast<std::size_t>(rows * cols), 11));
+  const auto dx0 = quantize<T>(random_vec(static_cast<std::size_t>(rows * cols), 12)); // backward accumulates
+  std::vector<float> w = random_vec(static_cast<std::size_t>(cols), 13, 0.2f);
+  for (float& v : w) {
+    v += 1.0f;
+  }
+  const auto b = random_vec(static_cast<std::size_t>(cols), 14, 0.1f);
+  const cpu::RowVec w_row = Eigen::Map<const cpu::RowVec>(w.data(), cols);
+  const cpu::RowVec b_row = Eigen::Map<const cpu::RowVec>(b.data(), cols);
+  DeviceArray<T> d_x(x), d_dy(dy), d_y(static_cast<std::size_t>(rows * cols)), d_dx(dx0);
+  DeviceArray<float> d_w(w), d_b(b), d_mean(static_cast<std::size_t>(rows)), d_rstd(static_cast<std::size_t>(rows));
+  DeviceArray<float> d_dw(static_cast<std::size_t>(cols)), d_db(static_cast<std::size_t>(cols));
+  const double out_tol = 2.0 * EPS<T> + 1e-5;
+  SECTION("layer norm") {
+    cpu::Mat y(rows, cols);
+    cpu::ColVec mean, rstd;
+    cpu::layer_norm_forward(to_mat(x, rows, cols), w_row, b_row, y, mean, rstd);
+    k::layernorm::forward<T>({d_y.get(), d_mean.get(), d_rstd.get(), d_x.get(), d_w.get(), d_b.get(), rows, cols},
+                             nullptr);
+    require_close(d_y.download(), to_vec(y), out_tol, out_tol, "layernorm y");
+    require_close(d_mean.download(), to_vec_any(mean), 1e-5, 1e-6, "layernorm mean");
+    require_close(d_rstd.download(), to_vec_any(rstd), 1e-5, 1e-6, "layernorm rstd");
+    cpu::Mat dx = to_mat(dx0, rows, cols);
+    cpu::RowVec dw = cpu::RowVec::Zero(cols), db = cpu::RowVec::Zero(cols);
+    cpu::layer_norm_backward(to_mat(dy, rows, cols), to_mat(x, rows, cols), w_row, mean, rstd, dx, dw, db);
+    k::layernorm::backward<T>({d_dx.get(), d_dw.get(), d_db.get(), d_dy.get(), d_x.get(), d_w.get(), d_mean.get(),
+                               d_rstd.get(), rows, cols},
+                              nullptr);
+    require_close(d_dx.download(), to_vec(dx), out_tol, out_tol, "layernorm dx");
+    require_close(d_dw.download(), to_vec_any(dw), 1e-4, 1e-5, "layernorm dw");
+    require_close(d_db.download(), to_vec_any(db), 1e-4, 1e-5, "layernorm db");
+  }
+  SECTION("RMSNorm") {
+    cpu::Mat y(rows, cols);
+    cpu::ColVec rstd;
+    cpu::rms_norm_forward(to_mat(x, rows, cols), w_row, y, rstd);
+    k::rmsnorm::forward<T>({d_y.get(), d_rstd.get(), d_x.get(), d_w.get(), rows, cols}, nullptr);
+    require_close(d_y.download(), to_vec(y), out_tol, out_tol, "rmsnorm y");
+    require_close(d_rstd.download(), to_vec_any(rstd), 1e-5, 1e-6, "rmsnorm rstd");
+    cpu::Mat dx = to_mat(dx0, rows, cols);
+    cpu::RowVec dw = cpu::RowVec::Zero(cols);
+    cpu::rms_norm_backward(to_mat(dy, rows, cols), to_mat(x, rows, cols), w_row, rstd, dx, dw);
+    k::rmsnorm::backward<T>({d_dx.get(), d_dw.get(), d_dy.get(), d_x.get(), d_w.get(), d_rstd.get(), rows, cols},
+                            nullptr);
+    require_close(d_dx.download(), to_vec(dx), out_tol, out_tol, "rmsnorm dx");
+    require_close(d_dw.download(), to_vec_any(dw), 1e-4, 1e-5, "rmsnorm dw");
+  }
+}
+
+TEMPLATE_TEST_CASE("kernels::activation vs exec::cpu activations", "[gpu][kernels]", float, k::bf16) {
+  using T = TestType;
+  const std::int64_t rows = 10, cols = 129, n = rows * cols;
+  const auto x = quantize<T>(random_vec(static_cast<std::size_t>(n), 20, 4.0f));
+  const auto up = quantize<T>(random_vec(static_cast<std::size_t>(n), 21, 2.0f));
+  const auto dy = quantize<T>(random_vec(static_cast<std::size_t>(n), 22));
+  const double tol = 2.0 * EPS<T> + 1e-6;
+  DeviceArray<T> d_x(x), d_up(up), d_dy(dy), d_y(static_cast<std::size_t>(n)), d_dx(static_cast<std::size_t>(n)),
+      d_dup(static_cast<std::size_t>(n));
+  SECTION("GeLU") {
+    cpu::Mat y(rows, cols), dx(rows, cols);
+    cpu::gelu_forward(to_mat(x, rows, cols), y);
+    cpu::gelu_backward(to_mat(dy, rows, cols), to_mat(x, rows, cols), dx);
+    k::activation::gelu_forward<T>({d_y.get(), d_x.get(), n}, nullptr);
+    k::activation::gelu_backward<T>({d_dx.get(), d_dy.get(), d_x.get(), n}, nullptr);
+    require_close(d_y.download(), to_vec(y), tol, tol, "gelu y");
+    require_close(d_dx.download(), to_vec(dx), tol, tol, "gelu dx");
+  }
+  SECTION("SwiGLU") {
+    cpu::Mat y(rows, cols), dgate(rows, cols), dup(rows, cols);
+    cpu::swiglu_forward(to_mat(x, rows, cols), to_mat(up, rows, cols), y);
+    cpu::swiglu_backward(to_mat(dy, rows, cols), to_mat(x, rows, cols), to_mat(up, rows, cols), dgate, dup);
+    k::activation::swiglu_forward<T>({d_y.get(), d_x.get(), d_up.get(), n}, nullptr);
+    k::activation::swiglu_backward<T>({d_dx.get(), d_dup.get(), d_dy.get(), d_x.get(), d_up.get(), n}, nullptr);
+    require_close(d_y.download(), to_vec(y), tol, tol, "swiglu y");
+    require_close(d_dx.download(), to_vec(dgate), tol, tol, "swiglu dgate");
+    require_close(d_dup.download(), to_vec(dup), tol, tol, "swiglu dup");
+  }
+}
+
+TEMPLATE_TEST_CASE("kernels::rope vs exec::cpu rope (forward, and backward undoes it)", "[gpu][kernels]", float,
+                   k::bf16) {
+  using T = TestType;
+  const std::int64_t seq = 300, batch = 2, heads = 3, head_dim = 64, rows = seq * batch, cols = heads * head_dim;
+  const auto x = quantize<T>(random_vec(static_cast<std::size_t>(rows * cols), 25));
+  cpu::Mat ref = to_mat(x, rows, cols);
+  cpu::rope_forward(ref, batch, head_dim);
+  DeviceArray<T> d_x(x);
+  const k::rope::Args<T> args{d_x.get(), rows, heads, head_dim, batch};
+  k::rope::forward<T>(args, nullptr);
+  // Angles up to 299 rad: sinf/cosf and std::sin/std::cos may differ by an ulp of the result.
+  const double tol = 2.0 * EPS<T> + 2e-6;
+  require_close(d_x.download(), to_vec(ref), tol, tol, "rope forward");
+  cpu::rope_backward(ref, batch, head_dim);
+  k::rope::backward<T>(args, nullptr);
+  require_close(d_x.download(), to_vec(ref), 2.0 * tol, 2.0 * tol, "rope backward");
+}
+
+TEMPLATE_TEST_CASE("kernels::attention vs exec::cpu attention (causal, GQA)", "[gpu][kernels]", float, k::bf16) {
+  using T = TestType;
+  const std::int64_t head_dim = GENERATE(32, 80, 128);
+  // 70 rows: not a multiple of the 16-row query tile, the 8-row key block or the 32-key tile.
+  const cpu::AttentionShape s{70, 2, 4, 2, head_dim};
+  const k::attention::Shape ks{s.seq, s.batch, s.q_heads, s.kv_heads, s.head_dim};
+  const std::int64_t rows = s.seq * s.batch, qw = s.q_heads * head_dim, kw = s.kv_heads * head_dim;
+  const auto q = quantize<T>(random_vec(static_cast<std::size_t>(rows * qw), 30, 2.0f));
+  const auto kk = quantize<T>(random_vec(static_cast<std::size_t>(rows * kw), 31, 2.0f));
+  const auto v = quantize<T>(random_vec(static_cast<std::size_t>(rows * kw), 32));
+  const auto dout = quantize<T>(random_vec(static_cast<std::size_t>(rows * qw), 33));
+  cpu::Mat out(rows, qw);
+  cpu::attention_forward(s, to_mat(q, rows, qw), to_mat(kk, rows, kw), to_mat(v, rows, kw), out, nullptr);
+  DeviceArray<T> d_q(q), d_k(kk), d_v(v), d_out(static_cast<std::size_t>(rows * qw)), d_dout(dout);
+  DeviceArray<float> d_lse(static_cast<std::size_t>(s.batch * s.q_heads * s.seq));
+  k::attention::forward<T>({d_out.get(), d_lse.get(), d_q.get(), d_k.get(), d_v.get(), ks}, nullptr);
+  const double fwd_tol = std::is_same_v<T, float> ? 2e-5 : 2.0 * EPS<T>;
+  require_close(d_out.download(), to_vec(out), fwd_tol, fwd_tol, "attention out");
+
+  cpu::Mat dq(rows, qw), dk(rows, kw), dv(rows, kw);
+  cpu::attention_backward(s, to_mat(dout, rows, qw), to_mat(q, rows, qw), to_mat(kk, rows, kw), to_mat(v, rows, kw),
+                          nullptr, dq, dk, dv);
+  DeviceArray<T> d_dq(static_cast<std::size_t>(rows * qw)), d_dk(static_cast<std::size_t>(rows * kw)),
+      d_dv(static_cast<std::size_t>(rows * kw));
+  DeviceArray<float> ws(k::attention::backward_workspace_bytes(ks) / sizeof(float));
+  k::attention::backward<T>({d_dq.get(), d_dk.get(), d_dv.get(), ws.get(), d_dout.get(), d_q.get(), d_k.get(),
+                             d_v.get(), d_out.get(), d_lse.get(), ks},
+                            nullptr);
+  // bf16: the kernel's delta uses the bf16-rounded forward output, so allow a few output ulps more.
+  // The absolute part scales with the largest gradient (cancellation in dP - delta makes small entries noisy).
+  const double bwd_tol = std::is_same_v<T, float> ? 1e-4 : 6.0 * EPS<T>;
+  for (const auto& [name, got, ref] : {std::tuple{"attention dq", d_dq.download(), to_vec(dq)},
+                                       std::tuple{"attention dk", d_dk.download(), to_vec(dk)},
+                                       std::tuple{"attention dv", d_dv.download(), to_vec(dv)}}) {
+    require_close(got, ref, bwd_tol, bwd_tol * std::max(1e-3, max_abs(ref)), name);
+  }
+}
+
+TEMPLATE_TEST_CASE("kernels::cross_entropy vs exec::cpu vocab-parallel cross-entropy", "[gpu][kernels]", float,
+                   k::bf16) {
+  using T = TestType;
+  const std::int64_t rows = 9, vocab = 300;
+  const auto logits = quantize<T>(random_vec(static_cast<std::size_t>(rows * vocab), 40, 3.0f));
+  const auto targets = random_tokens(static_cast<std::size_t>(rows), static_cast<std::int32_t>(vocab), 41);
+  cpu::Mat probs = to_mat(logits, rows, vocab);
+  cpu::ColVec losses;
+  cuboid::exec::LocalCommunicator tp;
+  cpu::vocab_parallel_cross_entropy_forward(probs, targets, 0, tp, losses);
+  const float scale = 1.0f / static_cast<float>(rows);
+  cpu::Mat dlogits(rows, vocab);
+  cpu::vocab_parallel_cross_entropy_backward(probs, targets, 0, scale, dlogits);
+
+  const DeviceTokens d_targets(targets);
+  DeviceArray<T> d_logits(logits);
+  DeviceArray<float> d_max(static_cast<std::size_t>(rows)), d_sums(static_cast<std::size_t>(2 * rows)),
+      d_losses(static_cast<std::size_t>(rows));
+  k::cross_entropy::row_max<T>({d_max.get(), d_logits.get(), rows, vocab}, nullptr);
+  k::cross_entropy::exp_sums<T>({d_logits.get(), d_sums.get(), d_max.get(), d_targets.get(), rows, vocab, 0}, nullptr);
+  k::cross_entropy::loss_normalize<T>({d_losses.get(), d_logits.get(), d_sums.get(), rows, vocab}, nullptr);
+  require_close(d_losses.download(), to_vec_any(losses), 1e-5, 1e-5, "cross-entropy losses");
+  const double tol = 2.0 * EPS<T> + 1e-6;
+  require_close(d_logits.download(), to_vec(probs), tol, 1e-7, "cross-entropy probs");
+  k::cross_entropy::backward<T>({d_logits.get(), d_logits.get(), d_targets.get(), rows, vocab, 0, scale}, nullptr);
+  require_close(d_logits.download(), to_vec(dlogits), tol, 1e-7, "cross-entropy dlogits (in place)");
+}
+
+TEST_CASE("kernels::cross_entropy: two vocabulary shards reduced on the host equal the unsharded loss",
+          "[gpu][kernels]") {
+  // The all-reduces of the TP group are done here on the host between the kernels (max, then sum), as NCCL would.
+  const std::int64_t rows = 5, vocab = 64, half_vocab = vocab / 2;
+  const auto logits = random_vec(static_cast<std::size_t>(rows * vocab), 42, 3.0f);
+  const auto targets = random_tokens(static_cast<std::size_t>(rows), static_cast<std::int32_t>(vocab), 43);
+  cpu::Mat probs = to_mat(logits, rows, vocab);
+  cpu::ColVec losses;
+  cuboid::exec::LocalCommunicator tp;
+  cpu::vocab_parallel_cross_entropy_forward(probs, targets, 0, tp, losses);
+  std::vector<std::unique_ptr<DeviceArray<float>>> shard_logits, shard_max, shard_sums;
+  for (std::int64_t shard = 0; shard < 2; ++shard) {
+    std::vector<float> part(static_cast<std::size_t>(rows * half_vocab));
+    for (std::int64_t row = 0; row < rows; ++row) {
+      for (std::int64_t col = 0; col < half_vocab; ++col) {
+        part[static_cast<std::size_t>(row * half_vocab + col)] = logits[static_cast<std::size_t>(row * vocab + shard * half_vocab + col)];
+      }
+    }
+    shard_logits.push_back(std::make_unique<DeviceArray<float>>(part));
+    shard_max.push_back(std::make_unique<DeviceArray<float>>(static_cast<std::size_t>(rows)));
+    shard_sums.push_back(std::make_unique<DeviceArray<float>>(static_cast<std::size_t>(2 * rows)));
+    k::cross_entropy::row_max<float>({shard_max.back()->get(), shard_logits.back()->get(), rows, half_vocab}, nullptr);
+  }
+  auto m0 = shard_max[0]->download();
+  const auto m1 = shard_max[1]->download();
+  for (std::size_t idx = 0; idx < m0.size(); ++idx) {
+    m0[idx] = std::max(m0[idx], m1[idx]);
+  }
+  const DeviceTokens d_targets(targets);
+  for (std::int64_t shard = 0; shard < 2; ++shard) {
+    shard_max[static_cast<std::size_t>(shard)]->upload(m0);
+    k::cross_entropy::exp_sums<float>({shard_logits[static_cast<std::size_t>(shard)]->get(),
+                                       shard_sums[static_cast<std::size_t>(shard)]->get(),
+                                       shard_max[static_cast<std::size_t>(shard)]->get(), d_targets.get(), rows, half_vocab,
+                                       shard * half_vocab},
+                                      nullptr);
+  }
+  auto s0 = shard_sums[0]->download();
+  const auto s1 = shard_sums[1]->download();
+  for (std::size_t idx = 0; idx < s0.size(); ++idx) {
+    s0[idx] += s1[idx];
+  }
+  shard_sums[0]->upload(s0);
+  DeviceArray<float> d_losses(static_cast<std::size_t>(rows));
+  k::cross_entropy::loss_normalize<float>({d_losses.get(), shard_logits[0]->get(), shard_sums[0]->get(), rows, half_vocab},
+                                          nullptr);
+  require_close(d_losses.download(), to_vec_any(losses), 1e-5, 1e-5, "sharded cross-entropy losses");
+}
+
+TEST_CASE("kernels::adamw vs exec::cpu::adamw_update over three steps", "[gpu][kernels]") {
+  const std::size_t n = 1000;
+  auto param = random_vec(n, 50);
+  std::vector<float> m(n, 0.0f), v(n, 0.0f);
+  DeviceArray<float> d_param(param), d_m(n), d_v(n), d_grad(n);
+  DeviceArray<k::bf16> d_param_bf16(n);
+  const cpu::AdamWConfig config;
+  for (int step = 1; step <= 3; ++step) {
+    const auto grad = random_vec(n, 50 + static_cast<std::uint32_t>(step));
+    cpu::adamw_update(param, grad, m, v, step, config, 0.1f, 0.5f);
+    d_grad.upload(grad);
+    k::adamw::Args args;
+    args.param = d_param.get();
+    args.m = d_m.get();
+    args.v = d_v.get();
+    args.param_bf16 = d_param_bf16.get();
+    args.grad = d_grad.get();
+    args.n = static_cast<std::int64_t>(n);
+    args.step = step;
+    args.lr = config.lr;
+    args.beta1 = config.beta1;
+    args.beta2 = config.beta2;
+    args.eps = config.eps;
+    args.weight_decay = 0.1f;
+    args.grad_scale = 0.5f;
+    k::adamw::update(args, nullptr);
+  }
+  const auto got = d_param.download();
+  require_close(got, param, 1e-6, 1e-7, "adamw param");
+  require_close(d_m.download(), m, 1e-6, 1e-9, "adamw m");
+  require_close(d_v.download(), v, 1e-6, 1e-12, "adamw v");
+  const auto copy = d_param_bf16.download();
+  for (std::size_t idx = 0; idx < n; ++idx) {
+    REQUIRE(copy[idx] == k::test::round_bf16(got[idx]));
+  }
+}
+
+TEST_CASE("kernels::cast: fp32 -> bf16 rounds to nearest even; bf16 -> fp32 is exact", "[gpu][kernels]") {
+  auto values = random_vec(4096, 60, 100.0f);
+  values[0] = 1.00390625f; // 1 + 2^-8: a tie, rounds to even (1.0)
+  values[1] = 1.01171875f; // 1 + 3 * 2^-8: a tie, rounds up to 1 + 2^-6
+  DeviceArray<float> d_in(values), d_back(values.size());
+  DeviceArray<k::bf16> d_bf16(values.size());
+  const auto n = static_cast<std::int64_t>(values.size());
+  k::cast::convert<k::bf16, float>({d_bf16.get(), d_in.get(), n}, nullptr);
+  k::cast::convert<float, k::bf16>({d_back.get(), d_bf16.get(), n}, nullptr);
+  const auto back = d_back.download();
+  for (std::size_t idx = 0; idx < values.size(); ++idx) {
+    REQUIRE(back[idx] == k::test::round_bf16(values[idx]));
+  }
+  CHECK(back[0] == 1.0f);
+  CHECK(back[1] == 1.015625f);
+}
+
+TEST_CASE("exec::cuda::GemmRunner (cuBLASLt bf16) vs exec::cpu::linear", "[gpu][exec]") {
+  using cuboid::exec::cuda::GemmArgs;
+  using cuboid::exec::cuda::GemmDType;
+  const std::int64_t tokens = 64, in = 96, out = 80;
+  const auto x = quantize<k::bf16>(random_vec(static_cast<std::size_t>(tokens * in), 70));
+  const auto w = quantize<k::bf16>(random_vec(static_cast<std::size_t>(in * out), 71));
+  const auto dy = quantize<k::bf16>(random_vec(static_cast<std::size_t>(tokens * out), 72));
+  const auto dw0 = random_vec(static_cast<std::size_t>(in * out), 73);
+  cpu::Mat y(tokens, out), dx(tokens, in);
+  cpu::Mat dw = to_mat(dw0, in, out);
+  cpu::linear_forward(to_mat(x, tokens, in), to_mat(w, in, out), nullptr, y);
+  cpu::linear_backward(to_mat(dy, tokens, out), to_mat(x, tokens, in), to_mat(w, in, out), dx, dw, nullptr);
+  DeviceArray<k::bf16> d_x(x), d_w(w), d_dy(dy), d_y(static_cast<std::size_t>(tokens * out)),
+      d_dx(static_cast<std::size_t>(tokens * in));
+  DeviceArray<float> d_dw(dw0);
+  cuboid::exec::cuda::GemmRunner gemm;
+  GemmArgs fwd;
+  fwd.m = tokens;
+  fwd.n = out;
+  fwd.k = in;
+  fwd.a = d_x.get();
+  fwd.b = d_w.get();
+  fwd.c = d_y.get();
+  DeviceArray<std::uint8_t> ws(cuboid::exec::cuda::workspace_bytes(fwd));
+  gemm.run(fwd, ws.get(), ws.size(), nullptr);
+  GemmArgs dgrad = fwd; // dX (tokens, in) = dY (tokens, out) W^T
+  dgrad.n = in;
+  dgrad.k = out;
+  dgrad.trans_b = true;
+  dgrad.a = d_dy.get();
+  dgrad.b = d_w.get();
+  dgrad.c = d_dx.get();
+  gemm.run(dgrad, ws.get(), ws.size(), nullptr);
+  GemmArgs wgrad; // dW (in, out) += X^T dY, fp32 accumulation
+  wgrad.m = in;
+  wgrad.n = out;
+  wgrad.k = tokens;
+  wgrad.trans_a = true;
+  wgrad.a = d_x.get();
+  wgrad.b = d_dy.get();
+  wgrad.c = d_dw.get();
+  wgrad.c_type = GemmDType::F32;
+  wgrad.beta = 1.0f;
+  gemm.run(wgrad, ws.get(), ws.size(), nullptr);
+  require_close(d_y.download(), to_vec(y), 2.0 * EPS<k::bf16>, 1e-3, "gemm forward");
+  require_close(d_dx.download(), to_vec(dx), 2.0 * EPS<k::bf16>, 1e-3, "gemm dgrad");
+  require_close(d_dw.download(), to_vec(dw), 1e-4, 1e-4, "gemm wgrad (fp32 accumulate)");
+}
+
+TEST_CASE("exec::cuda::NcclCommunicator on every local GPU: exactly predictable reductions", "[gpu][exec]") {
+  int devices = 0;
+  REQUIRE(cudaGetDeviceCount(&devices) == cudaSuccess);
+  std::vector<int> ids(static_cast<std::size_t>(devices));
+  std::vector<cudaStream_t> streams(ids.size());
+  for (int dev = 0; dev < devices; ++dev) {
+    ids[static_cast<std::size_t>(dev)] = dev;
+    REQUIRE(cudaSetDevice(dev) == cudaSuccess);
+    REQUIRE(cudaStreamCreate(&streams[static_cast<std::size_t>(dev)]) == cudaSuccess);
+  }
+  auto comms = cuboid::exec::cuda::NcclCommunicator::init_all(ids, streams);
+  const std::size_t count = 1024;
+  const int n = devices;
+  std::vector<std::vector<float>> sum_results(ids.size()), max_results(ids.size()), gathered(ids.size());
+  std::vector<int> split_sizes(ids.size()), split_ranks(ids.size());
+  std::vector<std::thread> threads;
+  // One thread per rank: NCCL calls of different ranks of one communicator must not be serialised on one thread.
+  for (int rank = 0; rank < n; ++rank) {
+    threads.emplace_back([&, rank] {
+      const auto r = static_cast<std::size_t>(rank);
+      cudaSetDevice(rank);
+      std::vector<float> host(count);
+      for (std::size_t idx = 0; idx < count; ++idx) {
+        host[idx] = static_cast<float>(rank + static_cast<int>(idx % 13)); // small integers: sums are exact
+      }
+      DeviceArray<float> buf(host), mx(host), part(4),
+          all(4 * static_cast<std::size_t>(n));
+      auto req = comms[r]->all_reduce_async(std::span<float>(buf.get(), count));
+      req->wait();
+      comms[r]->all_reduce(std::span<float>(mx.get(), count), cuboid::exec::ReduceOp::Max);
+      part.upload({static_cast<float>(rank), 1.0f, 2.0f, 3.0f});
+      comms[r]->all_gather(std::span<const float>(part.get(), 4), std::span<float>(all.get(), all.size()));
+      // Split by parity (as TP/DP groups are split from the world): ranks 0, 2, 4, ... and 1, 3, 5, ...
+      const auto sub = comms[r]->split(rank % 2, rank);
+      split_sizes[r] = sub->size();
+      split_ranks[r] = sub->rank();
+      cudaStreamSynchronize(streams[r]);
+      sum_results[r] = buf.download();
+      max_results[r] = mx.download();
+      gathered[r] = all.download();
+    });
+  }
+  for (auto& t : threads) {
+    t.join();
+  }
+  for (int rank = 0; rank < n; ++rank) {
+    const auto r = static_cast<std::size_t>(rank);
+    for (std::size_t idx = 0; idx < count; ++idx) {
+      const auto base = static_cast<float>(idx % 13);
+      REQUIRE(sum_results[r][idx] == static_cast<float>(n) * base + static_cast<float>(n * (n - 1) / 2));
+      REQUIRE(max_results[r][idx] == base + static_cast<float>(n - 1));
+    }
+    for (int peer = 0; peer < n; ++peer) {
+      REQUIRE(gathered[r][static_cast<std::size_t>(4 * peer)] == static_cast<float>(peer));
+    }
+    CHECK(split_sizes[r] == (rank % 2 == 0 ? (n + 1) / 2 : n / 2));
+    CHECK(split_ranks[r] == rank / 2);
+  }
+  comms.clear();
+  for (auto s : streams) {
+    cudaStreamDestroy(s);
+  }
+}
+
+TEST_CASE("exec::cuda::EventTimeline: task times in the measured-trace format", "[gpu][exec]") {
+  // Two dependent casts of 64M elements on one stream: the second starts after the first ends, both after the step
+  // start, and each takes more than zero time.
+  const std::int64_t n = 64 << 20;
+  DeviceArray<float> a(static_cast<std::size_t>(n));
+  DeviceArray<k::bf16> b(static_cast<std::size_t>(n));
+  cudaStream_t stream = nullptr;
+  REQUIRE(cudaStreamCreate(&stream) == cudaSuccess);
+  cuboid::exec::cuda::EventTimeline timeline(3);
+  for (int step = 0; step < 2; ++step) { // the second step reuses the pooled events
+    timeline.begin_step(stream);
+    const auto first = timeline.start(11, cuboid::model::Stream::Compute, "cast.a", "compute", stream);
+    k::cast::convert<k::bf16, float>({b.get(), a.get(), n}, stream);
+    timeline.stop(first, stream);
+    const auto second = timeline.start(12, cuboid::model::Stream::Compute, "cast.b", "compute", stream);
+    k::cast::convert<float, k::bf16>({a.get(), b.get(), n}, stream);
+    timeline.stop(second, stream);
+    const auto events = timeline.collect();
+    REQUIRE(events.size() == 2);
+    CHECK(events[0].id == 11);
+    CHECK(events[1].name == "cast.b");
+    CHECK(events[0].rank == 3);
+    CHECK(events[0].start_s >= 0.0);
+    CHECK(events[0].end_s > events[0].start_s);
+    CHECK(events[1].start_s >= events[0].end_s);
+    CHECK(events[1].end_s > events[1].start_s);
+  }
+  cudaStreamDestroy(stream);
+}
