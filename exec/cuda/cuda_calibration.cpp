@@ -186,7 +186,17 @@ CudaCalibrationResult calibrate_cuda(const model::ModelSpec& model, const model:
     const auto m = static_cast<double>(s.m);
     const auto n = static_cast<double>(s.n);
     const auto k = static_cast<double>(s.k);
-    result.base.gemms.push_back({s.label, m, n, k, t, 2.0 * m * n * k / t});
+    // On the GPU the backend's GEMM is the cuBLASLt call itself: raw and backend times are the same measurement.
+    exec::GemmMeasurement point;
+    point.label = s.label;
+    point.tp = plan.tp;
+    point.m = m;
+    point.n = n;
+    point.k = k;
+    point.time_s = t;
+    point.flops_per_s = 2.0 * m * n * k / t;
+    point.backend_time_s = t;
+    result.base.gemms.push_back(point);
   }
 
   // ---- fused causal attention, forward and backward (bf16). FLOPs of the causal half: forward 2 B H T^2 D
