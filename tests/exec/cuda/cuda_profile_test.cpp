@@ -9,11 +9,24 @@ using Catch::Matchers::WithinRel;
 using cuboid::exec::cuda::CudaCalibrationResult;
 
 namespace {
+cuboid::exec::GemmMeasurement gemm(const char* label, double m, double n, double k, double time_s,
+                                   double flops_per_s) {
+  cuboid::exec::GemmMeasurement point;
+  point.label = label;
+  point.m = m;
+  point.n = n;
+  point.k = k;
+  point.time_s = time_s;
+  point.flops_per_s = flops_per_s;
+  point.backend_time_s = time_s;
+  return point;
+}
+
 CudaCalibrationResult synthetic() {
   CudaCalibrationResult r;
   r.device = {"h100-sxm", "NVIDIA H100 80GB HBM3", 132.0};
-  r.base.gemms.push_back({"qkv.fwd", 4096, 3072, 1024, 1e-3, 600e12});
-  r.base.gemms.push_back({"square.512", 512, 512, 512, 1e-5, 100e12});
+  r.base.gemms.push_back(gemm("qkv.fwd", 4096, 3072, 1024, 1e-3, 600e12));
+  r.base.gemms.push_back(gemm("square.512", 512, 512, 512, 1e-5, 100e12));
   r.base.attention_flops_per_s = 300e12;
   r.attention_bwd_flops_per_s = 200e12;
   r.base.elementwise_bytes_per_s = 2.68e12;
