@@ -8,6 +8,7 @@
 #include "model/errors.hpp"
 #include "tools/commands.hpp"
 #include "tools/plan_options.hpp"
+#include "tools/calibrate_cuda.hpp"
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -23,6 +24,7 @@ namespace {
 constexpr const char* WHERE = "command line";
 constexpr int EXIT_BAD_INPUT = 2;
 constexpr int MAX_DEFAULT_TP = 8;
+constexpr const char* DEFAULT_CUDA_GPU = "h100-sxm"; // GPU whose catalog peaks a --backend cuda profile is relative to
 constexpr double GIGA = 1e9;
 constexpr double US = 1e6;
 
@@ -141,11 +143,30 @@ nlohmann::json to_json(const CalibrateOptions& cli, const exec::CalibrationResul
           {"units", units}};
 }
 
+// GPU: one process per GPU (single process, torchrun or mpirun); the catalog GPU (--gpu, default h100-sxm) gives
+// the peaks the measured rates are divided by.
+int run_calibrate_cuda(const CalibrateOptions& cli) {
+  if (cli.out_path.empty()) {
+    throw InputError(input_message(WHERE, "--out", "empty path (expected the profile file to write)"));
+  }
+  if (!std::isfinite(cli.min_time_s) || cli.min_time_s <= 0.0 || cli.min_time_s > 10.0) {
+    throw InputError(input_message(WHERE, "--min-time", fmt::format("{} (expected seconds in (0, 10])", cli.min_time_s)));
+  }
+  const model::Scenario scenario = resolve_scenario(cli.scenario); // shapes only: tp and micro-batch size
+  const std::string gpu = cli.scenario.cluster.gpu.value_or(DEFAULT_CUDA_GPU);
+  const CudaCalibration result = calibrate_cuda_backend(scenario.model, scenario.plan, gpu, cli.min_time_s);
+  if (!result.is_root) {
+    return 0;
+  }
+  model::save_profile(result.profile, cli.out_path);
+  std::fputs(result.summary.c_str(), stdout);
+  std::fputs(fmt::format("profile written to {}\n", cli.out_path).c_str(), stdout);
+  return 0;
+}
+
 int run_calibrate(const CalibrateOptions& cli) {
   if (cli.backend == "cuda") {
-    throw InputError(input_message(WHERE, "--backend",
-                                   "cuda: the CUDA backend is not built into this cuboid / not available yet "
-                                   "(valid here: cpu)"));
+    return run_calibrate_cuda(cli);
   }
   if (cli.backend != "cpu") {
     throw InputError(input_message(WHERE, "--backend", fmt::format("unknown value '{}' (valid: cpu, cuda)", cli.backend)));
