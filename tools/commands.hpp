@@ -15,5 +15,6 @@ void add_simulate_command(CLI::App& app, Action& action);
 void add_list_command(CLI::App& app, Action& action);
 void add_search_command(CLI::App& app, Action& action);
 void add_report_command(CLI::App& app, Action& action);
+void add_validate_command(CLI::App& app, Action& action);
 
 } // namespace cuboid::tools
