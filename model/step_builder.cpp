@@ -368,9 +368,13 @@ private:
       graph_.add_edge(reduced, step_id);
     }
     if (sync && plan_.distributed_optimizer) {
-      // Then all-gather the updated bf16 parameter shards, bucket by bucket.
-      add_bucket_collectives(ridx, CollectiveKind::AllGather, BF16_BYTES,
-                             [step_id](std::size_t bucket) { return bucket == 0 ? step_id : NONE; });
+      // Then all-gather the updated bf16 parameter shards, bucket by bucket. overlap_param_gather: in steady state
+      // that all-gather runs behind the next step's forward (Megatron --overlap-param-gather), so it starts with
+      // the step here, sharing the DP links, instead of after the optimizer.
+      const bool behind_forward = plan_.overlap_param_gather;
+      add_bucket_collectives(ridx, CollectiveKind::AllGather, BF16_BYTES, [step_id, behind_forward](std::size_t bucket) {
+        return bucket == 0 && !behind_forward ? step_id : NONE;
+      });
     }
   }
 
