@@ -174,6 +174,15 @@ MappedRun map_run(const PublishedRun& run) {
   plan.distributed_optimizer = run.source_kind != "sc21";
   // SC21-era Megatron and Megatron-DeepSpeed (BLOOM) reduce gradients after the backward pass.
   plan.overlap_grad_reduce = modern;
+  // Megatron-Core / NeMo overlap features: the Megatron-LM README states --overlap-param-gather --tp-comm-overlap
+  // for its table; the NeMo 24.07 and dgxc v25.02 recipes run Megatron-Core with the same options (assumed, their
+  // tables do not restate them). Userbuffers TP overlap needs sequence parallelism.
+  plan.overlap_param_gather = modern;
+  plan.tp_comm_overlap = modern && plan.sequence_parallel;
+  if (modern && run.source_kind != "megatron-lm-readme") {
+    notes.emplace_back(fmt::format("overlap not stated -> --overlap-param-gather{} (Megatron-Core recipe defaults)",
+                                   plan.tp_comm_overlap ? " --tp-comm-overlap" : ""));
+  }
   plan.precision = precision_of(run.note("precision"), notes);
   plan.flash_attention = modern;
   if (!modern) {
