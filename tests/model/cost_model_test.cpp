@@ -245,7 +245,9 @@ TEST_CASE("model::CostModel: optimizer time", "[cost]") {
              WithinRel(42e9 / (2.039e12 * profile.hbm_efficiency) + 4.0 * profile.launch_overhead_s, 1e-12));
   const auto lines = cost.assumptions();
   REQUIRE(lines.size() >= 5);
-  CHECK(lines[0].find("GEMM efficiency: max 0.869 of 312 TFLOP/s (bf16)") != std::string::npos);
+  // 0.671 = A100 MAMF 0.869 x the in-training factor 0.772 fitted on the H100 rows (cost_profile.cpp; was the bare
+  // MAMF before the validation fit, docs/validation.md).
+  CHECK(lines[0].find("GEMM efficiency: max 0.671 of 312 TFLOP/s (bf16)") != std::string::npos);
   CHECK(lines[3].find("NVLink: 300 GB/s x 0.783 = 235 GB/s") != std::string::npos);
 }
 
