@@ -5,6 +5,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <map>
@@ -234,6 +235,45 @@ TEST_CASE("model::CostModel: ring collective formulas", "[cost]") {
     CHECK_THAT(cost.op_time_s(op), WithinRel(cost.collective_time_s(CollectiveKind::AllReduce, bytes, 8,
                                                                      cost.nvlink()), 1e-12));
     CHECK(cost.is_tp_intra_node());
+  }
+}
+
+// --tp-comm-overlap (cost_model.cpp overlapped_tp_comm_s): a sequence-parallel all-gather pipelined with the GEMM
+// that follows exposes c / tp when the GEMM is longer than the rest of the collective, and c/tp + (c(tp-1)/tp -
+// t_gemm) when it is shorter; all-reduces (no sequence parallelism) stay fully exposed.
+TEST_CASE("model::CostModel: TP communication overlap with the paired GEMM", "[cost]") {
+  Plan plan = make_plan(4);
+  plan.sequence_parallel = true;
+  const ClusterSpec cluster = make_test_cluster("h100-sxm", 8);
+  Op gather;
+  gather.name = "fc1.allgather";
+  gather.kind = OpKind::TpCollective;
+  gather.collective = CollectiveKind::AllGather;
+  gather.msg_bytes = 64e6;
+  Op gemm;
+  gemm.name = "fc1";
+  gemm.kind = OpKind::Gemm;
+  const double m = GENERATE(256.0, 8192.0); // short and long GEMMs
+  gemm.m = static_cast<std::int64_t>(m);
+  gemm.n = 12288;
+  gemm.k = 12288;
+  gemm.flops = 2.0 * m * 12288.0 * 12288.0;
+  OpBlock block;
+  block.name = "layer.fwd";
+  block.ops = {gather, gemm};
+  const CostModel exposed(cluster, default_profile("h100-sxm"), plan);
+  plan.tp_comm_overlap = true;
+  const CostModel overlapped(cluster, default_profile("h100-sxm"), plan);
+  const double comm_s = exposed.tp_collective_time_s(gather);
+  const double gemm_s = overlapped.op_time_s(gemm, Phase::Forward);
+  const double expected_s = comm_s / 4.0 + std::max(0.0, 0.75 * comm_s - gemm_s);
+  CHECK_THAT(exposed.block_cost(block).tp_comm_s, WithinRel(comm_s, 1e-12));
+  CHECK_THAT(overlapped.block_cost(block).tp_comm_s, WithinRel(expected_s, 1e-12));
+  CHECK(overlapped.block_cost(block).tp_comm_s < comm_s);
+  SECTION("an all-reduce is not overlapped") {
+    block.ops[0].collective = CollectiveKind::AllReduce;
+    CHECK_THAT(overlapped.block_cost(block).tp_comm_s,
+               WithinRel(overlapped.tp_collective_time_s(block.ops[0]), 1e-12));
   }
 }
 
