@@ -30,11 +30,11 @@ constexpr double H200_MAMF_FP8 = 1453.4 / 1979.0;    // 0.734
 constexpr double GEMM_HALF_TIME_S = 4e-6;
 // ---- in-training GEMM efficiency (fitted, docs/validation.md). MAMF is a best-shape, short, isolated benchmark; in
 // a training step the GEMMs run at sustained power (lower clocks), share SMs with overlapped NCCL / userbuffers
-// kernels and have transformer shapes. One factor per precision, fitted on the 17 H100 BF16 rows of
+// kernels and have transformer shapes. One factor per precision, fitted on the 22 H100 BF16 rows of
 // published_runs.csv (dgxc GPT-3 175B and Nemotron-4 15B, Megatron-LM README; MAPE minimum on a 0.02 grid, with the
 // 40 us half-time below):
 // BF16 0.62 of peak = 0.772 x MAMF. The same 0.772 is carried to A100 (not fitted there: SC21 and BLOOM are the
-// out-of-sample check). FP8: 0.48 of the FP8 peak = 0.677 x MAMF, fitted on the 18 H100 FP8 rows (dgxc, NeMo
+// out-of-sample check). FP8: 0.48 of the FP8 peak = 0.677 x MAMF, fitted on the 21 H100 FP8 rows (dgxc, NeMo
 // 24.07); FP8 also pays Transformer Engine's cast / transpose / amax kernels, which the op catalog does not list.
 constexpr double IN_TRAINING_BF16_PER_MAMF = 0.62 / H100_MAMF_BF16; // 0.772
 constexpr double IN_TRAINING_FP8_PER_MAMF = 0.48 / H100_MAMF_FP8;   // 0.677
