@@ -355,8 +355,9 @@ private:
       // Distributed optimizer: reduce-scatter of the fp32 grads; otherwise all-reduce. overlap_grad_reduce: a bucket
       // starts once its last unit's final backward is done (Megatron's backward hooks); else after all backward.
       const bool overlap = plan_.overlap_grad_reduce;
+      const bool scatter = plan_.distributed_optimizer && !plan_.all_reduce_sharded_grads;
       reduced = add_bucket_collectives(
-          ridx, plan_.distributed_optimizer ? CollectiveKind::ReduceScatter : CollectiveKind::AllReduce,
+          ridx, scatter ? CollectiveKind::ReduceScatter : CollectiveKind::AllReduce,
           FP32_GRAD_BYTES,
           [&](std::size_t bucket) { return overlap ? base_[ridx] + tmpl.buckets[bucket].last_task : last_compute; });
     }
