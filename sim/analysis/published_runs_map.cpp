@@ -202,6 +202,11 @@ MappedRun map_run(const PublishedRun& run) {
     notes.emplace_back("unfused attention (source predates FlashAttention)");
   }
   if (run.source_kind == "bloom") {
+    // Megatron-DeepSpeed's BF16 optimizer (notes: ZeRO-1-equivalent sharding): fp32 gradients all-reduced over DP,
+    // then each rank updates its shard and all-gathers the bf16 parameters (DeepSpeed runtime/engine.py
+    // allreduce_gradients, runtime/bf16_optimizer.py).
+    plan.all_reduce_sharded_grads = true;
+    notes.emplace_back("BF16 optimizer: fp32 gradient all-reduce over DP, sharded update, bf16 parameter all-gather");
     mapped.nic_bw_bytes_per_s = BLOOM_NIC_BYTES_PER_S;
     notes.emplace_back("network: 4 x 100 Gb/s Omni-Path per 8-GPU node = 6.25 GB/s per GPU");
   }
