@@ -181,5 +181,8 @@ TEST_CASE("sim::analysis::map_run: defaults and skips", "[validate]") {
     CHECK(mapped.plan.last_stage_layers == 5);
     CHECK(mapped.plan.micro_batch_size == 2);
     CHECK(mapped.plan.precision == cuboid::model::Precision::Bf16);
+    CHECK(mapped.plan.distributed_optimizer);
+    CHECK(mapped.plan.all_reduce_sharded_grads); // DeepSpeed BF16 optimizer
+    CHECK_FALSE(mapped.plan.overlap_grad_reduce);
   }
 }

@@ -9,6 +9,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+
 using namespace cuboid::sim::analysis;
 using Catch::Matchers::Contains;
 using Catch::Matchers::WithinRel;
@@ -133,6 +135,38 @@ TEST_CASE("sim: overlap_param_gather hides the parameter all-gather behind the f
                                                  plan.dp, cost.network());
   CHECK(overlapped_s < serial_s);
   CHECK(serial_s - overlapped_s <= 1.25 * gather_s);
+}
+
+// DeepSpeed's BF16 optimizer (Plan::all_reduce_sharded_grads): the DP gradient collectives before the optimizer are
+// all-reduces instead of the distributed optimizer's reduce-scatters (same count), the bf16 all-gathers stay; the
+// all-reduce moves twice the bytes, so the step cannot get shorter.
+TEST_CASE("model::build_step_graph: BF16-optimizer gradient all-reduce", "[validate]") {
+  const cuboid::model::ModelSpec spec = cuboid::model::find_model("gpt3-175b");
+  const cuboid::model::ClusterSpec cluster = cuboid::model::make_cluster("a100-80gb", 128, 0, "test");
+  cuboid::model::Plan plan;
+  plan.tp = 8;
+  plan.pp = 8;
+  plan.dp = 2;
+  plan.global_batch_size = 16;
+  plan.distributed_optimizer = true;
+  plan.overlap_grad_reduce = false;
+  plan.recompute = cuboid::model::Recompute::Full;
+  auto count = [](const cuboid::model::TaskGraph& graph, cuboid::model::CollectiveKind kind) {
+    return std::count_if(graph.tasks().begin(), graph.tasks().end(), [kind](const cuboid::model::Task& task) {
+      return task.kind == cuboid::model::TaskKind::Collective && task.collective == kind;
+    });
+  };
+  using cuboid::model::CollectiveKind;
+  const auto scatter = cuboid::model::build_step_graph(spec, cluster, plan, cuboid::model::Instantiation::RankClasses);
+  plan.all_reduce_sharded_grads = true;
+  const auto reduce = cuboid::model::build_step_graph(spec, cluster, plan, cuboid::model::Instantiation::RankClasses);
+  REQUIRE(count(scatter, CollectiveKind::ReduceScatter) > 0);
+  CHECK(count(scatter, CollectiveKind::AllReduce) == 0);
+  CHECK(count(reduce, CollectiveKind::ReduceScatter) == 0);
+  CHECK(count(reduce, CollectiveKind::AllReduce) == count(scatter, CollectiveKind::ReduceScatter));
+  CHECK(count(reduce, CollectiveKind::AllGather) == count(scatter, CollectiveKind::AllGather));
+  const cuboid::model::CostModel cost(cluster, cuboid::model::default_profile("a100-80gb"), plan);
+  CHECK(cuboid::sim::simulate(reduce, cost).step_time_s >= cuboid::sim::simulate(scatter, cost).step_time_s);
 }
 
 // The whole published_runs.csv: prints the table (run with -s). Hidden ([.]) because it simulates ~70 clusters of up
