@@ -79,6 +79,8 @@ private:
   [[nodiscard]] double analytic_gemm_efficiency(double m, double n, double k, double batch, bool fp8) const;
   [[nodiscard]] double table_gemm_efficiency(double m, double n, double k, bool fp8) const;
   [[nodiscard]] double attention_time_s(const Op& op, Phase phase) const;
+  /// Exposed part of the TP collective block.ops[op_index] (all of it unless plan.tp_comm_overlap).
+  [[nodiscard]] double overlapped_tp_comm_s(const OpBlock& block, std::size_t op_index, Phase phase) const;
 };
 
 } // namespace cuboid::model

@@ -24,6 +24,8 @@ constexpr double NORM_FLOPS_PER_ELEMENT = 8.0;
 constexpr double ACT_FLOPS_PER_ELEMENT = 8.0;
 constexpr double BDA_FLOPS_PER_ELEMENT = 3.0;
 constexpr double LOSS_FLOPS_PER_ELEMENT = 5.0;
+constexpr double LOSS_FWD_BYTES_PER_LOGIT = 38.0; // head_blocks(): Megatron's unfused vocab-parallel cross-entropy
+constexpr double LOSS_BWD_BYTES_PER_LOGIT = 14.0;
 // Adam on the fp32 master copy (Megatron mixed precision): read grad, master, m, v (16 B), write master, m, v (12 B)
 // and the bf16 model param (2 B); the grad-norm pass reads the grad (4 B) and zeroing the grad writes it (4 B).
 constexpr double OPTIMIZER_BYTES_PER_PARAM = 38.0;
@@ -266,7 +268,11 @@ std::pair<OpBlock, OpBlock> head_blocks(const Dims& d) {
   add_gather(fwd.ops, d, "logits");
   fwd.ops.push_back(linear_fwd("logits", d, vocab_shard, d.h));
   Op loss = memory_op("loss", OpKind::Loss, logits, 0.0, LOSS_FLOPS_PER_ELEMENT);
-  loss.hbm_bytes = logits * (BF16_BYTES + FP32_BYTES); // read bf16 logits, write fp32 softmax
+  // Megatron-LM vocab_parallel_cross_entropy (megatron/core/tensor_parallel/cross_entropy.py, unfused: each step a
+  // separate pass over the (b*s, V/t) logits): logits.float() reads 2 B and writes 4 B, max reads 4, the in-place
+  // subtract of the max reads and writes 4 + 4, exp 4 + 4, sum-exp reads 4, the in-place division to the softmax
+  // kept for backward 4 + 4 = 38 B per logit.
+  loss.hbm_bytes = logits * LOSS_FWD_BYTES_PER_LOGIT;
   fwd.ops.push_back(std::move(loss));
   if (d.has_tp) {
     fwd.ops.push_back(tp_collective("loss.allreduce", CollectiveKind::AllReduce, 3.0 * d.tokens * FP32_BYTES));
@@ -275,7 +281,9 @@ std::pair<OpBlock, OpBlock> head_blocks(const Dims& d) {
   OpBlock bwd;
   bwd.name = "head.bwd";
   Op loss_bwd = memory_op("loss", OpKind::Loss, logits, 0.0, 1.0);
-  loss_bwd.hbm_bytes = logits * (FP32_BYTES + BF16_BYTES); // read fp32 softmax, write bf16 d(logits)
+  // Backward: the saved softmax minus the one-hot target, scaled in place by the incoming gradient (4 + 4 B), then the
+  // backward of .float() casts the fp32 gradient to bf16 (4 + 2 B) = 14 B per logit.
+  loss_bwd.hbm_bytes = logits * LOSS_BWD_BYTES_PER_LOGIT;
   bwd.ops.push_back(std::move(loss_bwd));
   bwd.ops.push_back(linear_dgrad("logits", d, vocab_shard, d.h));
   bwd.ops.push_back(linear_wgrad("logits", d, vocab_shard, d.h));

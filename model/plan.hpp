@@ -26,6 +26,16 @@ struct Plan {
   bool distributed_optimizer = false;   // ZeRO-1 style optimizer-state sharding over DP (Megatron)
   Precision precision = Precision::Bf16;
   bool overlap_grad_reduce = true;      // DP gradient all-reduce overlaps backward (bucketed)
+  // Megatron --overlap-param-gather (distributed optimizer): the bf16 parameter all-gather of step i+1 runs behind
+  // step i+1's forward instead of after the optimizer; in a one-step graph it starts with the step.
+  bool overlap_param_gather = false;
+  // Megatron --tp-comm-overlap (Transformer Engine userbuffers): each TP all-gather / reduce-scatter is split into tp
+  // chunks pipelined with its GEMM; costed in cost_model.cpp block_cost().
+  bool tp_comm_overlap = false;
+  // DeepSpeed's BF16_Optimizer (BLOOM, Megatron-DeepSpeed): optimizer state sharded over DP like ZeRO-1, but the
+  // fp32 gradients are all-reduced (engine.py allreduce_gradients -> buffered_allreduce_fallback on
+  // get_grads_for_reduction()), not reduce-scattered. Only meaningful with distributed_optimizer.
+  bool all_reduce_sharded_grads = false;
   // Fused (FlashAttention-style) attention core; false = Megatron's pre-2022 unfused path (QK^T and AV batched GEMMs
   // with the s x s scores through HBM: fused scale-mask-softmax, dropout). Costed in cost_model.cpp.
   bool flash_attention = true;

@@ -355,8 +355,9 @@ private:
       // Distributed optimizer: reduce-scatter of the fp32 grads; otherwise all-reduce. overlap_grad_reduce: a bucket
       // starts once its last unit's final backward is done (Megatron's backward hooks); else after all backward.
       const bool overlap = plan_.overlap_grad_reduce;
+      const bool scatter = plan_.distributed_optimizer && !plan_.all_reduce_sharded_grads;
       reduced = add_bucket_collectives(
-          ridx, plan_.distributed_optimizer ? CollectiveKind::ReduceScatter : CollectiveKind::AllReduce,
+          ridx, scatter ? CollectiveKind::ReduceScatter : CollectiveKind::AllReduce,
           FP32_GRAD_BYTES,
           [&](std::size_t bucket) { return overlap ? base_[ridx] + tmpl.buckets[bucket].last_task : last_compute; });
     }
@@ -368,9 +369,13 @@ private:
       graph_.add_edge(reduced, step_id);
     }
     if (sync && plan_.distributed_optimizer) {
-      // Then all-gather the updated bf16 parameter shards, bucket by bucket.
-      add_bucket_collectives(ridx, CollectiveKind::AllGather, BF16_BYTES,
-                             [step_id](std::size_t bucket) { return bucket == 0 ? step_id : NONE; });
+      // Then all-gather the updated bf16 parameter shards, bucket by bucket. overlap_param_gather: in steady state
+      // that all-gather runs behind the next step's forward (Megatron --overlap-param-gather), so it starts with
+      // the step here, sharing the DP links, instead of after the optimizer.
+      const bool behind_forward = plan_.overlap_param_gather;
+      add_bucket_collectives(ridx, CollectiveKind::AllGather, BF16_BYTES, [step_id, behind_forward](std::size_t bucket) {
+        return bucket == 0 && !behind_forward ? step_id : NONE;
+      });
     }
   }
 

@@ -17,5 +17,6 @@ void add_search_command(CLI::App& app, Action& action);
 void add_report_command(CLI::App& app, Action& action);
 void add_run_command(CLI::App& app, Action& action);
 void add_calibrate_command(CLI::App& app, Action& action);
+void add_validate_command(CLI::App& app, Action& action);
 
 } // namespace cuboid::tools

@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
     cuboid::tools::add_report_command(app, action);
     cuboid::tools::add_run_command(app, action);
     cuboid::tools::add_calibrate_command(app, action);
+    cuboid::tools::add_validate_command(app, action);
     try {
       app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {

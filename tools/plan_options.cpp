@@ -91,6 +91,10 @@ void add_plan_flags(CLI::App& app, PlanFlags& flags) {
                "Shard optimizer state over DP (ZeRO-1)");
   app.add_flag("--no-overlap-grad-reduce", flags.no_overlap_grad_reduce,
                "Run the DP gradient reduction after backward instead of overlapping it");
+  app.add_flag("--overlap-param-gather", flags.overlap_param_gather,
+               "Distributed optimizer: all-gather the updated parameters behind the next forward");
+  app.add_flag("--tp-comm-overlap", flags.tp_comm_overlap,
+               "Overlap sequence-parallel TP all-gather / reduce-scatter with their GEMMs (TE userbuffers)");
   app.add_option("--decoder-first-pipeline-num-layers", flags.first_stage_layers, "Layers on the first stage");
   app.add_option("--decoder-last-pipeline-num-layers", flags.last_stage_layers, "Layers on the last stage");
 }
@@ -161,6 +165,8 @@ model::Scenario resolve_scenario(const ScenarioFlags& flags) {
   if (pf.sequence_parallel) plan.sequence_parallel = true;
   if (pf.distributed_optimizer) plan.distributed_optimizer = true;
   if (pf.no_overlap_grad_reduce) plan.overlap_grad_reduce = false;
+  if (pf.overlap_param_gather) plan.overlap_param_gather = true;
+  if (pf.tp_comm_overlap) plan.tp_comm_overlap = true;
   if (pf.first_stage_layers) plan.first_stage_layers = *pf.first_stage_layers;
   if (pf.last_stage_layers) plan.last_stage_layers = *pf.last_stage_layers;
   if (pf.vp && *pf.vp > 1 && !pf.schedule) {

@@ -43,6 +43,8 @@ struct PlanFlags {
   bool sequence_parallel = false;
   bool distributed_optimizer = false;
   bool no_overlap_grad_reduce = false;
+  bool overlap_param_gather = false;
+  bool tp_comm_overlap = false;
   std::optional<int> first_stage_layers;
   std::optional<int> last_stage_layers;
 };

@@ -145,10 +145,23 @@ MappedRun map_run(const PublishedRun& run) {
   }
   plan.global_batch_size = as_int(*run.global_batch);
   plan.vp = run.vp ? std::max(1, static_cast<int>(as_int(*run.vp))) : 1;
-  plan.schedule = plan.vp > 1 ? model::Schedule::Interleaved : model::Schedule::OneFOneB;
-  if (!run.vp && run.source_kind == "sc21") {
-    notes.emplace_back("interleaved schedule without a stated chunk count -> plain 1F1B");
+  // SC21 Table 1 ran the interleaved schedule (paper section 5.1, kept in notes) without stating the chunk count:
+  // take the least interleaving the stage allows (smallest vp > 1 dividing the layers per stage), which keeps the
+  // bubble an upper bound of the paper's; plain 1F1B where no such vp exists.
+  if (!run.vp && plan.pp > 1 && contains(lower(run.notes), "interleaved")) {
+    const std::int64_t per_stage = spec.num_layers % plan.pp == 0 ? spec.num_layers / plan.pp : 0;
+    for (int chunks = 2; per_stage > 1 && chunks <= per_stage; ++chunks) {
+      if (per_stage % chunks == 0) {
+        plan.vp = chunks;
+        break;
+      }
+    }
+    notes.emplace_back(plan.vp > 1 ? fmt::format("interleaved schedule without a stated chunk count -> vp={} (least "
+                                                 "interleaving of {} layers per stage)",
+                                                 plan.vp, per_stage)
+                                   : std::string("interleaved schedule without a stated chunk count -> plain 1F1B"));
   }
+  plan.schedule = plan.vp > 1 ? model::Schedule::Interleaved : model::Schedule::OneFOneB;
   // ---- memory savers and precision
   const std::string flops_def = run.note("flops_def");
   const std::string recompute = lower(run.recompute);
@@ -174,12 +187,26 @@ MappedRun map_run(const PublishedRun& run) {
   plan.distributed_optimizer = run.source_kind != "sc21";
   // SC21-era Megatron and Megatron-DeepSpeed (BLOOM) reduce gradients after the backward pass.
   plan.overlap_grad_reduce = modern;
+  // Megatron-Core / NeMo overlap features: the Megatron-LM README states --overlap-param-gather --tp-comm-overlap
+  // for its table; the NeMo 24.07 and dgxc v25.02 recipes run Megatron-Core with the same options (assumed, their
+  // tables do not restate them). Userbuffers TP overlap needs sequence parallelism.
+  plan.overlap_param_gather = modern;
+  plan.tp_comm_overlap = modern && plan.sequence_parallel;
+  if (modern && run.source_kind != "megatron-lm-readme") {
+    notes.emplace_back(fmt::format("overlap not stated -> --overlap-param-gather{} (Megatron-Core recipe defaults)",
+                                   plan.tp_comm_overlap ? " --tp-comm-overlap" : ""));
+  }
   plan.precision = precision_of(run.note("precision"), notes);
   plan.flash_attention = modern;
   if (!modern) {
     notes.emplace_back("unfused attention (source predates FlashAttention)");
   }
   if (run.source_kind == "bloom") {
+    // Megatron-DeepSpeed's BF16 optimizer (notes: ZeRO-1-equivalent sharding): fp32 gradients all-reduced over DP,
+    // then each rank updates its shard and all-gathers the bf16 parameters (DeepSpeed runtime/engine.py
+    // allreduce_gradients, runtime/bf16_optimizer.py).
+    plan.all_reduce_sharded_grads = true;
+    notes.emplace_back("BF16 optimizer: fp32 gradient all-reduce over DP, sharded update, bf16 parameter all-gather");
     mapped.nic_bw_bytes_per_s = BLOOM_NIC_BYTES_PER_S;
     notes.emplace_back("network: 4 x 100 Gb/s Omni-Path per 8-GPU node = 6.25 GB/s per GPU");
   }

@@ -42,6 +42,8 @@ nlohmann::json plan_to_json(const model::Plan& plan) {
                         {"distributed_optimizer", plan.distributed_optimizer},
                         {"precision", model::to_string(plan.precision)},
                         {"overlap_grad_reduce", plan.overlap_grad_reduce},
+                        {"overlap_param_gather", plan.overlap_param_gather},
+                        {"tp_comm_overlap", plan.tp_comm_overlap},
                         {"first_stage_layers", plan.first_stage_layers},
                         {"last_stage_layers", plan.last_stage_layers}};
 }

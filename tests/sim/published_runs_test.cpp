@@ -5,6 +5,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -156,6 +158,18 @@ TEST_CASE("sim::analysis::map_run: defaults and skips", "[validate]") {
     CHECK(mapped.plan.vp == 20);
     CHECK(mapped.plan.sequence_parallel);
     CHECK_FALSE(mapped.recompute_stated);
+    // Megatron-Core recipe defaults (published_runs_map.cpp): both overlaps on, and printed as an assumption.
+    CHECK(mapped.plan.tp_comm_overlap);
+    CHECK(mapped.plan.overlap_param_gather);
+    CHECK(std::any_of(mapped.assumptions.begin(), mapped.assumptions.end(),
+                      [](const std::string& line) { return line.find("--tp-comm-overlap") != std::string::npos; }));
+  }
+  SECTION("SC21 predates the Megatron-Core overlaps") {
+    const auto mapped = map_run(runs.at("megatron-sc21-t1-18b"));
+    REQUIRE(mapped.status == RunStatus::Ok);
+    CHECK_FALSE(mapped.plan.tp_comm_overlap);
+    CHECK_FALSE(mapped.plan.overlap_param_gather);
+    CHECK_FALSE(mapped.plan.overlap_grad_reduce);
   }
   SECTION("BLOOM: embedding counted as a stage layer, ffn 4h, not gated, A100 80GB") {
     const auto mapped = map_run(runs.at("bloom-176b-main-run-384gpu"));
@@ -167,5 +181,8 @@ TEST_CASE("sim::analysis::map_run: defaults and skips", "[validate]") {
     CHECK(mapped.plan.last_stage_layers == 5);
     CHECK(mapped.plan.micro_batch_size == 2);
     CHECK(mapped.plan.precision == cuboid::model::Precision::Bf16);
+    CHECK(mapped.plan.distributed_optimizer);
+    CHECK(mapped.plan.all_reduce_sharded_grads); // DeepSpeed BF16 optimizer
+    CHECK_FALSE(mapped.plan.overlap_grad_reduce);
   }
 }
