@@ -127,6 +127,11 @@ CostProfile default_profile(const std::string& gpu_name) {
     profile.assumptions.push_back("b200 profile: all efficiencies copied from H100 measurements (assumption)");
     return profile;
   }
+  if (gpu_name == "cpu") {
+    throw InputError(input_message("cost profile", "gpu",
+                                   "the cpu device has no default profile: measure one with `cuboid calibrate "
+                                   "--backend cpu --out cpu.yaml` and pass --profile cpu.yaml"));
+  }
   throw InputError(input_message("cost profile", "gpu",
                                  fmt::format("no default profile for GPU '{}'{}", gpu_name,
                                              valid_values_hint(gpu_name, default_profile_gpus()))));

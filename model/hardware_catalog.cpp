@@ -2,6 +2,7 @@
 // (copied from shared/specs/gpus.csv, one source string per row); board power and node fabrics cite NVIDIA
 // datasheets; link latencies are assumptions and are reported as such with every result.
 #include "model/hardware_catalog.hpp"
+#include "model/cpu_device.hpp"
 
 #include "model/errors.hpp"
 
@@ -213,6 +214,15 @@ ClusterSpec make_cluster(const std::string& system_or_gpu, int num_gpus, int gpu
 
 ClusterSpec make_cluster(const std::string& system_or_gpu, int num_gpus, int gpus_per_node, const std::string& where,
                          const std::string& path) {
+  if (system_or_gpu == CPU_DEVICE_NAME) {
+    // The CPU backend on this machine (cpu_device.hpp): one node of num_gpus ranks; predicts `cuboid run --backend
+    // cpu` together with a profile from `cuboid calibrate --backend cpu`.
+    if (num_gpus <= 0) {
+      throw InputError(input_message(where, field_path(path, "num_gpus"),
+                                     fmt::format("{} is not valid (expected a positive integer)", num_gpus)));
+    }
+    return cpu_cluster(num_gpus);
+  }
   const std::vector<std::string> systems = builtin_system_names();
   const std::vector<std::string> gpus = builtin_gpu_names();
   std::string system_name = system_or_gpu;

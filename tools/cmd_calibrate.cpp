@@ -4,7 +4,7 @@
 // `cuboid simulate --profile FILE` read. The file is replaced atomically (model::save_profile).
 #include "exec/calibration.hpp"
 #include "exec/comm_environment.hpp"
-#include "exec/cpu_device.hpp"
+#include "model/cpu_device.hpp"
 #include "model/errors.hpp"
 #include "tools/commands.hpp"
 #include "tools/plan_options.hpp"
@@ -211,9 +211,9 @@ int run_calibrate(const CalibrateOptions& cli) {
     }
     throw;
   }
-  options.peak_flops_per_s = exec::CPU_REFERENCE_FLOPS_PER_S;
-  options.mem_bw_bytes_per_s = exec::CPU_REFERENCE_MEM_BW_BYTES_PER_S;
-  options.link_bw_bytes_per_s = exec::CPU_REFERENCE_LINK_BW_BYTES_PER_S;
+  options.peak_flops_per_s = model::CPU_REFERENCE_FLOPS_PER_S;
+  options.mem_bw_bytes_per_s = model::CPU_REFERENCE_MEM_BW_BYTES_PER_S;
+  options.link_bw_bytes_per_s = model::CPU_REFERENCE_LINK_BW_BYTES_PER_S;
   options.min_time_s = cli.min_time_s;
   options.name = "cpu-measured";
   const exec::CalibrationResult result = exec::calibrate(scenario.model, scenario.plan, options, world);

@@ -3,7 +3,7 @@
 // machine's calibration profile, task by task (same task ids). Rank 0 prints; --json prints one object.
 #include "exec/calibration.hpp"
 #include "exec/comm_environment.hpp"
-#include "exec/cpu_device.hpp"
+#include "model/cpu_device.hpp"
 #include "exec/runtime.hpp"
 #include "model/cost_model.hpp"
 #include "model/errors.hpp"
@@ -83,7 +83,7 @@ model::Scenario resolve_run_scenario(ScenarioFlags flags, int world_size) {
   }
   flags.cluster.num_gpus = world_size;
   model::Scenario scenario = resolve_scenario(flags);
-  scenario.cluster = exec::cpu_cluster(world_size);
+  scenario.cluster = model::cpu_cluster(world_size);
   return scenario;
 }
 
@@ -314,9 +314,9 @@ int run_cpu(const RunCliOptions& cli) {
 
   if (!cli.scenario.cluster.profile) {
     exec::CalibrationOptions calibration;
-    calibration.peak_flops_per_s = exec::CPU_REFERENCE_FLOPS_PER_S;
-    calibration.mem_bw_bytes_per_s = exec::CPU_REFERENCE_MEM_BW_BYTES_PER_S;
-    calibration.link_bw_bytes_per_s = exec::CPU_REFERENCE_LINK_BW_BYTES_PER_S;
+    calibration.peak_flops_per_s = model::CPU_REFERENCE_FLOPS_PER_S;
+    calibration.mem_bw_bytes_per_s = model::CPU_REFERENCE_MEM_BW_BYTES_PER_S;
+    calibration.link_bw_bytes_per_s = model::CPU_REFERENCE_LINK_BW_BYTES_PER_S;
     calibration.min_time_s = QUICK_CALIBRATION_MIN_TIME_S;
     calibration.allreduce_bytes = QUICK_ALLREDUCE_BYTES;
     calibration.name = "cpu-quick";

@@ -1,6 +1,7 @@
 // Cost-profile selection and command-line overrides (see profile_options.hpp).
 #include "tools/profile_options.hpp"
 
+#include "model/cpu_device.hpp"
 #include "model/errors.hpp"
 
 #include <fmt/format.h>
@@ -36,8 +37,21 @@ void add_profile_flags(CLI::App& app, ProfileFlags& flags) {
 
 model::CostProfile resolve_profile(const ProfileFlags& flags, const ClusterFlags& cluster_flags,
                                    const model::ClusterSpec& cluster) {
-  return apply_profile_flags(flags, cluster_flags.profile ? model::load_profile(*cluster_flags.profile)
-                                                         : model::default_profile(cluster.gpu.name));
+  if (!cluster_flags.profile) {
+    return apply_profile_flags(flags, model::default_profile(cluster.gpu.name));
+  }
+  const model::CostProfile profile = model::load_profile(*cluster_flags.profile);
+  // A CPU profile's efficiencies are fractions of the cpu device's reference rates (model/cpu_device.hpp): on a GPU
+  // they would mean nothing, and a GPU profile means nothing on the cpu device.
+  const bool cpu_profile = profile.gpu == model::CPU_DEVICE_NAME;
+  if (cpu_profile != (cluster.gpu.name == model::CPU_DEVICE_NAME)) {
+    throw InputError(input_message(*cluster_flags.profile, "gpu",
+                                   fmt::format("profile for '{}' used on a cluster of '{}' ({})", profile.gpu,
+                                               cluster.gpu.name,
+                                               cpu_profile ? "pass --gpu cpu to predict a CPU run"
+                                                           : "a CPU cluster (--gpu cpu) needs a CPU profile")));
+  }
+  return apply_profile_flags(flags, profile);
 }
 
 model::CostProfile apply_profile_flags(const ProfileFlags& flags, model::CostProfile profile) {

@@ -1,5 +1,7 @@
 # `cuboid calibrate` writes a profile that `cuboid simulate --profile` and `cuboid run --profile` accept: calibrate
-# (CUBOID, PROFILE), simulate with it (exit 0), then one short run with it whose JSON must pass CHECK.
+# (CUBOID, PROFILE), simulate with it on the cpu device, then one short run with it whose JSON must pass CHECK and
+# whose predicted step time is the one `simulate --gpu cpu` printed (same IR, same profile). On a GPU cluster the CPU
+# profile is refused (exit 2).
 file(REMOVE ${PROFILE})
 execute_process(COMMAND ${CUBOID} calibrate --backend cpu --out ${PROFILE} --min-time 0.002 --tp-sizes 1,2
                 RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 120)
@@ -13,10 +15,17 @@ if(NOT text MATCHES "gpu: cpu" OR NOT text MATCHES "gemm_table:")
 endif()
 execute_process(COMMAND ${CUBOID} simulate --model gpt-tiny --num-gpus 2 --dp 2 --profile ${PROFILE}
                 RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 60)
-message("${out}${err}")
-if(NOT rc EQUAL 0 OR NOT out MATCHES "cpu-measured")
-  message(FATAL_ERROR "cuboid simulate --profile ${PROFILE} exited with '${rc}' or did not use the profile")
+if(NOT rc EQUAL 2 OR NOT err MATCHES "--gpu cpu")
+  message(FATAL_ERROR "a CPU profile on the default A100 cluster: exit '${rc}' (want 2), '${err}'")
 endif()
+execute_process(COMMAND ${CUBOID} simulate --model gpt-tiny --gpu cpu --num-gpus 1 --global-batch-size 2
+                        --profile ${PROFILE} --json
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 60)
+message("${err}")
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "cuboid simulate --gpu cpu --profile ${PROFILE} exited with '${rc}'")
+endif()
+string(JSON simulated_s GET "${out}" step_time_s)
 execute_process(COMMAND ${CUBOID} run --backend cpu --steps 2 --global-batch-size 2 --profile ${PROFILE} --json
                 RESULT_VARIABLE rc OUTPUT_FILE ${PROFILE}.run.json ERROR_VARIABLE err TIMEOUT 120)
 message("${err}")
@@ -29,3 +38,12 @@ message("${out}${err}")
 if(NOT rc EQUAL 0)
   message(FATAL_ERROR "cuboid run --profile ${PROFILE} --json failed its check")
 endif()
+file(READ ${PROFILE}.run.json run_json)
+string(JSON predicted_s GET "${run_json}" predicted_step_time_s)
+# CMake has no floating-point math: compare the leading digits of the two printed values.
+string(SUBSTRING "${simulated_s}" 0 7 simulated_head)
+string(SUBSTRING "${predicted_s}" 0 7 predicted_head)
+if(NOT simulated_head STREQUAL predicted_head)
+  message(FATAL_ERROR "simulate --gpu cpu predicts ${simulated_s} s, cuboid run predicted ${predicted_s} s")
+endif()
+message("simulate --gpu cpu: ${simulated_s} s; cuboid run's prediction: ${predicted_s} s")

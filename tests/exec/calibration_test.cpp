@@ -3,7 +3,7 @@
 #include "test_models.hpp"
 
 #include "exec/calibration.hpp"
-#include "exec/cpu_device.hpp"
+#include "model/cpu_device.hpp"
 #include "exec/local_communicator.hpp"
 #include "model/cost_model.hpp"
 
@@ -68,9 +68,9 @@ TEST_CASE("exec::calibrate: calibrated GEMMs are predicted at their measured tim
   LocalCommunicator world;
   CalibrationOptions options;
   options.min_time_s = 0.001;
-  options.peak_flops_per_s = CPU_REFERENCE_FLOPS_PER_S;
-  options.mem_bw_bytes_per_s = CPU_REFERENCE_MEM_BW_BYTES_PER_S;
-  options.link_bw_bytes_per_s = CPU_REFERENCE_LINK_BW_BYTES_PER_S;
+  options.peak_flops_per_s = model::CPU_REFERENCE_FLOPS_PER_S;
+  options.mem_bw_bytes_per_s = model::CPU_REFERENCE_MEM_BW_BYTES_PER_S;
+  options.link_bw_bytes_per_s = model::CPU_REFERENCE_LINK_BW_BYTES_PER_S;
   options.tp_sizes = {1, 2};
   const model::ModelSpec spec = test::gpt_tiny_shape();
   const model::Plan plan = test::single_rank_plan(1, 2);
@@ -82,7 +82,7 @@ TEST_CASE("exec::calibrate: calibrated GEMMs are predicted at their measured tim
   const model::CostProfile loaded = model::load_profile(path);
   std::remove(path.c_str());
   CHECK(loaded.gpu == "cpu");
-  const model::CostModel cost(cpu_cluster(1), loaded, plan);
+  const model::CostModel cost(model::cpu_cluster(1), loaded, plan);
   const double per_op_s = loaded.launch_overhead_s;
   for (const auto& g : result.gemms) {
     model::Op op;

@@ -1,12 +1,12 @@
 // The "cpu" device and cluster for predictions of CPU runs (see cpu_device.hpp).
-#include "exec/cpu_device.hpp"
+#include "model/cpu_device.hpp"
 
 #include <fmt/format.h>
 #include <unistd.h>
 
 #include <algorithm>
 
-namespace cuboid::exec {
+namespace cuboid::model {
 
 namespace {
 // Used when sysconf cannot tell the physical memory (it always can on Linux).
@@ -22,8 +22,8 @@ double physical_memory_bytes() {
 }
 } // namespace
 
-model::GpuSpec cpu_device(int ranks_per_machine) {
-  model::GpuSpec gpu;
+GpuSpec cpu_device(int ranks_per_machine) {
+  GpuSpec gpu;
   gpu.name = "cpu";
   gpu.bf16_flops_per_s = CPU_REFERENCE_FLOPS_PER_S;
   gpu.fp16_flops_per_s = CPU_REFERENCE_FLOPS_PER_S;
@@ -31,12 +31,12 @@ model::GpuSpec cpu_device(int ranks_per_machine) {
   gpu.hbm_bytes = physical_memory_bytes() / std::max(1, ranks_per_machine);
   gpu.hbm_bw_bytes_per_s = CPU_REFERENCE_MEM_BW_BYTES_PER_S;
   gpu.nvlink_bw_bytes_per_s = CPU_REFERENCE_LINK_BW_BYTES_PER_S;
-  gpu.source = "cuboid CPU backend: fixed reference rates (exec/cpu_device.hpp); a CPU calibration profile scales them";
+  gpu.source = "cuboid CPU backend: fixed reference rates (model/cpu_device.hpp); a CPU calibration profile scales them";
   return gpu;
 }
 
-model::ClusterSpec cpu_cluster(int world_size) {
-  model::ClusterSpec cluster;
+ClusterSpec cpu_cluster(int world_size) {
+  ClusterSpec cluster;
   cluster.name = "cpu";
   cluster.gpu = cpu_device(world_size);
   cluster.num_gpus = world_size;
@@ -49,4 +49,4 @@ model::ClusterSpec cpu_cluster(int world_size) {
   return cluster;
 }
 
-} // namespace cuboid::exec
+} // namespace cuboid::model

@@ -6,7 +6,10 @@
 
 #include "model/gpu_spec.hpp"
 
-namespace cuboid::exec {
+namespace cuboid::model {
+
+/// Name of the CPU backend's device in `--gpu` and in profiles (model::make_cluster("cpu", n) = cpu_cluster(n)).
+constexpr const char* CPU_DEVICE_NAME = "cpu";
 
 /// Reference rates of the "cpu" device. They are deliberately far above any CPU so that measured fractions stay in
 /// (0, 1] (CostProfile requires it); e.g. 80 GFLOP/s measured = efficiency 0.008.
@@ -15,8 +18,8 @@ constexpr double CPU_REFERENCE_MEM_BW_BYTES_PER_S = 1e12; // per rank, memory-bo
 constexpr double CPU_REFERENCE_LINK_BW_BYTES_PER_S = 1e12; // per rank per direction, MPI over shared memory
 
 /// The "cpu" device: reference rates above, memory = this machine's physical memory / ranks_per_machine.
-model::GpuSpec cpu_device(int ranks_per_machine);
+GpuSpec cpu_device(int ranks_per_machine);
 /// One machine running `world_size` ranks (one "node", so every collective uses the intra-node link class).
-model::ClusterSpec cpu_cluster(int world_size);
+ClusterSpec cpu_cluster(int world_size);
 
-} // namespace cuboid::exec
+} // namespace cuboid::model
