@@ -2,6 +2,7 @@
 // test checks they agree) and the profile YAML reader/writer. Every number names its source or says "assumption".
 #include "model/cost_profile.hpp"
 
+#include "model/atomic_file.hpp"
 #include "model/errors.hpp"
 #include "model/yaml_fields.hpp"
 
@@ -13,7 +14,6 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 
 namespace cuboid::model {
@@ -322,20 +322,9 @@ void save_profile(const CostProfile& profile, const std::string& path) {
   }
   out << YAML::EndSeq << YAML::EndMap;
 
-  const std::string tmp_path = path + ".tmp";
-  {
-    std::ofstream file(tmp_path, std::ios::trunc);
-    file << "# cuboid cost profile (fields: model/cost_profile.hpp; SI units)\n" << out.c_str() << "\n";
-    if (!file) {
-      throw InputError(input_message(path, "", "cannot write cost profile"));
-    }
-  }
-  std::error_code error;
-  std::filesystem::rename(tmp_path, path, error);
-  if (error) {
-    std::filesystem::remove(tmp_path, error);
-    throw InputError(input_message(path, "", "cannot replace cost profile file"));
-  }
+  // Atomic: an interrupted `cuboid calibrate` leaves the previous profile intact.
+  write_file_atomically(path, fmt::format("# cuboid cost profile (fields: model/cost_profile.hpp; SI units)\n{}\n",
+                                          out.c_str()));
 }
 
 } // namespace cuboid::model
