@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <limits>
 
 using namespace cuboid::sim::analysis;
 using Catch::Matchers::Contains;
@@ -19,7 +20,7 @@ constexpr double HOUR = 3600.0;
 // Interval minimising the complete model's wall time, by a fine scan (the reference for Daly's published optima).
 double numerical_optimum_s(double delta, double restart, double mtbf) {
   double best_tau = 0.0;
-  double best_wall = INFINITY;
+  double best_wall = std::numeric_limits<double>::infinity();
   for (double tau = delta / 100.0; tau < 4.0 * mtbf; tau *= 1.0005) {
     const double wall = expected_wall_time_s(1.0, tau, delta, restart, mtbf);
     if (wall < best_wall) {
@@ -92,6 +93,6 @@ TEST_CASE("sim::analysis::goodput: bad assumptions name the flag", "[sim][report
   assumptions.checkpoint_write_s = -1.0;
   REQUIRE_THROWS_AS(compute_goodput(assumptions, 8), cuboid::InputError);
   assumptions = FailureAssumptions{};
-  assumptions.restart_s = NAN;
+  assumptions.restart_s = std::numeric_limits<double>::quiet_NaN();
   REQUIRE_THROWS_WITH(compute_goodput(assumptions, 8), Contains("--restart-s"));
 }
