@@ -2,7 +2,9 @@
 // test checks they agree) and the profile YAML reader/writer. Every number names its source or says "assumption".
 #include "model/cost_profile.hpp"
 
+#include "model/atomic_file.hpp"
 #include "model/errors.hpp"
+#include "model/yaml_fields.hpp"
 
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
@@ -12,7 +14,6 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 
 namespace cuboid::model {
@@ -205,6 +206,32 @@ void check_range(double value, double lo, double hi, bool lo_exclusive, const st
   }
 }
 
+// A mapping key as text; complex keys (`? [a, b]`) are rejected instead of failing inside yaml-cpp.
+std::string read_key(const YAML::Node& key, const std::string& where, const std::string& parent) {
+  if (!key.IsScalar()) {
+    throw InputError(input_message(where, parent, "a key must be a plain name (expected a scalar key)"));
+  }
+  return key.Scalar();
+}
+
+std::string read_text(const YAML::Node& node, const std::string& where, const std::string& key) {
+  if (node.IsNull()) {
+    return {};
+  }
+  if (!node.IsScalar()) {
+    throw InputError(input_message(where, key, "expected a string"));
+  }
+  return node.Scalar();
+}
+
+void require_sequence(const YAML::Node& node, const std::string& where, const std::string& key, const char* what) {
+  if (!node.IsSequence()) {
+    throw InputError(input_message(where, key,
+                                   fmt::format("{} is not valid (expected a sequence of {})",
+                                               node.IsScalar() ? node.Scalar() : std::string("a mapping"), what)));
+  }
+}
+
 GemmPoint read_gemm_point(const YAML::Node& node, const std::string& path, std::size_t index) {
   const std::string key = fmt::format("gemm_table[{}]", index);
   const std::string where = fmt::format("{}:{}", path, node.Mark().line + 1);
@@ -214,8 +241,13 @@ GemmPoint read_gemm_point(const YAML::Node& node, const std::string& path, std::
   const std::vector<std::string> names = {"m", "n", "k", "efficiency"};
   GemmPoint point;
   const std::array<double*, 4> targets = {&point.m, &point.n, &point.k, &point.efficiency};
+  std::vector<std::string> seen;
   for (const auto& entry : node) {
-    const auto name = entry.first.as<std::string>();
+    const std::string name = read_key(entry.first, where, key);
+    if (std::find(seen.begin(), seen.end(), name) != seen.end()) {
+      throw InputError(input_message(where, key + "." + name, "duplicate key (each key may appear once)"));
+    }
+    seen.push_back(name);
     const auto found = std::find(names.begin(), names.end(), name);
     if (found == names.end()) {
       throw InputError(input_message(where, key + "." + name, "unknown key" + valid_values_hint(name, names)));
@@ -249,10 +281,15 @@ CostProfile load_profile(const std::string& path) {
   CostProfile profile;
   profile.name = std::filesystem::path(path).stem().string();
   const auto& fields = numeric_fields();
+  std::vector<std::string> seen;
   for (const auto& entry : root) {
-    const auto key = entry.first.as<std::string>();
-    const YAML::Node& value = entry.second;
     const std::string where = fmt::format("{}:{}", path, entry.first.Mark().line + 1);
+    const std::string key = read_key(entry.first, where, "");
+    if (std::find(seen.begin(), seen.end(), key) != seen.end()) {
+      throw InputError(input_message(where, key, "duplicate key (each key may appear once)"));
+    }
+    seen.push_back(key);
+    const YAML::Node& value = entry.second;
     const auto field = std::find_if(fields.begin(), fields.end(), [&](const auto& f) { return key == f.key; });
     if (field != fields.end()) {
       const double number = read_number(value, path, key);
@@ -260,18 +297,21 @@ CostProfile load_profile(const std::string& path) {
       profile.*(field->member) = number;
     } else if (key == "name" || key == "source" || key == "gpu") {
       std::string& target = key == "name" ? profile.name : (key == "source" ? profile.source : profile.gpu);
-      target = value.IsNull() ? std::string{} : value.as<std::string>();
+      target = read_text(value, where, key);
     } else if (key == "assumptions") {
+      require_sequence(value, where, key, "strings");
+      std::size_t index = 0;
       for (const auto& line : value) {
-        profile.assumptions.push_back(line.as<std::string>());
+        profile.assumptions.push_back(read_text(line, where, fmt::format("assumptions[{}]", index++)));
       }
     } else if (key == "gemm_table") {
+      require_sequence(value, where, key, "{m, n, k, efficiency} mappings");
       std::size_t index = 0;
       for (const auto& point : value) {
         profile.gemm_table.push_back(read_gemm_point(point, path, index++));
       }
     } else {
-      throw InputError(input_message(where, key, "unknown cost-profile key" + valid_values_hint(key, all_keys())));
+      throw InputError(input_message(where, key, "unknown cost-profile key" + yaml::key_hint(key, all_keys())));
     }
   }
   return profile;
@@ -300,20 +340,9 @@ void save_profile(const CostProfile& profile, const std::string& path) {
   }
   out << YAML::EndSeq << YAML::EndMap;
 
-  const std::string tmp_path = path + ".tmp";
-  {
-    std::ofstream file(tmp_path, std::ios::trunc);
-    file << "# cuboid cost profile (fields: model/cost_profile.hpp; SI units)\n" << out.c_str() << "\n";
-    if (!file) {
-      throw InputError(input_message(path, "", "cannot write cost profile"));
-    }
-  }
-  std::error_code error;
-  std::filesystem::rename(tmp_path, path, error);
-  if (error) {
-    std::filesystem::remove(tmp_path, error);
-    throw InputError(input_message(path, "", "cannot replace cost profile file"));
-  }
+  // Atomic: an interrupted `cuboid calibrate` leaves the previous profile intact.
+  write_file_atomically(path, fmt::format("# cuboid cost profile (fields: model/cost_profile.hpp; SI units)\n{}\n",
+                                          out.c_str()));
 }
 
 } // namespace cuboid::model

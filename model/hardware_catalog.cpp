@@ -241,6 +241,12 @@ ClusterSpec make_cluster(const std::string& system_or_gpu, int num_gpus, int gpu
     throw InputError(input_message(where, field_path(path, "num_gpus"),
                                    fmt::format("{} is not valid (expected a positive integer)", num_gpus)));
   }
+  if (num_gpus > MAX_NUM_GPUS) {
+    throw InputError(input_message(where, field_path(path, "num_gpus"),
+                                   fmt::format("{} is too large (at most {} GPUs: cuboid's bound on the simulated "
+                                               "cluster, see MAX_NUM_GPUS)",
+                                               num_gpus, MAX_NUM_GPUS)));
+  }
   if (gpus_per_node < 0) {
     throw InputError(input_message(where, field_path(path, "gpus_per_node"),
                                    fmt::format("{} is not valid (expected a positive integer; 0 = the system's {})",

@@ -41,9 +41,14 @@ SystemSpec find_system(const std::string& name, const std::string& where);
 /// h200 -> dgx-h200, b200 -> dgx-b200, gb200 -> gb200-nvl72. InputError for an unknown GPU.
 std::string default_system_for_gpu(const std::string& gpu_name);
 
+/// Bounded resources: the largest cluster cuboid accepts, 2^22 = 4,194,304 GPUs (about 20x the largest clusters
+/// announced by 2025). Per-rank tables (DP/TP groups, per-rank memory, the --all-ranks graph) stay a few hundred MB
+/// at this size, and every rank product fits an int.
+constexpr int MAX_NUM_GPUS = 1 << 22;
+
 /// A cluster of num_gpus GPUs of a system (by system name, or by GPU name via default_system_for_gpu).
-/// gpus_per_node = 0 takes the system's. InputError when num_gpus <= 0, gpus_per_node < 0, or num_gpus is larger
-/// than a node but not a whole number of nodes. ClusterSpec::name is the system name.
+/// gpus_per_node = 0 takes the system's. InputError when num_gpus <= 0 or > MAX_NUM_GPUS, gpus_per_node < 0, or
+/// num_gpus is larger than a node but not a whole number of nodes. ClusterSpec::name is the system name.
 ClusterSpec make_cluster(const std::string& system_or_gpu, int num_gpus, int gpus_per_node, const std::string& where);
 /// Same, with `path` as the key path prefix of the fields in messages ("cluster" -> "cluster.num_gpus").
 ClusterSpec make_cluster(const std::string& system_or_gpu, int num_gpus, int gpus_per_node, const std::string& where,

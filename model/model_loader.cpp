@@ -179,10 +179,27 @@ ModelSpec load_hf_config_file(const std::string& path) {
   if (!in) {
     throw InputError(input_message(path, "", "cannot read file"));
   }
+  // nlohmann keeps the last of two equal keys silently; a config with a key twice is ambiguous, so it is rejected.
+  std::vector<std::vector<std::string>> keys_by_depth;
+  const json::parser_callback_t reject_duplicates = [&](int /*depth*/, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::object_start) {
+      keys_by_depth.emplace_back();
+    } else if (event == json::parse_event_t::object_end && !keys_by_depth.empty()) {
+      keys_by_depth.pop_back();
+    } else if (event == json::parse_event_t::key && !keys_by_depth.empty()) {
+      auto& keys = keys_by_depth.back();
+      const auto key = parsed.get<std::string>();
+      if (std::find(keys.begin(), keys.end(), key) != keys.end()) {
+        throw InputError(input_message(path, key, "duplicate key (each key may appear once)"));
+      }
+      keys.push_back(key);
+    }
+    return true;
+  };
   json config;
   try {
-    config = json::parse(in);
-  } catch (const json::parse_error& error) {
+    config = json::parse(in, reject_duplicates);
+  } catch (const json::exception& error) { // parse_error, and out_of_range for numbers such as 1e400
     throw InputError(input_message(path, "", fmt::format("invalid JSON: {}", error.what())));
   }
   return model_from_hf_config(config, path);

@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include <string_view>
 #include <utility>
 
 namespace cuboid::model {
@@ -47,10 +48,18 @@ void validate(const ModelSpec& spec, const std::string& where, const std::string
       {"head_dim", spec.head_dim},             {"ffn_hidden_size", spec.ffn_hidden_size},
       {"vocab_size", spec.vocab_size},         {"seq_length", spec.seq_length},
   };
+  // Bounded resources: sizes far beyond any real model (the largest have ~200 layers, hidden 3e4, vocab 3e5) are
+  // rejected before anything is allocated per layer or multiplied in 64-bit integers.
+  constexpr std::int64_t MAX_LAYERS = 1 << 16;
+  constexpr std::int64_t MAX_SIZE = 1 << 30;
   for (const auto& [name, value] : sizes) {
     if (value <= 0) {
       throw InputError(input_message(where, field(name),
                                      fmt::format("{} is not valid (expected a positive integer)", value)));
+    }
+    const std::int64_t limit = std::string_view(name) == "num_layers" ? MAX_LAYERS : MAX_SIZE;
+    if (value > limit) {
+      throw InputError(input_message(where, field(name), fmt::format("{} is too large (at most {})", value, limit)));
     }
   }
   if (spec.num_attention_heads % spec.num_query_groups != 0) {

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <utility>
@@ -50,12 +51,20 @@ std::string message(const std::string& where, const std::string& field, const st
   return where.empty() ? fmt::format("{}: {}", field, text) : input_message(where, field, text);
 }
 
+// The smallest 16 divisors, found up to sqrt(value) (a large prime must not take `value` steps).
 std::string divisors_of(std::int64_t value) {
+  constexpr std::size_t MAX_SHOWN = 16;
   std::vector<std::int64_t> divisors;
-  for (std::int64_t candidate = 1; candidate <= value && divisors.size() < 16; ++candidate) {
+  for (std::int64_t candidate = 1; candidate <= value / candidate; ++candidate) {
     if (value % candidate == 0) {
       divisors.push_back(candidate);
+      divisors.push_back(value / candidate);
     }
+  }
+  std::sort(divisors.begin(), divisors.end());
+  divisors.erase(std::unique(divisors.begin(), divisors.end()), divisors.end());
+  if (divisors.size() > MAX_SHOWN) {
+    divisors.resize(MAX_SHOWN);
   }
   return fmt::format("{}", fmt::join(divisors, ", "));
 }
@@ -180,21 +189,35 @@ void validate(const Plan& plan, const ModelSpec& model, const ClusterSpec& clust
   }
   validate(model, where, "model.");
 
-  const std::int64_t world = static_cast<std::int64_t>(plan.tp) * plan.pp * plan.dp;
-  if (world != cluster.num_gpus) {
+  // In double: tp*pp*dp of three arbitrary ints can overflow 64 bits; any product that is exact is < 2^53.
+  const double world = static_cast<double>(plan.tp) * plan.pp * plan.dp;
+  if (world != static_cast<double>(cluster.num_gpus)) {
     throw InfeasibleError(input_message(where, "plan",
-                                        fmt::format("tp*pp*dp = {}*{}*{} = {} != num_gpus = {}", plan.tp, plan.pp,
+                                        fmt::format("tp*pp*dp = {}*{}*{} = {:.0f} != num_gpus = {}", plan.tp, plan.pp,
                                                     plan.dp, world, cluster.num_gpus)));
   }
   require_tp_divides(plan, model.num_attention_heads, "num_attention_heads", where);
   require_tp_divides(plan, model.num_query_groups, "num_query_groups", where);
   require_tp_divides(plan, model.ffn_hidden_size, "ffn_hidden_size", where);
-  const std::int64_t per_step = plan.micro_batch_size * plan.dp;
-  if (plan.global_batch_size % per_step != 0) {
-    throw InfeasibleError(input_message(where, "plan.global_batch_size",
-                                        fmt::format("{} is not divisible by micro_batch_size*dp = {}*{} = {}",
-                                                    plan.global_batch_size, plan.micro_batch_size, plan.dp,
-                                                    per_step)));
+  // micro_batch_size*dp can overflow; when it exceeds the global batch it cannot divide it.
+  const bool per_step_fits = plan.micro_batch_size <= plan.global_batch_size / plan.dp;
+  const std::int64_t per_step = per_step_fits ? plan.micro_batch_size * plan.dp : 0;
+  if (!per_step_fits || plan.global_batch_size % per_step != 0) {
+    throw InfeasibleError(input_message(
+        where, "plan.global_batch_size",
+        fmt::format("{} is not divisible by micro_batch_size*dp = {}*{} = {}", plan.global_batch_size,
+                    plan.micro_batch_size, plan.dp,
+                    per_step_fits ? fmt::format("{}", per_step)
+                                  : fmt::format("{:.0f}", static_cast<double>(plan.micro_batch_size) * plan.dp))));
+  }
+  // Bounded resources: every micro-batch becomes forward and backward tasks on every stage.
+  constexpr std::int64_t MAX_MICROBATCHES = 1 << 20;
+  if (plan.num_microbatches() > MAX_MICROBATCHES) {
+    throw InfeasibleError(input_message(
+        where, "plan.global_batch_size",
+        fmt::format("{} gives {} micro-batches per replica (global_batch_size / (micro_batch_size*dp)), at most {} "
+                    "are simulated: raise micro_batch_size or dp",
+                    plan.global_batch_size, plan.num_microbatches(), MAX_MICROBATCHES)));
   }
   if (plan.schedule == Schedule::Interleaved) {
     if (plan.pp < 2) {

@@ -73,7 +73,12 @@ public:
     }
     const std::size_t count = count_tasks();
     if (count > max_tasks) {
-      throw InfeasibleError(fmt::format("plan would create {} tasks (limit {})", count, max_tasks));
+      throw InfeasibleError(fmt::format("plan would create {} tasks (limit {}): {} micro-batches on {} stages with {} "
+                                        "materialised ranks per stage{}",
+                                        count, max_tasks, m_, plan_.pp, ranks_per_stage(),
+                                        inst_ == Instantiation::AllRanks ? " (drop --all-ranks: rank classes simulate "
+                                                                           "one rank per stage)"
+                                                                         : " (use fewer micro-batches)"));
     }
     graph_.reserve(count);
     add_blocks();

@@ -1,8 +1,9 @@
 // Chrome trace writer (chrome://tracing, ui.perfetto.dev "Trace Event Format"): streamed by hand rather than built
-// as a JSON tree, because an all-ranks trace has millions of events. Written to path.tmp, then renamed, so a
-// reader never sees a half-written file.
+// as a JSON tree, because an all-ranks trace has millions of events. Written through AtomicFile (temporary file,
+// then renamed), so a reader never sees a half-written file.
 #include "model/timeline.hpp"
 
+#include "model/atomic_file.hpp"
 #include "model/errors.hpp"
 
 #include <fmt/format.h>
@@ -10,10 +11,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
-#include <filesystem>
-#include <fstream>
 #include <string_view>
-#include <system_error>
 
 namespace cuboid::model {
 
@@ -56,10 +54,7 @@ void append_json_string(std::string& out, std::string_view text) {
 
 class TraceStream {
 public:
-  explicit TraceStream(const std::string& path) : path_(path), file_(path, std::ios::binary | std::ios::trunc) {
-    if (!file_) {
-      throw InputError(input_message(path, "trace", "cannot open the file for writing"));
-    }
+  explicit TraceStream(const std::string& path) : file_(path) {
     buffer_.reserve(WRITE_BUFFER_BYTES + 4096);
     buffer_ += "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n";
   }
@@ -76,25 +71,19 @@ public:
       flush();
     }
   }
+  /// Writes the rest and renames the file into place (until then the old trace at the path is untouched).
   void close() {
     buffer_ += "\n]}\n";
     flush();
-    file_.close();
-    if (!file_) {
-      throw InputError(input_message(path_, "trace", "writing the file failed (disk full?)"));
-    }
+    file_.commit();
   }
 
 private:
   void flush() {
-    file_.write(buffer_.data(), static_cast<std::streamsize>(buffer_.size()));
+    file_.write(buffer_);
     buffer_.clear();
-    if (!file_) {
-      throw InputError(input_message(path_, "trace", "writing the file failed (disk full?)"));
-    }
   }
-  std::string path_;
-  std::ofstream file_;
+  AtomicFile file_;
   std::string buffer_;
   bool first_ = true;
 };
@@ -111,9 +100,8 @@ void write_chrome_trace(const std::string& path, const std::vector<TraceSet>& se
     }
   }
   const int stride = max_rank + 1;
-  const std::string tmp_path = path + ".tmp";
   {
-    TraceStream out(tmp_path);
+    TraceStream out(path);
     for (std::size_t set_idx = 0; set_idx < sets.size(); ++set_idx) {
       const TraceSet& set = sets[set_idx];
       const int offset = static_cast<int>(set_idx) * stride;
@@ -163,13 +151,6 @@ void write_chrome_trace(const std::string& path, const std::vector<TraceSet>& se
       }
     }
     out.close();
-  }
-  std::error_code error;
-  std::filesystem::rename(tmp_path, path, error);
-  if (error) {
-    const std::string reason = error.message();
-    std::filesystem::remove(tmp_path, error);
-    throw InputError(input_message(path, "trace", fmt::format("cannot rename {} to it: {}", tmp_path, reason)));
   }
 }
 

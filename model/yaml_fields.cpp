@@ -32,6 +32,8 @@ void require_scalar(const YAML::Node& node, const std::string& where, const std:
     fail(where, path, fmt::format("{} is not valid (expected {})", describe(node), expected));
   }
 }
+} // namespace
+
 // valid_values_hint for keys, which are often abbreviated ("nvlink_bw", "hiden"): when no whole key is close, the
 // typed text is compared with the keys' prefixes of about its length.
 std::string key_hint(const std::string& key, const std::vector<std::string>& allowed) {
@@ -77,7 +79,6 @@ std::string key_hint(const std::string& key, const std::vector<std::string>& all
   return fmt::format(" (valid: {}{})", fmt::join(allowed, ", "),
                      suggestion.empty() ? std::string{} : fmt::format("; did you mean '{}'?", suggestion));
 }
-} // namespace
 
 std::string join_path(const std::string& path, const std::string& key) {
   return path.empty() ? key : path + "." + key;

@@ -15,6 +15,10 @@ namespace cuboid::model::yaml {
 /// "plan" + "tp" -> "plan.tp"; "" + "tp" -> "tp".
 std::string join_path(const std::string& path, const std::string& key);
 
+/// " (valid: a, b, c; did you mean 'b'?)" for an unknown key: Megatron-LM aliases ("mbs"), edit distance, then
+/// abbreviations ("nvlink_bw" -> "nvlink_bandwidth", by comparing with the keys' prefixes).
+std::string key_hint(const std::string& key, const std::vector<std::string>& allowed);
+
 /// Parses the file; InputError "<path>: cannot read file" or "<path>:<line>:<col>: <yaml error>".
 YAML::Node load_file(const std::string& path);
 

@@ -48,6 +48,16 @@ void require_positive(const char* flag, std::int64_t value) {
   }
 }
 
+// a * b for sizes read from flags, or InputError naming `flag` when the product does not fit (e.g. --tp 2^30
+// --pp 2^30): the checks that follow compare products with num_gpus and must not overflow.
+std::int64_t checked_product(std::int64_t a, std::int64_t b, const char* flag) {
+  std::int64_t product = 0;
+  if (__builtin_mul_overflow(a, b, &product)) {
+    throw InputError(input_message(WHERE, flag, fmt::format("{} x {} is too large", a, b)));
+  }
+  return product;
+}
+
 bool any_plan_flag(const PlanFlags& p) {
   return p.tp || p.pp || p.dp || p.vp || p.micro_batch_size || p.global_batch_size || p.first_stage_layers ||
          p.last_stage_layers;
@@ -122,6 +132,12 @@ void apply_model_flags(const ModelFlags& flags, model::ModelSpec& spec) {
   apply("--vocab-size", flags.vocab_size, spec.vocab_size);
   apply("--seq-length", flags.seq_length, spec.seq_length);
   if ((flags.hidden_size || flags.num_attention_heads) && spec.num_attention_heads > 0) {
+    if (spec.hidden_size % spec.num_attention_heads != 0) {
+      throw InputError(input_message(WHERE, flags.hidden_size ? "--hidden-size" : "--num-attention-heads",
+                                     fmt::format("hidden size {} is not divisible by num_attention_heads = {} (the "
+                                                 "head dimension would not be an integer)",
+                                                 spec.hidden_size, spec.num_attention_heads)));
+    }
     spec.head_dim = spec.hidden_size / spec.num_attention_heads;
   }
   if (flags.num_attention_heads && !flags.num_query_groups && spec.num_query_groups == old_heads) {
@@ -189,7 +205,13 @@ model::Scenario resolve_scenario(const ScenarioFlags& flags) {
     } else if (pure_default) {
       num_gpus = DEFAULT_NUM_GPUS;
     } else {
-      num_gpus = plan.tp * plan.pp * (pf.dp ? *pf.dp : 1);
+      const std::int64_t world = checked_product(checked_product(plan.tp, plan.pp, "--pp"), pf.dp ? *pf.dp : 1, "--dp");
+      if (world > model::MAX_NUM_GPUS) {
+        throw InputError(input_message(WHERE, "--num-gpus",
+                                       fmt::format("not given, and tp*pp*dp = {} is too large (at most {} GPUs)", world,
+                                                   model::MAX_NUM_GPUS)));
+      }
+      num_gpus = static_cast<int>(world);
       notes.emplace_back(fmt::format("--num-gpus not given: using tp*pp*dp = {}", num_gpus));
     }
     require_positive("--num-gpus", num_gpus);
@@ -209,14 +231,15 @@ model::Scenario resolve_scenario(const ScenarioFlags& flags) {
     scenario.cluster = model::make_cluster(system_or_gpu, num_gpus, cf.gpus_per_node.value_or(0), WHERE);
   }
 
-  const int model_parallel = plan.tp * plan.pp;
+  const std::int64_t model_parallel = checked_product(plan.tp, plan.pp, "--pp");
   const int num_gpus = scenario.cluster.num_gpus;
   if (pf.dp) {
     require_positive("--dp", *pf.dp);
-    if (model_parallel * *pf.dp != num_gpus) {
+    const std::int64_t world = checked_product(model_parallel, *pf.dp, "--dp");
+    if (world != num_gpus) {
       throw InputError(input_message(WHERE, "--dp",
                                      fmt::format("tp*pp*dp = {}*{}*{} = {} != num_gpus = {}", plan.tp, plan.pp,
-                                                 *pf.dp, model_parallel * *pf.dp, num_gpus)));
+                                                 *pf.dp, world, num_gpus)));
     }
     plan.dp = *pf.dp;
   } else {
@@ -225,13 +248,16 @@ model::Scenario resolve_scenario(const ScenarioFlags& flags) {
                                      fmt::format("{} is not divisible by tp*pp = {}*{} = {}", num_gpus, plan.tp,
                                                  plan.pp, model_parallel)));
     }
-    plan.dp = num_gpus / model_parallel;
+    plan.dp = static_cast<int>(num_gpus / model_parallel);
   }
   if (pf.global_batch_size) {
     require_positive("--global-batch-size", *pf.global_batch_size);
     plan.global_batch_size = *pf.global_batch_size;
   } else if (!scenario_path && !pure_default) {
-    plan.global_batch_size = plan.micro_batch_size * plan.dp * DEFAULT_MICROBATCHES_PER_STAGE * plan.pp;
+    plan.global_batch_size = checked_product(
+        checked_product(checked_product(plan.micro_batch_size, plan.dp, "--micro-batch-size"),
+                        DEFAULT_MICROBATCHES_PER_STAGE, "--micro-batch-size"),
+        plan.pp, "--micro-batch-size");
     notes.emplace_back(fmt::format("--global-batch-size not given: using mbs*dp*4*pp = {}", plan.global_batch_size));
   }
   for (auto& note : notes) {

@@ -37,7 +37,7 @@ std::vector<int> divisors(int value) {
 
 std::vector<std::int64_t> divisors64(std::int64_t value) {
   std::vector<std::int64_t> out;
-  for (std::int64_t candidate = 1; candidate * candidate <= value; ++candidate) {
+  for (std::int64_t candidate = 1; candidate <= value / candidate; ++candidate) {
     if (value % candidate == 0) {
       out.push_back(candidate);
       if (candidate != value / candidate) {
@@ -118,6 +118,14 @@ std::vector<PlanOutcome> enumerate_space(const model::ModelSpec& spec, const mod
   if (space.global_batch_size <= 0) {
     throw InputError(input_message("command line", "--global-batch-size",
                                    fmt::format("{} must be a positive integer", space.global_batch_size)));
+  }
+  // Bounded resources: micro-batch sizes are the divisors of global/dp, found in sqrt(global) steps per layout;
+  // 2^30 sequences per step (about 1e12 tokens) keeps that instant and is far beyond any real run.
+  constexpr std::int64_t MAX_SEARCH_GLOBAL_BATCH = std::int64_t{1} << 30;
+  if (space.global_batch_size > MAX_SEARCH_GLOBAL_BATCH) {
+    throw InputError(input_message("command line", "--global-batch-size",
+                                   fmt::format("{} is too large to search (at most {} sequences per step)",
+                                               space.global_batch_size, MAX_SEARCH_GLOBAL_BATCH)));
   }
   const std::vector<int> gpu_counts = space.num_gpus.empty() ? std::vector<int>{cluster.num_gpus} : space.num_gpus;
   const std::vector<model::Schedule> schedules =
