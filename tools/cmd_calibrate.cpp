@@ -143,15 +143,20 @@ nlohmann::json to_json(const CalibrateOptions& cli, const exec::CalibrationResul
           {"units", units}};
 }
 
-// GPU: one process per GPU (single process, torchrun or mpirun); the catalog GPU (--gpu, default h100-sxm) gives
-// the peaks the measured rates are divided by.
-int run_calibrate_cuda(const CalibrateOptions& cli) {
+// --out and --min-time, shared by both backends.
+void check_output_flags(const CalibrateOptions& cli) {
   if (cli.out_path.empty()) {
     throw InputError(input_message(WHERE, "--out", "empty path (expected the profile file to write)"));
   }
   if (!std::isfinite(cli.min_time_s) || cli.min_time_s <= 0.0 || cli.min_time_s > 10.0) {
     throw InputError(input_message(WHERE, "--min-time", fmt::format("{} (expected seconds in (0, 10])", cli.min_time_s)));
   }
+}
+
+// GPU: one process per GPU (single process, torchrun or mpirun); the catalog GPU (--gpu, default h100-sxm) gives
+// the peaks the measured rates are divided by.
+int run_calibrate_cuda(const CalibrateOptions& cli) {
+  check_output_flags(cli);
   const model::Scenario scenario = resolve_scenario(cli.scenario); // shapes only: tp and micro-batch size
   const std::string gpu = cli.scenario.cluster.gpu.value_or(DEFAULT_CUDA_GPU);
   const CudaCalibration result = calibrate_cuda_backend(scenario.model, scenario.plan, gpu, cli.min_time_s);
@@ -185,13 +190,7 @@ int run_calibrate(const CalibrateOptions& cli) {
                                      "not used by calibrate --backend cpu (it measures this machine; the number of "
                                      "ranks is the MPI world size)"));
     }
-    if (cli.out_path.empty()) {
-      throw InputError(input_message(WHERE, "--out", "empty path (expected the profile file to write)"));
-    }
-    if (!std::isfinite(cli.min_time_s) || cli.min_time_s <= 0.0 || cli.min_time_s > 10.0) {
-      throw InputError(input_message(WHERE, "--min-time",
-                                     fmt::format("{} (expected seconds in (0, 10])", cli.min_time_s)));
-    }
+    check_output_flags(cli);
     scenario = resolve_scenario(cli.scenario); // shapes only: tp and micro-batch size of the plan
     options.tp_sizes = cli.tp_sizes.empty() ? default_tp_sizes(scenario.model) : cli.tp_sizes;
     for (const int tp : options.tp_sizes) {
