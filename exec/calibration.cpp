@@ -36,9 +36,6 @@ constexpr std::int64_t EIGEN_PEAK_SIZES[] = {128, 256, 512};
 // the causal forward's work.
 constexpr double ATTENTION_BWD_WORK_PER_FWD = 2.5;
 constexpr std::uint64_t UNIT_SEED = 7;
-// Floor for the memory-bound share of a unit: when GEMMs and attention explain the whole unit time (noise), the
-// memory-bound ops still cost something.
-constexpr double MIN_MEMORY_SHARE = 0.01;
 constexpr int MAX_COLLECTIVE_REPS = 1000;
 constexpr std::size_t UNITS_PER_TP = 7; // embed, layer, head (fwd, bwd) and the optimizer
 // Memory bandwidth recorded when the fit finds no byte term and no reference bandwidth is given.
