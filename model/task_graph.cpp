@@ -14,46 +14,36 @@ namespace cuboid::model {
 TaskGraph::TaskGraph(ModelSpec model, ClusterSpec cluster, Plan plan, Instantiation instantiation)
     : model_(std::move(model)), cluster_(std::move(cluster)), plan_(plan), instantiation_(instantiation) {}
 
-TaskGraph::TaskGraph(TaskGraph&& other) noexcept : instantiation_(other.instantiation_) { *this = std::move(other); }
-
-TaskGraph& TaskGraph::operator=(TaskGraph&& other) noexcept {
-  if (this == &other) {
-    return *this;
-  }
-  model_ = std::move(other.model_);
-  cluster_ = std::move(other.cluster_);
-  plan_ = other.plan_;
-  instantiation_ = other.instantiation_;
-  graph_.clear();
-  graph_.swap(other.graph_);
-  tasks_ = std::move(other.tasks_);
-  blocks_ = std::move(other.blocks_);
-  groups_ = std::move(other.groups_);
-  ranks_ = std::move(other.ranks_);
-  rank_index_ = std::move(other.rank_index_);
-  model_flops_per_step = other.model_flops_per_step;
-  hw_flops_per_step = other.hw_flops_per_step;
-  return *this;
-}
-
 void TaskGraph::reserve(std::size_t num_tasks) {
   tasks_.reserve(num_tasks);
-  // vecS vertex storage is a public std::vector in Boost's adjacency_list implementation.
-  graph_.m_vertices.reserve(num_tasks);
+  edges_.reserve(2 * num_tasks);
 }
+
+const TaskGraph::Graph& TaskGraph::GraphCache::get(std::size_t num_vertices, const std::vector<Edge>& edges) {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  if (!graph_) {
+    // Counting sort by source (and by target for the in-edges): stable, so each vertex's edges keep insertion order.
+    graph_ = std::make_shared<const Graph>(boost::edges_are_unsorted_multi_pass, edges.begin(), edges.end(),
+                                           num_vertices);
+  }
+  return *graph_;
+}
+
+const TaskGraph::Graph& TaskGraph::graph() const { return graph_cache_.get(tasks_.size(), edges_); }
 
 TaskId TaskGraph::add_task(const Task& task) {
   CUBOID_ASSERT(tasks_.size() < static_cast<std::size_t>(UINT32_MAX), "too many tasks: {}", tasks_.size());
   const auto id = static_cast<TaskId>(tasks_.size());
   tasks_.push_back(task);
-  boost::add_vertex(graph_);
+  graph_cache_.reset_if_built();
   return id;
 }
 
 void TaskGraph::add_edge(TaskId from, TaskId to) {
   CUBOID_ASSERT(from < tasks_.size() && to < tasks_.size() && from != to, "bad edge {} -> {} ({} tasks)", from, to,
                 tasks_.size());
-  boost::add_edge(from, to, graph_);
+  edges_.emplace_back(from, to);
+  graph_cache_.reset_if_built();
 }
 
 std::int32_t TaskGraph::add_block(OpBlock block) {

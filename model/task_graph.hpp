@@ -8,11 +8,14 @@
 #include "model/model_spec.hpp"
 #include "model/plan.hpp"
 
-#include <boost/graph/adjacency_list.hpp>
+#include <boost/graph/compressed_sparse_row_graph.hpp>
 
 #include <array>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace cuboid::model {
@@ -93,16 +96,12 @@ struct RankInfo {
 
 class TaskGraph {
 public:
-  using Graph = boost::adjacency_list<boost::vecS, boost::vecS, boost::bidirectionalS>;
+  /// Boost.Graph view of the DAG (vertex = TaskId), bidirectional, out- and in-edges of a vertex in insertion order.
+  using Graph = boost::compressed_sparse_row_graph<boost::bidirectionalS, boost::no_property, boost::no_property,
+                                                   boost::no_property, TaskId, std::size_t>;
+  using Edge = std::pair<TaskId, TaskId>;
 
   TaskGraph(ModelSpec model, ClusterSpec cluster, Plan plan, Instantiation instantiation);
-  TaskGraph(const TaskGraph&) = default;
-  TaskGraph& operator=(const TaskGraph&) = default;
-  /// Moves swap the Boost graph: Boost 1.74's adjacency_list has no move constructor, so a defaulted move would
-  /// copy every vertex and edge (0.5 s for a 1024-rank graph).
-  TaskGraph(TaskGraph&& other) noexcept;
-  TaskGraph& operator=(TaskGraph&& other) noexcept;
-  ~TaskGraph() = default;
 
   /// Capacity hint before building (no effect on the graph's contents).
   void reserve(std::size_t num_tasks);
@@ -114,10 +113,13 @@ public:
   void add_rank(const RankInfo& info);
 
   [[nodiscard]] std::size_t num_tasks() const { return tasks_.size(); }
-  [[nodiscard]] std::size_t num_edges() const { return boost::num_edges(graph_); }
+  [[nodiscard]] std::size_t num_edges() const { return edges_.size(); }
   [[nodiscard]] const Task& task(TaskId id) const { return tasks_[id]; }
   [[nodiscard]] const std::vector<Task>& tasks() const { return tasks_; }
-  [[nodiscard]] const Graph& graph() const { return graph_; }
+  /// Edges (from, to) in insertion order: what the simulator replays.
+  [[nodiscard]] const std::vector<Edge>& edges() const { return edges_; }
+  /// The Boost.Graph view, built on first use after the last add_task/add_edge (thread-safe; O(V + E)).
+  [[nodiscard]] const Graph& graph() const;
   [[nodiscard]] const std::vector<OpBlock>& blocks() const { return blocks_; }
   [[nodiscard]] const std::vector<std::vector<int>>& groups() const { return groups_; }
   [[nodiscard]] const std::vector<RankInfo>& ranks() const { return ranks_; }
@@ -141,8 +143,38 @@ private:
   ClusterSpec cluster_;
   Plan plan_;
   Instantiation instantiation_;
-  Graph graph_;
+  // The building path only appends to edges_ (one vector push per edge: a per-vertex adjacency list allocated on
+  // every edge and dominated the cost of building a 200k-task graph); graph() compresses it once on demand.
+  class GraphCache {
+  public:
+    GraphCache() = default;
+    GraphCache(const GraphCache&) {}
+    GraphCache& operator=(const GraphCache&) {
+      reset();
+      return *this;
+    }
+    GraphCache(GraphCache&& other) noexcept : graph_(std::move(other.graph_)) {}
+    GraphCache& operator=(GraphCache&& other) noexcept {
+      graph_ = std::move(other.graph_);
+      return *this;
+    }
+    ~GraphCache() = default;
+    void reset() { graph_.reset(); }
+    void reset_if_built() {
+      if (graph_) {
+        graph_.reset();
+      }
+    }
+    const Graph& get(std::size_t num_vertices, const std::vector<Edge>& edges);
+
+  private:
+    std::mutex mutex_;
+    std::shared_ptr<const Graph> graph_;
+  };
+
   std::vector<Task> tasks_;
+  std::vector<Edge> edges_;
+  mutable GraphCache graph_cache_;
   std::vector<OpBlock> blocks_;
   std::vector<std::vector<int>> groups_;
   std::vector<RankInfo> ranks_;
