@@ -99,6 +99,10 @@ private:
 /// Trains for options.steps steps. Collective over `world`.
 RunResult run_training(const RunOptions& options, Communicator& world);
 
+/// The checks Trainer runs on its options (world size vs plan, divisibility, steps); for other backends' runtimes
+/// (exec/cuda/cuda_runtime.cpp) that execute the same programs. Throws InputError.
+void validate_run_options(const RunOptions& options, const Communicator& world);
+
 /// Full weights of a run, see Trainer::gather_full_weights().
 std::vector<float> gather_full_weights(Trainer& trainer);
 
