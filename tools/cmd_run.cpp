@@ -438,6 +438,21 @@ int run_cuda(const RunCliOptions& cli) {
     out["model_flops_per_step"] = graph.model_flops_per_step;
     out["peak_flops_per_s"] = peak;
     out["peak_reserved_bytes_rank0"] = training.peak_reserved_bytes;
+    // The five longest measured tasks with their prediction (the op-by-op bar: within 15 %).
+    std::vector<TaskError> longest = errors;
+    std::stable_sort(longest.begin(), longest.end(),
+                     [](const TaskError& a, const TaskError& b) { return a.measured_s > b.measured_s; });
+    nlohmann::json largest = nlohmann::json::array();
+    for (std::size_t idx = 0; idx < std::min<std::size_t>(5, longest.size()); ++idx) {
+      const TaskError& e = longest[idx];
+      largest.push_back({{"id", e.id},
+                         {"rank", e.rank},
+                         {"label", e.label},
+                         {"measured_s", e.measured_s},
+                         {"predicted_s", e.predicted_s},
+                         {"error", relative_error(e.predicted_s, e.measured_s)}});
+    }
+    out["largest_measured_tasks"] = largest;
     std::puts(out.dump(2).c_str());
   } else {
     std::string title = fmt::format("# cuboid run --backend cuda: {} x{} ({}), model {}, tp={} pp={} dp={} vp={}, "
