@@ -51,6 +51,8 @@ struct RunOptions {
   int fault_rank = -1;
   int fault_step = -1;
   FaultKind fault_kind = FaultKind::Throw;
+  // --- CUDA backend (issue 9) ---
+  bool cuda_tensor_core_attention = true; // --backend cuda: false = scalar-FMA attention kernels everywhere
 };
 
 struct RunResult {

@@ -53,6 +53,7 @@ struct RunCliOptions {
   int fault_rank = -1;
   int fault_step = -1;
   std::string fault_kind = "throw";
+  std::string attention_kernel = "auto"; // --backend cuda: auto (tensor cores where they apply) or simple
 };
 
 exec::FaultKind parse_fault_kind(const std::string& text) {
@@ -405,6 +406,11 @@ int run_cuda(const RunCliOptions& cli) {
   }
   options.fault_rank = cli.fault_rank;
   options.fault_step = cli.fault_step;
+  if (cli.attention_kernel != "auto" && cli.attention_kernel != "simple") {
+    throw InputError(input_message(WHERE, "--attention-kernel",
+                                   fmt::format("unknown value '{}' (valid: auto, simple)", cli.attention_kernel)));
+  }
+  options.cuda_tensor_core_attention = cli.attention_kernel == "auto";
   const CudaTraining training = run_cuda_backend(options);
   if (!training.is_root) {
     return 0;
@@ -433,6 +439,7 @@ int run_cuda(const RunCliOptions& cli) {
     nlohmann::json out = to_json(scenario, run, profile, predicted, errors, cli.top_tasks, "cuda");
     out["device"] = training.device;
     out["launcher"] = training.launcher;
+    out["attention_kernel"] = training.attention_kernel;
     out["mfu"] = measured_mfu;
     out["predicted_mfu"] = predicted.mfu;
     out["model_flops_per_step"] = graph.model_flops_per_step;
@@ -464,9 +471,10 @@ int run_cuda(const RunCliOptions& cli) {
     print_human(cli, title, run, profile, predicted, errors, static_cast<int>(errors.size()),
                 static_cast<int>(run.timeline.size()), false);
     std::fputs(fmt::format("\nMFU: measured {:.1f} %, predicted {:.1f} % (model FLOPs {:.3e} per step, peak {:.0f} "
-                           "TFLOP/s per GPU); device memory pool high-water mark on rank 0: {:.2f} GiB\n",
+                           "TFLOP/s per GPU); device memory pool high-water mark on rank 0: {:.2f} GiB; attention: "
+                           "{}\n",
                            100.0 * measured_mfu, 100.0 * predicted.mfu, graph.model_flops_per_step, peak / 1e12,
-                           training.peak_reserved_bytes / (1024.0 * 1024.0 * 1024.0))
+                           training.peak_reserved_bytes / (1024.0 * 1024.0 * 1024.0), training.attention_kernel)
                    .c_str(),
                stdout);
   }
@@ -504,6 +512,9 @@ void add_run_command(CLI::App& app, Action& action) {
   cmd->add_option("--trace", options->trace_path,
                   "Write the measured and the predicted timeline of the last step (Chrome/Perfetto JSON)");
   cmd->add_option("--top-tasks", options->top_tasks, "Tasks listed with the largest prediction error")
+      ->capture_default_str();
+  cmd->add_option("--attention-kernel", options->attention_kernel,
+                  "--backend cuda: auto (tensor-core attention where the shape allows) or simple (scalar fp32 kernels)")
       ->capture_default_str();
   // Test-only fault injection (hidden): rank, 1-based step and kind (throw, nan, hang, crash).
   cmd->add_option("--inject-fault-rank", options->fault_rank)->group("");

@@ -15,6 +15,7 @@ struct CudaTraining {
   std::string launcher;
   std::string device;
   double peak_reserved_bytes = 0.0;
+  std::string attention_kernel;
 };
 
 /// World size of this launch (torchrun / mpirun environment, 1 for a single process); InputError if malformed.

@@ -7,6 +7,7 @@
 #include "exec/init.hpp"
 #include "kernels/activation.cuh"
 #include "kernels/attention.cuh"
+#include "kernels/attention_tc.cuh"
 #include "kernels/cast.cuh"
 #include "kernels/cross_entropy.cuh"
 #include "kernels/elementwise.cuh"
@@ -104,6 +105,27 @@ void CudaGptModel::initialise(std::uint64_t seed) {
 }
 
 void CudaGptModel::zero_grads() { grads_.zero(context_.stream); }
+
+bool CudaGptModel::use_tensor_core_attention() const {
+  const std::int64_t D = spec_.head_dim;
+  const std::int64_t q_heads = spec_.num_attention_heads / plan_.tp;
+  const std::int64_t kv_heads = spec_.num_query_groups / plan_.tp;
+  return context_.tensor_core_attention &&
+         k::attention_tc::supported({spec_.seq_length, plan_.micro_batch_size, q_heads, kv_heads, D});
+}
+
+std::string CudaGptModel::attention_kernel() const {
+  if (use_tensor_core_attention()) {
+    return "tensor-core (bf16 WMMA, kernels/attention_tc)";
+  }
+  const std::int64_t q_heads = spec_.num_attention_heads / plan_.tp;
+  const std::string why =
+      context_.tensor_core_attention
+          ? k::attention_tc::unsupported_reason({spec_.seq_length, plan_.micro_batch_size, q_heads,
+                                                 spec_.num_query_groups / plan_.tp, spec_.head_dim})
+          : std::string("tensor-core kernels switched off");
+  return "scalar fp32 (kernels/attention; " + why + ")";
+}
 
 // ---- building blocks
 
@@ -250,7 +272,11 @@ void CudaGptModel::layer_forward(int layer, const Bf16Buffer& x, Bf16Buffer& out
   }
   c.attn.resize(count(rows, q_cols), s);
   c.lse.resize(static_cast<std::size_t>(shape.batch * shape.q_heads * shape.seq), s);
-  k::attention::forward<bf16>({c.attn.get(), c.lse.get(), c.q.get(), c.k.get(), c.v.get(), shape}, s);
+  if (use_tensor_core_attention()) {
+    k::attention_tc::forward({c.attn.get(), c.lse.get(), c.q.get(), c.k.get(), c.v.get(), shape}, s);
+  } else {
+    k::attention::forward<bf16>({c.attn.get(), c.lse.get(), c.q.get(), c.k.get(), c.v.get(), shape}, s);
+  }
   F32Buffer partial(count(rows, C), s);
   gemm(rows, C, q_cols, false, false, c.attn.get(), weight(p.wo), partial.get(), GemmDType::F32, 0.0f);
   tp_all_reduce(partial);
@@ -341,9 +367,14 @@ void CudaGptModel::layer_backward(int layer, CudaLayerCache& c, const Bf16Buffer
   Bf16Buffer dk(count(rows, kv_cols), s);
   Bf16Buffer dv(count(rows, kv_cols), s);
   F32Buffer workspace(k::attention::backward_workspace_bytes(shape) / sizeof(float), s);
-  k::attention::backward<bf16>({dq.get(), dk.get(), dv.get(), workspace.get(), dattn.get(), c.q.get(), c.k.get(),
-                                c.v.get(), c.attn.get(), c.lse.get(), shape},
-                               s);
+  const k::attention::BackwardArgs<bf16> attention_args{dq.get(),  dk.get(),  dv.get(),      workspace.get(),
+                                                        dattn.get(), c.q.get(), c.k.get(),     c.v.get(),
+                                                        c.attn.get(), c.lse.get(), shape};
+  if (use_tensor_core_attention()) {
+    k::attention_tc::backward(attention_args, s);
+  } else {
+    k::attention::backward<bf16>(attention_args, s);
+  }
   if (!spec_.learned_position_embedding) {
     k::rope::backward<bf16>({dq.get(), rows, q_cols / D, D, plan_.micro_batch_size}, s);
     k::rope::backward<bf16>({dk.get(), rows, kv_cols / D, D, plan_.micro_batch_size}, s);

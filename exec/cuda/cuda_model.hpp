@@ -35,6 +35,9 @@ struct CudaContext {
   void* workspace = nullptr;
   std::size_t workspace_bytes = 0;
   Communicator* tp = nullptr; // device-memory communicator (NcclCommunicator); only used when tp > 1
+  /// Tensor-core attention (kernels/attention_tc.cuh) where its shape requirements hold; else, or when false, the
+  /// scalar-FMA kernels (kernels/attention.cuh).
+  bool tensor_core_attention = true;
 };
 
 /// Saved activations of one layer for one micro-batch (as exec::LayerCache; the attention keeps its LSE instead of
@@ -59,6 +62,8 @@ public:
 
   [[nodiscard]] std::int64_t activation_rows() const { return spec_.seq_length * plan_.micro_batch_size; }
   [[nodiscard]] std::int64_t hidden() const { return spec_.hidden_size; }
+  /// Which attention kernels this model's layers use: "tensor-core (WMMA bf16)" or "scalar fp32 (...)".
+  [[nodiscard]] std::string attention_kernel() const;
   /// Parameter list and unit -> parameter maps, from exec::GptModel (host, no buffers).
   [[nodiscard]] const GptModel& host_layout() const { return layout_; }
   [[nodiscard]] const std::vector<ParamInfo>& infos() const { return layout_.params().infos(); }
@@ -115,6 +120,7 @@ private:
   void tp_all_reduce(F32Buffer& data, ReduceOp op = ReduceOp::Sum);
   void to_bf16(const F32Buffer& in, Bf16Buffer& out);
   void copy(const Bf16Buffer& in, Bf16Buffer& out);
+  [[nodiscard]] bool use_tensor_core_attention() const;
 
   model::ModelSpec spec_;
   model::Plan plan_;

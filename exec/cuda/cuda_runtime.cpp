@@ -132,7 +132,8 @@ public:
         groups_(make_process_groups(world, grid_)),
         workspace_(workspace_bytes(GemmArgs{}), device.stream),
         model_(options.model, options.plan, groups_.coord.tp_rank, groups_.coord.pp_rank, options.seed,
-               CudaContext{device.stream, &gemm_, workspace_.get(), workspace_.size(), groups_.tp.get()}),
+               CudaContext{device.stream, &gemm_, workspace_.get(), workspace_.size(), groups_.tp.get(),
+                           options.cuda_tensor_core_attention}),
         data_(options.model.vocab_size, options.model.seq_length, options.seed, options.data_file),
         loss_acc_(1, device.stream), norm_acc_(1, device.stream), timeline_(world.rank()) {
     (void)env;
@@ -160,6 +161,7 @@ public:
   }
 
   double step();
+  [[nodiscard]] std::string attention_kernel() const { return model_.attention_kernel(); }
   std::vector<model::TimelineEvent> gather_timeline();
 
 private:
@@ -572,6 +574,7 @@ CudaRunResult run_training_cuda(const RunOptions& options) {
   result.device = device.name;
   {
     CudaTrainer trainer(options, env, device, *world);
+    result.attention_kernel = trainer.attention_kernel();
     for (int step = 0; step < options.steps; ++step) {
       const Clock::time_point start = Clock::now();
       result.run.losses.push_back(trainer.step());

@@ -22,6 +22,7 @@ struct CudaRunResult {
   std::string launcher;      // "single process", "torchrun", "mpirun"
   std::string device;        // cudaDeviceProp::name of this rank's GPU
   double peak_reserved_bytes = 0.0; // high-water mark of the device memory pool on rank 0 (weights + activations)
+  std::string attention_kernel;      // which attention kernels the layers used (CudaGptModel::attention_kernel)
 };
 
 /// Trains options.steps steps on the GPUs of the launch (one per process, device = LOCAL_RANK). Throws InputError
