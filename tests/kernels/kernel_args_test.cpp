@@ -115,7 +115,8 @@ TEST_CASE("kernels::attention_tc: supported shapes and shared memory", "[kernels
   namespace k = cuboid::kernels;
   CHECK(k::attention_tc::supported({2048, 4, 16, 16, 128}));
   CHECK(k::attention_tc::supported({128, 2, 8, 4, 64}));
-  CHECK_FALSE(k::attention_tc::supported({2048, 4, 16, 16, 80}));  // head_dim not a multiple of 16
+  CHECK(k::attention_tc::supported({2048, 4, 32, 32, 80}));         // GPT-3 2.7B: 5 x 16
+  CHECK_FALSE(k::attention_tc::supported({2048, 4, 16, 16, 72}));  // head_dim not a multiple of 16
   CHECK_FALSE(k::attention_tc::supported({2048, 4, 16, 16, 256})); // head_dim > 128
   CHECK_FALSE(k::attention_tc::supported({100, 4, 16, 16, 64}));   // seq not a multiple of 64
   CHECK_FALSE(k::attention_tc::supported({128, 4, 16, 5, 64}));    // kv_heads does not divide q_heads
