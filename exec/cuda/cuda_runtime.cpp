@@ -561,11 +561,17 @@ std::vector<model::TimelineEvent> CudaTrainer::gather_timeline() {
 
 } // namespace
 
-CudaRunResult run_training_cuda(const RunOptions& options) {
-  validate_cuda_run_options(options);
+CudaRunResult run_training_cuda(const RunOptions& requested) {
+  validate_cuda_run_options(requested);
   const LaunchEnv env = read_process_launch_env();
   DeviceSetup device(env);
   std::unique_ptr<NcclCommunicator> world = NcclCommunicator::world(env, device.stream, RENDEZVOUS_TIMEOUT_S);
+  // The IR only needs the rank count from the cluster when none is described (as exec/runtime.cpp).
+  RunOptions options = requested;
+  options.cluster.num_gpus = world->size();
+  if (options.cluster.gpus_per_node <= 0) {
+    options.cluster.gpus_per_node = world->size();
+  }
   validate_run_options(options, *world);
   CudaRunResult result;
   result.is_root = world->rank() == 0;
