@@ -676,4 +676,6 @@ RunResult run_training(const RunOptions& options, Communicator& world) {
 
 std::vector<float> gather_full_weights(Trainer& trainer) { return trainer.gather_full_weights(); }
 
+void validate_run_options(const RunOptions& options, const Communicator& world) { validate_options(options, world); }
+
 } // namespace cuboid::exec

@@ -51,6 +51,8 @@ struct RunOptions {
   int fault_rank = -1;
   int fault_step = -1;
   FaultKind fault_kind = FaultKind::Throw;
+  // --- CUDA backend (issue 9) ---
+  bool cuda_tensor_core_attention = true; // --backend cuda: false = scalar-FMA attention kernels everywhere
 };
 
 struct RunResult {
@@ -98,6 +100,10 @@ private:
 
 /// Trains for options.steps steps. Collective over `world`.
 RunResult run_training(const RunOptions& options, Communicator& world);
+
+/// The checks Trainer runs on its options (world size vs plan, divisibility, steps); for other backends' runtimes
+/// (exec/cuda/cuda_runtime.cpp) that execute the same programs. Throws InputError.
+void validate_run_options(const RunOptions& options, const Communicator& world);
 
 /// Full weights of a run, see Trainer::gather_full_weights().
 std::vector<float> gather_full_weights(Trainer& trainer);

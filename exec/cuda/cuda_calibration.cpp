@@ -6,6 +6,7 @@
 #include "exec/cuda/cuda_check.hpp"
 #include "exec/cuda/gemm.hpp"
 #include "kernels/attention.cuh"
+#include "kernels/attention_tc.cuh"
 #include "kernels/cast.cuh"
 #include "model/errors.hpp"
 
@@ -220,12 +221,28 @@ CudaCalibrationResult calibrate_cuda(const model::ModelSpec& model, const model:
     kernels::attention::BackwardArgs<bf16> bwd{dq.as<bf16>(),   dk.as<bf16>(),    dv.as<bf16>(), ws.as<float>(),
                                                dout.as<bf16>(), q.as<bf16>(),     k.as<bf16>(),  v.as<bf16>(),
                                                out.as<bf16>(),  lse.as<float>(), shape};
+    // The kernels the CUDA runtime uses for this shape: tensor-core where supported, else the scalar ones.
+    const bool tc = kernels::attention_tc::supported(shape);
+    const auto run_forward = [&] {
+      if (tc) {
+        kernels::attention_tc::forward(fwd, stream);
+      } else {
+        kernels::attention::forward(fwd, stream);
+      }
+    };
+    const auto run_backward = [&] {
+      if (tc) {
+        kernels::attention_tc::backward(bwd, stream);
+      } else {
+        kernels::attention::backward(bwd, stream);
+      }
+    };
     const double flops = 2.0 * static_cast<double>(shape.batch * shape.q_heads) * static_cast<double>(shape.seq) *
                          static_cast<double>(shape.seq) * static_cast<double>(shape.head_dim);
     const double t_fwd =
-        max_over(world, per_call_s([&] { kernels::attention::forward(fwd, stream); }, stream, min_time_s), stream);
+        max_over(world, per_call_s([&] { run_forward(); }, stream, min_time_s), stream);
     const double t_bwd =
-        max_over(world, per_call_s([&] { kernels::attention::backward(bwd, stream); }, stream, min_time_s), stream);
+        max_over(world, per_call_s([&] { run_backward(); }, stream, min_time_s), stream);
     result.base.attention_flops_per_s = flops / t_fwd;
     result.attention_bwd_flops_per_s = 2.5 * flops / t_bwd;
   }

@@ -1,7 +1,8 @@
 // GPU calibration (`cuboid calibrate --backend cuda`): on the current CUDA device, times with CUDA events the bf16
 // cuBLASLt GEMMs a model and plan run (forward, data-gradient and weight-gradient GEMMs of every linear layer and
-// the output layer) plus a square (M = N = K) sweep, the fused attention kernels forward and backward
-// (kernels/attention.cuh), a memory-bound kernel (bf16 -> fp32 cast), the launch overhead of a tiny kernel, and,
+// the output layer) plus a square (M = N = K) sweep, the fused attention kernels forward and backward (those the CUDA
+// runtime uses: kernels/attention_tc.cuh where the shape allows, else kernels/attention.cuh), a memory-bound kernel
+// (bf16 -> fp32 cast), the launch overhead of a tiny kernel, and,
 // when `world` has more than one rank, NCCL all-reduce by message size. cuda_profile.hpp turns that into a profile.
 #pragma once
 

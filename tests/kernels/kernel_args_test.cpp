@@ -2,6 +2,7 @@
 // kernel, the argument and the value) and grid / shared-memory sizes of the tiled kernels.
 #include "kernels/adamw.cuh"
 #include "kernels/attention.cuh"
+#include "kernels/attention_tc.cuh"
 #include "kernels/embedding.cuh"
 #include "kernels/layernorm.cuh"
 #include "kernels/rmsnorm.cuh"
@@ -108,4 +109,23 @@ TEST_CASE("kernels::rope: one thread per rotated pair", "[kernels]") {
   CHECK(args.grid().x == 1);
   args.head_dim = 7;
   REQUIRE_THROWS_WITH(args.validate(), "rope::rotate: head_dim must be positive and even (got 7)");
+}
+
+TEST_CASE("kernels::attention_tc: supported shapes and shared memory", "[kernels]") {
+  namespace k = cuboid::kernels;
+  CHECK(k::attention_tc::supported({2048, 4, 16, 16, 128}));
+  CHECK(k::attention_tc::supported({128, 2, 8, 4, 64}));
+  CHECK(k::attention_tc::supported({2048, 4, 32, 32, 80}));         // GPT-3 2.7B: 5 x 16
+  CHECK_FALSE(k::attention_tc::supported({2048, 4, 16, 16, 72}));  // head_dim not a multiple of 16
+  CHECK_FALSE(k::attention_tc::supported({2048, 4, 16, 16, 256})); // head_dim > 128
+  CHECK_FALSE(k::attention_tc::supported({100, 4, 16, 16, 64}));   // seq not a multiple of 64
+  CHECK_FALSE(k::attention_tc::supported({128, 4, 16, 5, 64}));    // kv_heads does not divide q_heads
+  CHECK(k::attention_tc::unsupported_reason({100, 1, 1, 1, 64}).find("seq") != std::string::npos);
+  // Within the 227 KiB of shared memory an H100 block may opt into (CUDA C++ Programming Guide, compute capability
+  // 9.0 table) at the largest head dimension.
+  const k::attention::Shape widest{2048, 1, 1, 1, 128};
+  CHECK(k::attention_tc::forward_smem_bytes(widest) <= 227 * 1024);
+  CHECK(k::attention_tc::dkdv_smem_bytes(widest) <= 227 * 1024);
+  CHECK(k::attention_tc::dq_smem_bytes(widest) <= 227 * 1024);
+  CHECK(k::attention_tc::forward_smem_bytes(widest) == 3 * 64 * 136 * 2 + 64 * 68 * 4 + 64 * 72 * 2 + 64 * 132 * 4);
 }

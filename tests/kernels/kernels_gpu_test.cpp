@@ -19,6 +19,7 @@
 #include "kernels/activation.cuh"
 #include "kernels/adamw.cuh"
 #include "kernels/attention.cuh"
+#include "kernels/attention_tc.cuh"
 #include "kernels/cast.cuh"
 #include "kernels/cross_entropy.cuh"
 #include "kernels/embedding.cuh"
@@ -306,6 +307,49 @@ TEMPLATE_TEST_CASE("kernels::attention vs exec::cpu attention (causal, GQA)", "[
   for (const auto& [name, got, ref] : {std::tuple{"attention dq", d_dq.download(), to_vec(dq)},
                                        std::tuple{"attention dk", d_dk.download(), to_vec(dk)},
                                        std::tuple{"attention dv", d_dv.download(), to_vec(dv)}}) {
+    require_close(got, ref, bwd_tol, bwd_tol * std::max(1e-3, max_abs(ref)), name);
+  }
+}
+
+// Tensor-core attention (bf16 WMMA): P and dS are rounded to bf16 before their GEMMs (as FlashAttention-2), so the
+// tolerances are a few bf16 ulps wider than the scalar kernel's: 4 ulps forward, 12 ulps (of the largest gradient
+// for the absolute part) backward.
+TEST_CASE("kernels::attention_tc vs exec::cpu attention (causal, GQA)", "[gpu][kernels]") {
+  using T = k::bf16;
+  const std::int64_t head_dim = GENERATE(64, 128);
+  const cpu::AttentionShape s{128, 2, 4, 2, head_dim}; // two 64-row tiles: diagonal and off-diagonal blocks
+  const k::attention::Shape ks{s.seq, s.batch, s.q_heads, s.kv_heads, s.head_dim};
+  REQUIRE(k::attention_tc::supported(ks));
+  const std::int64_t rows = s.seq * s.batch, qw = s.q_heads * head_dim, kw = s.kv_heads * head_dim;
+  const auto q = quantize<T>(random_vec(static_cast<std::size_t>(rows * qw), 40, 2.0f));
+  const auto kk = quantize<T>(random_vec(static_cast<std::size_t>(rows * kw), 41, 2.0f));
+  const auto v = quantize<T>(random_vec(static_cast<std::size_t>(rows * kw), 42));
+  const auto dout = quantize<T>(random_vec(static_cast<std::size_t>(rows * qw), 43));
+  cpu::Mat out(rows, qw);
+  cpu::attention_forward(s, to_mat(q, rows, qw), to_mat(kk, rows, kw), to_mat(v, rows, kw), out, nullptr);
+  DeviceArray<T> d_q(q), d_k(kk), d_v(v), d_out(static_cast<std::size_t>(rows * qw)), d_dout(dout);
+  DeviceArray<float> d_lse(static_cast<std::size_t>(s.batch * s.q_heads * s.seq));
+  k::attention_tc::forward({d_out.get(), d_lse.get(), d_q.get(), d_k.get(), d_v.get(), ks}, nullptr);
+  require_close(d_out.download(), to_vec(out), 4.0 * EPS<T>, 4.0 * EPS<T>, "attention_tc out");
+  // Same LSE as the scalar kernel (so either backward can follow either forward).
+  DeviceArray<T> d_out_ref(static_cast<std::size_t>(rows * qw));
+  DeviceArray<float> d_lse_ref(static_cast<std::size_t>(s.batch * s.q_heads * s.seq));
+  k::attention::forward<T>({d_out_ref.get(), d_lse_ref.get(), d_q.get(), d_k.get(), d_v.get(), ks}, nullptr);
+  require_close(d_lse.download(), d_lse_ref.download(), 1e-3, 1e-3, "attention_tc lse");
+
+  cpu::Mat dq(rows, qw), dk(rows, kw), dv(rows, kw);
+  cpu::attention_backward(s, to_mat(dout, rows, qw), to_mat(q, rows, qw), to_mat(kk, rows, kw), to_mat(v, rows, kw),
+                          nullptr, dq, dk, dv);
+  DeviceArray<T> d_dq(static_cast<std::size_t>(rows * qw)), d_dk(static_cast<std::size_t>(rows * kw)),
+      d_dv(static_cast<std::size_t>(rows * kw));
+  DeviceArray<float> ws(k::attention::backward_workspace_bytes(ks) / sizeof(float));
+  k::attention_tc::backward({d_dq.get(), d_dk.get(), d_dv.get(), ws.get(), d_dout.get(), d_q.get(), d_k.get(),
+                             d_v.get(), d_out.get(), d_lse.get(), ks},
+                            nullptr);
+  const double bwd_tol = 12.0 * EPS<T>;
+  for (const auto& [name, got, ref] : {std::tuple{"attention_tc dq", d_dq.download(), to_vec(dq)},
+                                       std::tuple{"attention_tc dk", d_dk.download(), to_vec(dk)},
+                                       std::tuple{"attention_tc dv", d_dv.download(), to_vec(dv)}}) {
     require_close(got, ref, bwd_tol, bwd_tol * std::max(1e-3, max_abs(ref)), name);
   }
 }

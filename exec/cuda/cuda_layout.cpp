@@ -1,0 +1,65 @@
+// Device parameter layout, DP bucket ranges and the CUDA runtime's option checks (see cuda_layout.hpp).
+#include "exec/cuda/cuda_layout.hpp"
+
+#include "model/errors.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace cuboid::exec::cuda {
+
+namespace {
+std::size_t round_up(std::size_t value, std::size_t align) { return (value + align - 1) / align * align; }
+} // namespace
+
+DeviceParamLayout device_param_layout(const std::vector<ParamInfo>& infos, std::size_t align_elements) {
+  CUBOID_ASSERT(align_elements > 0, "device_param_layout: alignment must be positive");
+  DeviceParamLayout layout;
+  for (const ParamInfo& info : infos) {
+    layout.offsets.push_back(layout.total);
+    layout.total = round_up(layout.total + info.size(), align_elements);
+  }
+  return layout;
+}
+
+std::vector<BucketRange> bucket_ranges(std::span<const double> weights, std::size_t total) {
+  std::vector<BucketRange> out;
+  double sum = 0.0;
+  for (const double w : weights) {
+    sum += w;
+  }
+  double acc = 0.0;
+  std::size_t begin = 0;
+  for (std::size_t k = 0; k < weights.size(); ++k) {
+    acc += weights[k];
+    const std::size_t end =
+        k + 1 == weights.size()
+            ? total
+            : std::min(total, static_cast<std::size_t>(std::llround(acc / sum * static_cast<double>(total))));
+    out.push_back({begin, std::max(begin, end)});
+    begin = std::max(begin, end);
+  }
+  return out;
+}
+
+void validate_cuda_run_options(const RunOptions& options) {
+  constexpr const char* WHERE = "command line";
+  if (options.plan.sequence_parallel) {
+    throw InputError(input_message(WHERE, "--sequence-parallel",
+                                   "not supported by --backend cuda yet (valid: off; TP without sequence parallelism "
+                                   "all-reduces the row-parallel outputs)"));
+  }
+  if (options.plan.precision != model::Precision::Bf16) {
+    throw InputError(input_message(WHERE, "--precision",
+                                   fmt::format("'{}' is not supported by --backend cuda (valid: bf16)",
+                                               model::to_string(options.plan.precision))));
+  }
+  if (options.fault_rank >= 0 || options.fault_step >= 0) {
+    throw InputError(input_message(WHERE, "--inject-fault-rank/--inject-fault-step",
+                                   "fault injection is only implemented by --backend cpu"));
+  }
+}
+
+} // namespace cuboid::exec::cuda

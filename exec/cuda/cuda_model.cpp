@@ -1,0 +1,446 @@
+// CudaGptModel: forward / backward of the GPT units on the device, operator for operator the CPU GptModel
+// (exec/gpt_model.cpp) with Megatron's mixed precision (see cuda_model.hpp). Row-parallel GEMMs (attention
+// projection, fc2) write fp32 partial sums that are all-reduced over TP and added to the residual in one kernel;
+// input-gradient GEMMs accumulate in fp32 (beta = 1) before the TP all-reduce and one cast to bf16.
+#include "exec/cuda/cuda_model.hpp"
+
+#include "exec/init.hpp"
+#include "kernels/activation.cuh"
+#include "kernels/attention.cuh"
+#include "kernels/attention_tc.cuh"
+#include "kernels/cast.cuh"
+#include "kernels/cross_entropy.cuh"
+#include "kernels/elementwise.cuh"
+#include "kernels/embedding.cuh"
+#include "kernels/init.cuh"
+#include "kernels/layernorm.cuh"
+#include "kernels/rmsnorm.cuh"
+#include "kernels/rope.cuh"
+#include "model/errors.hpp"
+
+#include <fmt/format.h>
+
+#include <span>
+
+namespace cuboid::exec::cuda {
+
+namespace k = cuboid::kernels;
+using k::bf16;
+
+namespace {
+std::size_t count(std::int64_t rows, std::int64_t cols) { return static_cast<std::size_t>(rows * cols); }
+} // namespace
+
+CudaGptModel::CudaGptModel(const model::ModelSpec& spec, const model::Plan& plan, int tp_rank, int pp_rank,
+                           std::uint64_t seed, const CudaContext& context)
+    : spec_(spec), plan_(plan), tp_rank_(tp_rank), context_(context),
+      layout_(spec, plan, tp_rank, pp_rank, seed, false), device_(device_param_layout(layout_.params().infos())) {
+  const cudaStream_t s = context_.stream;
+  master_ = F32Buffer(device_.total, s);
+  grads_ = F32Buffer(device_.total, s);
+  m_ = F32Buffer(device_.total, s);
+  v_ = F32Buffer(device_.total, s);
+  weights_ = DeviceBuffer<bf16>(device_.total, s);
+  master_.zero(s);
+  grads_.zero(s);
+  m_.zero(s);
+  v_.zero(s);
+  wte_ = find("embed.wte");
+  wpe_ = find("embed.wpe");
+  head_w_ = spec_.tied_embeddings ? wte_ : find("head.w");
+  final_norm_ = norm_idx("final_norm");
+  layers_.resize(static_cast<std::size_t>(spec_.num_layers));
+  for (int layer = 0; layer < spec_.num_layers; ++layer) {
+    const std::string pre = fmt::format("layers.{}.", layer);
+    LayerIdx& p = layers_[static_cast<std::size_t>(layer)];
+    p.ln1 = norm_idx(pre + "ln1");
+    p.ln2 = norm_idx(pre + "ln2");
+    p.wq = find(pre + "attn.wq");
+    p.bq = find(pre + "attn.bq");
+    p.wk = find(pre + "attn.wk");
+    p.bk = find(pre + "attn.bk");
+    p.wv = find(pre + "attn.wv");
+    p.bv = find(pre + "attn.bv");
+    p.wo = find(pre + "attn.wo");
+    p.bo = find(pre + "attn.bo");
+    p.w1 = find(pre + "mlp.w1");
+    p.b1 = find(pre + "mlp.b1");
+    p.wg = find(pre + "mlp.wg");
+    p.bg = find(pre + "mlp.bg");
+    p.w2 = find(pre + "mlp.w2");
+    p.b2 = find(pre + "mlp.b2");
+  }
+  initialise(seed);
+}
+
+int CudaGptModel::find(const std::string& name) const { return layout_.params().find(name); }
+
+CudaGptModel::NormIdx CudaGptModel::norm_idx(const std::string& prefix) const {
+  return NormIdx{find(prefix + ".w"), find(prefix + ".b")};
+}
+
+const CudaGptModel::LayerIdx& CudaGptModel::layer_idx(int layer) const {
+  CUBOID_ASSERT(layer >= 0 && layer < spec_.num_layers && layers_[static_cast<std::size_t>(layer)].wq >= 0,
+                "layer {} is not held by this pipeline stage", layer);
+  return layers_[static_cast<std::size_t>(layer)];
+}
+
+// Same values as ParamSet::finalize (exec/init.cpp init_block) for every shard, then the bf16 copy.
+void CudaGptModel::initialise(std::uint64_t seed) {
+  const cudaStream_t s = context_.stream;
+  const auto& infos = layout_.params().infos();
+  for (std::size_t idx = 0; idx < infos.size(); ++idx) {
+    const ParamInfo& p = infos[idx];
+    float* out = master(static_cast<int>(idx));
+    switch (p.init) {
+    case InitKind::Zeros: break; // zeroed above
+    case InitKind::Ones: k::init::fill({out, 1.0f, static_cast<std::int64_t>(p.size())}, s); break;
+    case InitKind::Normal:
+      k::init::normal({out, mix64(seed) ^ hash_name(p.name), p.init_std, p.rows, p.cols, p.row0, p.col0, p.full_cols},
+                      s);
+      break;
+    }
+  }
+  k::cast::convert<bf16, float>({weights_.get(), master_.get(), static_cast<std::int64_t>(device_.total)}, s);
+}
+
+void CudaGptModel::zero_grads() { grads_.zero(context_.stream); }
+
+bool CudaGptModel::use_tensor_core_attention() const {
+  const std::int64_t D = spec_.head_dim;
+  const std::int64_t q_heads = spec_.num_attention_heads / plan_.tp;
+  const std::int64_t kv_heads = spec_.num_query_groups / plan_.tp;
+  return context_.tensor_core_attention &&
+         k::attention_tc::supported({spec_.seq_length, plan_.micro_batch_size, q_heads, kv_heads, D});
+}
+
+std::string CudaGptModel::attention_kernel() const {
+  if (use_tensor_core_attention()) {
+    return "tensor-core (bf16 WMMA, kernels/attention_tc)";
+  }
+  const std::int64_t q_heads = spec_.num_attention_heads / plan_.tp;
+  const std::string why =
+      context_.tensor_core_attention
+          ? k::attention_tc::unsupported_reason({spec_.seq_length, plan_.micro_batch_size, q_heads,
+                                                 spec_.num_query_groups / plan_.tp, spec_.head_dim})
+          : std::string("tensor-core kernels switched off");
+  return "scalar fp32 (kernels/attention; " + why + ")";
+}
+
+// ---- building blocks
+
+void CudaGptModel::gemm(std::int64_t m, std::int64_t n, std::int64_t kk, bool trans_a, bool trans_b, const void* a,
+                        const void* b, void* c, GemmDType c_type, float beta) {
+  GemmArgs args;
+  args.m = m;
+  args.n = n;
+  args.k = kk;
+  args.trans_a = trans_a;
+  args.trans_b = trans_b;
+  args.a = a;
+  args.b = b;
+  args.c = c;
+  args.c_type = c_type;
+  args.beta = beta;
+  context_.gemm->run(args, context_.workspace, context_.workspace_bytes, context_.stream);
+}
+
+void CudaGptModel::linear(const Bf16Buffer& x, int w, int bias, std::int64_t rows, Bf16Buffer& y) {
+  const ParamInfo& info = layout_.params().info(w);
+  y.resize(count(rows, info.cols), context_.stream);
+  gemm(rows, info.cols, info.rows, false, false, x.get(), weight(w), y.get(), GemmDType::BF16, 0.0f);
+  if (bias >= 0) {
+    k::elementwise::bias_add<bf16>({y.get(), master(bias), rows, info.cols}, context_.stream);
+  }
+}
+
+void CudaGptModel::linear_wgrad(const Bf16Buffer& x, const Bf16Buffer& dy, int w, int bias, std::int64_t rows) {
+  const ParamInfo& info = layout_.params().info(w);
+  gemm(info.rows, info.cols, rows, true, false, x.get(), dy.get(), grad(w), GemmDType::F32, 1.0f);
+  if (bias >= 0) {
+    k::elementwise::column_sum<bf16>({grad(bias), dy.get(), rows, info.cols}, context_.stream);
+  }
+}
+
+void CudaGptModel::linear_dgrad(const Bf16Buffer& dy, int w, std::int64_t rows, F32Buffer& dx, float beta) {
+  const ParamInfo& info = layout_.params().info(w);
+  if (beta == 0.0f) {
+    dx.resize(count(rows, info.rows), context_.stream);
+  }
+  gemm(rows, info.rows, info.cols, false, true, dy.get(), weight(w), dx.get(), GemmDType::F32, beta);
+}
+
+void CudaGptModel::norm_forward(const NormIdx& idx, const Bf16Buffer& x, Bf16Buffer& y, F32Buffer& mean,
+                                F32Buffer& rstd) {
+  const std::int64_t rows = static_cast<std::int64_t>(x.size()) / spec_.hidden_size;
+  const cudaStream_t s = context_.stream;
+  y.resize(x.size(), s);
+  rstd.resize(static_cast<std::size_t>(rows), s);
+  if (idx.b >= 0) {
+    mean.resize(static_cast<std::size_t>(rows), s);
+    k::layernorm::forward<bf16>({y.get(), mean.get(), rstd.get(), x.get(), master(idx.w), master(idx.b), rows,
+                                 spec_.hidden_size},
+                                s);
+  } else {
+    k::rmsnorm::forward<bf16>({y.get(), rstd.get(), x.get(), master(idx.w), rows, spec_.hidden_size}, s);
+  }
+}
+
+void CudaGptModel::norm_backward(const NormIdx& idx, const Bf16Buffer& dy, const Bf16Buffer& x, const F32Buffer& mean,
+                                 const F32Buffer& rstd, Bf16Buffer& dx) {
+  const std::int64_t rows = static_cast<std::int64_t>(x.size()) / spec_.hidden_size;
+  if (idx.b >= 0) {
+    k::layernorm::backward<bf16>({dx.get(), grad(idx.w), grad(idx.b), dy.get(), x.get(), master(idx.w), mean.get(),
+                                  rstd.get(), rows, spec_.hidden_size},
+                                 context_.stream);
+  } else {
+    k::rmsnorm::backward<bf16>({dx.get(), grad(idx.w), dy.get(), x.get(), master(idx.w), rstd.get(), rows,
+                                spec_.hidden_size},
+                               context_.stream);
+  }
+}
+
+void CudaGptModel::tp_all_reduce(F32Buffer& data, ReduceOp op) {
+  if (plan_.tp > 1) {
+    context_.tp->all_reduce(std::span<float>(data.get(), data.size()), op);
+  }
+}
+
+void CudaGptModel::to_bf16(const F32Buffer& in, Bf16Buffer& out) {
+  out.resize(in.size(), context_.stream);
+  k::cast::convert<bf16, float>({out.get(), in.get(), static_cast<std::int64_t>(in.size())}, context_.stream);
+}
+
+void CudaGptModel::copy(const Bf16Buffer& in, Bf16Buffer& out) {
+  out.resize(in.size(), context_.stream);
+  CUDA_CHECK(cudaMemcpyAsync(out.get(), in.get(), in.size() * sizeof(bf16), cudaMemcpyDeviceToDevice,
+                             context_.stream));
+}
+
+// ---- embedding: fp32 gather from the master table (exact), TP all-reduce, positions in fp32, one cast.
+
+void CudaGptModel::embedding_forward(const std::int32_t* tokens, Bf16Buffer& out) {
+  const cudaStream_t s = context_.stream;
+  const ParamInfo& info = layout_.params().info(wte_);
+  const std::int64_t rows = activation_rows();
+  const std::int64_t C = spec_.hidden_size;
+  F32Buffer partial(count(rows, C), s);
+  k::embedding::forward<float>({partial.get(), tokens, master(wte_), rows, info.rows, C, info.row0}, s);
+  tp_all_reduce(partial);
+  if (wpe_ >= 0) {
+    k::embedding::position_forward<float>({partial.get(), master(wpe_), rows, C, spec_.seq_length, 0,
+                                           plan_.micro_batch_size},
+                                          s);
+  }
+  to_bf16(partial, out);
+}
+
+void CudaGptModel::embedding_backward(const std::int32_t* tokens, const Bf16Buffer& dout) {
+  const cudaStream_t s = context_.stream;
+  const ParamInfo& info = layout_.params().info(wte_);
+  const std::int64_t rows = activation_rows();
+  const std::int64_t C = spec_.hidden_size;
+  if (wpe_ >= 0) {
+    k::embedding::position_backward<bf16>({grad(wpe_), dout.get(), rows, C, spec_.seq_length, 0,
+                                           plan_.micro_batch_size},
+                                          s);
+  }
+  k::embedding::backward<bf16>({grad(wte_), tokens, dout.get(), rows, info.rows, C, info.row0}, s);
+}
+
+// ---- transformer layer
+
+void CudaGptModel::layer_forward(int layer, const Bf16Buffer& x, Bf16Buffer& out, CudaLayerCache& c, bool keep_all) {
+  const LayerIdx& p = layer_idx(layer);
+  const cudaStream_t s = context_.stream;
+  const std::int64_t rows = activation_rows();
+  const std::int64_t C = spec_.hidden_size;
+  const std::int64_t D = spec_.head_dim;
+  const std::int64_t q_cols = layout_.params().info(p.wq).cols;
+  const std::int64_t kv_cols = layout_.params().info(p.wk).cols;
+  const k::attention::Shape shape{spec_.seq_length, plan_.micro_batch_size, q_cols / D, kv_cols / D, D};
+  if (c.x.get() != x.get()) {
+    copy(x, c.x);
+  }
+  norm_forward(p.ln1, c.x, c.h1, c.ln1_mean, c.ln1_rstd);
+  linear(c.h1, p.wq, p.bq, rows, c.q);
+  linear(c.h1, p.wk, p.bk, rows, c.k);
+  linear(c.h1, p.wv, p.bv, rows, c.v);
+  if (!spec_.learned_position_embedding) {
+    k::rope::forward<bf16>({c.q.get(), rows, q_cols / D, D, plan_.micro_batch_size}, s);
+    k::rope::forward<bf16>({c.k.get(), rows, kv_cols / D, D, plan_.micro_batch_size}, s);
+  }
+  c.attn.resize(count(rows, q_cols), s);
+  c.lse.resize(static_cast<std::size_t>(shape.batch * shape.q_heads * shape.seq), s);
+  if (use_tensor_core_attention()) {
+    k::attention_tc::forward({c.attn.get(), c.lse.get(), c.q.get(), c.k.get(), c.v.get(), shape}, s);
+  } else {
+    k::attention::forward<bf16>({c.attn.get(), c.lse.get(), c.q.get(), c.k.get(), c.v.get(), shape}, s);
+  }
+  F32Buffer partial(count(rows, C), s);
+  gemm(rows, C, q_cols, false, false, c.attn.get(), weight(p.wo), partial.get(), GemmDType::F32, 0.0f);
+  tp_all_reduce(partial);
+  c.x2.resize(count(rows, C), s);
+  k::elementwise::residual_add<bf16>({c.x2.get(), c.x.get(), partial.get(), p.bo >= 0 ? master(p.bo) : nullptr, rows,
+                                      C},
+                                     s);
+
+  norm_forward(p.ln2, c.x2, c.h2, c.ln2_mean, c.ln2_rstd);
+  linear(c.h2, p.w1, p.b1, rows, c.fc1);
+  const std::int64_t ffn_cols = layout_.params().info(p.w1).cols;
+  c.act.resize(count(rows, ffn_cols), s);
+  if (spec_.gated_mlp) {
+    linear(c.h2, p.wg, p.bg, rows, c.gate);
+    k::activation::swiglu_forward<bf16>({c.act.get(), c.gate.get(), c.fc1.get(), rows * ffn_cols}, s);
+  } else {
+    k::activation::gelu_forward<bf16>({c.act.get(), c.fc1.get(), rows * ffn_cols}, s);
+  }
+  F32Buffer partial2(count(rows, C), s);
+  gemm(rows, C, ffn_cols, false, false, c.act.get(), weight(p.w2), partial2.get(), GemmDType::F32, 0.0f);
+  tp_all_reduce(partial2);
+  out.resize(count(rows, C), s);
+  k::elementwise::residual_add<bf16>({out.get(), c.x2.get(), partial2.get(), p.b2 >= 0 ? master(p.b2) : nullptr, rows,
+                                      C},
+                                     s);
+  c.complete = keep_all;
+  if (!keep_all) {
+    // Full recompute: keep only the layer input (Korthikanti et al. 2022, sec. 5).
+    CudaLayerCache kept;
+    kept.x = std::move(c.x);
+    c = std::move(kept);
+  }
+}
+
+void CudaGptModel::layer_backward(int layer, CudaLayerCache& c, const Bf16Buffer& dout, Bf16Buffer& dx) {
+  const cudaStream_t s = context_.stream;
+  if (!c.complete) {
+    Bf16Buffer ignored;
+    layer_forward(layer, c.x, ignored, c, true);
+  }
+  const LayerIdx& p = layer_idx(layer);
+  const std::int64_t rows = activation_rows();
+  const std::int64_t C = spec_.hidden_size;
+  const std::int64_t D = spec_.head_dim;
+  const std::int64_t q_cols = layout_.params().info(p.wq).cols;
+  const std::int64_t kv_cols = layout_.params().info(p.wk).cols;
+  const std::int64_t ffn_cols = layout_.params().info(p.w1).cols;
+  const k::attention::Shape shape{spec_.seq_length, plan_.micro_batch_size, q_cols / D, kv_cols / D, D};
+
+  // MLP branch: out = x2 + all_reduce(act W2) + b2.
+  if (p.b2 >= 0) {
+    k::elementwise::column_sum<bf16>({grad(p.b2), dout.get(), rows, C}, s);
+  }
+  Bf16Buffer dact(count(rows, ffn_cols), s);
+  gemm(rows, ffn_cols, C, false, true, dout.get(), weight(p.w2), dact.get(), GemmDType::BF16, 0.0f);
+  gemm(ffn_cols, C, rows, true, false, c.act.get(), dout.get(), grad(p.w2), GemmDType::F32, 1.0f);
+  c.act = Bf16Buffer();
+  Bf16Buffer dfc1(count(rows, ffn_cols), s);
+  F32Buffer dh2_f;
+  if (spec_.gated_mlp) {
+    Bf16Buffer dgate(count(rows, ffn_cols), s);
+    k::activation::swiglu_backward<bf16>({dgate.get(), dfc1.get(), dact.get(), c.gate.get(), c.fc1.get(),
+                                          rows * ffn_cols},
+                                         s);
+    linear_dgrad(dgate, p.wg, rows, dh2_f, 0.0f);
+    linear_wgrad(c.h2, dgate, p.wg, p.bg, rows);
+    linear_dgrad(dfc1, p.w1, rows, dh2_f, 1.0f);
+  } else {
+    k::activation::gelu_backward<bf16>({dfc1.get(), dact.get(), c.fc1.get(), rows * ffn_cols}, s);
+    linear_dgrad(dfc1, p.w1, rows, dh2_f, 0.0f);
+  }
+  linear_wgrad(c.h2, dfc1, p.w1, p.b1, rows);
+  tp_all_reduce(dh2_f);
+  Bf16Buffer dh2;
+  to_bf16(dh2_f, dh2);
+  Bf16Buffer dx2;
+  copy(dout, dx2);
+  norm_backward(p.ln2, dh2, c.x2, c.ln2_mean, c.ln2_rstd, dx2);
+
+  // Attention branch: x2 = x + all_reduce(attn Wo) + bo.
+  if (p.bo >= 0) {
+    k::elementwise::column_sum<bf16>({grad(p.bo), dx2.get(), rows, C}, s);
+  }
+  Bf16Buffer dattn(count(rows, q_cols), s);
+  gemm(rows, q_cols, C, false, true, dx2.get(), weight(p.wo), dattn.get(), GemmDType::BF16, 0.0f);
+  gemm(q_cols, C, rows, true, false, c.attn.get(), dx2.get(), grad(p.wo), GemmDType::F32, 1.0f);
+  Bf16Buffer dq(count(rows, q_cols), s);
+  Bf16Buffer dk(count(rows, kv_cols), s);
+  Bf16Buffer dv(count(rows, kv_cols), s);
+  F32Buffer workspace(k::attention::backward_workspace_bytes(shape) / sizeof(float), s);
+  const k::attention::BackwardArgs<bf16> attention_args{dq.get(),  dk.get(),  dv.get(),      workspace.get(),
+                                                        dattn.get(), c.q.get(), c.k.get(),     c.v.get(),
+                                                        c.attn.get(), c.lse.get(), shape};
+  if (use_tensor_core_attention()) {
+    k::attention_tc::backward(attention_args, s);
+  } else {
+    k::attention::backward<bf16>(attention_args, s);
+  }
+  if (!spec_.learned_position_embedding) {
+    k::rope::backward<bf16>({dq.get(), rows, q_cols / D, D, plan_.micro_batch_size}, s);
+    k::rope::backward<bf16>({dk.get(), rows, kv_cols / D, D, plan_.micro_batch_size}, s);
+  }
+  F32Buffer dh1_f;
+  linear_dgrad(dq, p.wq, rows, dh1_f, 0.0f);
+  linear_dgrad(dk, p.wk, rows, dh1_f, 1.0f);
+  linear_dgrad(dv, p.wv, rows, dh1_f, 1.0f);
+  linear_wgrad(c.h1, dq, p.wq, p.bq, rows);
+  linear_wgrad(c.h1, dk, p.wk, p.bk, rows);
+  linear_wgrad(c.h1, dv, p.wv, p.bv, rows);
+  tp_all_reduce(dh1_f);
+  Bf16Buffer dh1;
+  to_bf16(dh1_f, dh1);
+  dx = std::move(dx2);
+  norm_backward(p.ln1, dh1, c.x, c.ln1_mean, c.ln1_rstd, dx);
+  c = CudaLayerCache{};
+}
+
+// ---- final norm, output layer, vocab-parallel cross-entropy (fp32 logits)
+
+void CudaGptModel::head_forward(const Bf16Buffer& x, const std::int32_t* targets, CudaHeadCache& c, float* loss_acc,
+                                float loss_weight) {
+  const cudaStream_t s = context_.stream;
+  const ParamInfo& info = layout_.params().info(head_w_);
+  const std::int64_t rows = activation_rows();
+  const std::int64_t C = spec_.hidden_size;
+  const std::int64_t V = info.rows;
+  copy(x, c.x);
+  norm_forward(final_norm_, c.x, c.h, c.mean, c.rstd);
+  c.probs.resize(count(rows, V), s);
+  gemm(rows, V, C, false, true, c.h.get(), weight(head_w_), c.probs.get(), GemmDType::F32, 0.0f);
+  F32Buffer row_max(static_cast<std::size_t>(rows), s);
+  k::cross_entropy::row_max<float>({row_max.get(), c.probs.get(), rows, V}, s);
+  tp_all_reduce(row_max, ReduceOp::Max);
+  F32Buffer sums(static_cast<std::size_t>(2 * rows), s);
+  k::cross_entropy::exp_sums<float>({c.probs.get(), sums.get(), row_max.get(), targets, rows, V, info.row0}, s);
+  tp_all_reduce(sums);
+  F32Buffer losses(static_cast<std::size_t>(rows), s);
+  k::cross_entropy::loss_normalize<float>({losses.get(), c.probs.get(), sums.get(), rows, V}, s);
+  if (loss_acc != nullptr) {
+    k::elementwise::sum({loss_acc, losses.get(), rows, loss_weight / static_cast<float>(rows), false}, s);
+  }
+}
+
+void CudaGptModel::head_backward(CudaHeadCache& c, const std::int32_t* targets, float loss_scale, Bf16Buffer& dx) {
+  const cudaStream_t s = context_.stream;
+  const ParamInfo& info = layout_.params().info(head_w_);
+  const std::int64_t rows = activation_rows();
+  const std::int64_t C = spec_.hidden_size;
+  const std::int64_t V = info.rows;
+  const float scale = loss_scale / static_cast<float>(rows);
+  k::cross_entropy::backward<float>({c.probs.get(), c.probs.get(), targets, rows, V, info.row0, scale}, s);
+  Bf16Buffer dlogits;
+  to_bf16(c.probs, dlogits);
+  c.probs = F32Buffer();
+  F32Buffer dh_f(count(rows, C), s);
+  gemm(rows, C, V, false, false, dlogits.get(), weight(head_w_), dh_f.get(), GemmDType::F32, 0.0f);
+  gemm(V, C, rows, true, false, dlogits.get(), c.h.get(), grad(head_w_), GemmDType::F32, 1.0f);
+  tp_all_reduce(dh_f);
+  Bf16Buffer dh;
+  to_bf16(dh_f, dh);
+  dx.resize(count(rows, C), s);
+  CUDA_CHECK(cudaMemsetAsync(dx.get(), 0, dx.size() * sizeof(bf16), s));
+  norm_backward(final_norm_, dh, c.x, c.mean, c.rstd, dx);
+  c = CudaHeadCache{};
+}
+
+} // namespace cuboid::exec::cuda

@@ -1,0 +1,138 @@
+// CudaGptModel: the CUDA counterpart of exec::GptModel (gpt_model.hpp) for one pipeline stage and one TP rank, with
+// the same parameters (names, TP splits, initial values from the same counter-based generator) and the same units
+// (embedding, transformer layer, final norm + output layer + loss), on the device. Mixed precision as Megatron:
+// fp32 master weights, a bf16 copy of them for the GEMMs and embeddings, bf16 activations, fp32 gradients
+// (accumulated over micro-batches by cuBLASLt with beta = 1), fp32 norm statistics, attention LSE, logits and
+// loss. GEMMs via cuBLASLt (gemm.hpp), everything else via kernels/. TP collectives (all-reduce of the
+// row-parallel fp32 partial outputs, of the column-parallel input gradients, and the cross-entropy's max / sums) go
+// through the TP Communicator on device memory, stream-ordered on the compute stream. Sequence parallelism is not
+// implemented (validate_cuda_run_options rejects it). All work is enqueued on one stream without host syncs.
+#pragma once
+
+#include "exec/communicator.hpp"
+#include "exec/cuda/cuda_layout.hpp"
+#include "exec/cuda/device_buffer.hpp"
+#include "exec/cuda/gemm.hpp"
+#include "exec/gpt_model.hpp"
+#include "model/model_spec.hpp"
+#include "model/plan.hpp"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace cuboid::exec::cuda {
+
+using Bf16Buffer = DeviceBuffer<__nv_bfloat16>;
+using F32Buffer = DeviceBuffer<float>;
+
+/// What the model needs from the runtime: the compute stream, the GEMM runner and its workspace, the TP group.
+struct CudaContext {
+  cudaStream_t stream = nullptr;
+  GemmRunner* gemm = nullptr;
+  void* workspace = nullptr;
+  std::size_t workspace_bytes = 0;
+  Communicator* tp = nullptr; // device-memory communicator (NcclCommunicator); only used when tp > 1
+  /// Tensor-core attention (kernels/attention_tc.cuh) where its shape requirements hold; else, or when false, the
+  /// scalar-FMA kernels (kernels/attention.cuh).
+  bool tensor_core_attention = true;
+};
+
+/// Saved activations of one layer for one micro-batch (as exec::LayerCache; the attention keeps its LSE instead of
+/// the probabilities, so selective recompute costs nothing extra).
+struct CudaLayerCache {
+  Bf16Buffer x, h1, q, k, v, attn, x2, h2, fc1, gate, act;
+  F32Buffer ln1_mean, ln1_rstd, ln2_mean, ln2_rstd, lse;
+  bool complete = false; // false when only x was kept (full recompute)
+};
+
+struct CudaHeadCache {
+  Bf16Buffer x, h;
+  F32Buffer mean, rstd;
+  F32Buffer probs; // (n, V/tp) fp32 logits, then softmax probabilities
+};
+
+class CudaGptModel {
+public:
+  /// Declares this rank's parameters (exec::GptModel's list) and initialises them on the device from `seed`.
+  CudaGptModel(const model::ModelSpec& spec, const model::Plan& plan, int tp_rank, int pp_rank, std::uint64_t seed,
+               const CudaContext& context);
+
+  [[nodiscard]] std::int64_t activation_rows() const { return spec_.seq_length * plan_.micro_batch_size; }
+  [[nodiscard]] std::int64_t hidden() const { return spec_.hidden_size; }
+  /// Which attention kernels this model's layers use: "tensor-core (WMMA bf16)" or "scalar fp32 (...)".
+  [[nodiscard]] std::string attention_kernel() const;
+  /// Parameter list and unit -> parameter maps, from exec::GptModel (host, no buffers).
+  [[nodiscard]] const GptModel& host_layout() const { return layout_; }
+  [[nodiscard]] const std::vector<ParamInfo>& infos() const { return layout_.params().infos(); }
+  [[nodiscard]] const DeviceParamLayout& device_layout() const { return device_; }
+  [[nodiscard]] float* master(int idx) const { return master_.get() + device_.offsets[static_cast<std::size_t>(idx)]; }
+  [[nodiscard]] float* grad(int idx) const { return grads_.get() + device_.offsets[static_cast<std::size_t>(idx)]; }
+  [[nodiscard]] __nv_bfloat16* weight(int idx) const {
+    return weights_.get() + device_.offsets[static_cast<std::size_t>(idx)];
+  }
+  [[nodiscard]] float* grads() const { return grads_.get(); }
+  [[nodiscard]] float* moment1(int idx) const { return m_.get() + device_.offsets[static_cast<std::size_t>(idx)]; }
+  [[nodiscard]] float* moment2(int idx) const { return v_.get() + device_.offsets[static_cast<std::size_t>(idx)]; }
+  void zero_grads();
+
+  /// tokens: device (T*B) in [s, b] order; out: (n, C).
+  void embedding_forward(const std::int32_t* tokens, Bf16Buffer& out);
+  void embedding_backward(const std::int32_t* tokens, const Bf16Buffer& dout);
+  void layer_forward(int layer, const Bf16Buffer& x, Bf16Buffer& out, CudaLayerCache& cache, bool keep_all);
+  /// dx overwritten; consumes the cache (recomputes it if incomplete).
+  void layer_backward(int layer, CudaLayerCache& cache, const Bf16Buffer& dout, Bf16Buffer& dx);
+  /// Adds loss_weight * (mean cross-entropy over the T*B tokens) to loss_acc[0] (device) unless loss_acc is null.
+  void head_forward(const Bf16Buffer& x, const std::int32_t* targets, CudaHeadCache& cache, float* loss_acc,
+                    float loss_weight);
+  void head_backward(CudaHeadCache& cache, const std::int32_t* targets, float loss_scale, Bf16Buffer& dx);
+
+private:
+  struct NormIdx {
+    int w = -1;
+    int b = -1;
+  };
+  struct LayerIdx {
+    NormIdx ln1, ln2;
+    int wq = -1, bq = -1, wk = -1, bk = -1, wv = -1, bv = -1, wo = -1, bo = -1;
+    int w1 = -1, b1 = -1, wg = -1, bg = -1, w2 = -1, b2 = -1;
+  };
+  [[nodiscard]] const LayerIdx& layer_idx(int layer) const;
+  [[nodiscard]] int find(const std::string& name) const;
+  [[nodiscard]] NormIdx norm_idx(const std::string& prefix) const;
+  void initialise(std::uint64_t seed);
+
+  // Building blocks (all on context_.stream).
+  void gemm(std::int64_t m, std::int64_t n, std::int64_t k, bool trans_a, bool trans_b, const void* a, const void* b,
+            void* c, GemmDType c_type, float beta);
+  /// y (rows, out) = x (rows, in) W (in, out) [+ bias], bf16 out.
+  void linear(const Bf16Buffer& x, int w, int bias, std::int64_t rows, Bf16Buffer& y);
+  /// Weight and bias gradients of linear(): dW += x^T dy, db += colsum(dy).
+  void linear_wgrad(const Bf16Buffer& x, const Bf16Buffer& dy, int w, int bias, std::int64_t rows);
+  /// dx (rows, in) (fp32) = dy W^T, accumulated when beta = 1.
+  void linear_dgrad(const Bf16Buffer& dy, int w, std::int64_t rows, F32Buffer& dx, float beta);
+  void norm_forward(const NormIdx& idx, const Bf16Buffer& x, Bf16Buffer& y, F32Buffer& mean, F32Buffer& rstd);
+  /// dx += norm backward of dy.
+  void norm_backward(const NormIdx& idx, const Bf16Buffer& dy, const Bf16Buffer& x, const F32Buffer& mean,
+                     const F32Buffer& rstd, Bf16Buffer& dx);
+  void tp_all_reduce(F32Buffer& data, ReduceOp op = ReduceOp::Sum);
+  void to_bf16(const F32Buffer& in, Bf16Buffer& out);
+  void copy(const Bf16Buffer& in, Bf16Buffer& out);
+  [[nodiscard]] bool use_tensor_core_attention() const;
+
+  model::ModelSpec spec_;
+  model::Plan plan_;
+  int tp_rank_;
+  CudaContext context_;
+  GptModel layout_; // parameter declarations only (materialize = false)
+  DeviceParamLayout device_;
+  F32Buffer master_, grads_, m_, v_;
+  DeviceBuffer<__nv_bfloat16> weights_;
+  int wte_ = -1, wpe_ = -1, head_w_ = -1;
+  NormIdx final_norm_;
+  std::vector<LayerIdx> layers_; // by global layer; entries of other stages stay -1
+};
+
+} // namespace cuboid::exec::cuda

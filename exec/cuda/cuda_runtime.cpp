@@ -1,0 +1,603 @@
+// CUDA training runtime (see cuda_runtime.hpp). Mirrors exec/runtime.cpp's Trainer::State instruction by
+// instruction; the differences are where the data lives (device buffers from the stream-ordered pool) and that
+// nothing blocks the host until the end of the step (loss read-back and event collection).
+#include "exec/cuda/cuda_runtime.hpp"
+
+#include "exec/cuda/cuda_check.hpp"
+#include "exec/cuda/cuda_layout.hpp"
+#include "exec/cuda/cuda_model.hpp"
+#include "exec/cuda/event_timeline.hpp"
+#include "exec/cuda/launch_env.hpp"
+#include "exec/cuda/nccl_communicator.hpp"
+#include "exec/data.hpp"
+#include "exec/device_error.hpp"
+#include "exec/internal_schedule.hpp"
+#include "exec/lowering.hpp"
+#include "exec/process_groups.hpp"
+#include "exec/watchdog.hpp"
+#include "kernels/adamw.cuh"
+#include "kernels/elementwise.cuh"
+#include "model/errors.hpp"
+#include "model/rank_grid.hpp"
+#include "model/step_builder.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+#include <map>
+#include <numeric>
+
+namespace cuboid::exec::cuda {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr double RENDEZVOUS_TIMEOUT_S = 300.0;
+
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+std::string category_of(InstrKind kind) {
+  switch (kind) {
+  case InstrKind::Forward:
+  case InstrKind::Backward: return "compute";
+  case InstrKind::Send:
+  case InstrKind::Recv: return "p2p";
+  case InstrKind::CollectiveStart:
+  case InstrKind::CollectiveWait: return "collective";
+  case InstrKind::OptimizerStep: return "optimizer";
+  case InstrKind::Free: return "memory";
+  }
+  return "?";
+}
+
+double median_after_first(const std::vector<double>& values) {
+  std::vector<double> tail(values.begin() + (values.size() > 1 ? 1 : 0), values.end());
+  std::sort(tail.begin(), tail.end());
+  return tail.size() % 2 == 1 ? tail[tail.size() / 2] : 0.5 * (tail[tail.size() / 2 - 1] + tail[tail.size() / 2]);
+}
+
+struct MicroState {
+  Bf16Buffer act;
+  Bf16Buffer grad;
+  std::map<int, CudaLayerCache> layers;
+  CudaHeadCache head;
+  DeviceBuffer<std::int32_t> inputs;
+  DeviceBuffer<std::int32_t> targets;
+  bool has_data = false;
+};
+
+struct PendingSend {
+  Bf16Buffer buffer;
+  std::unique_ptr<Request> request;
+};
+
+struct Bucket {
+  BucketRange range;
+  std::unique_ptr<Request> request;
+};
+
+// The compute stream and the device memory pool of this process, created before any NCCL or model state.
+struct DeviceSetup {
+  cudaStream_t stream = nullptr;
+  std::string name;
+  DeviceSetup(const LaunchEnv& env) {
+    int devices = 0;
+    const cudaError_t status = cudaGetDeviceCount(&devices);
+    if (status != cudaSuccess || devices == 0) {
+      throw DeviceError(device_error_message(
+          "cudaGetDeviceCount", env.rank, __FILE__, __LINE__,
+          fmt::format("no usable CUDA device ({}); --backend cuda needs a GPU and its driver",
+                      status != cudaSuccess ? cudaGetErrorString(status) : "0 devices")));
+    }
+    if (env.local_rank >= devices) {
+      throw DeviceError(device_error_message("cudaSetDevice", env.rank, __FILE__, __LINE__,
+                                             fmt::format("LOCAL_RANK {} but only {} device(s) visible",
+                                                         env.local_rank, devices)));
+    }
+    CUDA_CHECK(cudaSetDevice(env.local_rank));
+    cudaDeviceProp prop{};
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, env.local_rank));
+    name = prop.name;
+    cudaMemPool_t pool = nullptr;
+    CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, env.local_rank));
+    std::uint64_t keep = std::numeric_limits<std::uint64_t>::max(); // never hand freed blocks back to the driver
+    CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  }
+  ~DeviceSetup() {
+    if (stream != nullptr) {
+      cudaStreamSynchronize(stream);
+      cudaStreamDestroy(stream);
+    }
+  }
+  DeviceSetup(const DeviceSetup&) = delete;
+  DeviceSetup& operator=(const DeviceSetup&) = delete;
+};
+
+cudaStream_t comm_stream_of(Communicator& comm, cudaStream_t fallback) {
+  auto* nccl = dynamic_cast<NcclCommunicator*>(&comm);
+  return nccl != nullptr ? nccl->comm_stream() : fallback;
+}
+
+class CudaTrainer {
+public:
+  CudaTrainer(const RunOptions& options, const LaunchEnv& env, DeviceSetup& device, Communicator& world)
+      : options_(options), world_(world), stream_(device.stream), grid_(options.plan.tp, options.plan.dp, options.plan.pp),
+        groups_(make_process_groups(world, grid_)),
+        workspace_(workspace_bytes(GemmArgs{}), device.stream),
+        model_(options.model, options.plan, groups_.coord.tp_rank, groups_.coord.pp_rank, options.seed,
+               CudaContext{device.stream, &gemm_, workspace_.get(), workspace_.size(), groups_.tp.get(),
+                           options.cuda_tensor_core_attention}),
+        data_(options.model.vocab_size, options.model.seq_length, options.seed, options.data_file),
+        loss_acc_(1, device.stream), norm_acc_(1, device.stream), timeline_(world.rank()) {
+    (void)env;
+    if (world.rank() == 0 && options.trace) {
+      std::vector<int> ranks(static_cast<std::size_t>(world.size()));
+      std::iota(ranks.begin(), ranks.end(), 0);
+      all_programs_ = build_programs(ranks);
+      program_ = all_programs_.front();
+    } else {
+      program_ = std::move(build_programs({world.rank()}).front());
+    }
+    setup_buckets();
+    if (options.timeout_s > 0.0) {
+      watchdog_ = std::make_unique<Watchdog>(
+          options.timeout_s, [this] { return current_label(); },
+          [this](const std::string& message) {
+            std::fprintf(stderr, "rank %d: %s\n", world_.rank(), message.c_str());
+            std::fflush(stderr);
+            if (world_.size() > 1) {
+              world_.abort(1);
+            }
+            std::_Exit(1);
+          });
+    }
+  }
+
+  double step();
+  [[nodiscard]] std::string attention_kernel() const { return model_.attention_kernel(); }
+  std::vector<model::TimelineEvent> gather_timeline();
+
+private:
+  [[nodiscard]] int microbatches() const { return static_cast<int>(options_.plan.num_microbatches()); }
+  std::vector<Program> build_programs(const std::vector<int>& ranks) const {
+    std::vector<Program> out;
+    if (options_.program_source == ProgramSource::Internal) {
+      for (const int rank : ranks) {
+        out.push_back(build_internal_program(options_.model, options_.plan, rank));
+      }
+      return out;
+    }
+    const model::TaskGraph graph =
+        model::build_step_graph(options_.model, options_.cluster, options_.plan, model::Instantiation::AllRanks);
+    for (const int rank : ranks) {
+      out.push_back(lower_to_program(graph, rank));
+    }
+    return out;
+  }
+  std::string current_label() const {
+    const int idx = current_instr_.load();
+    return idx >= 0 && idx < static_cast<int>(program_.instrs.size())
+               ? program_.instrs[static_cast<std::size_t>(idx)].label
+               : std::string("(between tasks)");
+  }
+  void setup_buckets();
+  MicroState& state(int chunk, int mb) { return micro_[{chunk, mb}]; }
+  MicroState& with_data(int chunk, int mb) {
+    MicroState& st = state(chunk, mb);
+    if (!st.has_data) {
+      const int global_mb = groups_.coord.dp_rank * microbatches() + mb;
+      const MicroBatch batch = data_.microbatch(step_, global_mb, options_.plan.micro_batch_size);
+      st.inputs.resize(batch.inputs.size(), stream_);
+      st.targets.resize(batch.targets.size(), stream_);
+      CUDA_CHECK(cudaMemcpyAsync(st.inputs.get(), batch.inputs.data(), batch.inputs.size() * sizeof(std::int32_t),
+                                 cudaMemcpyHostToDevice, stream_));
+      CUDA_CHECK(cudaMemcpyAsync(st.targets.get(), batch.targets.data(),
+                                 batch.targets.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice, stream_));
+      // Pageable sources are staged before cudaMemcpyAsync returns, so `batch` may die here without a sync.
+      st.has_data = true;
+    }
+    return st;
+  }
+  void execute(const Instr& instr);
+  void optimizer_step();
+
+  RunOptions options_;
+  Communicator& world_;
+  cudaStream_t stream_;
+  model::RankGrid grid_;
+  ProcessGroups groups_;
+  GemmRunner gemm_;
+  DeviceBuffer<std::uint8_t> workspace_;
+  CudaGptModel model_;
+  TokenSource data_;
+  F32Buffer loss_acc_;
+  F32Buffer norm_acc_;
+  EventTimeline timeline_;
+  Program program_;
+  std::vector<Program> all_programs_;
+  std::vector<Bucket> buckets_;
+  std::map<std::pair<int, int>, MicroState> micro_;
+  std::vector<PendingSend> sends_;
+  std::vector<int> event_instr_; // instruction index of each timed event
+  int step_ = 0;
+  std::atomic<int> current_instr_{-1};
+  std::unique_ptr<Watchdog> watchdog_;
+};
+
+// As exec/runtime.cpp setup_buckets, over the device layout: bucket k's CollectiveStart moves after the last backward
+// that finishes a gradient in its range.
+void CudaTrainer::setup_buckets() {
+  const auto& weights = program_.bucket_weights;
+  if (weights.empty()) {
+    return;
+  }
+  const DeviceParamLayout& layout = model_.device_layout();
+  for (const BucketRange& range : bucket_ranges(weights, layout.total)) {
+    buckets_.push_back({range, nullptr});
+  }
+  const GptModel& host = model_.host_layout();
+  std::vector<int> finished_at(model_.infos().size(), -1);
+  const auto mark = [&](const std::vector<int>& params, int pos) {
+    for (const int p : params) {
+      finished_at[static_cast<std::size_t>(p)] = std::max(finished_at[static_cast<std::size_t>(p)], pos);
+    }
+  };
+  for (int pos = 0; pos < static_cast<int>(program_.instrs.size()); ++pos) {
+    const Instr& instr = program_.instrs[static_cast<std::size_t>(pos)];
+    if (instr.kind != InstrKind::Backward) {
+      continue;
+    }
+    if (instr.unit == UnitKind::Layer) {
+      mark(host.layer_params(instr.layer), pos);
+    } else if (instr.unit == UnitKind::Embedding) {
+      mark(host.embedding_params(), pos);
+    } else {
+      mark(host.head_params(), pos);
+    }
+  }
+  for (std::size_t kb = 0; kb < buckets_.size(); ++kb) {
+    int ready = -1;
+    for (std::size_t p = 0; p < finished_at.size(); ++p) {
+      const std::size_t begin = layout.offsets[p];
+      const std::size_t end = begin + model_.infos()[p].size();
+      if (begin < buckets_[kb].range.end && end > buckets_[kb].range.begin) {
+        ready = std::max(ready, finished_at[p]);
+      }
+    }
+    auto& instrs = program_.instrs;
+    const auto is_start = [&](const Instr& i) {
+      return i.kind == InstrKind::CollectiveStart && i.bucket == static_cast<int>(kb);
+    };
+    const auto it = std::find_if(instrs.begin(), instrs.end(), is_start);
+    if (it == instrs.end() || static_cast<int>(it - instrs.begin()) > ready) {
+      continue;
+    }
+    const Instr start = *it;
+    instrs.erase(it);
+    instrs.insert(instrs.begin() + ready, start);
+    const auto start_pos = std::find_if(instrs.begin(), instrs.end(), is_start);
+    const auto wait = std::find_if(instrs.begin(), instrs.end(), [&](const Instr& i) {
+      return i.kind == InstrKind::CollectiveWait && i.bucket == static_cast<int>(kb);
+    });
+    if (wait != instrs.end() && wait < start_pos) {
+      const Instr moved = *wait;
+      instrs.erase(wait);
+      instrs.insert(std::find_if(instrs.begin(), instrs.end(), is_start) + 1, moved);
+    }
+  }
+}
+
+void CudaTrainer::execute(const Instr& instr) {
+  const bool keep_all = options_.plan.recompute != model::Recompute::Full;
+  const std::size_t act_elements = static_cast<std::size_t>(model_.activation_rows() * model_.hidden());
+  const float loss_scale = 1.0f / static_cast<float>(microbatches() * options_.plan.dp);
+  switch (instr.kind) {
+  case InstrKind::Forward: {
+    if (instr.unit == UnitKind::Embedding) {
+      MicroState& st = with_data(instr.chunk, instr.microbatch);
+      model_.embedding_forward(st.inputs.get(), st.act);
+    } else if (instr.unit == UnitKind::Layer) {
+      MicroState& st = state(instr.chunk, instr.microbatch);
+      Bf16Buffer out;
+      model_.layer_forward(instr.layer, st.act, out, st.layers[instr.layer], keep_all);
+      st.act = std::move(out);
+    } else {
+      MicroState& st = with_data(instr.chunk, instr.microbatch);
+      const bool reports_loss = groups_.coord.tp_rank == 0;
+      model_.head_forward(st.act, st.targets.get(), st.head, reports_loss ? loss_acc_.get() : nullptr, loss_scale);
+    }
+    return;
+  }
+  case InstrKind::Backward: {
+    if (instr.unit == UnitKind::Embedding) {
+      MicroState& st = with_data(instr.chunk, instr.microbatch);
+      model_.embedding_backward(st.inputs.get(), st.grad);
+    } else if (instr.unit == UnitKind::Layer) {
+      MicroState& st = state(instr.chunk, instr.microbatch);
+      Bf16Buffer dx;
+      model_.layer_backward(instr.layer, st.layers[instr.layer], st.grad, dx);
+      st.layers.erase(instr.layer);
+      st.grad = std::move(dx);
+    } else {
+      MicroState& st = with_data(instr.chunk, instr.microbatch);
+      model_.head_backward(st.head, st.targets.get(), loss_scale, st.grad);
+    }
+    return;
+  }
+  case InstrKind::Send: {
+    MicroState& st = state(instr.chunk, instr.microbatch);
+    Bf16Buffer buffer = std::move(instr.direction == Direction::Forward ? st.act : st.grad);
+    CUBOID_ASSERT(buffer.size() == act_elements && act_elements % 2 == 0, "{}: nothing to send ({} elements)",
+                  instr.label, buffer.size());
+    // bf16 pairs travel as 32-bit words (NCCL moves bytes; no arithmetic on them).
+    auto request = world_.send(std::span<const float>(reinterpret_cast<const float*>(buffer.get()), buffer.size() / 2),
+                               instr.peer, instr.tag);
+    sends_.push_back({std::move(buffer), std::move(request)});
+    return;
+  }
+  case InstrKind::Recv: {
+    MicroState& st = state(instr.chunk, instr.microbatch);
+    Bf16Buffer& target = instr.direction == Direction::Forward ? st.act : st.grad;
+    target.resize(act_elements, stream_);
+    world_.recv(std::span<float>(reinterpret_cast<float*>(target.get()), act_elements / 2), instr.peer, instr.tag);
+    return;
+  }
+  case InstrKind::CollectiveStart: {
+    if (instr.bucket < 0) {
+      return; // distributed optimizer's parameter all-gather: replicas are already complete
+    }
+    Bucket& bucket = buckets_.at(static_cast<std::size_t>(instr.bucket));
+    if (bucket.range.end > bucket.range.begin) {
+      bucket.request = groups_.dp->all_reduce_async(
+          std::span<float>(model_.grads() + bucket.range.begin, bucket.range.end - bucket.range.begin));
+    }
+    return;
+  }
+  case InstrKind::CollectiveWait: {
+    if (instr.bucket < 0) {
+      return;
+    }
+    Bucket& bucket = buckets_.at(static_cast<std::size_t>(instr.bucket));
+    if (bucket.request) {
+      bucket.request->wait();
+      bucket.request.reset();
+    }
+    return;
+  }
+  case InstrKind::OptimizerStep: optimizer_step(); return;
+  case InstrKind::Free: micro_.erase({instr.chunk, instr.microbatch}); return;
+  }
+}
+
+void CudaTrainer::optimizer_step() {
+  for (auto& bucket : buckets_) {
+    if (bucket.request) {
+      bucket.request->wait();
+      bucket.request.reset();
+    }
+  }
+  const auto& infos = model_.infos();
+  // Tied word embedding on the first and last stage: sum the two partial gradients (Megatron's embedding group).
+  const int wte = model_.host_layout().params().find("embed.wte");
+  if (options_.model.tied_embeddings && wte >= 0 && groups_.embedding->size() > 1) {
+    groups_.embedding->all_reduce(std::span<float>(model_.grad(wte), infos[static_cast<std::size_t>(wte)].size()));
+  }
+  float grad_scale = 1.0f;
+  const cpu::AdamWConfig& config = options_.optimizer;
+  if (config.max_grad_norm > 0.0f) {
+    // Global norm over unique parameters (as the CPU runtime): one host read-back per step.
+    norm_acc_.zero(stream_);
+    for (std::size_t idx = 0; idx < infos.size(); ++idx) {
+      const ParamInfo& info = infos[idx];
+      if (info.embedding_copy || (info.split == TpSplit::Replicated && groups_.coord.tp_rank != 0)) {
+        continue;
+      }
+      kernels::elementwise::sum({norm_acc_.get(), model_.grad(static_cast<int>(idx)),
+                                 static_cast<std::int64_t>(info.size()), 1.0f, true},
+                                stream_);
+    }
+    if (groups_.tp->size() > 1) {
+      groups_.tp->all_reduce(std::span<float>(norm_acc_.get(), 1));
+    }
+    if (groups_.pp->size() > 1) {
+      groups_.pp->all_reduce(std::span<float>(norm_acc_.get(), 1));
+    }
+    float total = 0.0f;
+    CUDA_CHECK(cudaMemcpyAsync(&total, norm_acc_.get(), sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    grad_scale = std::min(1.0f, config.max_grad_norm / (std::sqrt(total) + 1e-6f));
+  }
+  for (std::size_t idx = 0; idx < infos.size(); ++idx) {
+    const ParamInfo& info = infos[idx];
+    const int p = static_cast<int>(idx);
+    kernels::adamw::Args args;
+    args.param = model_.master(p);
+    args.m = model_.moment1(p);
+    args.v = model_.moment2(p);
+    args.param_bf16 = model_.weight(p);
+    args.grad = model_.grad(p);
+    args.n = static_cast<std::int64_t>(info.size());
+    args.step = step_;
+    args.lr = config.lr;
+    args.beta1 = config.beta1;
+    args.beta2 = config.beta2;
+    args.eps = config.eps;
+    args.weight_decay = info.weight_decay ? config.weight_decay : 0.0f;
+    args.grad_scale = grad_scale;
+    kernels::adamw::update(args, stream_);
+  }
+}
+
+double CudaTrainer::step() {
+  ++step_;
+  micro_.clear();
+  event_instr_.clear();
+  model_.zero_grads();
+  loss_acc_.zero(stream_);
+  if (watchdog_) {
+    watchdog_->arm(step_);
+  }
+  const bool trace = options_.trace;
+  if (trace) {
+    timeline_.begin_step(stream_);
+  }
+  const int world_rank = world_.rank();
+  try {
+    for (int idx = 0; idx < static_cast<int>(program_.instrs.size()); ++idx) {
+      const Instr& instr = program_.instrs[static_cast<std::size_t>(idx)];
+      current_instr_.store(idx);
+      const bool timed = trace && instr.kind != InstrKind::Free && instr.kind != InstrKind::CollectiveWait;
+      std::size_t handle = 0;
+      if (timed) {
+        handle = timeline_.start(instr.task == NO_TASK ? static_cast<model::TaskId>(idx) : instr.task, instr.stream,
+                                 instr.label, category_of(instr.kind), stream_);
+        event_instr_.push_back(idx);
+      }
+      execute(instr);
+      if (timed) {
+        cudaStream_t end_stream = stream_;
+        if (instr.kind == InstrKind::CollectiveStart) {
+          end_stream = comm_stream_of(*groups_.dp, stream_);
+        } else if (instr.kind == InstrKind::Send) {
+          end_stream = comm_stream_of(world_, stream_);
+        }
+        timeline_.stop(handle, end_stream);
+      }
+    }
+    current_instr_.store(-1);
+    for (auto& send : sends_) {
+      send.request->wait();
+    }
+    sends_.clear();
+    micro_.clear();
+    // Loss of the step: the last stage's tp_rank 0 ranks hold their replica's share; sum over the world.
+    if (world_.size() > 1) {
+      world_.all_reduce(std::span<float>(loss_acc_.get(), 1));
+    }
+    float loss = 0.0f;
+    CUDA_CHECK(cudaMemcpyAsync(&loss, loss_acc_.get(), sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (watchdog_) {
+      watchdog_->disarm();
+    }
+    if (!std::isfinite(loss)) {
+      throw std::runtime_error(fmt::format("loss is {}: stopping the run (diverged or bad input: check the learning "
+                                           "rate and the data)",
+                                           loss));
+    }
+    return static_cast<double>(loss);
+  } catch (const std::exception& e) {
+    const std::string message =
+        fmt::format("rank {}: step {}: task {}: {}", world_rank, step_, current_label(), e.what());
+    if (options_.abort_on_error && world_.size() > 1) {
+      std::fprintf(stderr, "%s\n", message.c_str());
+      std::fflush(stderr);
+      world_.abort(1);
+    }
+    throw RunError(message);
+  }
+}
+
+// Events of the last step, every rank, on rank 0; instructions of one IR task merge into one event (first start,
+// last end) as in the CPU runtime.
+std::vector<model::TimelineEvent> CudaTrainer::gather_timeline() {
+  constexpr std::size_t FIELDS = 6;
+  const std::vector<model::TimelineEvent> local = timeline_.collect();
+  std::vector<double> packed;
+  for (std::size_t e = 0; e < local.size(); ++e) {
+    const Instr& instr = program_.instrs[static_cast<std::size_t>(event_instr_[e])];
+    packed.insert(packed.end(), {instr.task == NO_TASK ? -1.0 : static_cast<double>(instr.task),
+                                 static_cast<double>(instr.stream), static_cast<double>(instr.kind),
+                                 static_cast<double>(event_instr_[e]), local[e].start_s, local[e].end_s});
+  }
+  std::vector<std::vector<double>> all;
+  if (world_.size() == 1) {
+    all.push_back(std::move(packed));
+  } else {
+    all = gather_doubles(world_, packed);
+  }
+  std::vector<model::TimelineEvent> out;
+  for (std::size_t rank = 0; rank < all.size(); ++rank) {
+    std::map<model::TaskId, std::string> labels;
+    if (rank < all_programs_.size()) {
+      for (const Instr& instr : all_programs_[rank].instrs) {
+        if (instr.task != NO_TASK) {
+          labels.emplace(instr.task, instr.label);
+        }
+      }
+    }
+    std::map<model::TaskId, std::size_t> by_task;
+    const std::vector<double>& data = all[rank];
+    for (std::size_t e = 0; e + FIELDS <= data.size(); e += FIELDS) {
+      const bool has_task = data[e] >= 0.0;
+      const auto task = has_task ? static_cast<model::TaskId>(data[e]) : static_cast<model::TaskId>(data[e + 3]);
+      const auto stream = static_cast<model::Stream>(static_cast<int>(data[e + 1]));
+      const auto kind = static_cast<InstrKind>(static_cast<int>(data[e + 2]));
+      const double start_s = data[e + 4];
+      const double end_s = data[e + 5];
+      if (has_task) {
+        const auto [it, inserted] = by_task.emplace(task, out.size());
+        if (!inserted) {
+          model::TimelineEvent& merged = out[it->second];
+          merged.start_s = std::min(merged.start_s, start_s);
+          merged.end_s = std::max(merged.end_s, end_s);
+          continue;
+        }
+      }
+      const auto label = labels.find(task);
+      std::string name = label != labels.end() ? label->second : fmt::format("{} r{}", to_string(kind), rank);
+      out.push_back({task, static_cast<int>(rank), stream, start_s, end_s, std::move(name), category_of(kind)});
+    }
+  }
+  return out;
+}
+
+} // namespace
+
+CudaRunResult run_training_cuda(const RunOptions& requested) {
+  validate_cuda_run_options(requested);
+  const LaunchEnv env = read_process_launch_env();
+  DeviceSetup device(env);
+  std::unique_ptr<NcclCommunicator> world = NcclCommunicator::world(env, device.stream, RENDEZVOUS_TIMEOUT_S);
+  // The IR only needs the rank count from the cluster when none is described (as exec/runtime.cpp).
+  RunOptions options = requested;
+  options.cluster.num_gpus = world->size();
+  if (options.cluster.gpus_per_node <= 0) {
+    options.cluster.gpus_per_node = world->size();
+  }
+  validate_run_options(options, *world);
+  CudaRunResult result;
+  result.is_root = world->rank() == 0;
+  result.world_size = world->size();
+  result.launcher = env.launcher;
+  result.device = device.name;
+  {
+    CudaTrainer trainer(options, env, device, *world);
+    result.attention_kernel = trainer.attention_kernel();
+    for (int step = 0; step < options.steps; ++step) {
+      const Clock::time_point start = Clock::now();
+      result.run.losses.push_back(trainer.step());
+      result.run.step_time_s.push_back(seconds_since(start));
+    }
+    result.run.median_step_time_s = median_after_first(result.run.step_time_s);
+    if (options.trace) {
+      result.run.timeline = trainer.gather_timeline();
+    }
+    CUDA_CHECK(cudaStreamSynchronize(device.stream));
+  }
+  cudaMemPool_t pool = nullptr;
+  CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, env.local_rank));
+  std::uint64_t high = 0;
+  CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemHigh, &high));
+  result.peak_reserved_bytes = static_cast<double>(high);
+  return result;
+}
+
+} // namespace cuboid::exec::cuda

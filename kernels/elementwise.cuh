@@ -1,0 +1,84 @@
+// Small elementwise and reduction kernels of the CUDA training runtime (exec/cuda/cuda_model.cpp), the pieces cuBLASLt
+// does not fuse: bias add, the residual add after a row-parallel layer (x + fp32 partial + bias, the all-reduced
+// GEMM output), bias gradients (column sums), and device-side sums for the loss and the gradient norm (so a step
+// needs no host synchronisation until its end). References: exec/cpu (Eigen rowwise() += b, colwise().sum(),
+// squaredNorm()). Element type T is float or bf16; every sum is fp32.
+#pragma once
+
+#include "kernels/common.cuh"
+
+namespace cuboid::kernels::elementwise {
+
+struct Config {
+  static constexpr int THREADS = 256;
+  static constexpr int MAX_BLOCKS = 65536;   // grid-stride beyond this
+  static constexpr int COLUMN_THREADS = 256; // column sums: one thread per column, strided over rows
+  static constexpr int REDUCE_BLOCKS = 256;  // device sums: partial block sums added with one atomic each
+};
+
+/// y (rows, cols) += bias (cols) broadcast over rows.
+template <typename T> struct BiasAddArgs {
+  T* y = nullptr;
+  const float* bias = nullptr;
+  std::int64_t rows = 0;
+  std::int64_t cols = 0;
+  [[nodiscard]] dim3 grid() const { return grid_stride_grid(rows * cols, Config::THREADS, Config::MAX_BLOCKS); }
+  void validate() const {
+    require_ptr(y, "elementwise::bias_add", "y");
+    require_ptr(bias, "elementwise::bias_add", "bias");
+    require(rows > 0 && cols > 0, "elementwise::bias_add", "rows and cols must be positive", rows * cols);
+  }
+};
+
+/// out (rows, cols) = x + partial + bias (bias may be null); out may alias x.
+template <typename T> struct ResidualAddArgs {
+  T* out = nullptr;
+  const T* x = nullptr;
+  const float* partial = nullptr;
+  const float* bias = nullptr; // (cols) or null
+  std::int64_t rows = 0;
+  std::int64_t cols = 0;
+  [[nodiscard]] dim3 grid() const { return grid_stride_grid(rows * cols, Config::THREADS, Config::MAX_BLOCKS); }
+  void validate() const {
+    require_ptr(out, "elementwise::residual_add", "out");
+    require_ptr(x, "elementwise::residual_add", "x");
+    require_ptr(partial, "elementwise::residual_add", "partial");
+    require(rows > 0 && cols > 0, "elementwise::residual_add", "rows and cols must be positive", rows * cols);
+  }
+};
+
+/// dbias (cols) += sum over rows of dy (rows, cols).
+template <typename T> struct ColumnSumArgs {
+  float* dbias = nullptr;
+  const T* dy = nullptr;
+  std::int64_t rows = 0;
+  std::int64_t cols = 0;
+  [[nodiscard]] dim3 grid() const { return dim3(static_cast<unsigned>(ceil_div(cols, Config::COLUMN_THREADS))); }
+  void validate() const {
+    require_ptr(dbias, "elementwise::column_sum", "dbias");
+    require_ptr(dy, "elementwise::column_sum", "dy");
+    require(rows > 0 && cols > 0, "elementwise::column_sum", "rows and cols must be positive", rows * cols);
+  }
+};
+
+/// acc[0] += scale * sum(x) (square = false) or scale * sum(x^2) (square = true) over n fp32 elements.
+struct SumArgs {
+  float* acc = nullptr;
+  const float* x = nullptr;
+  std::int64_t n = 0;
+  float scale = 1.0f;
+  bool square = false;
+  [[nodiscard]] dim3 grid() const { return grid_stride_grid(n, Config::THREADS, Config::REDUCE_BLOCKS); }
+  void validate() const {
+    require_ptr(acc, "elementwise::sum", "acc");
+    require_ptr(x, "elementwise::sum", "x");
+    require(n > 0, "elementwise::sum", "n must be positive", n);
+  }
+};
+
+template <typename T> void bias_add(const BiasAddArgs<T>& args, cudaStream_t stream);
+template <typename T> void residual_add(const ResidualAddArgs<T>& args, cudaStream_t stream);
+template <typename T> void column_sum(const ColumnSumArgs<T>& args, cudaStream_t stream);
+void sum(const SumArgs& args, cudaStream_t stream);
+
+} // namespace cuboid::kernels::elementwise
