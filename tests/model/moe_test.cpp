@@ -22,6 +22,8 @@
 using namespace cuboid::model;
 using namespace cuboid::model::testing;
 using Catch::Matchers::Contains;
+using cuboid::InfeasibleError;
+using cuboid::InputError;
 using Catch::Matchers::WithinRel;
 
 namespace {
@@ -54,13 +56,6 @@ std::pair<double, double> graph_flops(const TaskGraph& graph) {
     hw += block.hw_flops * multiplicity;
   }
   return {model, hw};
-}
-
-const OpBlock& block_named(const TaskGraph& graph, const std::string& name) {
-  const auto& blocks = graph.blocks();
-  const auto it = std::find_if(blocks.begin(), blocks.end(), [&](const OpBlock& block) { return block.name == name; });
-  REQUIRE(it != blocks.end());
-  return *it;
 }
 
 } // namespace
