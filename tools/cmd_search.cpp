@@ -209,6 +209,12 @@ int run_search_command(const SearchFlags& flags) {
     if (flags.csv_path.empty()) {
       throw InputError(input_message("command line", "--resume", "needs --csv FILE (the file to resume from)"));
     }
+    if (spec.is_moe()) { // --- mixture of experts --- the CSV has no ep column: plans of different ep would merge
+      throw InputError(input_message("command line", "--resume",
+                                     fmt::format("is not supported for mixture-of-experts models yet ({}: the CSV "
+                                                 "does not record ep; valid: run the search without --resume)",
+                                                 spec.name)));
+    }
     for (const auto& path : {flags.csv_path, partial_path}) {
       std::ifstream in(path);
       if (!in) {

@@ -128,11 +128,11 @@ std::vector<int> ep_sizes(const model::ModelSpec& spec, const SearchSpace& space
 
 std::string plan_key(const model::Plan& plan, int num_gpus) {
   // --- mixture of experts --- " ep2" only when ep > 1, so dense keys (and resumable CSVs) stay as they were.
-  return fmt::format("n{} tp{} pp{} dp{} vp{} mbs{} {} {} sp{} do{} {}{}", num_gpus, plan.tp, plan.pp, plan.dp,
-                     plan.vp, plan.micro_batch_size, model::to_string(plan.schedule),
-                     model::to_string(plan.recompute), plan.sequence_parallel ? 1 : 0,
-                     plan.distributed_optimizer ? 1 : 0, model::to_string(plan.precision),
-                     plan.ep > 1 ? fmt::format(" ep{}", plan.ep) : std::string{});
+  const std::string ep_suffix = plan.ep > 1 ? fmt::format(" ep{}", plan.ep) : std::string{};
+  return fmt::format("n{} tp{} pp{} dp{} vp{} mbs{} {} {} sp{} do{} {}", num_gpus, plan.tp, plan.pp, plan.dp, plan.vp,
+                     plan.micro_batch_size, model::to_string(plan.schedule), model::to_string(plan.recompute),
+                     plan.sequence_parallel ? 1 : 0, plan.distributed_optimizer ? 1 : 0,
+                     model::to_string(plan.precision)) + ep_suffix;
 }
 
 std::vector<PlanOutcome> enumerate_space(const model::ModelSpec& spec, const model::ClusterSpec& cluster,

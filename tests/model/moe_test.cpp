@@ -10,14 +10,18 @@
 #include "model/model_catalog.hpp"
 #include "model/op_catalog.hpp"
 #include "model/rank_grid.hpp"
+#include "model/scenario.hpp"
 #include "model/step_builder.hpp"
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
 #include <set>
 #include <string>
+#include <unistd.h>
 
 using namespace cuboid::model;
 using namespace cuboid::model::testing;
@@ -340,4 +344,30 @@ TEST_CASE("model::CostModel: EP all-to-all inside a node vs across nodes", "[moe
   Plan none = make_plan(1, 1, 8, 8);
   CHECK(CostModel(test_cluster(8), default_profile("a100-80gb"), none).ep_collective_time_s(op) == 0.0);
   (void)spec;
+}
+
+// scenarios/examples/moe-tiny-ep2.yaml: MoE fields in a model YAML and ep / moe_imbalance plan keys.
+TEST_CASE("model::load_scenario: MoE model and EP plan keys", "[moe]") {
+  const Scenario loaded = load_scenario(std::string(CUBOID_SOURCE_DIR) + "/scenarios/examples/moe-tiny-ep2.yaml");
+  CHECK(loaded.model.num_experts == 4);
+  CHECK(loaded.model.moe_top_k == 2);
+  CHECK(loaded.model.moe_ffn_hidden_size == 128);
+  CHECK(loaded.model.num_moe_layers() == 3);
+  CHECK(loaded.plan.ep == 2);
+  CHECK(loaded.plan.expert_dp() == 2);
+  CHECK(loaded.plan.moe_imbalance == 1.25);
+  const std::string path =
+      (std::filesystem::temp_directory_path() / ("cuboid-moe-test-" + std::to_string(::getpid()) + ".yaml")).string();
+  const auto load_text = [&path](const std::string& text) {
+    std::ofstream(path) << text;
+    return load_model(path);
+  };
+  SECTION("a model YAML with top-k above the experts is an input error naming the field") {
+    REQUIRE_THROWS_WITH(load_text("{base: llama-tiny, num_experts: 4, moe_top_k: 5, moe_ffn_hidden_size: 128}"),
+                        Contains("moe_top_k: 5 is not valid"));
+  }
+  SECTION("MoE fields on a dense model are refused") {
+    REQUIRE_THROWS_WITH(load_text("{base: llama-tiny, moe_top_k: 2}"), Contains("num_experts is 0"));
+  }
+  std::filesystem::remove(path);
 }
