@@ -1,6 +1,13 @@
 // Helpers built on the Communicator interface (independent of the backend).
 #include "exec/communicator.hpp"
 
+#include "exec/device_error.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <numeric>
+
 namespace cuboid::exec {
 
 std::vector<std::vector<double>> gather_doubles(Communicator& comm, std::span<const double> data) {
@@ -23,6 +30,66 @@ std::vector<std::vector<double>> gather_doubles(Communicator& comm, std::span<co
     comm.recv_doubles(buf, peer, DATA_TAG);
   }
   return out;
+}
+
+// --- mixture of experts ---
+namespace {
+constexpr int ALLTOALL_TAG = 32003; // after gather_doubles' tags, below MPI_TAG_UB >= 32767
+
+std::vector<std::size_t> offsets_of(std::span<const int> counts) {
+  std::vector<std::size_t> offsets(counts.size() + 1, 0);
+  for (std::size_t peer = 0; peer < counts.size(); ++peer) {
+    offsets[peer + 1] = offsets[peer] + static_cast<std::size_t>(counts[peer]);
+  }
+  return offsets;
+}
+} // namespace
+
+void Communicator::all_to_all_v(std::span<const float> in, std::span<const int> send_counts, std::span<float> out,
+                                std::span<const int> recv_counts) {
+  const auto members = static_cast<std::size_t>(size());
+  const auto negative = [](std::span<const int> counts) {
+    return std::any_of(counts.begin(), counts.end(), [](int count) { return count < 0; });
+  };
+  if (send_counts.size() != members || recv_counts.size() != members || negative(send_counts) ||
+      negative(recv_counts)) {
+    throw DeviceError(device_error_message("all_to_all_v", world_rank(), __FILE__, __LINE__,
+                                           fmt::format("{} send / {} recv counts for {} members (one non-negative "
+                                                       "count per member expected)",
+                                                       send_counts.size(), recv_counts.size(), members)));
+  }
+  const std::vector<std::size_t> send_at = offsets_of(send_counts);
+  const std::vector<std::size_t> recv_at = offsets_of(recv_counts);
+  if (send_at.back() != in.size() || recv_at.back() != out.size()) {
+    throw DeviceError(device_error_message("all_to_all_v", world_rank(), __FILE__, __LINE__,
+                                           fmt::format("in has {} floats (counts sum to {}), out has {} (counts sum "
+                                                       "to {})",
+                                                       in.size(), send_at.back(), out.size(), recv_at.back())));
+  }
+  const auto me = static_cast<std::size_t>(rank());
+  std::vector<std::unique_ptr<Request>> sends;
+  for (std::size_t peer = 0; peer < members; ++peer) {
+    if (peer != me && send_counts[peer] > 0) {
+      sends.push_back(send(in.subspan(send_at[peer], static_cast<std::size_t>(send_counts[peer])),
+                           static_cast<int>(peer), ALLTOALL_TAG));
+    }
+  }
+  if (send_counts[me] != recv_counts[me]) {
+    throw DeviceError(device_error_message("all_to_all_v", world_rank(), __FILE__, __LINE__,
+                                           fmt::format("sends {} floats to itself but expects {}", send_counts[me],
+                                                       recv_counts[me])));
+  }
+  std::copy_n(in.begin() + static_cast<std::ptrdiff_t>(send_at[me]), static_cast<std::size_t>(send_counts[me]),
+              out.begin() + static_cast<std::ptrdiff_t>(recv_at[me]));
+  for (std::size_t peer = 0; peer < members; ++peer) {
+    if (peer != me && recv_counts[peer] > 0) {
+      recv(out.subspan(recv_at[peer], static_cast<std::size_t>(recv_counts[peer])), static_cast<int>(peer),
+           ALLTOALL_TAG);
+    }
+  }
+  for (auto& request : sends) {
+    request->wait();
+  }
 }
 
 } // namespace cuboid::exec

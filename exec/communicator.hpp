@@ -52,6 +52,14 @@ public:
   virtual void recv_doubles(std::span<double> data, int peer, int tag) = 0;
   virtual void barrier() = 0;
 
+  /// --- mixture of experts --- All-to-all with per-peer counts (MPI_Alltoallv), for MoE token dispatch / combine
+  /// over the EP group. send_counts[p] floats of `in` (blocks in peer order) go to member p; recv_counts[p] floats
+  /// from member p land in `out` (blocks in peer order). Both count lists have size() entries, in.size() ==
+  /// sum(send_counts), out.size() == sum(recv_counts), and recv_counts[p] on this member must equal send_counts[me]
+  /// on member p. Collective. The default is pairwise tagged send/recv (any backend); MpiCommunicator overrides it.
+  virtual void all_to_all_v(std::span<const float> in, std::span<const int> send_counts, std::span<float> out,
+                            std::span<const int> recv_counts);
+
   /// Splits into sub-communicators: members with the same `color` form one group, ordered by `key`
   /// (MPI_Comm_split). Collective over all members.
   [[nodiscard]] virtual std::unique_ptr<Communicator> split(int color, int key) = 0;

@@ -8,8 +8,10 @@
 #include <fmt/format.h>
 #include <mpi.h>
 
+#include <algorithm>
 #include <limits>
 #include <string>
+#include <vector>
 
 namespace cuboid::exec {
 
@@ -171,6 +173,38 @@ void MpiCommunicator::recv_doubles(std::span<double> data, int peer, int tag) {
 }
 
 void MpiCommunicator::barrier() { CUBOID_MPI_CHECK(MPI_Barrier(impl_->comm)); }
+
+// --- mixture of experts --- MPI_Alltoallv with displacements = prefix sums of the counts (checked like the base).
+void MpiCommunicator::all_to_all_v(std::span<const float> in, std::span<const int> send_counts, std::span<float> out,
+                                   std::span<const int> recv_counts) {
+  const auto members = static_cast<std::size_t>(impl_->size);
+  if (send_counts.size() != members || recv_counts.size() != members) {
+    throw DeviceError(device_error_message("MPI_Alltoallv", impl_->world_rank, __FILE__, __LINE__,
+                                           fmt::format("{} send / {} recv counts for {} members", send_counts.size(),
+                                                       recv_counts.size(), members)));
+  }
+  std::vector<int> send_displs(members, 0);
+  std::vector<int> recv_displs(members, 0);
+  std::size_t send_total = 0;
+  std::size_t recv_total = 0;
+  for (std::size_t peer = 0; peer < members; ++peer) {
+    send_displs[peer] = to_count(send_total, "MPI_Alltoallv");
+    recv_displs[peer] = to_count(recv_total, "MPI_Alltoallv");
+    send_total += static_cast<std::size_t>(std::max(send_counts[peer], 0));
+    recv_total += static_cast<std::size_t>(std::max(recv_counts[peer], 0));
+  }
+  const bool negative = std::any_of(send_counts.begin(), send_counts.end(), [](int c) { return c < 0; }) ||
+                        std::any_of(recv_counts.begin(), recv_counts.end(), [](int c) { return c < 0; });
+  if (negative || send_total != in.size() || recv_total != out.size()) {
+    throw DeviceError(device_error_message("MPI_Alltoallv", impl_->world_rank, __FILE__, __LINE__,
+                                           fmt::format("in has {} floats (counts sum to {}), out has {} (counts sum "
+                                                       "to {}){}",
+                                                       in.size(), send_total, out.size(), recv_total,
+                                                       negative ? ", negative count" : "")));
+  }
+  CUBOID_MPI_CHECK(MPI_Alltoallv(in.data(), send_counts.data(), send_displs.data(), MPI_FLOAT, out.data(),
+                                 recv_counts.data(), recv_displs.data(), MPI_FLOAT, impl_->comm));
+}
 
 std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) {
   MPI_Comm sub = MPI_COMM_NULL;

@@ -30,6 +30,8 @@ public:
   void send_doubles(std::span<const double> data, int peer, int tag) override;
   void recv_doubles(std::span<double> data, int peer, int tag) override;
   void barrier() override;
+  void all_to_all_v(std::span<const float> in, std::span<const int> send_counts, std::span<float> out,
+                    std::span<const int> recv_counts) override; // --- mixture of experts ---
   [[nodiscard]] std::unique_ptr<Communicator> split(int color, int key) override;
   void abort(int code) override;
 

@@ -99,6 +99,13 @@ void validate_options(const RunOptions& options, const Communicator& world) {
     throw InputError(input_message("command line", "steps", fmt::format("{} (expected >= 1)", options.steps)));
   }
   const model::ModelSpec& m = options.model;
+  if (m.is_moe()) { // --- mixture of experts --- predicted by simulate/search, not executed yet
+    throw InputError(input_message("command line", "--model",
+                                   fmt::format("{} is a mixture-of-experts model ({} experts): cuboid run executes "
+                                               "dense models only (valid: a dense model; simulate and search "
+                                               "predict MoE plans)",
+                                               m.name, m.num_experts)));
+  }
   const auto check_divides = [](std::int64_t value, std::int64_t by, const char* what, const char* by_name) {
     if (by <= 0 || value % by != 0) {
       throw InputError(input_message("command line", "plan", fmt::format("{} = {} is not divisible by {} = {}", what,

@@ -4,6 +4,7 @@
 #include "model/cost_model.hpp"
 
 #include "model/errors.hpp"
+#include "model/rank_grid.hpp"
 
 #include <fmt/format.h>
 
@@ -67,6 +68,15 @@ CostModel::CostModel(const ClusterSpec& cluster, CostProfile profile, const Plan
   peak_flops_per_s_ = dense_peak(cluster_.gpu, plan_.precision);
   bf16_flops_per_s_ = dense_peak(cluster_.gpu, plan_.precision == Precision::Fp16 ? Precision::Fp16 : Precision::Bf16);
   tp_intra_node_ = cluster_.gpus_per_node <= 0 || plan_.tp <= cluster_.gpus_per_node;
+  // --- mixture of experts --- EP group of rank 0 on the nodes (every EP group has the same shape).
+  if (plan_.ep > 1 && plan_.dp % plan_.ep == 0) {
+    const std::vector<int> members = RankGrid(plan_.tp, plan_.dp, plan_.pp).ep_group(0, plan_.ep);
+    int on_first_node = 0;
+    for (const int member : members) {
+      on_first_node += cluster_.gpus_per_node <= 0 || cluster_.node_of(member) == cluster_.node_of(0) ? 1 : 0;
+    }
+    ep_members_per_node_ = on_first_node;
+  }
 }
 
 // ---- compute ops
@@ -77,6 +87,9 @@ double CostModel::op_time_s(const Op& op) const {
 double CostModel::op_time_s(const Op& op, Phase phase) const {
   if (op.kind == OpKind::TpCollective) {
     return tp_collective_time_s(op);
+  }
+  if (op.kind == OpKind::EpCollective) {
+    return ep_collective_time_s(op);
   }
   const double memory_s = op.hbm_bytes / (cluster_.gpu.hbm_bw_bytes_per_s * profile_.hbm_efficiency);
   double compute_s = 0.0;
@@ -142,14 +155,30 @@ BlockCost CostModel::block_cost(const OpBlock& block) const {
     const Op& op = block.ops[op_index];
     if (op.kind == OpKind::TpCollective) {
       cost.tp_comm_s += overlapped_tp_comm_s(block, op_index, phase);
+    } else if (op.kind == OpKind::EpCollective) {
+      cost.ep_comm_s += ep_collective_time_s(op);
     } else if (op.recompute) {
       cost.recompute_s += op_time_s(op, Phase::Forward); // recomputation repeats the forward kernels
     } else {
       cost.compute_s += op_time_s(op, phase);
     }
   }
-  cost.total_s = cost.compute_s + cost.recompute_s + cost.tp_comm_s;
+  cost.total_s = cost.compute_s + cost.recompute_s + cost.tp_comm_s + cost.ep_comm_s;
   return cost;
+}
+
+// --- mixture of experts --- (formula in cost_model.hpp). Recomputed all-to-alls (full recompute) cost the same.
+double CostModel::ep_collective_time_s(const Op& op) const {
+  if (plan_.ep <= 1 || op.msg_bytes <= 0.0) {
+    return 0.0;
+  }
+  const double n = static_cast<double>(plan_.ep);
+  const double k = static_cast<double>(ep_members_per_node_);
+  const LinkParams intra = nvlink();
+  const LinkParams inter = network();
+  const double nvlink_s = k > 1.0 ? (k - 1.0) / n * op.msg_bytes / intra.bw_bytes_per_s : 0.0;
+  const double nic_s = n > k ? (n - k) / n * op.msg_bytes / inter.bw_bytes_per_s : 0.0;
+  return (k - 1.0) * intra.latency_s + (n - k) * inter.latency_s + std::max(nvlink_s, nic_s);
 }
 
 // ---- links and collectives
@@ -253,6 +282,11 @@ std::vector<std::string> CostModel::assumptions() const {
                               plan_.tp_comm_overlap
                                   ? "all-gather / reduce-scatter overlapped with their GEMM (1/tp exposed)"
                                   : "exposed on the compute stream"));
+  if (plan_.ep > 1) { // --- mixture of experts ---
+    lines.push_back(fmt::format("EP all-to-all: ep={}, {} member(s) per node: (k-1)/n of the buffer over NVLink, "
+                                "(n-k)/n over the network, exposed on the compute stream; load imbalance {:.2f}",
+                                plan_.ep, ep_members_per_node_, plan_.moe_imbalance));
+  }
   lines.push_back(fmt::format("Optimizer: Adam, {:.0f} B/param through HBM (memory bound) {}",
                               OPTIMIZER_BYTES_PER_PARAM, tag));
   for (const auto& line : profile_.assumptions) {

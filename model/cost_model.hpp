@@ -28,6 +28,8 @@ struct BlockCost {
   double compute_s = 0.0;    // non-recompute compute ops
   double recompute_s = 0.0;  // recomputed forward ops inside backward
   double tp_comm_s = 0.0;    // TP collectives inside the block (exposed: Megatron runs them on the compute stream)
+  // --- mixture of experts ---
+  double ep_comm_s = 0.0;    // EP all-to-alls inside a MoE block (exposed: the alltoall dispatcher blocks compute)
 };
 
 class CostModel {
@@ -45,6 +47,13 @@ public:
   /// Isolated time of a TP collective op (OpKind::TpCollective) on the TP group.
   [[nodiscard]] double tp_collective_time_s(const Op& op) const;
   [[nodiscard]] BlockCost block_cost(const OpBlock& block) const;
+  /// --- mixture of experts --- Isolated time of an EP all-to-all (OpKind::EpCollective, msg_bytes = the rank's
+  /// send buffer S) over the plan's EP group as it sits on the nodes (k members per node, n = ep): each rank sends
+  /// S/n to every peer, NVLink carries (k-1)/n * S and the NIC (n-k)/n * S concurrently, with (k-1) NVLink and (n-k)
+  /// network alphas (NCCL all-to-all = n-1 send/recv pairs; sim/collectives/hierarchical.cpp uses the same phases).
+  [[nodiscard]] double ep_collective_time_s(const Op& op) const;
+  /// EP group members on one node (k) and nodes spanned, for the EP group of rank 0 (all groups are alike).
+  [[nodiscard]] int ep_members_per_node() const { return ep_members_per_node_; }
 
   /// Effective links for the simulator (bandwidth already scaled by the profile's achievable fraction).
   [[nodiscard]] LinkParams nvlink() const;
@@ -75,6 +84,7 @@ private:
   double peak_flops_per_s_ = 0.0;  // plan precision (FP8 peak for FP8 plans)
   double bf16_flops_per_s_ = 0.0;  // attention and non-GEMM math stay 16-bit
   bool tp_intra_node_ = true;
+  int ep_members_per_node_ = 1; // --- mixture of experts ---
 
   [[nodiscard]] double analytic_gemm_efficiency(double m, double n, double k, double batch, bool fp8) const;
   [[nodiscard]] double table_gemm_efficiency(double m, double n, double k, bool fp8) const;

@@ -83,12 +83,66 @@ double head_params_per_rank(const ModelSpec& model, const Plan& plan, bool stage
   return norm_params(model) + (output_layer ? as_d(model.vocab_size) * as_d(model.hidden_size) / plan.tp : 0.0);
 }
 
+// --- mixture of experts ---
+namespace {
+// Dense-layout MLP of width f on one TP rank: fc1 (x2 gated) and its bias column-parallel, fc2 row-parallel with
+// its bias replicated.
+double mlp_params_per_tp_rank(const ModelSpec& model, double f, int tp) {
+  const double h = as_d(model.hidden_size);
+  const double fc1_out = model.gated_mlp ? 2.0 * f : f;
+  const double bias = model.linear_bias ? 1.0 : 0.0;
+  return (h * fc1_out + bias * fc1_out + f * h) / tp + bias * h;
+}
+} // namespace
+
+double moe_expert_params_per_rank(const ModelSpec& model, const Plan& plan) {
+  const double local_experts = as_d(model.num_experts) / plan.ep;
+  return local_experts * mlp_params_per_tp_rank(model, as_d(model.moe_ffn_hidden_size), plan.tp);
+}
+
+double moe_layer_params_per_rank(const ModelSpec& model, const Plan& plan) {
+  const double dense_mlp = mlp_params_per_tp_rank(model, as_d(model.ffn_hidden_size), plan.tp);
+  const double router = as_d(model.hidden_size) * as_d(model.num_experts);
+  const double shared =
+      as_d(model.num_shared_experts) * mlp_params_per_tp_rank(model, as_d(model.moe_ffn_hidden_size), plan.tp);
+  return layer_params_per_tp_rank(model, plan.tp) - dense_mlp + router + shared +
+         moe_expert_params_per_rank(model, plan);
+}
+
+double layer_params_on_rank(const ModelSpec& model, const Plan& plan, std::int64_t layer) {
+  return model.is_moe_layer(layer) ? moe_layer_params_per_rank(model, plan) : layer_params_per_tp_rank(model, plan.tp);
+}
+
+double chunk_expert_params(const ModelSpec& model, const Plan& plan, const ChunkLayout& chunk) {
+  double params = 0.0;
+  for (int layer = chunk.first_layer; layer < chunk.first_layer + chunk.num_layers; ++layer) {
+    params += model.is_moe_layer(layer) ? moe_expert_params_per_rank(model, plan) : 0.0;
+  }
+  return params;
+}
+
+double expert_params_per_rank(const ModelSpec& model, const Plan& plan, int stage) {
+  double params = 0.0;
+  if (model.is_moe()) {
+    for (const ChunkLayout& chunk : chunk_layouts(plan, model.num_layers, stage)) {
+      params += chunk_expert_params(model, plan, chunk);
+    }
+  }
+  return params;
+}
+
 double params_per_rank(const ModelSpec& model, const Plan& plan, int stage) {
   double params = 0.0;
   bool has_embedding = false;
   bool has_head = false;
   for (const ChunkLayout& chunk : chunk_layouts(plan, model.num_layers, stage)) {
-    params += chunk.num_layers * layer_params_per_tp_rank(model, plan.tp);
+    if (model.is_moe()) { // --- mixture of experts --- layers differ
+      for (int layer = chunk.first_layer; layer < chunk.first_layer + chunk.num_layers; ++layer) {
+        params += layer_params_on_rank(model, plan, layer);
+      }
+    } else {
+      params += chunk.num_layers * layer_params_per_tp_rank(model, plan.tp);
+    }
     has_embedding = has_embedding || chunk.has_embedding;
     has_head = has_head || chunk.has_head;
   }
@@ -107,7 +161,15 @@ std::vector<double> chunk_grad_units(const ModelSpec& model, const Plan& plan, c
   if (chunk.has_head) {
     params.push_back(head_params_per_rank(model, plan, stage_has_embedding));
   }
-  params.insert(params.end(), static_cast<std::size_t>(chunk.num_layers), layer_params_per_tp_rank(model, plan.tp));
+  if (model.is_moe()) { // --- mixture of experts --- backward order: last layer first, routed experts excluded
+    for (int layer = chunk.first_layer + chunk.num_layers - 1; layer >= chunk.first_layer; --layer) {
+      params.push_back(model.is_moe_layer(layer)
+                           ? moe_layer_params_per_rank(model, plan) - moe_expert_params_per_rank(model, plan)
+                           : layer_params_per_tp_rank(model, plan.tp));
+    }
+  } else {
+    params.insert(params.end(), static_cast<std::size_t>(chunk.num_layers), layer_params_per_tp_rank(model, plan.tp));
+  }
   if (chunk.has_embedding) {
     params.push_back(embedding_params_per_rank(model, plan));
   }
@@ -145,8 +207,15 @@ MemBytes static_memory(const ModelSpec& model, const Plan& plan, int stage, cons
   bytes[static_cast<std::size_t>(MemTag::Grads)] = GRAD_BYTES * params;
   bytes[static_cast<std::size_t>(MemTag::Optimizer)] =
       (plan.distributed_optimizer ? OPTIMIZER_BYTES / plan.dp : OPTIMIZER_BYTES) * params;
+  if (model.is_moe() && plan.distributed_optimizer) {
+    // --- mixture of experts --- expert optimizer states are sharded over the dp/ep expert-DP ranks only
+    const double experts = expert_params_per_rank(model, plan, stage);
+    bytes[static_cast<std::size_t>(MemTag::Optimizer)] =
+        OPTIMIZER_BYTES / plan.dp * (params - experts) + OPTIMIZER_BYTES / plan.expert_dp() * experts;
+  }
   bytes[static_cast<std::size_t>(MemTag::Workspace)] = options.cublas_workspace_bytes;
-  const int communicators = (plan.tp > 1 ? 1 : 0) + (plan.dp > 1 ? 1 : 0) + (plan.pp > 1 ? 1 : 0);
+  const int communicators = (plan.tp > 1 ? 1 : 0) + (plan.dp > 1 ? 1 : 0) + (plan.pp > 1 ? 1 : 0) +
+                            (plan.ep > 1 ? 1 : 0) + (plan.ep > 1 && plan.expert_dp() > 1 ? 1 : 0); // EP, expert-DP
   bytes[static_cast<std::size_t>(MemTag::CommBuffers)] = communicators * options.nccl_bytes_per_communicator;
   return bytes;
 }
@@ -199,6 +268,43 @@ double head_activation_bytes(const ModelSpec& model, const Plan& plan) {
 
 double head_backward_workspace_bytes(const ModelSpec& model, const Plan& plan) {
   return BF16_BYTES * as_d(model.seq_length) * as_d(plan.micro_batch_size) * as_d(model.vocab_size) / plan.tp;
+}
+
+// --- mixture of experts --- (see memory_model.hpp). The attention half is the dense layer's minus its MLP terms
+// (FC1 output 2T*F (x2 gated) and FC2 input 2T*F, /t); the FC1 input (ln2 output) stays: it is the router's and the
+// experts' input before dispatch.
+double moe_layer_activation_bytes(const ModelSpec& model, const Plan& plan, const MemoryOptions& options) {
+  const double tokens = as_d(model.seq_length) * as_d(plan.micro_batch_size);
+  const double h = as_d(model.hidden_size);
+  if (plan.recompute == Recompute::Full) {
+    return layer_activation_bytes(model, plan, options); // only the layer input is kept
+  }
+  const double f = as_d(model.ffn_hidden_size);
+  const double fe = as_d(model.moe_ffn_hidden_size);
+  const double gate = model.gated_mlp ? 2.0 : 1.0;
+  const double dense_mlp = tokens * BF16_BYTES * (gate * f + f) / plan.tp;
+  const double rows = plan.moe_imbalance * tokens * as_d(model.moe_top_k);
+  const double experts = BF16_BYTES * rows * (h + (gate * fe + fe) / plan.tp);
+  const double router = FP32_BYTES * tokens * as_d(model.num_experts);
+  const double shared = tokens * BF16_BYTES * as_d(model.num_shared_experts) * (gate * fe + fe) / plan.tp;
+  return layer_activation_bytes(model, plan, options) - dense_mlp + experts + router + shared;
+}
+
+double moe_layer_backward_workspace_bytes(const ModelSpec& model, const Plan& plan, const MemoryOptions& options) {
+  const double tokens = as_d(model.seq_length) * as_d(plan.micro_batch_size);
+  const double rows = plan.moe_imbalance * tokens * as_d(model.moe_top_k);
+  const double fe = as_d(model.moe_ffn_hidden_size);
+  const double dense = layer_backward_workspace_bytes(model, plan, options);
+  const double a2a_buffers = 2.0 * BF16_BYTES * rows * as_d(model.hidden_size);
+  const double expert_grad = BF16_BYTES * rows * (model.gated_mlp ? 2.0 * fe : fe) / plan.tp;
+  // Full recompute also rematerialises the MoE activations (moe_layer_activation_bytes without recompute).
+  double recomputed = 0.0;
+  if (plan.recompute == Recompute::Full) {
+    Plan stored = plan;
+    stored.recompute = Recompute::None;
+    recomputed = moe_layer_activation_bytes(model, stored, options) - layer_activation_bytes(model, stored, options);
+  }
+  return dense + recomputed + a2a_buffers + expert_grad;
 }
 
 } // namespace cuboid::model

@@ -37,8 +37,31 @@ double head_params_per_rank(const ModelSpec& model, const Plan& plan, bool stage
 /// With tied embeddings and pp > 1 the last stage holds its own copy of the word embedding (Megatron).
 double params_per_rank(const ModelSpec& model, const Plan& plan, int stage);
 
+/// --- mixture of experts ---
+/// Routed-expert parameters of one MoE layer held by one rank: E/ep experts, each sharded over tp like the dense MLP
+/// (column-parallel fc1, row-parallel fc2, fc2 bias replicated). Reduced over the expert-data-parallel group.
+double moe_expert_params_per_rank(const ModelSpec& model, const Plan& plan);
+/// Parameters of one MoE layer held by one rank: layer_params_per_tp_rank without the dense MLP, plus the router
+/// (C x E, replicated over TP as Megatron's TopKRouter), the shared experts (/tp) and moe_expert_params_per_rank.
+double moe_layer_params_per_rank(const ModelSpec& model, const Plan& plan);
+/// Parameters of global layer `layer` on one rank: the MoE or the dense count.
+double layer_params_on_rank(const ModelSpec& model, const Plan& plan, std::int64_t layer);
+/// Routed-expert parameters of a chunk's MoE layers on one rank (their gradients go to the expert-DP group; the
+/// rest of the chunk's gradients are in chunk_grad_units).
+double chunk_expert_params(const ModelSpec& model, const Plan& plan, const ChunkLayout& chunk);
+/// Expert parameters held by one rank of `stage` (all its chunks).
+double expert_params_per_rank(const ModelSpec& model, const Plan& plan, int stage);
+/// Activations one MoE layer stores for one micro-batch: the dense layer's attention half, the router's fp32
+/// probabilities (4 T E), the dispatched rows (2 R h, R = moe_imbalance * T * top_k), the expert fc1 and activation
+/// outputs (2 R (F_e (x2 gated) + F_e) / t) and the shared experts' (as a dense MLP of width shared * F_e).
+double moe_layer_activation_bytes(const ModelSpec& model, const Plan& plan, const MemoryOptions& options = {});
+/// Transient bytes of one MoE layer's backward: the dense layer's recompute part, the all-to-all send and receive
+/// buffers of the gradients (2 x 2 R h) and the widest expert activation gradient (2 R F_e (x2 gated) / t).
+double moe_layer_backward_workspace_bytes(const ModelSpec& model, const Plan& plan, const MemoryOptions& options = {});
+
 /// Parameters of the gradient units of one chunk in backward order: head (final norm + output layer), last layer ..
-/// first layer, embedding (the order the chunk's gradients become final).
+/// first layer, embedding (the order the chunk's gradients become final). MoE layers count without their routed
+/// experts (those are reduced over the expert-DP group).
 std::vector<double> chunk_grad_units(const ModelSpec& model, const Plan& plan, const ChunkLayout& chunk,
                                      bool stage_has_embedding);
 /// DP gradient buckets over the units of one chunk, as Megatron's DistributedDataParallel forms them (buckets per
@@ -47,7 +70,8 @@ std::vector<double> chunk_grad_units(const ModelSpec& model, const Plan& plan, c
 std::vector<std::size_t> grad_bucket_ends(const Plan& plan, const std::vector<double>& unit_params);
 
 /// Bytes per parameter of weights + grads + optimizer: 18 (Megatron mixed precision: bf16 param 2, fp32 main grad 4,
-/// fp32 master param 4, Adam m and v 8), or 6 + 12/dp with the distributed optimizer.
+/// fp32 master param 4, Adam m and v 8), or 6 + 12/dp with the distributed optimizer (expert parameters of MoE
+/// models: 6 + 12/(dp/ep), static_memory() applies it).
 double static_bytes_per_param(const Plan& plan);
 /// RankInfo::static_bytes of a rank on `stage`: Weights, Grads, Optimizer, Workspace (cuBLAS), CommBuffers (NCCL).
 MemBytes static_memory(const ModelSpec& model, const Plan& plan, int stage, const MemoryOptions& options = {});

@@ -84,6 +84,71 @@ ModelSpec llama_tiny() {
   spec.seq_length = 128;
   return spec;
 }
+// --- mixture of experts ---
+// Mixtral-8x7B: mistralai/Mixtral-8x7B-Instruct-v0.1 config.json (scenarios/models/mixtral-8x7b-instruct-v0.1.config.json):
+// Mistral-7B-shaped layers whose MLP is 8 SwiGLU experts of intermediate_size 14336, 2 per token.
+ModelSpec mixtral_8x7b() {
+  ModelSpec spec;
+  spec.name = "mixtral-8x7b";
+  spec.source = "mistralai/Mixtral-8x7B-Instruct-v0.1 config.json (scenarios/models/"
+                "mixtral-8x7b-instruct-v0.1.config.json): 32 layers, h 4096, 32 heads / 8 KV heads of 128, 8 experts "
+                "of F 14336 (SwiGLU), top-2, V 32000, untied; seq_length 4096 = cuboid's HF default (Mixtral's 32k "
+                "context, Jiang et al. 2024 arXiv:2401.04088 sec. 2: --seq-length 32768); 46.7B total / 12.9B active "
+                "parameters (Mistral AI, 'Mixtral of experts', 2023-12-11)";
+  spec.num_layers = 32;
+  spec.hidden_size = 4096;
+  spec.num_attention_heads = 32;
+  spec.num_query_groups = 8;
+  spec.head_dim = 128;
+  spec.ffn_hidden_size = 14336;
+  spec.vocab_size = 32000;
+  spec.seq_length = HF_DEFAULT_SEQ_LENGTH;
+  spec.gated_mlp = true;
+  spec.norm = NormKind::RmsNorm;
+  spec.linear_bias = false;
+  spec.learned_position_embedding = false;
+  spec.num_experts = 8;
+  spec.moe_top_k = 2;
+  spec.moe_ffn_hidden_size = 14336;
+  return spec;
+}
+
+// DeepSeek-V3 (DeepSeek-AI, "DeepSeek-V3 Technical Report", arXiv:2412.19437, sec. 4.2): 61 layers, h 7168, 128
+// heads, first 3 layers dense (FFN 18432, config.json intermediate_size), the others MoE with 1 shared + 256
+// routed experts of F 2048, 8 routed per token; V 129280; pre-training sequence length 4K; 671B total, 37B active
+// (the 14B multi-token-prediction module is not part of those counts and not modelled).
+// APPROXIMATION: multi-head latent attention (q_lora_rank 1536, kv_lora_rank 512, qk 128+64, v 128 per head) is
+// modelled as GQA with 128 query heads of head_dim 96 and 8 KV groups: attention parameters per layer
+// h*(q + 2kv) + q*h = 7168 * 96 * (128 + 16) + 12288 * 7168 = 187.17M vs MLA's 187.11M (q_a 11.01M + q_b 37.75M +
+// kv_a 4.13M + kv_b 16.78M + o 117.44M; the 2k norm weights of q_a/kv_a are dropped). The attention core FLOPs are
+// 4*s*12288 per token vs MLA's 2*s*128*(192 + 128) = 0.6x MLA's; the projection GEMMs have the parameter count's
+// FLOPs but not MLA's shapes (no low-rank factorisation), and KV activations are GQA-sized, not the latent 576.
+ModelSpec deepseek_v3() {
+  ModelSpec spec;
+  spec.name = "deepseek-v3";
+  spec.source = "DeepSeek-AI, DeepSeek-V3 Technical Report (arXiv:2412.19437) sec. 4.2 and its config.json: 61 layers, "
+                "h 7168, 128 heads, first 3 layers dense (F 18432), then 1 shared + 256 routed experts of F 2048, "
+                "top-8, V 129280, seq 4096; MLA approximated by GQA 128 heads x 96 / 8 KV groups (same attention "
+                "parameters, 0.6x the attention-core FLOPs; model_catalog.cpp); MTP module not modelled";
+  spec.num_layers = 61;
+  spec.hidden_size = 7168;
+  spec.num_attention_heads = 128;
+  spec.num_query_groups = 8;
+  spec.head_dim = 96;
+  spec.ffn_hidden_size = 18432;
+  spec.vocab_size = 129280;
+  spec.seq_length = 4096;
+  spec.gated_mlp = true;
+  spec.norm = NormKind::RmsNorm;
+  spec.linear_bias = false;
+  spec.learned_position_embedding = false;
+  spec.num_experts = 256;
+  spec.moe_top_k = 8;
+  spec.moe_ffn_hidden_size = 2048;
+  spec.num_shared_experts = 1;
+  spec.first_k_dense_layers = 3;
+  return spec;
+}
 } // namespace
 
 std::vector<ModelSpec> builtin_models() {
@@ -127,6 +192,9 @@ std::vector<ModelSpec> builtin_models() {
   models.push_back(llama("llama-3.1-405b", 126, 16384, 128, 53248, false,
                          "meta-llama/Llama-3.1-405B config.json, num_key_value_heads 8 as corrected upstream "
                          "(scenarios/models/llama-3.1-405b.config.json)"));
+  // --- mixture of experts ---
+  models.push_back(mixtral_8x7b());
+  models.push_back(deepseek_v3());
   return models;
 }
 

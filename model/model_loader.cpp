@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <utility>
 
 namespace cuboid::model {
 
@@ -20,10 +21,15 @@ using nlohmann::json;
 
 // Hugging Face model_type values whose configs describe a Llama-like decoder: RMSNorm, RoPE, SwiGLU (hidden_act
 // silu), no linear biases (transformers LlamaConfig / MistralConfig / Qwen2Config / Qwen3Config).
-const std::vector<std::string> LLAMA_LIKE_TYPES = {"llama", "mistral", "qwen2", "qwen3"};
-const std::vector<std::string> SUPPORTED_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gpt2"};
-// Keys announcing a mixture-of-experts model (Mixtral, Qwen-MoE, DeepSeek): not modelled yet.
+// --- mixture of experts --- mixtral (MixtralConfig) and qwen3_moe (Qwen3MoeConfig) are Llama-like decoders whose
+// MLPs are MoE layers.
+const std::vector<std::string> LLAMA_LIKE_TYPES = {"llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe"};
+const std::vector<std::string> SUPPORTED_TYPES = {"llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe",
+                                                  "gpt2"};
+// Keys naming the routed-expert count: Mixtral num_local_experts, Qwen-MoE num_experts, DeepSeek n_routed_experts.
 const std::vector<std::string> MOE_KEYS = {"num_local_experts", "num_experts", "n_routed_experts"};
+// DeepSeek-V2/V3 multi-head latent attention: its low-rank Q/KV projections are not a GQA shape.
+const std::vector<std::string> MLA_KEYS = {"kv_lora_rank", "q_lora_rank"};
 
 bool ends_with(const std::string& text, const std::string& suffix) {
   return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
@@ -42,6 +48,19 @@ std::optional<std::int64_t> hf_int(const json& config, const std::string& key, c
   const json& value = config.at(key);
   if (!value.is_number_integer() || value.get<std::int64_t>() <= 0) {
     throw InputError(input_message(where, key, fmt::format("{} is not valid (expected a positive integer)",
+                                                           value.dump())));
+  }
+  return value.get<std::int64_t>();
+}
+
+// A non-negative integer key (counts where 0 is meaningful: n_shared_experts, first_k_dense_replace).
+std::optional<std::int64_t> hf_count(const json& config, const std::string& key, const std::string& where) {
+  if (!has(config, key)) {
+    return std::nullopt;
+  }
+  const json& value = config.at(key);
+  if (!value.is_number_integer() || value.get<std::int64_t>() < 0) {
+    throw InputError(input_message(where, key, fmt::format("{} is not valid (expected a non-negative integer)",
                                                            value.dump())));
   }
   return value.get<std::int64_t>();
@@ -97,6 +116,53 @@ ModelSpec gpt2_from_hf(const json& config, const std::string& where) {
   return spec;
 }
 
+// --- mixture of experts ---
+// MoE keys of Mixtral (num_local_experts, num_experts_per_tok; each expert is intermediate_size wide), Qwen3-MoE
+// (num_experts, moe_intermediate_size, decoder_sparse_step, mlp_only_layers) and DeepSeek (n_routed_experts,
+// n_shared_experts, first_k_dense_replace). Layer patterns other than "every layer from first_k_dense_replace on"
+// are refused rather than mis-counted.
+void moe_from_hf(const json& config, const std::string& where, ModelSpec& spec) {
+  std::optional<std::string> experts_key;
+  for (const auto& key : MOE_KEYS) {
+    if (has(config, key)) {
+      if (experts_key) {
+        throw InputError(input_message(where, key, fmt::format("given together with {} (expected one expert-count key)",
+                                                               *experts_key)));
+      }
+      experts_key = key;
+    }
+  }
+  if (!experts_key) {
+    return;
+  }
+  spec.num_experts = *hf_int(config, *experts_key, where, true);
+  spec.moe_top_k = *hf_int(config, "num_experts_per_tok", where, true);
+  if (spec.moe_top_k > spec.num_experts) {
+    throw InputError(input_message(where, "num_experts_per_tok",
+                                   fmt::format("{} is not valid (expected at most {} = {})", spec.moe_top_k,
+                                               *experts_key, spec.num_experts)));
+  }
+  spec.moe_ffn_hidden_size = hf_int(config, "moe_intermediate_size", where, false).value_or(spec.ffn_hidden_size);
+  spec.num_shared_experts = hf_count(config, "n_shared_experts", where).value_or(0);
+  spec.first_k_dense_layers = hf_count(config, "first_k_dense_replace", where).value_or(0);
+  if (const auto step = hf_int(config, "decoder_sparse_step", where, false); step && *step != 1) {
+    throw InputError(input_message(where, "decoder_sparse_step",
+                                   fmt::format("{} is not supported (valid: 1, every layer a MoE layer)", *step)));
+  }
+  if (has(config, "mlp_only_layers") &&
+      !(config.at("mlp_only_layers").is_array() && config.at("mlp_only_layers").empty())) {
+    throw InputError(input_message(where, "mlp_only_layers",
+                                   fmt::format("{} is not supported (valid: [], use first_k_dense_replace for leading "
+                                               "dense layers)",
+                                               config.at("mlp_only_layers").dump())));
+  }
+  if (spec.first_k_dense_layers >= spec.num_layers) {
+    throw InputError(input_message(where, "first_k_dense_replace",
+                                   fmt::format("{} is not valid (expected less than num_hidden_layers = {})",
+                                               spec.first_k_dense_layers, spec.num_layers)));
+  }
+}
+
 ModelSpec llama_from_hf(const json& config, const std::string& where, const std::string& model_type) {
   const std::string act = hf_string(config, "hidden_act", where).value_or("silu");
   if (act != "silu") {
@@ -131,6 +197,7 @@ ModelSpec llama_from_hf(const json& config, const std::string& where, const std:
                             "not max_position_embeddings: override with --seq-length){}",
                             where, model_type, HF_DEFAULT_SEQ_LENGTH,
                             any_bias ? "; attention_bias/mlp_bias not counted" : "");
+  moe_from_hf(config, where, spec);
   return spec;
 }
 } // namespace
@@ -139,11 +206,12 @@ ModelSpec model_from_hf_config(const json& config, const std::string& where) {
   if (!config.is_object()) {
     throw InputError(input_message(where, "", "expected a JSON object (a Hugging Face config.json)"));
   }
-  for (const auto& key : MOE_KEYS) {
+  for (const auto& key : MLA_KEYS) {
     if (has(config, key)) {
       throw InputError(input_message(where, key,
-                                     fmt::format("{}: mixture-of-experts models are not supported yet (dense "
-                                                 "decoders only: {})",
+                                     fmt::format("{}: multi-head latent attention (DeepSeek MLA) is not supported "
+                                                 "from a config.json (use the catalog entry deepseek-v3, which "
+                                                 "approximates MLA; valid model types: {})",
                                                  config.at(key).dump(), fmt::join(SUPPORTED_TYPES, ", "))));
     }
   }
@@ -161,6 +229,12 @@ ModelSpec model_from_hf_config(const json& config, const std::string& where) {
   }
   ModelSpec spec;
   if (*model_type == "gpt2") {
+    for (const auto& key : MOE_KEYS) {
+      if (has(config, key)) {
+        throw InputError(input_message(where, key, "mixture-of-experts keys are not supported for model_type gpt2 "
+                                                   "(valid for: mixtral, qwen3_moe and the other Llama-like types)"));
+      }
+    }
     spec = gpt2_from_hf(config, where);
   } else if (std::find(LLAMA_LIKE_TYPES.begin(), LLAMA_LIKE_TYPES.end(), *model_type) != LLAMA_LIKE_TYPES.end()) {
     spec = llama_from_hf(config, where, *model_type);
@@ -209,7 +283,9 @@ namespace {
 const std::vector<std::string> MODEL_YAML_KEYS = {
     "base",       "family",          "name",          "source",         "num_layers",         "hidden_size",
     "num_attention_heads", "num_query_groups", "head_dim", "ffn_hidden_size", "vocab_size",   "seq_length",
-    "gated_mlp",  "tied_embeddings", "norm",          "linear_bias",    "learned_position_embedding"};
+    "gated_mlp",  "tied_embeddings", "norm",          "linear_bias",    "learned_position_embedding",
+    // --- mixture of experts ---
+    "num_experts", "moe_top_k", "moe_ffn_hidden_size", "num_shared_experts", "first_k_dense_layers"};
 const std::vector<std::string> FAMILIES = {"gpt", "llama"};
 const std::vector<std::string> NORMS = {"layernorm", "rmsnorm"};
 
@@ -307,6 +383,16 @@ ModelSpec model_from_yaml(const YAML::Node& node, const std::string& where, cons
                                      "missing required key for a gated (SwiGLU) MLP (expected a positive integer)"));
     }
     spec.ffn_hidden_size = 4 * spec.hidden_size;
+  }
+  // --- mixture of experts --- (validate() checks the combination: top_k <= E, sizes set for a MoE model)
+  for (const auto& [name, field] : {std::pair<const char*, std::int64_t*>{"num_experts", &spec.num_experts},
+                                    {"moe_top_k", &spec.moe_top_k},
+                                    {"moe_ffn_hidden_size", &spec.moe_ffn_hidden_size},
+                                    {"num_shared_experts", &spec.num_shared_experts},
+                                    {"first_k_dense_layers", &spec.first_k_dense_layers}}) {
+    if (node[name]) {
+      *field = yaml::read_non_negative_int32(node[name], where, key(name));
+    }
   }
   if (node["name"]) {
     spec.name = yaml::read_string(node["name"], where, key("name"));

@@ -34,6 +34,28 @@ struct ModelSpec {
   [[nodiscard]] std::int64_t kv_width() const { return num_query_groups * head_dim; }
   /// Width of the Q projection: num_attention_heads * head_dim.
   [[nodiscard]] std::int64_t q_width() const { return num_attention_heads * head_dim; }
+
+  // --- mixture of experts ---
+  // A MoE layer replaces the dense MLP by a router (C -> E logits, no bias), E routed experts of which each token
+  // visits top_k, and num_shared_experts experts every token visits (DeepSeek-V2/V3). Experts have the MLP layout of
+  // the dense one (gated_mlp, linear_bias) with moe_ffn_hidden_size. Layers < first_k_dense_layers stay dense
+  // (DeepSeek-V3 first_k_dense_replace = 3). num_experts == 0: a dense model (all other MoE fields are then 0).
+  std::int64_t num_experts = 0;          // E routed experts (HF num_local_experts / n_routed_experts / num_experts)
+  std::int64_t moe_top_k = 0;            // K experts per token (HF num_experts_per_tok; Megatron --moe-router-topk)
+  std::int64_t moe_ffn_hidden_size = 0;  // F_e of one expert (HF moe_intermediate_size; Mixtral intermediate_size)
+  std::int64_t num_shared_experts = 0;   // experts every token visits (HF n_shared_experts)
+  std::int64_t first_k_dense_layers = 0; // leading layers with a dense MLP (HF first_k_dense_replace)
+
+  [[nodiscard]] bool is_moe() const { return num_experts > 0; }
+  [[nodiscard]] bool is_moe_layer(std::int64_t layer) const { return is_moe() && layer >= first_k_dense_layers; }
+  [[nodiscard]] std::int64_t num_moe_layers() const { return is_moe() ? num_layers - first_k_dense_layers : 0; }
+  /// Parameters of one MoE layer with all E routed experts (attention, norms, router, routed and shared experts).
+  [[nodiscard]] double moe_layer_parameters() const;
+  /// Parameters one token touches: num_parameters() with top_k instead of E routed experts per MoE layer
+  /// (the "active parameters" of Mixtral's and DeepSeek's announcements). == num_parameters() for dense models.
+  [[nodiscard]] double active_parameters() const;
+  /// Parameters of one expert MLP (C -> F_e (x2 gated) -> C, biases if linear_bias).
+  [[nodiscard]] double expert_parameters() const;
 };
 
 /// Throws InputError (naming `where` and the field) if the spec is inconsistent: non-positive sizes,

@@ -294,6 +294,172 @@ std::pair<OpBlock, OpBlock> head_blocks(const Dims& d) {
   return {std::move(fwd), std::move(bwd)};
 }
 
+// --- mixture of experts ---
+// Sizes of a MoE layer on one rank (Megatron-core MoELayer with the alltoall token dispatcher, expert tensor
+// parallel = tp): every rank routes its b*s tokens to top_k experts; the EP group's ep*T*K assignments spread over
+// E experts, E/ep of them local, so a rank's experts get T*K rows on average and F*T*K on the busiest rank
+// (F = moe_imbalance). Those rows are the all-to-all buffer and the expert GEMMs' M.
+struct MoeDims {
+  double rows = 0.0;            // F * T * K rows processed by this rank's local experts (busiest rank)
+  double rows_per_expert = 0.0; // rows / (E/ep)
+  double local_experts = 1.0;   // E / ep
+  double experts = 0.0;         // E
+  double fc1_out = 0.0;         // F_e, or 2 F_e gated
+  double ffn = 0.0;             // F_e
+  double shared = 0.0;          // shared experts
+  double imbalance = 1.0;
+};
+
+MoeDims moe_dims_of(const ModelSpec& model, const Plan& plan, const Dims& d) {
+  MoeDims m;
+  m.experts = static_cast<double>(model.num_experts);
+  m.local_experts = m.experts / plan.ep;
+  m.imbalance = plan.moe_imbalance;
+  m.rows = plan.moe_imbalance * d.tokens * static_cast<double>(model.moe_top_k);
+  m.rows_per_expert = m.rows / m.local_experts;
+  m.ffn = static_cast<double>(model.moe_ffn_hidden_size);
+  m.fc1_out = model.gated_mlp ? 2.0 * m.ffn : m.ffn;
+  m.shared = static_cast<double>(model.num_shared_experts);
+  return m;
+}
+
+// `batch` GEMMs C(m, n) = A(m, k) B(k, n) of the local experts (a grouped GEMM).
+Op expert_gemm(std::string name, const MoeDims& m, double rows, double n, double k, double in_bytes,
+               double out_bytes) {
+  Op op = gemm(std::move(name), rows, n, k, in_bytes, out_bytes);
+  op.batch = dim(m.local_experts);
+  op.flops *= m.local_experts;
+  op.hbm_bytes *= m.local_experts;
+  return op;
+}
+
+Op ep_alltoall(std::string name, const MoeDims& m, const Dims& d) {
+  Op op;
+  op.name = std::move(name);
+  op.kind = OpKind::EpCollective;
+  op.collective = CollectiveKind::AllToAll;
+  op.msg_bytes = m.rows * d.h * BF16_BYTES;
+  return op;
+}
+
+// The MLP of a MoE layer, forward: router (C -> E logits on the rank's sequence tokens, replicated over TP like
+// Megatron's TopKRouter), softmax + top-k, dispatch all-to-all, grouped expert GEMMs, TP reduction of the expert
+// output, combine all-to-all; shared experts (DeepSeek) are a dense MLP of width shared * F_e on every token.
+void moe_mlp_forward(std::vector<Op>& ops, const Dims& d, const MoeDims& m) {
+  ops.push_back(gemm("router", d.seq_tokens, m.experts, d.h, d.gemm_in_bytes, FP32_BYTES));
+  ops.push_back(memory_op("router.topk", OpKind::Elementwise, d.seq_tokens * m.experts, 2.0, ACT_FLOPS_PER_ELEMENT));
+  ops.push_back(ep_alltoall("dispatch.alltoall", m, d));
+  ops.push_back(expert_gemm("expert.fc1", m, m.rows_per_expert, m.fc1_out / d.tp, d.h, d.gemm_in_bytes, BF16_BYTES));
+  ops.push_back(memory_op("expert.act", OpKind::Elementwise, m.rows * m.ffn / d.tp, 1.0 + m.fc1_out / m.ffn,
+                          ACT_FLOPS_PER_ELEMENT));
+  ops.push_back(expert_gemm("expert.fc2", m, m.rows_per_expert, d.h, m.ffn / d.tp, d.gemm_in_bytes, BF16_BYTES));
+  if (d.has_tp) {
+    ops.push_back(tp_collective("expert.fc2.allreduce", CollectiveKind::AllReduce, m.rows * d.h * BF16_BYTES));
+  }
+  ops.push_back(ep_alltoall("combine.alltoall", m, d));
+  if (m.shared > 0.0) {
+    ops.push_back(linear_fwd("shared.fc1", d, m.shared * m.fc1_out / d.tp, d.h));
+    ops.push_back(memory_op("shared.act", OpKind::Elementwise, d.tokens * m.shared * m.ffn / d.tp,
+                            1.0 + m.fc1_out / m.ffn, ACT_FLOPS_PER_ELEMENT));
+    ops.push_back(linear_fwd("shared.fc2", d, d.h, m.shared * m.ffn / d.tp));
+    add_reduce(ops, d, "shared.fc2");
+  }
+}
+
+// Backward of moe_mlp_forward in reverse: shared experts, combine all-to-all (output gradients to the experts),
+// expert dgrad/wgrad, TP all-reduce of the expert input gradient, dispatch all-to-all (input gradients back to the
+// tokens' ranks), router backward (softmax/top-k, dgrad, wgrad).
+void moe_mlp_backward(std::vector<Op>& ops, const Dims& d, const MoeDims& m) {
+  if (m.shared > 0.0) {
+    add_gather(ops, d, "shared.fc2");
+    ops.push_back(linear_dgrad("shared.fc2", d, d.h, m.shared * m.ffn / d.tp));
+    ops.push_back(linear_wgrad("shared.fc2", d, d.h, m.shared * m.ffn / d.tp));
+    ops.push_back(memory_op("shared.act.bwd", OpKind::Elementwise, d.tokens * m.shared * m.ffn / d.tp,
+                            (2.0 * m.fc1_out + m.ffn) / m.ffn, ACT_FLOPS_PER_ELEMENT));
+    ops.push_back(linear_dgrad("shared.fc1", d, m.shared * m.fc1_out / d.tp, d.h));
+    ops.push_back(linear_wgrad("shared.fc1", d, m.shared * m.fc1_out / d.tp, d.h));
+  }
+  ops.push_back(ep_alltoall("combine.alltoall", m, d));
+  ops.push_back(expert_gemm("expert.fc2.dgrad", m, m.rows_per_expert, m.ffn / d.tp, d.h, d.gemm_in_bytes,
+                            BF16_BYTES));
+  ops.push_back(expert_gemm("expert.fc2.wgrad", m, m.ffn / d.tp, d.h, m.rows_per_expert, d.gemm_in_bytes,
+                            WGRAD_OUT_BYTES));
+  ops.push_back(memory_op("expert.act.bwd", OpKind::Elementwise, m.rows * m.ffn / d.tp,
+                          (2.0 * m.fc1_out + m.ffn) / m.ffn, ACT_FLOPS_PER_ELEMENT));
+  ops.push_back(expert_gemm("expert.fc1.dgrad", m, m.rows_per_expert, d.h, m.fc1_out / d.tp, d.gemm_in_bytes,
+                            BF16_BYTES));
+  ops.push_back(expert_gemm("expert.fc1.wgrad", m, d.h, m.fc1_out / d.tp, m.rows_per_expert, d.gemm_in_bytes,
+                            WGRAD_OUT_BYTES));
+  if (d.has_tp) {
+    ops.push_back(tp_collective("expert.fc1.allreduce", CollectiveKind::AllReduce, m.rows * d.h * BF16_BYTES));
+  }
+  ops.push_back(ep_alltoall("dispatch.alltoall", m, d));
+  ops.push_back(memory_op("router.topk.bwd", OpKind::Elementwise, d.seq_tokens * m.experts, 3.0,
+                          ACT_FLOPS_PER_ELEMENT));
+  ops.push_back(gemm("router.dgrad", d.seq_tokens, d.h, m.experts, d.gemm_in_bytes, BF16_BYTES));
+  ops.push_back(gemm("router.wgrad", d.h, m.experts, d.seq_tokens, d.gemm_in_bytes, WGRAD_OUT_BYTES));
+  add_reduce(ops, d, "shared.fc1"); // conjugate of the shared experts' / router's input (no-op without TP)
+}
+
+std::size_t index_of(const OpBlock& block, const std::string& name) {
+  for (std::size_t idx = 0; idx < block.ops.size(); ++idx) {
+    if (block.ops[idx].name == name) {
+      return idx;
+    }
+  }
+  CUBOID_ASSERT(false, "op {} not in block {}", name, block.name);
+  return 0;
+}
+
+// Without sequence parallelism every TP rank runs the router on all b*s tokens: tp - 1 of those copies are
+// redundant work, counted in hardware FLOPs only (so that model FLOPs summed over ranks stay the closed form).
+void discount_replicated_router(OpBlock& block, const Dims& d) {
+  if (d.has_tp && !d.sp) {
+    double router_flops = 0.0;
+    for (const Op& op : block.ops) {
+      if (!op.recompute && (op.name == "router" || op.name == "router.dgrad" || op.name == "router.wgrad")) {
+        router_flops += op.flops;
+      }
+    }
+    block.model_flops -= router_flops * (1.0 - 1.0 / d.tp);
+  }
+}
+
+// MoE layer = the dense layer's attention half (ops before fc1, resp. from ln2.bwd on) + the MoE MLP + bda2.
+std::pair<OpBlock, OpBlock> moe_layer_blocks(const ModelSpec& model, const Plan& plan, const Dims& d) {
+  const MoeDims m = moe_dims_of(model, plan, d);
+  const OpBlock dense_fwd = layer_forward(d);
+  OpBlock fwd;
+  fwd.name = "moe.fwd";
+  const std::size_t fc1 = index_of(dense_fwd, "fc1");
+  fwd.ops.assign(dense_fwd.ops.begin(), dense_fwd.ops.begin() + static_cast<std::ptrdiff_t>(fc1));
+  moe_mlp_forward(fwd.ops, d, m);
+  fwd.ops.push_back(dense_fwd.ops.back()); // bda2
+  finish(fwd);
+  discount_replicated_router(fwd, d);
+
+  const OpBlock dense_bwd = layer_backward(d, dense_fwd, Recompute::None);
+  OpBlock bwd;
+  bwd.name = "moe.bwd";
+  if (plan.recompute == Recompute::Full) {
+    for (Op op : fwd.ops) {
+      op.recompute = true;
+      bwd.ops.push_back(std::move(op));
+    }
+  } else if (plan.recompute == Recompute::Selective) {
+    Op op = attention(d, false);
+    op.recompute = true;
+    bwd.ops.push_back(std::move(op));
+  }
+  bwd.ops.push_back(dense_bwd.ops.front()); // bda2.bwd
+  moe_mlp_backward(bwd.ops, d, m);
+  const std::size_t ln2_bwd = index_of(dense_bwd, "ln2.bwd");
+  bwd.ops.insert(bwd.ops.end(), dense_bwd.ops.begin() + static_cast<std::ptrdiff_t>(ln2_bwd), dense_bwd.ops.end());
+  finish(bwd);
+  discount_replicated_router(bwd, d);
+  return {std::move(fwd), std::move(bwd)};
+}
+
 } // namespace
 
 StepBlocks make_step_blocks(const ModelSpec& model, const Plan& plan) {
@@ -304,6 +470,9 @@ StepBlocks make_step_blocks(const ModelSpec& model, const Plan& plan) {
   blocks.layer_bwd = layer_backward(d, blocks.layer_fwd, plan.recompute);
   std::tie(blocks.embed_fwd, blocks.embed_bwd) = embedding_blocks(model, d);
   std::tie(blocks.head_fwd, blocks.head_bwd) = head_blocks(d);
+  if (model.is_moe()) {
+    std::tie(blocks.moe_layer_fwd, blocks.moe_layer_bwd) = moe_layer_blocks(model, plan, d);
+  }
   return blocks;
 }
 
@@ -332,6 +501,20 @@ double layer_forward_flops_per_token(const ModelSpec& model) {
   return 2.0 * h * (q + 2.0 * kv) + 4.0 * s * q + 2.0 * q * h + 2.0 * h * fc1_out + 2.0 * f * h;
 }
 
+// --- mixture of experts --- Attention half of layer_forward_flops_per_token (the dense MLP removed), the router
+// 2hE, and top_k routed + shared experts of F_e each: per expert 2hF_e (x2 gated) + 2F_e h.
+double moe_layer_forward_flops_per_token(const ModelSpec& model) {
+  const auto h = static_cast<double>(model.hidden_size);
+  const auto f = static_cast<double>(model.ffn_hidden_size);
+  const auto fe = static_cast<double>(model.moe_ffn_hidden_size);
+  const double gate = model.gated_mlp ? 2.0 : 1.0;
+  const double dense_mlp = 2.0 * h * gate * f + 2.0 * f * h;
+  const double expert = 2.0 * h * gate * fe + 2.0 * fe * h;
+  const double visited = static_cast<double>(model.moe_top_k + model.num_shared_experts);
+  return layer_forward_flops_per_token(model) - dense_mlp + 2.0 * h * static_cast<double>(model.num_experts) +
+         visited * expert;
+}
+
 double logits_forward_flops_per_token(const ModelSpec& model) {
   return 2.0 * static_cast<double>(model.hidden_size) * static_cast<double>(model.vocab_size);
 }
@@ -340,8 +523,11 @@ double logits_forward_flops_per_token(const ModelSpec& model) {
 // 72 B s L h^2 (1 + s/(6h) + V/(12 L h)) for F = 4h and MHA.
 double model_flops_per_step(const ModelSpec& model, const Plan& plan) {
   const double tokens = static_cast<double>(plan.global_batch_size) * static_cast<double>(model.seq_length);
-  const auto layers = static_cast<double>(model.num_layers);
-  return 3.0 * tokens * (layers * layer_forward_flops_per_token(model) + logits_forward_flops_per_token(model));
+  const auto moe_layers = static_cast<double>(model.num_moe_layers());
+  const double dense_layers = static_cast<double>(model.num_layers) - moe_layers;
+  const double layers_flops = dense_layers * layer_forward_flops_per_token(model) +
+                              (moe_layers > 0.0 ? moe_layers * moe_layer_forward_flops_per_token(model) : 0.0);
+  return 3.0 * tokens * (layers_flops + logits_forward_flops_per_token(model));
 }
 
 // Narayanan et al. SC21 eq. 3: full recompute runs one more forward of every layer (not of the logits):
@@ -352,6 +538,11 @@ double hw_flops_per_step(const ModelSpec& model, const Plan& plan) {
   double extra = 0.0;
   if (plan.recompute == Recompute::Full) {
     extra = tokens * layers * layer_forward_flops_per_token(model);
+    if (model.is_moe()) { // --- mixture of experts --- one more forward of the dense and the MoE layers
+      const auto moe_layers = static_cast<double>(model.num_moe_layers());
+      extra = tokens * ((layers - moe_layers) * layer_forward_flops_per_token(model) +
+                        moe_layers * moe_layer_forward_flops_per_token(model));
+    }
   } else if (plan.recompute == Recompute::Selective) {
     extra = tokens * layers * 4.0 * static_cast<double>(model.seq_length) * static_cast<double>(model.q_width());
   }

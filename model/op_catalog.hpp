@@ -27,6 +27,15 @@ struct StepBlocks {
   OpBlock embed_bwd;
   OpBlock head_fwd;
   OpBlock head_bwd;
+  // --- mixture of experts --- (empty for dense models) The layers model.is_moe_layer(): the dense layer's ops up
+  // to ln2, then
+  //   moe.fwd  router router.topk [router.allgather] dispatch.alltoall expert.fc1 expert.act expert.fc2
+  //            [expert.fc2.allreduce] combine.alltoall [shared.fc1 shared.act shared.fc2 shared.fc2.allreduce] bda2
+  //   moe.bwd  mirrors it: combine.alltoall (gradients back to the experts) ... dispatch.alltoall ... router.dgrad
+  // The expert GEMMs run E/ep local experts (batch) of moe_imbalance * tokens * top_k * ep / E rows each: the rows
+  // of the busiest EP rank. EpCollective ops carry the per-rank all-to-all buffer (those rows x h, bf16).
+  OpBlock moe_layer_fwd;
+  OpBlock moe_layer_bwd;
 };
 
 /// Blocks for `model` under `plan` (tp, sequence_parallel, micro_batch_size, recompute, precision).
@@ -39,6 +48,11 @@ OpBlock make_optimizer_block(double num_params);
 /// Forward GEMM + attention FLOPs of one layer for one token (unsharded): 2h(q + 2kv) + 2qh + 2h*F*(2 if gated)
 /// + 2Fh + 4sq, with q / kv the query / key widths and F the FFN size.
 double layer_forward_flops_per_token(const ModelSpec& model);
+/// --- mixture of experts --- Forward FLOPs of one MoE layer per token (unsharded): the attention part of
+/// layer_forward_flops_per_token, the router 2hE and (top_k + shared) expert MLPs of F_e. This is Megatron-LM's
+/// num_floating_point_operations (megatron/training/training.py: the MLP term times moe_router_topk plus the shared
+/// experts) with the router GEMM added.
+double moe_layer_forward_flops_per_token(const ModelSpec& model);
 /// Forward FLOPs of the output layer (logits GEMM) per token: 2hV.
 double logits_forward_flops_per_token(const ModelSpec& model);
 

@@ -152,6 +152,57 @@ std::vector<int> layers_per_stage(const Plan& plan, std::int64_t num_layers, con
   return layers;
 }
 
+namespace {
+// --- mixture of experts ---
+void validate_moe(const Plan& plan, const ModelSpec& model, const std::string& where) {
+  if (plan.ep < 1) {
+    throw InputError(input_message(where, "plan.ep", fmt::format("{} is not valid (expected a positive integer)",
+                                                                 plan.ep)));
+  }
+  if (!(plan.moe_imbalance >= 1.0) || !std::isfinite(plan.moe_imbalance)) {
+    throw InputError(input_message(where, "plan.moe_imbalance",
+                                   fmt::format("{} is not valid (expected a finite number >= 1: the busiest expert's "
+                                               "tokens over the mean)",
+                                               plan.moe_imbalance)));
+  }
+  if (!model.is_moe()) {
+    if (plan.ep != 1) {
+      throw InputError(input_message(where, "plan.ep",
+                                     fmt::format("{} needs a mixture-of-experts model ({} is dense: num_experts = 0; "
+                                                 "valid: ep = 1, or set num_experts)",
+                                                 plan.ep, model.name)));
+    }
+    if (plan.moe_imbalance != 1.0) {
+      throw InputError(input_message(where, "plan.moe_imbalance",
+                                     fmt::format("{} needs a mixture-of-experts model ({} is dense; valid: 1)",
+                                                 plan.moe_imbalance, model.name)));
+    }
+    return;
+  }
+  // A token visits an expert at most once, so an expert gets at most all tokens: F * tokens * K / E <= tokens.
+  const double max_imbalance = static_cast<double>(model.num_experts) / static_cast<double>(model.moe_top_k);
+  if (plan.moe_imbalance > max_imbalance) {
+    throw InputError(input_message(where, "plan.moe_imbalance",
+                                   fmt::format("{} is not valid (expected 1 to num_experts / top_k = {}: the busiest "
+                                               "expert cannot receive more than every token)",
+                                               plan.moe_imbalance, max_imbalance)));
+  }
+  if (model.num_experts % plan.ep != 0) {
+    throw InfeasibleError(input_message(where, "plan.ep",
+                                        fmt::format("{} does not divide num_experts = {} (each EP rank holds "
+                                                    "num_experts / ep experts)",
+                                                    plan.ep, model.num_experts)));
+  }
+  if (plan.dp % plan.ep != 0) {
+    throw InfeasibleError(input_message(where, "plan.ep",
+                                        fmt::format("{} does not divide dp = {} (Megatron carves the expert-parallel "
+                                                    "groups out of the data-parallel ranks)",
+                                                    plan.ep, plan.dp)));
+  }
+  require_tp_divides(plan, model.moe_ffn_hidden_size, "moe_ffn_hidden_size", where);
+}
+} // namespace
+
 void validate(const Plan& plan, const ModelSpec& model, const ClusterSpec& cluster, const std::string& where) {
   // Malformed values first (InputError), then what cannot run (InfeasibleError).
   const std::pair<const char*, std::int64_t> sizes[] = {
@@ -234,6 +285,7 @@ void validate(const Plan& plan, const ModelSpec& model, const ClusterSpec& clust
     }
   }
   (void)layers_per_stage(plan, model.num_layers, where);
+  validate_moe(plan, model, where);
   if (plan.precision == Precision::Fp8 && cluster.gpu.fp8_flops_per_s <= 0.0) {
     throw InfeasibleError(input_message(where, "plan.precision",
                                         fmt::format("fp8 is not supported by {} (no FP8 tensor cores; valid: bf16, "

@@ -44,9 +44,21 @@ struct Plan {
   int first_stage_layers = 0;
   int last_stage_layers = 0;
 
+  // --- mixture of experts ---
+  // Expert parallelism as Megatron-core (--expert-model-parallel-size): the E routed experts of a MoE layer are split
+  // over ep ranks carved from the data-parallel group (ep | dp, ep | E); each holds E/ep experts, sharded over tp like
+  // the dense MLP (expert tensor parallel = tp). Tokens reach their experts by an all-to-all over the EP group; expert
+  // gradients are reduced over the dp/ep expert-data-parallel ranks, dense ones over dp.
+  int ep = 1;
+  // Load imbalance F >= 1: the busiest expert receives F x the mean tokens (mean = tokens * top_k / E); it sizes the
+  // expert GEMMs and the all-to-all buffers of every EP rank (the slowest rank sets the pace). 1 = perfect balance.
+  double moe_imbalance = 1.0;
+
   [[nodiscard]] int world_size() const { return tp * pp * dp; }
   /// Micro-batches per step per DP replica: global / (micro * dp).
   [[nodiscard]] std::int64_t num_microbatches() const { return global_batch_size / (micro_batch_size * dp); }
+  /// --- mixture of experts --- Size of the expert-data-parallel group (ranks holding the same experts): dp / ep.
+  [[nodiscard]] int expert_dp() const { return dp / ep; }
 };
 
 std::string to_string(Schedule schedule);

@@ -3,6 +3,8 @@
 
 #include "model/errors.hpp"
 
+#include <algorithm>
+
 namespace cuboid::model {
 
 RankGrid::RankGrid(int tp_size, int dp_size, int pp_size) : tp_(tp_size), dp_(dp_size), pp_(pp_size) {
@@ -85,6 +87,35 @@ std::vector<std::vector<int>> RankGrid::all_dp_groups() const {
 }
 std::vector<std::vector<int>> RankGrid::all_pp_groups() const {
   return collect_groups(world_size(), [this](int rank) { return pp_group(rank); });
+}
+
+// --- mixture of experts --- (see rank_grid.hpp for the worked example)
+std::vector<int> RankGrid::ep_group(int rank, int ep_size) const {
+  const std::vector<int> dp_members = dp_group(rank);
+  const int dp_size = static_cast<int>(dp_members.size());
+  CUBOID_ASSERT(ep_size > 0 && dp_size % ep_size == 0, "ep={} does not divide dp={}", ep_size, dp_size);
+  const auto pos = static_cast<int>(std::find(dp_members.begin(), dp_members.end(), rank) - dp_members.begin());
+  const int first = pos / ep_size * ep_size;
+  return {dp_members.begin() + first, dp_members.begin() + first + ep_size};
+}
+
+std::vector<int> RankGrid::expert_dp_group(int rank, int ep_size) const {
+  const std::vector<int> dp_members = dp_group(rank);
+  const int dp_size = static_cast<int>(dp_members.size());
+  CUBOID_ASSERT(ep_size > 0 && dp_size % ep_size == 0, "ep={} does not divide dp={}", ep_size, dp_size);
+  const auto pos = static_cast<int>(std::find(dp_members.begin(), dp_members.end(), rank) - dp_members.begin());
+  std::vector<int> members;
+  for (int member = pos % ep_size; member < dp_size; member += ep_size) {
+    members.push_back(dp_members[static_cast<std::size_t>(member)]);
+  }
+  return members;
+}
+
+std::vector<std::vector<int>> RankGrid::all_ep_groups(int ep_size) const {
+  return collect_groups(world_size(), [this, ep_size](int rank) { return ep_group(rank, ep_size); });
+}
+std::vector<std::vector<int>> RankGrid::all_expert_dp_groups(int ep_size) const {
+  return collect_groups(world_size(), [this, ep_size](int rank) { return expert_dp_group(rank, ep_size); });
 }
 
 } // namespace cuboid::model

@@ -42,6 +42,20 @@ public:
   [[nodiscard]] std::vector<std::vector<int>> all_dp_groups() const;
   [[nodiscard]] std::vector<std::vector<int>> all_pp_groups() const;
 
+  // --- mixture of experts ---
+  // Expert-parallel groups are carved out of each DP group, as Megatron-core's expert rank generator does (order
+  // "tp-ep-dp-pp", expert tensor parallel = tp): DP-group member j belongs to EP group j / ep (ep consecutive DP
+  // ranks) and to expert-data-parallel group j % ep (the dp/ep ranks holding the same experts, which reduce the
+  // expert gradients). Worked example, tp=2 dp=4 pp=1, ep=2:
+  //   DP groups        {0,2,4,6} {1,3,5,7}
+  //   EP groups        {0,2} {4,6} {1,3} {5,7}
+  //   expert-DP groups {0,4} {2,6} {1,5} {3,7}
+  // Precondition: ep_size > 0 divides the DP size (validate(plan) checks it).
+  [[nodiscard]] std::vector<int> ep_group(int rank, int ep_size) const;
+  [[nodiscard]] std::vector<int> expert_dp_group(int rank, int ep_size) const;
+  [[nodiscard]] std::vector<std::vector<int>> all_ep_groups(int ep_size) const;
+  [[nodiscard]] std::vector<std::vector<int>> all_expert_dp_groups(int ep_size) const;
+
 private:
   int tp_;
   int dp_;

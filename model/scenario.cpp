@@ -48,6 +48,7 @@ ModelSpec load_scenario_model(const YAML::Node& node, const std::string& where, 
 
 std::vector<std::string> plan_yaml_keys() {
   return {"tp",         "pp",          "dp",          "vp",         "micro_batch_size",      "global_batch_size",
+          "ep",         "moe_imbalance", // --- mixture of experts ---
           "schedule",   "recompute",   "precision",   "sequence_parallel", "distributed_optimizer",
           "overlap_grad_reduce", "grad_bucket_bytes", "first_stage_layers", "last_stage_layers"};
 }
@@ -101,6 +102,13 @@ Plan load_plan_yaml(const YAML::Node& node, const std::string& where, const std:
     if (node[name]) {
       *target = yaml::read_non_negative_int32(node[name], where, key(name));
     }
+  }
+  // --- mixture of experts --- (validate() checks them against the model)
+  if (node["ep"]) {
+    plan.ep = yaml::read_positive_int32(node["ep"], where, key("ep"));
+  }
+  if (node["moe_imbalance"]) {
+    plan.moe_imbalance = yaml::read_positive_double(node["moe_imbalance"], where, key("moe_imbalance"));
   }
   if (node["dp"]) {
     plan.dp = yaml::read_positive_int32(node["dp"], where, key("dp"));

@@ -48,7 +48,16 @@ struct Send {
   int microbatch = 0, chunk = 0, to_stage = 0, to_chunk = 0;
 };
 
+// --- mixture of experts --- The routed-expert gradients of a chunk, reduced over the expert-DP group once the
+// chunk's last backward is done (template task last_task).
+struct ExpertSync {
+  double params = 0.0;
+  int chunk = 0;
+  std::uint32_t last_task = NONE;
+};
+
 struct StageTemplate {
+  std::vector<ExpertSync> expert_syncs; // --- mixture of experts ---
   std::vector<Task> tasks; // compute tasks in schedule order; rank is filled per materialised rank
   std::vector<std::uint32_t> fwd_first, bwd_first; // [mb * vp + chunk] -> template index of the first task
   std::vector<Send> sends;
@@ -88,6 +97,7 @@ public:
     add_ranks();
     // Compute of every rank first (P2P targets must exist), then sends, then DP sync and the optimizer.
     add_dp_groups();
+    add_expert_dp_groups(); // --- mixture of experts ---
     for (const auto add : {&Builder::add_compute, &Builder::add_sends, &Builder::add_gradient_sync_and_optimizer}) {
       for (std::size_t ridx = 0; ridx < ranks_.size(); ++ridx) {
         (this->*add)(ridx);
@@ -121,10 +131,19 @@ private:
         if (plan_.dp > 1) {
           per_rank += grad_bucket_ends(plan_, params).size() * (plan_.distributed_optimizer ? 2U : 1U);
         }
+        if (has_expert_sync(layouts[chunk])) { // --- mixture of experts ---
+          per_rank += plan_.distributed_optimizer ? 2U : 1U;
+        }
       }
       total += per_rank * idx(ranks_per_stage());
     }
     return total;
+  }
+
+  // --- mixture of experts --- A chunk's expert gradients need their own collective when it holds MoE layers and
+  // more than one rank holds the same experts.
+  [[nodiscard]] bool has_expert_sync(const ChunkLayout& lay) const {
+    return model_.is_moe() && plan_.expert_dp() > 1 && chunk_expert_params(model_, plan_, lay) > 0.0;
   }
 
   // Blocks shared by every task of their kind, and the compute units of each chunk kind.
@@ -139,6 +158,12 @@ private:
     head_ = {-1, graph_.add_block(std::move(blocks.head_fwd)), head_activation_bytes(model_, plan_), 0.0};
     head_bwd_ = {-1, graph_.add_block(std::move(blocks.head_bwd)), head_.act_bytes,
                  head_backward_workspace_bytes(model_, plan_)};
+    if (model_.is_moe()) { // --- mixture of experts ---
+      moe_ = {-1, graph_.add_block(std::move(blocks.moe_layer_fwd)), moe_layer_activation_bytes(model_, plan_, options),
+              0.0};
+      moe_bwd_ = {-1, graph_.add_block(std::move(blocks.moe_layer_bwd)), moe_.act_bytes,
+                  moe_layer_backward_workspace_bytes(model_, plan_, options)};
+    }
   }
 
   // Units of a chunk in execution order: forward embedding, layers, head; backward the reverse.
@@ -149,7 +174,11 @@ private:
       units.push_back(fwd ? embed_ : embed_bwd_);
     }
     for (int layer = lay.first_layer; layer < lay.first_layer + lay.num_layers; ++layer) {
-      units.push_back(fwd ? layer_ : layer_bwd_);
+      if (model_.is_moe_layer(layer)) { // --- mixture of experts ---
+        units.push_back(fwd ? moe_ : moe_bwd_);
+      } else {
+        units.push_back(fwd ? layer_ : layer_bwd_);
+      }
       units.back().layer = layer;
     }
     if (lay.has_head) {
@@ -238,8 +267,20 @@ private:
         begin = end_unit + 1;
       }
     }
+    // --- mixture of experts --- expert gradients of a chunk: after its last backward has finished entirely.
+    for (const int chunk : chunks) {
+      const ChunkLayout& lay = layouts[idx(chunk)];
+      if (has_expert_sync(lay)) {
+        const auto units = static_cast<std::uint32_t>(units_of(lay, Phase::Backward).size());
+        tmpl.expert_syncs.push_back({chunk_expert_params(model_, plan_, lay), chunk, final_bwd[idx(chunk)] + units - 1});
+      }
+    }
     // The optimizer updates the rank's parameters (its 1/dp shard with the distributed optimizer).
-    const double params = params_per_rank(model_, plan_, stage) / (plan_.distributed_optimizer ? plan_.dp : 1);
+    double params = params_per_rank(model_, plan_, stage) / (plan_.distributed_optimizer ? plan_.dp : 1);
+    if (model_.is_moe() && plan_.distributed_optimizer) { // --- mixture of experts --- experts sharded over dp/ep
+      const double experts = expert_params_per_rank(model_, plan_, stage);
+      params = (params_per_rank(model_, plan_, stage) - experts) / plan_.dp + experts / plan_.expert_dp();
+    }
     tmpl.optimizer_block = graph_.add_block(make_optimizer_block(params));
     tmpl.static_bytes = static_memory(model_, plan_, stage);
     return tmpl;
@@ -327,6 +368,51 @@ private:
     }
   }
 
+  // --- mixture of experts --- Expert-DP groups (all ranks: one per group; rank classes: {representative}).
+  void add_expert_dp_groups() {
+    expert_dp_group_of_.assign(ranks_.size(), -1);
+    if (!model_.is_moe() || plan_.expert_dp() <= 1) {
+      return;
+    }
+    for (const std::vector<int>& group : grid_.all_expert_dp_groups(plan_.ep)) {
+      std::vector<int> members;
+      std::copy_if(group.begin(), group.end(), std::back_inserter(members),
+                   [this](int member) { return graph_.rank_index(member) >= 0; });
+      if (members.empty()) {
+        continue;
+      }
+      const std::int32_t group_index = graph_.add_group(members);
+      for (const int member : members) {
+        expert_dp_group_of_[idx(graph_.rank_index(member))] = group_index;
+      }
+    }
+  }
+
+  // --- mixture of experts --- One collective per chunk with experts, on the DP stream after the dense buckets (so
+  // every member issues the same order). Returns the last task, or `prev` when there is none.
+  TaskId add_expert_collectives(std::size_t ridx, CollectiveKind kind, double bytes_per_param, TaskId prev,
+                                TaskId first_after) {
+    Task task{.kind = TaskKind::Collective, .stream = Stream::DpComm, .rank = ranks_[ridx],
+              .stage = graph_.ranks()[ridx].stage, .collective = kind, .group = GroupKind::ExpertDp,
+              .group_index = expert_dp_group_of_[ridx], .group_size = plan_.expert_dp()};
+    const StageTemplate& tmpl = stage_of(ridx);
+    for (std::size_t sync = 0; sync < tmpl.expert_syncs.size(); ++sync) {
+      task.chunk = tmpl.expert_syncs[sync].chunk;
+      task.bucket = static_cast<int>(sync);
+      task.msg_bytes = tmpl.expert_syncs[sync].params * bytes_per_param;
+      const TaskId id = graph_.add_task(task);
+      const TaskId after = first_after != NONE ? (sync == 0 ? first_after : NONE)
+                                               : base_[ridx] + tmpl.expert_syncs[sync].last_task;
+      for (const TaskId dep : {prev, after}) {
+        if (dep != NONE) {
+          graph_.add_edge(dep, id);
+        }
+      }
+      prev = id;
+    }
+    return prev;
+  }
+
   // One collective per bucket on the DP stream, chained so that every member issues them in the same order; bucket
   // k also waits for task after(k) (NONE: nothing). Returns the last task, or NONE without buckets.
   template <typename After>
@@ -366,9 +452,18 @@ private:
           FP32_GRAD_BYTES,
           [&](std::size_t bucket) { return overlap ? base_[ridx] + tmpl.buckets[bucket].last_task : last_compute; });
     }
+    // --- mixture of experts --- expert gradients over the expert-DP group (reduce-scatter with the distributed
+    // optimizer, else all-reduce), chained after the dense buckets on the DP stream.
+    const bool expert_scatter = plan_.distributed_optimizer && !plan_.all_reduce_sharded_grads;
+    const TaskId expert_reduced = add_expert_collectives(
+        ridx, expert_scatter ? CollectiveKind::ReduceScatter : CollectiveKind::AllReduce, FP32_GRAD_BYTES, reduced,
+        plan_.overlap_grad_reduce ? NONE : last_compute);
     const Task step{.kind = TaskKind::Optimizer, .stream = Stream::Compute, .rank = ranks_[ridx],
                     .stage = graph_.ranks()[ridx].stage, .block = tmpl.optimizer_block};
     const TaskId step_id = graph_.add_task(step);
+    if (expert_reduced != NONE && expert_reduced != reduced) {
+      graph_.add_edge(expert_reduced, step_id);
+    }
     graph_.add_edge(last_compute, step_id);
     if (reduced != NONE) {
       graph_.add_edge(reduced, step_id);
@@ -382,6 +477,10 @@ private:
         return bucket == 0 && !behind_forward ? step_id : NONE;
       });
     }
+    if (plan_.distributed_optimizer && !tmpl.expert_syncs.empty()) {
+      // --- mixture of experts --- all-gather of the updated expert shards over the expert-DP group
+      add_expert_collectives(ridx, CollectiveKind::AllGather, BF16_BYTES, NONE, step_id);
+    }
   }
 
   const ModelSpec& model_;
@@ -391,6 +490,8 @@ private:
   int m_;
   TaskGraph& graph_;
   Unit layer_, layer_bwd_, embed_, embed_bwd_, head_, head_bwd_;
+  Unit moe_, moe_bwd_; // --- mixture of experts ---
+  std::vector<std::int32_t> expert_dp_group_of_;
   std::vector<StageTemplate> stages_;
   std::vector<int> ranks_;       // materialised world ranks, in graph_.ranks() order
   std::vector<TaskId> base_;     // first compute task id per materialised rank

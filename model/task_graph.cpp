@@ -92,7 +92,10 @@ std::string TaskGraph::label(TaskId id) const {
   case TaskKind::P2P:
     return fmt::format("send {} mb{} s{}c{} r{}->r{}", dir, t.microbatch, t.stage, t.chunk, t.rank, t.peer);
   case TaskKind::Collective: {
-    const char* group = t.group == GroupKind::Tp ? "tp" : (t.group == GroupKind::Dp ? "dp" : "pp");
+    const char* group = t.group == GroupKind::Tp ? "tp"
+                        : t.group == GroupKind::Dp ? "dp"
+                        : t.group == GroupKind::ExpertDp ? "edp"
+                                                         : "pp";
     return fmt::format("{}.{} b{} r{}", group, to_string(t.collective), t.bucket, t.rank);
   }
   case TaskKind::Optimizer:
@@ -161,6 +164,7 @@ std::string to_string(OpKind kind) {
   case OpKind::Embedding: return "embedding";
   case OpKind::Loss: return "loss";
   case OpKind::TpCollective: return "tp_collective";
+  case OpKind::EpCollective: return "ep_collective";
   }
   return "unknown";
 }

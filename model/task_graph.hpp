@@ -28,14 +28,16 @@ enum class Phase { Forward, Backward, None };
 enum class Stream { Compute, TpComm, DpComm, PpComm };
 constexpr int NUM_STREAMS = 4;
 enum class CollectiveKind { AllReduce, ReduceScatter, AllGather, AllToAll };
-enum class GroupKind { Tp, Dp, Pp };
+// ExpertDp (mixture of experts): the dp/ep ranks holding the same experts, which reduce the expert gradients.
+enum class GroupKind { Tp, Dp, Pp, ExpertDp };
 
 /// Memory tags of DESIGN.md; index into MemBytes.
 enum class MemTag { Weights, Grads, Optimizer, Activations, Workspace, CommBuffers };
 constexpr int NUM_MEM_TAGS = 6;
 using MemBytes = std::array<double, NUM_MEM_TAGS>;
 
-enum class OpKind { Gemm, Attention, Elementwise, Norm, Embedding, Loss, TpCollective };
+// EpCollective (mixture of experts): an all-to-all over the expert-parallel group inside a MoE layer's block.
+enum class OpKind { Gemm, Attention, Elementwise, Norm, Embedding, Loss, TpCollective, EpCollective };
 
 /// One kernel-level operation inside a compute block, sized for one rank (one TP shard).
 struct Op {
@@ -49,8 +51,9 @@ struct Op {
   double flops = 0.0;        // per rank
   double hbm_bytes = 0.0;    // minimal bytes through HBM per rank (inputs read once, outputs written once)
   bool recompute = false;    // a recomputed forward op inside backward: counted in hardware FLOPs only
-  CollectiveKind collective = CollectiveKind::AllReduce; // TpCollective only
-  double msg_bytes = 0.0;    // TpCollective only: per-rank buffer (all-reduce input / all-gather output)
+  CollectiveKind collective = CollectiveKind::AllReduce; // TpCollective / EpCollective only
+  double msg_bytes = 0.0;    // Tp/EpCollective only: per-rank buffer (all-reduce input / all-gather output /
+                             // all-to-all send buffer)
 };
 
 /// The ops of one compute task (e.g. one layer's forward for one micro-batch). Shared by identical tasks.

@@ -50,6 +50,8 @@ std::vector<int> full_group_members(const model::TaskGraph& graph, const model::
     return grid.dp_group(task.rank);
   case model::GroupKind::Pp:
     return grid.pp_group(task.rank);
+  case model::GroupKind::ExpertDp: // --- mixture of experts ---
+    return grid.expert_dp_group(task.rank, plan.ep);
   }
   return materialised;
 }

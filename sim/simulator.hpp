@@ -34,6 +34,7 @@ struct Breakdown {
   double dp_comm_exposed_s = 0.0;
   double bubble_s = 0.0;
   double optimizer_s = 0.0;
+  double ep_comm_exposed_s = 0.0; // --- mixture of experts --- EP all-to-alls inside MoE blocks
 };
 
 struct RankMemory {

@@ -51,6 +51,7 @@ struct SearchFlags {
   std::vector<std::string> distributed_optimizer;
   std::vector<std::string> precision;
   bool allow_tp_across_nodes = false;
+  std::vector<int> ep; // --- mixture of experts ---
   std::size_t top = 10;
   int jobs = 0;
   std::string csv_path;
@@ -95,6 +96,12 @@ sim::analysis::SearchSpace build_space(const SearchFlags& flags, std::int64_t gl
   space.distributed_optimizer = parse_on_off(flags.distributed_optimizer, "--distributed-optimizer");
   space.global_batch_size = global_batch;
   space.allow_tp_across_nodes = flags.allow_tp_across_nodes;
+  space.ep = flags.ep; // --- mixture of experts ---
+  for (const int value : flags.ep) {
+    if (value <= 0) {
+      throw InputError(input_message("command line", "--ep", fmt::format("{} must be positive", value)));
+    }
+  }
   for (const int value : flags.tp) {
     if (value <= 0) {
       throw InputError(input_message("command line", "--tp", fmt::format("{} must be positive", value)));
@@ -120,15 +127,21 @@ std::string plan_columns(const model::Plan& plan) {
 }
 
 std::string format_table(const sim::analysis::SearchResult& result, const std::vector<std::size_t>& rows,
-                         const char* title) {
+                         const char* title, bool moe) {
   std::string out = fmt::format("# {}\n", title);
   out += fmt::format("# {:>4} {:>5} {:>3} {:>3} {:>5} {:>3} {:>4} {:<11} {:<9} {:>3} {:>3} {:>10} {:>8} {:>6} {:>9} "
                      "{:>7}\n",
                      "rank", "gpus", "tp", "pp", "dp", "vp", "mbs", "schedule", "recompute", "sp", "do", "step",
                      "TFLOP/s", "MFU", "peak mem", "bubble");
+  if (moe) { // --- mixture of experts --- one more column, only for MoE models
+    out.insert(out.size() - 1, fmt::format(" {:>4}", "ep"));
+  }
   out += fmt::format("# {:>4} {:>5} {:>3} {:>3} {:>5} {:>3} {:>4} {:<11} {:<9} {:>3} {:>3} {:>10} {:>8} {:>6} {:>9} "
                      "{:>7}\n",
                      "", "", "", "", "", "", "", "", "", "", "", "(s)", "(/gpu)", "(%)", "(GB)", "(%)");
+  if (moe) {
+    out.insert(out.size() - 1, fmt::format(" {:>4}", ""));
+  }
   std::size_t position = 0;
   for (const std::size_t idx : rows) {
     const auto& outcome = result.plans[idx];
@@ -136,6 +149,9 @@ std::string format_table(const sim::analysis::SearchResult& result, const std::v
     out += fmt::format("  {:>4} {:>5} {} {:>10.4f} {:>8.1f} {:>6.1f} {:>9.2f} {:>7.1f}\n", ++position,
                        outcome.num_gpus, plan_columns(outcome.plan), sim.step_time_s, sim.model_tflops_per_gpu,
                        100.0 * sim.mfu, sim.peak_memory_bytes / GB, 100.0 * sim.bubble_fraction);
+    if (moe) {
+      out.insert(out.size() - 1, fmt::format(" {:>4}", outcome.plan.ep));
+    }
   }
   return out;
 }
@@ -144,6 +160,9 @@ nlohmann::json outcome_json(const sim::analysis::PlanOutcome& outcome) {
   nlohmann::json out;
   out["num_gpus"] = outcome.num_gpus;
   out["plan"] = sim::analysis::plan_to_json(outcome.plan);
+  if (outcome.plan.ep != 1) { // --- mixture of experts ---
+    out["plan"]["ep"] = outcome.plan.ep;
+  }
   if (outcome.result) {
     out.update(sim::analysis::result_to_json(*outcome.result));
   }
@@ -189,6 +208,12 @@ int run_search_command(const SearchFlags& flags) {
   if (flags.resume) {
     if (flags.csv_path.empty()) {
       throw InputError(input_message("command line", "--resume", "needs --csv FILE (the file to resume from)"));
+    }
+    if (spec.is_moe()) { // --- mixture of experts --- the CSV has no ep column: plans of different ep would merge
+      throw InputError(input_message("command line", "--resume",
+                                     fmt::format("is not supported for mixture-of-experts models yet ({}: the CSV "
+                                                 "does not record ep; valid: run the search without --resume)",
+                                                 spec.name)));
     }
     for (const auto& path : {flags.csv_path, partial_path}) {
       std::ifstream in(path);
@@ -286,12 +311,12 @@ int run_search_command(const SearchFlags& flags) {
                                  cluster.gpu.name, cluster.name, global_batch);
   text += fmt::format("# {} plans in the space, {} simulated, {:.2f} s ({:.0f} plans/s)\n", result.plans.size(),
                       result.num_simulated, elapsed, static_cast<double>(result.plans.size()) / elapsed);
-  text += format_table(result, result.top, "fastest plans that fit");
+  text += format_table(result, result.top, "fastest plans that fit", spec.is_moe());
   text += "\n";
-  text += format_table(result, result.pareto_memory, "Pareto front: step time vs peak memory");
+  text += format_table(result, result.pareto_memory, "Pareto front: step time vs peak memory", spec.is_moe());
   if (result.pareto_gpus.size() > 1 || space.num_gpus.size() > 1) {
     text += "\n";
-    text += format_table(result, result.pareto_gpus, "Pareto front: step time vs GPU count");
+    text += format_table(result, result.pareto_gpus, "Pareto front: step time vs GPU count", spec.is_moe());
   }
   text += "\n# not simulated, by reason\n";
   for (const auto& [reason, count] : result.rejected_by_reason) {
@@ -327,6 +352,10 @@ void add_search_command(CLI::App& app, Action& action) {
   cmd->add_option("--distributed-optimizer", flags->distributed_optimizer, "on, off or on,off")->delimiter(',');
   cmd->add_option("--precision", flags->precision, "bf16, fp16, fp8")->delimiter(',');
   cmd->add_flag("--allow-tp-across-nodes", flags->allow_tp_across_nodes, "Let TP groups span nodes");
+  // --- mixture of experts ---
+  cmd->add_option("--ep,--expert-model-parallel-size", flags->ep,
+                  "Expert-parallel sizes to try (MoE; default: every divisor of dp and the expert count)")
+      ->delimiter(',');
   cmd->add_option("--top", flags->top, "How many plans to list")->capture_default_str();
   cmd->add_option("--jobs,-j", flags->jobs, "Threads (default: all cores)");
   cmd->add_option("--csv", flags->csv_path, "Write every plan of the space to this CSV");

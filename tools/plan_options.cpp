@@ -58,6 +58,53 @@ std::int64_t checked_product(std::int64_t a, std::int64_t b, const char* flag) {
   return product;
 }
 
+// --- mixture of experts --- --num-experts 0 makes the model dense; a dense model given --num-experts becomes a MoE
+// whose experts default to the dense MLP's width (Megatron: --moe-ffn-hidden-size defaults to --ffn-hidden-size).
+void apply_moe_flags(const ModelFlags& flags, model::ModelSpec& spec) {
+  if (flags.num_experts) {
+    if (*flags.num_experts < 0) {
+      throw InputError(input_message(WHERE, "--num-experts",
+                                     fmt::format("{} is not valid (expected 0 for a dense model or a positive "
+                                                 "expert count)",
+                                                 *flags.num_experts)));
+    }
+    spec.num_experts = *flags.num_experts;
+    if (spec.num_experts == 0) {
+      spec.moe_top_k = spec.moe_ffn_hidden_size = spec.num_shared_experts = spec.first_k_dense_layers = 0;
+    } else if (spec.moe_ffn_hidden_size == 0) {
+      spec.moe_ffn_hidden_size = spec.ffn_hidden_size;
+    }
+  }
+  if (flags.top_k) {
+    if (*flags.top_k <= 0) {
+      throw InputError(input_message(WHERE, "--top-k",
+                                     fmt::format("{} is not valid (expected 1 to the number of experts)",
+                                                 *flags.top_k)));
+    }
+    if (!spec.is_moe()) {
+      throw InputError(input_message(WHERE, "--top-k",
+                                     fmt::format("{} needs a mixture-of-experts model ({} is dense: add "
+                                                 "--num-experts)",
+                                                 *flags.top_k, spec.name)));
+    }
+    spec.moe_top_k = *flags.top_k;
+  }
+  if (flags.moe_ffn_hidden_size) {
+    require_positive("--moe-ffn-hidden-size", *flags.moe_ffn_hidden_size);
+    spec.moe_ffn_hidden_size = *flags.moe_ffn_hidden_size;
+  }
+  if (spec.is_moe() && spec.moe_top_k == 0) {
+    throw InputError(input_message(WHERE, "--top-k",
+                                   fmt::format("missing: --num-experts {} needs the experts per token (--top-k)",
+                                               spec.num_experts)));
+  }
+  if (spec.is_moe() && spec.moe_top_k > spec.num_experts) {
+    throw InputError(input_message(WHERE, flags.top_k ? "--top-k" : "--num-experts",
+                                   fmt::format("top-k {} is more than the {} experts (valid: 1 to {})",
+                                               spec.moe_top_k, spec.num_experts, spec.num_experts)));
+  }
+}
+
 bool any_plan_flag(const PlanFlags& p) {
   return p.tp || p.pp || p.dp || p.vp || p.micro_batch_size || p.global_batch_size || p.first_stage_layers ||
          p.last_stage_layers;
@@ -75,6 +122,10 @@ void add_model_flags(CLI::App& app, ModelFlags& flags) {
   app.add_option("--ffn-hidden-size", flags.ffn_hidden_size, "Override: MLP hidden size");
   app.add_option("--vocab-size,--padded-vocab-size", flags.vocab_size, "Override: vocabulary size");
   app.add_option("--seq-length", flags.seq_length, "Override: training sequence length");
+  // --- mixture of experts ---
+  app.add_option("--num-experts", flags.num_experts, "Override: routed experts per MoE layer (0 = dense)");
+  app.add_option("--top-k,--moe-router-topk", flags.top_k, "Override: experts per token (MoE)");
+  app.add_option("--moe-ffn-hidden-size", flags.moe_ffn_hidden_size, "Override: hidden size of one expert (MoE)");
 }
 
 void add_cluster_flags(CLI::App& app, ClusterFlags& flags) {
@@ -107,6 +158,11 @@ void add_plan_flags(CLI::App& app, PlanFlags& flags) {
                "Overlap sequence-parallel TP all-gather / reduce-scatter with their GEMMs (TE userbuffers)");
   app.add_option("--decoder-first-pipeline-num-layers", flags.first_stage_layers, "Layers on the first stage");
   app.add_option("--decoder-last-pipeline-num-layers", flags.last_stage_layers, "Layers on the last stage");
+  // --- mixture of experts ---
+  app.add_option("--ep,--expert-model-parallel-size", flags.ep,
+                 "Expert-parallel size (MoE): divides dp and the expert count");
+  app.add_option("--moe-imbalance", flags.moe_imbalance,
+                 "MoE load imbalance >= 1: the busiest expert gets this many times the mean tokens");
 }
 
 void add_scenario_flags(CLI::App& app, ScenarioFlags& flags) {
@@ -131,6 +187,7 @@ void apply_model_flags(const ModelFlags& flags, model::ModelSpec& spec) {
   apply("--ffn-hidden-size", flags.ffn_hidden_size, spec.ffn_hidden_size);
   apply("--vocab-size", flags.vocab_size, spec.vocab_size);
   apply("--seq-length", flags.seq_length, spec.seq_length);
+  apply_moe_flags(flags, spec);
   if ((flags.hidden_size || flags.num_attention_heads) && spec.num_attention_heads > 0) {
     if (spec.hidden_size % spec.num_attention_heads != 0) {
       throw InputError(input_message(WHERE, flags.hidden_size ? "--hidden-size" : "--num-attention-heads",
@@ -185,6 +242,18 @@ model::Scenario resolve_scenario(const ScenarioFlags& flags) {
   if (pf.tp_comm_overlap) plan.tp_comm_overlap = true;
   if (pf.first_stage_layers) plan.first_stage_layers = *pf.first_stage_layers;
   if (pf.last_stage_layers) plan.last_stage_layers = *pf.last_stage_layers;
+  // --- mixture of experts ---
+  if (pf.ep) {
+    require_positive("--ep", *pf.ep);
+    if (!scenario.model.is_moe() && *pf.ep != 1) {
+      throw InputError(input_message(WHERE, "--ep",
+                                     fmt::format("{} needs a mixture-of-experts model ({} is dense: num_experts = "
+                                                 "0; valid: --ep 1, or add --num-experts)",
+                                                 *pf.ep, scenario.model.name)));
+    }
+    plan.ep = *pf.ep;
+  }
+  if (pf.moe_imbalance) plan.moe_imbalance = *pf.moe_imbalance;
   if (pf.vp && *pf.vp > 1 && !pf.schedule) {
     plan.schedule = model::Schedule::Interleaved; // Megatron: virtual stages imply the interleaved schedule
   }

@@ -20,6 +20,10 @@ struct ModelFlags {
   std::optional<std::int64_t> ffn_hidden_size;
   std::optional<std::int64_t> vocab_size;
   std::optional<std::int64_t> seq_length;
+  // --- mixture of experts ---
+  std::optional<std::int64_t> num_experts;         // Megatron --num-experts
+  std::optional<std::int64_t> top_k;               // Megatron --moe-router-topk
+  std::optional<std::int64_t> moe_ffn_hidden_size; // Megatron --moe-ffn-hidden-size
 };
 
 struct ClusterFlags {
@@ -47,6 +51,9 @@ struct PlanFlags {
   bool tp_comm_overlap = false;
   std::optional<int> first_stage_layers;
   std::optional<int> last_stage_layers;
+  // --- mixture of experts ---
+  std::optional<int> ep;                // Megatron --expert-model-parallel-size
+  std::optional<double> moe_imbalance;  // busiest expert's tokens / mean tokens
 };
 
 struct ScenarioFlags {

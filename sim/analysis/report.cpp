@@ -210,7 +210,9 @@ std::string lane_category(const model::Task& task, TimelineLane& lane) {
   case model::TaskKind::P2P:
     return "pp-comm";
   case model::TaskKind::Collective:
-    return task.group == model::GroupKind::Dp ? "dp-comm" : task.group == model::GroupKind::Tp ? "tp-comm" : "pp-comm";
+    return task.group == model::GroupKind::Dp || task.group == model::GroupKind::ExpertDp ? "dp-comm"
+           : task.group == model::GroupKind::Tp                                              ? "tp-comm"
+                                                                                             : "pp-comm";
   }
   return "other";
 }

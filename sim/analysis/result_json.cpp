@@ -109,6 +109,18 @@ nlohmann::json simulation_to_json(const model::TaskGraph& graph, const model::Co
   out["model"] = model_to_json(graph.get_model());
   out["cluster"] = cluster_to_json(graph.get_cluster());
   out.update(result_to_json(result));
+  if (graph.get_model().is_moe()) { // --- mixture of experts --- (dense outputs keep their keys)
+    const model::ModelSpec& spec = graph.get_model();
+    out["model"]["num_experts"] = spec.num_experts;
+    out["model"]["moe_top_k"] = spec.moe_top_k;
+    out["model"]["moe_ffn_hidden_size"] = spec.moe_ffn_hidden_size;
+    out["model"]["num_shared_experts"] = spec.num_shared_experts;
+    out["model"]["first_k_dense_layers"] = spec.first_k_dense_layers;
+    out["model"]["active_parameters"] = spec.active_parameters();
+    out["plan"]["ep"] = graph.get_plan().ep;
+    out["plan"]["moe_imbalance"] = graph.get_plan().moe_imbalance;
+    out["breakdown"]["ep_comm_exposed_s"] = result.breakdown.ep_comm_exposed_s;
+  }
   out["instantiation"] = graph.get_instantiation() == model::Instantiation::AllRanks ? "all-ranks" : "rank-classes";
   out["num_tasks"] = graph.num_tasks();
   out["num_events"] = result.num_events;
@@ -198,6 +210,13 @@ std::string format_summary(const model::TaskGraph& graph, const model::CostModel
                      plan.num_microbatches(), model::to_string(plan.schedule), model::to_string(plan.recompute),
                      plan.sequence_parallel ? "on" : "off", plan.distributed_optimizer ? "on" : "off",
                      model::to_string(plan.precision));
+  if (spec.is_moe()) { // --- mixture of experts ---
+    out += fmt::format("# moe      {} experts (top-{}, F_e {}, {} shared), {} MoE layers, {:.1f} B active "
+                       "parameters; ep={} expert-dp={} imbalance={:.2f}\n",
+                       spec.num_experts, spec.moe_top_k, spec.moe_ffn_hidden_size, spec.num_shared_experts,
+                       spec.num_moe_layers(), spec.active_parameters() / GB, plan.ep, plan.expert_dp(),
+                       plan.moe_imbalance);
+  }
   out += "#\n";
   out += fmt::format("# {:>12} {:>14} {:>12} {:>10} {:>8} {:>9} {:>11} {:>6}\n", "step", "tokens/s", "tokens/s/gpu",
                      "TFLOP/s", "MFU", "bubble", "peak mem", "fits");
@@ -222,6 +241,10 @@ std::string format_summary(const model::TaskGraph& graph, const model::CostModel
                                                                 {"optimizer", b.optimizer_s}}};
   for (const auto& [name, seconds] : parts) {
     out += fmt::format("  {:<20} {:>10.4f} {:>6.1f}%\n", name, seconds, 100.0 * seconds / step);
+  }
+  if (spec.is_moe()) { // --- mixture of experts --- (compute above excludes it)
+    out += fmt::format("  {:<20} {:>10.4f} {:>6.1f}%\n", "ep all-to-all (exp.)", b.ep_comm_exposed_s,
+                       100.0 * b.ep_comm_exposed_s / step);
   }
   out += fmt::format("\n# memory on rank {} at its peak (GB; HBM {:.1f} GB)\n", result.peak_memory_rank,
                      result.hbm_bytes / GB);

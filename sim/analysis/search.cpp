@@ -106,11 +106,33 @@ std::string to_string(PlanStatus status) {
   return "unknown";
 }
 
+namespace {
+// --- mixture of experts --- The ep values searched for one dp: the asked ones (invalid ones are listed and
+// rejected with the reason), else every divisor of dp that divides the expert count; dense models: ep = 1.
+std::vector<int> ep_sizes(const model::ModelSpec& spec, const SearchSpace& space, int dp) {
+  if (!space.ep.empty()) {
+    return space.ep;
+  }
+  if (!spec.is_moe()) {
+    return {1};
+  }
+  std::vector<int> sizes;
+  for (int ep = 1; ep <= dp; ++ep) {
+    if (dp % ep == 0 && spec.num_experts % ep == 0) {
+      sizes.push_back(ep);
+    }
+  }
+  return sizes;
+}
+} // namespace
+
 std::string plan_key(const model::Plan& plan, int num_gpus) {
+  // --- mixture of experts --- " ep2" only when ep > 1, so dense keys (and resumable CSVs) stay as they were.
+  const std::string ep_suffix = plan.ep > 1 ? fmt::format(" ep{}", plan.ep) : std::string{};
   return fmt::format("n{} tp{} pp{} dp{} vp{} mbs{} {} {} sp{} do{} {}", num_gpus, plan.tp, plan.pp, plan.dp, plan.vp,
                      plan.micro_batch_size, model::to_string(plan.schedule), model::to_string(plan.recompute),
                      plan.sequence_parallel ? 1 : 0, plan.distributed_optimizer ? 1 : 0,
-                     model::to_string(plan.precision));
+                     model::to_string(plan.precision)) + ep_suffix;
 }
 
 std::vector<PlanOutcome> enumerate_space(const model::ModelSpec& spec, const model::ClusterSpec& cluster,
@@ -191,6 +213,7 @@ std::vector<PlanOutcome> enumerate_space(const model::ModelSpec& spec, const mod
                       continue;
                     }
                     for (const model::Precision precision : precisions) {
+                     for (const int ep : ep_sizes(spec, space, dp)) { // --- mixture of experts ---
                       PlanOutcome outcome;
                       outcome.num_gpus = num_gpus;
                       model::Plan& plan = outcome.plan;
@@ -207,8 +230,10 @@ std::vector<PlanOutcome> enumerate_space(const model::ModelSpec& spec, const mod
                       plan.precision = precision;
                       plan.first_stage_layers = first_layers;
                       plan.last_stage_layers = last_layers;
+                      plan.ep = ep;
                       classify_plan(spec, sized, outcome);
                       out.push_back(std::move(outcome));
+                     }
                     }
                   }
                 }

@@ -34,6 +34,9 @@ struct SearchSpace {
   std::vector<model::Precision> precision; // default bf16
   std::int64_t global_batch_size = 0;      // required
   bool allow_tp_across_nodes = false;
+  // --- mixture of experts --- expert-parallel sizes; empty: for MoE models every ep that divides both dp and the
+  // expert count, for dense models ep = 1 only.
+  std::vector<int> ep;
 };
 
 enum class PlanStatus { Simulated, Rejected, OutOfMemory, Pruned };

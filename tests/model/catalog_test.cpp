@@ -81,10 +81,12 @@ TEST_CASE("model::model_from_hf_config: defaults, GPT-2 keys and refusals", "[sp
     // GPT-2 small: 124.4M parameters (tied, 1024 positions).
     REQUIRE_THAT(spec.num_parameters(), WithinRel(124439808.0, 1e-12));
   }
-  SECTION("mixture-of-experts configs are refused") {
+  SECTION("mixture-of-experts configs need the experts per token") {
     llama["num_local_experts"] = 8;
     REQUIRE_THROWS_WITH(model_from_hf_config(llama, "mixtral.json"),
-                        Contains("mixtral.json: num_local_experts: 8: mixture-of-experts"));
+                        Contains("mixtral.json: num_experts_per_tok: missing required key"));
+    llama["num_experts_per_tok"] = 2;
+    REQUIRE(model_from_hf_config(llama, "mixtral.json").num_experts == 8);
   }
   SECTION("wrong activation") {
     llama["hidden_act"] = "gelu";
