@@ -44,7 +44,15 @@ struct Plan {
   int first_stage_layers = 0;
   int last_stage_layers = 0;
 
-  [[nodiscard]] int world_size() const { return tp * pp * dp; }
+  // --- context parallelism ---
+  // Megatron --context-parallel-size: each sequence is split over cp ranks (load-balanced causal split into 2*cp
+  // chunks, rank i holding chunks i and 2cp-1-i); attention exchanges K/V around the CP ring. Rank order tp-cp-dp-pp.
+  int cp = 1;
+
+  [[nodiscard]] int world_size() const { return tp * cp * dp * pp; }
+  /// Ranks that reduce each gradient (and shard the distributed optimizer): Megatron's data-parallel group with
+  /// context parallel, dp * cp.
+  [[nodiscard]] int dp_cp_size() const { return dp * cp; }
   /// Micro-batches per step per DP replica: global / (micro * dp).
   [[nodiscard]] std::int64_t num_microbatches() const { return global_batch_size / (micro_batch_size * dp); }
 };

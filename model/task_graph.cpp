@@ -171,6 +171,7 @@ std::string to_string(OpKind kind) {
   case OpKind::Embedding: return "embedding";
   case OpKind::Loss: return "loss";
   case OpKind::TpCollective: return "tp_collective";
+  case OpKind::CpRing: return "cp_ring";
   }
   return "unknown";
 }

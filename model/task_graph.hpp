@@ -32,7 +32,9 @@ enum class MemTag { Weights, Grads, Optimizer, Activations, Workspace, CommBuffe
 constexpr int NUM_MEM_TAGS = 6;
 using MemBytes = std::array<double, NUM_MEM_TAGS>;
 
-enum class OpKind { Gemm, Attention, Elementwise, Norm, Embedding, Loss, TpCollective };
+// CpRing (context parallelism): one step of the ring attention exchange inside a layer block (K/V, and in backward
+// dK/dV, sent to the next CP rank and received from the previous one), overlapped with the attention step it feeds.
+enum class OpKind { Gemm, Attention, Elementwise, Norm, Embedding, Loss, TpCollective, CpRing };
 
 /// One kernel-level operation inside a compute block, sized for one rank (one TP shard).
 struct Op {
@@ -47,7 +49,8 @@ struct Op {
   double hbm_bytes = 0.0;    // minimal bytes through HBM per rank (inputs read once, outputs written once)
   bool recompute = false;    // a recomputed forward op inside backward: counted in hardware FLOPs only
   CollectiveKind collective = CollectiveKind::AllReduce; // TpCollective only
-  double msg_bytes = 0.0;    // TpCollective only: per-rank buffer (all-reduce input / all-gather output)
+  double msg_bytes = 0.0;    // TpCollective: per-rank buffer (all-reduce input / all-gather output); CpRing: bytes
+                             // each rank sends (= receives) in this ring step
 };
 
 /// The ops of one compute task (e.g. one layer's forward for one micro-batch). Shared by identical tasks.
