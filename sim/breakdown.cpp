@@ -60,8 +60,9 @@ void add_busy(const SimProgram& program, const EngineResult& run, std::uint32_t 
   // The block's parts sum to its total (= duration); whatever does not (rounding) stays with compute.
   const model::BlockCost& cost = program.block_costs[t.block_cost];
   out.recompute_s += cost.recompute_s;
-  out.tp_comm_exposed_s += cost.tp_comm_s;
-  out.compute_s += duration_s - cost.recompute_s - cost.tp_comm_s;
+  // Exposed CP ring exchanges are model-parallel communication inside the block: counted with the TP part.
+  out.tp_comm_exposed_s += cost.tp_comm_s + cost.cp_comm_s;
+  out.compute_s += duration_s - cost.recompute_s - cost.tp_comm_s - cost.cp_comm_s;
 }
 
 } // namespace

@@ -47,6 +47,8 @@ struct PlanFlags {
   bool tp_comm_overlap = false;
   std::optional<int> first_stage_layers;
   std::optional<int> last_stage_layers;
+  // --- context parallelism ---
+  std::optional<int> cp;
 };
 
 struct ScenarioFlags {

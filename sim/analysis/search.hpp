@@ -34,6 +34,10 @@ struct SearchSpace {
   std::vector<model::Precision> precision; // default bf16
   std::int64_t global_batch_size = 0;      // required
   bool allow_tp_across_nodes = false;
+  // --- context parallelism ---
+  // CP sizes to try; empty = cp 1 only (CP is opt-in: it only pays for long sequences). Values must divide
+  // seq_length / 2 (load-balanced split) and num_gpus / tp; others are skipped.
+  std::vector<int> cp;
 };
 
 enum class PlanStatus { Simulated, Rejected, OutOfMemory, Pruned };
