@@ -422,6 +422,7 @@ CalibrationResult calibrate(const model::ModelSpec& model, const model::Plan& pl
     unit_plan.pp = 1;
     unit_plan.vp = 1;
     unit_plan.dp = 1;
+    unit_plan.cp = 1; // units are measured on one rank's whole sequence (context parallelism: not split here)
     unit_plan.sequence_parallel = false;
     unit_plan.recompute = model::Recompute::None;
     unit_plan.first_stage_layers = 0;
@@ -551,6 +552,7 @@ CalibrationResult calibrate(const model::ModelSpec& model, const model::Plan& pl
     unit_plan.pp = 1;
     unit_plan.vp = 1;
     unit_plan.dp = 1;
+    unit_plan.cp = 1; // units are measured on one rank's whole sequence (context parallelism: not split here)
     unit_plan.sequence_parallel = false;
     unit_plan.recompute = model::Recompute::None;
     unit_plan.first_stage_layers = 0;

@@ -43,7 +43,7 @@ std::vector<ParamInfo> canonical_params(const model::ModelSpec& spec) {
 }
 
 std::int64_t GptModel::activation_rows() const {
-  const std::int64_t rows = spec_.seq_length * plan_.micro_batch_size;
+  const std::int64_t rows = spec_.seq_length * plan_.micro_batch_size / plan_.cp;
   return plan_.sequence_parallel ? rows / plan_.tp : rows;
 }
 
@@ -242,14 +242,25 @@ void GptModel::embedding_forward(Communicator& tp, std::span<const std::int32_t>
   Mat partial(static_cast<Eigen::Index>(tokens.size()), spec_.hidden_size);
   cpu::embedding_forward(tokens, weight(wte_), info.row0, partial);
   leave_tp(tp, partial, out);
-  if (wpe_ >= 0) {
+  if (wpe_ >= 0 && plan_.cp > 1) {
+    // The rank's two chunks sit at rows cp_rank*cB and (2cp-1-cp_rank)*cB of the whole sequence.
+    const std::int64_t chunk = cp_chunk_rows();
+    cpu::position_embedding_forward(weight(wpe_), cp_rank_ * chunk, plan_.micro_batch_size, out.topRows(chunk));
+    cpu::position_embedding_forward(weight(wpe_), (2 * plan_.cp - 1 - cp_rank_) * chunk, plan_.micro_batch_size,
+                                    out.bottomRows(chunk));
+  } else if (wpe_ >= 0) {
     const std::int64_t first_row = plan_.sequence_parallel ? out.rows() * tp_rank_ : 0;
     cpu::position_embedding_forward(weight(wpe_), first_row, plan_.micro_batch_size, out);
   }
 }
 
 void GptModel::embedding_backward(Communicator& tp, std::span<const std::int32_t> tokens, const Mat& dout) {
-  if (wpe_ >= 0) {
+  if (wpe_ >= 0 && plan_.cp > 1) {
+    const std::int64_t chunk = cp_chunk_rows();
+    cpu::position_embedding_backward(dout.topRows(chunk), cp_rank_ * chunk, plan_.micro_batch_size, grad(wpe_));
+    cpu::position_embedding_backward(dout.bottomRows(chunk), (2 * plan_.cp - 1 - cp_rank_) * chunk,
+                                     plan_.micro_batch_size, grad(wpe_));
+  } else if (wpe_ >= 0) {
     const std::int64_t first_row = plan_.sequence_parallel ? dout.rows() * tp_rank_ : 0;
     cpu::position_embedding_backward(dout, first_row, plan_.micro_batch_size, grad(wpe_));
   }
@@ -278,13 +289,23 @@ void GptModel::layer_forward(Communicator& tp, int layer, const Mat& x, Mat& out
   cpu::linear_forward(c.h1_full, weight(p.wq), bias(p.bq), c.q);
   cpu::linear_forward(c.h1_full, weight(p.wk), bias(p.bk), c.k);
   cpu::linear_forward(c.h1_full, weight(p.wv), bias(p.bv), c.v);
-  if (!spec_.learned_position_embedding) {
+  if (!spec_.learned_position_embedding && plan_.cp > 1) {
+    cp_rope(c.q, true);
+    cp_rope(c.k, true);
+  } else if (!spec_.learned_position_embedding) {
     cpu::rope_forward(c.q, plan_.micro_batch_size, spec_.head_dim);
     cpu::rope_forward(c.k, plan_.micro_batch_size, spec_.head_dim);
   }
   c.attn.resize(rows, q_cols);
   const bool keep_probs = plan_.recompute == model::Recompute::None;
-  cpu::attention_forward(shape, c.q, c.k, c.v, c.attn, keep_probs ? &c.probs : nullptr);
+  if (plan_.cp > 1) {
+    cp_gather(c.k, c.k_full);
+    cp_gather(c.v, c.v_full);
+    const std::vector<std::int64_t> positions = cp_positions();
+    cpu::attention_forward_cp(shape, positions, c.q, c.k_full, c.v_full, c.attn, keep_probs ? &c.probs : nullptr);
+  } else {
+    cpu::attention_forward(shape, c.q, c.k, c.v, c.attn, keep_probs ? &c.probs : nullptr);
+  }
   Mat partial(rows, spec_.hidden_size);
   cpu::linear_forward(c.attn, weight(p.wo), nullptr, partial);
   Mat attn_out;
@@ -369,8 +390,23 @@ void GptModel::layer_backward(Communicator& tp, int layer, LayerCache& c, const 
   Mat dq(rows, c.q.cols());
   Mat dk(rows, c.k.cols());
   Mat dv(rows, c.v.cols());
-  cpu::attention_backward(shape, dattn, c.q, c.k, c.v, c.probs.size() > 0 ? &c.probs : nullptr, dq, dk, dv);
-  if (!spec_.learned_position_embedding) {
+  if (plan_.cp > 1) {
+    // Each CP rank's queries contribute to the K/V gradients of the whole sequence: sum over the CP group, keep
+    // the rows of this rank's chunks.
+    Mat dk_full(c.k_full.rows(), c.k_full.cols());
+    Mat dv_full(c.v_full.rows(), c.v_full.cols());
+    const std::vector<std::int64_t> positions = cp_positions();
+    cpu::attention_backward_cp(shape, positions, dattn, c.q, c.k_full, c.v_full,
+                               c.probs.size() > 0 ? &c.probs : nullptr, dq, dk_full, dv_full);
+    cp_reduce_own_rows(dk_full, dk);
+    cp_reduce_own_rows(dv_full, dv);
+  } else {
+    cpu::attention_backward(shape, dattn, c.q, c.k, c.v, c.probs.size() > 0 ? &c.probs : nullptr, dq, dk, dv);
+  }
+  if (!spec_.learned_position_embedding && plan_.cp > 1) {
+    cp_rope(dq, false);
+    cp_rope(dk, false);
+  } else if (!spec_.learned_position_embedding) {
     cpu::rope_backward(dq, plan_.micro_batch_size, spec_.head_dim);
     cpu::rope_backward(dk, plan_.micro_batch_size, spec_.head_dim);
   }
@@ -410,6 +446,69 @@ void GptModel::head_backward(Communicator& tp, HeadCache& c, std::span<const std
   dx = Mat::Zero(c.x.rows(), c.x.cols());
   norm_backward(final_norm_, dh, c.x, c.mean, c.rstd, dx);
   c = HeadCache{};
+}
+
+// ---- context parallelism
+
+void GptModel::set_context_parallel(Communicator* cp, int cp_rank) {
+  CUBOID_ASSERT(plan_.cp == 1 || (cp != nullptr && cp->size() == plan_.cp && cp_rank >= 0 && cp_rank < plan_.cp),
+                "CP group of size {} for cp = {}, rank {}", cp == nullptr ? 0 : cp->size(), plan_.cp, cp_rank);
+  CUBOID_ASSERT(plan_.cp == 1 || !plan_.sequence_parallel, "the CPU runtime runs CP without sequence parallelism");
+  cp_ = cp;
+  cp_rank_ = cp_rank;
+}
+
+std::int64_t GptModel::cp_chunk_rows() const {
+  return spec_.seq_length / (2 * plan_.cp) * plan_.micro_batch_size;
+}
+
+// Local position t < c is chunk cp_rank's t-th, t >= c chunk (2cp-1-cp_rank)'s (t-c)-th (c = T / 2cp).
+// Example T = 8, cp = 2: rank 0 holds positions 0 1 6 7, rank 1 holds 2 3 4 5.
+std::vector<std::int64_t> GptModel::cp_positions() const {
+  const std::int64_t chunk = spec_.seq_length / (2 * plan_.cp);
+  std::vector<std::int64_t> positions;
+  positions.reserve(static_cast<std::size_t>(2 * chunk));
+  for (std::int64_t t = 0; t < 2 * chunk; ++t) {
+    const std::int64_t which = t < chunk ? cp_rank_ : 2 * plan_.cp - 1 - cp_rank_;
+    positions.push_back(which * chunk + t % chunk);
+  }
+  return positions;
+}
+
+void GptModel::cp_rope(Mat& x, bool forward) const {
+  const std::int64_t chunk = cp_chunk_rows();
+  const std::int64_t first[2] = {cp_rank_ * chunk, (2 * plan_.cp - 1 - cp_rank_) * chunk};
+  for (int half = 0; half < 2; ++half) {
+    auto rows = x.middleRows(half * chunk, chunk);
+    if (forward) {
+      cpu::rope_forward(rows, plan_.micro_batch_size, spec_.head_dim, first[half]);
+    } else {
+      cpu::rope_backward(rows, plan_.micro_batch_size, spec_.head_dim, first[half]);
+    }
+  }
+}
+
+// All-gather of every CP rank's (2cB, cols) block, then each chunk to its place in the sequence: rank r's first half
+// is chunk r, its second half chunk 2cp-1-r.
+void GptModel::cp_gather(const Mat& local, Mat& full) const {
+  const std::int64_t chunk = cp_chunk_rows();
+  const Eigen::Index cols = local.cols();
+  Mat gathered(plan_.cp * local.rows(), cols);
+  cp_->all_gather(std::span<const float>(local.data(), static_cast<std::size_t>(local.size())),
+                  std::span<float>(gathered.data(), static_cast<std::size_t>(gathered.size())));
+  full.resize(spec_.seq_length * plan_.micro_batch_size, cols);
+  for (int rank = 0; rank < plan_.cp; ++rank) {
+    full.middleRows(rank * chunk, chunk) = gathered.middleRows(rank * local.rows(), chunk);
+    full.middleRows((2 * plan_.cp - 1 - rank) * chunk, chunk) = gathered.middleRows(rank * local.rows() + chunk, chunk);
+  }
+}
+
+void GptModel::cp_reduce_own_rows(Mat& full, Mat& local) const {
+  cp_->all_reduce(std::span<float>(full.data(), static_cast<std::size_t>(full.size())));
+  const std::int64_t chunk = cp_chunk_rows();
+  local.resize(2 * chunk, full.cols());
+  local.topRows(chunk) = full.middleRows(cp_rank_ * chunk, chunk);
+  local.bottomRows(chunk) = full.middleRows((2 * plan_.cp - 1 - cp_rank_) * chunk, chunk);
 }
 
 } // namespace cuboid::exec

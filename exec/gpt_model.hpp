@@ -35,6 +35,8 @@ struct LayerCache {
   cpu::Mat fc1, gate;         // (T*B, F/tp) pre-activation (up projection), gate for SwiGLU
   cpu::Mat act;               // (T*B, F/tp)
   bool complete = false;      // false when only x was kept (full recompute)
+  // --- context parallelism --- (T*B above is then this CP rank's 2 chunks: T/cp*B rows)
+  cpu::Mat k_full, v_full;    // (T*B, Gl*D) K and V of the whole sequence, all-gathered over the CP group
 };
 
 struct HeadCache {
@@ -82,6 +84,16 @@ public:
   void head_backward(Communicator& tp, HeadCache& cache, std::span<const std::int32_t> targets, float loss_scale,
                      cpu::Mat& dx);
 
+  // --- context parallelism ---
+  /// Makes this model a CP rank: `cp` (size plan.cp, not owned, must outlive the model) is the CP group and cp_rank
+  /// this rank's place in it. The rank then holds sequence chunks cp_rank and 2cp-1-cp_rank of 2cp equal chunks
+  /// (Megatron's load-balanced causal split); inputs, activations and targets are those rows, in [s, b] order.
+  /// Attention all-gathers K and V over the CP group (not a ring: the same result with one collective) and
+  /// sum-reduces their gradients. Without sequence parallelism only.
+  void set_context_parallel(Communicator* cp, int cp_rank);
+  /// Global position of each of this rank's T/cp sequence positions (all of 0..T-1 when cp = 1).
+  [[nodiscard]] std::vector<std::int64_t> cp_positions() const;
+
 private:
   struct NormIdx {
     int w = -1;
@@ -121,6 +133,13 @@ private:
   int first_layer_ = 0;
   std::vector<LayerIdx> layers_; // indexed by layer - first_layer_ (layers of this stage, all chunks)
   std::vector<int> layer_slot_;  // global layer -> index into layers_, -1 if not on this stage
+  // --- context parallelism ---
+  Communicator* cp_ = nullptr;   // CP group (plan.cp > 1), not owned
+  int cp_rank_ = 0;
+  [[nodiscard]] std::int64_t cp_chunk_rows() const; // rows of one of the 2cp chunks: T/(2cp) * B
+  void cp_rope(cpu::Mat& x, bool forward) const;
+  void cp_gather(const cpu::Mat& local, cpu::Mat& full) const;
+  void cp_reduce_own_rows(cpu::Mat& full, cpu::Mat& local) const;
 };
 
 } // namespace cuboid::exec

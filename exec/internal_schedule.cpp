@@ -18,7 +18,7 @@ namespace {
 class ProgramBuilder {
 public:
   ProgramBuilder(const model::ModelSpec& model, const model::Plan& plan, int rank)
-      : plan_(plan), grid_(plan.tp, plan.dp, plan.pp), coord_(grid_.coord_of(rank)),
+      : plan_(plan), grid_(plan.tp, plan.cp, plan.dp, plan.pp), coord_(grid_.coord_of(rank)),
         chunks_(chunk_layouts(plan, model.num_layers, coord_.pp_rank)) {
     program_.rank = rank;
   }
@@ -68,7 +68,7 @@ public:
   }
 
   Program finish() {
-    if (plan_.dp > 1) {
+    if (plan_.dp_cp_size() > 1) { // gradients are reduced over dp*cp (context parallelism)
       program_.bucket_weights = {1.0};
       Instr start;
       start.kind = InstrKind::CollectiveStart;
@@ -136,7 +136,7 @@ Program build_internal_program(const model::ModelSpec& model, const model::Plan&
   ProgramBuilder builder(model, plan, rank);
   const auto m = static_cast<int>(plan.num_microbatches());
   const int pp = plan.pp;
-  const int stage = model::RankGrid(plan.tp, plan.dp, plan.pp).coord_of(rank).pp_rank;
+  const int stage = model::RankGrid(plan.tp, plan.cp, plan.dp, plan.pp).coord_of(rank).pp_rank;
   if (plan.vp > 1) {
     CUBOID_ASSERT(m % pp == 0, "interleaved schedule needs micro-batches ({}) divisible by pp ({})", m, pp);
     const int total = m * plan.vp;

@@ -8,16 +8,19 @@ ProcessGroups make_process_groups(Communicator& world, const model::RankGrid& gr
   const int rank = world.rank();
   const model::RankCoord c = grid.coord_of(rank);
   const int tp = grid.get_tp_size();
+  const int cp = grid.get_cp_size();
   const int dp = grid.get_dp_size();
   const int pp = grid.get_pp_size();
   groups.coord = c;
-  groups.tp = world.split(c.dp_rank + dp * c.pp_rank, c.tp_rank);
-  groups.dp = world.split(c.tp_rank + tp * c.pp_rank, c.dp_rank);
-  groups.pp = world.split(c.tp_rank + tp * c.dp_rank, c.pp_rank);
+  // With cp = 1 (cp_rank = 0) these are the 3D colors and keys.
+  groups.tp = world.split(c.cp_rank + cp * (c.dp_rank + dp * c.pp_rank), c.tp_rank);
+  groups.dp = world.split(c.tp_rank + tp * c.pp_rank, c.cp_rank + cp * c.dp_rank); // dp*cp ranks
+  groups.pp = world.split(c.tp_rank + tp * (c.cp_rank + cp * c.dp_rank), c.pp_rank);
   const bool end_stage = c.pp_rank == 0 || c.pp_rank == pp - 1;
-  // Colors 0 .. tp*dp-1 are the embedding groups; every other rank gets a group of its own.
-  const int color = end_stage ? c.tp_rank + tp * c.dp_rank : tp * dp + rank;
+  // Colors 0 .. tp*cp*dp-1 are the embedding groups; every other rank gets a group of its own.
+  const int color = end_stage ? c.tp_rank + tp * (c.cp_rank + cp * c.dp_rank) : tp * cp * dp + rank;
   groups.embedding = world.split(color, c.pp_rank);
+  groups.cp = world.split(c.tp_rank + tp * (c.dp_rank + dp * c.pp_rank), c.cp_rank);
   return groups;
 }
 

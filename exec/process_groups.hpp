@@ -1,5 +1,5 @@
 // ProcessGroups: the TP, DP and PP sub-communicators of this rank, split from the world by model::RankGrid
-// (rank = tp_rank + tp * (dp_rank + dp * pp_rank)), plus the embedding group {first stage, last stage} that ties
+// (rank = tp_rank + tp * (cp_rank + cp * (dp_rank + dp * pp_rank))), plus the embedding group {first stage, last stage} that ties
 // the word embedding when pp > 1 (Megatron's embedding group).
 #pragma once
 
@@ -17,6 +17,10 @@ struct ProcessGroups {
   std::unique_ptr<Communicator> pp;
   /// First and last pipeline stage ranks with the same (tp, dp) coordinates; a group of one elsewhere.
   std::unique_ptr<Communicator> embedding;
+  // --- context parallelism ---
+  /// The CP group (same tp, dp, pp coordinates; size cp). With cp > 1, `dp` above is the data-parallel group with
+  /// context parallel (dp*cp ranks, key cp_rank + cp*dp_rank): gradients are reduced over it (Megatron).
+  std::unique_ptr<Communicator> cp;
 };
 
 /// Collective over `world`; world.size() must equal grid.world_size() (checked by the caller).

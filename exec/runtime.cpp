@@ -88,9 +88,22 @@ RunOptions with_world_size(RunOptions options, int world_size) {
 void validate_options(const RunOptions& options, const Communicator& world) {
   const model::Plan& plan = options.plan;
   if (world.size() != plan.world_size()) {
-    throw InputError(input_message("command line", "plan", fmt::format("tp*pp*dp = {}*{}*{} = {} but {} ranks were started",
-                                                                        plan.tp, plan.pp, plan.dp, plan.world_size(),
-                                                                        world.size())));
+    throw InputError(input_message("command line", "plan",
+                                   plan.cp == 1 ? fmt::format("tp*pp*dp = {}*{}*{} = {} but {} ranks were started",
+                                                              plan.tp, plan.pp, plan.dp, plan.world_size(),
+                                                              world.size())
+                                                : fmt::format("tp*cp*pp*dp = {}*{}*{}*{} = {} but {} ranks were "
+                                                              "started",
+                                                              plan.tp, plan.cp, plan.pp, plan.dp, plan.world_size(),
+                                                              world.size())));
+  }
+  // --- context parallelism --- (the CPU runtime splits the sequence, not the SP shards: one or the other)
+  if (plan.cp > 1 && plan.sequence_parallel) {
+    throw InputError(input_message("command line", "--cp",
+                                   fmt::format("{} with --sequence-parallel: cuboid run executes context parallelism "
+                                               "without sequence parallelism (valid: drop --sequence-parallel, or "
+                                               "--cp 1)",
+                                               plan.cp)));
   }
   model::ClusterSpec cluster = options.cluster;
   cluster.num_gpus = world.size();
@@ -148,10 +161,13 @@ struct Trainer::State {
   std::unique_ptr<Watchdog> watchdog;
 
   State(const RunOptions& opts, Communicator& w)
-      : options(with_world_size(opts, w.size())), world(w), grid(opts.plan.tp, opts.plan.dp, opts.plan.pp),
+      : options(with_world_size(opts, w.size())), world(w),
+        grid(opts.plan.tp, opts.plan.cp, opts.plan.dp, opts.plan.pp),
         groups(make_process_groups(w, grid)),
         model(opts.model, opts.plan, groups.coord.tp_rank, groups.coord.pp_rank, opts.seed),
-        data(opts.model.vocab_size, opts.model.seq_length, opts.seed, opts.data_file) {}
+        data(opts.model.vocab_size, opts.model.seq_length, opts.seed, opts.data_file) {
+    model.set_context_parallel(groups.cp.get(), groups.coord.cp_rank);
+  }
 
   [[nodiscard]] int microbatches() const { return static_cast<int>(options.plan.num_microbatches()); }
 
@@ -195,9 +211,28 @@ struct Trainer::State {
     if (!st.has_data) {
       const int global_mb = groups.coord.dp_rank * microbatches() + mb;
       st.data = data.microbatch(step, global_mb, options.plan.micro_batch_size);
+      if (options.plan.cp > 1) {
+        st.data = cp_rows(st.data);
+      }
       st.has_data = true;
     }
     return st.data;
+  }
+  // --- context parallelism --- this CP rank's rows of a micro-batch: its two sequence chunks ([s, b] order).
+  [[nodiscard]] MicroBatch cp_rows(const MicroBatch& whole) const {
+    const std::vector<std::int64_t> positions = model.cp_positions();
+    const auto batch_size = static_cast<std::size_t>(options.plan.micro_batch_size);
+    MicroBatch mine;
+    mine.inputs.reserve(positions.size() * batch_size);
+    mine.targets.reserve(positions.size() * batch_size);
+    for (const std::int64_t pos : positions) {
+      for (std::size_t b = 0; b < batch_size; ++b) {
+        const std::size_t row = static_cast<std::size_t>(pos) * batch_size + b;
+        mine.inputs.push_back(whole.inputs[row]);
+        mine.targets.push_back(whole.targets[row]);
+      }
+    }
+    return mine;
   }
   void wait_sends();
   void optimizer_step();
@@ -347,7 +382,8 @@ void Trainer::State::execute(const Instr& instr) {
       st.layers.erase(instr.layer);
       st.grad = std::move(dx);
     } else {
-      const float scale = 1.0f / static_cast<float>(microbatches() * options.plan.dp);
+      // Each CP rank's loss is the mean over its T/cp tokens: the step loss averages over dp*cp such means.
+      const float scale = 1.0f / static_cast<float>(microbatches() * options.plan.dp * options.plan.cp);
       model.head_backward(tp, st.head, batch(st, instr.microbatch).targets, scale, st.grad);
     }
     return;
@@ -507,7 +543,9 @@ double Trainer::step() {
   }
   // Loss of the step: the last stage's tp_rank 0 ranks hold their replica's micro-batch losses.
   const bool reports_loss = s.groups.coord.pp_rank == s.options.plan.pp - 1 && s.groups.coord.tp_rank == 0;
-  float loss = reports_loss ? static_cast<float>(s.loss_sum / static_cast<double>(s.microbatches() * s.options.plan.dp))
+  // With context parallelism each CP rank reports the mean over its chunks (equal sizes): average the cp of them.
+  float loss = reports_loss ? static_cast<float>(s.loss_sum / static_cast<double>(s.microbatches() * s.options.plan.dp *
+                                                                                 s.options.plan.cp))
                             : 0.0f;
   s.world.all_reduce(std::span<float>(&loss, 1));
   if (s.watchdog) {

@@ -77,6 +77,8 @@ CostModel::CostModel(const ClusterSpec& cluster, CostProfile profile, const Plan
     }
     ep_members_per_node_ = on_first_node;
   }
+  // CP peers are tp ranks apart (rank order tp-cp-dp-pp): the ring stays in a node when tp*cp GPUs fit in one.
+  cp_intra_node_ = cluster_.gpus_per_node <= 0 || plan_.tp * plan_.cp <= cluster_.gpus_per_node;
 }
 
 // ---- compute ops
@@ -90,6 +92,9 @@ double CostModel::op_time_s(const Op& op, Phase phase) const {
   }
   if (op.kind == OpKind::EpCollective) {
     return ep_collective_time_s(op);
+  }
+  if (op.kind == OpKind::CpRing) {
+    return cp_ring_step_time_s(op);
   }
   const double memory_s = op.hbm_bytes / (cluster_.gpu.hbm_bw_bytes_per_s * profile_.hbm_efficiency);
   double compute_s = 0.0;
@@ -148,6 +153,16 @@ double CostModel::overlapped_tp_comm_s(const OpBlock& block, std::size_t op_inde
   return comm_s / tp + std::max(0.0, comm_s * (tp - 1.0) / tp - gemm_s);
 }
 
+// --- context parallelism ---
+double CostModel::cp_ring_step_time_s(const Op& op) const {
+  if (plan_.cp <= 1 || op.msg_bytes <= 0.0) {
+    return 0.0;
+  }
+  const LinkParams link = cp_intra_node_ ? nvlink() : network();
+  CUBOID_ASSERT(link.bw_bytes_per_s > 0.0, "CP ring link bandwidth {}", link.bw_bytes_per_s);
+  return link.latency_s + op.msg_bytes / link.bw_bytes_per_s;
+}
+
 BlockCost CostModel::block_cost(const OpBlock& block) const {
   const Phase phase = block_is_backward(block.name) ? Phase::Backward : Phase::Forward;
   BlockCost cost;
@@ -157,13 +172,21 @@ BlockCost CostModel::block_cost(const OpBlock& block) const {
       cost.tp_comm_s += overlapped_tp_comm_s(block, op_index, phase);
     } else if (op.kind == OpKind::EpCollective) {
       cost.ep_comm_s += ep_collective_time_s(op);
+    } else if (op.kind == OpKind::CpRing) {
+      // The exchange runs on its own stream behind the attention step that follows it (TE's double-buffered ring):
+      // only what that step does not hide is exposed.
+      const bool has_next = op_index + 1 < block.ops.size() && block.ops[op_index + 1].kind == OpKind::Attention;
+      const double hidden_s =
+          has_next ? op_time_s(block.ops[op_index + 1], block.ops[op_index + 1].recompute ? Phase::Forward : phase)
+                   : 0.0;
+      cost.cp_comm_s += std::max(0.0, cp_ring_step_time_s(op) - hidden_s);
     } else if (op.recompute) {
       cost.recompute_s += op_time_s(op, Phase::Forward); // recomputation repeats the forward kernels
     } else {
       cost.compute_s += op_time_s(op, phase);
     }
   }
-  cost.total_s = cost.compute_s + cost.recompute_s + cost.tp_comm_s + cost.ep_comm_s;
+  cost.total_s = cost.compute_s + cost.recompute_s + cost.tp_comm_s + cost.ep_comm_s + cost.cp_comm_s;
   return cost;
 }
 
@@ -286,6 +309,11 @@ std::vector<std::string> CostModel::assumptions() const {
     lines.push_back(fmt::format("EP all-to-all: ep={}, {} member(s) per node: (k-1)/n of the buffer over NVLink, "
                                 "(n-k)/n over the network, exposed on the compute stream; load imbalance {:.2f}",
                                 plan_.ep, ep_members_per_node_, plan_.moe_imbalance));
+  }
+  if (plan_.cp > 1) { // --- context parallelism ---
+    lines.push_back(fmt::format("CP ring attention: cp={}, K/V exchange over {} per step, overlapped with the "
+                                "previous attention step (exposed: the excess)",
+                                plan_.cp, cp_intra_node_ ? "NVLink" : "the network"));
   }
   lines.push_back(fmt::format("Optimizer: Adam, {:.0f} B/param through HBM (memory bound) {}",
                               OPTIMIZER_BYTES_PER_PARAM, tag));

@@ -30,6 +30,8 @@ struct BlockCost {
   double tp_comm_s = 0.0;    // TP collectives inside the block (exposed: Megatron runs them on the compute stream)
   // --- mixture of experts ---
   double ep_comm_s = 0.0;    // EP all-to-alls inside a MoE block (exposed: the alltoall dispatcher blocks compute)
+  // --- context parallelism ---
+  double cp_comm_s = 0.0;    // exposed part of the CP ring exchanges (what the overlapped attention step does not hide)
 };
 
 class CostModel {
@@ -74,6 +76,11 @@ public:
   /// Dense peak at the plan's precision (the MFU denominator, as the dgxc recipes use 1979 TF for FP8).
   [[nodiscard]] double peak_flops_per_s() const { return peak_flops_per_s_; }
   [[nodiscard]] bool is_tp_intra_node() const { return tp_intra_node_; }
+  // --- context parallelism ---
+  /// One ring step of a CpRing op: every CP rank sends msg_bytes to its successor while receiving as many from its
+  /// predecessor: latency + bytes / bw of the link (NVLink when tp*cp <= gpus per node, else the network).
+  [[nodiscard]] double cp_ring_step_time_s(const Op& op) const;
+  [[nodiscard]] bool is_cp_intra_node() const { return cp_intra_node_; }
   /// Human-readable list of every number that drives the prediction (efficiencies, bandwidths, overlap).
   [[nodiscard]] std::vector<std::string> assumptions() const;
 
@@ -85,6 +92,7 @@ private:
   double bf16_flops_per_s_ = 0.0;  // attention and non-GEMM math stay 16-bit
   bool tp_intra_node_ = true;
   int ep_members_per_node_ = 1; // --- mixture of experts ---
+  bool cp_intra_node_ = true;   // --- context parallelism ---
 
   [[nodiscard]] double analytic_gemm_efficiency(double m, double n, double k, double batch, bool fp8) const;
   [[nodiscard]] double table_gemm_efficiency(double m, double n, double k, bool fp8) const;

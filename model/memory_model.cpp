@@ -38,8 +38,14 @@ struct LayerActivations {
   double attention_core = 0.0;
 };
 
+// Tokens of one micro-batch held by a rank: b*s, or b*s/cp with context parallelism (each CP rank keeps the
+// activations of its own sequence chunks only; Megatron-Core docs "Context parallelism": activations / cp).
+double rank_tokens(const ModelSpec& model, const Plan& plan) {
+  return as_d(model.seq_length) * as_d(plan.micro_batch_size) / plan.cp;
+}
+
 LayerActivations layer_parts(const ModelSpec& model, const Plan& plan) {
-  const double tokens = as_d(model.seq_length) * as_d(plan.micro_batch_size);
+  const double tokens = rank_tokens(model, plan);
   const double h = as_d(model.hidden_size);
   const double q = as_d(model.q_width());
   const double kv = as_d(model.kv_width());
@@ -194,7 +200,7 @@ std::vector<std::size_t> grad_bucket_ends(const Plan& plan, const std::vector<do
 // = 18 B/param. Distributed optimizer (Megatron-Core docs, "Distributed Optimizer"): the 12 B of master params and
 // Adam states are sharded over DP: 6 + 12/dp.
 double static_bytes_per_param(const Plan& plan) {
-  const double optimizer = plan.distributed_optimizer ? OPTIMIZER_BYTES / plan.dp : OPTIMIZER_BYTES;
+  const double optimizer = plan.distributed_optimizer ? OPTIMIZER_BYTES / plan.dp_cp_size() : OPTIMIZER_BYTES;
   return WEIGHT_BYTES + GRAD_BYTES + optimizer;
 }
 
@@ -206,16 +212,20 @@ MemBytes static_memory(const ModelSpec& model, const Plan& plan, int stage, cons
   // param_and_grad_buffer.py), reduced in place: they add nothing beyond Grads.
   bytes[static_cast<std::size_t>(MemTag::Grads)] = GRAD_BYTES * params;
   bytes[static_cast<std::size_t>(MemTag::Optimizer)] =
-      (plan.distributed_optimizer ? OPTIMIZER_BYTES / plan.dp : OPTIMIZER_BYTES) * params;
+      (plan.distributed_optimizer ? OPTIMIZER_BYTES / plan.dp_cp_size() : OPTIMIZER_BYTES) * params;
   if (model.is_moe() && plan.distributed_optimizer) {
-    // --- mixture of experts --- expert optimizer states are sharded over the dp/ep expert-DP ranks only
+    // --- mixture of experts --- expert optimizer states are sharded over the dp/ep expert-DP ranks only (MoE plans
+    // have cp = 1, so dp_cp_size() = dp here)
     const double experts = expert_params_per_rank(model, plan, stage);
     bytes[static_cast<std::size_t>(MemTag::Optimizer)] =
         OPTIMIZER_BYTES / plan.dp * (params - experts) + OPTIMIZER_BYTES / plan.expert_dp() * experts;
   }
   bytes[static_cast<std::size_t>(MemTag::Workspace)] = options.cublas_workspace_bytes;
-  const int communicators = (plan.tp > 1 ? 1 : 0) + (plan.dp > 1 ? 1 : 0) + (plan.pp > 1 ? 1 : 0) +
-                            (plan.ep > 1 ? 1 : 0) + (plan.ep > 1 && plan.expert_dp() > 1 ? 1 : 0); // EP, expert-DP
+  // Context parallelism adds the CP ring's communicator (the gradient group is then dp*cp); expert parallelism the
+  // EP and expert-DP ones.
+  const int communicators = (plan.tp > 1 ? 1 : 0) + (plan.dp_cp_size() > 1 ? 1 : 0) + (plan.pp > 1 ? 1 : 0) +
+                            (plan.cp > 1 ? 1 : 0) + (plan.ep > 1 ? 1 : 0) +
+                            (plan.ep > 1 && plan.expert_dp() > 1 ? 1 : 0);
   bytes[static_cast<std::size_t>(MemTag::CommBuffers)] = communicators * options.nccl_bytes_per_communicator;
   return bytes;
 }
@@ -228,8 +238,7 @@ double layer_activation_bytes(const ModelSpec& model, const Plan& plan, const Me
   const LayerActivations parts = layer_parts(model, plan);
   if (plan.recompute == Recompute::Full) {
     const bool sp = plan.sequence_parallel && plan.tp > 1;
-    return BF16_BYTES * as_d(model.seq_length) * as_d(plan.micro_batch_size) * as_d(model.hidden_size) /
-           (sp ? plan.tp : 1.0);
+    return BF16_BYTES * rank_tokens(model, plan) * as_d(model.hidden_size) / (sp ? plan.tp : 1.0);
   }
   const bool keep_core = plan.recompute == Recompute::None && !options.flash_attention;
   return parts.replicated + parts.sharded + (keep_core ? parts.attention_core : 0.0);
@@ -244,30 +253,40 @@ double layer_backward_workspace_bytes(const ModelSpec& model, const Plan& plan, 
     recomputed = parts.attention_core;
   }
   // Largest activation gradient alive at once: d(FC1 output) or d(QKV output), bf16, sharded.
-  const double tokens = as_d(model.seq_length) * as_d(plan.micro_batch_size);
+  const double tokens = rank_tokens(model, plan);
   const double f = as_d(model.ffn_hidden_size);
   const double widest = std::max(model.gated_mlp ? 2.0 * f : f, as_d(model.q_width()) + 2.0 * as_d(model.kv_width()));
-  return recomputed + BF16_BYTES * tokens * widest / plan.tp;
+  return recomputed + BF16_BYTES * tokens * widest / plan.tp + cp_ring_buffer_bytes(model, plan, true);
+}
+
+// --- context parallelism ---
+// Transformer Engine's p2p ring (AttnFuncWithCPAndKVP2P) double-buffers the K/V block in flight: 2 receive buffers
+// of K and V for the rank's b*s/cp tokens (kv/t wide each, bf16); backward circulates dK/dV as well (2 more).
+double cp_ring_buffer_bytes(const ModelSpec& model, const Plan& plan, bool backward) {
+  if (plan.cp <= 1) {
+    return 0.0;
+  }
+  const double kv_block = 2.0 * rank_tokens(model, plan) * as_d(model.kv_width()) / plan.tp * BF16_BYTES;
+  return (backward ? 4.0 : 2.0) * kv_block;
 }
 
 // Korthikanti et al. 2022 section 4.3: the input-embedding dropout mask, sbh bytes (sbh/t with SP).
 double embedding_activation_bytes(const ModelSpec& model, const Plan& plan) {
   const bool sp = plan.sequence_parallel && plan.tp > 1;
-  return MASK_BYTES * as_d(model.seq_length) * as_d(plan.micro_batch_size) * as_d(model.hidden_size) /
-         (sp ? plan.tp : 1.0);
+  return MASK_BYTES * rank_tokens(model, plan) * as_d(model.hidden_size) / (sp ? plan.tp : 1.0);
 }
 
 // Korthikanti et al. 2022 section 4.3: final norm input 2sbh, output-layer input 2sbh (both /t with SP: the
 // all-gathered copy is regathered in backward) and the fp32 logits of the cross-entropy 4sbV/t.
 double head_activation_bytes(const ModelSpec& model, const Plan& plan) {
   const bool sp = plan.sequence_parallel && plan.tp > 1;
-  const double tokens = as_d(model.seq_length) * as_d(plan.micro_batch_size);
+  const double tokens = rank_tokens(model, plan);
   return 2.0 * BF16_BYTES * tokens * as_d(model.hidden_size) / (sp ? plan.tp : 1.0) +
          FP32_BYTES * tokens * as_d(model.vocab_size) / plan.tp;
 }
 
 double head_backward_workspace_bytes(const ModelSpec& model, const Plan& plan) {
-  return BF16_BYTES * as_d(model.seq_length) * as_d(plan.micro_batch_size) * as_d(model.vocab_size) / plan.tp;
+  return BF16_BYTES * rank_tokens(model, plan) * as_d(model.vocab_size) / plan.tp;
 }
 
 // --- mixture of experts --- (see memory_model.hpp). The attention half is the dense layer's minus its MLP terms

@@ -90,4 +90,9 @@ double head_activation_bytes(const ModelSpec& model, const Plan& plan);
 /// Transient bytes of the head backward: the bf16 gradient of the logits (2 b s V / t).
 double head_backward_workspace_bytes(const ModelSpec& model, const Plan& plan);
 
+// --- context parallelism ---
+/// The CP ring's receive buffers alive during a layer's attention (0 when cp = 1): forward 2 K/V blocks of the
+/// rank's b*s/cp tokens (double-buffered), backward 4 (K/V and dK/dV). Included in the layer workspaces.
+double cp_ring_buffer_bytes(const ModelSpec& model, const Plan& plan, bool backward);
+
 } // namespace cuboid::model

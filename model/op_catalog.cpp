@@ -33,8 +33,8 @@ constexpr double ADAM_FLOPS_PER_PARAM = 12.0;
 
 // Sizes of one micro-batch on one rank, as doubles (b, s, h, q, kv, F in model letters of op_catalog.hpp).
 struct Dims {
-  double tokens = 0.0;     // b*s
-  double seq_tokens = 0.0; // tokens held by a rank outside the TP region: b*s, or b*s/t with sequence parallelism
+  double tokens = 0.0;     // b*s (b*s/cp with context parallelism)
+  double seq_tokens = 0.0; // tokens held by a rank outside the TP region: tokens, or tokens/t with sequence parallelism
   double h = 0.0;
   double q = 0.0;          // query width (heads * head_dim)
   double kv = 0.0;         // key (= value) width (query groups * head_dim)
@@ -49,6 +49,8 @@ struct Dims {
   std::int64_t b = 1;
   std::int64_t heads = 1;
   std::int64_t head_dim = 1;
+  // --- context parallelism --- tokens / seq_tokens above are this CP rank's b*s/cp; seq stays the full s (keys).
+  int cp = 1;
 };
 
 Dims dims_of(const ModelSpec& model, const Plan& plan) {
@@ -58,7 +60,8 @@ Dims dims_of(const ModelSpec& model, const Plan& plan) {
   d.sp = plan.sequence_parallel && d.has_tp;
   d.b = plan.micro_batch_size;
   d.seq = static_cast<double>(model.seq_length);
-  d.tokens = static_cast<double>(plan.micro_batch_size) * d.seq;
+  d.cp = plan.cp;
+  d.tokens = static_cast<double>(plan.micro_batch_size) * d.seq / plan.cp;
   d.seq_tokens = d.sp ? d.tokens / d.tp : d.tokens;
   d.h = static_cast<double>(model.hidden_size);
   d.q = static_cast<double>(model.q_width());
@@ -155,6 +158,43 @@ Op attention(const Dims& d, bool backward) {
   return op;
 }
 
+// --- context parallelism ---
+// Ring attention as Megatron-Core / Transformer Engine run it (TE attention.py AttnFuncWithCPAndKVP2P, cp_comm_type
+// "p2p"; Liu et al. 2023 "Ring Attention"): each CP rank holds the load-balanced chunks i and 2cp-1-i of the
+// sequence, and the attention is cp steps; in step j the rank attends its queries to the K/V block of CP rank
+// (i - j) mod cp while it sends the K/V block it holds to the next rank and receives the next one (cp - 1 exchanges,
+// each overlapped with the attention step before it). With the load-balanced split every step does the same causal
+// work (1/cp of the rank's attention), so each step is 1/cp of attention(d). Backward runs the ring again and also
+// passes the partial dK/dV of each block around (TE sends KV and dKV: twice the bytes).
+// Per-rank K/V block: K and V of the rank's b*s/cp tokens, kv/t wide each (GQA: query groups), bf16.
+double cp_kv_block_bytes(const Dims& d) { return 2.0 * d.tokens * d.kv / d.tp * BF16_BYTES; }
+
+void add_attention(std::vector<Op>& ops, const Dims& d, bool backward, bool recompute) {
+  Op whole = attention(d, backward);
+  whole.recompute = recompute;
+  if (d.cp <= 1) {
+    ops.push_back(std::move(whole));
+    return;
+  }
+  const double cp = d.cp;
+  Op step = whole;
+  step.flops = whole.flops / cp;
+  step.hbm_bytes = whole.hbm_bytes / cp;
+  step.m = dim(d.seq / cp); // a (local queries) x (one rank's K/V block) tile: s/cp x s/cp
+  step.n = dim(d.seq / cp);
+  Op ring;
+  ring.name = backward ? "attn.bwd.cp_ring" : "attn.cp_ring";
+  ring.kind = OpKind::CpRing;
+  ring.recompute = recompute;
+  ring.msg_bytes = cp_kv_block_bytes(d) * (backward ? 2.0 : 1.0);
+  for (int ring_step = 0; ring_step < d.cp; ++ring_step) {
+    if (ring_step + 1 < d.cp) {
+      ops.push_back(ring); // overlaps with the attention step that follows it (cost_model.cpp block_cost)
+    }
+    ops.push_back(step);
+  }
+}
+
 void finish(OpBlock& block) {
   block.model_flops = 0.0;
   block.hw_flops = 0.0;
@@ -177,7 +217,7 @@ OpBlock layer_forward(const Dims& d) {
   ops.push_back(memory_op("ln1", OpKind::Norm, d.seq_tokens * d.h, 2.0, NORM_FLOPS_PER_ELEMENT));
   add_gather(ops, d, "ln1");
   ops.push_back(linear_fwd("qkv", d, qkv_n, d.h));
-  ops.push_back(attention(d, false));
+  add_attention(ops, d, false, false);
   ops.push_back(linear_fwd("proj", d, d.h, d.q / d.tp));
   add_reduce(ops, d, "proj");
   ops.push_back(memory_op("bda1", OpKind::Elementwise, d.seq_tokens * d.h, 3.0, BDA_FLOPS_PER_ELEMENT));
@@ -206,9 +246,7 @@ OpBlock layer_backward(const Dims& d, const OpBlock& forward, Recompute recomput
       ops.push_back(std::move(op));
     }
   } else if (recompute == Recompute::Selective) {
-    Op op = attention(d, false);
-    op.recompute = true;
-    ops.push_back(std::move(op));
+    add_attention(ops, d, false, true);
   }
   const double qkv_n = (d.q + 2.0 * d.kv) / d.tp;
   ops.push_back(memory_op("bda2.bwd", OpKind::Elementwise, d.seq_tokens * d.h, 2.0, BDA_FLOPS_PER_ELEMENT));
@@ -226,7 +264,7 @@ OpBlock layer_backward(const Dims& d, const OpBlock& forward, Recompute recomput
   add_gather(ops, d, "proj");
   ops.push_back(linear_dgrad("proj", d, d.h, d.q / d.tp));
   ops.push_back(linear_wgrad("proj", d, d.h, d.q / d.tp));
-  ops.push_back(attention(d, true));
+  add_attention(ops, d, true, false);
   ops.push_back(linear_dgrad("qkv", d, qkv_n, d.h));
   ops.push_back(linear_wgrad("qkv", d, qkv_n, d.h));
   add_reduce(ops, d, "qkv");

@@ -20,6 +20,9 @@ namespace cuboid::model {
 ///   head.bwd   loss logits.dgrad logits.wgrad logits.{allreduce|reducescatter} ln_f.bwd
 /// (exec/ recognises the embedding and head blocks by the op names "embed"/"embedding" and "logits"/"loss".)
 /// No TpCollective ops when tp == 1. Sizes: b = micro-batch, s = sequence, h = hidden, t = tp.
+/// Context parallelism (cp > 1): every op handles the rank's b*s/cp tokens, and each attention op ("attn",
+/// "attn.bwd", the selective-recompute "attn") becomes cp ring steps, "attn.cp_ring" (OpKind::CpRing, K/V exchange;
+/// backward "attn.bwd.cp_ring" with dK/dV) before each of the first cp-1 of them.
 struct StepBlocks {
   OpBlock layer_fwd;
   OpBlock layer_bwd;

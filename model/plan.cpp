@@ -199,6 +199,12 @@ void validate_moe(const Plan& plan, const ModelSpec& model, const std::string& w
                                                     "groups out of the data-parallel ranks)",
                                                     plan.ep, plan.dp)));
   }
+  if (plan.cp > 1) {
+    throw InfeasibleError(input_message(where, "plan.cp",
+                                        fmt::format("{} is not supported with a mixture-of-experts model yet (valid "
+                                                    "for {}: cp = 1); context parallelism is for dense models",
+                                                    plan.cp, model.name)));
+  }
   require_tp_divides(plan, model.moe_ffn_hidden_size, "moe_ffn_hidden_size", where);
 }
 } // namespace
@@ -206,7 +212,7 @@ void validate_moe(const Plan& plan, const ModelSpec& model, const std::string& w
 void validate(const Plan& plan, const ModelSpec& model, const ClusterSpec& cluster, const std::string& where) {
   // Malformed values first (InputError), then what cannot run (InfeasibleError).
   const std::pair<const char*, std::int64_t> sizes[] = {
-      {"plan.tp", plan.tp}, {"plan.pp", plan.pp}, {"plan.dp", plan.dp}, {"plan.vp", plan.vp},
+      {"plan.tp", plan.tp}, {"plan.pp", plan.pp}, {"plan.dp", plan.dp}, {"plan.vp", plan.vp}, {"plan.cp", plan.cp},
       {"plan.micro_batch_size", plan.micro_batch_size}, {"plan.global_batch_size", plan.global_batch_size}};
   for (const auto& [field, value] : sizes) {
     if (value <= 0) {
@@ -241,11 +247,24 @@ void validate(const Plan& plan, const ModelSpec& model, const ClusterSpec& clust
   validate(model, where, "model.");
 
   // In double: tp*pp*dp of three arbitrary ints can overflow 64 bits; any product that is exact is < 2^53.
-  const double world = static_cast<double>(plan.tp) * plan.pp * plan.dp;
+  const double world = static_cast<double>(plan.tp) * plan.pp * plan.dp * plan.cp;
   if (world != static_cast<double>(cluster.num_gpus)) {
-    throw InfeasibleError(input_message(where, "plan",
-                                        fmt::format("tp*pp*dp = {}*{}*{} = {:.0f} != num_gpus = {}", plan.tp, plan.pp,
-                                                    plan.dp, world, cluster.num_gpus)));
+    throw InfeasibleError(input_message(
+        where, "plan",
+        plan.cp == 1 ? fmt::format("tp*pp*dp = {}*{}*{} = {:.0f} != num_gpus = {}", plan.tp, plan.pp, plan.dp, world,
+                                   cluster.num_gpus)
+                     : fmt::format("tp*cp*pp*dp = {}*{}*{}*{} = {:.0f} != num_gpus = {}", plan.tp, plan.cp, plan.pp,
+                                   plan.dp, world, cluster.num_gpus)));
+  }
+  // --- context parallelism ---
+  // Megatron/Transformer Engine's load-balanced causal split cuts each sequence into 2*cp equal chunks
+  // (megatron/training/utils.py get_batch_on_this_cp_rank): seq_length must divide by 2*cp.
+  if (plan.cp > 1 && model.seq_length % (2 * static_cast<std::int64_t>(plan.cp)) != 0) {
+    throw InfeasibleError(input_message(where, "plan.cp",
+                                        fmt::format("{}: seq_length = {} is not divisible by 2*cp = {} (the "
+                                                    "load-balanced causal split needs 2*cp equal chunks; valid cp: "
+                                                    "divisors of seq_length/2 = {})",
+                                                    plan.cp, model.seq_length, 2 * plan.cp, model.seq_length / 2)));
   }
   require_tp_divides(plan, model.num_attention_heads, "num_attention_heads", where);
   require_tp_divides(plan, model.num_query_groups, "num_query_groups", where);

@@ -54,7 +54,16 @@ struct Plan {
   // expert GEMMs and the all-to-all buffers of every EP rank (the slowest rank sets the pace). 1 = perfect balance.
   double moe_imbalance = 1.0;
 
-  [[nodiscard]] int world_size() const { return tp * pp * dp; }
+  // --- context parallelism ---
+  // Megatron --context-parallel-size: each sequence is split over cp ranks (load-balanced causal split into 2*cp
+  // chunks, rank i holding chunks i and 2cp-1-i); attention exchanges K/V around the CP ring. Rank order tp-cp-dp-pp.
+  // Not combined with mixture of experts yet (plan validation refuses cp > 1 for MoE models).
+  int cp = 1;
+
+  [[nodiscard]] int world_size() const { return tp * cp * dp * pp; }
+  /// Ranks that reduce each gradient (and shard the distributed optimizer): Megatron's data-parallel group with
+  /// context parallel, dp * cp.
+  [[nodiscard]] int dp_cp_size() const { return dp * cp; }
   /// Micro-batches per step per DP replica: global / (micro * dp).
   [[nodiscard]] std::int64_t num_microbatches() const { return global_batch_size / (micro_batch_size * dp); }
   /// --- mixture of experts --- Size of the expert-data-parallel group (ranks holding the same experts): dp / ep.

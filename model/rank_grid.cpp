@@ -1,4 +1,4 @@
-// RankGrid implementation: Megatron "tp-dp-pp" order, see rank_grid.hpp for the worked example.
+// RankGrid implementation: Megatron "tp-cp-dp-pp" order, see rank_grid.hpp for the worked example.
 #include "model/rank_grid.hpp"
 
 #include "model/errors.hpp"
@@ -7,23 +7,29 @@
 
 namespace cuboid::model {
 
-RankGrid::RankGrid(int tp_size, int dp_size, int pp_size) : tp_(tp_size), dp_(dp_size), pp_(pp_size) {
-  CUBOID_ASSERT(tp_ > 0 && dp_ > 0 && pp_ > 0, "rank grid sizes must be positive: tp={} dp={} pp={}", tp_, dp_, pp_);
+RankGrid::RankGrid(int tp_size, int dp_size, int pp_size) : RankGrid(tp_size, 1, dp_size, pp_size) {}
+
+RankGrid::RankGrid(int tp_size, int cp_size, int dp_size, int pp_size)
+    : tp_(tp_size), dp_(dp_size), pp_(pp_size), cp_(cp_size) {
+  CUBOID_ASSERT(tp_ > 0 && cp_ > 0 && dp_ > 0 && pp_ > 0, "rank grid sizes must be positive: tp={} cp={} dp={} pp={}",
+                tp_, cp_, dp_, pp_);
 }
 
 int RankGrid::rank_of(const RankCoord& coord) const {
   CUBOID_ASSERT(coord.tp_rank >= 0 && coord.tp_rank < tp_ && coord.dp_rank >= 0 && coord.dp_rank < dp_ &&
-                    coord.pp_rank >= 0 && coord.pp_rank < pp_,
-                "coordinate out of grid: tp={} dp={} pp={}", coord.tp_rank, coord.dp_rank, coord.pp_rank);
-  return coord.tp_rank + tp_ * (coord.dp_rank + dp_ * coord.pp_rank);
+                    coord.pp_rank >= 0 && coord.pp_rank < pp_ && coord.cp_rank >= 0 && coord.cp_rank < cp_,
+                "coordinate out of grid: tp={} cp={} dp={} pp={}", coord.tp_rank, coord.cp_rank, coord.dp_rank,
+                coord.pp_rank);
+  return coord.tp_rank + tp_ * (coord.cp_rank + cp_ * (coord.dp_rank + dp_ * coord.pp_rank));
 }
 
 RankCoord RankGrid::coord_of(int rank) const {
   CUBOID_ASSERT(rank >= 0 && rank < world_size(), "rank {} outside world of {}", rank, world_size());
   RankCoord coord;
   coord.tp_rank = rank % tp_;
-  coord.dp_rank = (rank / tp_) % dp_;
-  coord.pp_rank = rank / (tp_ * dp_);
+  coord.cp_rank = (rank / tp_) % cp_;
+  coord.dp_rank = (rank / (tp_ * cp_)) % dp_;
+  coord.pp_rank = rank / (tp_ * cp_ * dp_);
   return coord;
 }
 
@@ -45,6 +51,32 @@ std::vector<int> RankGrid::dp_group(int rank) const {
   for (int dp_rank = 0; dp_rank < dp_; ++dp_rank) {
     coord.dp_rank = dp_rank;
     members.push_back(rank_of(coord));
+  }
+  return members;
+}
+
+std::vector<int> RankGrid::cp_group(int rank) const {
+  RankCoord coord = coord_of(rank);
+  std::vector<int> members;
+  members.reserve(static_cast<std::size_t>(cp_));
+  for (int cp_rank = 0; cp_rank < cp_; ++cp_rank) {
+    coord.cp_rank = cp_rank;
+    members.push_back(rank_of(coord));
+  }
+  return members;
+}
+
+// cp varies fastest inside the group (the ranks are consecutive multiples of tp apart), so members come out sorted.
+std::vector<int> RankGrid::dp_cp_group(int rank) const {
+  RankCoord coord = coord_of(rank);
+  std::vector<int> members;
+  members.reserve(static_cast<std::size_t>(dp_ * cp_));
+  for (int dp_rank = 0; dp_rank < dp_; ++dp_rank) {
+    for (int cp_rank = 0; cp_rank < cp_; ++cp_rank) {
+      coord.dp_rank = dp_rank;
+      coord.cp_rank = cp_rank;
+      members.push_back(rank_of(coord));
+    }
   }
   return members;
 }
@@ -81,6 +113,12 @@ std::vector<std::vector<int>> collect_groups(int world_size, GroupOf group_of) {
 
 std::vector<std::vector<int>> RankGrid::all_tp_groups() const {
   return collect_groups(world_size(), [this](int rank) { return tp_group(rank); });
+}
+std::vector<std::vector<int>> RankGrid::all_cp_groups() const {
+  return collect_groups(world_size(), [this](int rank) { return cp_group(rank); });
+}
+std::vector<std::vector<int>> RankGrid::all_dp_cp_groups() const {
+  return collect_groups(world_size(), [this](int rank) { return dp_cp_group(rank); });
 }
 std::vector<std::vector<int>> RankGrid::all_dp_groups() const {
   return collect_groups(world_size(), [this](int rank) { return dp_group(rank); });

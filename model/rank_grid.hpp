@@ -1,12 +1,19 @@
-// RankGrid: the DP x TP x PP process grid in Megatron order ("tp-dp-pp": TP varies fastest, then DP, then PP).
+// RankGrid: the TP x CP x DP x PP process grid in Megatron order ("tp-cp-dp-pp": TP varies fastest, then CP (context
+// parallelism), then DP, then PP).
 //
-//   rank = tp_rank + tp * (dp_rank + dp * pp_rank)
+//   rank = tp_rank + tp * (cp_rank + cp * (dp_rank + dp * pp_rank))
 //
-// Worked example, tp=2 dp=2 pp=2 (8 ranks):
+// Worked example, tp=2 dp=2 pp=2 (cp=1, 8 ranks):
 //   TP groups  {0,1} {2,3} {4,5} {6,7}     (neighbours: inside one node when tp <= gpus per node)
 //   DP groups  {0,2} {1,3} {4,6} {5,7}
 //   PP groups  {0,4} {1,5} {2,6} {3,7}
-// This matches Megatron-LM's RankGenerator with order "tp-dp-pp" (megatron/core/parallel_state.py).
+// Worked example, tp=2 cp=2 dp=2 pp=1 (8 ranks):
+//   TP groups  {0,1} {2,3} {4,5} {6,7}
+//   CP groups  {0,2} {1,3} {4,6} {5,7}     (inside one node when tp*cp <= gpus per node)
+//   DP groups  {0,4} {1,5} {2,6} {3,7}
+//   DP x CP    {0,2,4,6} {1,3,5,7}         (Megatron's "data-parallel group with context parallel": gradients of
+//                                           the CP ranks are reduced with those of the DP replicas)
+// This matches Megatron-LM's RankGenerator with order "tp-cp-ep-dp-pp" and ep = 1 (megatron/core/parallel_state.py).
 #pragma once
 
 #include <vector>
@@ -17,30 +24,42 @@ struct RankCoord {
   int tp_rank = 0;
   int dp_rank = 0;
   int pp_rank = 0;
+  // --- context parallelism ---
+  int cp_rank = 0;
   bool operator==(const RankCoord&) const = default;
 };
 
 class RankGrid {
 public:
+  /// cp = 1 (the 3D grid "tp-dp-pp").
   RankGrid(int tp_size, int dp_size, int pp_size);
+  /// The 4D grid "tp-cp-dp-pp". Note the argument order follows the rank order.
+  RankGrid(int tp_size, int cp_size, int dp_size, int pp_size);
 
   [[nodiscard]] int get_tp_size() const { return tp_; }
+  [[nodiscard]] int get_cp_size() const { return cp_; }
   [[nodiscard]] int get_dp_size() const { return dp_; }
   [[nodiscard]] int get_pp_size() const { return pp_; }
-  [[nodiscard]] int world_size() const { return tp_ * dp_ * pp_; }
+  [[nodiscard]] int world_size() const { return tp_ * cp_ * dp_ * pp_; }
 
   [[nodiscard]] int rank_of(const RankCoord& coord) const;
   [[nodiscard]] RankCoord coord_of(int rank) const;
 
   /// Members of the group containing `rank`, in increasing group-rank order.
   [[nodiscard]] std::vector<int> tp_group(int rank) const;
+  [[nodiscard]] std::vector<int> cp_group(int rank) const;
   [[nodiscard]] std::vector<int> dp_group(int rank) const;
   [[nodiscard]] std::vector<int> pp_group(int rank) const;
+  /// The gradient-reduction group: all ranks with the same tp and pp coordinates (dp*cp members, cp fastest).
+  /// Equal to dp_group() when cp = 1.
+  [[nodiscard]] std::vector<int> dp_cp_group(int rank) const;
 
   /// All groups of a kind (each a sorted member list), in order of their lowest rank.
   [[nodiscard]] std::vector<std::vector<int>> all_tp_groups() const;
+  [[nodiscard]] std::vector<std::vector<int>> all_cp_groups() const;
   [[nodiscard]] std::vector<std::vector<int>> all_dp_groups() const;
   [[nodiscard]] std::vector<std::vector<int>> all_pp_groups() const;
+  [[nodiscard]] std::vector<std::vector<int>> all_dp_cp_groups() const;
 
   // --- mixture of experts ---
   // Expert-parallel groups are carved out of each DP group, as Megatron-core's expert rank generator does (order
@@ -60,6 +79,7 @@ private:
   int tp_;
   int dp_;
   int pp_;
+  int cp_ = 1;
 };
 
 } // namespace cuboid::model

@@ -50,14 +50,17 @@ std::vector<std::string> plan_yaml_keys() {
   return {"tp",         "pp",          "dp",          "vp",         "micro_batch_size",      "global_batch_size",
           "ep",         "moe_imbalance", // --- mixture of experts ---
           "schedule",   "recompute",   "precision",   "sequence_parallel", "distributed_optimizer",
-          "overlap_grad_reduce", "grad_bucket_bytes", "first_stage_layers", "last_stage_layers"};
+          "overlap_grad_reduce", "grad_bucket_bytes", "first_stage_layers", "last_stage_layers",
+          // --- context parallelism ---
+          "cp"};
 }
 
 Plan load_plan_yaml(const YAML::Node& node, const std::string& where, const std::string& path, int num_gpus) {
   yaml::check_mapping(node, where, path, plan_yaml_keys());
   const auto key = [&](const char* name) { return yaml::join_path(path, name); };
   Plan plan;
-  const std::pair<const char*, int*> parallel[] = {{"tp", &plan.tp}, {"pp", &plan.pp}, {"vp", &plan.vp}};
+  const std::pair<const char*, int*> parallel[] = {{"tp", &plan.tp}, {"pp", &plan.pp}, {"vp", &plan.vp},
+                                                   {"cp", &plan.cp}};
   for (const auto& [name, target] : parallel) {
     if (node[name]) {
       *target = yaml::read_positive_int32(node[name], where, key(name));
@@ -113,12 +116,16 @@ Plan load_plan_yaml(const YAML::Node& node, const std::string& where, const std:
   if (node["dp"]) {
     plan.dp = yaml::read_positive_int32(node["dp"], where, key("dp"));
   } else {
-    const int model_parallel = plan.tp * plan.pp;
+    const int model_parallel = plan.tp * plan.pp * plan.cp;
     if (num_gpus % model_parallel != 0) {
-      throw InfeasibleError(input_message(where, key("dp"),
-                                          fmt::format("not given, and num_gpus = {} is not divisible by tp*pp = "
-                                                      "{}*{} = {} (give dp or change tp/pp)",
-                                                      num_gpus, plan.tp, plan.pp, model_parallel)));
+      throw InfeasibleError(input_message(
+          where, key("dp"),
+          plan.cp == 1 ? fmt::format("not given, and num_gpus = {} is not divisible by tp*pp = {}*{} = {} (give dp or "
+                                     "change tp/pp)",
+                                     num_gpus, plan.tp, plan.pp, model_parallel)
+                       : fmt::format("not given, and num_gpus = {} is not divisible by tp*cp*pp = {}*{}*{} = {} (give "
+                                     "dp or change tp/cp/pp)",
+                                     num_gpus, plan.tp, plan.cp, plan.pp, model_parallel)));
     }
     plan.dp = num_gpus / model_parallel;
   }

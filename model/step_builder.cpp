@@ -72,7 +72,7 @@ class Builder {
 public:
   // Fills `graph` in place (Boost 1.74's adjacency_list has no move constructor: moving a TaskGraph copies it).
   Builder(const ModelSpec& model, const Plan& plan, TaskGraph& graph)
-      : model_(model), plan_(plan), inst_(graph.get_instantiation()), grid_(plan.tp, plan.dp, plan.pp),
+      : model_(model), plan_(plan), inst_(graph.get_instantiation()), grid_(plan.tp, plan.cp, plan.dp, plan.pp),
         m_(static_cast<int>(plan.num_microbatches())), graph_(graph) {}
 
   void build(std::size_t max_tasks) {
@@ -109,7 +109,10 @@ public:
   }
 
 private:
-  [[nodiscard]] int ranks_per_stage() const { return inst_ == Instantiation::AllRanks ? plan_.tp * plan_.dp : 1; }
+  // Ranks of one pipeline stage: tp*cp*dp (all ranks), or the one representative (tp = cp = dp = 0) of rank classes.
+  [[nodiscard]] int ranks_per_stage() const {
+    return inst_ == Instantiation::AllRanks ? plan_.tp * plan_.cp * plan_.dp : 1;
+  }
 
   static bool has_embedding(const std::vector<ChunkLayout>& layouts) {
     return std::any_of(layouts.begin(), layouts.end(), [](const ChunkLayout& lay) { return lay.has_embedding; });
@@ -128,7 +131,7 @@ private:
         const bool last = virtual_stage == plan_.pp * plan_.vp - 1;
         const std::size_t sends = plan_.pp == 1 ? 0U : (first ? 0U : 1U) + (last ? 0U : 1U);
         per_rank += idx(m_) * (2 * params.size() + sends);
-        if (plan_.dp > 1) {
+        if (plan_.dp_cp_size() > 1) {
           per_rank += grad_bucket_ends(plan_, params).size() * (plan_.distributed_optimizer ? 2U : 1U);
         }
         if (has_expert_sync(layouts[chunk])) { // --- mixture of experts ---
@@ -150,7 +153,8 @@ private:
   void add_blocks() {
     StepBlocks blocks = make_step_blocks(model_, plan_);
     const MemoryOptions options;
-    layer_ = {-1, graph_.add_block(std::move(blocks.layer_fwd)), layer_activation_bytes(model_, plan_, options), 0.0};
+    layer_ = {-1, graph_.add_block(std::move(blocks.layer_fwd)), layer_activation_bytes(model_, plan_, options),
+              cp_ring_buffer_bytes(model_, plan_, false)};
     layer_bwd_ = {-1, graph_.add_block(std::move(blocks.layer_bwd)), layer_.act_bytes,
                   layer_backward_workspace_bytes(model_, plan_, options)};
     embed_ = {-1, graph_.add_block(std::move(blocks.embed_fwd)), embedding_activation_bytes(model_, plan_), 0.0};
@@ -275,8 +279,9 @@ private:
         tmpl.expert_syncs.push_back({chunk_expert_params(model_, plan_, lay), chunk, final_bwd[idx(chunk)] + units - 1});
       }
     }
-    // The optimizer updates the rank's parameters (its 1/dp shard with the distributed optimizer).
-    double params = params_per_rank(model_, plan_, stage) / (plan_.distributed_optimizer ? plan_.dp : 1);
+    // The optimizer updates the rank's parameters (its 1/(dp*cp) shard with the distributed optimizer: Megatron
+    // shards over the data-parallel group with context parallel).
+    double params = params_per_rank(model_, plan_, stage) / (plan_.distributed_optimizer ? plan_.dp_cp_size() : 1);
     if (model_.is_moe() && plan_.distributed_optimizer) { // --- mixture of experts --- experts sharded over dp/ep
       const double experts = expert_params_per_rank(model_, plan_, stage);
       params = (params_per_rank(model_, plan_, stage) - experts) / plan_.dp + experts / plan_.expert_dp();
@@ -289,10 +294,11 @@ private:
   void add_ranks() {
     for (int rank = 0; rank < grid_.world_size(); ++rank) {
       const RankCoord coord = grid_.coord_of(rank);
-      if (inst_ == Instantiation::RankClasses && (coord.tp_rank != 0 || coord.dp_rank != 0)) {
+      if (inst_ == Instantiation::RankClasses && (coord.tp_rank != 0 || coord.dp_rank != 0 || coord.cp_rank != 0)) {
         continue;
       }
-      graph_.add_rank({rank, coord.pp_rank, static_cast<double>(ranks_per_stage() == 1 ? plan_.tp * plan_.dp : 1),
+      graph_.add_rank({rank, coord.pp_rank,
+                       static_cast<double>(inst_ == Instantiation::RankClasses ? plan_.tp * plan_.cp * plan_.dp : 1),
                        stages_[idx(coord.pp_rank)].static_bytes});
       ranks_.push_back(rank);
     }
@@ -322,9 +328,10 @@ private:
     const int stage = graph_.ranks()[ridx].stage;
     // Megatron's scatter-gather optimisation sends 1/t of the activation with sequence parallelism.
     const bool sp = plan_.sequence_parallel && plan_.tp > 1;
+    // Context parallelism: each CP rank sends the activation of its own b*s/cp tokens to its peer (same cp_rank).
     const double msg_bytes = static_cast<double>(plan_.micro_batch_size * model_.seq_length * model_.hidden_size) *
-                             BF16_BYTES / (sp ? plan_.tp : 1);
-    // Receiver: the rank with the same (tp, dp) coordinates on the target stage (rank classes: its representative).
+                             BF16_BYTES / (sp ? plan_.tp : 1) / plan_.cp;
+    // Receiver: the rank with the same (tp, cp, dp) coordinates on the target stage (rank classes: its representative).
     RankCoord coord = grid_.coord_of(rank);
     for (const Send& send : tmpl.sends) {
       coord.pp_rank = send.to_stage;
@@ -351,10 +358,12 @@ private:
     }
   }
 
-  // All ranks: one group per DP group; rank classes: {representative} (group_size = dp on the tasks).
+  // All ranks: one group per DP group (dp*cp ranks with context parallelism: Megatron reduces the gradients over the
+  // data-parallel group with context parallel); rank classes: {representative} (group_size = dp*cp on the tasks).
   void add_dp_groups() {
     dp_group_of_.assign(ranks_.size(), -1);
-    for (const std::vector<int>& group : plan_.dp > 1 ? grid_.all_dp_groups() : std::vector<std::vector<int>>{}) {
+    for (const std::vector<int>& group :
+         plan_.dp_cp_size() > 1 ? grid_.all_dp_cp_groups() : std::vector<std::vector<int>>{}) {
       std::vector<int> members;
       std::copy_if(group.begin(), group.end(), std::back_inserter(members),
                    [this](int member) { return graph_.rank_index(member) >= 0; });
@@ -420,7 +429,7 @@ private:
     const std::vector<Bucket>& buckets = stage_of(ridx).buckets;
     Task task{.kind = TaskKind::Collective, .stream = Stream::DpComm, .rank = ranks_[ridx],
               .stage = graph_.ranks()[ridx].stage, .collective = kind, .group = GroupKind::Dp,
-              .group_index = dp_group_of_[ridx], .group_size = plan_.dp};
+              .group_index = dp_group_of_[ridx], .group_size = plan_.dp_cp_size()};
     TaskId prev = NONE;
     for (std::size_t bucket = 0; bucket < buckets.size(); ++bucket) {
       task.chunk = buckets[bucket].chunk;
@@ -440,7 +449,7 @@ private:
   void add_gradient_sync_and_optimizer(std::size_t ridx) {
     const StageTemplate& tmpl = stage_of(ridx);
     const TaskId last_compute = base_[ridx] + static_cast<TaskId>(tmpl.tasks.size() - 1);
-    const bool sync = plan_.dp > 1;
+    const bool sync = plan_.dp_cp_size() > 1;
     TaskId reduced = NONE;
     if (sync) {
       // Distributed optimizer: reduce-scatter of the fp32 grads; otherwise all-reduce. overlap_grad_reduce: a bucket

@@ -165,6 +165,7 @@ std::string to_string(OpKind kind) {
   case OpKind::Loss: return "loss";
   case OpKind::TpCollective: return "tp_collective";
   case OpKind::EpCollective: return "ep_collective";
+  case OpKind::CpRing: return "cp_ring";
   }
   return "unknown";
 }

@@ -37,7 +37,9 @@ constexpr int NUM_MEM_TAGS = 6;
 using MemBytes = std::array<double, NUM_MEM_TAGS>;
 
 // EpCollective (mixture of experts): an all-to-all over the expert-parallel group inside a MoE layer's block.
-enum class OpKind { Gemm, Attention, Elementwise, Norm, Embedding, Loss, TpCollective, EpCollective };
+// CpRing (context parallelism): one step of the ring attention exchange inside a layer block (K/V, and in backward
+// dK/dV, sent to the next CP rank and received from the previous one), overlapped with the attention step it feeds.
+enum class OpKind { Gemm, Attention, Elementwise, Norm, Embedding, Loss, TpCollective, EpCollective, CpRing };
 
 /// One kernel-level operation inside a compute block, sized for one rank (one TP shard).
 struct Op {
@@ -52,8 +54,8 @@ struct Op {
   double hbm_bytes = 0.0;    // minimal bytes through HBM per rank (inputs read once, outputs written once)
   bool recompute = false;    // a recomputed forward op inside backward: counted in hardware FLOPs only
   CollectiveKind collective = CollectiveKind::AllReduce; // TpCollective / EpCollective only
-  double msg_bytes = 0.0;    // Tp/EpCollective only: per-rank buffer (all-reduce input / all-gather output /
-                             // all-to-all send buffer)
+  double msg_bytes = 0.0;    // Tp/EpCollective: per-rank buffer (all-reduce input / all-gather output / all-to-all
+                             // send buffer); CpRing: bytes each rank sends (= receives) in this ring step
 };
 
 /// The ops of one compute task (e.g. one layer's forward for one micro-batch). Shared by identical tasks.

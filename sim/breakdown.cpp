@@ -60,9 +60,10 @@ void add_busy(const SimProgram& program, const EngineResult& run, std::uint32_t 
   // The block's parts sum to its total (= duration); whatever does not (rounding) stays with compute.
   const model::BlockCost& cost = program.block_costs[t.block_cost];
   out.recompute_s += cost.recompute_s;
-  out.tp_comm_exposed_s += cost.tp_comm_s;
+  // Exposed CP ring exchanges are model-parallel communication inside the block: counted with the TP part.
+  out.tp_comm_exposed_s += cost.tp_comm_s + cost.cp_comm_s;
   out.ep_comm_exposed_s += cost.ep_comm_s; // --- mixture of experts ---
-  out.compute_s += duration_s - cost.recompute_s - cost.tp_comm_s - cost.ep_comm_s;
+  out.compute_s += duration_s - cost.recompute_s - cost.tp_comm_s - cost.cp_comm_s - cost.ep_comm_s;
 }
 
 } // namespace

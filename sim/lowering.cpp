@@ -42,12 +42,12 @@ std::vector<int> full_group_members(const model::TaskGraph& graph, const model::
     return materialised;
   }
   const model::Plan& plan = graph.get_plan();
-  const model::RankGrid grid(plan.tp, plan.dp, plan.pp);
+  const model::RankGrid grid(plan.tp, plan.cp, plan.dp, plan.pp);
   switch (task.group) {
   case model::GroupKind::Tp:
     return grid.tp_group(task.rank);
   case model::GroupKind::Dp:
-    return grid.dp_group(task.rank);
+    return grid.dp_cp_group(task.rank); // the gradient group: dp*cp ranks (= dp_group when cp = 1)
   case model::GroupKind::Pp:
     return grid.pp_group(task.rank);
   case model::GroupKind::ExpertDp: // --- mixture of experts ---

@@ -58,6 +58,8 @@ struct SearchFlags {
   bool json = false;
   bool resume = false;
   std::string explain;
+  // --- context parallelism ---
+  std::vector<int> cp;
 };
 
 std::vector<bool> parse_on_off(const std::vector<std::string>& values, const char* flag) {
@@ -102,6 +104,13 @@ sim::analysis::SearchSpace build_space(const SearchFlags& flags, std::int64_t gl
       throw InputError(input_message("command line", "--ep", fmt::format("{} must be positive", value)));
     }
   }
+  // --- context parallelism ---
+  for (const int value : flags.cp) {
+    if (value <= 0) {
+      throw InputError(input_message("command line", "--cp", fmt::format("{} must be positive", value)));
+    }
+  }
+  space.cp = flags.cp;
   for (const int value : flags.tp) {
     if (value <= 0) {
       throw InputError(input_message("command line", "--tp", fmt::format("{} must be positive", value)));
@@ -146,9 +155,10 @@ std::string format_table(const sim::analysis::SearchResult& result, const std::v
   for (const std::size_t idx : rows) {
     const auto& outcome = result.plans[idx];
     const auto& sim = *outcome.result;
-    out += fmt::format("  {:>4} {:>5} {} {:>10.4f} {:>8.1f} {:>6.1f} {:>9.2f} {:>7.1f}\n", ++position,
+    out += fmt::format("  {:>4} {:>5} {} {:>10.4f} {:>8.1f} {:>6.1f} {:>9.2f} {:>7.1f}{}\n", ++position,
                        outcome.num_gpus, plan_columns(outcome.plan), sim.step_time_s, sim.model_tflops_per_gpu,
-                       100.0 * sim.mfu, sim.peak_memory_bytes / GB, 100.0 * sim.bubble_fraction);
+                       100.0 * sim.mfu, sim.peak_memory_bytes / GB, 100.0 * sim.bubble_fraction,
+                       outcome.plan.cp > 1 ? fmt::format(" cp{}", outcome.plan.cp) : std::string{});
     if (moe) {
       out.insert(out.size() - 1, fmt::format(" {:>4}", outcome.plan.ep));
     }
@@ -362,6 +372,10 @@ void add_search_command(CLI::App& app, Action& action) {
   cmd->add_flag("--json", flags->json, "Print one JSON object");
   cmd->add_flag("--resume", flags->resume, "Resume an interrupted search from its --csv file");
   cmd->add_option("--explain", flags->explain, "Compare a plan with the best, e.g. tp=8,pp=16,mbs=1");
+  // --- context parallelism ---
+  cmd->add_option("--cp,--context-parallel-size", flags->cp,
+                  "CP sizes to try (default 1), e.g. 1,2,4; each must divide seq_length/2")
+      ->delimiter(',');
   cmd->callback([flags, &action] { action = [flags] { return run_search_command(*flags); }; });
 }
 

@@ -107,7 +107,7 @@ void apply_moe_flags(const ModelFlags& flags, model::ModelSpec& spec) {
 
 bool any_plan_flag(const PlanFlags& p) {
   return p.tp || p.pp || p.dp || p.vp || p.micro_batch_size || p.global_batch_size || p.first_stage_layers ||
-         p.last_stage_layers;
+         p.last_stage_layers || p.cp;
 }
 } // namespace
 
@@ -163,6 +163,9 @@ void add_plan_flags(CLI::App& app, PlanFlags& flags) {
                  "Expert-parallel size (MoE): divides dp and the expert count");
   app.add_option("--moe-imbalance", flags.moe_imbalance,
                  "MoE load imbalance >= 1: the busiest expert gets this many times the mean tokens");
+  // --- context parallelism ---
+  app.add_option("--cp,--context-parallel-size", flags.cp,
+                 "Context-parallel size: sequence split over cp ranks, ring attention (rank order tp-cp-dp-pp)");
 }
 
 void add_scenario_flags(CLI::App& app, ScenarioFlags& flags) {
@@ -261,6 +264,11 @@ model::Scenario resolve_scenario(const ScenarioFlags& flags) {
   require_positive("--pp", plan.pp);
   require_positive("--vp", plan.vp);
   require_positive("--micro-batch-size", plan.micro_batch_size);
+  // --- context parallelism ---
+  if (pf.cp) {
+    require_positive("--cp", *pf.cp);
+    plan.cp = *pf.cp;
+  }
 
   // Cluster: flags on top of the scenario's, else defaults.
   const ClusterFlags& cf = flags.cluster;
@@ -274,7 +282,8 @@ model::Scenario resolve_scenario(const ScenarioFlags& flags) {
     } else if (pure_default) {
       num_gpus = DEFAULT_NUM_GPUS;
     } else {
-      const std::int64_t world = checked_product(checked_product(plan.tp, plan.pp, "--pp"), pf.dp ? *pf.dp : 1, "--dp");
+      const std::int64_t world = checked_product(
+          checked_product(checked_product(plan.tp, plan.pp, "--pp"), plan.cp, "--cp"), pf.dp ? *pf.dp : 1, "--dp");
       if (world > model::MAX_NUM_GPUS) {
         throw InputError(input_message(WHERE, "--num-gpus",
                                        fmt::format("not given, and tp*pp*dp = {} is too large (at most {} GPUs)", world,
@@ -300,22 +309,29 @@ model::Scenario resolve_scenario(const ScenarioFlags& flags) {
     scenario.cluster = model::make_cluster(system_or_gpu, num_gpus, cf.gpus_per_node.value_or(0), WHERE);
   }
 
-  const std::int64_t model_parallel = checked_product(plan.tp, plan.pp, "--pp");
+  // With context parallelism the model-parallel block is tp*cp*pp (dp = num-gpus / (tp*cp*pp), Megatron).
+  const std::int64_t model_parallel = checked_product(checked_product(plan.tp, plan.pp, "--pp"), plan.cp, "--cp");
   const int num_gpus = scenario.cluster.num_gpus;
   if (pf.dp) {
     require_positive("--dp", *pf.dp);
     const std::int64_t world = checked_product(model_parallel, *pf.dp, "--dp");
     if (world != num_gpus) {
-      throw InputError(input_message(WHERE, "--dp",
-                                     fmt::format("tp*pp*dp = {}*{}*{} = {} != num_gpus = {}", plan.tp, plan.pp,
-                                                 *pf.dp, world, num_gpus)));
+      throw InputError(input_message(
+          WHERE, "--dp",
+          plan.cp == 1 ? fmt::format("tp*pp*dp = {}*{}*{} = {} != num_gpus = {}", plan.tp, plan.pp, *pf.dp, world,
+                                     num_gpus)
+                       : fmt::format("tp*cp*pp*dp = {}*{}*{}*{} = {} != num_gpus = {}", plan.tp, plan.cp, plan.pp,
+                                     *pf.dp, world, num_gpus)));
     }
     plan.dp = *pf.dp;
   } else {
     if (num_gpus % model_parallel != 0) {
-      throw InputError(input_message(WHERE, "--num-gpus",
-                                     fmt::format("{} is not divisible by tp*pp = {}*{} = {}", num_gpus, plan.tp,
-                                                 plan.pp, model_parallel)));
+      throw InputError(input_message(
+          WHERE, plan.cp == 1 ? "--num-gpus" : "--cp",
+          plan.cp == 1 ? fmt::format("{} is not divisible by tp*pp = {}*{} = {}", num_gpus, plan.tp, plan.pp,
+                                     model_parallel)
+                       : fmt::format("tp*cp*pp = {}*{}*{} = {} does not divide num_gpus = {}", plan.tp, plan.cp,
+                                     plan.pp, model_parallel, num_gpus)));
     }
     plan.dp = static_cast<int>(num_gpus / model_parallel);
   }

@@ -54,6 +54,8 @@ struct PlanFlags {
   // --- mixture of experts ---
   std::optional<int> ep;                // Megatron --expert-model-parallel-size
   std::optional<double> moe_imbalance;  // busiest expert's tokens / mean tokens
+  // --- context parallelism ---
+  std::optional<int> cp;
 };
 
 struct ScenarioFlags {

@@ -6,6 +6,7 @@
 #include "exec/cpu/tensor.hpp"
 
 #include <cstdint>
+#include <span>
 
 namespace cuboid::exec::cpu {
 
@@ -24,5 +25,18 @@ void attention_forward(const AttentionShape& shape, const ConstMatRef& q, const 
 /// dq, dk, dv overwritten. `probs` from forward, or nullptr to recompute them from q and k.
 void attention_backward(const AttentionShape& shape, const ConstMatRef& dout, const ConstMatRef& q,
                         const ConstMatRef& k, const ConstMatRef& v, const Mat* probs, MatRef dq, MatRef dk, MatRef dv);
+
+// --- context parallelism ---
+/// Attention of this CP rank's queries against the whole sequence's keys (the all-gathered K and V): q has
+/// q_positions.size() * B rows, query row tq*B + b sitting at global position q_positions[tq]; k and v have T*B rows in
+/// natural order (shape.seq = T). Key j is visible to a query at position p iff j <= p (causal over global positions).
+/// probs, if non-null, receives (B*Hq*Tq, T).
+void attention_forward_cp(const AttentionShape& shape, std::span<const std::int64_t> q_positions, const ConstMatRef& q,
+                          const ConstMatRef& k, const ConstMatRef& v, MatRef out, Mat* probs);
+/// dq (Tq*B rows) overwritten; dk, dv (T*B rows) overwritten with this rank's partial gradients (the queries of the
+/// other CP ranks add theirs: sum over the CP group).
+void attention_backward_cp(const AttentionShape& shape, std::span<const std::int64_t> q_positions,
+                           const ConstMatRef& dout, const ConstMatRef& q, const ConstMatRef& k, const ConstMatRef& v,
+                           const Mat* probs, MatRef dq, MatRef dk, MatRef dv);
 
 } // namespace cuboid::exec::cpu

@@ -15,5 +15,10 @@ constexpr float ROPE_THETA = 10000.0f;
 void rope_forward(MatRef x, std::int64_t batch, std::int64_t head_dim);
 /// Gradient of rope_forward: rotates dx in place by the opposite angles.
 void rope_backward(MatRef dx, std::int64_t batch, std::int64_t head_dim);
+// --- context parallelism ---
+/// The same for a block of rows whose first row is row `first_row` of the whole sequence (position = (first_row +
+/// row) / B): a CP rank's sequence chunk.
+void rope_forward(MatRef x, std::int64_t batch, std::int64_t head_dim, std::int64_t first_row);
+void rope_backward(MatRef dx, std::int64_t batch, std::int64_t head_dim, std::int64_t first_row);
 
 } // namespace cuboid::exec::cpu

@@ -67,7 +67,7 @@ struct MappedRun {
 ///  model: kv heads empty -> = heads (MHA); ffn empty -> 4h; gated MLP (SwiGLU) and RMSNorm / no bias / RoPE for
 ///  Llama; GPT, BLOOM and Nemotron are not gated (Nemotron-4 uses squared ReLU); seq from the row; vocab empty ->
 ///  the family's tokenizer (BLOOM 250880 padded, Llama-2 32000, Llama-3 128256, Nemotron 256000, GPT 51200);
-///  plan: tp/pp empty -> Skipped ("no layout"); cp > 1 -> Unsupported; dp empty -> gpus / (tp*pp); mbs empty -> 1;
+///  plan: tp/pp empty -> Skipped ("no layout"); cp empty -> 1; dp empty -> gpus / (tp*pp*cp); mbs empty -> 1;
 ///  vp > 1 -> interleaved 1F1B, else 1F1B (SC21 Table 1 was interleaved but its chunk count is not given);
 ///  recompute: the row's value; empty with flops_def=hw_incl_recompute -> full (eq. 3 counts the extra forward);
 ///  otherwise not stated (recompute_stated = false; default none);

@@ -121,9 +121,6 @@ MappedRun map_run(const PublishedRun& run) {
   spec.learned_position_embedding = family.learned_positions;
   spec.tied_embeddings = family.tied;
   // ---- layout
-  if (run.cp && *run.cp > 1.0) {
-    return stop(RunStatus::Unsupported, fmt::format("context parallelism cp={} is not modelled", *run.cp));
-  }
   if (!run.tp || !run.pp) {
     return stop(RunStatus::Skipped, "no layout: tp/pp not given (source states only the model-parallel size)");
   }
@@ -133,12 +130,19 @@ MappedRun map_run(const PublishedRun& run) {
   model::Plan& plan = mapped.plan;
   plan.tp = static_cast<int>(as_int(*run.tp));
   plan.pp = static_cast<int>(as_int(*run.pp));
+  // Context parallelism (Megatron --context-parallel-size); an empty cell is cp = 1.
+  plan.cp = run.cp ? static_cast<int>(as_int(*run.cp)) : 1;
   mapped.num_gpus = static_cast<int>(as_int(*run.num_gpus));
-  if (plan.tp <= 0 || plan.pp <= 0 || mapped.num_gpus % (plan.tp * plan.pp) != 0) {
-    return stop(RunStatus::Infeasible, fmt::format("tp*pp = {} does not divide {} GPUs", plan.tp * plan.pp,
-                                                   mapped.num_gpus));
+  if (plan.cp <= 0) {
+    return stop(RunStatus::Infeasible, fmt::format("cp = {} is not a positive size", plan.cp));
   }
-  plan.dp = run.dp ? static_cast<int>(as_int(*run.dp)) : mapped.num_gpus / (plan.tp * plan.pp);
+  if (plan.tp <= 0 || plan.pp <= 0 || mapped.num_gpus % (plan.tp * plan.pp * plan.cp) != 0) {
+    return stop(RunStatus::Infeasible,
+                plan.cp == 1 ? fmt::format("tp*pp = {} does not divide {} GPUs", plan.tp * plan.pp, mapped.num_gpus)
+                             : fmt::format("tp*pp*cp = {} does not divide {} GPUs", plan.tp * plan.pp * plan.cp,
+                                           mapped.num_gpus));
+  }
+  plan.dp = run.dp ? static_cast<int>(as_int(*run.dp)) : mapped.num_gpus / (plan.tp * plan.pp * plan.cp);
   plan.micro_batch_size = run.micro_batch ? as_int(*run.micro_batch) : 1;
   if (!run.micro_batch) {
     notes.emplace_back("micro batch not given -> 1");

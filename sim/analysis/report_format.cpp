@@ -63,6 +63,9 @@ std::string percent(double fraction) { return fmt::format("{:.1f}%", 100.0 * fra
 
 std::string plan_short(const model::Plan& plan) {
   std::string out = fmt::format("TP{} PP{} DP{}", plan.tp, plan.pp, plan.dp);
+  if (plan.cp > 1) { // --- context parallelism ---
+    out += fmt::format(" CP{}", plan.cp);
+  }
   if (plan.vp > 1) {
     out += fmt::format(" VP{}", plan.vp);
   }
@@ -96,6 +99,9 @@ namespace cuboid::sim::analysis {
 
 std::string plan_label(const model::Plan& plan) {
   std::string out = fmt::format("TP{} PP{} DP{}", plan.tp, plan.pp, plan.dp);
+  if (plan.cp > 1) { // --- context parallelism ---
+    out += fmt::format(" CP{}", plan.cp);
+  }
   if (plan.vp > 1) {
     out += fmt::format(" VP{}", plan.vp);
   }

@@ -29,7 +29,7 @@ std::string csv_number(double value) { return fmt::format("{}", value); }
 } // namespace
 
 nlohmann::json plan_to_json(const model::Plan& plan) {
-  return nlohmann::json{{"tp", plan.tp},
+  nlohmann::json out{{"tp", plan.tp},
                         {"pp", plan.pp},
                         {"dp", plan.dp},
                         {"vp", plan.vp},
@@ -46,6 +46,10 @@ nlohmann::json plan_to_json(const model::Plan& plan) {
                         {"tp_comm_overlap", plan.tp_comm_overlap},
                         {"first_stage_layers", plan.first_stage_layers},
                         {"last_stage_layers", plan.last_stage_layers}};
+  if (plan.cp > 1) { // --- context parallelism --- (only when in use: outputs without CP stay as they were)
+    out["cp"] = plan.cp;
+  }
+  return out;
 }
 
 nlohmann::json model_to_json(const model::ModelSpec& spec) {
@@ -216,6 +220,11 @@ std::string format_summary(const model::TaskGraph& graph, const model::CostModel
                        spec.num_experts, spec.moe_top_k, spec.moe_ffn_hidden_size, spec.num_shared_experts,
                        spec.num_moe_layers(), spec.active_parameters() / GB, plan.ep, plan.expert_dp(),
                        plan.moe_imbalance);
+  }
+  if (plan.cp > 1) { // --- context parallelism ---
+    out += fmt::format("# cp       cp={} (sequence split over {} ranks, ring attention; gradients reduced over dp*cp = "
+                       "{})\n",
+                       plan.cp, plan.cp, plan.dp_cp_size());
   }
   out += "#\n";
   out += fmt::format("# {:>12} {:>14} {:>12} {:>10} {:>8} {:>9} {:>11} {:>6}\n", "step", "tokens/s", "tokens/s/gpu",

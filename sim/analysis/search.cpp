@@ -90,6 +90,23 @@ model::ClusterSpec resize_cluster(const model::ClusterSpec& cluster, int num_gpu
   resized.num_gpus = num_gpus;
   return resized;
 }
+
+// --- context parallelism ---
+// (cp, pp) pairs for `rest` = num_gpus / tp ranks: cp from the space (default 1) when it divides rest and, for
+// cp > 1, seq_length / 2 (the load-balanced causal split); pp every divisor of rest / cp.
+std::vector<std::pair<int, int>> cp_pp_pairs(const model::ModelSpec& spec, const SearchSpace& space, int rest) {
+  std::vector<std::pair<int, int>> pairs;
+  for (const int cp : space.cp.empty() ? std::vector<int>{1} : space.cp) {
+    if (cp <= 0 || rest % cp != 0 || (cp > 1 && spec.seq_length % (2 * std::int64_t{cp}) != 0)) {
+      continue;
+    }
+    for (const int pp : divisors(rest / cp)) {
+      pairs.emplace_back(cp, pp);
+    }
+  }
+  return pairs;
+}
+
 } // namespace
 
 std::string to_string(PlanStatus status) {
@@ -127,12 +144,14 @@ std::vector<int> ep_sizes(const model::ModelSpec& spec, const SearchSpace& space
 } // namespace
 
 std::string plan_key(const model::Plan& plan, int num_gpus) {
-  // --- mixture of experts --- " ep2" only when ep > 1, so dense keys (and resumable CSVs) stay as they were.
+  // --- mixture of experts --- " ep2" only when ep > 1, and " cp2" only when cp > 1, so dense 3D keys (and
+  // resumable CSVs) stay as they were.
   const std::string ep_suffix = plan.ep > 1 ? fmt::format(" ep{}", plan.ep) : std::string{};
+  const std::string cp_suffix = plan.cp > 1 ? fmt::format(" cp{}", plan.cp) : std::string{};
   return fmt::format("n{} tp{} pp{} dp{} vp{} mbs{} {} {} sp{} do{} {}", num_gpus, plan.tp, plan.pp, plan.dp, plan.vp,
                      plan.micro_batch_size, model::to_string(plan.schedule), model::to_string(plan.recompute),
                      plan.sequence_parallel ? 1 : 0, plan.distributed_optimizer ? 1 : 0,
-                     model::to_string(plan.precision)) + ep_suffix;
+                     model::to_string(plan.precision)) + cp_suffix + ep_suffix;
 }
 
 std::vector<PlanOutcome> enumerate_space(const model::ModelSpec& spec, const model::ClusterSpec& cluster,
@@ -169,7 +188,8 @@ std::vector<PlanOutcome> enumerate_space(const model::ModelSpec& spec, const mod
       if (space.tp.empty() && (spec.num_attention_heads % tp != 0 || spec.num_query_groups % tp != 0)) {
         continue; // invalid by construction; listed only when the user asked for it explicitly
       }
-      for (const int pp : divisors(num_gpus / tp)) {
+      // --- context parallelism --- (cp = 1 unless asked for): every (cp, pp) pair that divides num_gpus / tp.
+      for (const auto& [cp, pp] : cp_pp_pairs(spec, space, num_gpus / tp)) {
         if (!allowed(space.pp, pp) || pp > spec.num_layers) {
           continue;
         }
@@ -177,7 +197,7 @@ std::vector<PlanOutcome> enumerate_space(const model::ModelSpec& spec, const mod
         if (spec.num_layers % pp != 0 && first_layers == 0) {
           continue; // no even split and no Megatron-style uneven one
         }
-        const int dp = num_gpus / (tp * pp);
+        const int dp = num_gpus / (tp * cp * pp);
         if (space.global_batch_size % dp != 0) {
           continue; // batch does not split over DP: not a plan of this space
         }
@@ -231,6 +251,7 @@ std::vector<PlanOutcome> enumerate_space(const model::ModelSpec& spec, const mod
                       plan.first_stage_layers = first_layers;
                       plan.last_stage_layers = last_layers;
                       plan.ep = ep;
+                      plan.cp = cp;
                       classify_plan(spec, sized, outcome);
                       out.push_back(std::move(outcome));
                      }

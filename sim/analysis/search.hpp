@@ -37,6 +37,10 @@ struct SearchSpace {
   // --- mixture of experts --- expert-parallel sizes; empty: for MoE models every ep that divides both dp and the
   // expert count, for dense models ep = 1 only.
   std::vector<int> ep;
+  // --- context parallelism ---
+  // CP sizes to try; empty = cp 1 only (CP is opt-in: it only pays for long sequences). Values must divide
+  // seq_length / 2 (load-balanced split) and num_gpus / tp; others are skipped.
+  std::vector<int> cp;
 };
 
 enum class PlanStatus { Simulated, Rejected, OutOfMemory, Pruned };

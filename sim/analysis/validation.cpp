@@ -32,6 +32,9 @@ constexpr double RECOMPUTE_CHOICE_MEMORY_SLACK = 1.10;
 
 std::string layout_text(const model::Plan& plan) {
   std::string text = fmt::format("tp{} pp{} dp{}", plan.tp, plan.pp, plan.dp);
+  if (plan.cp > 1) { // --- context parallelism ---
+    text += fmt::format(" cp{}", plan.cp);
+  }
   if (plan.vp > 1) {
     text += fmt::format(" vp{}", plan.vp);
   }

@@ -45,6 +45,7 @@ struct Args {
   int first_stage_layers = 0;
   int last_stage_layers = 0;
   bool distributed_optimizer = false;
+  int cp = 1; // context parallelism
 };
 
 // Local parsers (the test must not depend on the CLI's): the same spellings as tools/.
@@ -74,7 +75,7 @@ cuboid::model::Recompute parse_recompute(const std::string& text) {
   throw cuboid::InputError("command line: --recompute: unknown value '" + text + "' (valid: none, selective, full)");
 }
 
-RunOptions make_options(const Args& args, int tp, int dp, int pp, int vp) {
+RunOptions make_options(const Args& args, int tp, int dp, int pp, int vp, int cp = 1) {
   RunOptions options;
   if (args.model != "gpt-tiny" && args.model != "llama-tiny") {
     throw cuboid::InputError("command line: --model: unknown value '" + args.model + "' (valid: gpt-tiny, llama-tiny)");
@@ -84,6 +85,7 @@ RunOptions make_options(const Args& args, int tp, int dp, int pp, int vp) {
   options.plan.dp = dp;
   options.plan.pp = pp;
   options.plan.vp = vp;
+  options.plan.cp = cp;
   options.plan.micro_batch_size = args.micro_batch;
   options.plan.global_batch_size = args.global_batch;
   options.plan.schedule = parse_schedule(args.schedule);
@@ -96,8 +98,8 @@ RunOptions make_options(const Args& args, int tp, int dp, int pp, int vp) {
     options.plan.grad_bucket_bytes = args.grad_bucket_bytes;
   }
   options.cluster.name = "cpu";
-  options.cluster.num_gpus = tp * dp * pp;
-  options.cluster.gpus_per_node = tp * dp * pp;
+  options.cluster.num_gpus = tp * cp * dp * pp;
+  options.cluster.gpus_per_node = tp * cp * dp * pp;
   options.steps = args.steps;
   options.seed = 2024;
   options.timeout_s = args.timeout_s;
@@ -123,7 +125,7 @@ double relative_l2(const std::vector<float>& got, const std::vector<float>& want
 }
 
 int run(const Args& args, cuboid::exec::Communicator& world) {
-  const RunOptions options = make_options(args, args.tp, args.dp, args.pp, args.vp);
+  const RunOptions options = make_options(args, args.tp, args.dp, args.pp, args.vp, args.cp);
   Trainer trainer(options, world);
   std::vector<double> losses;
   losses.push_back(trainer.step());
@@ -158,8 +160,8 @@ int run(const Args& args, cuboid::exec::Communicator& world) {
     ref_losses.push_back(ref.step());
   }
   int failures = 0;
-  std::printf("# model %s plan tp=%d dp=%d pp=%d vp=%d schedule=%s recompute=%s sp=%d mb=%ld gb=%ld\n", args.model.c_str(), args.tp, args.dp,
-              args.pp, args.vp, args.schedule.c_str(), args.recompute.c_str(), args.sequence_parallel ? 1 : 0,
+  std::printf("# model %s plan tp=%d cp=%d dp=%d pp=%d vp=%d schedule=%s recompute=%s sp=%d mb=%ld gb=%ld\n",
+              args.model.c_str(), args.tp, args.cp, args.dp, args.pp, args.vp, args.schedule.c_str(), args.recompute.c_str(), args.sequence_parallel ? 1 : 0,
               static_cast<long>(args.micro_batch), static_cast<long>(args.global_batch));
   std::printf("# step  loss(plan)  loss(single)  rel.diff\n");
   for (std::size_t step = 0; step < losses.size(); ++step) {
@@ -197,6 +199,7 @@ int main(int argc, char** argv) {
   CLI::App app{"Runs a DP x TP x PP plan on gpt-tiny and compares it with a single-rank run"};
   app.add_option("--model", args.model, "gpt-tiny or llama-tiny (RMSNorm, SwiGLU, RoPE, GQA)");
   app.add_option("--tp", args.tp);
+  app.add_option("--cp", args.cp, "context-parallel size (sequence split over cp ranks)");
   app.add_option("--dp", args.dp);
   app.add_option("--pp", args.pp);
   app.add_option("--vp", args.vp);

@@ -141,10 +141,16 @@ TEST_CASE("sim::analysis::map_run: defaults and skips", "[validate]") {
     CHECK(mapped.status == RunStatus::Skipped);
     CHECK_THAT(mapped.reason, Contains("no layout"));
   }
-  SECTION("context parallelism is unsupported") {
+  SECTION("context parallelism: cp from the row, dp as stated (gpus / (tp*pp*cp))") {
     const auto mapped = map_run(runs.at("nemo-24.07-fp8-llama3-8b-8gpu"));
-    CHECK(mapped.status == RunStatus::Unsupported);
-    CHECK_THAT(mapped.reason, Contains("cp=2"));
+    REQUIRE(mapped.status == RunStatus::Ok);
+    CHECK(mapped.plan.cp == 2);
+    CHECK(mapped.plan.dp == 4);
+    CHECK(mapped.plan.world_size() == 8);
+    const auto dgxc = map_run(runs.at("dgxc-v25.02-llama31-8b-bf16-128gpu"));
+    REQUIRE(dgxc.status == RunStatus::Ok);
+    CHECK(dgxc.plan.cp == 2);
+    CHECK(dgxc.plan.dp == 64);
   }
   SECTION("Llama 2 70B: GQA, SwiGLU, FP8, interleaved") {
     const auto mapped = map_run(runs.at("nemo-24.07-fp8-llama2-70b-64gpu"));

@@ -59,7 +59,7 @@ inline model::TaskGraph build_toy_graph(const ToySpec& spec, model::Instantiatio
   toy_model.num_layers = static_cast<std::int64_t>(plan.pp) * spec.layers_per_stage;
   toy_model.seq_length = 1024;
   TaskGraph graph(toy_model, spec.cluster, plan, inst);
-  const RankGrid grid(plan.tp, plan.dp, plan.pp);
+  const RankGrid grid(plan.tp, plan.cp, plan.dp, plan.pp);
   const int m = static_cast<int>(plan.num_microbatches());
   const double size = spec.gemm_size;
 
