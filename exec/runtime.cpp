@@ -95,6 +95,14 @@ void validate_options(const RunOptions& options, const Communicator& world) {
   model::ClusterSpec cluster = options.cluster;
   cluster.num_gpus = world.size();
   model::validate(plan, options.model, cluster, "run options");
+  // --- zero-bubble schedules ---
+  // The split B/W backward is in the IR and the simulator; the exec runtime does not run W tasks yet.
+  if (model::splits_backward(plan.schedule)) {
+    throw InputError(input_message("command line", "plan.schedule",
+                                   fmt::format("{} is not supported by the exec backend yet (valid for run: gpipe, "
+                                               "1f1b, interleaved; zb-h1 and zb-v are simulated only)",
+                                               model::to_string(plan.schedule))));
+  }
   if (options.steps < 1) {
     throw InputError(input_message("command line", "steps", fmt::format("{} (expected >= 1)", options.steps)));
   }
