@@ -4,6 +4,7 @@
 #include "model/hardware_catalog.hpp"
 #include "model/model_catalog.hpp"
 #include "model/step_builder.hpp"
+#include "sim/analysis/search.hpp"
 #include "sim/simulator.hpp"
 
 #include <catch2/catch.hpp>
@@ -53,4 +54,27 @@ TEST_CASE("sim: zero-bubble schedules shrink the pipeline bubble (GPT-3 175B, pp
   // peak is at least 1F1B's, and below two pp-deep pipelines' worth.
   CHECK(zb_h1.peak_activation_bytes >= one_f_one_b.peak_activation_bytes);
   CHECK(zb_h1.peak_activation_bytes < 2.0 * one_f_one_b.peak_activation_bytes);
+}
+
+TEST_CASE("sim::analysis::enumerate_space: zb-h1 and zb-v are searched, zb-v with vp = 2", "[search][schedule]") {
+  // gpt-tiny has 4 layers: zb-v fits pp = 2 only (4 divisible by 2 pp), zb-h1 every pp > 1 dividing 4.
+  const model::ModelSpec spec = model::find_model("gpt-tiny");
+  const model::ClusterSpec cluster = model::make_cluster("dgx-a100", 4, 8, "test");
+  sim::analysis::SearchSpace space;
+  space.global_batch_size = 8;
+  space.schedules = {model::Schedule::ZbH1, model::Schedule::ZbV};
+  int zb_v = 0;
+  int zb_h1 = 0;
+  for (const sim::analysis::PlanOutcome& outcome : sim::analysis::enumerate_space(spec, cluster, space)) {
+    if (outcome.plan.schedule == model::Schedule::ZbV) {
+      ++zb_v;
+      CHECK(outcome.plan.vp == 2);
+      CHECK(outcome.plan.pp == 2);
+    } else if (outcome.plan.schedule == model::Schedule::ZbH1) {
+      ++zb_h1;
+      CHECK(outcome.plan.vp == 1);
+    }
+  }
+  CHECK(zb_v > 0);
+  CHECK(zb_h1 > zb_v);
 }
