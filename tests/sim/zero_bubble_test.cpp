@@ -78,3 +78,24 @@ TEST_CASE("sim::analysis::enumerate_space: zb-h1 and zb-v are searched, zb-v wit
   CHECK(zb_v > 0);
   CHECK(zb_h1 > zb_v);
 }
+
+TEST_CASE("sim: zero-bubble rank classes and all ranks give the same step time", "[sim][schedule]") {
+  // DESIGN.md: on a symmetric cluster one representative per stage must predict the all-ranks step exactly.
+  const model::ModelSpec spec = model::find_model("gpt-tiny");
+  model::Plan plan;
+  plan.tp = 2;
+  plan.dp = 2;
+  plan.pp = 2;
+  plan.schedule = GENERATE(model::Schedule::ZbH1, model::Schedule::ZbV);
+  plan.vp = plan.schedule == model::Schedule::ZbV ? 2 : 1;
+  plan.global_batch_size = 16;
+  plan.grad_bucket_bytes = 1e5; // several DP buckets
+  const model::ClusterSpec cluster = model::make_cluster("dgx-a100", plan.world_size(), 8, "test");
+  model::validate(plan, spec, cluster, "test");
+  const model::CostModel cost(cluster, model::default_profile("a100-80gb"), plan);
+  const double classes =
+      sim::simulate(model::build_step_graph(spec, cluster, plan, model::Instantiation::RankClasses), cost).step_time_s;
+  const double all =
+      sim::simulate(model::build_step_graph(spec, cluster, plan, model::Instantiation::AllRanks), cost).step_time_s;
+  CHECK_THAT(classes, Catch::Matchers::WithinRel(all, 1e-9));
+}
