@@ -344,7 +344,37 @@ void GptModel::layer_forward(Communicator& tp, int layer, const Mat& x, Mat& out
   }
 }
 
-void GptModel::layer_backward(Communicator& tp, int layer, LayerCache& c, const Mat& dout, Mat& dx) {
+void GptModel::linear_grads(const Mat& dy, const Mat& x, int weight_idx, int bias_idx, Mat& dx, bool accumulate_dx,
+                            WeightGradWork* deferred) {
+  if (deferred == nullptr) {
+    cpu::linear_backward(dy, x, weight(weight_idx), dx, grad(weight_idx), bias_grad(bias_idx), accumulate_dx);
+    return;
+  }
+  // The dgrad GEMM of cpu::linear_backward; the wgrad GEMM waits for apply_weight_grads.
+  if (accumulate_dx) {
+    dx.noalias() += dy * weight(weight_idx).transpose();
+  } else {
+    dx.noalias() = dy * weight(weight_idx).transpose();
+  }
+  deferred->items.push_back({weight_idx, bias_idx, false, dy, x});
+}
+
+void GptModel::apply_weight_grads(WeightGradWork& work) {
+  for (const WeightGradWork::Item& item : work.items) {
+    if (item.transposed) {
+      grad(item.weight).noalias() += item.dy.transpose() * item.x;
+    } else {
+      grad(item.weight).noalias() += item.x.transpose() * item.dy;
+    }
+    if (item.bias >= 0) {
+      Eigen::Map<cpu::RowVec>(bias_grad(item.bias), item.dy.cols()) += item.dy.colwise().sum();
+    }
+  }
+  work.items.clear();
+}
+
+void GptModel::layer_backward(Communicator& tp, int layer, LayerCache& c, const Mat& dout, Mat& dx,
+                              WeightGradWork* deferred) {
   if (!c.complete) {
     Mat ignored;
     const Mat input = std::move(c.x);
@@ -362,17 +392,17 @@ void GptModel::layer_backward(Communicator& tp, int layer, LayerCache& c, const 
   Mat dmlp_full;
   enter_tp(tp, dout, dmlp_full); // conjugate of leave_tp
   Mat dact(rows, c.act.cols());
-  cpu::linear_backward(dmlp_full, c.act, weight(p.w2), dact, grad(p.w2), nullptr);
+  linear_grads(dmlp_full, c.act, p.w2, -1, dact, false, deferred);
   Mat dh2_full(rows, spec_.hidden_size);
   Mat dfc1(rows, c.fc1.cols());
   if (spec_.gated_mlp) {
     Mat dgate(rows, c.gate.cols());
     cpu::swiglu_backward(dact, c.gate, c.fc1, dgate, dfc1);
-    cpu::linear_backward(dgate, c.h2_full, weight(p.wg), dh2_full, grad(p.wg), bias_grad(p.bg));
-    cpu::linear_backward(dfc1, c.h2_full, weight(p.w1), dh2_full, grad(p.w1), bias_grad(p.b1), true);
+    linear_grads(dgate, c.h2_full, p.wg, p.bg, dh2_full, false, deferred);
+    linear_grads(dfc1, c.h2_full, p.w1, p.b1, dh2_full, true, deferred);
   } else {
     cpu::gelu_backward(dact, c.fc1, dfc1);
-    cpu::linear_backward(dfc1, c.h2_full, weight(p.w1), dh2_full, grad(p.w1), bias_grad(p.b1));
+    linear_grads(dfc1, c.h2_full, p.w1, p.b1, dh2_full, false, deferred);
   }
   Mat dh2;
   leave_tp(tp, dh2_full, dh2); // conjugate of enter_tp
@@ -386,7 +416,7 @@ void GptModel::layer_backward(Communicator& tp, int layer, LayerCache& c, const 
   Mat dattn_out_full;
   enter_tp(tp, dx2, dattn_out_full);
   Mat dattn(rows, c.attn.cols());
-  cpu::linear_backward(dattn_out_full, c.attn, weight(p.wo), dattn, grad(p.wo), nullptr);
+  linear_grads(dattn_out_full, c.attn, p.wo, -1, dattn, false, deferred);
   Mat dq(rows, c.q.cols());
   Mat dk(rows, c.k.cols());
   Mat dv(rows, c.v.cols());
@@ -411,9 +441,9 @@ void GptModel::layer_backward(Communicator& tp, int layer, LayerCache& c, const 
     cpu::rope_backward(dk, plan_.micro_batch_size, spec_.head_dim);
   }
   Mat dh1_full(rows, spec_.hidden_size);
-  cpu::linear_backward(dq, c.h1_full, weight(p.wq), dh1_full, grad(p.wq), bias_grad(p.bq));
-  cpu::linear_backward(dk, c.h1_full, weight(p.wk), dh1_full, grad(p.wk), bias_grad(p.bk), true);
-  cpu::linear_backward(dv, c.h1_full, weight(p.wv), dh1_full, grad(p.wv), bias_grad(p.bv), true);
+  linear_grads(dq, c.h1_full, p.wq, p.bq, dh1_full, false, deferred);
+  linear_grads(dk, c.h1_full, p.wk, p.bk, dh1_full, true, deferred);
+  linear_grads(dv, c.h1_full, p.wv, p.bv, dh1_full, true, deferred);
   Mat dh1;
   leave_tp(tp, dh1_full, dh1);
   dx = std::move(dx2);
@@ -435,12 +465,16 @@ double GptModel::head_forward(Communicator& tp, const Mat& x, std::span<const st
 }
 
 void GptModel::head_backward(Communicator& tp, HeadCache& c, std::span<const std::int32_t> targets, float loss_scale,
-                             Mat& dx) {
+                             Mat& dx, WeightGradWork* deferred) {
   const float scale = loss_scale / static_cast<float>(targets.size());
   Mat dlogits(c.probs.rows(), c.probs.cols());
   cpu::vocab_parallel_cross_entropy_backward(c.probs, targets, params_.info(head_w_).row0, scale, dlogits);
   Mat dh_full = dlogits * weight(head_w_);       // (T*B, C) partial over the vocab shards
-  grad(head_w_).noalias() += dlogits.transpose() * c.h_full;
+  if (deferred == nullptr) {
+    grad(head_w_).noalias() += dlogits.transpose() * c.h_full;
+  } else {
+    deferred->items.push_back({head_w_, -1, true, std::move(dlogits), c.h_full});
+  }
   Mat dh;
   leave_tp(tp, dh_full, dh);
   dx = Mat::Zero(c.x.rows(), c.x.cols());

@@ -46,6 +46,21 @@ struct HeadCache {
   cpu::Mat probs;             // (T*B, V/tp) softmax of the logits
 };
 
+// --- zero-bubble schedules ---
+/// The weight-gradient half (W) of a backward that zb-h1 / zb-v defer (Qi et al. 2024): per linear layer the output
+/// gradient dY and input X whose dW += X^T dY (db += column sums of dY) have not run yet. Filled by the backward's
+/// input-gradient half (B), consumed by GptModel::apply_weight_grads.
+struct WeightGradWork {
+  struct Item {
+    int weight = -1;          // parameter index of W (k, n); the head's output layer is stored (V/tp, C)
+    int bias = -1;            // -1 without bias
+    bool transposed = false;  // head output layer: dW += dY^T X
+    cpu::Mat dy;              // (rows, n)
+    cpu::Mat x;               // (rows, k)
+  };
+  std::vector<Item> items;
+};
+
 class GptModel;
 
 /// The full model's parameters (tp = pp = dp = 1) in canonical order, without buffers.
@@ -76,13 +91,17 @@ public:
   void layer_forward(Communicator& tp, int layer, const cpu::Mat& x, cpu::Mat& out, LayerCache& cache,
                      bool keep_all) const;
   /// dx overwritten with the gradient of the layer input; consumes the cache (recomputes it if incomplete).
-  void layer_backward(Communicator& tp, int layer, LayerCache& cache, const cpu::Mat& dout, cpu::Mat& dx);
+  /// With `deferred` (zero-bubble B) the weight gradients of the linear layers are not accumulated but queued there.
+  void layer_backward(Communicator& tp, int layer, LayerCache& cache, const cpu::Mat& dout, cpu::Mat& dx,
+                      WeightGradWork* deferred = nullptr);
   /// Mean cross-entropy over the micro-batch's T*B tokens (the same value on every TP rank).
   [[nodiscard]] double head_forward(Communicator& tp, const cpu::Mat& x, std::span<const std::int32_t> targets,
                                     HeadCache& cache) const;
   /// loss_scale: d(step loss)/d(micro-batch mean loss), e.g. 1 / (m * dp).
   void head_backward(Communicator& tp, HeadCache& cache, std::span<const std::int32_t> targets, float loss_scale,
-                     cpu::Mat& dx);
+                     cpu::Mat& dx, WeightGradWork* deferred = nullptr);
+  /// Zero-bubble W: accumulates the queued weight (and bias) gradients and empties `work`.
+  void apply_weight_grads(WeightGradWork& work);
 
   // --- context parallelism ---
   /// Makes this model a CP rank: `cp` (size plan.cp, not owned, must outlive the model) is the CP group and cp_rank
@@ -119,6 +138,9 @@ private:
   /// Leave a row-parallel region: reduce-scatter under SP, else all-reduce (in place), result in `out`.
   void leave_tp(Communicator& tp, cpu::Mat& partial, cpu::Mat& out) const;
   [[nodiscard]] const LayerIdx& layer_idx(int layer) const;
+  /// cpu::linear_backward, or with `deferred` only its dX part, queueing (dY, X) for apply_weight_grads.
+  void linear_grads(const cpu::Mat& dy, const cpu::Mat& x, int weight_idx, int bias_idx, cpu::Mat& dx,
+                    bool accumulate_dx, WeightGradWork* deferred);
 
   model::ModelSpec spec_;
   model::Plan plan_;

@@ -1,6 +1,8 @@
 // TaskGraph -> per-rank Program (see lowering.hpp for the placement rules).
 #include "exec/lowering.hpp"
 
+#include "model/schedule.hpp"
+
 #include "model/errors.hpp"
 
 #include <boost/graph/adjacency_list.hpp>
@@ -195,7 +197,9 @@ private:
   void emit_compute(TaskId id, Instr instr) {
     const Task& t = graph_.task(id);
     CUBOID_ASSERT(t.phase != model::Phase::None, "compute task {} has no phase", graph_.label(id));
-    instr.kind = t.phase == model::Phase::Forward ? InstrKind::Forward : InstrKind::Backward;
+    instr.kind = t.phase == model::Phase::Forward    ? InstrKind::Forward
+                 : t.phase == model::Phase::Backward ? InstrKind::Backward
+                                                     : InstrKind::WeightGrad;
     instr.chunk = t.chunk;
     instr.microbatch = t.microbatch;
     const bool embed = block_is(graph_, t, "embed", {"embed", "embedding"});
@@ -211,15 +215,51 @@ private:
       units.emplace_back(UnitKind::Head, -1);
     }
     CUBOID_ASSERT(!units.empty(), "compute task {} is neither a layer, the embedding nor the head", graph_.label(id));
-    if (instr.kind == InstrKind::Backward) {
+    if (instr.kind != InstrKind::Forward) {
       std::reverse(units.begin(), units.end());
     }
+    emit_local_move(t, units.front().first, units.front().second);
     for (const auto& [unit, layer] : units) {
       Instr part = instr;
       part.unit = unit;
       part.layer = layer;
       add(part);
     }
+  }
+
+  // --- zero-bubble schedules ---
+  // zb-v turns the pipeline on stage pp - 1: its chunk 0 feeds its own chunk 1 (and chunk 1's input gradient flows
+  // back to chunk 0) through an IR edge, not a P2P task. Before the first unit of such a forward / input-gradient
+  // step, move the tensor between the chunks' states.
+  void emit_local_move(const Task& t, UnitKind unit, int layer) {
+    const auto& plan = graph_.get_plan();
+    if (plan.schedule != model::Schedule::ZbV || t.phase == model::Phase::WeightGrad) {
+      return;
+    }
+    const bool forward = t.phase == model::Phase::Forward;
+    const model::ChunkLayout lay =
+        model::chunk_layouts(plan, graph_.get_model().num_layers, t.stage)[static_cast<std::size_t>(t.chunk)];
+    const bool first_unit = forward ? (lay.has_embedding ? unit == UnitKind::Embedding
+                                                         : unit == UnitKind::Layer && layer == lay.first_layer)
+                                    : (lay.has_head ? unit == UnitKind::Head
+                                                    : unit == UnitKind::Layer &&
+                                                          layer == lay.first_layer + lay.num_layers - 1);
+    const int virtual_stage = model::virtual_stage_of(plan, t.stage, t.chunk);
+    const int neighbour = forward ? virtual_stage - 1 : virtual_stage + 1;
+    if (!first_unit || neighbour < 0 || neighbour >= plan.pp * plan.vp) {
+      return;
+    }
+    const model::StageChunk from = model::locate_virtual_stage(plan, neighbour);
+    if (from.stage != t.stage) {
+      return;
+    }
+    Instr move;
+    move.kind = InstrKind::LocalMove;
+    move.direction = forward ? Direction::Forward : Direction::Backward;
+    move.chunk = from.chunk;
+    move.peer = t.chunk;
+    move.microbatch = t.microbatch;
+    add(move);
   }
 
   void emit_p2p(TaskId id, InstrKind kind) {
@@ -229,12 +269,10 @@ private:
     const auto& grid_plan = graph_.get_plan();
     // The P2P task carries the sender's stage and chunk; the receiver's chunk changes where the pipeline wraps
     // (interleaved: stage pp-1 chunk c feeds stage 0 chunk c+1 forward, and back).
-    int receiver_chunk = t.chunk;
-    if (direction == Direction::Forward && sender_stage == grid_plan.pp - 1) {
-      receiver_chunk = t.chunk + 1;
-    } else if (direction == Direction::Backward && sender_stage == 0) {
-      receiver_chunk = t.chunk - 1;
-    }
+    // zb-v: the receiver is the neighbouring virtual stage of the V (model::locate_virtual_stage).
+    const int sender_virtual = model::virtual_stage_of(grid_plan, sender_stage, t.chunk);
+    const int receiver_chunk =
+        model::locate_virtual_stage(grid_plan, sender_virtual + (direction == Direction::Forward ? 1 : -1)).chunk;
     Instr instr;
     instr.kind = kind;
     instr.task = id;

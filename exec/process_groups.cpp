@@ -3,7 +3,7 @@
 
 namespace cuboid::exec {
 
-ProcessGroups make_process_groups(Communicator& world, const model::RankGrid& grid) {
+ProcessGroups make_process_groups(Communicator& world, const model::RankGrid& grid, int head_stage) {
   ProcessGroups groups;
   const int rank = world.rank();
   const model::RankCoord c = grid.coord_of(rank);
@@ -16,7 +16,8 @@ ProcessGroups make_process_groups(Communicator& world, const model::RankGrid& gr
   groups.tp = world.split(c.cp_rank + cp * (c.dp_rank + dp * c.pp_rank), c.tp_rank);
   groups.dp = world.split(c.tp_rank + tp * c.pp_rank, c.cp_rank + cp * c.dp_rank); // dp*cp ranks
   groups.pp = world.split(c.tp_rank + tp * (c.cp_rank + cp * c.dp_rank), c.pp_rank);
-  const bool end_stage = c.pp_rank == 0 || c.pp_rank == pp - 1;
+  // The head's stage is the last one, or head_stage when given (zero-bubble V: stage 0).
+  const bool end_stage = c.pp_rank == 0 || c.pp_rank == (head_stage < 0 ? pp - 1 : head_stage);
   // Colors 0 .. tp*cp*dp-1 are the embedding groups; every other rank gets a group of its own.
   const int color = end_stage ? c.tp_rank + tp * (c.cp_rank + cp * c.dp_rank) : tp * cp * dp + rank;
   groups.embedding = world.split(color, c.pp_rank);

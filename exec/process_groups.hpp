@@ -23,7 +23,8 @@ struct ProcessGroups {
   std::unique_ptr<Communicator> cp;
 };
 
-/// Collective over `world`; world.size() must equal grid.world_size() (checked by the caller).
-ProcessGroups make_process_groups(Communicator& world, const model::RankGrid& grid);
+/// Collective over `world`; world.size() must equal grid.world_size() (checked by the caller). `head_stage`: the
+/// pipeline stage holding the output layer (-1: the last; zb-v puts it on stage 0, next to the embedding).
+ProcessGroups make_process_groups(Communicator& world, const model::RankGrid& grid, int head_stage = -1);
 
 } // namespace cuboid::exec

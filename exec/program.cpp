@@ -19,6 +19,8 @@ std::string to_string(InstrKind kind) {
   case InstrKind::CollectiveWait: return "collective-wait";
   case InstrKind::OptimizerStep: return "optimizer";
   case InstrKind::Free: return "free";
+  case InstrKind::WeightGrad: return "weight-grad";
+  case InstrKind::LocalMove: return "local-move";
   }
   return "?";
 }
@@ -27,8 +29,9 @@ std::string describe(const Instr& instr) {
   const char* dir = instr.direction == Direction::Forward ? "fwd" : "bwd";
   switch (instr.kind) {
   case InstrKind::Forward:
-  case InstrKind::Backward: {
-    const char* phase = instr.kind == InstrKind::Forward ? "fwd" : "bwd";
+  case InstrKind::Backward:
+  case InstrKind::WeightGrad: {
+    const char* phase = instr.kind == InstrKind::Forward ? "fwd" : instr.kind == InstrKind::Backward ? "bwd" : "wgrad";
     if (instr.unit == UnitKind::Layer) {
       return fmt::format("{} L{} mb{} c{}", phase, instr.layer, instr.microbatch, instr.chunk);
     }
@@ -41,6 +44,7 @@ std::string describe(const Instr& instr) {
   case InstrKind::CollectiveWait: return fmt::format("dp bucket {} wait", instr.bucket);
   case InstrKind::OptimizerStep: return "optimizer";
   case InstrKind::Free: return fmt::format("free mb{} c{}", instr.microbatch, instr.chunk);
+  case InstrKind::LocalMove: return fmt::format("move {} mb{} c{} -> c{}", dir, instr.microbatch, instr.chunk, instr.peer);
   }
   return "?";
 }

@@ -12,7 +12,12 @@
 
 namespace cuboid::exec {
 
-enum class InstrKind { Forward, Backward, Send, Recv, CollectiveStart, CollectiveWait, OptimizerStep, Free };
+// WeightGrad: the deferred weight-gradient half of a zero-bubble backward (Backward is then its input-gradient half).
+// LocalMove: hands a chunk's output (Forward) or input gradient (Backward) to the next chunk of the same rank, where
+// the pipeline turns without a message (zb-v on stage pp - 1); `chunk` is the source, `peer` the target chunk.
+enum class InstrKind {
+  Forward, Backward, Send, Recv, CollectiveStart, CollectiveWait, OptimizerStep, Free, WeightGrad, LocalMove
+};
 /// What a Forward/Backward instruction runs: the embedding, one transformer layer, or final norm + head + loss.
 enum class UnitKind { Embedding, Layer, Head };
 enum class Direction { Forward, Backward };

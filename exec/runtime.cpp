@@ -4,6 +4,8 @@
 // reduction (tied-embedding group, sequence-parallel norms) and applies AdamW.
 #include "exec/runtime.hpp"
 
+#include "model/schedule.hpp"
+
 #include "exec/data.hpp"
 #include "exec/gpt_model.hpp"
 #include "exec/internal_schedule.hpp"
@@ -45,6 +47,7 @@ struct MicroState {
   Mat grad;                         // its gradient flowing back
   std::map<int, LayerCache> layers; // by global layer
   HeadCache head;
+  std::map<int, WeightGradWork> pending_w; // zero-bubble: deferred W per global layer (-1: the head)
   MicroBatch data;
   bool has_data = false;
 };
@@ -65,7 +68,9 @@ struct Bucket {
 std::string category_of(InstrKind kind) {
   switch (kind) {
   case InstrKind::Forward:
-  case InstrKind::Backward: return "compute";
+  case InstrKind::Backward:
+  case InstrKind::WeightGrad: return "compute";
+  case InstrKind::LocalMove: return "memory";
   case InstrKind::Send:
   case InstrKind::Recv: return "p2p";
   case InstrKind::CollectiveStart:
@@ -77,6 +82,9 @@ std::string category_of(InstrKind kind) {
 }
 
 // CPU runs need no GPU description: the IR only needs the rank count (and uses it for node boundaries).
+// The pipeline stage holding the output layer and loss: the last virtual stage's (zb-v: stage 0).
+int head_stage(const model::Plan& plan) { return model::locate_virtual_stage(plan, plan.pp * plan.vp - 1).stage; }
+
 RunOptions with_world_size(RunOptions options, int world_size) {
   options.cluster.num_gpus = world_size;
   if (options.cluster.gpus_per_node <= 0) {
@@ -163,7 +171,7 @@ struct Trainer::State {
   State(const RunOptions& opts, Communicator& w)
       : options(with_world_size(opts, w.size())), world(w),
         grid(opts.plan.tp, opts.plan.cp, opts.plan.dp, opts.plan.pp),
-        groups(make_process_groups(w, grid)),
+        groups(make_process_groups(w, grid, head_stage(opts.plan))),
         model(opts.model, opts.plan, groups.coord.tp_rank, groups.coord.pp_rank, opts.seed),
         data(opts.model.vocab_size, opts.model.seq_length, opts.seed, opts.data_file) {
     model.set_context_parallel(groups.cp.get(), groups.coord.cp_rank);
@@ -271,7 +279,7 @@ void Trainer::State::setup_buckets() {
   };
   for (int pos = 0; pos < static_cast<int>(program.instrs.size()); ++pos) {
     const Instr& instr = program.instrs[static_cast<std::size_t>(pos)];
-    if (instr.kind != InstrKind::Backward) {
+    if (instr.kind != InstrKind::Backward && instr.kind != InstrKind::WeightGrad) {
       continue;
     }
     if (instr.unit == UnitKind::Layer) {
@@ -374,17 +382,46 @@ void Trainer::State::execute(const Instr& instr) {
   }
   case InstrKind::Backward: {
     MicroState& st = state(instr.chunk, instr.microbatch);
+    // Zero-bubble: B computes the input gradient only and queues the weight gradients for its W.
+    const bool split = model::splits_backward(options.plan.schedule);
     if (instr.unit == UnitKind::Embedding) {
       model.embedding_backward(tp, batch(st, instr.microbatch).inputs, st.grad);
     } else if (instr.unit == UnitKind::Layer) {
       Mat dx;
-      model.layer_backward(tp, instr.layer, st.layers[instr.layer], st.grad, dx);
+      model.layer_backward(tp, instr.layer, st.layers[instr.layer], st.grad, dx,
+                           split ? &st.pending_w[instr.layer] : nullptr);
       st.layers.erase(instr.layer);
       st.grad = std::move(dx);
     } else {
       // Each CP rank's loss is the mean over its T/cp tokens: the step loss averages over dp*cp such means.
       const float scale = 1.0f / static_cast<float>(microbatches() * options.plan.dp * options.plan.cp);
-      model.head_backward(tp, st.head, batch(st, instr.microbatch).targets, scale, st.grad);
+      model.head_backward(tp, st.head, batch(st, instr.microbatch).targets, scale, st.grad,
+                          split ? &st.pending_w[-1] : nullptr);
+    }
+    return;
+  }
+  // --- zero-bubble schedules ---
+  case InstrKind::WeightGrad: {
+    MicroState& st = state(instr.chunk, instr.microbatch);
+    if (instr.unit == UnitKind::Embedding) {
+      // The embedding backward is all weight gradient; st.grad still holds the first layer's input gradient.
+      model.embedding_backward(tp, batch(st, instr.microbatch).inputs, st.grad);
+      return;
+    }
+    const int key = instr.unit == UnitKind::Layer ? instr.layer : -1;
+    const auto found = st.pending_w.find(key);
+    CUBOID_ASSERT(found != st.pending_w.end(), "{}: no deferred weight gradient (its B did not run)", instr.label);
+    model.apply_weight_grads(found->second);
+    st.pending_w.erase(found);
+    return;
+  }
+  case InstrKind::LocalMove: {
+    MicroState& from = state(instr.chunk, instr.microbatch);
+    MicroState& to = state(instr.peer, instr.microbatch);
+    if (instr.direction == Direction::Forward) {
+      to.act = std::move(from.act);
+    } else {
+      to.grad = std::move(from.grad);
     }
     return;
   }
@@ -542,7 +579,7 @@ double Trainer::step() {
     s.fail(e.what());
   }
   // Loss of the step: the last stage's tp_rank 0 ranks hold their replica's micro-batch losses.
-  const bool reports_loss = s.groups.coord.pp_rank == s.options.plan.pp - 1 && s.groups.coord.tp_rank == 0;
+  const bool reports_loss = s.groups.coord.pp_rank == head_stage(s.options.plan) && s.groups.coord.tp_rank == 0;
   // With context parallelism each CP rank reports the mean over its chunks (equal sizes): average the cp of them.
   float loss = reports_loss ? static_cast<float>(s.loss_sum / static_cast<double>(s.microbatches() * s.options.plan.dp *
                                                                                  s.options.plan.cp))

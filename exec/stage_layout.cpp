@@ -2,6 +2,7 @@
 #include "exec/stage_layout.hpp"
 
 #include "model/errors.hpp"
+#include "model/schedule.hpp"
 
 #include <fmt/format.h>
 
@@ -26,7 +27,7 @@ std::vector<ChunkLayout> chunk_layouts(const model::Plan& plan, std::int64_t num
   }
   const int per_chunk = total / (plan.pp * plan.vp);
   for (int c = 0; c < plan.vp; ++c) {
-    const int virtual_stage = c * plan.pp + stage;
+    const int virtual_stage = model::virtual_stage_of(plan, stage, c); // zb-v: V shape
     chunks[static_cast<std::size_t>(c)] = {virtual_stage * per_chunk, per_chunk, virtual_stage == 0,
                                            virtual_stage == plan.pp * plan.vp - 1};
   }

@@ -326,4 +326,29 @@ double moe_layer_backward_workspace_bytes(const ModelSpec& model, const Plan& pl
   return dense + recomputed + a2a_buffers + expert_grad;
 }
 
+// --- zero-bubble schedules ---
+WeightGradPending layer_weight_grad_pending(const ModelSpec& model, const Plan& plan, const MemoryOptions& options) {
+  const bool sp = plan.sequence_parallel && plan.tp > 1;
+  const double tokens = as_d(model.seq_length) * as_d(plan.micro_batch_size);
+  const double h = as_d(model.hidden_size);
+  const double q = as_d(model.q_width());
+  const double kv = as_d(model.kv_width());
+  const double f = as_d(model.ffn_hidden_size);
+  const double fc1_out = model.gated_mlp ? 2.0 * f : f;
+  const double t = plan.tp;
+  const double inputs = BF16_BYTES * tokens * (2.0 * h / (sp ? t : 1.0) + q / t + f / t);
+  const double output_grads = BF16_BYTES * tokens * ((q + 2.0 * kv) / t + 2.0 * h + fc1_out / t);
+  // The inputs are part of the stored activations (Korthikanti et al. 2022 Table 2) unless full recompute dropped
+  // them (then B recomputes them and must keep them for W).
+  const double kept = std::min(inputs, layer_activation_bytes(model, plan, options));
+  return {kept, output_grads + inputs - kept};
+}
+
+WeightGradPending head_weight_grad_pending(const ModelSpec& model, const Plan& plan) {
+  const bool sp = plan.sequence_parallel && plan.tp > 1;
+  const double tokens = as_d(model.seq_length) * as_d(plan.micro_batch_size);
+  return {BF16_BYTES * tokens * as_d(model.hidden_size) / (sp ? plan.tp : 1.0),
+          head_backward_workspace_bytes(model, plan)};
+}
+
 } // namespace cuboid::model

@@ -94,5 +94,19 @@ double head_backward_workspace_bytes(const ModelSpec& model, const Plan& plan);
 /// The CP ring's receive buffers alive during a layer's attention (0 when cp = 1): forward 2 K/V blocks of the
 /// rank's b*s/cp tokens (double-buffered), backward 4 (K/V and dK/dV). Included in the layer workspaces.
 double cp_ring_buffer_bytes(const ModelSpec& model, const Plan& plan, bool backward);
+// --- zero-bubble schedules ---
+/// What a deferred weight-gradient (W) task needs from its B task until it runs (Qi et al. 2024, section 2: W needs
+/// the inputs of the linear layers and the gradients of their outputs). `kept_bytes` is the part of the stored
+/// forward activations (layer_activation_bytes / head_activation_bytes) that B cannot free; `new_bytes` is what B
+/// allocates for W: the output gradients dY of the wgrad GEMMs plus, with full recompute, the recomputed inputs.
+struct WeightGradPending {
+  double kept_bytes = 0.0;
+  double new_bytes = 0.0;
+};
+/// One layer's pending W bytes per micro-batch on one rank: inputs X of QKV, proj, FC1, FC2 (2T(h/s + q/t + h/s +
+/// F/t), s = t with SP else 1) and output gradients (2T((q + 2kv)/t + h + fc1_out/t + h)), bf16.
+WeightGradPending layer_weight_grad_pending(const ModelSpec& model, const Plan& plan, const MemoryOptions& options = {});
+/// The head's: the output-layer input (2Th/s, kept) and the bf16 logits gradient (2TV/t, new).
+WeightGradPending head_weight_grad_pending(const ModelSpec& model, const Plan& plan);
 
 } // namespace cuboid::model

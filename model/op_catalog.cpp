@@ -7,6 +7,7 @@
 #include "model/errors.hpp"
 
 #include <cmath>
+#include <string_view>
 #include <tuple>
 #include <utility>
 
@@ -498,6 +499,25 @@ std::pair<OpBlock, OpBlock> moe_layer_blocks(const ModelSpec& model, const Plan&
   return {std::move(fwd), std::move(bwd)};
 }
 
+// --- zero-bubble schedules ---
+// Qi et al. 2024, section 2: B computes the gradient w.r.t. the layer input (dgrad GEMMs and everything on the path
+// to the previous layer), W the gradient w.r.t. the weights (wgrad GEMMs), each about one forward in FLOPs.
+std::pair<OpBlock, OpBlock> split_backward(const OpBlock& backward, const std::string& unit) {
+  OpBlock input;
+  input.name = unit + ".igrad.bwd";
+  OpBlock weight;
+  weight.name = unit + ".wgrad.bwd";
+  constexpr std::string_view WGRAD = ".wgrad";
+  for (const Op& op : backward.ops) {
+    const bool is_wgrad = op.name.size() > WGRAD.size() &&
+                          op.name.compare(op.name.size() - WGRAD.size(), WGRAD.size(), WGRAD) == 0;
+    (is_wgrad ? weight : input).ops.push_back(op);
+  }
+  finish(input);
+  finish(weight);
+  return {std::move(input), std::move(weight)};
+}
+
 } // namespace
 
 StepBlocks make_step_blocks(const ModelSpec& model, const Plan& plan) {
@@ -511,6 +531,10 @@ StepBlocks make_step_blocks(const ModelSpec& model, const Plan& plan) {
   if (model.is_moe()) {
     std::tie(blocks.moe_layer_fwd, blocks.moe_layer_bwd) = moe_layer_blocks(model, plan, d);
   }
+  std::tie(blocks.layer_bwd_input, blocks.layer_bwd_weight) = split_backward(blocks.layer_bwd, "layer");
+  std::tie(blocks.head_bwd_input, blocks.head_bwd_weight) = split_backward(blocks.head_bwd, "head");
+  blocks.embed_bwd_weight = blocks.embed_bwd;
+  blocks.embed_bwd_weight.name = "embed.wgrad.bwd";
   return blocks;
 }
 

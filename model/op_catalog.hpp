@@ -39,6 +39,16 @@ struct StepBlocks {
   // of the busiest EP rank. EpCollective ops carry the per-rank all-to-all buffer (those rows x h, bf16).
   OpBlock moe_layer_fwd;
   OpBlock moe_layer_bwd;
+  // --- zero-bubble schedules ---
+  // The backward blocks split into input gradient (B: every op but the weight-gradient GEMMs, so recompute, dgrad
+  // GEMMs, attention and norm backward, TP collectives) and weight gradient (W: the *.wgrad GEMMs). The embedding
+  // backward is a weight gradient only (nothing flows further back): it is all W. B + W hold exactly the ops of the
+  // unsplit block, so their FLOPs add up to it. Names "<unit>.igrad.bwd" / "<unit>.wgrad.bwd".
+  OpBlock layer_bwd_input;
+  OpBlock layer_bwd_weight;
+  OpBlock head_bwd_input;
+  OpBlock head_bwd_weight;
+  OpBlock embed_bwd_weight;
 };
 
 /// Blocks for `model` under `plan` (tp, sequence_parallel, micro_batch_size, recompute, precision).

@@ -16,8 +16,9 @@
 namespace cuboid::model {
 
 namespace {
-constexpr std::array<std::pair<Schedule, const char*>, 3> SCHEDULES = {
-    {{Schedule::GPipe, "gpipe"}, {Schedule::OneFOneB, "1f1b"}, {Schedule::Interleaved, "interleaved"}}};
+constexpr std::array<std::pair<Schedule, const char*>, 5> SCHEDULES = {
+    {{Schedule::GPipe, "gpipe"}, {Schedule::OneFOneB, "1f1b"}, {Schedule::Interleaved, "interleaved"},
+     {Schedule::ZbH1, "zb-h1"}, {Schedule::ZbV, "zb-v"}}};
 constexpr std::array<std::pair<Recompute, const char*>, 3> RECOMPUTES = {
     {{Recompute::None, "none"}, {Recompute::Selective, "selective"}, {Recompute::Full, "full"}}};
 constexpr std::array<std::pair<Precision, const char*>, 3> PRECISIONS = {
@@ -81,6 +82,7 @@ void require_tp_divides(const Plan& plan, std::int64_t value, const char* dimens
 } // namespace
 
 std::string to_string(Schedule schedule) { return name_of(SCHEDULES, schedule); }
+bool splits_backward(Schedule schedule) { return schedule == Schedule::ZbH1 || schedule == Schedule::ZbV; }
 std::string to_string(Recompute recompute) { return name_of(RECOMPUTES, recompute); }
 std::string to_string(Precision precision) { return name_of(PRECISIONS, precision); }
 
@@ -199,6 +201,12 @@ void validate_moe(const Plan& plan, const ModelSpec& model, const std::string& w
                                                     "groups out of the data-parallel ranks)",
                                                     plan.ep, plan.dp)));
   }
+  if (splits_backward(plan.schedule)) {
+    throw InfeasibleError(input_message(where, "plan.schedule",
+                                        fmt::format("{} is not supported with a mixture-of-experts model yet (valid "
+                                                    "for {}: gpipe, 1f1b, interleaved)",
+                                                    to_string(plan.schedule), model.name)));
+  }
   if (plan.cp > 1) {
     throw InfeasibleError(input_message(where, "plan.cp",
                                         fmt::format("{} is not supported with a mixture-of-experts model yet (valid "
@@ -232,11 +240,19 @@ void validate(const Plan& plan, const ModelSpec& model, const ClusterSpec& clust
                                    fmt::format("{} is not valid (expected a finite positive number)",
                                                plan.grad_bucket_bytes)));
   }
-  // Megatron: virtual pipeline stages only exist in the interleaved schedule, and it needs them.
-  if (plan.vp > 1 && plan.schedule != Schedule::Interleaved) {
+  // --- zero-bubble schedules ---
+  // ZB-V (Qi et al. 2024, section 6): exactly two model chunks per pipeline rank, in a V shape.
+  if (plan.schedule == Schedule::ZbV && plan.vp != 2) {
     throw InputError(input_message(where, "plan.vp",
-                                   fmt::format("{} needs schedule interleaved (schedule is {}; valid: vp = 1 or "
-                                               "schedule interleaved)",
+                                   fmt::format("{} is not valid with schedule zb-v (valid: vp = 2, the two model "
+                                               "chunks of each pipeline rank in a V shape)",
+                                               plan.vp)));
+  }
+  // Megatron: virtual pipeline stages only exist in the interleaved schedule, and it needs them.
+  if (plan.vp > 1 && plan.schedule != Schedule::Interleaved && plan.schedule != Schedule::ZbV) {
+    throw InputError(input_message(where, "plan.vp",
+                                   fmt::format("{} needs schedule interleaved (schedule is {}; valid: vp = 1, "
+                                               "schedule interleaved, or vp = 2 with zb-v)",
                                                plan.vp, to_string(plan.schedule))));
   }
   if (plan.schedule == Schedule::Interleaved && plan.vp == 1) {
@@ -301,6 +317,30 @@ void validate(const Plan& plan, const ModelSpec& model, const ClusterSpec& clust
           fmt::format("{} gives {} micro-batches per replica, not a multiple of pp = {} (the interleaved schedule "
                       "needs global_batch_size / (micro_batch_size*dp) divisible by pp)",
                       plan.global_batch_size, plan.num_microbatches(), plan.pp)));
+    }
+  }
+  // --- zero-bubble schedules ---
+  if (plan.schedule == Schedule::ZbH1 && plan.num_microbatches() < plan.pp) {
+    // The handcrafted ZB-H1 order (warm-up of pp - stage forwards) needs at least pp micro-batches.
+    throw InfeasibleError(input_message(
+        where, "plan.global_batch_size",
+        fmt::format("{} gives {} micro-batches per replica, fewer than pp = {} (schedule zb-h1 needs "
+                    "global_batch_size / (micro_batch_size*dp) >= pp)",
+                    plan.global_batch_size, plan.num_microbatches(), plan.pp)));
+  }
+  if (plan.schedule == Schedule::ZbV) {
+    if (plan.first_stage_layers != 0 || plan.last_stage_layers != 0) {
+      throw InfeasibleError(input_message(where, "plan.first_stage_layers",
+                                          fmt::format("uneven first/last stages ({} / {} layers) cannot be combined "
+                                                      "with schedule zb-v (valid: 0, an even split)",
+                                                      plan.first_stage_layers, plan.last_stage_layers)));
+    }
+    if (model.num_layers % (2 * static_cast<std::int64_t>(plan.pp)) != 0) {
+      throw InfeasibleError(input_message(
+          where, "plan.pp",
+          fmt::format("schedule zb-v needs num_layers = {} divisible by 2*pp = {} (two equal V-shaped chunks per "
+                      "pipeline rank)",
+                      model.num_layers, 2 * plan.pp)));
     }
   }
   (void)layers_per_stage(plan, model.num_layers, where);

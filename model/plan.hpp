@@ -10,14 +10,17 @@
 
 namespace cuboid::model {
 
-enum class Schedule { GPipe, OneFOneB, Interleaved };
+// ZbH1 / ZbV: zero-bubble schedules (Qi et al., "Zero Bubble Pipeline Parallelism", ICLR 2024, arXiv 2401.10241):
+// the backward is split into input-gradient (B) and weight-gradient (W) tasks. ZbH1 keeps vp = 1; ZbV needs vp = 2,
+// the two model chunks of a rank placed in a V (chunk 0 on virtual stage s, chunk 1 on virtual stage 2pp-1-s).
+enum class Schedule { GPipe, OneFOneB, Interleaved, ZbH1, ZbV };
 enum class Recompute { None, Selective, Full };
 
 struct Plan {
   int tp = 1;
   int pp = 1;
   int dp = 1;
-  int vp = 1;                       // model chunks per pipeline rank; > 1 means the interleaved schedule
+  int vp = 1;                       // model chunks per pipeline rank; > 1: interleaved, or 2 with zb-v (V shape)
   std::int64_t micro_batch_size = 1;
   std::int64_t global_batch_size = 1;
   Schedule schedule = Schedule::OneFOneB;
@@ -71,6 +74,8 @@ struct Plan {
 };
 
 std::string to_string(Schedule schedule);
+/// True for the zero-bubble schedules (zb-h1, zb-v), whose step graph splits every backward into B and W tasks.
+bool splits_backward(Schedule schedule);
 std::string to_string(Recompute recompute);
 std::string to_string(Precision precision);
 Schedule parse_schedule(const std::string& text, const std::string& where);

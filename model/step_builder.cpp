@@ -26,11 +26,13 @@ constexpr std::uint32_t NONE = UINT32_MAX;
 
 std::size_t idx(int value) { return static_cast<std::size_t>(value); }
 
-// A compute task of a chunk (layer >= 0, embedding or head): activations live forward -> backward, workspace 1 task.
+// A compute task of a chunk (layer >= 0, embedding or head): activations live forward -> backward (zero-bubble:
+// part of them until the weight-gradient task), workspace 1 task.
 struct Unit {
   int layer = -1;
   std::int32_t block = -1;
-  double act_bytes = 0.0;
+  double act_alloc_bytes = 0.0; // at the task's start
+  double act_free_bytes = 0.0;  // at the task's end
   double workspace_bytes = 0.0;
 };
 
@@ -73,7 +75,7 @@ public:
   // Fills `graph` in place (Boost 1.74's adjacency_list has no move constructor: moving a TaskGraph copies it).
   Builder(const ModelSpec& model, const Plan& plan, TaskGraph& graph)
       : model_(model), plan_(plan), inst_(graph.get_instantiation()), grid_(plan.tp, plan.cp, plan.dp, plan.pp),
-        m_(static_cast<int>(plan.num_microbatches())), graph_(graph) {}
+        m_(static_cast<int>(plan.num_microbatches())), split_(splits_backward(plan.schedule)), graph_(graph) {}
 
   void build(std::size_t max_tasks) {
     if (m_ < 1) {
@@ -126,11 +128,17 @@ private:
       std::size_t per_rank = 1;
       for (std::size_t chunk = 0; chunk < layouts.size(); ++chunk) {
         const std::vector<double> params = chunk_grad_units(model_, plan_, layouts[chunk], has_embedding(layouts));
-        const int virtual_stage = static_cast<int>(chunk) * plan_.pp + stage;
+        const int virtual_stage = virtual_stage_of(plan_, stage, static_cast<int>(chunk));
         const bool first = virtual_stage == 0;
         const bool last = virtual_stage == plan_.pp * plan_.vp - 1;
-        const std::size_t sends = plan_.pp == 1 ? 0U : (first ? 0U : 1U) + (last ? 0U : 1U);
-        per_rank += idx(m_) * (2 * params.size() + sends);
+        // A send between chunks of one rank (pp == 1, or zb-v's turn of the V on stage pp - 1) is an edge, no task.
+        const auto remote = [&](int to_virtual) { return locate_virtual_stage(plan_, to_virtual).stage != stage; };
+        const std::size_t sends = (first || !remote(virtual_stage - 1) ? 0U : 1U) +
+                                  (last || !remote(virtual_stage + 1) ? 0U : 1U);
+        // zero-bubble: B has no embedding task (its backward is all weight gradient) and W one task per unit.
+        const std::size_t backward = split_ ? 2 * params.size() - (layouts[chunk].has_embedding ? 1U : 0U)
+                                            : params.size();
+        per_rank += idx(m_) * (params.size() + backward + sends);
         if (plan_.dp_cp_size() > 1) {
           per_rank += grad_bucket_ends(plan_, params).size() * (plan_.distributed_optimizer ? 2U : 1U);
         }
@@ -153,40 +161,79 @@ private:
   void add_blocks() {
     StepBlocks blocks = make_step_blocks(model_, plan_);
     const MemoryOptions options;
-    layer_ = {-1, graph_.add_block(std::move(blocks.layer_fwd)), layer_activation_bytes(model_, plan_, options),
+    const double layer_act = layer_activation_bytes(model_, plan_, options);
+    const double layer_workspace = layer_backward_workspace_bytes(model_, plan_, options);
+    const double embed_act = embedding_activation_bytes(model_, plan_);
+    const double head_act = head_activation_bytes(model_, plan_);
+    // Context parallelism: the CP ring's K/V receive buffers are the forward's workspace (the backward's are in
+    // layer_backward_workspace_bytes).
+    layer_ = {-1, graph_.add_block(std::move(blocks.layer_fwd)), layer_act, 0.0,
               cp_ring_buffer_bytes(model_, plan_, false)};
-    layer_bwd_ = {-1, graph_.add_block(std::move(blocks.layer_bwd)), layer_.act_bytes,
-                  layer_backward_workspace_bytes(model_, plan_, options)};
-    embed_ = {-1, graph_.add_block(std::move(blocks.embed_fwd)), embedding_activation_bytes(model_, plan_), 0.0};
-    embed_bwd_ = {-1, graph_.add_block(std::move(blocks.embed_bwd)), embed_.act_bytes, 0.0};
-    head_ = {-1, graph_.add_block(std::move(blocks.head_fwd)), head_activation_bytes(model_, plan_), 0.0};
-    head_bwd_ = {-1, graph_.add_block(std::move(blocks.head_bwd)), head_.act_bytes,
-                 head_backward_workspace_bytes(model_, plan_)};
-    if (model_.is_moe()) { // --- mixture of experts ---
-      moe_ = {-1, graph_.add_block(std::move(blocks.moe_layer_fwd)), moe_layer_activation_bytes(model_, plan_, options),
-              0.0};
-      moe_bwd_ = {-1, graph_.add_block(std::move(blocks.moe_layer_bwd)), moe_.act_bytes,
+    if (split_) {
+      add_split_blocks(blocks, layer_act, layer_workspace);
+    } else {
+      layer_bwd_ = {-1, graph_.add_block(std::move(blocks.layer_bwd)), 0.0, layer_act, layer_workspace};
+    }
+    embed_ = {-1, graph_.add_block(std::move(blocks.embed_fwd)), embed_act, 0.0, 0.0};
+    if (split_) {
+      embed_w_ = {-1, graph_.add_block(std::move(blocks.embed_bwd_weight)), 0.0, embed_act, 0.0};
+    } else {
+      embed_bwd_ = {-1, graph_.add_block(std::move(blocks.embed_bwd)), 0.0, embed_act, 0.0};
+    }
+    head_ = {-1, graph_.add_block(std::move(blocks.head_fwd)), head_act, 0.0, 0.0};
+    if (split_) {
+      // The logits gradient (the unsplit backward's workspace) lives from B to W: it is W-pending, not workspace.
+      const WeightGradPending pending = head_weight_grad_pending(model_, plan_);
+      head_b_ = {-1, graph_.add_block(std::move(blocks.head_bwd_input)), pending.new_bytes,
+                 head_act - pending.kept_bytes, 0.0};
+      head_w_ = {-1, graph_.add_block(std::move(blocks.head_bwd_weight)), 0.0,
+                 pending.kept_bytes + pending.new_bytes, 0.0};
+    } else {
+      head_bwd_ = {-1, graph_.add_block(std::move(blocks.head_bwd)), 0.0, head_act,
+                   head_backward_workspace_bytes(model_, plan_)};
+    }
+    if (model_.is_moe()) { // --- mixture of experts --- (zero-bubble schedules refuse MoE models: no B/W split here)
+      const double moe_act = moe_layer_activation_bytes(model_, plan_, options);
+      moe_ = {-1, graph_.add_block(std::move(blocks.moe_layer_fwd)), moe_act, 0.0, 0.0};
+      moe_bwd_ = {-1, graph_.add_block(std::move(blocks.moe_layer_bwd)), 0.0, moe_act,
                   moe_layer_backward_workspace_bytes(model_, plan_, options)};
     }
   }
 
-  // Units of a chunk in execution order: forward embedding, layers, head; backward the reverse.
+  // --- zero-bubble schedules ---
+  // B frees the activations W does not need and allocates the output gradients W will read; W frees the rest, so
+  // F + B + W allocate and free the same bytes as F + the unsplit backward.
+  void add_split_blocks(StepBlocks& blocks, double layer_act, double layer_workspace) {
+    const WeightGradPending pending = layer_weight_grad_pending(model_, plan_);
+    layer_b_ = {-1, graph_.add_block(std::move(blocks.layer_bwd_input)), pending.new_bytes,
+                layer_act - pending.kept_bytes, layer_workspace};
+    layer_w_ = {-1, graph_.add_block(std::move(blocks.layer_bwd_weight)), 0.0, pending.kept_bytes + pending.new_bytes,
+                0.0};
+  }
+
+  // Units of a chunk in execution order: forward embedding, layers, head; backward the reverse. Zero-bubble: the
+  // input-gradient (Backward) units have no embedding, the weight-gradient units run in the same reverse order (the
+  // grad-unit order of chunk_grad_units, which the DP buckets rely on).
   [[nodiscard]] std::vector<Unit> units_of(const ChunkLayout& lay, Phase phase) const {
     const bool fwd = phase == Phase::Forward;
+    const bool wgrad = phase == Phase::WeightGrad;
+    const auto pick = [&](const Unit& forward, const Unit& backward, const Unit& input, const Unit& weight) {
+      return fwd ? forward : wgrad ? weight : split_ ? input : backward;
+    };
     std::vector<Unit> units;
-    if (lay.has_embedding) {
-      units.push_back(fwd ? embed_ : embed_bwd_);
+    if (lay.has_embedding && (fwd || wgrad || !split_)) {
+      units.push_back(pick(embed_, embed_bwd_, embed_bwd_, embed_w_));
     }
     for (int layer = lay.first_layer; layer < lay.first_layer + lay.num_layers; ++layer) {
       if (model_.is_moe_layer(layer)) { // --- mixture of experts ---
         units.push_back(fwd ? moe_ : moe_bwd_);
       } else {
-        units.push_back(fwd ? layer_ : layer_bwd_);
+        units.push_back(pick(layer_, layer_bwd_, layer_b_, layer_w_));
       }
       units.back().layer = layer;
     }
     if (lay.has_head) {
-      units.push_back(fwd ? head_ : head_bwd_);
+      units.push_back(pick(head_, head_bwd_, head_b_, head_w_));
     }
     if (!fwd) {
       std::reverse(units.begin(), units.end());
@@ -201,11 +248,13 @@ private:
     const std::vector<ScheduleStep> order = stage_order(effective_schedule(plan_), pp, stage, m_, vp);
     std::vector<std::vector<Unit>> fwd_units;
     std::vector<std::vector<Unit>> bwd_units;
+    std::vector<std::vector<Unit>> wgrad_units; // zero-bubble only
     std::size_t per_mb = 0;
     for (const ChunkLayout& lay : layouts) {
       fwd_units.push_back(units_of(lay, Phase::Forward));
       bwd_units.push_back(units_of(lay, Phase::Backward));
-      per_mb += 2 * fwd_units.back().size();
+      wgrad_units.push_back(split_ ? units_of(lay, Phase::WeightGrad) : std::vector<Unit>{});
+      per_mb += fwd_units.back().size() + bwd_units.back().size() + wgrad_units.back().size();
     }
     StageTemplate tmpl;
     const std::size_t slots = idx(m_) * idx(vp);
@@ -220,39 +269,46 @@ private:
     for (std::size_t step_idx = 0; step_idx < order.size(); ++step_idx) {
       const ScheduleStep& step = order[step_idx];
       const bool fwd = step.phase == Phase::Forward;
+      const bool wgrad = step.phase == Phase::WeightGrad;
       const auto first = static_cast<std::uint32_t>(tmpl.tasks.size());
       task.phase = step.phase;
       task.chunk = step.chunk;
       task.microbatch = step.microbatch;
-      for (const Unit& unit : (fwd ? fwd_units : bwd_units)[idx(step.chunk)]) {
+      for (const Unit& unit : (fwd ? fwd_units : wgrad ? wgrad_units : bwd_units)[idx(step.chunk)]) {
         task.layer = unit.layer;
         task.block = unit.block;
         // Forward stores its activations until the matching backward frees them; workspaces live for one task.
-        set(task.alloc_at_start, MemTag::Activations, fwd ? unit.act_bytes : 0.0);
-        set(task.free_at_end, MemTag::Activations, fwd ? 0.0 : unit.act_bytes);
+        set(task.alloc_at_start, MemTag::Activations, unit.act_alloc_bytes);
+        set(task.free_at_end, MemTag::Activations, unit.act_free_bytes);
         set(task.alloc_at_start, MemTag::Workspace, unit.workspace_bytes);
         set(task.free_at_end, MemTag::Workspace, unit.workspace_bytes);
         tmpl.tasks.push_back(task);
       }
       const auto last = static_cast<std::uint32_t>(tmpl.tasks.size() - 1);
       const std::size_t slot = idx(step.microbatch) * idx(vp) + idx(step.chunk);
-      const int virtual_stage = step.chunk * pp + stage;
+      const int virtual_stage = virtual_stage_of(plan_, stage, step.chunk);
       // Sends to the next virtual stage (forward) or the previous one (backward); stage pp-1 chunk c feeds stage 0
-      // chunk c+1 (interleaved wrap-around).
+      // chunk c+1 (interleaved wrap-around; zb-v: stage pp-1 chunk 0 feeds its own chunk 1).
       if (fwd) {
         tmpl.fwd_first[slot] = first;
         if (virtual_stage < pp * vp - 1) {
-          tmpl.sends.push_back({last, step.phase, step.microbatch, step.chunk, (stage + 1) % pp,
-                                stage == pp - 1 ? step.chunk + 1 : step.chunk});
+          const StageChunk to = locate_virtual_stage(plan_, virtual_stage + 1);
+          tmpl.sends.push_back({last, step.phase, step.microbatch, step.chunk, to.stage, to.chunk});
         }
         continue;
       }
+      // The gradients of a chunk are final after its last backward (zero-bubble: its last weight-gradient step).
+      if (wgrad || !split_) {
+        final_bwd[idx(step.chunk)] = first;
+        last_bwd_step[idx(step.chunk)] = step_idx;
+      }
+      if (wgrad) {
+        continue; // W feeds nothing downstream: no send
+      }
       tmpl.bwd_first[slot] = first;
-      final_bwd[idx(step.chunk)] = first;
-      last_bwd_step[idx(step.chunk)] = step_idx;
       if (virtual_stage > 0) {
-        tmpl.sends.push_back({last, step.phase, step.microbatch, step.chunk, (stage + pp - 1) % pp,
-                              stage == 0 ? step.chunk - 1 : step.chunk});
+        const StageChunk to = locate_virtual_stage(plan_, virtual_stage - 1);
+        tmpl.sends.push_back({last, step.phase, step.microbatch, step.chunk, to.stage, to.chunk});
       }
     }
     // Buckets per chunk, chunks in the order their gradients become final; a bucket waits for its last unit in the
@@ -497,10 +553,12 @@ private:
   Instantiation inst_;
   RankGrid grid_;
   int m_;
+  bool split_; // zero-bubble: backward split into input-gradient (Backward) and weight-gradient (WeightGrad) tasks
   TaskGraph& graph_;
   Unit layer_, layer_bwd_, embed_, embed_bwd_, head_, head_bwd_;
   Unit moe_, moe_bwd_; // --- mixture of experts ---
   std::vector<std::int32_t> expert_dp_group_of_;
+  Unit layer_b_, layer_w_, embed_w_, head_b_, head_w_; // zero-bubble only
   std::vector<StageTemplate> stages_;
   std::vector<int> ranks_;       // materialised world ranks, in graph_.ranks() order
   std::vector<TaskId> base_;     // first compute task id per materialised rank

@@ -76,7 +76,7 @@ int TaskGraph::rank_index(int rank) const {
 
 std::string TaskGraph::label(TaskId id) const {
   const Task& t = tasks_.at(id);
-  const char* dir = t.phase == Phase::Backward ? "bwd" : "fwd";
+  const char* dir = t.phase == Phase::Backward ? "bwd" : t.phase == Phase::WeightGrad ? "wgrad" : "fwd";
   switch (t.kind) {
   case TaskKind::Compute: {
     std::string what;
@@ -151,6 +151,7 @@ std::string to_string(Phase phase) {
   case Phase::Forward: return "forward";
   case Phase::Backward: return "backward";
   case Phase::None: return "none";
+  case Phase::WeightGrad: return "weight-grad";
   }
   return "unknown";
 }

@@ -23,7 +23,9 @@ namespace cuboid::model {
 using TaskId = std::uint32_t;
 
 enum class TaskKind { Compute, Collective, P2P, Optimizer };
-enum class Phase { Forward, Backward, None };
+/// Backward is the whole backward, or with a zero-bubble schedule (plan.hpp) only its input-gradient part (B);
+/// WeightGrad is the weight-gradient part (W) that such schedules split off and defer.
+enum class Phase { Forward, Backward, None, WeightGrad };
 /// Streams a rank executes on; tasks on one stream of one rank run one at a time, in readiness order.
 enum class Stream { Compute, TpComm, DpComm, PpComm };
 constexpr int NUM_STREAMS = 4;

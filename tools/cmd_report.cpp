@@ -246,7 +246,7 @@ void add_report_command(CLI::App& app, Action& action) {
   cmd->add_option("--tp,--tensor-model-parallel-size", flags->tp, "TP sizes to search")->delimiter(',');
   cmd->add_option("--pp,--pipeline-model-parallel-size", flags->pp, "PP sizes to search")->delimiter(',');
   cmd->add_option("--micro-batch-size,--mbs", flags->micro_batch_size, "Micro-batch sizes to search")->delimiter(',');
-  cmd->add_option("--schedule", flags->schedule, "Schedules to search: gpipe, 1f1b, interleaved")->delimiter(',');
+  cmd->add_option("--schedule", flags->schedule, "Schedules to search: gpipe, 1f1b, interleaved, zb-h1, zb-v")->delimiter(',');
   cmd->add_option("--recompute", flags->recompute, "Recompute modes to search: none, selective, full")
       ->delimiter(',');
   cmd->add_option("--precision", flags->precision, "Precisions to search")->delimiter(',')->capture_default_str();

@@ -356,7 +356,7 @@ void add_search_command(CLI::App& app, Action& action) {
   cmd->add_option("--pp,--pipeline-model-parallel-size", flags->pp, "PP sizes to try")->delimiter(',');
   cmd->add_option("--vp", flags->vp, "Virtual stages to try (interleaved)")->delimiter(',');
   cmd->add_option("--micro-batch-size,--mbs", flags->micro_batch_size, "Micro-batch sizes to try")->delimiter(',');
-  cmd->add_option("--schedule", flags->schedule, "Schedules: gpipe, 1f1b, interleaved")->delimiter(',');
+  cmd->add_option("--schedule", flags->schedule, "Schedules: gpipe, 1f1b, interleaved, zb-h1, zb-v")->delimiter(',');
   cmd->add_option("--recompute", flags->recompute, "Recompute: none, selective, full")->delimiter(',');
   cmd->add_option("--sequence-parallel", flags->sequence_parallel, "on, off or on,off")->delimiter(',');
   cmd->add_option("--distributed-optimizer", flags->distributed_optimizer, "on, off or on,off")->delimiter(',');

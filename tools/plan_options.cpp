@@ -144,7 +144,7 @@ void add_plan_flags(CLI::App& app, PlanFlags& flags) {
                  "Model chunks per pipeline rank (>1: interleaved 1F1B)");
   app.add_option("--micro-batch-size,--mbs", flags.micro_batch_size, "Micro-batch size (sequences)");
   app.add_option("--global-batch-size,--gbs", flags.global_batch_size, "Global batch size (sequences)");
-  app.add_option("--schedule", flags.schedule, "Pipeline schedule: gpipe, 1f1b, interleaved");
+  app.add_option("--schedule", flags.schedule, "Pipeline schedule: gpipe, 1f1b, interleaved, zb-h1, zb-v");
   app.add_option("--recompute,--recompute-granularity", flags.recompute, "Recompute: none, selective, full");
   app.add_option("--precision", flags.precision, "bf16, fp16 or fp8");
   app.add_flag("--sequence-parallel", flags.sequence_parallel, "Megatron sequence parallelism");
@@ -259,6 +259,10 @@ model::Scenario resolve_scenario(const ScenarioFlags& flags) {
   if (pf.moe_imbalance) plan.moe_imbalance = *pf.moe_imbalance;
   if (pf.vp && *pf.vp > 1 && !pf.schedule) {
     plan.schedule = model::Schedule::Interleaved; // Megatron: virtual stages imply the interleaved schedule
+  }
+  // --- zero-bubble schedules ---
+  if (plan.schedule == model::Schedule::ZbV && !pf.vp) {
+    plan.vp = 2; // zb-v always runs two V-shaped model chunks per pipeline rank
   }
   require_positive("--tp", plan.tp);
   require_positive("--pp", plan.pp);

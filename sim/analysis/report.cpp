@@ -203,7 +203,8 @@ std::string lane_category(const model::Task& task, TimelineLane& lane) {
   switch (task.kind) {
   case model::TaskKind::Compute:
     lane = TimelineLane::Compute;
-    return task.phase == model::Phase::Backward ? "backward" : "forward";
+    // zero-bubble weight-gradient (W) tasks are the deferred half of the backward
+    return task.phase == model::Phase::Backward || task.phase == model::Phase::WeightGrad ? "backward" : "forward";
   case model::TaskKind::Optimizer:
     lane = TimelineLane::Compute;
     return "optimizer";

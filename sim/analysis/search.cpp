@@ -219,6 +219,12 @@ std::vector<PlanOutcome> enumerate_space(const model::ModelSpec& spec, const mod
                   vps.push_back(vp);
                 }
               }
+            } else if (schedule == model::Schedule::ZbV) {
+              // --- zero-bubble schedules --- zb-v: two V-shaped chunks per rank, always vp = 2
+              if (pp == 1 || first_layers != 0 || spec.num_layers % (2 * pp) != 0) {
+                continue;
+              }
+              vps = {2};
             } else if (pp == 1 && schedule != schedules.front()) {
               continue; // without a pipeline every schedule is the same plan: keep one
             }

@@ -59,7 +59,14 @@ cuboid::model::Schedule parse_schedule(const std::string& text) {
   if (text == "1f1b") {
     return cuboid::model::Schedule::OneFOneB;
   }
-  throw cuboid::InputError("command line: --schedule: unknown value '" + text + "' (valid: gpipe, 1f1b, interleaved)");
+  if (text == "zb-h1") {
+    return cuboid::model::Schedule::ZbH1;
+  }
+  if (text == "zb-v") {
+    return cuboid::model::Schedule::ZbV;
+  }
+  throw cuboid::InputError("command line: --schedule: unknown value '" + text +
+                           "' (valid: gpipe, 1f1b, interleaved, zb-h1, zb-v)");
 }
 
 cuboid::model::Recompute parse_recompute(const std::string& text) {
@@ -203,7 +210,7 @@ int main(int argc, char** argv) {
   app.add_option("--dp", args.dp);
   app.add_option("--pp", args.pp);
   app.add_option("--vp", args.vp);
-  app.add_option("--schedule", args.schedule, "gpipe, 1f1b or interleaved");
+  app.add_option("--schedule", args.schedule, "gpipe, 1f1b, interleaved, zb-h1 or zb-v (pass --vp 2 with zb-v)");
   app.add_option("--recompute", args.recompute, "none, selective or full");
   app.add_flag("--sequence-parallel", args.sequence_parallel);
   app.add_flag("--distributed-optimizer", args.distributed_optimizer);

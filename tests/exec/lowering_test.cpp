@@ -10,6 +10,8 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <map>
+#include <string>
 #include <tuple>
 
 namespace cuboid::exec {
@@ -94,6 +96,65 @@ TEST_CASE("exec::lower_to_program: rank-class graphs are rejected", "[exec]") {
   const model::TaskGraph graph =
       model::build_step_graph(test::gpt_tiny_shape(), cluster, plan, model::Instantiation::RankClasses);
   REQUIRE_THROWS_WITH(lower_to_program(graph, 0), Catch::Matchers::Contains("AllRanks"));
+}
+
+} // namespace
+} // namespace cuboid::exec
+
+namespace cuboid::exec {
+namespace {
+
+// --- zero-bubble schedules ---
+// zb-h1 / zb-v lower to programs with a WeightGrad after every Backward of the same unit and micro-batch, that
+// complete under blocking receives (no deadlock), and whose compute is every F, B, W exactly once.
+TEST_CASE("exec::lower_to_program: zero-bubble programs", "[exec]") {
+  const model::ModelSpec spec = test::gpt_tiny_shape(); // 4 layers
+  model::Plan plan;
+  plan.schedule = GENERATE(model::Schedule::ZbH1, model::Schedule::ZbV);
+  plan.vp = plan.schedule == model::Schedule::ZbV ? 2 : 1;
+  plan.tp = GENERATE(1, 2);
+  plan.dp = 2;
+  plan.pp = 2;
+  plan.micro_batch_size = 1;
+  plan.global_batch_size = GENERATE(4, 16);
+  plan.grad_bucket_bytes = 1e6;
+  model::ClusterSpec cluster;
+  cluster.num_gpus = plan.world_size();
+  cluster.gpus_per_node = plan.world_size();
+  const model::TaskGraph graph = model::build_step_graph(spec, cluster, plan, model::Instantiation::AllRanks);
+  const std::vector<Program> lowered = lower_all_ranks(graph);
+  std::string listing;
+  for (const Program& program : lowered) {
+    listing += "rank " + std::to_string(program.rank) + ":";
+    for (const Instr& instr : program.instrs) {
+      listing += " [" + instr.label + "]";
+    }
+    listing += "\n";
+  }
+  INFO(listing);
+  CHECK(test::runs_to_completion(lowered));
+  for (const Program& program : lowered) {
+    std::map<std::tuple<UnitKind, int, int, int>, int> done; // unit, layer, chunk, mb -> 1 after B, 2 after W
+    int weight_grads = 0;
+    for (const Instr& instr : program.instrs) {
+      const std::tuple<UnitKind, int, int, int> key{instr.unit, instr.layer, instr.chunk, instr.microbatch};
+      if (instr.kind == InstrKind::Backward) {
+        CHECK(done[key] == 0);
+        done[key] = 1;
+      } else if (instr.kind == InstrKind::WeightGrad) {
+        ++weight_grads;
+        if (instr.unit != UnitKind::Embedding) {
+          CHECK(done[key] == 1);
+        }
+        done[key] = 2;
+      }
+    }
+    CHECK(weight_grads > 0);
+    for (const auto& [key, state] : done) {
+      CHECK(state == 2);
+    }
+    CHECK(test::no_use_after_free(program));
+  }
 }
 
 } // namespace

@@ -15,7 +15,8 @@ using namespace cuboid::model;
 using Catch::Matchers::Contains;
 
 TEST_CASE("model::Plan names round-trip; bad text gets valid values and did-you-mean", "[spec]") {
-  for (const Schedule schedule : {Schedule::GPipe, Schedule::OneFOneB, Schedule::Interleaved}) {
+  for (const Schedule schedule :
+       {Schedule::GPipe, Schedule::OneFOneB, Schedule::Interleaved, Schedule::ZbH1, Schedule::ZbV}) {
     REQUIRE(parse_schedule(to_string(schedule), "t") == schedule);
   }
   for (const Recompute recompute : {Recompute::None, Recompute::Selective, Recompute::Full}) {
@@ -27,8 +28,8 @@ TEST_CASE("model::Plan names round-trip; bad text gets valid values and did-you-
   REQUIRE(to_string(Schedule::OneFOneB) == "1f1b");
   REQUIRE_THROWS_AS(parse_schedule("1f1f", "command line: --schedule"), InputError);
   REQUIRE_THROWS_WITH(parse_schedule("1f1f", "command line: --schedule"),
-                      "command line: --schedule: '1f1f' is not a valid schedule (valid: gpipe, 1f1b, interleaved; "
-                      "did you mean '1f1b'?)");
+                      "command line: --schedule: '1f1f' is not a valid schedule (valid: gpipe, 1f1b, interleaved, "
+                      "zb-h1, zb-v; did you mean '1f1b'?)");
   REQUIRE_THROWS_WITH(parse_recompute("ful", "s.yaml: plan.recompute"), Contains("did you mean 'full'?"));
   REQUIRE_THROWS_WITH(parse_precision("fp32", "s.yaml: plan.precision"), Contains("'fp32'") && Contains("bf16"));
 }
