@@ -49,7 +49,8 @@ ModelSpec load_scenario_model(const YAML::Node& node, const std::string& where, 
 std::vector<std::string> plan_yaml_keys() {
   return {"tp",         "pp",          "dp",          "vp",         "micro_batch_size",      "global_batch_size",
           "schedule",   "recompute",   "precision",   "sequence_parallel", "distributed_optimizer",
-          "overlap_grad_reduce", "grad_bucket_bytes", "first_stage_layers", "last_stage_layers"};
+          "overlap_grad_reduce", "grad_bucket_bytes", "first_stage_layers", "last_stage_layers",
+          "zero_stage"};
 }
 
 Plan load_plan_yaml(const YAML::Node& node, const std::string& where, const std::string& path, int num_gpus) {
@@ -101,6 +102,20 @@ Plan load_plan_yaml(const YAML::Node& node, const std::string& where, const std:
     if (node[name]) {
       *target = yaml::read_non_negative_int32(node[name], where, key(name));
     }
+  }
+  // --- ZeRO / FSDP ---
+  if (node["zero_stage"]) {
+    const int stage = yaml::read_non_negative_int32(node["zero_stage"], where, key("zero_stage"));
+    const bool stated = node["distributed_optimizer"].IsDefined();
+    if (stated && plan.distributed_optimizer != (stage >= 1)) {
+      throw InputError(input_message(where, key("zero_stage"),
+                                     fmt::format("{} contradicts distributed_optimizer: {} (zero_stage 1 is the "
+                                                 "distributed optimizer; valid: drop one of the two keys, or "
+                                                 "distributed_optimizer {} with zero_stage {})",
+                                                 stage, plan.distributed_optimizer ? "true" : "false",
+                                                 stage >= 1 ? "true" : "false", stage)));
+    }
+    set_zero_stage(plan, stage, where, key("zero_stage"));
   }
   if (node["dp"]) {
     plan.dp = yaml::read_positive_int32(node["dp"], where, key("dp"));

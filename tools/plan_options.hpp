@@ -47,6 +47,9 @@ struct PlanFlags {
   bool tp_comm_overlap = false;
   std::optional<int> first_stage_layers;
   std::optional<int> last_stage_layers;
+  // --- ZeRO / FSDP ---
+  std::optional<int> zero;   // --zero 0|1|2|3
+  bool fsdp = false;         // --fsdp = --zero 3
 };
 
 struct ScenarioFlags {
