@@ -34,6 +34,10 @@ struct SearchSpace {
   std::vector<model::Precision> precision; // default bf16
   std::int64_t global_batch_size = 0;      // required
   bool allow_tp_across_nodes = false;
+  // --- ZeRO / FSDP ---
+  // ZeRO stages to search (0..3). Empty: 0 and 1 only, as distributed_optimizer (off, on) lists them; given, it
+  // replaces that dimension (stage >= 1 is the distributed optimizer; stages >= 1 only when dp > 1).
+  std::vector<int> zero_stages;
 };
 
 enum class PlanStatus { Simulated, Rejected, OutOfMemory, Pruned };
