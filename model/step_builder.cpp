@@ -475,7 +475,9 @@ private:
   // with limit_all_gathers: gather k may start once compute k-2 has freed its buffer, so it overlaps compute k-1 on
   // the DP stream and at most two units (current + prefetched) are gathered at a time. After each backward task a
   // reduce-scatter of the unit's fp32 gradients, S = 4 P_k, which frees them. Gathers and reduce-scatters are
-  // chained in issue order (every DP member must call them in the same order). Returns the last reduce-scatter.
+  // chained in issue order (every DP member must call them in the same order). Both share the DP stream (PyTorch FSDP
+  // issues them on two NCCL streams): a pending reduce-scatter delays the next gather, which also bounds the
+  // unsharded gradients waiting for reduction. Returns the last reduce-scatter.
   TaskId add_zero3_collectives(std::size_t ridx) {
     const StageTemplate& tmpl = stage_of(ridx);
     Task collective{.kind = TaskKind::Collective, .stream = Stream::DpComm, .rank = ranks_[ridx],
