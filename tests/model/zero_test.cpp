@@ -5,10 +5,12 @@
 
 #include "model/errors.hpp"
 #include "model/memory_model.hpp"
+#include "model/scenario.hpp"
 #include "model/step_builder.hpp"
 
 #include <boost/graph/adjacency_list.hpp>
 #include <catch2/catch.hpp>
+#include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <map>
@@ -280,4 +282,21 @@ TEST_CASE("model::build_step_graph: ZeRO with dp = 1 shards nothing; rank classe
   for (const auto& [rank, count] : per_rank_classes) {
     CHECK(per_rank_all.at(rank) == count);
   }
+}
+
+TEST_CASE("model::load_plan_yaml: zero_stage sets the stage and the distributed optimizer; contradictions fail",
+          "[ir][zero]") {
+  const auto load = [](const char* text) { return load_plan_yaml(YAML::Load(text), "s.yaml", "plan", 8); };
+  for (const int stage : {0, 1, 2, 3}) {
+    const Plan plan = load(("{global_batch_size: 8, zero_stage: " + std::to_string(stage) + "}").c_str());
+    CHECK(plan.get_zero_stage() == stage);
+    CHECK(plan.distributed_optimizer == (stage >= 1));
+  }
+  CHECK(load("{global_batch_size: 8, zero_stage: 2, distributed_optimizer: true}").get_zero_stage() == 2);
+  CHECK(load("{global_batch_size: 8, distributed_optimizer: true}").get_zero_stage() == 1);
+  REQUIRE_THROWS_WITH(load("{global_batch_size: 8, zero_stage: 3, distributed_optimizer: false}"),
+                      Contains("s.yaml") && Contains("plan.zero_stage") && Contains("contradicts"));
+  REQUIRE_THROWS_WITH(load("{global_batch_size: 8, zero_stage: 4}"),
+                      Contains("plan.zero_stage") && Contains("4") && Contains("valid: 0"));
+  REQUIRE_THROWS_AS(load("{global_batch_size: 8, zero_stage: -1}"), cuboid::InputError);
 }
