@@ -210,7 +210,13 @@ private:
     };
     std::vector<BackwardStep> backward_steps;
     const bool stage_embedding = has_embedding(layouts);
-    const double head_params = head_params_per_rank(model_, plan_, stage_embedding);
+    // ZeRO-3: the head also reads (and writes the gradient of) a tied word embedding held on its own stage, which
+    // head_params_per_rank counts with the embedding: its gather and reduce-scatter carry it too.
+    const bool tied_here = model_.tied_embeddings && stage_embedding;
+    const double head_params = head_params_per_rank(model_, plan_, stage_embedding) +
+                               (tied_here && sharded_params() ? static_cast<double>(model_.vocab_size) *
+                                                                    static_cast<double>(model_.hidden_size) / plan_.tp
+                                                              : 0.0);
     const double embed_params = embedding_params_per_rank(model_, plan_);
     const double layer_params = layer_params_per_tp_rank(model_, plan_.tp);
     Task task{.kind = TaskKind::Compute, .stage = stage};

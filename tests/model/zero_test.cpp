@@ -300,3 +300,23 @@ TEST_CASE("model::load_plan_yaml: zero_stage sets the stage and the distributed 
                       Contains("plan.zero_stage") && Contains("4") && Contains("valid: 0"));
   REQUIRE_THROWS_AS(load("{global_batch_size: 8, zero_stage: -1}"), cuboid::InputError);
 }
+
+TEST_CASE("model::build_step_graph: ZeRO-3 head gathers a tied word embedding of its own stage", "[ir][zero]") {
+  // Tied embeddings with pp = 1: the head's logits GEMM reads the word embedding (V h / t parameters), which
+  // head_params_per_rank leaves to the embedding unit, so the head's all-gather must carry it as well.
+  ModelSpec spec = gpt_model(4, 512, 8, 512, 8192);
+  spec.tied_embeddings = true;
+  Plan plan = make_plan(2, 1, 2, 8);
+  set_zero_stage(plan, 3, "test", "--zero");
+  const TaskGraph graph = build_step_graph(spec, test_cluster(plan.world_size()), plan, Instantiation::RankClasses);
+  const double head = head_params_per_rank(spec, plan, true) + 8192.0 * 512.0 / 2.0;
+  int head_gathers = 0;
+  for (const Task& t : graph.tasks()) {
+    if (t.kind == TaskKind::Collective && t.collective == CollectiveKind::AllGather && t.layer < 0 &&
+        graph.blocks()[static_cast<std::size_t>(t.block)].name.rfind("head", 0) == 0) {
+      CHECK_THAT(t.msg_bytes, WithinRel(2.0 * head, EXACT));
+      ++head_gathers;
+    }
+  }
+  CHECK(head_gathers == 2 * static_cast<int>(plan.num_microbatches()));
+}
