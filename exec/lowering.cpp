@@ -185,6 +185,10 @@ private:
       return;
     case TaskKind::Collective:
       instr.kind = InstrKind::CollectiveStart;
+      if (is_zero_collective(t)) {
+        emit_zero(id, instr);
+        return;
+      }
       instr.bucket = bucket_of(id);
       add(instr);
       return;
@@ -262,6 +266,30 @@ private:
     add(move);
   }
 
+  // --- ZeRO / FSDP ---
+  // ZeRO-2/3 collectives are the per-micro-batch DP ones (step_builder.cpp): a ZeRO-3 all-gather carries the block
+  // and layer of the compute task it feeds; a reduce-scatter reduces what ran backward before it.
+  static bool is_zero_collective(const Task& t) { return t.group == model::GroupKind::Dp && t.microbatch >= 0; }
+
+  void emit_zero(TaskId id, Instr instr) {
+    const Task& t = graph_.task(id);
+    instr.chunk = t.chunk;
+    instr.microbatch = t.microbatch;
+    if (t.collective == model::CollectiveKind::ReduceScatter) {
+      instr.zero = ZeroOp::ScatterGrads;
+      add(instr);
+      return;
+    }
+    CUBOID_ASSERT(t.collective == model::CollectiveKind::AllGather, "ZeRO collective {} is neither a gather nor a "
+                  "reduce-scatter", graph_.label(id));
+    instr.zero = ZeroOp::GatherParams;
+    instr.layer = t.layer;
+    instr.unit = t.layer >= 0 ? UnitKind::Layer
+                              : (block_is(graph_, t, "embed", {"embed", "embedding"}) ? UnitKind::Embedding
+                                                                                       : UnitKind::Head);
+    add(instr);
+  }
+
   void emit_p2p(TaskId id, InstrKind kind) {
     const Task& t = graph_.task(id);
     const auto direction = t.phase == model::Phase::Backward ? Direction::Backward : Direction::Forward;
@@ -287,6 +315,9 @@ private:
   }
 
   void emit_wait(TaskId id) {
+    if (is_zero_collective(graph_.task(id))) {
+      return; // ZeRO collectives complete at their start on the CPU backend (blocking MPI collectives)
+    }
     Instr instr;
     instr.kind = InstrKind::CollectiveWait;
     instr.task = id;

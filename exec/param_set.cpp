@@ -60,4 +60,9 @@ int ParamSet::find(const std::string& name) const {
 
 void ParamSet::zero_grads() { std::fill(grads_.begin(), grads_.end(), 0.0f); }
 
+void ParamSet::release_optimizer_state() {
+  std::vector<float>().swap(m_);
+  std::vector<float>().swap(v_);
+}
+
 } // namespace cuboid::exec

@@ -64,6 +64,9 @@ public:
   /// Index of `name`, or -1.
   [[nodiscard]] int find(const std::string& name) const;
   void zero_grads();
+  /// Frees the full AdamW moment buffers (ZeRO-2/3 keep sharded moments in ZeroShards); moment1()/moment2() are
+  /// empty afterwards.
+  void release_optimizer_state();
 
 private:
   int tp_size_;

@@ -21,6 +21,9 @@ enum class InstrKind {
 /// What a Forward/Backward instruction runs: the embedding, one transformer layer, or final norm + head + loss.
 enum class UnitKind { Embedding, Layer, Head };
 enum class Direction { Forward, Backward };
+/// ZeRO-2/3 DP collectives (CollectiveStart): all-gather a unit's parameters before its forward or backward, or
+/// reduce-scatter the gradients of the units that ran backward since the last one.
+enum class ZeroOp { None, GatherParams, ScatterGrads };
 
 constexpr model::TaskId NO_TASK = std::numeric_limits<model::TaskId>::max();
 
@@ -36,6 +39,7 @@ struct Instr {
   int peer = -1;                    // Send / Recv: world rank
   int tag = -1;                     // Send / Recv: p2p_tag()
   int bucket = -1;                  // CollectiveStart / CollectiveWait
+  ZeroOp zero = ZeroOp::None;       // CollectiveStart of a ZeRO-2/3 task (unit / layer: the unit it gathers)
   std::string label;                // for traces and error messages
 };
 

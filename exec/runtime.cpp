@@ -12,6 +12,7 @@
 #include "exec/lowering.hpp"
 #include "exec/process_groups.hpp"
 #include "exec/watchdog.hpp"
+#include "exec/zero_shards.hpp"
 #include "model/errors.hpp"
 #include "model/rank_grid.hpp"
 #include "model/step_builder.hpp"
@@ -144,6 +145,13 @@ void validate_options(const RunOptions& options, const Communicator& world) {
   if (plan.vp > 1) {
     check_divides(plan.num_microbatches(), plan.pp, "micro-batches per step", "pp (interleaved schedule)");
   }
+  // --- ZeRO / FSDP --- the per-unit gathers and reduce-scatters exist only in the lowered TaskGraph.
+  if (plan.get_zero_stage() >= 2 && options.program_source == ProgramSource::Internal) {
+    throw InputError(input_message("command line", "program",
+                                   fmt::format("zero stage {} needs the program lowered from the TaskGraph (the "
+                                               "internal schedules have no ZeRO-2/3 collectives)",
+                                               plan.get_zero_stage())));
+  }
 }
 
 } // namespace
@@ -167,6 +175,8 @@ struct Trainer::State {
   double loss_sum = 0.0;
   std::atomic<int> current_instr{-1};
   std::unique_ptr<Watchdog> watchdog;
+  // --- ZeRO / FSDP --- ZeRO-2/3 with dp > 1: sharded grads and optimizer state (and ZeRO-3 parameters).
+  std::unique_ptr<ZeroShards> zero;
 
   State(const RunOptions& opts, Communicator& w)
       : options(with_world_size(opts, w.size())), world(w),
@@ -244,6 +254,22 @@ struct Trainer::State {
   }
   void wait_sends();
   void optimizer_step();
+  void zero_optimizer_step();
+  /// Parameters a unit's forward/backward reads (the head also reads the tied word embedding of its stage).
+  std::vector<int> unit_params(UnitKind unit, int layer) const {
+    if (unit == UnitKind::Embedding) {
+      return model.embedding_params();
+    }
+    if (unit == UnitKind::Layer) {
+      return model.layer_params(layer);
+    }
+    std::vector<int> out = model.head_params();
+    const int wte = model.params().find("embed.wte");
+    if (options.model.tied_embeddings && wte >= 0 && std::find(out.begin(), out.end(), wte) == out.end()) {
+      out.push_back(wte);
+    }
+    return out;
+  }
   void inject_fault() const;
 };
 
@@ -378,6 +404,9 @@ void Trainer::State::execute(const Instr& instr) {
     if (poison && instr.unit != UnitKind::Head) {
       st.act.setConstant(std::numeric_limits<float>::quiet_NaN());
     }
+    if (zero && zero->shards_params()) {
+      zero->release(unit_params(instr.unit, instr.layer)); // FSDP reshard after forward
+    }
     return;
   }
   case InstrKind::Backward: {
@@ -423,6 +452,13 @@ void Trainer::State::execute(const Instr& instr) {
     } else {
       to.grad = std::move(from.grad);
     }
+    if (zero) {
+      const std::vector<int> used = unit_params(instr.unit, instr.layer);
+      zero->mark_dirty(used);
+      if (zero->shards_params()) {
+        zero->release(used);
+      }
+    }
     return;
   }
   case InstrKind::Send: {
@@ -443,6 +479,16 @@ void Trainer::State::execute(const Instr& instr) {
     return;
   }
   case InstrKind::CollectiveStart: {
+    if (instr.zero == ZeroOp::GatherParams) {
+      CUBOID_ASSERT(zero && zero->shards_params(), "{}: parameter gather without ZeRO-3 state", instr.label);
+      zero->gather(*groups.dp, unit_params(instr.unit, instr.layer));
+      return;
+    }
+    if (instr.zero == ZeroOp::ScatterGrads) {
+      CUBOID_ASSERT(zero != nullptr, "{}: gradient reduce-scatter without ZeRO state", instr.label);
+      zero->scatter_dirty(*groups.dp);
+      return;
+    }
     if (instr.bucket < 0) {
       return; // distributed optimizer's parameter all-gather: replicas are already complete
     }
@@ -471,6 +517,10 @@ void Trainer::State::execute(const Instr& instr) {
 }
 
 void Trainer::State::optimizer_step() {
+  if (zero) {
+    zero_optimizer_step();
+    return;
+  }
   for (auto& bucket : buckets) {
     if (bucket.request) {
       bucket.request->wait();
@@ -519,6 +569,51 @@ void Trainer::State::optimizer_step() {
   }
 }
 
+// --- ZeRO / FSDP ---
+// ZeRO-2/3: the same reductions as optimizer_step() (any gradient still unreduced, the tied-embedding group, the
+// sequence-parallel norms, clipping) on this rank's gradient pieces, AdamW on its pieces only, then ZeRO-2
+// all-gathers the updated pieces (its parameters are replicated) and ZeRO-3 leaves them sharded.
+void Trainer::State::zero_optimizer_step() {
+  zero->scatter_dirty(*groups.dp);
+  ParamSet& params = model.params();
+  const int wte = params.find("embed.wte");
+  if (options.model.tied_embeddings && wte >= 0 && groups.embedding->size() > 1) {
+    groups.embedding->all_reduce(zero->grads(wte));
+  }
+  for (int idx = 0; idx < static_cast<int>(params.infos().size()); ++idx) {
+    if (params.info(idx).sequence_parallel_grad) {
+      groups.tp->all_reduce(zero->grads(idx));
+    }
+  }
+  float grad_scale = 1.0f;
+  const cpu::AdamWConfig& config = options.optimizer;
+  if (config.max_grad_norm > 0.0f) {
+    double sumsq = 0.0;
+    for (int idx = 0; idx < static_cast<int>(params.infos().size()); ++idx) {
+      const ParamInfo& info = params.info(idx);
+      if (info.embedding_copy || (info.split == TpSplit::Replicated && groups.coord.tp_rank != 0)) {
+        continue;
+      }
+      for (const float g : zero->grads(idx)) {
+        sumsq += static_cast<double>(g) * static_cast<double>(g);
+      }
+    }
+    float total = static_cast<float>(sumsq);
+    groups.dp->all_reduce(std::span<float>(&total, 1)); // the pieces of one tensor are spread over DP
+    groups.tp->all_reduce(std::span<float>(&total, 1));
+    groups.pp->all_reduce(std::span<float>(&total, 1));
+    grad_scale = std::min(1.0f, config.max_grad_norm / (std::sqrt(total) + 1e-6f));
+  }
+  for (int idx = 0; idx < static_cast<int>(params.infos().size()); ++idx) {
+    const ParamInfo& info = params.info(idx);
+    cpu::adamw_update(zero->values(idx), zero->grads(idx), zero->moment1(idx), zero->moment2(idx), step, config,
+                      info.weight_decay ? config.weight_decay : 0.0f, grad_scale);
+  }
+  if (!zero->shards_params()) {
+    zero->gather_all(*groups.dp);
+  }
+}
+
 Trainer::Trainer(const RunOptions& options, Communicator& world) {
   validate_options(options, world);
   state_ = std::make_unique<State>(options, world);
@@ -532,6 +627,10 @@ Trainer::Trainer(const RunOptions& options, Communicator& world) {
     s.program = std::move(s.build_programs({world.rank()}).front());
   }
   s.setup_buckets();
+  if (options.plan.get_zero_stage() >= 2 && options.plan.dp > 1) {
+    s.zero = std::make_unique<ZeroShards>(s.model.params(), options.plan.dp, s.groups.coord.dp_rank,
+                                          options.plan.get_zero_stage() >= 3);
+  }
   if (options.timeout_s > 0.0) {
     s.watchdog = std::make_unique<Watchdog>(
         options.timeout_s, [&s] { return s.current_label(); },
@@ -556,6 +655,9 @@ double Trainer::step() {
   s.events.clear();
   s.event_instr.clear();
   s.model.params().zero_grads();
+  if (s.zero) {
+    s.zero->zero_grads();
+  }
   if (s.watchdog) {
     s.watchdog->arm(s.step);
   }
@@ -678,6 +780,9 @@ std::vector<float> Trainer::gather_full_weights() {
     }
   }
   ParamSet& params = s.model.params();
+  if (s.zero && s.zero->shards_params()) {
+    s.zero->gather_all(*s.groups.dp); // ZeRO-3: assemble the pieces (every DP member takes part), poisoned after
+  }
   std::vector<float> full;
   std::size_t total = 0;
   for (const auto& p : canonical) {
@@ -719,6 +824,9 @@ std::vector<float> Trainer::gather_full_weights() {
       }
     }
     offset += p.size();
+  }
+  if (s.zero && s.zero->shards_params()) {
+    s.zero->reshard_all();
   }
   return full;
 }

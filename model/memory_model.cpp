@@ -199,23 +199,35 @@ std::vector<std::size_t> grad_bucket_ends(const Plan& plan, const std::vector<do
 // Megatron mixed precision (ZeRO paper section 3.1 counts 2 + 2 + 12; Megatron keeps fp32 main grads): 2 + 4 + 12
 // = 18 B/param. Distributed optimizer (Megatron-Core docs, "Distributed Optimizer"): the 12 B of master params and
 // Adam states are sharded over DP: 6 + 12/dp.
+//
+// --- ZeRO / FSDP --- Rajbhandari et al. 2020 (ZeRO), Fig. 1 and section 5.1, per device with Psi parameters, K = 12
+// optimizer bytes and N_d = dp: baseline (2 + 2 + K) Psi; P_os 2Psi + 2Psi + K Psi/N_d; P_os+g 2Psi + (2 + K)
+// Psi/N_d; P_os+g+p (2 + 2 + K) Psi/N_d. With Megatron's fp32 main grads the gradient term is 4 instead of 2:
+// stage 1: 2 + 4 + 12/dp, stage 2: 2 + (4 + 12)/dp, stage 3: (2 + 4 + 12)/dp bytes per parameter.
 double static_bytes_per_param(const Plan& plan) {
-  const double optimizer = plan.distributed_optimizer ? OPTIMIZER_BYTES / plan.dp_cp_size() : OPTIMIZER_BYTES;
-  return WEIGHT_BYTES + GRAD_BYTES + optimizer;
+  const int zero = plan.get_zero_stage();
+  const double dp = plan.dp_cp_size(); // the optimizer shards over dp*cp; ZeRO-2/3 plans have cp = 1
+  return WEIGHT_BYTES / (zero >= 3 ? dp : 1.0) + GRAD_BYTES / (zero >= 2 ? dp : 1.0) +
+         OPTIMIZER_BYTES / (zero >= 1 ? dp : 1.0);
 }
 
 MemBytes static_memory(const ModelSpec& model, const Plan& plan, int stage, const MemoryOptions& options) {
   const double params = params_per_rank(model, plan, stage);
   MemBytes bytes{};
-  bytes[static_cast<std::size_t>(MemTag::Weights)] = WEIGHT_BYTES * params;
+  // ZeRO (static_bytes_per_param above): stage >= 1 shards the optimizer state, >= 2 the gradients, 3 the
+  // parameters, each over dp. The transient buffers of stages 2/3 are task memory effects (step_builder.cpp): the
+  // unsharded gradients of a unit from its backward until its reduce-scatter, and with stage 3 the gathered bf16
+  // parameters of the current and the prefetched unit.
+  const int zero = plan.get_zero_stage();
+  const double dp = plan.dp_cp_size(); // optimizer sharding over dp*cp; ZeRO-2/3 plans have cp = 1
+  bytes[static_cast<std::size_t>(MemTag::Weights)] = WEIGHT_BYTES * params / (zero >= 3 ? dp : 1.0);
   // DP gradient buckets are views into the contiguous fp32 main-grad buffer (Megatron DistributedDataParallel,
   // param_and_grad_buffer.py), reduced in place: they add nothing beyond Grads.
-  bytes[static_cast<std::size_t>(MemTag::Grads)] = GRAD_BYTES * params;
-  bytes[static_cast<std::size_t>(MemTag::Optimizer)] =
-      (plan.distributed_optimizer ? OPTIMIZER_BYTES / plan.dp_cp_size() : OPTIMIZER_BYTES) * params;
-  if (model.is_moe() && plan.distributed_optimizer) {
+  bytes[static_cast<std::size_t>(MemTag::Grads)] = GRAD_BYTES * params / (zero >= 2 ? dp : 1.0);
+  bytes[static_cast<std::size_t>(MemTag::Optimizer)] = OPTIMIZER_BYTES * params / (zero >= 1 ? dp : 1.0);
+  if (model.is_moe() && zero >= 1) {
     // --- mixture of experts --- expert optimizer states are sharded over the dp/ep expert-DP ranks only (MoE plans
-    // have cp = 1, so dp_cp_size() = dp here)
+    // have cp = 1 and zero <= 1, so dp_cp_size() = dp here)
     const double experts = expert_params_per_rank(model, plan, stage);
     bytes[static_cast<std::size_t>(MemTag::Optimizer)] =
         OPTIMIZER_BYTES / plan.dp * (params - experts) + OPTIMIZER_BYTES / plan.expert_dp() * experts;

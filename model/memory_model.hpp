@@ -70,8 +70,9 @@ std::vector<double> chunk_grad_units(const ModelSpec& model, const Plan& plan, c
 std::vector<std::size_t> grad_bucket_ends(const Plan& plan, const std::vector<double>& unit_params);
 
 /// Bytes per parameter of weights + grads + optimizer: 18 (Megatron mixed precision: bf16 param 2, fp32 main grad 4,
-/// fp32 master param 4, Adam m and v 8), or 6 + 12/dp with the distributed optimizer (expert parameters of MoE
-/// models: 6 + 12/(dp/ep), static_memory() applies it).
+/// fp32 master param 4, Adam m and v 8), or 6 + 12/dp with the distributed optimizer (ZeRO-1); ZeRO-2
+/// 2 + 16/dp; ZeRO-3 18/dp (Rajbhandari et al. 2020, Fig. 1, with fp32 grads). Expert parameters of MoE models:
+/// 6 + 12/(dp/ep) with the distributed optimizer (static_memory() applies it).
 double static_bytes_per_param(const Plan& plan);
 /// RankInfo::static_bytes of a rank on `stage`: Weights, Grads, Optimizer, Workspace (cuBLAS), CommBuffers (NCCL).
 MemBytes static_memory(const ModelSpec& model, const Plan& plan, int stage, const MemoryOptions& options = {});

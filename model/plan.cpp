@@ -96,6 +96,17 @@ Precision parse_precision(const std::string& text, const std::string& where) {
   return parse_name(PRECISIONS, text, where, "precision");
 }
 
+void set_zero_stage(Plan& plan, int stage, const std::string& where, const std::string& field) {
+  if (stage < 0 || stage > MAX_ZERO_STAGE) {
+    throw InputError(input_message(where, field,
+                                   fmt::format("{} is not a valid ZeRO stage (valid: 0 none, 1 optimizer state, 2 + "
+                                               "gradients, 3 + parameters = FSDP)",
+                                               stage)));
+  }
+  plan.zero_stage = stage;
+  plan.distributed_optimizer = stage >= 1;
+}
+
 std::vector<int> layers_per_stage(const Plan& plan, std::int64_t num_layers) {
   return layers_per_stage(plan, num_layers, "");
 }
@@ -259,6 +270,55 @@ void validate(const Plan& plan, const ModelSpec& model, const ClusterSpec& clust
     throw InputError(input_message(where, "plan.schedule",
                                    "interleaved needs vp > 1 model chunks per pipeline rank (valid: vp >= 2, or "
                                    "schedule 1f1b/gpipe)"));
+  }
+  // --- ZeRO / FSDP ---
+  if (plan.zero_stage < 0 || plan.zero_stage > MAX_ZERO_STAGE) {
+    throw InputError(input_message(where, "plan.zero_stage",
+                                   fmt::format("{} is not valid (expected 0, 1, 2 or 3)", plan.zero_stage)));
+  }
+  if (plan.zero_stage >= 1 && !plan.distributed_optimizer) {
+    throw InputError(input_message(where, "plan.distributed_optimizer",
+                                   fmt::format("false contradicts zero_stage = {} (every ZeRO stage >= 1 shards the "
+                                               "optimizer state; valid: distributed_optimizer true, or zero_stage 0)",
+                                               plan.zero_stage)));
+  }
+  if (plan.zero_stage >= 2 && plan.all_reduce_sharded_grads) {
+    throw InputError(input_message(where, "plan.zero_stage",
+                                   fmt::format("{} reduce-scatters the gradients, which contradicts "
+                                               "all_reduce_sharded_grads (DeepSpeed BF16_Optimizer, ZeRO-1 only)",
+                                               plan.zero_stage)));
+  }
+  if (plan.zero_stage >= 2 && !plan.overlap_grad_reduce) {
+    throw InputError(input_message(where, "plan.overlap_grad_reduce",
+                                   fmt::format("false cannot be combined with zero_stage = {} (sharded gradients are "
+                                               "reduce-scattered right after each micro-batch's backward; valid: "
+                                               "overlap_grad_reduce true, or zero_stage 0/1)",
+                                               plan.zero_stage)));
+  }
+  if (plan.zero_stage == 3 && plan.overlap_param_gather) {
+    throw InputError(input_message(where, "plan.overlap_param_gather",
+                                   "cannot be combined with zero_stage = 3 (ZeRO-3 gathers each layer's parameters "
+                                   "before its forward and backward; there is no end-of-step parameter all-gather to "
+                                   "overlap; valid: zero_stage 1 or 2 with overlap_param_gather)"));
+  }
+  // ZeRO-2/3 are built for dense models on the tp-dp-pp grid with the GPipe / 1F1B / interleaved schedules: refuse
+  // the beyond-3D combinations not implemented yet rather than predict them wrongly.
+  if (plan.zero_stage >= 2) {
+    const auto refuse = [&](const char* field, const std::string& what) {
+      throw InfeasibleError(input_message(where, field,
+                                          fmt::format("{} cannot be combined with zero_stage = {} yet (valid: "
+                                                      "zero_stage 0 or 1 with it)",
+                                                      what, plan.zero_stage)));
+    };
+    if (plan.cp > 1) {
+      refuse("plan.cp", fmt::format("cp = {}", plan.cp));
+    }
+    if (model.is_moe()) {
+      refuse("plan.zero_stage", fmt::format("the mixture-of-experts model {}", model.name));
+    }
+    if (splits_backward(plan.schedule)) {
+      refuse("plan.schedule", fmt::format("schedule {}", to_string(plan.schedule)));
+    }
   }
   validate(model, where, "model.");
 

@@ -67,6 +67,20 @@ struct Plan {
   /// Ranks that reduce each gradient (and shard the distributed optimizer): Megatron's data-parallel group with
   /// context parallel, dp * cp.
   [[nodiscard]] int dp_cp_size() const { return dp * cp; }
+
+  // --- ZeRO / FSDP ---
+  // ZeRO stage (Rajbhandari et al. 2020, "ZeRO: Memory Optimizations Toward Training Trillion Parameter Models",
+  // section 5 and Fig. 1), sharding over the DP group: 0 none; 1 optimizer state (P_os, the same as
+  // distributed_optimizer); 2 + gradients (P_os+g: reduce-scattered per micro-batch, bucketed, behind backward);
+  // 3 + parameters (P_os+g+p, PyTorch FSDP FULL_SHARD / DeepSpeed stage 3: each layer's bf16 parameters are
+  // all-gathered before its forward and again before its backward, the next layer's gather prefetched on the DP
+  // stream, and its gradients reduce-scattered per layer). Set it with set_zero_stage(), which keeps
+  // distributed_optimizer == (zero_stage >= 1); read it with get_zero_stage().
+  int zero_stage = 0;
+
+  /// The effective ZeRO stage: zero_stage, or 1 for a plan that only sets distributed_optimizer.
+  [[nodiscard]] int get_zero_stage() const { return zero_stage > 0 ? zero_stage : (distributed_optimizer ? 1 : 0); }
+
   /// Micro-batches per step per DP replica: global / (micro * dp).
   [[nodiscard]] std::int64_t num_microbatches() const { return global_batch_size / (micro_batch_size * dp); }
   /// --- mixture of experts --- Size of the expert-data-parallel group (ranks holding the same experts): dp / ep.
@@ -81,6 +95,12 @@ std::string to_string(Precision precision);
 Schedule parse_schedule(const std::string& text, const std::string& where);
 Recompute parse_recompute(const std::string& text, const std::string& where);
 Precision parse_precision(const std::string& text, const std::string& where);
+
+/// Largest ZeRO stage (3 = parameters sharded, FSDP).
+constexpr int MAX_ZERO_STAGE = 3;
+/// The one place that sets the ZeRO stage: zero_stage = stage and distributed_optimizer = (stage >= 1). Throws
+/// InputError naming `where` and `field` when stage is not 0..3.
+void set_zero_stage(Plan& plan, int stage, const std::string& where, const std::string& field);
 
 /// Number of layers held by each pipeline stage (size pp), honouring first/last overrides.
 /// Throws InfeasibleError when layers cannot be split as asked.

@@ -52,7 +52,9 @@ std::vector<std::string> plan_yaml_keys() {
           "schedule",   "recompute",   "precision",   "sequence_parallel", "distributed_optimizer",
           "overlap_grad_reduce", "grad_bucket_bytes", "first_stage_layers", "last_stage_layers",
           // --- context parallelism ---
-          "cp"};
+          "cp",
+          // --- ZeRO / FSDP ---
+          "zero_stage"};
 }
 
 Plan load_plan_yaml(const YAML::Node& node, const std::string& where, const std::string& path, int num_gpus) {
@@ -112,6 +114,20 @@ Plan load_plan_yaml(const YAML::Node& node, const std::string& where, const std:
   }
   if (node["moe_imbalance"]) {
     plan.moe_imbalance = yaml::read_positive_double(node["moe_imbalance"], where, key("moe_imbalance"));
+  }
+  // --- ZeRO / FSDP ---
+  if (node["zero_stage"]) {
+    const int stage = yaml::read_non_negative_int32(node["zero_stage"], where, key("zero_stage"));
+    const bool stated = node["distributed_optimizer"].IsDefined();
+    if (stated && plan.distributed_optimizer != (stage >= 1)) {
+      throw InputError(input_message(where, key("zero_stage"),
+                                     fmt::format("{} contradicts distributed_optimizer: {} (zero_stage 1 is the "
+                                                 "distributed optimizer; valid: drop one of the two keys, or "
+                                                 "distributed_optimizer {} with zero_stage {})",
+                                                 stage, plan.distributed_optimizer ? "true" : "false",
+                                                 stage >= 1 ? "true" : "false", stage)));
+    }
+    set_zero_stage(plan, stage, where, key("zero_stage"));
   }
   if (node["dp"]) {
     plan.dp = yaml::read_positive_int32(node["dp"], where, key("dp"));

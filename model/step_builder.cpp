@@ -2,6 +2,8 @@
 // chained in schedule order on the compute stream; P2P sends between virtual stages; bucketed DP gradient
 // collectives; one optimizer task per rank. Every rank of a stage has the same compute sequence, so it is built once
 // per stage as a template and copied per rank (the rank-class and all-ranks graphs share it by construction).
+// ZeRO-2 reduce-scatters every micro-batch's gradient buckets; ZeRO-3 (FSDP) adds a parameter all-gather before
+// every compute task and a gradient reduce-scatter after every backward task (add_zero3_collectives).
 #include "model/step_builder.hpp"
 
 #include "model/errors.hpp"
@@ -36,11 +38,14 @@ struct Unit {
   double workspace_bytes = 0.0;
 };
 
-// A gradient bucket (grad_bucket_ends in memory_model.hpp), waiting for template task last_task.
+// A gradient bucket (grad_bucket_ends in memory_model.hpp), waiting for template task last_task. ZeRO-2: one per
+// (micro-batch, bucket), `microbatch` >= 0.
 struct Bucket {
   double params = 0.0;
   int chunk = 0;
   std::uint32_t last_task = NONE;
+  int microbatch = -1;
+  std::uint32_t first_task = NONE; // ZeRO-2: template task writing the bucket's first gradients
 };
 
 // A P2P send issued after template task `from` to (to_stage, to_chunk), for (microbatch, chunk) of this stage.
@@ -64,6 +69,7 @@ struct StageTemplate {
   std::vector<std::uint32_t> fwd_first, bwd_first; // [mb * vp + chunk] -> template index of the first task
   std::vector<Send> sends;
   std::vector<Bucket> buckets;
+  std::vector<double> task_params; // parameters (per TP rank, unsharded) of the unit each compute task runs
   std::int32_t optimizer_block = -1;
   MemBytes static_bytes{};
 };
@@ -120,6 +126,15 @@ private:
     return std::any_of(layouts.begin(), layouts.end(), [](const ChunkLayout& lay) { return lay.has_embedding; });
   }
 
+  // --- ZeRO / FSDP ---
+  // Gradients reduce-scattered per micro-batch and sharded (ZeRO >= 2), parameters sharded (ZeRO-3); only with
+  // dp > 1 (dp = 1 shards nothing).
+  [[nodiscard]] bool sharded_grads() const { return plan_.get_zero_stage() >= 2 && plan_.dp > 1; }
+  [[nodiscard]] bool sharded_params() const { return plan_.get_zero_stage() >= 3 && plan_.dp > 1; }
+  // Whether a bucket's parameters are all-gathered after the optimizer: all of them, or with ZeRO-2 (one bucket per
+  // micro-batch) those of the last micro-batch.
+  [[nodiscard]] bool is_gathered(const Bucket& bucket) const { return bucket.microbatch < 0 || bucket.microbatch == m_ - 1; }
+
   // Exact task count from the layouts alone (no per-task work): compute + P2P + DP collectives + optimizer.
   [[nodiscard]] std::size_t count_tasks() const {
     std::size_t total = 0;
@@ -139,7 +154,11 @@ private:
         const std::size_t backward = split_ ? 2 * params.size() - (layouts[chunk].has_embedding ? 1U : 0U)
                                             : params.size();
         per_rank += idx(m_) * (params.size() + backward + sends);
-        if (plan_.dp_cp_size() > 1) {
+        if (sharded_params()) {
+          per_rank += idx(m_) * 3 * params.size(); // all-gather before each forward and backward, reduce-scatter
+        } else if (sharded_grads()) {
+          per_rank += grad_bucket_ends(plan_, params).size() * (idx(m_) + 1); // per-micro-batch RS + one AG
+        } else if (plan_.dp_cp_size() > 1) {
           per_rank += grad_bucket_ends(plan_, params).size() * (plan_.distributed_optimizer ? 2U : 1U);
         }
         if (has_expert_sync(layouts[chunk])) { // --- mixture of experts ---
@@ -265,6 +284,23 @@ private:
     // Per chunk: the first template task of its last backward, and that backward's position in the order.
     std::vector<std::uint32_t> final_bwd(idx(vp), NONE);
     std::vector<std::size_t> last_bwd_step(idx(vp), 0);
+    // ZeRO-2/3: every backward step (first template task, chunk, micro-batch) in schedule order.
+    struct BackwardStep {
+      std::uint32_t first = 0;
+      int chunk = 0;
+      int microbatch = 0;
+    };
+    std::vector<BackwardStep> backward_steps;
+    const bool stage_embedding = has_embedding(layouts);
+    // ZeRO-3: the head also reads (and writes the gradient of) a tied word embedding held on its own stage, which
+    // head_params_per_rank counts with the embedding: its gather and reduce-scatter carry it too.
+    const bool tied_here = model_.tied_embeddings && stage_embedding;
+    const double head_params = head_params_per_rank(model_, plan_, stage_embedding) +
+                               (tied_here && sharded_params() ? static_cast<double>(model_.vocab_size) *
+                                                                    static_cast<double>(model_.hidden_size) / plan_.tp
+                                                              : 0.0);
+    const double embed_params = embedding_params_per_rank(model_, plan_);
+    const double layer_params = layer_params_per_tp_rank(model_, plan_.tp);
     Task task{.kind = TaskKind::Compute, .stage = stage};
     for (std::size_t step_idx = 0; step_idx < order.size(); ++step_idx) {
       const ScheduleStep& step = order[step_idx];
@@ -282,7 +318,14 @@ private:
         set(task.free_at_end, MemTag::Activations, unit.act_free_bytes);
         set(task.alloc_at_start, MemTag::Workspace, unit.workspace_bytes);
         set(task.free_at_end, MemTag::Workspace, unit.workspace_bytes);
+        const bool is_embedding = unit.block == embed_.block || unit.block == embed_bwd_.block;
+        const double params = unit.layer >= 0 ? layer_params : (is_embedding ? embed_params : head_params);
+        // ZeRO-2/3: the backward writes the unit's unsharded fp32 gradients, freed by its bucket's reduce-scatter;
+        // ZeRO-3: the compute frees the unit's gathered bf16 parameters (allocated by its all-gather) when done.
+        set(task.alloc_at_start, MemTag::Grads, sharded_grads() && !fwd ? FP32_GRAD_BYTES * params : 0.0);
+        set(task.free_at_end, MemTag::Weights, sharded_params() ? BF16_BYTES * params : 0.0);
         tmpl.tasks.push_back(task);
+        tmpl.task_params.push_back(params);
       }
       const auto last = static_cast<std::uint32_t>(tmpl.tasks.size() - 1);
       const std::size_t slot = idx(step.microbatch) * idx(vp) + idx(step.chunk);
@@ -306,6 +349,7 @@ private:
         continue; // W feeds nothing downstream: no send
       }
       tmpl.bwd_first[slot] = first;
+      backward_steps.push_back({first, step.chunk, step.microbatch});
       if (virtual_stage > 0) {
         const StageChunk to = locate_virtual_stage(plan_, virtual_stage - 1);
         tmpl.sends.push_back({last, step.phase, step.microbatch, step.chunk, to.stage, to.chunk});
@@ -317,7 +361,20 @@ private:
     std::iota(chunks.begin(), chunks.end(), 0);
     std::sort(chunks.begin(), chunks.end(),
               [&last_bwd_step](int lhs, int rhs) { return last_bwd_step[idx(lhs)] < last_bwd_step[idx(rhs)]; });
-    for (const int chunk : chunks) {
+    // ZeRO-2: the same buckets for every micro-batch's backward, in schedule order (DeepSpeed stage 2 reduces each
+    // micro-batch's gradients into the owner's shard; nothing unsharded is accumulated).
+    for (const BackwardStep& bwd : sharded_grads() && !sharded_params() ? backward_steps : std::vector<BackwardStep>{}) {
+      const std::vector<double> params = chunk_grad_units(model_, plan_, layouts[idx(bwd.chunk)], stage_embedding);
+      std::size_t begin = 0;
+      for (const std::size_t end_unit : grad_bucket_ends(plan_, params)) {
+        const double bucket_params = std::accumulate(params.begin() + static_cast<std::ptrdiff_t>(begin),
+                                                     params.begin() + static_cast<std::ptrdiff_t>(end_unit + 1), 0.0);
+        tmpl.buckets.push_back({bucket_params, bwd.chunk, bwd.first + static_cast<std::uint32_t>(end_unit),
+                                bwd.microbatch, bwd.first + static_cast<std::uint32_t>(begin)});
+        begin = end_unit + 1;
+      }
+    }
+    for (const int chunk : sharded_grads() ? std::vector<int>{} : chunks) {
       const std::vector<double> params = chunk_grad_units(model_, plan_, layouts[idx(chunk)], has_embedding(layouts));
       std::size_t begin = 0;
       for (const std::size_t end_unit : grad_bucket_ends(plan_, params)) {
@@ -337,8 +394,8 @@ private:
     }
     // The optimizer updates the rank's parameters (its 1/(dp*cp) shard with the distributed optimizer: Megatron
     // shards over the data-parallel group with context parallel).
-    double params = params_per_rank(model_, plan_, stage) / (plan_.distributed_optimizer ? plan_.dp_cp_size() : 1);
-    if (model_.is_moe() && plan_.distributed_optimizer) { // --- mixture of experts --- experts sharded over dp/ep
+    double params = params_per_rank(model_, plan_, stage) / (plan_.get_zero_stage() >= 1 ? plan_.dp_cp_size() : 1);
+    if (model_.is_moe() && plan_.get_zero_stage() >= 1) { // --- mixture of experts --- experts sharded over dp/ep
       const double experts = expert_params_per_rank(model_, plan_, stage);
       params = (params_per_rank(model_, plan_, stage) - experts) / plan_.dp + experts / plan_.expert_dp();
     }
@@ -486,11 +543,19 @@ private:
     Task task{.kind = TaskKind::Collective, .stream = Stream::DpComm, .rank = ranks_[ridx],
               .stage = graph_.ranks()[ridx].stage, .collective = kind, .group = GroupKind::Dp,
               .group_index = dp_group_of_[ridx], .group_size = plan_.dp_cp_size()};
+    // ZeRO-2 reduce-scatters free the bucket's unsharded fp32 gradients (allocated by the backward tasks).
+    const bool frees_grads = sharded_grads() && kind == CollectiveKind::ReduceScatter;
     TaskId prev = NONE;
     for (std::size_t bucket = 0; bucket < buckets.size(); ++bucket) {
+      if (kind == CollectiveKind::AllGather && !is_gathered(buckets[bucket])) {
+        continue; // ZeRO-2: the parameters are gathered once, with the last micro-batch's set of buckets
+      }
       task.chunk = buckets[bucket].chunk;
       task.bucket = static_cast<int>(bucket);
       task.msg_bytes = buckets[bucket].params * bytes_per_param;
+      task.phase = frees_grads ? Phase::Backward : Phase::None;
+      task.microbatch = frees_grads ? buckets[bucket].microbatch : -1;
+      set(task.free_at_end, MemTag::Grads, frees_grads ? FP32_GRAD_BYTES * buckets[bucket].params : 0.0);
       const TaskId id = graph_.add_task(task);
       for (const TaskId dep : {prev, after(bucket)}) {
         if (dep != NONE) {
@@ -507,7 +572,26 @@ private:
     const TaskId last_compute = base_[ridx] + static_cast<TaskId>(tmpl.tasks.size() - 1);
     const bool sync = plan_.dp_cp_size() > 1;
     TaskId reduced = NONE;
-    if (sync) {
+    if (sharded_params()) {
+      reduced = add_zero3_collectives(ridx);
+    } else if (sharded_grads()) {
+      // ZeRO-2: each bucket of each micro-batch's backward as soon as its last unit is done.
+      reduced = add_bucket_collectives(ridx, CollectiveKind::ReduceScatter, FP32_GRAD_BYTES, [&](std::size_t bucket) {
+        return base_[ridx] + tmpl.buckets[bucket].last_task;
+      });
+      // Two bucket buffers (DeepSpeed stage 2 overlap_comm double-buffers its reduction buckets): the backward that
+      // starts filling bucket i waits until the reduce-scatter of bucket i-2 has freed its buffer, so unsharded
+      // gradients stay bounded when the DP links are slower than backward. The reduce-scatters are the last
+      // buckets.size() tasks, in bucket order.
+      constexpr std::size_t BUCKET_BUFFERS = 2;
+      const std::size_t count = tmpl.buckets.size();
+      const TaskId first_scatter = reduced + 1 - static_cast<TaskId>(count);
+      for (std::size_t bucket = BUCKET_BUFFERS; bucket < count; ++bucket) {
+        const TaskId freed = first_scatter + static_cast<TaskId>(bucket - BUCKET_BUFFERS);
+        CUBOID_ASSERT(graph_.task(freed).bucket == static_cast<int>(bucket - BUCKET_BUFFERS), "bucket order");
+        graph_.add_edge(freed, base_[ridx] + tmpl.buckets[bucket].first_task);
+      }
+    } else if (sync) {
       // Distributed optimizer: reduce-scatter of the fp32 grads; otherwise all-reduce. overlap_grad_reduce: a bucket
       // starts once its last unit's final backward is done (Megatron's backward hooks); else after all backward.
       const bool overlap = plan_.overlap_grad_reduce;
@@ -533,19 +617,82 @@ private:
     if (reduced != NONE) {
       graph_.add_edge(reduced, step_id);
     }
-    if (sync && plan_.distributed_optimizer) {
-      // Then all-gather the updated bf16 parameter shards, bucket by bucket. overlap_param_gather: in steady state
+    if (sync && plan_.distributed_optimizer && !sharded_params()) {
+      // Then all-gather the updated bf16 parameter shards, bucket by bucket (ZeRO-2: one all-gather per bucket of
+      // the last micro-batch's set, which covers every parameter once). overlap_param_gather: in steady state
       // that all-gather runs behind the next step's forward (Megatron --overlap-param-gather), so it starts with
       // the step here, sharing the DP links, instead of after the optimizer.
       const bool behind_forward = plan_.overlap_param_gather;
-      add_bucket_collectives(ridx, CollectiveKind::AllGather, BF16_BYTES, [step_id, behind_forward](std::size_t bucket) {
-        return bucket == 0 && !behind_forward ? step_id : NONE;
-      });
+      const auto& buckets = tmpl.buckets;
+      const auto first = static_cast<std::size_t>(std::find_if(buckets.begin(), buckets.end(), [this](const Bucket& b) {
+                                                    return is_gathered(b);
+                                                  }) - buckets.begin());
+      add_bucket_collectives(ridx, CollectiveKind::AllGather, BF16_BYTES,
+                             [step_id, behind_forward, first](std::size_t bucket) {
+                               return bucket == first && !behind_forward ? step_id : NONE;
+                             });
     }
     if (plan_.distributed_optimizer && !tmpl.expert_syncs.empty()) {
       // --- mixture of experts --- all-gather of the updated expert shards over the expert-DP group
       add_expert_collectives(ridx, CollectiveKind::AllGather, BF16_BYTES, NONE, step_id);
     }
+  }
+
+  // --- ZeRO / FSDP ---
+  // ZeRO-3 (FSDP FULL_SHARD, reshard_after_forward; DeepSpeed stage 3): before compute task k (forward or backward
+  // of one unit for one micro-batch) an all-gather of the unit's bf16 parameters, S = 2 P_k bytes (the gathered
+  // buffer, allocated at its start and freed by compute k). Prefetch depth 1, like FSDP's forward/backward prefetch
+  // with limit_all_gathers: gather k may start once compute k-2 has freed its buffer, so it overlaps compute k-1 on
+  // the DP stream and at most two units (current + prefetched) are gathered at a time. After each backward task a
+  // reduce-scatter of the unit's fp32 gradients, S = 4 P_k, which frees them. Gathers and reduce-scatters are
+  // chained in issue order (every DP member must call them in the same order). Both share the DP stream (PyTorch FSDP
+  // issues them on two NCCL streams): a pending reduce-scatter delays the next gather, which also bounds the
+  // unsharded gradients waiting for reduction. Returns the last reduce-scatter.
+  TaskId add_zero3_collectives(std::size_t ridx) {
+    const StageTemplate& tmpl = stage_of(ridx);
+    Task collective{.kind = TaskKind::Collective, .stream = Stream::DpComm, .rank = ranks_[ridx],
+                    .stage = graph_.ranks()[ridx].stage, .group = GroupKind::Dp, .group_index = dp_group_of_[ridx],
+                    .group_size = plan_.dp};
+    TaskId prev_gather = NONE;
+    TaskId prev_scatter = NONE;
+    const auto link = [this](TaskId from, TaskId to) {
+      if (from != NONE) {
+        graph_.add_edge(from, to);
+      }
+    };
+    for (std::size_t k = 0; k < tmpl.tasks.size(); ++k) {
+      const Task& compute = tmpl.tasks[k];
+      const TaskId compute_id = base_[ridx] + static_cast<TaskId>(k);
+      const double params = tmpl.task_params[k];
+      collective.phase = compute.phase;
+      collective.chunk = compute.chunk;
+      collective.microbatch = compute.microbatch;
+      collective.layer = compute.layer;
+      collective.block = compute.block;
+      collective.bucket = static_cast<int>(k);
+      collective.collective = CollectiveKind::AllGather;
+      collective.msg_bytes = BF16_BYTES * params;
+      collective.alloc_at_start = {};
+      collective.free_at_end = {};
+      set(collective.alloc_at_start, MemTag::Weights, BF16_BYTES * params);
+      const TaskId gather = graph_.add_task(collective);
+      link(prev_gather, gather);
+      link(k >= 2 ? compute_id - 2 : NONE, gather);
+      graph_.add_edge(gather, compute_id);
+      prev_gather = gather;
+      if (compute.phase != Phase::Backward) {
+        continue;
+      }
+      collective.collective = CollectiveKind::ReduceScatter;
+      collective.msg_bytes = FP32_GRAD_BYTES * params;
+      collective.alloc_at_start = {};
+      set(collective.free_at_end, MemTag::Grads, FP32_GRAD_BYTES * params);
+      const TaskId scatter = graph_.add_task(collective);
+      graph_.add_edge(compute_id, scatter);
+      link(prev_scatter, scatter);
+      prev_scatter = scatter;
+    }
+    return prev_scatter;
   }
 
   const ModelSpec& model_;

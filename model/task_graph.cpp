@@ -96,6 +96,15 @@ std::string TaskGraph::label(TaskId id) const {
                         : t.group == GroupKind::Dp ? "dp"
                         : t.group == GroupKind::ExpertDp ? "edp"
                                                          : "pp";
+    if (t.microbatch >= 0) {
+      // ZeRO-2/3 per-micro-batch collectives: "dp.allgather fwd L5 mb3 r0" (the unit it gathers for / reduces).
+      std::string what = t.layer >= 0 ? fmt::format("L{}", t.layer) : fmt::format("b{}", t.bucket);
+      if (t.layer < 0 && t.block >= 0) {
+        const std::string& name = blocks_[static_cast<std::size_t>(t.block)].name;
+        what = name.substr(0, name.find('.'));
+      }
+      return fmt::format("{}.{} {} {} mb{} r{}", group, to_string(t.collective), dir, what, t.microbatch, t.rank);
+    }
     return fmt::format("{}.{} b{} r{}", group, to_string(t.collective), t.bucket, t.rank);
   }
   case TaskKind::Optimizer:

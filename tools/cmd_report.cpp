@@ -48,6 +48,7 @@ struct ReportFlags {
   std::vector<std::string> schedule;
   std::vector<std::string> recompute;
   std::vector<std::string> precision{"bf16"};
+  std::vector<int> zero; // --- ZeRO / FSDP --- stages to search (empty: 0 and 1)
   int jobs = 0;
   std::string out_path;
   bool json = false;
@@ -165,6 +166,7 @@ sim::analysis::ReportInputs build_inputs(const ReportFlags& flags) {
   for (const auto& text : flags.precision) {
     inputs.space.precision.push_back(model::parse_precision(text, "command line: --precision"));
   }
+  inputs.space.zero_stages = flags.zero; // --- ZeRO / FSDP --- (checked by enumerate_space)
   for (const int count : flags.num_gpus) {
     if (count <= 0) {
       throw InputError(input_message("command line", "--num-gpus", fmt::format("{} must be positive", count)));
@@ -250,6 +252,7 @@ void add_report_command(CLI::App& app, Action& action) {
   cmd->add_option("--recompute", flags->recompute, "Recompute modes to search: none, selective, full")
       ->delimiter(',');
   cmd->add_option("--precision", flags->precision, "Precisions to search")->delimiter(',')->capture_default_str();
+  cmd->add_option("--zero", flags->zero, "ZeRO stages to search, e.g. 0,1,2,3 (default 0,1)")->delimiter(',');
   cmd->add_option("--jobs,-j", flags->jobs, "Search threads (default: all cores)");
   cmd->add_option("--out", flags->out_path, "Write the report to FILE (.html, .md or .json by extension)");
   cmd->add_flag("--json", flags->json, "Print the report as one JSON object");

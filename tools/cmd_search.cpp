@@ -50,6 +50,7 @@ struct SearchFlags {
   std::vector<std::string> sequence_parallel;
   std::vector<std::string> distributed_optimizer;
   std::vector<std::string> precision;
+  std::vector<int> zero; // --- ZeRO / FSDP ---
   bool allow_tp_across_nodes = false;
   std::vector<int> ep; // --- mixture of experts ---
   std::size_t top = 10;
@@ -111,6 +112,7 @@ sim::analysis::SearchSpace build_space(const SearchFlags& flags, std::int64_t gl
     }
   }
   space.cp = flags.cp;
+  space.zero_stages = flags.zero; // --- ZeRO / FSDP --- (checked by enumerate_space)
   for (const int value : flags.tp) {
     if (value <= 0) {
       throw InputError(input_message("command line", "--tp", fmt::format("{} must be positive", value)));
@@ -132,7 +134,9 @@ sim::analysis::SearchSpace build_space(const SearchFlags& flags, std::int64_t gl
 std::string plan_columns(const model::Plan& plan) {
   return fmt::format("{:>3} {:>3} {:>5} {:>3} {:>4} {:<11} {:<9} {:>3} {:>3}", plan.tp, plan.pp, plan.dp, plan.vp,
                      plan.micro_batch_size, model::to_string(plan.schedule), model::to_string(plan.recompute),
-                     plan.sequence_parallel ? "on" : "off", plan.distributed_optimizer ? "on" : "off");
+                     plan.sequence_parallel ? "on" : "off",
+                     plan.get_zero_stage() >= 2 ? fmt::format("z{}", plan.get_zero_stage())  // --- ZeRO / FSDP ---
+                                                : std::string(plan.distributed_optimizer ? "on" : "off"));
 }
 
 std::string format_table(const sim::analysis::SearchResult& result, const std::vector<std::size_t>& rows,
@@ -360,6 +364,9 @@ void add_search_command(CLI::App& app, Action& action) {
   cmd->add_option("--recompute", flags->recompute, "Recompute: none, selective, full")->delimiter(',');
   cmd->add_option("--sequence-parallel", flags->sequence_parallel, "on, off or on,off")->delimiter(',');
   cmd->add_option("--distributed-optimizer", flags->distributed_optimizer, "on, off or on,off")->delimiter(',');
+  cmd->add_option("--zero", flags->zero, "ZeRO stages to search, e.g. 0,1,2,3 (default 0,1 = distributed optimizer "
+                  "off,on; the table's do column shows z2/z3)")
+      ->delimiter(',');
   cmd->add_option("--precision", flags->precision, "bf16, fp16, fp8")->delimiter(',');
   cmd->add_flag("--allow-tp-across-nodes", flags->allow_tp_across_nodes, "Let TP groups span nodes");
   // --- mixture of experts ---

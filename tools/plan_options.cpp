@@ -166,6 +166,11 @@ void add_plan_flags(CLI::App& app, PlanFlags& flags) {
   // --- context parallelism ---
   app.add_option("--cp,--context-parallel-size", flags.cp,
                  "Context-parallel size: sequence split over cp ranks, ring attention (rank order tp-cp-dp-pp)");
+  // --- ZeRO / FSDP ---
+  app.add_option("--zero,--zero-stage", flags.zero,
+                 "ZeRO stage over DP: 0 none, 1 optimizer state (= --distributed-optimizer), 2 + gradients, "
+                 "3 + parameters (FSDP)");
+  app.add_flag("--fsdp", flags.fsdp, "Fully sharded data parallel: the same as --zero 3");
 }
 
 void add_scenario_flags(CLI::App& app, ScenarioFlags& flags) {
@@ -257,6 +262,23 @@ model::Scenario resolve_scenario(const ScenarioFlags& flags) {
     plan.ep = *pf.ep;
   }
   if (pf.moe_imbalance) plan.moe_imbalance = *pf.moe_imbalance;
+  // --- ZeRO / FSDP --- (set_zero_stage keeps distributed_optimizer == zero >= 1)
+  if (pf.fsdp && pf.zero && *pf.zero != model::MAX_ZERO_STAGE) {
+    throw InputError(input_message(WHERE, "--fsdp",
+                                   fmt::format("contradicts --zero {} (--fsdp is --zero 3; valid: one of the two, or "
+                                               "--zero 3 --fsdp)",
+                                               *pf.zero)));
+  }
+  if (pf.zero && *pf.zero == 0 && pf.distributed_optimizer) {
+    throw InputError(input_message(WHERE, "--zero",
+                                   "0 contradicts --distributed-optimizer (that is --zero 1; valid: --zero 1, 2 or 3 "
+                                   "with --distributed-optimizer, or drop it)"));
+  }
+  if (pf.zero) {
+    model::set_zero_stage(plan, *pf.zero, WHERE, "--zero");
+  } else if (pf.fsdp) {
+    model::set_zero_stage(plan, model::MAX_ZERO_STAGE, WHERE, "--fsdp");
+  }
   if (pf.vp && *pf.vp > 1 && !pf.schedule) {
     plan.schedule = model::Schedule::Interleaved; // Megatron: virtual stages imply the interleaved schedule
   }

@@ -56,6 +56,9 @@ struct PlanFlags {
   std::optional<double> moe_imbalance;  // busiest expert's tokens / mean tokens
   // --- context parallelism ---
   std::optional<int> cp;
+  // --- ZeRO / FSDP ---
+  std::optional<int> zero;   // --zero 0|1|2|3
+  bool fsdp = false;         // --fsdp = --zero 3
 };
 
 struct ScenarioFlags {

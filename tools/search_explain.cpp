@@ -54,7 +54,7 @@ Explained explain(const model::ModelSpec& spec, const model::ClusterSpec& cluste
   std::stringstream stream(text);
   std::string item;
   const std::vector<std::string> keys = {"gpus", "tp", "pp", "dp", "vp", "mbs", "schedule", "recompute", "sp", "do",
-                                         "precision"};
+                                         "precision", "zero"};
   bool dp_given = false;
   while (std::getline(stream, item, ',')) {
     const std::size_t eq = item.find('=');
@@ -84,7 +84,12 @@ Explained explain(const model::ModelSpec& spec, const model::ClusterSpec& cluste
     } else if (key == "sp") {
       plan.sequence_parallel = parse_switch(key, value);
     } else if (key == "do") {
-      plan.distributed_optimizer = parse_switch(key, value);
+      model::set_zero_stage(plan, parse_switch(key, value) ? 1 : 0, WHERE, "do"); // --- ZeRO / FSDP ---: do = zero 1
+    } else if (key == "zero") { // --- ZeRO / FSDP ---
+      if (value.size() != 1 || value[0] < '0' || value[0] > '3') {
+        throw InputError(input_message(WHERE, key, fmt::format("'{}' is not a ZeRO stage (valid: 0, 1, 2, 3)", value)));
+      }
+      model::set_zero_stage(plan, value[0] - '0', WHERE, "zero");
     } else if (key == "precision") {
       plan.precision = model::parse_precision(value, std::string(WHERE) + ": precision");
     } else {

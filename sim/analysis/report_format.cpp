@@ -109,6 +109,10 @@ std::string plan_label(const model::Plan& plan) {
                      model::to_string(plan.schedule), model::to_string(plan.recompute),
                      plan.sequence_parallel ? "on" : "off", plan.distributed_optimizer ? "on" : "off",
                      model::to_string(plan.precision));
+  // --- ZeRO / FSDP --- (stage 1 is "dist-opt on")
+  if (plan.get_zero_stage() >= 2) {
+    out += fmt::format(", ZeRO-{}", plan.get_zero_stage());
+  }
   return out;
 }
 

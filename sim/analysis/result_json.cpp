@@ -26,6 +26,40 @@ nlohmann::json memory_to_json(const model::MemBytes& bytes) {
 
 // Shortest representation that reads back to the same double, so a resumed search reproduces rows exactly.
 std::string csv_number(double value) { return fmt::format("{}", value); }
+// --- ZeRO / FSDP ---
+// The ZeRO terms of the peak (stage >= 2): each tag's static part (the 1/dp shards, Rajbhandari et al. 2020 Fig. 1)
+// and what tasks hold on top of it at the peak (gathered unit parameters, unsharded gradients before their
+// reduce-scatter). Empty for stages 0 and 1.
+std::string format_zero_memory(const model::TaskGraph& graph, const SimResult& result) {
+  const model::Plan& plan = graph.get_plan();
+  const int zero = plan.get_zero_stage();
+  const int index = graph.rank_index(result.peak_memory_rank);
+  if (zero < 2 || index < 0) {
+    return {};
+  }
+  const model::MemBytes& fixed = graph.ranks()[static_cast<std::size_t>(index)].static_bytes;
+  const auto at = [](const model::MemBytes& bytes, model::MemTag tag) { return bytes[static_cast<std::size_t>(tag)]; };
+  const auto transient = [&](model::MemTag tag) {
+    return std::max(0.0, at(result.peak_memory_breakdown, tag) - at(fixed, tag));
+  };
+  std::string out = fmt::format("\n# ZeRO-{} terms of that peak (GB; Rajbhandari et al. 2020 Fig. 1 with fp32 grads: "
+                                "{} bytes/param)\n",
+                                zero, zero >= 3 ? "(2 + 4 + 12)/dp" : "2 + (4 + 12)/dp");
+  const std::array<std::pair<std::string, double>, 5> rows = {{
+      {zero >= 3 ? "weights shard 2/dp" : "weights 2", at(fixed, model::MemTag::Weights)},
+      {"gathered units", transient(model::MemTag::Weights)},
+      {"grads shard 4/dp", at(fixed, model::MemTag::Grads)},
+      {"unsharded grads", transient(model::MemTag::Grads)},
+      {"optimizer shard 12/dp", at(fixed, model::MemTag::Optimizer)},
+  }};
+  for (const auto& [name, bytes] : rows) {
+    if (name == "gathered units" && zero < 3) {
+      continue; // ZeRO-2 keeps the parameters replicated
+    }
+    out += fmt::format("  {:<22} {:>8.2f}\n", name, bytes / GB);
+  }
+  return out;
+}
 } // namespace
 
 nlohmann::json plan_to_json(const model::Plan& plan) {
@@ -45,7 +79,8 @@ nlohmann::json plan_to_json(const model::Plan& plan) {
                         {"overlap_param_gather", plan.overlap_param_gather},
                         {"tp_comm_overlap", plan.tp_comm_overlap},
                         {"first_stage_layers", plan.first_stage_layers},
-                        {"last_stage_layers", plan.last_stage_layers}};
+                        {"last_stage_layers", plan.last_stage_layers},
+                        {"zero_stage", plan.get_zero_stage()}};
   if (plan.cp > 1) { // --- context parallelism --- (only when in use: outputs without CP stay as they were)
     out["cp"] = plan.cp;
   }
@@ -148,6 +183,7 @@ std::vector<std::string> csv_header() {
           "sequence_parallel",
           "distributed_optimizer",
           "precision",
+          "zero_stage",
           "step_time_s",
           "tokens_per_s",
           "tokens_per_s_per_gpu",
@@ -180,6 +216,7 @@ std::vector<std::string> csv_row(const model::Plan& plan, const SimResult& resul
           plan.sequence_parallel ? "true" : "false",
           plan.distributed_optimizer ? "true" : "false",
           model::to_string(plan.precision),
+          std::to_string(plan.get_zero_stage()),
           csv_number(result.step_time_s),
           csv_number(result.tokens_per_s),
           csv_number(result.tokens_per_s_per_gpu),
@@ -226,6 +263,12 @@ std::string format_summary(const model::TaskGraph& graph, const model::CostModel
                        "{})\n",
                        plan.cp, plan.cp, plan.dp_cp_size());
   }
+  // --- ZeRO / FSDP --- (stage 1 is dist-opt=on above)
+  if (plan.get_zero_stage() >= 2) {
+    out += fmt::format("# zero     stage {} over dp={} ({})\n", plan.get_zero_stage(), plan.dp,
+                       plan.get_zero_stage() >= 3 ? "params, grads and optimizer state sharded: FSDP"
+                                                  : "grads and optimizer state sharded");
+  }
   out += "#\n";
   out += fmt::format("# {:>12} {:>14} {:>12} {:>10} {:>8} {:>9} {:>11} {:>6}\n", "step", "tokens/s", "tokens/s/gpu",
                      "TFLOP/s", "MFU", "bubble", "peak mem", "fits");
@@ -263,6 +306,7 @@ std::string format_summary(const model::TaskGraph& graph, const model::CostModel
     total += result.peak_memory_breakdown[tag];
   }
   out += fmt::format("  {:<20} {:>10.2f}\n", "total", total / GB);
+  out += format_zero_memory(graph, result);
   out += "\n# assumptions (override with flags or --profile FILE)\n";
   for (const auto& line : graph.get_cluster().assumptions) {
     out += fmt::format("  - {}\n", line);

@@ -144,14 +144,21 @@ std::vector<int> ep_sizes(const model::ModelSpec& spec, const SearchSpace& space
 } // namespace
 
 std::string plan_key(const model::Plan& plan, int num_gpus) {
-  // --- mixture of experts --- " ep2" only when ep > 1, and " cp2" only when cp > 1, so dense 3D keys (and
-  // resumable CSVs) stay as they were.
-  const std::string ep_suffix = plan.ep > 1 ? fmt::format(" ep{}", plan.ep) : std::string{};
-  const std::string cp_suffix = plan.cp > 1 ? fmt::format(" cp{}", plan.cp) : std::string{};
-  return fmt::format("n{} tp{} pp{} dp{} vp{} mbs{} {} {} sp{} do{} {}", num_gpus, plan.tp, plan.pp, plan.dp, plan.vp,
-                     plan.micro_batch_size, model::to_string(plan.schedule), model::to_string(plan.recompute),
-                     plan.sequence_parallel ? 1 : 0, plan.distributed_optimizer ? 1 : 0,
-                     model::to_string(plan.precision)) + cp_suffix + ep_suffix;
+  std::string key = fmt::format("n{} tp{} pp{} dp{} vp{} mbs{} {} {} sp{} do{} {}", num_gpus, plan.tp, plan.pp, plan.dp,
+                                plan.vp, plan.micro_batch_size, model::to_string(plan.schedule),
+                                model::to_string(plan.recompute), plan.sequence_parallel ? 1 : 0,
+                                plan.distributed_optimizer ? 1 : 0, model::to_string(plan.precision));
+  // Suffixes only for the beyond-3D features in use, so that 3D keys (and resumable CSVs) stay as they were.
+  if (plan.cp > 1) { // --- context parallelism ---
+    key += fmt::format(" cp{}", plan.cp);
+  }
+  if (plan.ep > 1) { // --- mixture of experts ---
+    key += fmt::format(" ep{}", plan.ep);
+  }
+  if (plan.get_zero_stage() >= 2) { // --- ZeRO / FSDP --- (stages 0 and 1 are do0 / do1 above)
+    key += fmt::format(" z{}", plan.get_zero_stage());
+  }
+  return key;
 }
 
 std::vector<PlanOutcome> enumerate_space(const model::ModelSpec& spec, const model::ClusterSpec& cluster,
@@ -178,6 +185,14 @@ std::vector<PlanOutcome> enumerate_space(const model::ModelSpec& spec, const mod
           : space.recompute;
   const std::vector<model::Precision> precisions =
       space.precision.empty() ? std::vector<model::Precision>{model::Precision::Bf16} : space.precision;
+  // --- ZeRO / FSDP ---
+  for (const int zero : space.zero_stages) {
+    if (zero < 0 || zero > model::MAX_ZERO_STAGE) {
+      throw InputError(input_message("command line", "--zero",
+                                     fmt::format("{} is not a valid ZeRO stage (valid: 0, 1, 2, 3)", zero)));
+    }
+  }
+  const std::vector<int> zero_stages = space.zero_stages.empty() ? std::vector<int>{0, 1} : space.zero_stages;
   std::vector<PlanOutcome> out;
   for (const int num_gpus : gpu_counts) {
     const model::ClusterSpec sized = resize_cluster(cluster, num_gpus);
@@ -234,7 +249,8 @@ std::vector<PlanOutcome> enumerate_space(const model::ModelSpec& spec, const mod
                   if (!allowed(space.sequence_parallel, sp) || (sp && tp == 1)) {
                     continue;
                   }
-                  for (const bool dist_opt : {false, true}) {
+                  for (const int zero : zero_stages) { // --- ZeRO / FSDP ---: stage >= 1 = distributed optimizer
+                    const bool dist_opt = zero >= 1;
                     if (!allowed(space.distributed_optimizer, dist_opt) || (dist_opt && dp == 1)) {
                       continue;
                     }
@@ -252,7 +268,7 @@ std::vector<PlanOutcome> enumerate_space(const model::ModelSpec& spec, const mod
                       plan.schedule = schedule;
                       plan.recompute = recompute;
                       plan.sequence_parallel = sp;
-                      plan.distributed_optimizer = dist_opt;
+                      model::set_zero_stage(plan, zero, "command line", "--zero");
                       plan.precision = precision;
                       plan.first_stage_layers = first_layers;
                       plan.last_stage_layers = last_layers;

@@ -41,6 +41,10 @@ struct SearchSpace {
   // CP sizes to try; empty = cp 1 only (CP is opt-in: it only pays for long sequences). Values must divide
   // seq_length / 2 (load-balanced split) and num_gpus / tp; others are skipped.
   std::vector<int> cp;
+  // --- ZeRO / FSDP ---
+  // ZeRO stages to search (0..3). Empty: 0 and 1 only, as distributed_optimizer (off, on) lists them; given, it
+  // replaces that dimension (stage >= 1 is the distributed optimizer; stages >= 1 only when dp > 1).
+  std::vector<int> zero_stages;
 };
 
 enum class PlanStatus { Simulated, Rejected, OutOfMemory, Pruned };

@@ -33,6 +33,13 @@ double stage_peak_bytes(const model::ModelSpec& spec, const model::Plan& plan, i
   if (stage == plan.pp - 1) {
     total += model::head_activation_bytes(spec, plan);
   }
+  // --- ZeRO / FSDP --- While a layer's backward runs, its unsharded fp32 gradients (ZeRO >= 2) and, with ZeRO-3,
+  // its gathered bf16 parameters are alive: 4P (+ 2P) bytes. The prefetched unit and buffers waiting for their
+  // reduce-scatter only add to that, so this stays below the simulated peak.
+  if (plan.get_zero_stage() >= 2 && plan.dp > 1 && layers > 0) {
+    const double layer_params = model::layer_params_per_tp_rank(spec, plan.tp);
+    total += (plan.get_zero_stage() >= 3 ? 6.0 : 4.0) * layer_params;
+  }
   return total + model::layer_backward_workspace_bytes(spec, plan);
 }
 } // namespace

@@ -14,7 +14,7 @@ namespace cuboid::sim::analysis {
 
 namespace {
 // Positions of the plan keys inside csv_header() (after our leading num_gpus column).
-constexpr std::size_t PLAN_COLUMNS = 11;
+constexpr std::size_t PLAN_COLUMNS = 12;
 
 double parse_double(const std::string& text, const std::string& where, const std::string& column) {
   double value = 0.0;
@@ -111,6 +111,15 @@ PlanOutcome outcome_from_csv(const std::vector<std::string>& fields, const std::
   plan.sequence_parallel = parse_bool(column("sequence_parallel"), where, "sequence_parallel");
   plan.distributed_optimizer = parse_bool(column("distributed_optimizer"), where, "distributed_optimizer");
   plan.precision = model::parse_precision(column("precision"), where + ": precision");
+  // --- ZeRO / FSDP ---
+  const std::int64_t zero = integer("zero_stage");
+  if (zero < 0 || zero > model::MAX_ZERO_STAGE || (zero >= 1) != plan.distributed_optimizer) {
+    throw InputError(input_message(where, "zero_stage",
+                                   fmt::format("{} is not valid with distributed_optimizer = {} (expected 0 with "
+                                               "false, 1..3 with true)",
+                                               zero, plan.distributed_optimizer ? "true" : "false")));
+  }
+  model::set_zero_stage(plan, static_cast<int>(zero), where, "zero_stage");
   outcome.lower_bound_s = number("lower_bound_s");
   outcome.memory_estimate_bytes = number("memory_estimate_bytes");
   outcome.status = parse_status(column("status"), where);

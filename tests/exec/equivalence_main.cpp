@@ -46,6 +46,7 @@ struct Args {
   int last_stage_layers = 0;
   bool distributed_optimizer = false;
   int cp = 1; // context parallelism
+  int zero = 0; // --- ZeRO / FSDP ---
 };
 
 // Local parsers (the test must not depend on the CLI's): the same spellings as tools/.
@@ -99,6 +100,9 @@ RunOptions make_options(const Args& args, int tp, int dp, int pp, int vp, int cp
   options.plan.recompute = parse_recompute(args.recompute);
   options.plan.sequence_parallel = args.sequence_parallel && tp > 1;
   options.plan.distributed_optimizer = args.distributed_optimizer;
+  if (args.zero > 0) {
+    cuboid::model::set_zero_stage(options.plan, args.zero, "command line", "--zero");
+  }
   options.plan.first_stage_layers = pp > 1 ? args.first_stage_layers : 0;
   options.plan.last_stage_layers = pp > 1 ? args.last_stage_layers : 0;
   if (args.grad_bucket_bytes > 0.0) {
@@ -167,9 +171,10 @@ int run(const Args& args, cuboid::exec::Communicator& world) {
     ref_losses.push_back(ref.step());
   }
   int failures = 0;
-  std::printf("# model %s plan tp=%d cp=%d dp=%d pp=%d vp=%d schedule=%s recompute=%s sp=%d mb=%ld gb=%ld\n",
-              args.model.c_str(), args.tp, args.cp, args.dp, args.pp, args.vp, args.schedule.c_str(), args.recompute.c_str(), args.sequence_parallel ? 1 : 0,
-              static_cast<long>(args.micro_batch), static_cast<long>(args.global_batch));
+  std::printf("# model %s plan tp=%d cp=%d dp=%d pp=%d vp=%d schedule=%s recompute=%s sp=%d mb=%ld gb=%ld zero=%d\n",
+              args.model.c_str(), args.tp, args.cp, args.dp, args.pp, args.vp, args.schedule.c_str(),
+              args.recompute.c_str(), args.sequence_parallel ? 1 : 0, static_cast<long>(args.micro_batch),
+              static_cast<long>(args.global_batch), args.zero);
   std::printf("# step  loss(plan)  loss(single)  rel.diff\n");
   for (std::size_t step = 0; step < losses.size(); ++step) {
     const double rel = std::abs(losses[step] - ref_losses[step]) / std::abs(ref_losses[step]);
@@ -214,6 +219,7 @@ int main(int argc, char** argv) {
   app.add_option("--recompute", args.recompute, "none, selective or full");
   app.add_flag("--sequence-parallel", args.sequence_parallel);
   app.add_flag("--distributed-optimizer", args.distributed_optimizer);
+  app.add_option("--zero", args.zero, "ZeRO stage 0..3 (2, 3: sharded grads / params on the DP group)");
   app.add_option("--first-stage-layers", args.first_stage_layers, "uneven pipeline: layers of the first stage");
   app.add_option("--last-stage-layers", args.last_stage_layers, "uneven pipeline: layers of the last stage");
   app.add_option("--grad-bucket-bytes", args.grad_bucket_bytes, "DP gradient bucket size (default: the plan's)");
