@@ -427,6 +427,13 @@ void Trainer::State::execute(const Instr& instr) {
       model.head_backward(tp, st.head, batch(st, instr.microbatch).targets, scale, st.grad,
                           split ? &st.pending_w[-1] : nullptr);
     }
+    if (zero) {
+      const std::vector<int> used = unit_params(instr.unit, instr.layer);
+      zero->mark_dirty(used);
+      if (zero->shards_params()) {
+        zero->release(used);
+      }
+    }
     return;
   }
   // --- zero-bubble schedules ---
@@ -451,13 +458,6 @@ void Trainer::State::execute(const Instr& instr) {
       to.act = std::move(from.act);
     } else {
       to.grad = std::move(from.grad);
-    }
-    if (zero) {
-      const std::vector<int> used = unit_params(instr.unit, instr.layer);
-      zero->mark_dirty(used);
-      if (zero->shards_params()) {
-        zero->release(used);
-      }
     }
     return;
   }

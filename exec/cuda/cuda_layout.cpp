@@ -56,6 +56,24 @@ void validate_cuda_run_options(const RunOptions& options) {
                                    fmt::format("'{}' is not supported by --backend cuda (valid: bf16)",
                                                model::to_string(options.plan.precision))));
   }
+  // The beyond-3D plans (issue 10) run on --backend cpu only so far.
+  if (options.plan.cp > 1) {
+    throw InputError(input_message(WHERE, "--cp", fmt::format("{} is not supported by --backend cuda yet (valid: 1; "
+                                                              "context parallelism runs on --backend cpu)",
+                                                              options.plan.cp)));
+  }
+  if (options.plan.get_zero_stage() >= 2) {
+    throw InputError(input_message(WHERE, "--zero",
+                                   fmt::format("{} is not supported by --backend cuda yet (valid: 0, 1; ZeRO-2/3 run "
+                                               "on --backend cpu)",
+                                               options.plan.get_zero_stage())));
+  }
+  if (model::splits_backward(options.plan.schedule)) {
+    throw InputError(input_message(WHERE, "--schedule",
+                                   fmt::format("'{}' is not supported by --backend cuda yet (valid: gpipe, 1f1b, "
+                                               "interleaved; zero-bubble schedules run on --backend cpu)",
+                                               model::to_string(options.plan.schedule))));
+  }
   if (options.fault_rank >= 0 || options.fault_step >= 0) {
     throw InputError(input_message(WHERE, "--inject-fault-rank/--inject-fault-step",
                                    "fault injection is only implemented by --backend cpu"));

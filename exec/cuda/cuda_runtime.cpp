@@ -52,6 +52,8 @@ std::string category_of(InstrKind kind) {
   case InstrKind::CollectiveWait: return "collective";
   case InstrKind::OptimizerStep: return "optimizer";
   case InstrKind::Free: return "memory";
+  case InstrKind::WeightGrad: return "compute";
+  case InstrKind::LocalMove: return "memory";
   }
   return "?";
 }
@@ -373,6 +375,13 @@ void CudaTrainer::execute(const Instr& instr) {
   }
   case InstrKind::OptimizerStep: optimizer_step(); return;
   case InstrKind::Free: micro_.erase({instr.chunk, instr.microbatch}); return;
+  case InstrKind::WeightGrad:
+  case InstrKind::LocalMove:
+    // Zero-bubble instructions: validate_cuda_run_options() refuses those schedules before any program is built.
+    throw InputError(input_message("command line", "--schedule",
+                                   fmt::format("instruction {} of a zero-bubble schedule is not supported by --backend "
+                                               "cuda (valid: gpipe, 1f1b, interleaved)",
+                                               instr.label)));
   }
 }
 
