@@ -11,7 +11,7 @@
 namespace cuboid::exec {
 
 ZeroShards::ZeroShards(ParamSet& params, int dp_size, int dp_rank, bool shard_params)
-    : params_(params), dp_size_(dp_size), dp_rank_(dp_rank), shard_params_(shard_params) {
+    : params_(params), dp_size_(dp_size), shard_params_(shard_params) {
   CUBOID_ASSERT(dp_size > 0 && dp_rank >= 0 && dp_rank < dp_size, "dp rank {} of {}", dp_rank, dp_size);
   const auto dp = static_cast<std::size_t>(dp_size);
   std::size_t offset = 0;

@@ -61,7 +61,6 @@ private:
 
   ParamSet& params_;
   int dp_size_;
-  int dp_rank_;
   bool shard_params_;
   std::vector<Piece> pieces_;       // per parameter
   std::vector<float> values_;       // fp32 master pieces

@@ -49,6 +49,8 @@ struct ReportFlags {
   std::vector<std::string> recompute;
   std::vector<std::string> precision{"bf16"};
   std::vector<int> zero; // --- ZeRO / FSDP --- stages to search (empty: 0 and 1)
+  std::vector<int> cp;   // --- context parallelism --- CP sizes to search (empty: 1)
+  std::vector<int> ep;   // --- mixture of experts --- EP sizes to search (empty: every valid one for MoE models)
   int jobs = 0;
   std::string out_path;
   bool json = false;
@@ -167,6 +169,17 @@ sim::analysis::ReportInputs build_inputs(const ReportFlags& flags) {
     inputs.space.precision.push_back(model::parse_precision(text, "command line: --precision"));
   }
   inputs.space.zero_stages = flags.zero; // --- ZeRO / FSDP --- (checked by enumerate_space)
+  // --- context parallelism / mixture of experts ---
+  for (const auto& [name, values] : {std::pair<const char*, const std::vector<int>*>{"--cp", &flags.cp},
+                                     std::pair<const char*, const std::vector<int>*>{"--ep", &flags.ep}}) {
+    for (const int value : *values) {
+      if (value <= 0) {
+        throw InputError(input_message("command line", name, fmt::format("{} must be positive", value)));
+      }
+    }
+  }
+  inputs.space.cp = flags.cp;
+  inputs.space.ep = flags.ep;
   for (const int count : flags.num_gpus) {
     if (count <= 0) {
       throw InputError(input_message("command line", "--num-gpus", fmt::format("{} must be positive", count)));
@@ -253,6 +266,11 @@ void add_report_command(CLI::App& app, Action& action) {
       ->delimiter(',');
   cmd->add_option("--precision", flags->precision, "Precisions to search")->delimiter(',')->capture_default_str();
   cmd->add_option("--zero", flags->zero, "ZeRO stages to search, e.g. 0,1,2,3 (default 0,1)")->delimiter(',');
+  cmd->add_option("--cp,--context-parallel-size", flags->cp, "Context-parallel sizes to search, e.g. 1,2 (default 1)")
+      ->delimiter(',');
+  cmd->add_option("--ep,--expert-model-parallel-size", flags->ep,
+                  "Expert-parallel sizes to search (MoE models; default: every ep dividing dp and the experts)")
+      ->delimiter(',');
   cmd->add_option("--jobs,-j", flags->jobs, "Search threads (default: all cores)");
   cmd->add_option("--out", flags->out_path, "Write the report to FILE (.html, .md or .json by extension)");
   cmd->add_flag("--json", flags->json, "Print the report as one JSON object");

@@ -66,6 +66,9 @@ std::string plan_short(const model::Plan& plan) {
   if (plan.cp > 1) { // --- context parallelism ---
     out += fmt::format(" CP{}", plan.cp);
   }
+  if (plan.ep > 1) { // --- mixture of experts ---
+    out += fmt::format(" EP{}", plan.ep);
+  }
   if (plan.vp > 1) {
     out += fmt::format(" VP{}", plan.vp);
   }
@@ -101,6 +104,9 @@ std::string plan_label(const model::Plan& plan) {
   std::string out = fmt::format("TP{} PP{} DP{}", plan.tp, plan.pp, plan.dp);
   if (plan.cp > 1) { // --- context parallelism ---
     out += fmt::format(" CP{}", plan.cp);
+  }
+  if (plan.ep > 1) { // --- mixture of experts ---
+    out += fmt::format(" EP{}", plan.ep);
   }
   if (plan.vp > 1) {
     out += fmt::format(" VP{}", plan.vp);
