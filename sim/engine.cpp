@@ -23,13 +23,17 @@ struct ReadyEntry {
   double ready_s = 0.0;
   std::uint32_t task = 0;
 };
-// Max-heap comparator that puts the earliest ready time, then the lowest task id, on top.
-bool after(const ReadyEntry& lhs, const ReadyEntry& rhs) {
-  if (lhs.ready_s != rhs.ready_s) {
-    return lhs.ready_s > rhs.ready_s;
+// Max-heap comparator that puts the earliest ready time, then the lowest task id, on top (a function object, so
+// that the heap algorithms inline it).
+struct After {
+  bool operator()(const ReadyEntry& lhs, const ReadyEntry& rhs) const {
+    if (lhs.ready_s != rhs.ready_s) {
+      return lhs.ready_s > rhs.ready_s;
+    }
+    return lhs.task > rhs.task;
   }
-  return lhs.task > rhs.task;
-}
+};
+constexpr After after{};
 
 struct Executor {
   std::uint32_t running = NO_INDEX;
