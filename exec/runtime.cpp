@@ -207,19 +207,7 @@ struct Trainer::State {
 
   /// Programs of `ranks` (this rank's, or every rank's for trace labels), from the IR or the internal schedules.
   std::vector<Program> build_programs(const std::vector<int>& ranks) const {
-    std::vector<Program> out;
-    if (options.program_source == ProgramSource::Internal) {
-      for (const int rank : ranks) {
-        out.push_back(build_internal_program(options.model, options.plan, rank));
-      }
-      return out;
-    }
-    const model::TaskGraph graph =
-        model::build_step_graph(options.model, options.cluster, options.plan, model::Instantiation::AllRanks);
-    for (const int rank : ranks) {
-      out.push_back(lower_to_program(graph, rank));
-    }
-    return out;
+    return build_rank_programs(options, ranks);
   }
 
   void setup_buckets();
@@ -867,5 +855,21 @@ RunResult run_training(const RunOptions& options, Communicator& world) {
 std::vector<float> gather_full_weights(Trainer& trainer) { return trainer.gather_full_weights(); }
 
 void validate_run_options(const RunOptions& options, const Communicator& world) { validate_options(options, world); }
+
+std::vector<Program> build_rank_programs(const RunOptions& options, const std::vector<int>& ranks) {
+  std::vector<Program> out;
+  if (options.program_source == ProgramSource::Internal) {
+    for (const int rank : ranks) {
+      out.push_back(build_internal_program(options.model, options.plan, rank));
+    }
+    return out;
+  }
+  const model::TaskGraph graph =
+      model::build_step_graph(options.model, options.cluster, options.plan, model::Instantiation::AllRanks);
+  for (const int rank : ranks) {
+    out.push_back(lower_to_program(graph, rank));
+  }
+  return out;
+}
 
 } // namespace cuboid::exec

@@ -105,6 +105,10 @@ RunResult run_training(const RunOptions& options, Communicator& world);
 /// (exec/cuda/cuda_runtime.cpp) that execute the same programs. Throws InputError.
 void validate_run_options(const RunOptions& options, const Communicator& world);
 
+/// The per-rank programs of `ranks` for `options` (its program_source: lowered from the step's TaskGraph, or the
+/// internal schedule), shared by the CPU and CUDA runtimes so both run the same program.
+std::vector<Program> build_rank_programs(const RunOptions& options, const std::vector<int>& ranks);
+
 /// Full weights of a run, see Trainer::gather_full_weights().
 std::vector<float> gather_full_weights(Trainer& trainer);
 

@@ -56,6 +56,20 @@ struct RunCliOptions {
   std::string attention_kernel = "auto"; // --backend cuda: auto (tensor cores where they apply) or simple
 };
 
+// The run-only flags shared by --backend cpu and cuda: steps, watchdog timeout, learning rate.
+void check_run_flags(const RunCliOptions& cli) {
+  if (cli.steps < 1) {
+    throw InputError(input_message(WHERE, "--steps", fmt::format("{} (expected an integer >= 1)", cli.steps)));
+  }
+  if (!std::isfinite(cli.timeout_s) || cli.timeout_s < 0.0) {
+    throw InputError(input_message(WHERE, "--timeout",
+                                   fmt::format("{} (expected seconds >= 0; 0 disables the watchdog)", cli.timeout_s)));
+  }
+  if (!std::isfinite(cli.lr) || cli.lr < 0.0f) {
+    throw InputError(input_message(WHERE, "--lr", fmt::format("{} (expected a finite number >= 0)", cli.lr)));
+  }
+}
+
 exec::FaultKind parse_fault_kind(const std::string& text) {
   const std::map<std::string, exec::FaultKind> kinds = {{"throw", exec::FaultKind::Throw},
                                                         {"nan", exec::FaultKind::NanLoss},
@@ -294,16 +308,7 @@ int run_cpu(const RunCliOptions& cli) {
                                                    profile.gpu)));
       }
     }
-    if (cli.steps < 1) {
-      throw InputError(input_message(WHERE, "--steps", fmt::format("{} (expected an integer >= 1)", cli.steps)));
-    }
-    if (!std::isfinite(cli.timeout_s) || cli.timeout_s < 0.0) {
-      throw InputError(input_message(WHERE, "--timeout",
-                                     fmt::format("{} (expected seconds >= 0; 0 disables the watchdog)", cli.timeout_s)));
-    }
-    if (!std::isfinite(cli.lr) || cli.lr < 0.0f) {
-      throw InputError(input_message(WHERE, "--lr", fmt::format("{} (expected a finite number >= 0)", cli.lr)));
-    }
+    check_run_flags(cli);
   } catch (const std::exception&) {
     if (!root) {
       return EXIT_BAD_INPUT; // every rank finds the same error; rank 0 reports it
@@ -388,16 +393,7 @@ int run_cuda(const RunCliOptions& cli) {
   }
   const model::Scenario scenario = resolve_scenario(flags);
   const model::CostProfile profile = resolve_profile(cli.profile, flags.cluster, scenario.cluster);
-  if (cli.steps < 1) {
-    throw InputError(input_message(WHERE, "--steps", fmt::format("{} (expected an integer >= 1)", cli.steps)));
-  }
-  if (!std::isfinite(cli.timeout_s) || cli.timeout_s < 0.0) {
-    throw InputError(input_message(WHERE, "--timeout",
-                                   fmt::format("{} (expected seconds >= 0; 0 disables the watchdog)", cli.timeout_s)));
-  }
-  if (!std::isfinite(cli.lr) || cli.lr < 0.0f) {
-    throw InputError(input_message(WHERE, "--lr", fmt::format("{} (expected a finite number >= 0)", cli.lr)));
-  }
+  check_run_flags(cli);
   exec::RunOptions options;
   options.model = scenario.model;
   options.plan = scenario.plan;

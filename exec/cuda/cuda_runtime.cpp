@@ -169,19 +169,7 @@ public:
 private:
   [[nodiscard]] int microbatches() const { return static_cast<int>(options_.plan.num_microbatches()); }
   std::vector<Program> build_programs(const std::vector<int>& ranks) const {
-    std::vector<Program> out;
-    if (options_.program_source == ProgramSource::Internal) {
-      for (const int rank : ranks) {
-        out.push_back(build_internal_program(options_.model, options_.plan, rank));
-      }
-      return out;
-    }
-    const model::TaskGraph graph =
-        model::build_step_graph(options_.model, options_.cluster, options_.plan, model::Instantiation::AllRanks);
-    for (const int rank : ranks) {
-      out.push_back(lower_to_program(graph, rank));
-    }
-    return out;
+    return build_rank_programs(options_, ranks);
   }
   std::string current_label() const {
     const int idx = current_instr_.load();
