@@ -243,6 +243,29 @@ struct Trainer::State {
   void wait_sends();
   void optimizer_step();
   void zero_optimizer_step();
+  /// Gradient-clipping factor min(1, max_norm / global norm). The norm counts unique parameters: TP-replicated ones
+  /// on tp_rank 0 only, the tied copy not at all; `grad_of(idx)` is this rank's gradient of parameter idx (its DP
+  /// piece when `sharded_over_dp`, then summed over DP too).
+  template <typename GradOf> float clip_scale(const GradOf& grad_of, bool sharded_over_dp) {
+    ParamSet& params = model.params();
+    double sumsq = 0.0;
+    for (int idx = 0; idx < static_cast<int>(params.infos().size()); ++idx) {
+      const ParamInfo& info = params.info(idx);
+      if (info.embedding_copy || (info.split == TpSplit::Replicated && groups.coord.tp_rank != 0)) {
+        continue;
+      }
+      for (const float g : grad_of(idx)) {
+        sumsq += static_cast<double>(g) * static_cast<double>(g);
+      }
+    }
+    float total = static_cast<float>(sumsq);
+    if (sharded_over_dp) {
+      groups.dp->all_reduce(std::span<float>(&total, 1)); // the pieces of one tensor are spread over DP
+    }
+    groups.tp->all_reduce(std::span<float>(&total, 1));
+    groups.pp->all_reduce(std::span<float>(&total, 1));
+    return std::min(1.0f, options.optimizer.max_grad_norm / (std::sqrt(total) + 1e-6f));
+  }
   /// Parameters a unit's forward/backward reads (the head also reads the tied word embedding of its stage).
   std::vector<int> unit_params(UnitKind unit, int layer) const {
     if (unit == UnitKind::Embedding) {
@@ -531,23 +554,8 @@ void Trainer::State::optimizer_step() {
   float grad_scale = 1.0f;
   const cpu::AdamWConfig& config = options.optimizer;
   if (config.max_grad_norm > 0.0f) {
-    // Global norm over unique parameters: TP-replicated ones count on tp_rank 0 only, the tied copy not at all.
-    double sumsq = 0.0;
-    for (int idx = 0; idx < static_cast<int>(params.infos().size()); ++idx) {
-      const ParamInfo& info = params.info(idx);
-      if (info.embedding_copy || (info.split == TpSplit::Replicated && groups.coord.tp_rank != 0)) {
-        continue;
-      }
-      const float* g = params.grad(idx);
-      for (std::size_t e = 0; e < info.size(); ++e) {
-        sumsq += static_cast<double>(g[e]) * static_cast<double>(g[e]);
-      }
-    }
-    float total = static_cast<float>(sumsq);
-    groups.tp->all_reduce(std::span<float>(&total, 1));
-    groups.pp->all_reduce(std::span<float>(&total, 1));
-    const float norm = std::sqrt(total);
-    grad_scale = std::min(1.0f, config.max_grad_norm / (norm + 1e-6f));
+    grad_scale = clip_scale([&](int idx) { return std::span<const float>(params.grad(idx), params.info(idx).size()); },
+                            false);
   }
   for (int idx = 0; idx < static_cast<int>(params.infos().size()); ++idx) {
     const ParamInfo& info = params.info(idx);
@@ -576,21 +584,7 @@ void Trainer::State::zero_optimizer_step() {
   float grad_scale = 1.0f;
   const cpu::AdamWConfig& config = options.optimizer;
   if (config.max_grad_norm > 0.0f) {
-    double sumsq = 0.0;
-    for (int idx = 0; idx < static_cast<int>(params.infos().size()); ++idx) {
-      const ParamInfo& info = params.info(idx);
-      if (info.embedding_copy || (info.split == TpSplit::Replicated && groups.coord.tp_rank != 0)) {
-        continue;
-      }
-      for (const float g : zero->grads(idx)) {
-        sumsq += static_cast<double>(g) * static_cast<double>(g);
-      }
-    }
-    float total = static_cast<float>(sumsq);
-    groups.dp->all_reduce(std::span<float>(&total, 1)); // the pieces of one tensor are spread over DP
-    groups.tp->all_reduce(std::span<float>(&total, 1));
-    groups.pp->all_reduce(std::span<float>(&total, 1));
-    grad_scale = std::min(1.0f, config.max_grad_norm / (std::sqrt(total) + 1e-6f));
+    grad_scale = clip_scale([&](int idx) { return std::span<const float>(zero->grads(idx)); }, true);
   }
   for (int idx = 0; idx < static_cast<int>(params.infos().size()); ++idx) {
     const ParamInfo& info = params.info(idx);

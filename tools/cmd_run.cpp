@@ -56,6 +56,25 @@ struct RunCliOptions {
   std::string attention_kernel = "auto"; // --backend cuda: auto (tensor cores where they apply) or simple
 };
 
+// The RunOptions both backends take from the command line (the fault kind and backend extras are set by the caller).
+exec::RunOptions run_options(const RunCliOptions& cli, const model::Scenario& scenario) {
+  exec::RunOptions options;
+  options.model = scenario.model;
+  options.plan = scenario.plan;
+  options.cluster = scenario.cluster;
+  options.steps = cli.steps;
+  options.seed = cli.seed;
+  options.data_file = cli.data_file;
+  options.timeout_s = cli.timeout_s;
+  options.trace = true; // the per-task comparison needs the measured timeline
+  if (cli.lr > 0.0f) {
+    options.optimizer.lr = cli.lr;
+  }
+  options.fault_rank = cli.fault_rank;
+  options.fault_step = cli.fault_step;
+  return options;
+}
+
 // The run-only flags shared by --backend cpu and cuda: steps, watchdog timeout, learning rate.
 void check_run_flags(const RunCliOptions& cli) {
   if (cli.steps < 1) {
@@ -316,20 +335,7 @@ int run_cpu(const RunCliOptions& cli) {
     throw;
   }
 
-  exec::RunOptions options;
-  options.model = scenario.model;
-  options.plan = scenario.plan;
-  options.cluster = scenario.cluster;
-  options.steps = cli.steps;
-  options.seed = cli.seed;
-  options.data_file = cli.data_file;
-  options.timeout_s = cli.timeout_s;
-  options.trace = true; // the per-task comparison needs the measured timeline
-  if (cli.lr > 0.0f) {
-    options.optimizer.lr = cli.lr;
-  }
-  options.fault_rank = cli.fault_rank;
-  options.fault_step = cli.fault_step;
+  exec::RunOptions options = run_options(cli, scenario);
   options.fault_kind = parse_fault_kind(cli.fault_kind);
 
   if (!cli.scenario.cluster.profile) {
@@ -394,20 +400,7 @@ int run_cuda(const RunCliOptions& cli) {
   const model::Scenario scenario = resolve_scenario(flags);
   const model::CostProfile profile = resolve_profile(cli.profile, flags.cluster, scenario.cluster);
   check_run_flags(cli);
-  exec::RunOptions options;
-  options.model = scenario.model;
-  options.plan = scenario.plan;
-  options.cluster = scenario.cluster;
-  options.steps = cli.steps;
-  options.seed = cli.seed;
-  options.data_file = cli.data_file;
-  options.timeout_s = cli.timeout_s;
-  options.trace = true;
-  if (cli.lr > 0.0f) {
-    options.optimizer.lr = cli.lr;
-  }
-  options.fault_rank = cli.fault_rank;
-  options.fault_step = cli.fault_step;
+  exec::RunOptions options = run_options(cli, scenario);
   if (cli.attention_kernel != "auto" && cli.attention_kernel != "simple") {
     throw InputError(input_message(WHERE, "--attention-kernel",
                                    fmt::format("unknown value '{}' (valid: auto, simple)", cli.attention_kernel)));
