@@ -173,6 +173,7 @@ struct Trainer::State {
   int step = 0;
   int fault_fired_step = 0; // the step whose fault was injected (once per step)
   double loss_sum = 0.0;
+  double grad_norm = 0.0; // global gradient norm of the last optimizer step (clip_scale)
   std::atomic<int> current_instr{-1};
   std::unique_ptr<Watchdog> watchdog;
   // --- ZeRO / FSDP --- ZeRO-2/3 with dp > 1: sharded grads and optimizer state (and ZeRO-3 parameters).
@@ -243,9 +244,10 @@ struct Trainer::State {
   void wait_sends();
   void optimizer_step();
   void zero_optimizer_step();
-  /// Gradient-clipping factor min(1, max_norm / global norm). The norm counts unique parameters: TP-replicated ones
-  /// on tp_rank 0 only, the tied copy not at all; `grad_of(idx)` is this rank's gradient of parameter idx (its DP
-  /// piece when `sharded_over_dp`, then summed over DP too).
+  /// Global gradient L2 norm (Megatron's logged "grad norm"), stored in `grad_norm`, and the clipping factor
+  /// min(1, max_norm / norm) (1 without clipping). The norm counts unique parameters: TP-replicated ones on tp_rank 0
+  /// only, the tied copy not at all; `grad_of(idx)` is this rank's gradient of parameter idx (its DP piece when
+  /// `sharded_over_dp`, then summed over DP too). Collective over the DP (if sharded), TP and PP groups.
   template <typename GradOf> float clip_scale(const GradOf& grad_of, bool sharded_over_dp) {
     ParamSet& params = model.params();
     double sumsq = 0.0;
@@ -264,6 +266,10 @@ struct Trainer::State {
     }
     groups.tp->all_reduce(std::span<float>(&total, 1));
     groups.pp->all_reduce(std::span<float>(&total, 1));
+    grad_norm = std::sqrt(static_cast<double>(total));
+    if (options.optimizer.max_grad_norm <= 0.0f) {
+      return 1.0f;
+    }
     return std::min(1.0f, options.optimizer.max_grad_norm / (std::sqrt(total) + 1e-6f));
   }
   /// Parameters a unit's forward/backward reads (the head also reads the tied word embedding of its stage).
@@ -551,12 +557,9 @@ void Trainer::State::optimizer_step() {
       groups.tp->all_reduce(std::span<float>(params.grad(idx), params.info(idx).size()));
     }
   }
-  float grad_scale = 1.0f;
   const cpu::AdamWConfig& config = options.optimizer;
-  if (config.max_grad_norm > 0.0f) {
-    grad_scale = clip_scale([&](int idx) { return std::span<const float>(params.grad(idx), params.info(idx).size()); },
-                            false);
-  }
+  const float grad_scale =
+      clip_scale([&](int idx) { return std::span<const float>(params.grad(idx), params.info(idx).size()); }, false);
   for (int idx = 0; idx < static_cast<int>(params.infos().size()); ++idx) {
     const ParamInfo& info = params.info(idx);
     const auto range = [&](std::span<float> all) { return all.subspan(info.offset, info.size()); };
@@ -581,11 +584,8 @@ void Trainer::State::zero_optimizer_step() {
       groups.tp->all_reduce(zero->grads(idx));
     }
   }
-  float grad_scale = 1.0f;
   const cpu::AdamWConfig& config = options.optimizer;
-  if (config.max_grad_norm > 0.0f) {
-    grad_scale = clip_scale([&](int idx) { return std::span<const float>(zero->grads(idx)); }, true);
-  }
+  const float grad_scale = clip_scale([&](int idx) { return std::span<const float>(zero->grads(idx)); }, true);
   for (int idx = 0; idx < static_cast<int>(params.infos().size()); ++idx) {
     const ParamInfo& info = params.info(idx);
     cpu::adamw_update(zero->values(idx), zero->grads(idx), zero->moment1(idx), zero->moment2(idx), step, config,
@@ -628,6 +628,7 @@ Trainer::~Trainer() = default;
 
 const Program& Trainer::program() const { return state_->program; }
 int Trainer::steps_done() const { return state_->step; }
+double Trainer::last_grad_norm() const { return state_->grad_norm; }
 
 double Trainer::step() {
   State& s = *state_;
@@ -836,6 +837,7 @@ RunResult run_training(const RunOptions& options, Communicator& world) {
     const double cpu_start_s = process_cpu_time_s();
     result.losses.push_back(trainer.step());
     result.step_time_s.push_back(seconds_since(start));
+    result.grad_norms.push_back(trainer.last_grad_norm());
     result.step_cpu_time_s.push_back(process_cpu_time_s() - cpu_start_s);
   }
   result.median_step_time_s = median_after_first(result.step_time_s);

@@ -58,6 +58,9 @@ struct RunOptions {
 struct RunResult {
   std::vector<double> losses;       // per step, mean over the global batch (valid on rank 0)
   std::vector<double> step_time_s;  // per step, wall clock on rank 0 (steps end with a world reduction)
+  /// Per step, the global gradient L2 norm before clipping (Megatron's "grad norm"); empty when the backend only
+  /// computes it for clipping and clipping is off (--backend cuda).
+  std::vector<double> grad_norms;
   double median_step_time_s = 0.0;  // median over steps after the first (the first if only one)
   /// CPU time of rank 0's process per step (all its threads) and its median as above: on a machine shared with
   /// other jobs, wall time / CPU time shows how much of a core the rank actually had.
@@ -92,6 +95,8 @@ public:
   [[nodiscard]] std::vector<model::TimelineEvent> gather_timeline();
   [[nodiscard]] const Program& program() const;
   [[nodiscard]] int steps_done() const;
+  /// Global L2 norm of the gradients of the last step, before clipping (the same on every rank).
+  [[nodiscard]] double last_grad_norm() const;
 
 private:
   struct State;

@@ -47,6 +47,7 @@ struct RunCliOptions {
   std::string data_file;
   double timeout_s = DEFAULT_TIMEOUT_S;
   float lr = 0.0f; // 0: the runtime's default
+  float clip_grad = 0.0f; // Megatron's --clip-grad (its default is 1.0; here 0 = no clipping, the runtime's default)
   bool json = false;
   std::string trace_path;
   int top_tasks = 8;
@@ -70,6 +71,7 @@ exec::RunOptions run_options(const RunCliOptions& cli, const model::Scenario& sc
   if (cli.lr > 0.0f) {
     options.optimizer.lr = cli.lr;
   }
+  options.optimizer.max_grad_norm = cli.clip_grad;
   options.fault_rank = cli.fault_rank;
   options.fault_step = cli.fault_step;
   return options;
@@ -86,6 +88,10 @@ void check_run_flags(const RunCliOptions& cli) {
   }
   if (!std::isfinite(cli.lr) || cli.lr < 0.0f) {
     throw InputError(input_message(WHERE, "--lr", fmt::format("{} (expected a finite number >= 0)", cli.lr)));
+  }
+  if (!std::isfinite(cli.clip_grad) || cli.clip_grad < 0.0f) {
+    throw InputError(input_message(
+        WHERE, "--clip-grad", fmt::format("{} (expected a finite gradient norm >= 0; 0 = no clipping)", cli.clip_grad)));
   }
 }
 
@@ -224,10 +230,12 @@ void print_human(const RunCliOptions& cli, const std::string& title, const exec:
                  const model::CostProfile& profile, const sim::SimResult& predicted,
                  const std::vector<TaskError>& errors, int matched_tasks, int measured_tasks, bool cpu_time = true) {
   std::string out = title;
-  out += "# step        loss   step time\n";
-  out += "#    -           -        (ms)\n";
+  const bool norms = run.grad_norms.size() == run.losses.size();
+  out += norms ? "# step        loss   step time   grad norm\n" : "# step        loss   step time\n";
+  out += norms ? "#    -           -        (ms)           -\n" : "#    -           -        (ms)\n";
   for (std::size_t step = 0; step < run.losses.size(); ++step) {
-    out += fmt::format("{:6d}  {:10.6f}  {:10.3f}\n", step + 1, run.losses[step], run.step_time_s[step] * MS);
+    out += fmt::format("{:6d}  {:10.6f}  {:10.3f}", step + 1, run.losses[step], run.step_time_s[step] * MS);
+    out += norms ? fmt::format("  {:10.6f}\n", run.grad_norms[step]) : std::string("\n");
   }
   out += fmt::format("\nstep time: measured {:.3f} ms (median of steps {}..{}), predicted {:.3f} ms ({:+.1f} %)\n",
                      run.median_step_time_s * MS, run.losses.size() > 1 ? 2 : 1, run.losses.size(),
@@ -274,6 +282,9 @@ nlohmann::json to_json(const model::Scenario& scenario, const exec::RunResult& r
   out["plan"] = sim::analysis::plan_to_json(scenario.plan);
   out["steps"] = run.losses.size();
   out["losses"] = run.losses;
+  if (!run.grad_norms.empty()) {
+    out["grad_norms"] = run.grad_norms; // before clipping
+  }
   out["step_times_s"] = run.step_time_s;
   out["step_time_s"] = run.median_step_time_s;
   out["step_cpu_times_s"] = run.step_cpu_time_s;
@@ -503,6 +514,9 @@ void add_run_command(CLI::App& app, Action& action) {
                   "Seconds one step may take before the watchdog ends the whole job (0: off)")
       ->capture_default_str();
   cmd->add_option("--lr", options->lr, "AdamW learning rate (default: the runtime's)");
+  cmd->add_option("--clip-grad", options->clip_grad,
+                  "Clip gradients to this global L2 norm, as Megatron's --clip-grad (default 0: no clipping; "
+                  "Megatron's default is 1.0)");
   cmd->add_flag("--json", options->json, "Print one JSON object (rank 0) instead of the tables");
   cmd->add_option("--trace", options->trace_path,
                   "Write the measured and the predicted timeline of the last step (Chrome/Perfetto JSON)");

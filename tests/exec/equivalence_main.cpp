@@ -1,7 +1,8 @@
 // cuboid_exec_equivalence: runs one DP x TP x PP plan on gpt-tiny under MPI and proves it computes the same training
 // as a single rank: per-step losses over --steps steps within 1e-4 relative and the full weights after step 1
 // within 1e-5 relative (L2 over the whole model) of a single-rank run computed in-process on rank 0 with the same
-// seed and global batch. Exits non-zero with a message on mismatch. Hidden test options inject a fault.
+// seed and global batch; the per-step global gradient norms (computed from the plan's shards) within 1e-4 relative.
+// With --clip-grad C both runs clip to C and the check also requires that clipping engaged (some norm > C). Exits non-zero with a message on mismatch. Hidden test options inject a fault.
 #include "test_models.hpp"
 
 #include "exec/comm_environment.hpp"
@@ -47,6 +48,7 @@ struct Args {
   bool distributed_optimizer = false;
   int cp = 1; // context parallelism
   int zero = 0; // --- ZeRO / FSDP ---
+  float clip_grad = 0.0f; // gradient clipping (0 = none)
 };
 
 // Local parsers (the test must not depend on the CLI's): the same spellings as tools/.
@@ -112,6 +114,7 @@ RunOptions make_options(const Args& args, int tp, int dp, int pp, int vp, int cp
   options.cluster.num_gpus = tp * cp * dp * pp;
   options.cluster.gpus_per_node = tp * cp * dp * pp;
   options.steps = args.steps;
+  options.optimizer.max_grad_norm = args.clip_grad;
   options.seed = 2024;
   options.timeout_s = args.timeout_s;
   options.fault_rank = args.fault_rank;
@@ -139,10 +142,13 @@ int run(const Args& args, cuboid::exec::Communicator& world) {
   const RunOptions options = make_options(args, args.tp, args.dp, args.pp, args.vp, args.cp);
   Trainer trainer(options, world);
   std::vector<double> losses;
+  std::vector<double> norms;
   losses.push_back(trainer.step());
+  norms.push_back(trainer.last_grad_norm());
   const std::vector<float> weights = trainer.gather_full_weights();
   for (int step = 1; step < args.steps; ++step) {
     losses.push_back(trainer.step());
+    norms.push_back(trainer.last_grad_norm());
   }
   if (options.trace) {
     const auto events = trainer.gather_timeline();
@@ -165,22 +171,38 @@ int run(const Args& args, cuboid::exec::Communicator& world) {
   cuboid::exec::LocalCommunicator local;
   Trainer ref(reference, local);
   std::vector<double> ref_losses;
+  std::vector<double> ref_norms;
   ref_losses.push_back(ref.step());
+  ref_norms.push_back(ref.last_grad_norm());
   const std::vector<float> ref_weights = ref.gather_full_weights();
   for (int step = 1; step < args.steps; ++step) {
     ref_losses.push_back(ref.step());
+    ref_norms.push_back(ref.last_grad_norm());
   }
   int failures = 0;
   std::printf("# model %s plan tp=%d cp=%d dp=%d pp=%d vp=%d schedule=%s recompute=%s sp=%d mb=%ld gb=%ld zero=%d\n",
               args.model.c_str(), args.tp, args.cp, args.dp, args.pp, args.vp, args.schedule.c_str(),
               args.recompute.c_str(), args.sequence_parallel ? 1 : 0, static_cast<long>(args.micro_batch),
               static_cast<long>(args.global_batch), args.zero);
-  std::printf("# step  loss(plan)  loss(single)  rel.diff\n");
+  std::printf("# step  loss(plan)  loss(single)  rel.diff  grad-norm(plan)  grad-norm(single)  rel.diff\n");
+  int clipped_steps = 0;
   for (std::size_t step = 0; step < losses.size(); ++step) {
     const double rel = std::abs(losses[step] - ref_losses[step]) / std::abs(ref_losses[step]);
-    const bool ok = rel <= LOSS_REL_TOL;
+    const double norm_rel = std::abs(norms[step] - ref_norms[step]) / std::max(1e-30, std::abs(ref_norms[step]));
+    const bool ok = rel <= LOSS_REL_TOL && norm_rel <= LOSS_REL_TOL && std::isfinite(norms[step]);
     failures += ok ? 0 : 1;
-    std::printf("%6zu  %10.6f  %12.6f  %.2e%s\n", step + 1, losses[step], ref_losses[step], rel, ok ? "" : "  MISMATCH");
+    clipped_steps += args.clip_grad > 0.0f && ref_norms[step] > static_cast<double>(args.clip_grad) ? 1 : 0;
+    std::printf("%6zu  %10.6f  %12.6f  %.2e  %15.6f  %17.6f  %.2e%s\n", step + 1, losses[step], ref_losses[step], rel,
+                norms[step], ref_norms[step], norm_rel, ok ? "" : "  MISMATCH");
+  }
+  if (args.clip_grad > 0.0f) {
+    std::printf("# --clip-grad %g: clipping engaged in %d of %zu steps\n", static_cast<double>(args.clip_grad),
+                clipped_steps, losses.size());
+    if (clipped_steps == 0) {
+      std::fprintf(stderr, "clipping never engaged (every gradient norm <= %g): the case tests nothing\n",
+                   static_cast<double>(args.clip_grad));
+      ++failures;
+    }
   }
   if (weights.size() != ref_weights.size()) {
     std::fprintf(stderr, "weights: %zu values gathered, single-rank model has %zu\n", weights.size(), ref_weights.size());
@@ -222,6 +244,7 @@ int main(int argc, char** argv) {
   app.add_option("--zero", args.zero, "ZeRO stage 0..3 (2, 3: sharded grads / params on the DP group)");
   app.add_option("--first-stage-layers", args.first_stage_layers, "uneven pipeline: layers of the first stage");
   app.add_option("--last-stage-layers", args.last_stage_layers, "uneven pipeline: layers of the last stage");
+  app.add_option("--clip-grad", args.clip_grad, "clip gradients to this global L2 norm (0: no clipping)");
   app.add_option("--grad-bucket-bytes", args.grad_bucket_bytes, "DP gradient bucket size (default: the plan's)");
   app.add_option("--steps", args.steps);
   app.add_option("--micro-batch", args.micro_batch);

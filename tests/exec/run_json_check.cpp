@@ -84,6 +84,21 @@ int main(int argc, char** argv) {
       ++failures;
     }
   }
+  // The CPU backend reports the global gradient norm of every step (before clipping).
+  if (run.value("backend", nlohmann::json()) == nlohmann::json("cpu")) {
+    const nlohmann::json norms = run.value("grad_norms", nlohmann::json());
+    if (!norms.is_array() || norms.size() != losses.size()) {
+      std::fprintf(stderr, "grad_norms: %s, expected %zu numbers\n", norms.dump().c_str(), losses.size());
+      ++failures;
+    } else {
+      for (const auto& norm : norms) {
+        if (!norm.is_number() || !std::isfinite(norm.get<double>()) || norm.get<double>() <= 0.0) {
+          std::fprintf(stderr, "grad_norms: %s is not a positive finite number\n", norm.dump().c_str());
+          ++failures;
+        }
+      }
+    }
+  }
   failures += positive_number(run, "step_time_s") ? 0 : 1;
   failures += positive_number(run, "predicted_step_time_s") ? 0 : 1;
   if (!reference_path.empty()) {
