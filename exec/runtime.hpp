@@ -58,8 +58,7 @@ struct RunOptions {
 struct RunResult {
   std::vector<double> losses;       // per step, mean over the global batch (valid on rank 0)
   std::vector<double> step_time_s;  // per step, wall clock on rank 0 (steps end with a world reduction)
-  /// Per step, the global gradient L2 norm before clipping (Megatron's "grad norm"); empty when the backend only
-  /// computes it for clipping and clipping is off (--backend cuda).
+  /// Per step, the global gradient L2 norm before clipping (Megatron's "grad norm"), the same on every rank.
   std::vector<double> grad_norms;
   double median_step_time_s = 0.0;  // median over steps after the first (the first if only one)
   /// CPU time of rank 0's process per step (all its threads) and its median as above: on a machine shared with

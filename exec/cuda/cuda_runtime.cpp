@@ -163,6 +163,7 @@ public:
   }
 
   double step();
+  [[nodiscard]] double last_grad_norm() const { return grad_norm_; }
   [[nodiscard]] std::string attention_kernel() const { return model_.attention_kernel(); }
   std::vector<model::TimelineEvent> gather_timeline();
 
@@ -209,6 +210,7 @@ private:
   TokenSource data_;
   F32Buffer loss_acc_;
   F32Buffer norm_acc_;
+  double grad_norm_ = 0.0; // global gradient norm of the last step, before clipping
   EventTimeline timeline_;
   Program program_;
   std::vector<Program> all_programs_;
@@ -388,8 +390,9 @@ void CudaTrainer::optimizer_step() {
   }
   float grad_scale = 1.0f;
   const cpu::AdamWConfig& config = options_.optimizer;
-  if (config.max_grad_norm > 0.0f) {
-    // Global norm over unique parameters (as the CPU runtime): one host read-back per step.
+  {
+    // Global norm over unique parameters (as the CPU runtime), logged every step as Megatron does and used for
+    // clipping: one host read-back per step, after the gradient reduction has been waited for.
     norm_acc_.zero(stream_);
     for (std::size_t idx = 0; idx < infos.size(); ++idx) {
       const ParamInfo& info = infos[idx];
@@ -409,7 +412,10 @@ void CudaTrainer::optimizer_step() {
     float total = 0.0f;
     CUDA_CHECK(cudaMemcpyAsync(&total, norm_acc_.get(), sizeof(float), cudaMemcpyDeviceToHost, stream_));
     CUDA_CHECK(cudaStreamSynchronize(stream_));
-    grad_scale = std::min(1.0f, config.max_grad_norm / (std::sqrt(total) + 1e-6f));
+    grad_norm_ = std::sqrt(static_cast<double>(total));
+    if (config.max_grad_norm > 0.0f) {
+      grad_scale = std::min(1.0f, config.max_grad_norm / (std::sqrt(total) + 1e-6f));
+    }
   }
   for (std::size_t idx = 0; idx < infos.size(); ++idx) {
     const ParamInfo& info = infos[idx];
@@ -582,6 +588,7 @@ CudaRunResult run_training_cuda(const RunOptions& requested) {
       const Clock::time_point start = Clock::now();
       result.run.losses.push_back(trainer.step());
       result.run.step_time_s.push_back(seconds_since(start));
+      result.run.grad_norms.push_back(trainer.last_grad_norm());
     }
     result.run.median_step_time_s = median_after_first(result.run.step_time_s);
     if (options.trace) {

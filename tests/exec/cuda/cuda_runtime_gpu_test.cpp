@@ -89,6 +89,10 @@ TEST_CASE("run_training_cuda losses match the CPU backend within bf16 tolerance"
       CHECK(std::abs(gpu.run.losses[step] - cpu.losses[step]) <= LOSS_REL_TOLERANCE * cpu.losses[step]);
     }
     CHECK(gpu.run.losses.back() < gpu.run.losses.front() - 0.1); // it learns, as the CPU run does
+    // The global gradient norm of the first step (same weights and data on both backends): bf16 GEMMs and
+    // activations, so 5 % (loose: gradients carry more rounding than the loss).
+    REQUIRE(gpu.run.grad_norms.size() == cpu.grad_norms.size());
+    CHECK(std::abs(gpu.run.grad_norms.front() - cpu.grad_norms.front()) <= 0.05 * cpu.grad_norms.front());
     // Every task of the last step was timed with CUDA events, in the measured-trace format.
     REQUIRE_FALSE(gpu.run.timeline.empty());
     for (const auto& event : gpu.run.timeline) {
