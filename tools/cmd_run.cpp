@@ -312,12 +312,8 @@ int run_cpu(const RunCliOptions& cli) {
   model::CostProfile profile;
   try {
     scenario = resolve_run_scenario(cli.scenario, world.size());
-    if (scenario.model.is_moe()) { // --- mixture of experts --- before any calibration runs
-      throw InputError(input_message(WHERE, "--model",
-                                     fmt::format("{} is a mixture-of-experts model: cuboid run executes dense models "
-                                                 "only (valid: a dense model; simulate and search predict MoE plans)",
-                                                 scenario.model.name)));
-    }
+    // --- mixture of experts --- the combinations the CPU runtime executes, before any calibration runs
+    exec::validate_moe_run(scenario.model, scenario.plan, exec::ProgramSource::TaskGraph);
     if (cli.scenario.cluster.profile) {
       profile = apply_profile_flags(cli.profile, model::load_profile(*cli.scenario.cluster.profile));
       if (profile.gpu != "cpu") {

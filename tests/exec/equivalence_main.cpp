@@ -47,7 +47,13 @@ struct Args {
   bool distributed_optimizer = false;
   int cp = 1; // context parallelism
   int zero = 0; // --- ZeRO / FSDP ---
+  int ep = 1;   // --- mixture of experts --- (moe-tiny / moe-llama-tiny)
 };
+
+// --- mixture of experts --- Top-k routing is discontinuous: a rounding difference between plans could flip a
+// choice only where the K-th and (K+1)-th router logits are this close. The reference run must keep every margin
+// above it (the plans' logits differ from the reference by ~1e-6 at most, see docs/moe.md).
+constexpr double MIN_ROUTER_MARGIN = 1e-4;
 
 // Local parsers (the test must not depend on the CLI's): the same spellings as tools/.
 cuboid::model::Schedule parse_schedule(const std::string& text) {
@@ -83,12 +89,21 @@ cuboid::model::Recompute parse_recompute(const std::string& text) {
   throw cuboid::InputError("command line: --recompute: unknown value '" + text + "' (valid: none, selective, full)");
 }
 
-RunOptions make_options(const Args& args, int tp, int dp, int pp, int vp, int cp = 1) {
+RunOptions make_options(const Args& args, int tp, int dp, int pp, int vp, int cp = 1, int ep = 1) {
   RunOptions options;
-  if (args.model != "gpt-tiny" && args.model != "llama-tiny") {
-    throw cuboid::InputError("command line: --model: unknown value '" + args.model + "' (valid: gpt-tiny, llama-tiny)");
+  if (args.model == "gpt-tiny") {
+    options.model = cuboid::exec::test::gpt_tiny_shape();
+  } else if (args.model == "llama-tiny") {
+    options.model = cuboid::exec::test::llama_tiny_shape();
+  } else if (args.model == "moe-tiny") {
+    options.model = cuboid::exec::test::moe_tiny_shape();
+  } else if (args.model == "moe-llama-tiny") {
+    options.model = cuboid::exec::test::moe_llama_tiny_shape();
+  } else {
+    throw cuboid::InputError("command line: --model: unknown value '" + args.model +
+                             "' (valid: gpt-tiny, llama-tiny, moe-tiny, moe-llama-tiny)");
   }
-  options.model = args.model == "gpt-tiny" ? cuboid::exec::test::gpt_tiny_shape() : cuboid::exec::test::llama_tiny_shape();
+  options.plan.ep = ep;
   options.plan.tp = tp;
   options.plan.dp = dp;
   options.plan.pp = pp;
@@ -136,7 +151,7 @@ double relative_l2(const std::vector<float>& got, const std::vector<float>& want
 }
 
 int run(const Args& args, cuboid::exec::Communicator& world) {
-  const RunOptions options = make_options(args, args.tp, args.dp, args.pp, args.vp, args.cp);
+  const RunOptions options = make_options(args, args.tp, args.dp, args.pp, args.vp, args.cp, args.ep);
   Trainer trainer(options, world);
   std::vector<double> losses;
   losses.push_back(trainer.step());
@@ -171,8 +186,17 @@ int run(const Args& args, cuboid::exec::Communicator& world) {
     ref_losses.push_back(ref.step());
   }
   int failures = 0;
-  std::printf("# model %s plan tp=%d cp=%d dp=%d pp=%d vp=%d schedule=%s recompute=%s sp=%d mb=%ld gb=%ld zero=%d\n",
-              args.model.c_str(), args.tp, args.cp, args.dp, args.pp, args.vp, args.schedule.c_str(),
+  if (reference.model.is_moe()) {
+    const double margin = ref.min_router_margin();
+    const bool ok = margin >= MIN_ROUTER_MARGIN;
+    failures += ok ? 0 : 1;
+    std::printf("# router: smallest top-%ld margin over the reference run's %d steps %.3e (needed >= %.0e)%s\n",
+                static_cast<long>(reference.model.moe_top_k), args.steps, margin, MIN_ROUTER_MARGIN,
+                ok ? "" : "  NEAR-TIE");
+  }
+  std::printf("# model %s plan tp=%d cp=%d dp=%d pp=%d vp=%d ep=%d schedule=%s recompute=%s sp=%d mb=%ld gb=%ld "
+              "zero=%d\n",
+              args.model.c_str(), args.tp, args.cp, args.dp, args.pp, args.vp, args.ep, args.schedule.c_str(),
               args.recompute.c_str(), args.sequence_parallel ? 1 : 0, static_cast<long>(args.micro_batch),
               static_cast<long>(args.global_batch), args.zero);
   std::printf("# step  loss(plan)  loss(single)  rel.diff\n");
@@ -209,7 +233,9 @@ int main(int argc, char** argv) {
   cuboid::exec::CommEnvironment env(argc, argv);
   Args args;
   CLI::App app{"Runs a DP x TP x PP plan on gpt-tiny and compares it with a single-rank run"};
-  app.add_option("--model", args.model, "gpt-tiny or llama-tiny (RMSNorm, SwiGLU, RoPE, GQA)");
+  app.add_option("--model", args.model,
+                 "gpt-tiny, llama-tiny (RMSNorm, SwiGLU, RoPE, GQA), or their MoE versions moe-tiny, moe-llama-tiny");
+  app.add_option("--ep", args.ep, "expert-parallel size (MoE models; divides dp)");
   app.add_option("--tp", args.tp);
   app.add_option("--cp", args.cp, "context-parallel size (sequence split over cp ranks)");
   app.add_option("--dp", args.dp);
