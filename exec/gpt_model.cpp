@@ -330,7 +330,7 @@ void GptModel::layer_forward(Communicator& tp, int layer, const Mat& x, Mat& out
   enter_tp(tp, c.h2, c.h2_full);
   if (p.router >= 0) { // --- mixture of experts --- (tp = 1: no TP region around the experts)
     Mat moe_out;
-    moe_forward(p, c.h2_full, moe_out, c);
+    moe_forward(layer, p, c.h2_full, moe_out, c);
     out = c.x2 + moe_out;
   } else {
     const std::int64_t ffn_cols = params_.info(p.w1).cols;
@@ -396,7 +396,9 @@ void GptModel::layer_backward(Communicator& tp, int layer, LayerCache& c, const 
   if (!c.complete) {
     Mat ignored;
     const Mat input = std::move(c.x);
+    recomputing_ = true;
     layer_forward(tp, layer, input, ignored, c, true);
+    recomputing_ = false;
   }
   const LayerIdx& p = layer_idx(layer);
   const cpu::AttentionShape shape{spec_.seq_length, plan_.micro_batch_size, c.q.cols() / spec_.head_dim,

@@ -138,6 +138,10 @@ public:
   [[nodiscard]] std::pair<std::size_t, std::size_t> expert_param_range(int chunk) const;
   /// Smallest router top-k margin (router_topk_margin) over every MoE forward this model ran; +inf without any.
   [[nodiscard]] double min_router_margin() const { return min_router_margin_; }
+  /// Order-independent fingerprint of every routing decision this model made in forwards (not in recomputes): the
+  /// wrapping sum over (layer, row of the micro-batch, set of chosen experts) of a 64-bit hash. Two runs that
+  /// routed every token of every micro-batch alike have equal sums over their ranks (any single flip changes it).
+  [[nodiscard]] std::uint64_t routing_fingerprint() const { return routing_fingerprint_; }
 
 private:
   struct NormIdx {
@@ -198,10 +202,12 @@ private:
   int ep_rank_ = 0;
   Communicator* ep_ = nullptr;   // EP group, not owned
   mutable double min_router_margin_ = std::numeric_limits<double>::infinity(); // diagnostics of const forwards
+  mutable std::uint64_t routing_fingerprint_ = 0;
+  bool recomputing_ = false; // layer_backward's rerun of the forward (not a new routing decision)
   void declare_moe_router(LayerIdx& p, const std::string& prefix);
   void declare_moe_experts(); // after every dense parameter: see dense_param_elements()
   /// h: (n, C) the ln2 output; y: (n, C) overwritten with the weighted sum of the chosen experts' outputs.
-  void moe_forward(const LayerIdx& p, const cpu::Mat& h, cpu::Mat& y, LayerCache& c) const;
+  void moe_forward(int layer, const LayerIdx& p, const cpu::Mat& h, cpu::Mat& y, LayerCache& c) const;
   /// dy: (n, C); dh: (n, C) overwritten; accumulates the router and local expert gradients.
   void moe_backward(const LayerIdx& p, LayerCache& c, const cpu::Mat& dy, cpu::Mat& dh);
   void moe_expert_forward(const LayerIdx::Expert& e, int local, LayerCache& c, cpu::Mat& out) const;

@@ -13,6 +13,7 @@
 
 #include "exec/cpu/activation.hpp"
 #include "exec/cpu/linear.hpp"
+#include "exec/init.hpp"
 #include "model/errors.hpp"
 
 #include <fmt/format.h>
@@ -141,7 +142,7 @@ void GptModel::moe_expert_forward(const LayerIdx::Expert& e, int local, LayerCac
   cpu::linear_forward(c.expert_act[l], weight(e.w2), bias(e.b2), out);
 }
 
-void GptModel::moe_forward(const LayerIdx& p, const Mat& h, Mat& y, LayerCache& c) const {
+void GptModel::moe_forward(int layer, const LayerIdx& p, const Mat& h, Mat& y, LayerCache& c) const {
   CUBOID_ASSERT(ep_ != nullptr, "MoE layer without an EP group (set_expert_parallel)");
   const Eigen::Index n = h.rows();
   const Eigen::Index C = h.cols();
@@ -152,7 +153,16 @@ void GptModel::moe_forward(const LayerIdx& p, const Mat& h, Mat& y, LayerCache& 
   Mat logits(n, E);
   cpu::linear_forward(h, weight(p.router), nullptr, logits);
   cpu::router_topk_forward(logits, K, c.routing);
-  min_router_margin_ = std::min(min_router_margin_, cpu::router_topk_margin(logits, K));
+  if (!recomputing_) {
+    min_router_margin_ = std::min(min_router_margin_, cpu::router_topk_margin(logits, K));
+    for (Eigen::Index token = 0; token < n; ++token) {
+      std::uint64_t chosen = 0; // the set, not the order: the order of near-equal gates only reorders a sum
+      for (int k = 0; k < K; ++k) {
+        chosen |= std::uint64_t{1} << static_cast<unsigned>(c.routing.expert[static_cast<std::size_t>(token * K + k)] % 64);
+      }
+      routing_fingerprint_ += mix64(mix64(static_cast<std::uint64_t>(layer) << 32U | static_cast<std::uint64_t>(token)) ^ chosen);
+    }
+  }
 
   // Dispatch order: by expert, then token (a counting sort over the token slots n*K+k). Experts of member q are
   // q*local .. q*local+local-1, so the send buffer is already in member order.

@@ -658,6 +658,18 @@ Trainer::~Trainer() = default;
 
 const Program& Trainer::program() const { return state_->program; }
 double Trainer::min_router_margin() const { return state_->model.min_router_margin(); }
+
+std::uint64_t Trainer::gather_routing_fingerprint() {
+  // Two exact 32-bit halves per rank (doubles hold integers < 2^53 exactly), summed with wrap-around on rank 0.
+  constexpr std::uint64_t HALF = std::uint64_t{1} << 32U;
+  const std::uint64_t mine = state_->model.routing_fingerprint();
+  const std::vector<double> halves{static_cast<double>(mine >> 32U), static_cast<double>(mine % HALF)};
+  std::uint64_t sum = 0;
+  for (const std::vector<double>& rank : gather_doubles(state_->world, halves)) {
+    sum += (static_cast<std::uint64_t>(rank.at(0)) << 32U) + static_cast<std::uint64_t>(rank.at(1));
+  }
+  return sum;
+}
 int Trainer::steps_done() const { return state_->step; }
 
 double Trainer::step() {

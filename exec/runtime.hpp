@@ -95,6 +95,9 @@ public:
   /// --- mixture of experts --- Smallest router top-k margin (cpu::router_topk_margin) over every MoE forward of
   /// this rank so far; +inf for dense models.
   [[nodiscard]] double min_router_margin() const;
+  /// Sum over every rank of GptModel::routing_fingerprint (rank 0; 0 elsewhere): equal for two runs of the same
+  /// steps exactly when they routed every token alike. Collective.
+  [[nodiscard]] std::uint64_t gather_routing_fingerprint();
 
 private:
   struct State;

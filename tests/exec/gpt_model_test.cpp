@@ -135,5 +135,33 @@ TEST_CASE("exec::GptModel: gradient check of a mixture-of-experts model", "[exec
   CHECK(experts == (llama ? 12 : 16));
 }
 
+// The fingerprint the equivalence runs compare: equal for equal routings (two models of one seed), different once a
+// router change sends tokens elsewhere (increments of one more forward each).
+TEST_CASE("exec::GptModel: the routing fingerprint tells equal routings from different ones", "[exec]") {
+  const model::ModelSpec spec = test::toy_moe(test::toy_gpt());
+  const model::Plan plan = test::single_rank_plan(2, 2);
+  LocalCommunicator tp;
+  LocalCommunicator ep;
+  GptModel a(spec, plan, 0, 0, 7);
+  GptModel b(spec, plan, 0, 0, 7);
+  a.set_expert_parallel(&ep);
+  b.set_expert_parallel(&ep);
+  const TokenSource source(spec.vocab_size, spec.seq_length, 3);
+  const MicroBatch mb = source.microbatch(1, 0, 2);
+  const int layers = static_cast<int>(spec.num_layers);
+  (void)model_loss(a, tp, mb, layers);
+  (void)model_loss(b, tp, mb, layers);
+  CHECK(a.routing_fingerprint() != 0);
+  CHECK(a.routing_fingerprint() == b.routing_fingerprint());
+  const std::uint64_t before = b.routing_fingerprint();
+  const ParamInfo& router = b.params().info(b.params().find("layers.1.moe.router"));
+  for (std::size_t idx = 0; idx < router.size(); ++idx) {
+    b.params().values()[router.offset + idx] = 2.0f * static_cast<float>(standard_normal(94, idx));
+  }
+  (void)model_loss(a, tp, mb, layers);
+  (void)model_loss(b, tp, mb, layers);
+  CHECK(a.routing_fingerprint() - before != b.routing_fingerprint() - before);
+}
+
 } // namespace
 } // namespace cuboid::exec
