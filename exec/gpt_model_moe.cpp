@@ -18,6 +18,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 
 namespace cuboid::exec {
@@ -156,11 +157,15 @@ void GptModel::moe_forward(int layer, const LayerIdx& p, const Mat& h, Mat& y, L
   if (!recomputing_) {
     min_router_margin_ = std::min(min_router_margin_, cpu::router_topk_margin(logits, K));
     for (Eigen::Index token = 0; token < n; ++token) {
-      std::uint64_t chosen = 0; // the set, not the order: the order of near-equal gates only reorders a sum
-      for (int k = 0; k < K; ++k) {
-        chosen |= std::uint64_t{1} << static_cast<unsigned>(c.routing.expert[static_cast<std::size_t>(token * K + k)] % 64);
+      // The set of experts, not their order: the order of near-equal gates only reorders a sum.
+      const auto begin = c.routing.expert.begin() + token * K;
+      std::vector<int> chosen(begin, begin + K);
+      std::sort(chosen.begin(), chosen.end());
+      std::uint64_t hash = mix64(static_cast<std::uint64_t>(layer) << 32U | static_cast<std::uint64_t>(token));
+      for (const int expert : chosen) {
+        hash = mix64(hash ^ static_cast<std::uint64_t>(expert));
       }
-      routing_fingerprint_ += mix64(mix64(static_cast<std::uint64_t>(layer) << 32U | static_cast<std::uint64_t>(token)) ^ chosen);
+      routing_fingerprint_ += hash;
     }
   }
 
@@ -170,13 +175,14 @@ void GptModel::moe_forward(int layer, const LayerIdx& p, const Mat& h, Mat& y, L
   for (const int expert : c.routing.expert) {
     ++rows_of_expert[static_cast<std::size_t>(expert)];
   }
-  std::vector<int> next(static_cast<std::size_t>(E) + 1, 0);
-  for (int expert = 0; expert < E; ++expert) {
-    next[static_cast<std::size_t>(expert) + 1] = next[static_cast<std::size_t>(expert)] + rows_of_expert[static_cast<std::size_t>(expert)];
+  std::vector<int> next(static_cast<std::size_t>(E), 0); // next send row of each expert
+  for (std::size_t expert = 1; expert < next.size(); ++expert) {
+    next[expert] = next[expert - 1] + rows_of_expert[expert - 1];
   }
   c.dispatch_slots.assign(c.routing.expert.size(), 0);
   for (std::size_t slot = 0; slot < c.routing.expert.size(); ++slot) {
-    c.dispatch_slots[static_cast<std::size_t>(next[static_cast<std::size_t>(c.routing.expert[slot])]++)] = static_cast<int>(slot);
+    int& row = next[static_cast<std::size_t>(c.routing.expert[slot])];
+    c.dispatch_slots[static_cast<std::size_t>(row++)] = static_cast<int>(slot);
   }
   Mat send(static_cast<Eigen::Index>(c.dispatch_slots.size()), C);
   for (std::size_t row = 0; row < c.dispatch_slots.size(); ++row) {

@@ -53,7 +53,8 @@ void router_topk_forward(const ConstMatRef& logits, int top_k, TopKRouting& rout
 // g = softmax(z) over the chosen logits z: dz_j = g_j (dg_j - sum_i g_i dg_i).
 void router_topk_backward(const TopKRouting& routing, std::span<const float> dgate, MatRef dlogits) {
   const auto k_count = static_cast<std::size_t>(routing.top_k);
-  CUBOID_ASSERT(dgate.size() == routing.gate.size() && routing.gate.size() == k_count * static_cast<std::size_t>(dlogits.rows()),
+  CUBOID_ASSERT(dgate.size() == routing.gate.size() &&
+                    routing.gate.size() == k_count * static_cast<std::size_t>(dlogits.rows()),
                 "router backward: {} gate gradients for {} gates of {} tokens", dgate.size(), routing.gate.size(),
                 dlogits.rows());
   dlogits.setZero();
@@ -77,7 +78,8 @@ double router_topk_margin(const ConstMatRef& logits, int top_k) {
   for (Eigen::Index row = 0; row < logits.rows(); ++row) {
     const std::vector<int> order = ranked_experts(logits, row);
     const auto k = static_cast<std::size_t>(top_k);
-    margin = std::min(margin, static_cast<double>(logits(row, order[k - 1])) - static_cast<double>(logits(row, order[k])));
+    const double gap = static_cast<double>(logits(row, order[k - 1])) - static_cast<double>(logits(row, order[k]));
+    margin = std::min(margin, gap);
   }
   return margin;
 }

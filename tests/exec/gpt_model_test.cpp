@@ -105,7 +105,8 @@ TEST_CASE("exec::GptModel: gradient check of a mixture-of-experts model", "[exec
   std::vector<LayerCache> caches(static_cast<std::size_t>(layers));
   for (int layer = 0; layer < layers; ++layer) {
     cpu::Mat out;
-    gpt.layer_forward(tp, layer, act, out, caches[static_cast<std::size_t>(layer)], recompute != model::Recompute::Full);
+    const bool keep_all = recompute != model::Recompute::Full;
+    gpt.layer_forward(tp, layer, act, out, caches[static_cast<std::size_t>(layer)], keep_all);
     act = std::move(out);
   }
   HeadCache head;
