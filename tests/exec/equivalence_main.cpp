@@ -2,6 +2,7 @@
 // as a single rank: per-step losses over --steps steps within 1e-4 relative and the full weights after step 1
 // within 1e-5 relative (L2 over the whole model) of a single-rank run computed in-process on rank 0 with the same
 // seed and global batch. Exits non-zero with a message on mismatch. Hidden test options inject a fault.
+// MoE models (--model moe-tiny / moe-llama-tiny, --ep N) must also route every token as the single-rank run does.
 #include "test_models.hpp"
 
 #include "exec/comm_environment.hpp"
