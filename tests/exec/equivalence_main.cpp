@@ -49,6 +49,7 @@ struct Args {
   int cp = 1; // context parallelism
   int zero = 0; // --- ZeRO / FSDP ---
   int ep = 1;   // --- mixture of experts --- (moe-tiny / moe-llama-tiny)
+  float max_grad_norm = 0.0f; // gradient clipping (0: off)
 };
 
 
@@ -125,6 +126,7 @@ RunOptions make_options(const Args& args, int tp, int dp, int pp, int vp, int cp
   options.cluster.num_gpus = tp * cp * dp * pp;
   options.cluster.gpus_per_node = tp * cp * dp * pp;
   options.steps = args.steps;
+  options.optimizer.max_grad_norm = args.max_grad_norm;
   options.seed = 2024;
   options.timeout_s = args.timeout_s;
   options.fault_rank = args.fault_rank;
@@ -238,6 +240,7 @@ int main(int argc, char** argv) {
   app.add_option("--model", args.model,
                  "gpt-tiny, llama-tiny (RMSNorm, SwiGLU, RoPE, GQA), or their MoE versions moe-tiny, moe-llama-tiny");
   app.add_option("--ep", args.ep, "expert-parallel size (MoE models; divides dp)");
+  app.add_option("--max-grad-norm", args.max_grad_norm, "clip the global gradient norm to this (0: no clipping)");
   app.add_option("--tp", args.tp);
   app.add_option("--cp", args.cp, "context-parallel size (sequence split over cp ranks)");
   app.add_option("--dp", args.dp);
