@@ -129,6 +129,10 @@ void GptModel::moe_expert_forward(const LayerIdx::Expert& e, int local, LayerCac
   const Mat& x = c.expert_x[l];
   const Eigen::Index rows = x.rows();
   const std::int64_t F = spec_.moe_ffn_hidden_size;
+  out.resize(rows, spec_.hidden_size);
+  if (rows == 0) {
+    return; // an expert no token chose (empty Eigen blocks have no data to offset into)
+  }
   c.expert_fc1[l].resize(rows, F);
   c.expert_act[l].resize(rows, F);
   cpu::linear_forward(x, weight(e.w1), bias(e.b1), c.expert_fc1[l]);
@@ -139,7 +143,6 @@ void GptModel::moe_expert_forward(const LayerIdx::Expert& e, int local, LayerCac
   } else {
     cpu::gelu_forward(c.expert_fc1[l], c.expert_act[l]);
   }
-  out.resize(rows, spec_.hidden_size);
   cpu::linear_forward(c.expert_act[l], weight(e.w2), bias(e.b2), out);
 }
 
@@ -265,10 +268,13 @@ void GptModel::moe_forward(int layer, const LayerIdx& p, const Mat& h, Mat& y, L
 void GptModel::moe_expert_backward(const LayerIdx::Expert& e, int local, LayerCache& c, const Mat& dout, Mat& dx) {
   const auto l = static_cast<std::size_t>(local);
   const Eigen::Index rows = dout.rows();
+  dx.resize(rows, spec_.hidden_size);
+  if (rows == 0) {
+    return; // no token chose this expert: no gradient
+  }
   Mat dact(rows, c.expert_act[l].cols());
   cpu::linear_backward(dout, c.expert_act[l], weight(e.w2), dact, grad(e.w2), bias_grad(e.b2));
   Mat dfc1(rows, dact.cols());
-  dx.resize(rows, spec_.hidden_size);
   if (spec_.gated_mlp) {
     Mat dgate(rows, dact.cols());
     cpu::swiglu_backward(dact, c.expert_gate[l], c.expert_fc1[l], dgate, dfc1);
