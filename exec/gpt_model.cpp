@@ -27,9 +27,9 @@ constexpr double POSITION_INIT_STD = 0.01;   // GPT-2 wpe
 } // namespace
 
 GptModel::GptModel(const model::ModelSpec& spec, const model::Plan& plan, int tp_rank, int pp_rank,
-                   std::uint64_t seed, bool materialize)
+                   std::uint64_t seed, bool materialize, int ep_rank)
     : spec_(spec), plan_(plan), tp_rank_(tp_rank), pp_rank_(pp_rank),
-      chunks_(chunk_layouts(plan, spec.num_layers, pp_rank)), params_(plan.tp, tp_rank) {
+      chunks_(chunk_layouts(plan, spec.num_layers, pp_rank)), params_(plan.tp, tp_rank), ep_rank_(ep_rank) {
   declare_params();
   params_.finalize(seed, materialize);
 }
@@ -97,18 +97,22 @@ void GptModel::declare_params() {
     LayerIdx& p = layers_[slot];
     const std::string pre = fmt::format("layers.{}.", layer);
     const std::int64_t F = spec_.ffn_hidden_size;
-    p.w2 = params_.add(pre + "mlp.w2", F, C, TpSplit::Rows, InitKind::Normal, out_std);
-    if (bias) {
-      p.b2 = params_.add(pre + "mlp.b2", 1, C, TpSplit::Replicated, InitKind::Zeros, 0.0);
-    }
-    p.w1 = params_.add(pre + "mlp.w1", C, F, TpSplit::Columns, InitKind::Normal, INIT_STD);
-    if (bias) {
-      p.b1 = params_.add(pre + "mlp.b1", 1, F, TpSplit::Columns, InitKind::Zeros, 0.0);
-    }
-    if (spec_.gated_mlp) {
-      p.wg = params_.add(pre + "mlp.wg", C, F, TpSplit::Columns, InitKind::Normal, INIT_STD);
+    if (spec_.is_moe_layer(layer)) { // --- mixture of experts --- router here, routed experts after everything else
+      declare_moe_router(p, pre);
+    } else {
+      p.w2 = params_.add(pre + "mlp.w2", F, C, TpSplit::Rows, InitKind::Normal, out_std);
       if (bias) {
-        p.bg = params_.add(pre + "mlp.bg", 1, F, TpSplit::Columns, InitKind::Zeros, 0.0);
+        p.b2 = params_.add(pre + "mlp.b2", 1, C, TpSplit::Replicated, InitKind::Zeros, 0.0);
+      }
+      p.w1 = params_.add(pre + "mlp.w1", C, F, TpSplit::Columns, InitKind::Normal, INIT_STD);
+      if (bias) {
+        p.b1 = params_.add(pre + "mlp.b1", 1, F, TpSplit::Columns, InitKind::Zeros, 0.0);
+      }
+      if (spec_.gated_mlp) {
+        p.wg = params_.add(pre + "mlp.wg", C, F, TpSplit::Columns, InitKind::Normal, INIT_STD);
+        if (bias) {
+          p.bg = params_.add(pre + "mlp.bg", 1, F, TpSplit::Columns, InitKind::Zeros, 0.0);
+        }
       }
     }
     p.ln2 = add_norm(pre + "ln2");
@@ -134,6 +138,7 @@ void GptModel::declare_params() {
       wte_ = params_.add("embed.wte", V, C, TpSplit::Rows, InitKind::Normal, INIT_STD);
     }
   }
+  declare_moe_experts();
   if (plan_.sequence_parallel) {
     for (int idx = 0; idx < static_cast<int>(params_.infos().size()); ++idx) {
       auto& info = params_.info(idx);
@@ -157,9 +162,16 @@ std::vector<int> GptModel::layer_params(int layer) const {
   const LayerIdx& p = layer_idx(layer);
   std::vector<int> out;
   for (const int idx : {p.ln1.w, p.ln1.b, p.wq, p.bq, p.wk, p.bk, p.wv, p.bv, p.wo, p.bo, p.ln2.w, p.ln2.b, p.w1, p.b1,
-                        p.wg, p.bg, p.w2, p.b2}) {
+                        p.wg, p.bg, p.w2, p.b2, p.router}) {
     if (idx >= 0) {
       out.push_back(idx);
+    }
+  }
+  for (const LayerIdx::Expert& e : p.experts) { // --- mixture of experts ---
+    for (const int idx : {e.w1, e.b1, e.wg, e.bg, e.w2, e.b2}) {
+      if (idx >= 0) {
+        out.push_back(idx);
+      }
     }
   }
   return out;
@@ -276,7 +288,6 @@ void GptModel::layer_forward(Communicator& tp, int layer, const Mat& x, Mat& out
   const LayerIdx& p = layer_idx(layer);
   const std::int64_t q_cols = params_.info(p.wq).cols;
   const std::int64_t kv_cols = params_.info(p.wk).cols;
-  const std::int64_t ffn_cols = params_.info(p.w1).cols;
   const cpu::AttentionShape shape{spec_.seq_length, plan_.micro_batch_size, q_cols / spec_.head_dim,
                                   kv_cols / spec_.head_dim, spec_.head_dim};
   c.x = x;
@@ -317,24 +328,31 @@ void GptModel::layer_forward(Communicator& tp, int layer, const Mat& x, Mat& out
 
   norm_forward(p.ln2, c.x2, c.h2, c.ln2_mean, c.ln2_rstd);
   enter_tp(tp, c.h2, c.h2_full);
-  c.fc1.resize(rows, ffn_cols);
-  c.act.resize(rows, ffn_cols);
-  cpu::linear_forward(c.h2_full, weight(p.w1), bias(p.b1), c.fc1);
-  if (spec_.gated_mlp) {
-    c.gate.resize(rows, ffn_cols);
-    cpu::linear_forward(c.h2_full, weight(p.wg), bias(p.bg), c.gate);
-    cpu::swiglu_forward(c.gate, c.fc1, c.act);
+  if (p.router >= 0) { // --- mixture of experts --- (tp = 1: no TP region around the experts)
+    Mat moe_out;
+    moe_forward(layer, p, c.h2_full, moe_out, c);
+    out = c.x2 + moe_out;
   } else {
-    cpu::gelu_forward(c.fc1, c.act);
+    const std::int64_t ffn_cols = params_.info(p.w1).cols;
+    c.fc1.resize(rows, ffn_cols);
+    c.act.resize(rows, ffn_cols);
+    cpu::linear_forward(c.h2_full, weight(p.w1), bias(p.b1), c.fc1);
+    if (spec_.gated_mlp) {
+      c.gate.resize(rows, ffn_cols);
+      cpu::linear_forward(c.h2_full, weight(p.wg), bias(p.bg), c.gate);
+      cpu::swiglu_forward(c.gate, c.fc1, c.act);
+    } else {
+      cpu::gelu_forward(c.fc1, c.act);
+    }
+    Mat partial2(rows, spec_.hidden_size);
+    cpu::linear_forward(c.act, weight(p.w2), nullptr, partial2);
+    Mat mlp_out;
+    leave_tp(tp, partial2, mlp_out);
+    if (p.b2 >= 0) {
+      mlp_out.rowwise() += Eigen::Map<const cpu::RowVec>(params_.value(p.b2), spec_.hidden_size);
+    }
+    out = c.x2 + mlp_out;
   }
-  Mat partial2(rows, spec_.hidden_size);
-  cpu::linear_forward(c.act, weight(p.w2), nullptr, partial2);
-  Mat mlp_out;
-  leave_tp(tp, partial2, mlp_out);
-  if (p.b2 >= 0) {
-    mlp_out.rowwise() += Eigen::Map<const cpu::RowVec>(params_.value(p.b2), spec_.hidden_size);
-  }
-  out = c.x2 + mlp_out;
   c.complete = keep_all;
   if (!keep_all) {
     // Full recompute: keep only the layer input; backward reruns this forward (Korthikanti et al. 2022, sec. 5).
@@ -378,34 +396,42 @@ void GptModel::layer_backward(Communicator& tp, int layer, LayerCache& c, const 
   if (!c.complete) {
     Mat ignored;
     const Mat input = std::move(c.x);
+    recomputing_ = true;
     layer_forward(tp, layer, input, ignored, c, true);
+    recomputing_ = false;
   }
   const LayerIdx& p = layer_idx(layer);
   const cpu::AttentionShape shape{spec_.seq_length, plan_.micro_batch_size, c.q.cols() / spec_.head_dim,
                                   c.k.cols() / spec_.head_dim, spec_.head_dim};
   const Eigen::Index rows = c.h1_full.rows();
 
-  // MLP branch: out = x2 + leave_tp(act W2) + b2.
-  if (p.b2 >= 0) {
-    Eigen::Map<cpu::RowVec>(params_.grad(p.b2), spec_.hidden_size) += dout.colwise().sum();
-  }
-  Mat dmlp_full;
-  enter_tp(tp, dout, dmlp_full); // conjugate of leave_tp
-  Mat dact(rows, c.act.cols());
-  linear_grads(dmlp_full, c.act, p.w2, -1, dact, false, deferred);
-  Mat dh2_full(rows, spec_.hidden_size);
-  Mat dfc1(rows, c.fc1.cols());
-  if (spec_.gated_mlp) {
-    Mat dgate(rows, c.gate.cols());
-    cpu::swiglu_backward(dact, c.gate, c.fc1, dgate, dfc1);
-    linear_grads(dgate, c.h2_full, p.wg, p.bg, dh2_full, false, deferred);
-    linear_grads(dfc1, c.h2_full, p.w1, p.b1, dh2_full, true, deferred);
-  } else {
-    cpu::gelu_backward(dact, c.fc1, dfc1);
-    linear_grads(dfc1, c.h2_full, p.w1, p.b1, dh2_full, false, deferred);
-  }
   Mat dh2;
-  leave_tp(tp, dh2_full, dh2); // conjugate of enter_tp
+  if (p.router >= 0) { // --- mixture of experts ---
+    Mat dh2_full;
+    moe_backward(p, c, dout, dh2_full);
+    leave_tp(tp, dh2_full, dh2);
+  } else {
+    // MLP branch: out = x2 + leave_tp(act W2) + b2.
+    if (p.b2 >= 0) {
+      Eigen::Map<cpu::RowVec>(params_.grad(p.b2), spec_.hidden_size) += dout.colwise().sum();
+    }
+    Mat dmlp_full;
+    enter_tp(tp, dout, dmlp_full); // conjugate of leave_tp
+    Mat dact(rows, c.act.cols());
+    linear_grads(dmlp_full, c.act, p.w2, -1, dact, false, deferred);
+    Mat dh2_full(rows, spec_.hidden_size);
+    Mat dfc1(rows, c.fc1.cols());
+    if (spec_.gated_mlp) {
+      Mat dgate(rows, c.gate.cols());
+      cpu::swiglu_backward(dact, c.gate, c.fc1, dgate, dfc1);
+      linear_grads(dgate, c.h2_full, p.wg, p.bg, dh2_full, false, deferred);
+      linear_grads(dfc1, c.h2_full, p.w1, p.b1, dh2_full, true, deferred);
+    } else {
+      cpu::gelu_backward(dact, c.fc1, dfc1);
+      linear_grads(dfc1, c.h2_full, p.w1, p.b1, dh2_full, false, deferred);
+    }
+    leave_tp(tp, dh2_full, dh2); // conjugate of enter_tp
+  }
   Mat dx2 = dout;
   norm_backward(p.ln2, dh2, c.x2, c.ln2_mean, c.ln2_rstd, dx2);
 

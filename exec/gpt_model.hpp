@@ -8,6 +8,7 @@
 #pragma once
 
 #include "exec/communicator.hpp"
+#include "exec/cpu/moe.hpp"
 #include "exec/cpu/tensor.hpp"
 #include "exec/param_set.hpp"
 #include "exec/stage_layout.hpp"
@@ -15,7 +16,10 @@
 #include "model/plan.hpp"
 
 #include <cstdint>
+#include <limits>
 #include <span>
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace cuboid::exec {
@@ -37,6 +41,14 @@ struct LayerCache {
   bool complete = false;      // false when only x was kept (full recompute)
   // --- context parallelism --- (T*B above is then this CP rank's 2 chunks: T/cp*B rows)
   cpu::Mat k_full, v_full;    // (T*B, Gl*D) K and V of the whole sequence, all-gathered over the CP group
+  // --- mixture of experts --- (MoE layers: the MLP fields above stay empty)
+  cpu::TopKRouting routing;          // the K experts and gates of each of the n tokens
+  std::vector<int> dispatch_slots;   // (n*K) token slot n*K+k of each dispatched row, in send order
+  std::vector<int> send_counts;      // floats sent to each EP member (dispatch direction)
+  std::vector<int> recv_counts;      // floats received from each EP member
+  std::vector<int> recv_expert_rows; // (ep * E/ep) rows received from member p for local expert l at [p*E/ep + l]
+  std::vector<cpu::Mat> expert_x, expert_fc1, expert_gate, expert_act; // per local expert: (rows_l, C), (rows_l, F_e)
+  cpu::Mat expert_out;               // (n*K, C) expert output of token slot n*K+k, back on this rank
 };
 
 struct HeadCache {
@@ -70,8 +82,10 @@ class GptModel {
 public:
   /// Declares and initialises this rank's parameters from `seed` (identical values to the single-rank model).
   /// With materialize = false only the parameter list is built (no buffers): canonical_params().
+  /// MoE models: `ep_rank` (0 .. plan.ep-1) is this rank's place in its EP group; it holds routed experts
+  /// [ep_rank * E/ep, (ep_rank + 1) * E/ep) of every MoE layer.
   GptModel(const model::ModelSpec& spec, const model::Plan& plan, int tp_rank, int pp_rank, std::uint64_t seed,
-           bool materialize = true);
+           bool materialize = true, int ep_rank = 0);
 
   /// Rows of an activation between TP regions: T*B, or T*B/tp with sequence parallelism.
   [[nodiscard]] std::int64_t activation_rows() const;
@@ -113,6 +127,22 @@ public:
   /// Global position of each of this rank's T/cp sequence positions (all of 0..T-1 when cp = 1).
   [[nodiscard]] std::vector<std::int64_t> cp_positions() const;
 
+  // --- mixture of experts ---
+  /// Makes the MoE layers dispatch over `ep` (the EP group, size plan.ep, this rank at position ep_rank; not owned,
+  /// must outlive the model). Required before the first MoE layer runs, also with ep = 1 (a group of one).
+  void set_expert_parallel(Communicator* ep);
+  /// Elements of the flat buffers before the routed experts: the routed-expert parameters of the stage are laid
+  /// out last (per chunk contiguous), so the DP buckets cover [0, dense_param_elements()) only.
+  [[nodiscard]] std::size_t dense_param_elements() const;
+  /// Flat range [begin, end) of the routed-expert parameters of local chunk `chunk` (empty when it has none).
+  [[nodiscard]] std::pair<std::size_t, std::size_t> expert_param_range(int chunk) const;
+  /// Smallest router top-k margin (router_topk_margin) over every MoE forward this model ran; +inf without any.
+  [[nodiscard]] double min_router_margin() const { return min_router_margin_; }
+  /// Order-independent fingerprint of every routing decision this model made in forwards (not in recomputes): the
+  /// wrapping sum over (layer, row of the micro-batch, set of chosen experts) of a 64-bit hash. Two runs that
+  /// routed every token of every micro-batch alike have equal sums over their ranks (any single flip changes it).
+  [[nodiscard]] std::uint64_t routing_fingerprint() const { return routing_fingerprint_; }
+
 private:
   struct NormIdx {
     int w = -1;
@@ -122,6 +152,12 @@ private:
     NormIdx ln1, ln2;
     int wq = -1, bq = -1, wk = -1, bk = -1, wv = -1, bv = -1, wo = -1, bo = -1;
     int w1 = -1, b1 = -1, wg = -1, bg = -1, w2 = -1, b2 = -1;
+    // --- mixture of experts --- (MoE layers have no w1..b2 above)
+    struct Expert {
+      int w1 = -1, b1 = -1, wg = -1, bg = -1, w2 = -1, b2 = -1;
+    };
+    int router = -1;             // (C, E), replicated, no bias
+    std::vector<Expert> experts; // this rank's E/ep routed experts, local index l = global expert - first_expert_
   };
 
   void declare_params();
@@ -162,6 +198,20 @@ private:
   void cp_rope(cpu::Mat& x, bool forward) const;
   void cp_gather(const cpu::Mat& local, cpu::Mat& full) const;
   void cp_reduce_own_rows(cpu::Mat& full, cpu::Mat& local) const;
+  // --- mixture of experts --- (gpt_model_moe.cpp)
+  int ep_rank_ = 0;
+  Communicator* ep_ = nullptr;   // EP group, not owned
+  mutable double min_router_margin_ = std::numeric_limits<double>::infinity(); // diagnostics of const forwards
+  mutable std::uint64_t routing_fingerprint_ = 0;
+  bool recomputing_ = false; // layer_backward's rerun of the forward (not a new routing decision)
+  void declare_moe_router(LayerIdx& p, const std::string& prefix);
+  void declare_moe_experts(); // after every dense parameter: see dense_param_elements()
+  /// h: (n, C) the ln2 output; y: (n, C) overwritten with the weighted sum of the chosen experts' outputs.
+  void moe_forward(int layer, const LayerIdx& p, const cpu::Mat& h, cpu::Mat& y, LayerCache& c) const;
+  /// dy: (n, C); dh: (n, C) overwritten; accumulates the router and local expert gradients.
+  void moe_backward(const LayerIdx& p, LayerCache& c, const cpu::Mat& dy, cpu::Mat& dh);
+  void moe_expert_forward(const LayerIdx::Expert& e, int local, LayerCache& c, cpu::Mat& out) const;
+  void moe_expert_backward(const LayerIdx::Expert& e, int local, LayerCache& c, const cpu::Mat& dout, cpu::Mat& dx);
 };
 
 } // namespace cuboid::exec

@@ -86,7 +86,8 @@ public:
     for (const TaskId id : order_) {
       const Task& t = graph_.task(id);
       if (t.rank == rank_ && t.kind != TaskKind::P2P) {
-        if (t.kind == TaskKind::Collective && t.group != model::GroupKind::Dp) {
+        if (t.kind == TaskKind::Collective && t.group != model::GroupKind::Dp &&
+            t.group != model::GroupKind::ExpertDp) {
           continue; // TP collectives run inside the compute blocks
         }
         local.push_back(id);
@@ -185,6 +186,11 @@ private:
       return;
     case TaskKind::Collective:
       instr.kind = InstrKind::CollectiveStart;
+      if (t.group == model::GroupKind::ExpertDp) {
+        instr.expert_chunk = expert_chunk_of(t);
+        add(instr);
+        return;
+      }
       if (is_zero_collective(t)) {
         emit_zero(id, instr);
         return;
@@ -314,6 +320,12 @@ private:
     add(instr);
   }
 
+  // --- mixture of experts --- The expert-DP reduction of a chunk's routed-expert gradients (the reduce-scatter of
+  // the distributed optimizer runs as an all-reduce, as the DP buckets do); its all-gather moves nothing (-1).
+  static int expert_chunk_of(const Task& t) {
+    return t.collective == model::CollectiveKind::AllGather ? -1 : t.chunk;
+  }
+
   void emit_wait(TaskId id) {
     if (is_zero_collective(graph_.task(id))) {
       return; // ZeRO collectives complete at their start on the CPU backend (blocking MPI collectives)
@@ -322,6 +334,12 @@ private:
     instr.kind = InstrKind::CollectiveWait;
     instr.task = id;
     instr.stream = graph_.task(id).stream;
+    if (graph_.task(id).group == model::GroupKind::ExpertDp) {
+      instr.expert_chunk = expert_chunk_of(graph_.task(id));
+      instr.label = graph_.label(id);
+      add(instr);
+      return;
+    }
     instr.bucket = bucket_of(id);
     instr.label = graph_.label(id);
     add(instr);

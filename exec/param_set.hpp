@@ -35,6 +35,7 @@ struct ParamInfo {
   bool weight_decay = false;  // matrices yes; biases and norms no (Megatron)
   bool sequence_parallel_grad = false; // replicated param whose grad is partial per TP rank under SP
   bool embedding_copy = false; // duplicate of the tied word embedding on the last pipeline stage
+  bool expert = false;        // --- mixture of experts --- a routed expert's: reduced over the expert-DP group
 
   [[nodiscard]] std::size_t size() const { return static_cast<std::size_t>(rows * cols); }
 };

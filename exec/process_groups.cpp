@@ -1,9 +1,11 @@
 // Sub-communicators by color = index of the group, key = position inside it (all in the Megatron rank order).
 #include "exec/process_groups.hpp"
 
+#include <algorithm>
+
 namespace cuboid::exec {
 
-ProcessGroups make_process_groups(Communicator& world, const model::RankGrid& grid, int head_stage) {
+ProcessGroups make_process_groups(Communicator& world, const model::RankGrid& grid, int head_stage, int ep_size) {
   ProcessGroups groups;
   const int rank = world.rank();
   const model::RankCoord c = grid.coord_of(rank);
@@ -22,6 +24,13 @@ ProcessGroups make_process_groups(Communicator& world, const model::RankGrid& gr
   const int color = end_stage ? c.tp_rank + tp * (c.cp_rank + cp * c.dp_rank) : tp * cp * dp + rank;
   groups.embedding = world.split(color, c.pp_rank);
   groups.cp = world.split(c.tp_rank + tp * (c.dp_rank + dp * c.pp_rank), c.cp_rank);
+  // --- mixture of experts --- color: the group's lowest world rank (groups partition the world), key: position.
+  const auto split_by = [&](const std::vector<int>& members) {
+    const auto pos = std::find(members.begin(), members.end(), rank) - members.begin();
+    return world.split(*std::min_element(members.begin(), members.end()), static_cast<int>(pos));
+  };
+  groups.ep = split_by(grid.ep_group(rank, ep_size));
+  groups.expert_dp = split_by(grid.expert_dp_group(rank, ep_size));
   return groups;
 }
 

@@ -21,10 +21,17 @@ struct ProcessGroups {
   /// The CP group (same tp, dp, pp coordinates; size cp). With cp > 1, `dp` above is the data-parallel group with
   /// context parallel (dp*cp ranks, key cp_rank + cp*dp_rank): gradients are reduced over it (Megatron).
   std::unique_ptr<Communicator> cp;
+  // --- mixture of experts --- (model::RankGrid::ep_group / expert_dp_group; groups of one for dense models)
+  /// The EP group: ep consecutive members of the DP group (position in it: dp_rank % ep), which exchange tokens.
+  std::unique_ptr<Communicator> ep;
+  /// The expert-data-parallel group: the dp/ep DP members holding the same experts, which reduce their gradients.
+  std::unique_ptr<Communicator> expert_dp;
 };
 
 /// Collective over `world`; world.size() must equal grid.world_size() (checked by the caller). `head_stage`: the
 /// pipeline stage holding the output layer (-1: the last; zb-v puts it on stage 0, next to the embedding).
-ProcessGroups make_process_groups(Communicator& world, const model::RankGrid& grid, int head_stage = -1);
+/// `ep_size`: plan.ep (must divide the DP size).
+ProcessGroups make_process_groups(Communicator& world, const model::RankGrid& grid, int head_stage = -1,
+                                  int ep_size = 1);
 
 } // namespace cuboid::exec

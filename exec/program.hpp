@@ -40,6 +40,8 @@ struct Instr {
   int tag = -1;                     // Send / Recv: p2p_tag()
   int bucket = -1;                  // CollectiveStart / CollectiveWait
   ZeroOp zero = ZeroOp::None;       // CollectiveStart of a ZeRO-2/3 task (unit / layer: the unit it gathers)
+  int expert_chunk = -1;            // --- mixture of experts --- CollectiveStart / Wait reducing this local chunk's
+                                    // routed-expert gradients over the expert-DP group
   std::string label;                // for traces and error messages
 };
 

@@ -121,13 +121,7 @@ void validate_options(const RunOptions& options, const Communicator& world) {
     throw InputError(input_message("command line", "steps", fmt::format("{} (expected >= 1)", options.steps)));
   }
   const model::ModelSpec& m = options.model;
-  if (m.is_moe()) { // --- mixture of experts --- predicted by simulate/search, not executed yet
-    throw InputError(input_message("command line", "--model",
-                                   fmt::format("{} is a mixture-of-experts model ({} experts): cuboid run executes "
-                                               "dense models only (valid: a dense model; simulate and search "
-                                               "predict MoE plans)",
-                                               m.name, m.num_experts)));
-  }
+  validate_moe_run(m, plan, options.program_source); // --- mixture of experts ---
   const auto check_divides = [](std::int64_t value, std::int64_t by, const char* what, const char* by_name) {
     if (by <= 0 || value % by != 0) {
       throw InputError(input_message("command line", "plan", fmt::format("{} = {} is not divisible by {} = {}", what,
@@ -178,14 +172,18 @@ struct Trainer::State {
   std::unique_ptr<Watchdog> watchdog;
   // --- ZeRO / FSDP --- ZeRO-2/3 with dp > 1: sharded grads and optimizer state (and ZeRO-3 parameters).
   std::unique_ptr<ZeroShards> zero;
+  // --- mixture of experts --- in-flight expert-DP gradient reductions, by local chunk
+  std::map<int, std::unique_ptr<Request>> expert_syncs;
 
   State(const RunOptions& opts, Communicator& w)
       : options(with_world_size(opts, w.size())), world(w),
         grid(opts.plan.tp, opts.plan.cp, opts.plan.dp, opts.plan.pp),
-        groups(make_process_groups(w, grid, head_stage(opts.plan))),
-        model(opts.model, opts.plan, groups.coord.tp_rank, groups.coord.pp_rank, opts.seed),
+        groups(make_process_groups(w, grid, head_stage(opts.plan), opts.plan.ep)),
+        model(opts.model, opts.plan, groups.coord.tp_rank, groups.coord.pp_rank, opts.seed, true,
+              groups.coord.dp_rank % opts.plan.ep),
         data(opts.model.vocab_size, opts.model.seq_length, opts.seed, opts.data_file) {
     model.set_context_parallel(groups.cp.get(), groups.coord.cp_rank);
+    model.set_expert_parallel(groups.ep.get()); // --- mixture of experts ---
   }
 
   [[nodiscard]] int microbatches() const { return static_cast<int>(options.plan.num_microbatches()); }
@@ -242,6 +240,26 @@ struct Trainer::State {
     return mine;
   }
   void wait_sends();
+  // --- mixture of experts ---
+  /// Starts summing local chunk `chunk`'s routed-expert gradients over the expert-DP group (nothing to do in a
+  /// group of one); wait_expert_syncs(chunk) completes it, wait_expert_syncs(-1) every one still in flight.
+  void start_expert_sync(int chunk) {
+    const auto [begin, end] = model.expert_param_range(chunk);
+    CUBOID_ASSERT(!expert_syncs.contains(chunk), "expert gradients of chunk {} reduced twice in one step", chunk);
+    if (end > begin && groups.expert_dp->size() > 1) {
+      expert_syncs[chunk] = groups.expert_dp->all_reduce_async(model.params().grads().subspan(begin, end - begin));
+    }
+  }
+  void wait_expert_syncs(int chunk) {
+    for (auto it = expert_syncs.begin(); it != expert_syncs.end();) {
+      if (chunk >= 0 && it->first != chunk) {
+        ++it;
+        continue;
+      }
+      it->second->wait();
+      it = expert_syncs.erase(it);
+    }
+  }
   void optimizer_step();
   void zero_optimizer_step();
   /// Global gradient L2 norm (Megatron's logged "grad norm"), stored in `grad_norm`, and the clipping factor
@@ -251,16 +269,19 @@ struct Trainer::State {
   template <typename GradOf> float clip_scale(const GradOf& grad_of, bool sharded_over_dp) {
     ParamSet& params = model.params();
     double sumsq = 0.0;
+    double expert_sumsq = 0.0; // --- mixture of experts --- each EP member holds other experts: summed over EP
     for (int idx = 0; idx < static_cast<int>(params.infos().size()); ++idx) {
       const ParamInfo& info = params.info(idx);
       if (info.embedding_copy || (info.split == TpSplit::Replicated && groups.coord.tp_rank != 0)) {
         continue;
       }
       for (const float g : grad_of(idx)) {
-        sumsq += static_cast<double>(g) * static_cast<double>(g);
+        (info.expert ? expert_sumsq : sumsq) += static_cast<double>(g) * static_cast<double>(g);
       }
     }
-    float total = static_cast<float>(sumsq);
+    float experts = static_cast<float>(expert_sumsq);
+    groups.ep->all_reduce(std::span<float>(&experts, 1));
+    float total = static_cast<float>(sumsq) + experts;
     if (sharded_over_dp) {
       groups.dp->all_reduce(std::span<float>(&total, 1)); // the pieces of one tensor are spread over DP
     }
@@ -298,7 +319,7 @@ void Trainer::State::setup_buckets() {
   if (weights.empty()) {
     return;
   }
-  const std::size_t total = model.params().num_elements();
+  const std::size_t total = model.dense_param_elements(); // MoE: the routed experts (laid out last) sync apart
   double sum = 0.0;
   for (const double w : weights) {
     sum += w;
@@ -496,6 +517,10 @@ void Trainer::State::execute(const Instr& instr) {
     return;
   }
   case InstrKind::CollectiveStart: {
+    if (instr.expert_chunk >= 0) { // --- mixture of experts ---
+      start_expert_sync(instr.expert_chunk);
+      return;
+    }
     if (instr.zero == ZeroOp::GatherParams) {
       CUBOID_ASSERT(zero && zero->shards_params(), "{}: parameter gather without ZeRO-3 state", instr.label);
       zero->gather(*groups.dp, unit_params(instr.unit, instr.layer));
@@ -514,6 +539,10 @@ void Trainer::State::execute(const Instr& instr) {
     return;
   }
   case InstrKind::CollectiveWait: {
+    if (instr.expert_chunk >= 0) { // --- mixture of experts ---
+      wait_expert_syncs(instr.expert_chunk);
+      return;
+    }
     if (instr.bucket < 0) {
       return;
     }
@@ -544,6 +573,7 @@ void Trainer::State::optimizer_step() {
       bucket.request.reset();
     }
   }
+  wait_expert_syncs(-1);
   ParamSet& params = model.params();
   // Tied word embedding split over the first and last stage: sum the two partial gradients (Megatron's embedding
   // group all-reduce); both copies then take identical updates.
@@ -627,6 +657,19 @@ Trainer::Trainer(const RunOptions& options, Communicator& world) {
 Trainer::~Trainer() = default;
 
 const Program& Trainer::program() const { return state_->program; }
+double Trainer::min_router_margin() const { return state_->model.min_router_margin(); }
+
+std::uint64_t Trainer::gather_routing_fingerprint() {
+  // Two exact 32-bit halves per rank (doubles hold integers < 2^53 exactly), summed with wrap-around on rank 0.
+  constexpr std::uint64_t HALF = std::uint64_t{1} << 32U;
+  const std::uint64_t mine = state_->model.routing_fingerprint();
+  const std::vector<double> halves{static_cast<double>(mine >> 32U), static_cast<double>(mine % HALF)};
+  std::uint64_t sum = 0;
+  for (const std::vector<double>& rank : gather_doubles(state_->world, halves)) {
+    sum += (static_cast<std::uint64_t>(rank.at(0)) << 32U) + static_cast<std::uint64_t>(rank.at(1));
+  }
+  return sum;
+}
 int Trainer::steps_done() const { return state_->step; }
 double Trainer::last_grad_norm() const { return state_->grad_norm; }
 
@@ -754,11 +797,17 @@ std::vector<float> Trainer::gather_full_weights() {
   const std::vector<ParamInfo> canonical = canonical_params(s.options.model);
   // Stage holding each canonical parameter.
   std::map<std::string, int> stage_of;
+  std::map<std::string, int> ep_rank_of; // --- mixture of experts --- routed experts: the EP member holding them
   for (int stage = 0; stage < plan.pp; ++stage) {
-    const GptModel layout(s.options.model, plan, 0, stage, 0, false);
-    for (const auto& info : layout.params().infos()) {
-      if (!info.embedding_copy) {
-        stage_of.emplace(info.name, stage);
+    for (int ep_rank = 0; ep_rank < plan.ep; ++ep_rank) {
+      const GptModel layout(s.options.model, plan, 0, stage, 0, false, ep_rank);
+      for (const auto& info : layout.params().infos()) {
+        if (!info.embedding_copy) {
+          stage_of.emplace(info.name, stage);
+        }
+        if (info.expert) {
+          ep_rank_of.emplace(info.name, ep_rank);
+        }
       }
     }
   }
@@ -780,7 +829,9 @@ std::vector<float> Trainer::gather_full_weights() {
     const int stage = stage_of.at(p.name);
     const int shards = p.split == TpSplit::Replicated ? 1 : plan.tp;
     for (int tp_rank = 0; tp_rank < shards; ++tp_rank) {
-      const int source = s.grid.rank_of({tp_rank, 0, stage});
+      // Routed experts come from the EP member of the first EP group holding them (dp_rank = ep_rank there).
+      const auto owner = ep_rank_of.find(p.name);
+      const int source = s.grid.rank_of({tp_rank, owner == ep_rank_of.end() ? 0 : owner->second, stage});
       const std::int64_t rows = p.split == TpSplit::Rows ? p.full_rows / plan.tp : p.full_rows;
       const std::int64_t cols = p.split == TpSplit::Columns ? p.full_cols / plan.tp : p.full_cols;
       std::vector<float> shard(static_cast<std::size_t>(rows * cols));
@@ -851,6 +902,35 @@ RunResult run_training(const RunOptions& options, Communicator& world) {
 std::vector<float> gather_full_weights(Trainer& trainer) { return trainer.gather_full_weights(); }
 
 void validate_run_options(const RunOptions& options, const Communicator& world) { validate_options(options, world); }
+
+// --- mixture of experts ---
+void validate_moe_run(const model::ModelSpec& model, const model::Plan& plan, ProgramSource program_source) {
+  if (!model.is_moe()) {
+    return;
+  }
+  constexpr const char* WHERE = "command line";
+  if (model.num_shared_experts > 0) {
+    throw InputError(input_message(WHERE, "--model",
+                                   fmt::format("{} has num_shared_experts = {}: cuboid run executes routed experts "
+                                               "only (valid: a MoE model with num_shared_experts = 0, e.g. "
+                                               "--model gpt-tiny --num-experts 4 --top-k 2)",
+                                               model.name, model.num_shared_experts)));
+  }
+  if (plan.tp > 1) {
+    throw InputError(input_message(WHERE, "--tp",
+                                   fmt::format("{} with the mixture-of-experts model {}: cuboid run executes MoE "
+                                               "models without tensor parallelism (valid: --tp 1, with any --dp, "
+                                               "--ep, --pp)",
+                                               plan.tp, model.name)));
+  }
+  if (program_source == ProgramSource::Internal) {
+    throw InputError(input_message(WHERE, "program",
+                                   fmt::format("internal with the mixture-of-experts model {}: the expert-DP "
+                                               "gradient reductions exist only in the lowered TaskGraph (valid: the "
+                                               "TaskGraph program)",
+                                               model.name)));
+  }
+}
 
 std::vector<Program> build_rank_programs(const RunOptions& options, const std::vector<int>& ranks) {
   std::vector<Program> out;

@@ -96,6 +96,12 @@ public:
   [[nodiscard]] int steps_done() const;
   /// Global L2 norm of the gradients of the last step, before clipping (the same on every rank).
   [[nodiscard]] double last_grad_norm() const;
+  /// --- mixture of experts --- Smallest router top-k margin (cpu::router_topk_margin) over every MoE forward of
+  /// this rank so far; +inf for dense models.
+  [[nodiscard]] double min_router_margin() const;
+  /// Sum over every rank of GptModel::routing_fingerprint (rank 0; 0 elsewhere): equal for two runs of the same
+  /// steps exactly when they routed every token alike. Collective.
+  [[nodiscard]] std::uint64_t gather_routing_fingerprint();
 
 private:
   struct State;
@@ -108,6 +114,12 @@ RunResult run_training(const RunOptions& options, Communicator& world);
 /// The checks Trainer runs on its options (world size vs plan, divisibility, steps); for other backends' runtimes
 /// (exec/cuda/cuda_runtime.cpp) that execute the same programs. Throws InputError.
 void validate_run_options(const RunOptions& options, const Communicator& world);
+
+/// --- mixture of experts --- What `cuboid run` executes of a MoE model (checked by validate_run_options, and by the
+/// CLI before any calibration): routed experts without shared ones, tp = 1 (no expert tensor parallelism), ep | dp
+/// and ep | E (model::validate), any pp / vp / micro-batching, zero 0 or 1, the program lowered from the TaskGraph.
+/// Throws InputError naming the field, the value and what is valid. No-op for dense models.
+void validate_moe_run(const model::ModelSpec& model, const model::Plan& plan, ProgramSource program_source);
 
 /// The per-rank programs of `ranks` for `options` (its program_source: lowered from the step's TaskGraph, or the
 /// internal schedule), shared by the CPU and CUDA runtimes so both run the same program.

@@ -323,12 +323,8 @@ int run_cpu(const RunCliOptions& cli) {
   model::CostProfile profile;
   try {
     scenario = resolve_run_scenario(cli.scenario, world.size());
-    if (scenario.model.is_moe()) { // --- mixture of experts --- before any calibration runs
-      throw InputError(input_message(WHERE, "--model",
-                                     fmt::format("{} is a mixture-of-experts model: cuboid run executes dense models "
-                                                 "only (valid: a dense model; simulate and search predict MoE plans)",
-                                                 scenario.model.name)));
-    }
+    // --- mixture of experts --- the combinations the CPU runtime executes, before any calibration runs
+    exec::validate_moe_run(scenario.model, scenario.plan, exec::ProgramSource::TaskGraph);
     if (cli.scenario.cluster.profile) {
       profile = apply_profile_flags(cli.profile, model::load_profile(*cli.scenario.cluster.profile));
       if (profile.gpu != "cpu") {
@@ -357,7 +353,20 @@ int run_cpu(const RunCliOptions& cli) {
     calibration.min_time_s = QUICK_CALIBRATION_MIN_TIME_S;
     calibration.allreduce_bytes = QUICK_ALLREDUCE_BYTES;
     calibration.name = "cpu-quick";
-    profile = exec::calibrate(options.model, options.plan, calibration, world).profile;
+    // --- mixture of experts --- the quick calibration times the units of the dense model of the same shape (its
+    // unit fit has no router / expert terms); the MoE tasks are predicted from the rates fitted there.
+    model::ModelSpec calibrated_model = options.model;
+    model::Plan calibrated_plan = options.plan;
+    if (calibrated_model.is_moe()) {
+      calibrated_model.num_experts = 0;
+      calibrated_model.moe_top_k = 0;
+      calibrated_model.moe_ffn_hidden_size = 0;
+      calibrated_model.num_shared_experts = 0;
+      calibrated_model.first_k_dense_layers = 0;
+      calibrated_plan.ep = 1;
+      calibrated_plan.moe_imbalance = 1.0;
+    }
+    profile = exec::calibrate(calibrated_model, calibrated_plan, calibration, world).profile;
     profile.assumptions.emplace_back("quick calibration by cuboid run (no --profile): for a steadier prediction run "
                                      "`cuboid calibrate --backend cpu --out FILE` and pass --profile FILE");
     profile = apply_profile_flags(cli.profile, std::move(profile));

@@ -62,6 +62,12 @@ void validate_cuda_run_options(const RunOptions& options) {
                                                               "context parallelism runs on --backend cpu)",
                                                               options.plan.cp)));
   }
+  if (options.model.is_moe()) { // --- mixture of experts ---
+    throw InputError(input_message(WHERE, "--model",
+                                   fmt::format("{} is a mixture-of-experts model: not supported by --backend cuda "
+                                               "yet (valid: a dense model; MoE models run on --backend cpu)",
+                                               options.model.name)));
+  }
   if (options.plan.get_zero_stage() >= 2) {
     throw InputError(input_message(WHERE, "--zero",
                                    fmt::format("{} is not supported by --backend cuda yet (valid: 0, 1; ZeRO-2/3 run "

@@ -2,7 +2,9 @@
 // as a single rank: per-step losses over --steps steps within 1e-4 relative and the full weights after step 1
 // within 1e-5 relative (L2 over the whole model) of a single-rank run computed in-process on rank 0 with the same
 // seed and global batch; the per-step global gradient norms (computed from the plan's shards) within 1e-4 relative.
-// With --clip-grad C both runs clip to C and the check also requires that clipping engaged (some norm > C). Exits non-zero with a message on mismatch. Hidden test options inject a fault.
+// With --clip-grad C both runs clip to C and the check also requires that clipping engaged (some norm > C).
+// Exits non-zero with a message on mismatch. Hidden test options inject a fault.
+// MoE models (--model moe-tiny / moe-llama-tiny, --ep N) must also route every token as the single-rank run does.
 #include "test_models.hpp"
 
 #include "exec/comm_environment.hpp"
@@ -49,7 +51,10 @@ struct Args {
   int cp = 1; // context parallelism
   int zero = 0; // --- ZeRO / FSDP ---
   float clip_grad = 0.0f; // gradient clipping (0 = none)
+  int ep = 1;   // --- mixture of experts --- (moe-tiny / moe-llama-tiny)
 };
+
+
 
 // Local parsers (the test must not depend on the CLI's): the same spellings as tools/.
 cuboid::model::Schedule parse_schedule(const std::string& text) {
@@ -85,12 +90,21 @@ cuboid::model::Recompute parse_recompute(const std::string& text) {
   throw cuboid::InputError("command line: --recompute: unknown value '" + text + "' (valid: none, selective, full)");
 }
 
-RunOptions make_options(const Args& args, int tp, int dp, int pp, int vp, int cp = 1) {
+RunOptions make_options(const Args& args, int tp, int dp, int pp, int vp, int cp = 1, int ep = 1) {
   RunOptions options;
-  if (args.model != "gpt-tiny" && args.model != "llama-tiny") {
-    throw cuboid::InputError("command line: --model: unknown value '" + args.model + "' (valid: gpt-tiny, llama-tiny)");
+  if (args.model == "gpt-tiny") {
+    options.model = cuboid::exec::test::gpt_tiny_shape();
+  } else if (args.model == "llama-tiny") {
+    options.model = cuboid::exec::test::llama_tiny_shape();
+  } else if (args.model == "moe-tiny") {
+    options.model = cuboid::exec::test::moe_tiny_shape();
+  } else if (args.model == "moe-llama-tiny") {
+    options.model = cuboid::exec::test::moe_llama_tiny_shape();
+  } else {
+    throw cuboid::InputError("command line: --model: unknown value '" + args.model +
+                             "' (valid: gpt-tiny, llama-tiny, moe-tiny, moe-llama-tiny)");
   }
-  options.model = args.model == "gpt-tiny" ? cuboid::exec::test::gpt_tiny_shape() : cuboid::exec::test::llama_tiny_shape();
+  options.plan.ep = ep;
   options.plan.tp = tp;
   options.plan.dp = dp;
   options.plan.pp = pp;
@@ -139,7 +153,7 @@ double relative_l2(const std::vector<float>& got, const std::vector<float>& want
 }
 
 int run(const Args& args, cuboid::exec::Communicator& world) {
-  const RunOptions options = make_options(args, args.tp, args.dp, args.pp, args.vp, args.cp);
+  const RunOptions options = make_options(args, args.tp, args.dp, args.pp, args.vp, args.cp, args.ep);
   Trainer trainer(options, world);
   std::vector<double> losses;
   std::vector<double> norms;
@@ -150,6 +164,7 @@ int run(const Args& args, cuboid::exec::Communicator& world) {
     losses.push_back(trainer.step());
     norms.push_back(trainer.last_grad_norm());
   }
+  const std::uint64_t routing = trainer.gather_routing_fingerprint(); // --- mixture of experts ---
   if (options.trace) {
     const auto events = trainer.gather_timeline();
     if (world.rank() == 0) {
@@ -180,8 +195,20 @@ int run(const Args& args, cuboid::exec::Communicator& world) {
     ref_norms.push_back(ref.last_grad_norm());
   }
   int failures = 0;
-  std::printf("# model %s plan tp=%d cp=%d dp=%d pp=%d vp=%d schedule=%s recompute=%s sp=%d mb=%ld gb=%ld zero=%d\n",
-              args.model.c_str(), args.tp, args.cp, args.dp, args.pp, args.vp, args.schedule.c_str(),
+  // --- mixture of experts --- Top-k routing is discontinuous: where the K-th and (K+1)-th router logits of a token
+  // nearly tie, a rounding difference between plans could send it to another expert. The plan must have routed
+  // every token of every step exactly as the reference (equal fingerprints); the smallest margin shows how close
+  // the reference came to a tie.
+  if (reference.model.is_moe()) {
+    const bool ok = routing == ref.gather_routing_fingerprint();
+    failures += ok ? 0 : 1;
+    std::printf("# routing over %d steps: %s the single-rank run's (its smallest top-%ld logit margin %.3e)%s\n",
+                args.steps, ok ? "identical to" : "DIFFERENT from", static_cast<long>(reference.model.moe_top_k),
+                ref.min_router_margin(), ok ? "" : "  MISMATCH");
+  }
+  std::printf("# model %s plan tp=%d cp=%d dp=%d pp=%d vp=%d ep=%d schedule=%s recompute=%s sp=%d mb=%ld gb=%ld "
+              "zero=%d\n",
+              args.model.c_str(), args.tp, args.cp, args.dp, args.pp, args.vp, args.ep, args.schedule.c_str(),
               args.recompute.c_str(), args.sequence_parallel ? 1 : 0, static_cast<long>(args.micro_batch),
               static_cast<long>(args.global_batch), args.zero);
   std::printf("# step  loss(plan)  loss(single)  rel.diff  grad-norm(plan)  grad-norm(single)  rel.diff\n");
@@ -231,7 +258,9 @@ int main(int argc, char** argv) {
   cuboid::exec::CommEnvironment env(argc, argv);
   Args args;
   CLI::App app{"Runs a DP x TP x PP plan on gpt-tiny and compares it with a single-rank run"};
-  app.add_option("--model", args.model, "gpt-tiny or llama-tiny (RMSNorm, SwiGLU, RoPE, GQA)");
+  app.add_option("--model", args.model,
+                 "gpt-tiny, llama-tiny (RMSNorm, SwiGLU, RoPE, GQA), or their MoE versions moe-tiny, moe-llama-tiny");
+  app.add_option("--ep", args.ep, "expert-parallel size (MoE models; divides dp)");
   app.add_option("--tp", args.tp);
   app.add_option("--cp", args.cp, "context-parallel size (sequence split over cp ranks)");
   app.add_option("--dp", args.dp);

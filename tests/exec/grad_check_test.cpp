@@ -8,11 +8,13 @@
 #include "exec/cpu/cross_entropy.hpp"
 #include "exec/cpu/embedding.hpp"
 #include "exec/cpu/linear.hpp"
+#include "exec/cpu/moe.hpp"
 #include "exec/cpu/norm.hpp"
 #include "exec/cpu/rope.hpp"
 #include "exec/init.hpp"
 #include "exec/local_communicator.hpp"
 
+#include <cmath>
 #include <vector>
 
 namespace cuboid::exec {
@@ -130,6 +132,60 @@ TEST_CASE("exec::cpu::gelu and swiglu: gradient check", "[exec]") {
     check_gradient("dgate", span_of(gate), cspan_of(dgate), loss);
     check_gradient("dup", span_of(up), cspan_of(dup), loss);
   }
+}
+
+// --- mixture of experts ---
+// Gates g = softmax over the K chosen logits; loss = sum_slots g * R. The finite-difference step stays well below
+// the smallest top-k margin of the logits (checked), so no perturbation changes which experts are chosen.
+TEST_CASE("exec::cpu::router_topk: gradient check", "[exec]") {
+  const int top_k = GENERATE(1, 2, 3);
+  constexpr float STEP = 1e-2f;
+  Mat logits = random_mat(6, 5, 40, 2.0f);
+  REQUIRE(cpu::router_topk_margin(logits, top_k) > 4.0 * static_cast<double>(STEP));
+  const Mat r = random_mat(6, top_k, 41);
+  const auto loss = [&] {
+    cpu::TopKRouting routing;
+    cpu::router_topk_forward(logits, top_k, routing);
+    double sum = 0.0;
+    for (std::size_t slot = 0; slot < routing.gate.size(); ++slot) {
+      sum += static_cast<double>(routing.gate[slot]) * static_cast<double>(r.data()[slot]);
+    }
+    return sum;
+  };
+  cpu::TopKRouting routing;
+  cpu::router_topk_forward(logits, top_k, routing);
+  Mat dlogits(6, 5);
+  cpu::router_topk_backward(routing, std::span<const float>(r.data(), static_cast<std::size_t>(r.size())), dlogits);
+  check_gradient("dlogits", span_of(logits), cspan_of(dlogits), loss, STEP);
+  // Unchosen experts get no gradient.
+  for (Eigen::Index token = 0; token < 6; ++token) {
+    int nonzero = 0;
+    for (Eigen::Index expert = 0; expert < 5; ++expert) {
+      nonzero += dlogits(token, expert) != 0.0f ? 1 : 0;
+    }
+    CHECK(nonzero <= top_k);
+  }
+}
+
+// Choice order: descending logit, equal logits by the lower expert index; the gates are the softmax of the chosen
+// logits, so they sum to 1, and equal logits get equal gates.
+TEST_CASE("exec::cpu::router_topk: choice, tie-break and gates", "[exec]") {
+  Mat logits(3, 4);
+  logits << 1.0f, 3.0f, 3.0f, 0.0f, //
+      2.0f, 2.0f, 2.0f, 2.0f,       //
+      -1.0f, 0.5f, 4.0f, 0.25f;
+  cpu::TopKRouting routing;
+  cpu::router_topk_forward(logits, 2, routing);
+  CHECK(routing.expert == std::vector<int>{1, 2, 0, 1, 2, 1});
+  CHECK_THAT(static_cast<double>(routing.gate[0]), Catch::Matchers::WithinAbs(0.5, 1e-7));
+  CHECK_THAT(static_cast<double>(routing.gate[2]), Catch::Matchers::WithinAbs(0.5, 1e-7));
+  // Token 2: softmax(4, 0.5) = (1 / (1 + e^-3.5), e^-3.5 / (1 + e^-3.5)).
+  CHECK_THAT(static_cast<double>(routing.gate[4]), Catch::Matchers::WithinRel(1.0 / (1.0 + std::exp(-3.5)), 1e-6));
+  CHECK_THAT(static_cast<double>(routing.gate[4] + routing.gate[5]), Catch::Matchers::WithinAbs(1.0, 1e-6));
+  // Margins: token 0 ties at the boundary for top-1 (3 vs 3), token 1 everywhere; top-3 of token 2: 0.25 - (-1).
+  CHECK(cpu::router_topk_margin(logits, 1) == 0.0);
+  CHECK(cpu::router_topk_margin(logits.bottomRows(1), 3) == 1.25);
+  CHECK(std::isinf(cpu::router_topk_margin(logits, 4)));
 }
 
 TEST_CASE("exec::cpu::attention: gradient check (causal, GQA, stored and recomputed probabilities)", "[exec]") {

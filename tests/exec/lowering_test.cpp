@@ -87,6 +87,63 @@ TEST_CASE("exec::lower_to_program: the IR schedule is the plan's schedule", "[ex
   }
 }
 
+// --- mixture of experts ---
+// moe-tiny (MoE layers 1-3) on pp 2: each chunk with MoE layers gets one expert-DP reduction of its routed experts,
+// started after the chunk's last backward and waited for before the optimizer, and never a DP bucket of its own —
+// when expert-DP groups have more than one rank (dp 4, ep 2); with ep = dp (expert-DP groups of one) there is none.
+// The distributed optimizer's expert all-gather lowers to a no-op (expert_chunk -1).
+TEST_CASE("exec::lower_to_program: MoE expert gradients are reduced once per chunk over the expert-DP group", "[exec]") {
+  const int ep = GENERATE(2, 4);
+  const bool distributed_optimizer = GENERATE(false, true);
+  const model::ModelSpec spec = test::moe_tiny_shape();
+  model::Plan plan;
+  plan.dp = 4;
+  plan.pp = 2;
+  plan.ep = ep;
+  plan.distributed_optimizer = distributed_optimizer;
+  plan.micro_batch_size = 1;
+  plan.global_batch_size = 8;
+  model::ClusterSpec cluster;
+  cluster.num_gpus = plan.world_size();
+  cluster.gpus_per_node = plan.world_size();
+  const model::TaskGraph graph = model::build_step_graph(spec, cluster, plan, model::Instantiation::AllRanks);
+  const std::vector<Program> lowered = lower_all_ranks(graph);
+  CHECK(test::runs_to_completion(lowered));
+  for (const Program& program : lowered) {
+    INFO("rank " << program.rank << " ep " << ep);
+    int starts = 0;
+    int waits = 0;
+    int last_backward = -1;
+    int start_at = -1;
+    int wait_at = -1;
+    int optimizer_at = -1;
+    for (int pos = 0; pos < static_cast<int>(program.instrs.size()); ++pos) {
+      const Instr& instr = program.instrs[static_cast<std::size_t>(pos)];
+      if (instr.kind == InstrKind::Backward) {
+        last_backward = pos;
+      }
+      if (instr.kind == InstrKind::OptimizerStep) {
+        optimizer_at = pos;
+      }
+      if (instr.expert_chunk >= 0) {
+        CHECK(instr.expert_chunk == 0);
+        CHECK(instr.bucket == -1);
+        starts += instr.kind == InstrKind::CollectiveStart ? 1 : 0;
+        waits += instr.kind == InstrKind::CollectiveWait ? 1 : 0;
+        (instr.kind == InstrKind::CollectiveStart ? start_at : wait_at) = pos;
+      }
+    }
+    const int expected = ep == plan.dp ? 0 : 1; // both stages hold MoE layers (1 | 2, 3)
+    CHECK(starts == expected);
+    CHECK(waits == expected);
+    if (expected == 1) {
+      CHECK(start_at > last_backward);
+      CHECK(wait_at > start_at);
+      CHECK(wait_at < optimizer_at);
+    }
+  }
+}
+
 TEST_CASE("exec::lower_to_program: rank-class graphs are rejected", "[exec]") {
   model::Plan plan = test::single_rank_plan(1, 2);
   plan.pp = 2;

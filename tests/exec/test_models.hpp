@@ -46,6 +46,41 @@ inline model::ModelSpec gpt_tiny_shape() { return model::find_model("gpt-tiny");
 /// no biases, untied output layer.
 inline model::ModelSpec llama_tiny_shape() { return model::find_model("llama-tiny"); }
 
+// --- mixture of experts ---
+/// gpt-tiny with a MoE MLP in layers 1..3 (layer 0 stays dense, to run both kinds side by side): 4 routed experts of
+/// width 128, top-2, no shared experts.
+inline model::ModelSpec moe_tiny_shape() {
+  model::ModelSpec m = gpt_tiny_shape();
+  m.name = "moe-tiny";
+  m.num_experts = 4;
+  m.moe_top_k = 2;
+  m.moe_ffn_hidden_size = 128;
+  m.first_k_dense_layers = 1;
+  return m;
+}
+
+/// llama-tiny with the same MoE layers (SwiGLU experts without biases).
+inline model::ModelSpec moe_llama_tiny_shape() {
+  model::ModelSpec m = llama_tiny_shape();
+  m.name = "moe-llama-tiny";
+  m.num_experts = 4;
+  m.moe_top_k = 2;
+  m.moe_ffn_hidden_size = 96;
+  m.first_k_dense_layers = 1;
+  return m;
+}
+
+/// The toys with 4 experts of width 6, top-2, in layer 1 (layer 0 dense).
+inline model::ModelSpec toy_moe(const model::ModelSpec& dense) {
+  model::ModelSpec m = dense;
+  m.name = dense.name + "-moe";
+  m.num_experts = 4;
+  m.moe_top_k = 2;
+  m.moe_ffn_hidden_size = 6;
+  m.first_k_dense_layers = 1;
+  return m;
+}
+
 inline model::Plan single_rank_plan(std::int64_t micro_batch, std::int64_t global_batch) {
   model::Plan plan;
   plan.micro_batch_size = micro_batch;
