@@ -14,6 +14,7 @@ namespace {
 
 constexpr double BF16_BYTES = 2.0;
 constexpr double FP32_BYTES = 4.0;
+constexpr double FP8_BYTES = 1.0;          // FP8 (E4M3) copies of GEMM inputs saved by Transformer Engine
 constexpr double MASK_BYTES = 1.0;          // dropout masks are stored as bytes (Korthikanti et al. 2022, 4.1)
 constexpr double WEIGHT_BYTES = 2.0;        // bf16 model parameters
 constexpr double GRAD_BYTES = 4.0;          // fp32 main grads (Megatron accumulates in fp32)
@@ -54,8 +55,20 @@ LayerActivations layer_parts(const ModelSpec& model, const Plan& plan) {
   const double t = plan.tp;
   const bool sp = plan.sequence_parallel && plan.tp > 1;
   LayerActivations parts;
-  parts.replicated = tokens * h * (4.0 * BF16_BYTES + 2.0 * MASK_BYTES) / (sp ? t : 1.0);
-  parts.sharded = tokens * BF16_BYTES * (2.0 * q + 2.0 * kv + fc1_out + f) / t;
+  if (plan.precision == Precision::Fp8) {
+    // FP8 (Transformer Engine, default recipe: GEMMs in FP8, attention in 16 bit). TE's Linear / LayerNormLinear /
+    // LayerNormMLP save the FP8 cast of a GEMM input for the wgrad GEMM instead of the 16-bit tensor
+    // (transformer_engine/pytorch/module/linear.py, layernorm_linear.py, layernorm_mlp.py: ctx.save_for_backward of
+    // inputmat / ln_out / gelu_out after cast_to_fp8). Stored in FP8: the QKV and FC1 inputs (the norm outputs; the
+    // norm inputs stay 16 bit for the norm backward) and the FC2 input. The projection input is the attention output
+    // O, which the fused attention keeps in 16 bit for its own backward; the projection saves an FP8 copy on top.
+    // Per layer: replicated 2*2Th + 2*1Th + 2Th masks; sharded 2T(q + 2kv) Q/K/V + (2 + 1)Tq O + 2T fc1_out + 1T F.
+    parts.replicated = tokens * h * (2.0 * BF16_BYTES + 2.0 * FP8_BYTES + 2.0 * MASK_BYTES) / (sp ? t : 1.0);
+    parts.sharded = tokens * (BF16_BYTES * (q + 2.0 * kv + fc1_out) + (BF16_BYTES + FP8_BYTES) * q + FP8_BYTES * f) / t;
+  } else {
+    parts.replicated = tokens * h * (4.0 * BF16_BYTES + 2.0 * MASK_BYTES) / (sp ? t : 1.0);
+    parts.sharded = tokens * BF16_BYTES * (2.0 * q + 2.0 * kv + fc1_out + f) / t;
+  }
   parts.attention_core = 5.0 * as_d(model.num_attention_heads) * as_d(model.seq_length) * tokens / t;
   return parts;
 }
