@@ -596,9 +596,11 @@ private:
       // starts once its last unit's final backward is done (Megatron's backward hooks); else after all backward.
       const bool overlap = plan_.overlap_grad_reduce;
       const bool scatter = plan_.distributed_optimizer && !plan_.all_reduce_sharded_grads;
+      // fp16 plans reduce 16-bit grads: Megatron-LM arguments.py forces --accumulate-allreduce-grads-in-fp32 only
+      // for bf16 (default off), so fp16 main_grad buffers and their all-reduce are in the param dtype.
       reduced = add_bucket_collectives(
           ridx, scatter ? CollectiveKind::ReduceScatter : CollectiveKind::AllReduce,
-          FP32_GRAD_BYTES,
+          plan_.precision == Precision::Fp16 ? BF16_BYTES : FP32_GRAD_BYTES,
           [&](std::size_t bucket) { return overlap ? base_[ridx] + tmpl.buckets[bucket].last_task : last_compute; });
     }
     // --- mixture of experts --- expert gradients over the expert-DP group (reduce-scatter with the distributed
