@@ -443,7 +443,7 @@ private:
     const bool sp = plan_.sequence_parallel && plan_.tp > 1;
     // Context parallelism: each CP rank sends the activation of its own b*s/cp tokens to its peer (same cp_rank).
     const double msg_bytes = static_cast<double>(plan_.micro_batch_size * model_.seq_length * model_.hidden_size) *
-                             BF16_BYTES / (sp ? plan_.tp : 1) / plan_.cp;
+                             BF16_BYTES / (sp || plan_.p2p_scatter_gather ? plan_.tp : 1) / plan_.cp;
     // Receiver: the rank with the same (tp, cp, dp) coordinates on the target stage (rank classes: its representative).
     RankCoord coord = grid_.coord_of(rank);
     for (const Send& send : tmpl.sends) {
@@ -468,6 +468,9 @@ private:
       const TaskId id = graph_.add_task(task);
       graph_.add_edge(producer, id);
       graph_.add_edge(id, target);
+      if (plan_.blocking_p2p && send.from + 1 < tmpl.tasks.size()) {
+        graph_.add_edge(id, producer + 1); // --- validation accuracy --- the sender's next compute waits for the send
+      }
     }
   }
 
