@@ -217,11 +217,23 @@ std::vector<std::size_t> grad_bucket_ends(const Plan& plan, const std::vector<do
 // optimizer bytes and N_d = dp: baseline (2 + 2 + K) Psi; P_os 2Psi + 2Psi + K Psi/N_d; P_os+g 2Psi + (2 + K)
 // Psi/N_d; P_os+g+p (2 + 2 + K) Psi/N_d. With Megatron's fp32 main grads the gradient term is 4 instead of 2:
 // stage 1: 2 + 4 + 12/dp, stage 2: 2 + (4 + 12)/dp, stage 3: (2 + 4 + 12)/dp bytes per parameter.
+//
+// DeepSpeed's BF16 optimizer (Plan::all_reduce_sharded_grads: Megatron-DeepSpeed, BLOOM) keeps the bf16 .grad of
+// every parameter as well as the fp32 gradient buffer: the pipeline engine's backward accumulates into the bf16 grads
+// and copies them into the fp32 ones (runtime/bf16_optimizer.py update_hp_grads(clear_lp_grads=False), called from
+// runtime/pipe/engine.py _exec_backward_pass); they are only dropped by clear_lp_grads() before the next backward, so
+// they are live at every backward's peak: + 2 B/param.
+namespace {
+double lp_grad_bytes_per_param(const Plan& plan) {
+  return plan.all_reduce_sharded_grads && plan.distributed_optimizer ? BF16_BYTES : 0.0;
+}
+} // namespace
+
 double static_bytes_per_param(const Plan& plan) {
   const int zero = plan.get_zero_stage();
   const double dp = plan.dp_cp_size(); // the optimizer shards over dp*cp; ZeRO-2/3 plans have cp = 1
   return WEIGHT_BYTES / (zero >= 3 ? dp : 1.0) + GRAD_BYTES / (zero >= 2 ? dp : 1.0) +
-         OPTIMIZER_BYTES / (zero >= 1 ? dp : 1.0);
+         OPTIMIZER_BYTES / (zero >= 1 ? dp : 1.0) + lp_grad_bytes_per_param(plan);
 }
 
 MemBytes static_memory(const ModelSpec& model, const Plan& plan, int stage, const MemoryOptions& options) {
@@ -236,7 +248,8 @@ MemBytes static_memory(const ModelSpec& model, const Plan& plan, int stage, cons
   bytes[static_cast<std::size_t>(MemTag::Weights)] = WEIGHT_BYTES * params / (zero >= 3 ? dp : 1.0);
   // DP gradient buckets are views into the contiguous fp32 main-grad buffer (Megatron DistributedDataParallel,
   // param_and_grad_buffer.py), reduced in place: they add nothing beyond Grads.
-  bytes[static_cast<std::size_t>(MemTag::Grads)] = GRAD_BYTES * params / (zero >= 2 ? dp : 1.0);
+  bytes[static_cast<std::size_t>(MemTag::Grads)] =
+      GRAD_BYTES * params / (zero >= 2 ? dp : 1.0) + lp_grad_bytes_per_param(plan) * params;
   bytes[static_cast<std::size_t>(MemTag::Optimizer)] = OPTIMIZER_BYTES * params / (zero >= 1 ? dp : 1.0);
   if (model.is_moe() && zero >= 1) {
     // --- mixture of experts --- expert optimizer states are sharded over the dp/ep expert-DP ranks only (MoE plans

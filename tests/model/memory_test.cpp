@@ -117,3 +117,16 @@ TEST_CASE("model::layer_activation_bytes: FP8 plans save FP8 copies of the GEMM 
   plan.precision = Precision::Fp8;
   CHECK_THAT(layer_activation_bytes(spec, plan), WithinRel(3.625 * 25'165'824.0, EXACT));
 }
+
+TEST_CASE("model::static_memory: DeepSpeed's BF16 optimizer also keeps the bf16 gradients", "[ir]") {
+  // Plan::all_reduce_sharded_grads (Megatron-DeepSpeed): 2 bf16 params + 4 fp32 grads + 2 bf16 grads + 12/dp.
+  const ModelSpec spec = gpt3_175b();
+  Plan plan = make_plan(8, 4, 4, 64);
+  plan.distributed_optimizer = true;
+  const double psi = params_per_rank(spec, plan, 0);
+  CHECK_THAT(static_bytes_per_param(plan), WithinRel(6.0 + 12.0 / 4.0, EXACT));
+  CHECK_THAT(total(static_memory(spec, plan, 0), {MemTag::Grads}), WithinRel(4.0 * psi, EXACT));
+  plan.all_reduce_sharded_grads = true;
+  CHECK_THAT(static_bytes_per_param(plan), WithinRel(8.0 + 12.0 / 4.0, EXACT));
+  CHECK_THAT(total(static_memory(spec, plan, 0), {MemTag::Grads}), WithinRel(6.0 * psi, EXACT));
+}
