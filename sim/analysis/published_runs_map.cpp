@@ -197,6 +197,12 @@ MappedRun map_run(const PublishedRun& run) {
   // Megatron-LM scatters/gathers pipeline tensors over TP (SC21 section 4.1, default on); Megatron-DeepSpeed's
   // PipelineEngine sends the full activation from every TP rank.
   plan.p2p_scatter_gather = run.source_kind != "bloom";
+  if (plan.pp > 1 && !modern) {
+    notes.emplace_back(fmt::format("pipeline sends block the compute stream ({}){}",
+                                   run.source_kind == "bloom" ? "DeepSpeed PipelineEngine" : "SC21-era Megatron-LM",
+                                   plan.p2p_scatter_gather ? "; scatter/gather: 1/tp of the activation per TP rank"
+                                                           : "; full activation from every TP rank"));
+  }
   // Megatron-Core / NeMo overlap features: the Megatron-LM README states --overlap-param-gather --tp-comm-overlap
   // for its table; the NeMo 24.07 and dgxc v25.02 recipes run Megatron-Core with the same options (assumed, their
   // tables do not restate them). Userbuffers TP overlap needs sequence parallelism.
