@@ -14,6 +14,7 @@ namespace {
 
 constexpr double BF16_BYTES = 2.0;
 constexpr double FP32_BYTES = 4.0;
+constexpr double FP8_BYTES = 1.0;          // FP8 (E4M3) copies of GEMM inputs saved by Transformer Engine
 constexpr double MASK_BYTES = 1.0;          // dropout masks are stored as bytes (Korthikanti et al. 2022, 4.1)
 constexpr double WEIGHT_BYTES = 2.0;        // bf16 model parameters
 constexpr double GRAD_BYTES = 4.0;          // fp32 main grads (Megatron accumulates in fp32)
@@ -54,8 +55,20 @@ LayerActivations layer_parts(const ModelSpec& model, const Plan& plan) {
   const double t = plan.tp;
   const bool sp = plan.sequence_parallel && plan.tp > 1;
   LayerActivations parts;
-  parts.replicated = tokens * h * (4.0 * BF16_BYTES + 2.0 * MASK_BYTES) / (sp ? t : 1.0);
-  parts.sharded = tokens * BF16_BYTES * (2.0 * q + 2.0 * kv + fc1_out + f) / t;
+  if (plan.precision == Precision::Fp8) {
+    // FP8 (Transformer Engine, default recipe: GEMMs in FP8, attention in 16 bit). TE's Linear / LayerNormLinear /
+    // LayerNormMLP save the FP8 cast of a GEMM input for the wgrad GEMM instead of the 16-bit tensor
+    // (transformer_engine/pytorch/module/linear.py, layernorm_linear.py, layernorm_mlp.py: ctx.save_for_backward of
+    // inputmat / ln_out / gelu_out after cast_to_fp8). Stored in FP8: the QKV and FC1 inputs (the norm outputs; the
+    // norm inputs stay 16 bit for the norm backward) and the FC2 input. The projection input is the attention output
+    // O, which the fused attention keeps in 16 bit for its own backward; the projection saves an FP8 copy on top.
+    // Per layer: replicated 2*2Th + 2*1Th + 2Th masks; sharded 2T(q + 2kv) Q/K/V + (2 + 1)Tq O + 2T fc1_out + 1T F.
+    parts.replicated = tokens * h * (2.0 * BF16_BYTES + 2.0 * FP8_BYTES + 2.0 * MASK_BYTES) / (sp ? t : 1.0);
+    parts.sharded = tokens * (BF16_BYTES * (q + 2.0 * kv + fc1_out) + (BF16_BYTES + FP8_BYTES) * q + FP8_BYTES * f) / t;
+  } else {
+    parts.replicated = tokens * h * (4.0 * BF16_BYTES + 2.0 * MASK_BYTES) / (sp ? t : 1.0);
+    parts.sharded = tokens * BF16_BYTES * (2.0 * q + 2.0 * kv + fc1_out + f) / t;
+  }
   parts.attention_core = 5.0 * as_d(model.num_attention_heads) * as_d(model.seq_length) * tokens / t;
   return parts;
 }
@@ -204,11 +217,23 @@ std::vector<std::size_t> grad_bucket_ends(const Plan& plan, const std::vector<do
 // optimizer bytes and N_d = dp: baseline (2 + 2 + K) Psi; P_os 2Psi + 2Psi + K Psi/N_d; P_os+g 2Psi + (2 + K)
 // Psi/N_d; P_os+g+p (2 + 2 + K) Psi/N_d. With Megatron's fp32 main grads the gradient term is 4 instead of 2:
 // stage 1: 2 + 4 + 12/dp, stage 2: 2 + (4 + 12)/dp, stage 3: (2 + 4 + 12)/dp bytes per parameter.
+//
+// DeepSpeed's BF16 optimizer (Plan::all_reduce_sharded_grads: Megatron-DeepSpeed, BLOOM) keeps the bf16 .grad of
+// every parameter as well as the fp32 gradient buffer: the pipeline engine's backward accumulates into the bf16 grads
+// and copies them into the fp32 ones (runtime/bf16_optimizer.py update_hp_grads(clear_lp_grads=False), called from
+// runtime/pipe/engine.py _exec_backward_pass); they are only dropped by clear_lp_grads() before the next backward, so
+// they are live at every backward's peak: + 2 B/param.
+namespace {
+double lp_grad_bytes_per_param(const Plan& plan) {
+  return plan.all_reduce_sharded_grads && plan.distributed_optimizer ? BF16_BYTES : 0.0;
+}
+} // namespace
+
 double static_bytes_per_param(const Plan& plan) {
   const int zero = plan.get_zero_stage();
   const double dp = plan.dp_cp_size(); // the optimizer shards over dp*cp; ZeRO-2/3 plans have cp = 1
   return WEIGHT_BYTES / (zero >= 3 ? dp : 1.0) + GRAD_BYTES / (zero >= 2 ? dp : 1.0) +
-         OPTIMIZER_BYTES / (zero >= 1 ? dp : 1.0);
+         OPTIMIZER_BYTES / (zero >= 1 ? dp : 1.0) + lp_grad_bytes_per_param(plan);
 }
 
 MemBytes static_memory(const ModelSpec& model, const Plan& plan, int stage, const MemoryOptions& options) {
@@ -223,7 +248,8 @@ MemBytes static_memory(const ModelSpec& model, const Plan& plan, int stage, cons
   bytes[static_cast<std::size_t>(MemTag::Weights)] = WEIGHT_BYTES * params / (zero >= 3 ? dp : 1.0);
   // DP gradient buckets are views into the contiguous fp32 main-grad buffer (Megatron DistributedDataParallel,
   // param_and_grad_buffer.py), reduced in place: they add nothing beyond Grads.
-  bytes[static_cast<std::size_t>(MemTag::Grads)] = GRAD_BYTES * params / (zero >= 2 ? dp : 1.0);
+  bytes[static_cast<std::size_t>(MemTag::Grads)] =
+      GRAD_BYTES * params / (zero >= 2 ? dp : 1.0) + lp_grad_bytes_per_param(plan) * params;
   bytes[static_cast<std::size_t>(MemTag::Optimizer)] = OPTIMIZER_BYTES * params / (zero >= 1 ? dp : 1.0);
   if (model.is_moe() && zero >= 1) {
     // --- mixture of experts --- expert optimizer states are sharded over the dp/ep expert-DP ranks only (MoE plans

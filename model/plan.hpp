@@ -77,6 +77,15 @@ struct Plan {
   // stream, and its gradients reduce-scattered per layer). Set it with set_zero_stage(), which keeps
   // distributed_optimizer == (zero_stage >= 1); read it with get_zero_stage().
   int zero_stage = 0;
+  // --- validation accuracy ---
+  /// Pipeline sends block the sender's compute stream until they complete (SC21-era Megatron-LM
+  /// p2p_communication._communicate waits on its batch_isend_irecv requests before the next micro-batch; DeepSpeed's
+  /// PipelineEngine sends with blocking torch.distributed send). false: Megatron-Core, sends on their own stream.
+  bool blocking_p2p = false;
+  /// Megatron-LM's scatter/gather optimisation (Narayanan et al. SC21 section 4.1; --no-scatter-gather-tensors-in-
+  /// pipeline turns it off): each TP rank sends 1/tp of the activation between stages and the receiver all-gathers
+  /// it over NVLink (not modelled: ~1/8 of the send's bytes at NVLink speed). Sequence parallelism splits it anyway.
+  bool p2p_scatter_gather = false;
 
   /// The effective ZeRO stage: zero_stage, or 1 for a plan that only sets distributed_optimizer.
   [[nodiscard]] int get_zero_stage() const { return zero_stage > 0 ? zero_stage : (distributed_optimizer ? 1 : 0); }

@@ -443,7 +443,7 @@ private:
     const bool sp = plan_.sequence_parallel && plan_.tp > 1;
     // Context parallelism: each CP rank sends the activation of its own b*s/cp tokens to its peer (same cp_rank).
     const double msg_bytes = static_cast<double>(plan_.micro_batch_size * model_.seq_length * model_.hidden_size) *
-                             BF16_BYTES / (sp ? plan_.tp : 1) / plan_.cp;
+                             BF16_BYTES / (sp || plan_.p2p_scatter_gather ? plan_.tp : 1) / plan_.cp;
     // Receiver: the rank with the same (tp, cp, dp) coordinates on the target stage (rank classes: its representative).
     RankCoord coord = grid_.coord_of(rank);
     for (const Send& send : tmpl.sends) {
@@ -468,6 +468,9 @@ private:
       const TaskId id = graph_.add_task(task);
       graph_.add_edge(producer, id);
       graph_.add_edge(id, target);
+      if (plan_.blocking_p2p && send.from + 1 < tmpl.tasks.size()) {
+        graph_.add_edge(id, producer + 1); // --- validation accuracy --- the sender's next compute waits for the send
+      }
     }
   }
 
@@ -596,9 +599,11 @@ private:
       // starts once its last unit's final backward is done (Megatron's backward hooks); else after all backward.
       const bool overlap = plan_.overlap_grad_reduce;
       const bool scatter = plan_.distributed_optimizer && !plan_.all_reduce_sharded_grads;
+      // fp16 plans reduce 16-bit grads: Megatron-LM arguments.py forces --accumulate-allreduce-grads-in-fp32 only
+      // for bf16 (default off), so fp16 main_grad buffers and their all-reduce are in the param dtype.
       reduced = add_bucket_collectives(
           ridx, scatter ? CollectiveKind::ReduceScatter : CollectiveKind::AllReduce,
-          FP32_GRAD_BYTES,
+          plan_.precision == Precision::Fp16 ? BF16_BYTES : FP32_GRAD_BYTES,
           [&](std::size_t bucket) { return overlap ? base_[ridx] + tmpl.buckets[bucket].last_task : last_compute; });
     }
     // --- mixture of experts --- expert gradients over the expert-DP group (reduce-scatter with the distributed

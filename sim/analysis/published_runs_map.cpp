@@ -191,6 +191,18 @@ MappedRun map_run(const PublishedRun& run) {
   plan.distributed_optimizer = run.source_kind != "sc21";
   // SC21-era Megatron and Megatron-DeepSpeed (BLOOM) reduce gradients after the backward pass.
   plan.overlap_grad_reduce = modern;
+  // SC21-era Megatron-LM and Megatron-DeepSpeed (BLOOM) block the compute stream on pipeline sends/receives
+  // (Plan::blocking_p2p cites the code); Megatron-Core's 1F1B runs them on a separate stream.
+  plan.blocking_p2p = !modern;
+  // Megatron-LM scatters/gathers pipeline tensors over TP (SC21 section 4.1, default on); Megatron-DeepSpeed's
+  // PipelineEngine sends the full activation from every TP rank.
+  plan.p2p_scatter_gather = run.source_kind != "bloom";
+  if (plan.pp > 1 && !modern) {
+    notes.emplace_back(fmt::format("pipeline sends block the compute stream ({}){}",
+                                   run.source_kind == "bloom" ? "DeepSpeed PipelineEngine" : "SC21-era Megatron-LM",
+                                   plan.p2p_scatter_gather ? "; scatter/gather: 1/tp of the activation per TP rank"
+                                                           : "; full activation from every TP rank"));
+  }
   // Megatron-Core / NeMo overlap features: the Megatron-LM README states --overlap-param-gather --tp-comm-overlap
   // for its table; the NeMo 24.07 and dgxc v25.02 recipes run Megatron-Core with the same options (assumed, their
   // tables do not restate them). Userbuffers TP overlap needs sequence parallelism.

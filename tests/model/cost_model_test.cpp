@@ -292,7 +292,9 @@ TEST_CASE("model::CostModel: optimizer time", "[cost]") {
 }
 
 // The shipped NVLink numbers are recomputed from the published rows, and the model's bus bandwidth stays within
-// 10 % of every single-node measurement >= 64 MiB of the profile's GPU (busbw = factor * S / predicted time).
+// 10 % of every single-node measurement >= 64 MiB of the profile's GPU (busbw = factor * S / predicted time). The
+// A100 alpha is a least-squares fit over >= 16 MiB: its >= 64 MiB rows within 15 % (worst: the sweep's 128 / 256 MiB
+// rows at +14 / +12 %) and its 16-64 MiB rows (the TP all-reduce sizes of the A100 validation rows) within 7 %.
 TEST_CASE("model::CostModel: NVLink fit against published nccl-tests rows", "[cost]") {
   const auto rows = read_csv(std::string(CUBOID_SOURCE_DIR) + "/scenarios/validation/published_collectives.csv");
   REQUIRE(rows.size() == 60);
@@ -311,10 +313,13 @@ TEST_CASE("model::CostModel: NVLink fit against published nccl-tests rows", "[co
   for (const auto& row : rows) {
     const double bytes = std::stod(row.at("message_bytes"));
     const int n = std::stoi(row.at("num_gpus"));
-    if (bytes < 64.0 * 1024 * 1024 || std::stoi(row.at("num_nodes")) != 1) {
+    const std::string gpu = gpu_of_system(row.at("gpu_system"));
+    const bool large = bytes >= 64.0 * 1024 * 1024;
+    const bool a100 = gpu.rfind("a100", 0) == 0;
+    const bool a100_mid = a100 && bytes >= 16.0 * 1024 * 1024 && !large;
+    if ((!large && !a100_mid) || std::stoi(row.at("num_nodes")) != 1) {
       continue;
     }
-    const std::string gpu = gpu_of_system(row.at("gpu_system"));
     const CostModel cost(make_test_cluster(gpu, 8), default_profile(gpu), make_plan(8));
     LinkParams link = cost.nvlink();
     const std::string& id = row.at("id");
@@ -328,10 +333,10 @@ TEST_CASE("model::CostModel: NVLink fit against published nccl-tests rows", "[co
     const double factor = kind == CollectiveKind::AllReduce ? 2.0 * (n - 1) / n : (n - 1.0) / n;
     const double busbw_gbps = factor * bytes / cost.collective_time_s(kind, bytes, n, link) / 1e9;
     INFO(id << ": predicted " << busbw_gbps << " GB/s, measured " << row.at("measured_busbw_gbps"));
-    CHECK_THAT(busbw_gbps, WithinRel(std::stod(row.at("measured_busbw_gbps")), 0.10));
+    CHECK_THAT(busbw_gbps, WithinRel(std::stod(row.at("measured_busbw_gbps")), a100_mid ? 0.07 : (a100 ? 0.15 : 0.10)));
     ++checked;
   }
-  CHECK(checked == 32); // 9 A100 + 9 DGX H100 + 14 H200 rows
+  CHECK(checked == 34); // 11 A100 (2 of them 16-64 MiB) + 9 DGX H100 + 14 H200 rows
 }
 
 // Multi-node rows run on fabrics other than InfiniBand (GCP TCPXO, AWS EFA) with unknown NCCL settings: only

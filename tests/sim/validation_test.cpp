@@ -177,3 +177,62 @@ TEST_CASE("sim::analysis::validate_runs: all published runs", "[.][validation-ru
   WARN(format_table(report));
   CHECK(report.ok > 0);
 }
+
+// --- validation accuracy --- SC21-era Megatron-LM / Megatron-DeepSpeed pipeline sends (Plan::blocking_p2p): every
+// send is followed by an edge into a compute task of its own rank, so the step cannot get shorter; Megatron's
+// scatter/gather (Plan::p2p_scatter_gather) sends 1/tp of the b*s*h activation; fp16 plans all-reduce 2-byte grads.
+TEST_CASE("model::build_step_graph: blocking and scattered pipeline sends, fp16 gradient all-reduce", "[validate]") {
+  const cuboid::model::ModelSpec spec = cuboid::model::find_model("gpt3-175b");
+  const cuboid::model::ClusterSpec cluster = cuboid::model::make_cluster("a100-80gb", 128, 0, "test");
+  cuboid::model::Plan plan;
+  plan.tp = 8;
+  plan.pp = 8;
+  plan.dp = 2;
+  plan.global_batch_size = 16;
+  plan.overlap_grad_reduce = false;
+  plan.recompute = cuboid::model::Recompute::Full;
+  using cuboid::model::TaskKind;
+  const auto inst = cuboid::model::Instantiation::RankClasses;
+  const auto plain = cuboid::model::build_step_graph(spec, cluster, plan, inst);
+  plan.blocking_p2p = true;
+  const auto blocking = cuboid::model::build_step_graph(spec, cluster, plan, inst);
+  plan.p2p_scatter_gather = true;
+  const auto scattered = cuboid::model::build_step_graph(spec, cluster, plan, inst);
+  auto sends_into_own_compute = [](const cuboid::model::TaskGraph& graph) {
+    return std::count_if(graph.edges().begin(), graph.edges().end(), [&graph](const auto& edge) {
+      const auto& from = graph.task(edge.first);
+      const auto& to = graph.task(edge.second);
+      return from.kind == TaskKind::P2P && to.kind == TaskKind::Compute && to.rank == from.rank;
+    });
+  };
+  const double full_bytes = 2048.0 * 12288.0 * 2.0; // b*s*h bf16, mbs 1
+  std::size_t sends = 0;
+  for (const auto& task : plain.tasks()) {
+    if (task.kind == TaskKind::P2P) {
+      ++sends;
+      CHECK_THAT(task.msg_bytes, WithinRel(full_bytes, 1e-12));
+    }
+  }
+  for (const auto& task : scattered.tasks()) {
+    if (task.kind == TaskKind::P2P) {
+      CHECK_THAT(task.msg_bytes, WithinRel(full_bytes / 8.0, 1e-12));
+    }
+  }
+  REQUIRE(sends > 0);
+  CHECK(sends_into_own_compute(plain) == 0);
+  CHECK(sends_into_own_compute(blocking) > 0);
+  const cuboid::model::CostModel cost(cluster, cuboid::model::default_profile("a100-80gb"), plan);
+  CHECK(cuboid::sim::simulate(blocking, cost).step_time_s >= cuboid::sim::simulate(plain, cost).step_time_s);
+  // DP all-reduce bytes: fp16 half of bf16's fp32 main grads.
+  auto dp_bytes = [](const cuboid::model::TaskGraph& graph) {
+    double bytes = 0.0;
+    for (const auto& task : graph.tasks()) {
+      bytes += task.kind == TaskKind::Collective && task.group == cuboid::model::GroupKind::Dp ? task.msg_bytes : 0.0;
+    }
+    return bytes;
+  };
+  plan.precision = cuboid::model::Precision::Fp16;
+  const auto fp16 = cuboid::model::build_step_graph(spec, cluster, plan, inst);
+  REQUIRE(dp_bytes(scattered) > 0.0);
+  CHECK_THAT(dp_bytes(fp16), WithinRel(dp_bytes(scattered) / 2.0, 1e-12));
+}
