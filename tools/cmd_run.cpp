@@ -128,23 +128,27 @@ struct TaskError {
   std::string label;
   double measured_s = 0.0;
   double predicted_s = 0.0;
+  double cpu_s = 0.0; // thread CPU time of the measured task (CPU backend; 0 when not recorded)
 };
 
-// Measured and predicted durations of the same (task id, rank), largest absolute difference first.
+// Measured and predicted durations of the same (task id, rank), largest absolute difference first. `cpu_s`: the
+// measured events' thread CPU times (same order; may be empty).
 std::vector<TaskError> task_errors(const std::vector<model::TimelineEvent>& measured,
-                                   const std::vector<model::TimelineEvent>& predicted) {
+                                   const std::vector<model::TimelineEvent>& predicted,
+                                   const std::vector<double>& cpu_s = {}) {
   std::map<std::pair<model::TaskId, int>, const model::TimelineEvent*> by_task;
   for (const auto& event : predicted) {
     by_task.emplace(std::make_pair(event.id, event.rank), &event);
   }
   std::vector<TaskError> out;
-  for (const auto& event : measured) {
+  for (std::size_t idx = 0; idx < measured.size(); ++idx) {
+    const model::TimelineEvent& event = measured[idx];
     const auto it = by_task.find({event.id, event.rank});
     if (it == by_task.end()) {
       continue;
     }
     out.push_back({event.id, event.rank, event.name, event.end_s - event.start_s,
-                   it->second->end_s - it->second->start_s});
+                   it->second->end_s - it->second->start_s, idx < cpu_s.size() ? cpu_s[idx] : 0.0});
   }
   std::stable_sort(out.begin(), out.end(), [](const TaskError& a, const TaskError& b) {
     return std::abs(a.measured_s - a.predicted_s) > std::abs(b.measured_s - b.predicted_s);
@@ -190,19 +194,27 @@ struct KindError {
   int count = 0;
   double measured_s = 0.0;  // median
   double predicted_s = 0.0; // median
+  double cpu_s = 0.0;       // median thread CPU time
 };
 
 // Median measured and predicted duration per task kind: robust to the few tasks another process interrupted.
 std::vector<KindError> kind_errors(const std::vector<TaskError>& errors) {
-  std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> by_kind;
+  struct Samples {
+    std::vector<double> measured;
+    std::vector<double> predicted;
+    std::vector<double> cpu;
+  };
+  std::map<std::string, Samples> by_kind;
   for (const auto& e : errors) {
-    auto& [measured, predicted] = by_kind[task_kind(e.label)];
-    measured.push_back(e.measured_s);
-    predicted.push_back(e.predicted_s);
+    Samples& samples = by_kind[task_kind(e.label)];
+    samples.measured.push_back(e.measured_s);
+    samples.predicted.push_back(e.predicted_s);
+    samples.cpu.push_back(e.cpu_s);
   }
   std::vector<KindError> out;
   for (const auto& [kind, values] : by_kind) {
-    out.push_back({kind, static_cast<int>(values.first.size()), median(values.first), median(values.second)});
+    out.push_back({kind, static_cast<int>(values.measured.size()), median(values.measured), median(values.predicted),
+                   median(values.cpu)});
   }
   return out;
 }
@@ -242,11 +254,18 @@ void print_human(const RunCliOptions& cli, const std::string& title, const exec:
   out += fmt::format("profile: {} ({})\n", profile.name, profile.source);
   out += fmt::format("\n# tasks by kind (last step, every rank; {} of {} measured tasks matched by id): medians\n",
                      matched_tasks, measured_tasks);
-  out += "# kind                  tasks   measured  predicted    error\n";
-  out += "# -                         -       (us)       (us)      (%)\n";
+  if (cpu_time) {
+    out += "# kind                  tasks   measured  predicted    error   CPU time  error vs CPU\n";
+    out += "# -                         -       (us)       (us)      (%)       (us)           (%)\n";
+  } else {
+    out += "# kind                  tasks   measured  predicted    error\n";
+    out += "# -                         -       (us)       (us)      (%)\n";
+  }
   for (const KindError& k : kind_errors(errors)) {
-    out += fmt::format("{:<22} {:7d}  {:9.1f}  {:9.1f}  {:+7.1f}\n", k.kind, k.count, k.measured_s * US,
+    out += fmt::format("{:<22} {:7d}  {:9.1f}  {:9.1f}  {:+7.1f}", k.kind, k.count, k.measured_s * US,
                        k.predicted_s * US, 100.0 * relative_error(k.predicted_s, k.measured_s));
+    out += cpu_time ? fmt::format("  {:9.1f}  {:+12.1f}\n", k.cpu_s * US, 100.0 * relative_error(k.predicted_s, k.cpu_s))
+                    : std::string("\n");
   }
   out += "\n# tasks with the largest prediction error\n";
   out += "#     id  rank  task                              measured  predicted      error\n";
@@ -296,7 +315,8 @@ nlohmann::json to_json(const model::Scenario& scenario, const exec::RunResult& r
     kinds.push_back({{"kind", k.kind},
                      {"tasks", k.count},
                      {"median_measured_s", k.measured_s},
-                     {"median_predicted_s", k.predicted_s}});
+                     {"median_predicted_s", k.predicted_s},
+                     {"median_cpu_s", k.cpu_s}});
   }
   out["task_kinds"] = kinds;
   return out;
@@ -365,7 +385,7 @@ int run_cpu(const RunCliOptions& cli) {
   sim_options.record_timeline = true;
   const sim::SimResult predicted = sim::simulate(graph, cost, sim_options);
   const std::vector<model::TimelineEvent> predicted_events = sim::to_timeline(graph, predicted);
-  const std::vector<TaskError> errors = task_errors(run.timeline, predicted_events);
+  const std::vector<TaskError> errors = task_errors(run.timeline, predicted_events, run.timeline_cpu_s);
   if (!cli.trace_path.empty()) {
     model::write_chrome_trace(cli.trace_path, {model::TraceSet{"measured", run.timeline},
                                                model::TraceSet{"predicted", predicted_events}});
