@@ -368,7 +368,7 @@ struct InSituRun {
 
 // The TP-1 units inside real training steps: the runtime (exec::Trainer) trains `model` data parallel over every rank
 // of `world` (1F1B, one stage, the plan's micro-batch size, in_situ_microbatches per rank), timing every task; the
-// first step (first touch of every buffer) is left out. Medians over all ranks' tasks on rank 0, then agreed by all.
+// first step (first touch of every buffer) is left out. Means over all ranks' tasks on rank 0, then agreed by all.
 InSituRun measure_in_situ(const model::ModelSpec& model, const model::Plan& plan, const CalibrationOptions& options,
                           Communicator& world) {
   RunOptions run;
@@ -421,7 +421,7 @@ InSituRun measure_in_situ(const model::ModelSpec& model, const model::Plan& plan
   out.ranks = world.size();
   out.steps_measured = options.in_situ_steps;
   const std::vector<std::string>& names = unit_names();
-  // rank 0 has the medians; the others contribute zeros to the max.
+  // rank 0 has the means; the others contribute zeros to the max.
   std::vector<float> agreed(2 * names.size() + 2, 0.0f);
   if (world.rank() == 0) {
     out.units = unit_times_from_tasks(labels, options.in_situ_cpu_time ? cpu_s : wall_s);
@@ -439,10 +439,10 @@ InSituRun measure_in_situ(const model::ModelSpec& model, const model::Plan& plan
     out.wall_units = InSituUnitTimes{};
     for (std::size_t u = 0; u < names.size(); ++u) {
       out.units.names.push_back(names[u]);
-      out.units.median_s.push_back(static_cast<double>(agreed[u]));
+      out.units.mean_s.push_back(static_cast<double>(agreed[u]));
       out.units.counts.push_back(0);
       out.wall_units.names.push_back(names[u]);
-      out.wall_units.median_s.push_back(static_cast<double>(agreed[names.size() + u]));
+      out.wall_units.mean_s.push_back(static_cast<double>(agreed[names.size() + u]));
       out.wall_units.counts.push_back(0);
     }
   }
@@ -488,7 +488,7 @@ double InSituUnitTimes::at(const std::string& name) const {
   if (it == names.end()) {
     throw std::out_of_range(fmt::format("in-situ calibration measured no task of unit {}", name));
   }
-  return median_s[static_cast<std::size_t>(it - names.begin())];
+  return mean_s[static_cast<std::size_t>(it - names.begin())];
 }
 
 int InSituUnitTimes::count(const std::string& name) const {
@@ -536,7 +536,7 @@ InSituUnitTimes unit_times_from_tasks(const std::vector<std::string>& labels, co
     }
   }
   for (const auto& values : samples) {
-    out.median_s.push_back(median_of(values));
+    out.mean_s.push_back(std::accumulate(values.begin(), values.end(), 0.0) / static_cast<double>(values.size()));
     out.counts.push_back(static_cast<int>(values.size()));
   }
   return out;

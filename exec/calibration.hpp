@@ -31,7 +31,8 @@ struct CalibrationOptions {
   // --- in-situ units (issue 5) ---
   /// > 0: the TP-1 units (embedding, layer, head, optimizer) are not timed alone but inside this many real training
   /// steps of the runtime (exec::Trainer, data parallel over all ranks of `world`, 1F1B, per-task timing), the first
-  /// step left out; each unit's time is the median over its tasks. 0: every unit is timed alone (best repeat).
+  /// step left out; each unit's time is the mean over its tasks (a step is a sum of tasks, so the mean is what it
+  /// adds up; a median would drop the slow tail that the step pays). 0: every unit is timed alone (best repeat).
   int in_situ_steps = 0;
   int in_situ_microbatches = 4; // micro-batches per rank and step of the in-situ run
   bool in_situ_cpu_time = true; // true: each task's thread CPU time (robust to other processes); false: wall time
@@ -67,9 +68,9 @@ struct UnitMeasurement {
   double memory_bytes = 0.0; // their IR bytes
   double predicted_s = 0.0;  // the unit as the finished profile predicts it
   // --- in-situ units (issue 5) ---
-  bool in_situ = false;      // time_s is the median of the unit's tasks in real training steps
+  bool in_situ = false;      // time_s is the mean of the unit's tasks in real training steps
   double alone_s = 0.0;      // the unit timed alone (best repeat), for comparison
-  double in_situ_wall_s = 0.0; // in situ: median wall time (time_s is the CPU time when in_situ_cpu_time)
+  double in_situ_wall_s = 0.0; // in situ: mean wall time (time_s is the CPU time when in_situ_cpu_time)
   int in_situ_tasks = 0;
 };
 
@@ -97,12 +98,12 @@ struct CalibrationResult {
 };
 
 // --- in-situ units (issue 5) ---
-/// Median time of each unit in measured training steps (see unit_times_from_tasks).
+/// Mean time of each unit in measured training steps (see unit_times_from_tasks).
 struct InSituUnitTimes {
-  // unit name ("embed.fwd", "embed.bwd", "layer.fwd", "layer.bwd", "head.fwd", "head.bwd", "optimizer") -> median
+  // unit name ("embed.fwd", "embed.bwd", "layer.fwd", "layer.bwd", "head.fwd", "head.bwd", "optimizer") -> mean
   // seconds and number of tasks
   std::vector<std::string> names;
-  std::vector<double> median_s;
+  std::vector<double> mean_s;
   std::vector<int> counts;
   [[nodiscard]] double at(const std::string& name) const; // throws std::out_of_range when not measured
   [[nodiscard]] int count(const std::string& name) const; // tasks of the unit (0: none)
@@ -119,7 +120,7 @@ AlphaBeta fit_alpha_beta(const std::vector<CollectiveMeasurement>& sweep);
 /// Unit of a runtime task from its IR label ("fwd L3 mb2 s0c0 r1" -> "layer.fwd", "bwd head mb0 ..." -> "head.bwd",
 /// "optimizer ..." -> "optimizer"); "" for every other task (collectives, sends, receives).
 std::string unit_of_task(const std::string& label);
-/// Median per unit of measured tasks: `durations_s[i]` is the time of task `labels[i]` (wall or CPU time).
+/// Mean per unit of measured tasks: `durations_s[i]` is the time of task `labels[i]` (wall or CPU time).
 InSituUnitTimes unit_times_from_tasks(const std::vector<std::string>& labels, const std::vector<double>& durations_s);
 
 /// Collective over `world` (all ranks take part in the all-reduce sweep; compute is measured on every rank and the

@@ -85,7 +85,7 @@ void print_human(const CalibrateOptions& cli, const model::Scenario& scenario, c
                        u.predicted_s * US);
   }
   if (r.in_situ_ranks > 0) {
-    out += fmt::format("# tp-1 units measured in situ: median task of {} training steps on {} rank(s) (data parallel, "
+    out += fmt::format("# tp-1 units measured in situ: mean task of {} training steps on {} rank(s) (data parallel, "
                        "1F1B), {}; alone = the unit timed on its own (best repeat)\n",
                        r.in_situ_steps_measured, r.in_situ_ranks,
                        cli.in_situ_clock == "cpu" ? "thread CPU time" : "wall time");
@@ -297,7 +297,7 @@ void add_calibrate_command(CLI::App& app, Action& action) {
   cmd->add_flag("--json", options->json, "Print the measurements as one JSON object");
   // --- in-situ units (issue 5) ---
   cmd->add_option("--in-situ-steps", options->in_situ_steps,
-                  "--backend cpu: time the tp-1 units inside this many real training steps (median task; 0: each "
+                  "--backend cpu: time the tp-1 units inside this many real training steps (mean task; 0: each "
                   "unit alone, best repeat)")
       ->capture_default_str();
   cmd->add_option("--in-situ-microbatches", options->in_situ_microbatches,

@@ -219,6 +219,29 @@ std::vector<KindError> kind_errors(const std::vector<TaskError>& errors) {
   return out;
 }
 
+// Rank 0's compute-stream tasks of the last step: summed wall time and thread CPU time (the rest of the step is
+// spent between tasks or waiting), and that step's wall and process CPU time.
+struct LastStepTasks {
+  double wall_s = 0.0;
+  double cpu_s = 0.0;
+  double step_s = 0.0;
+  double step_cpu_s = 0.0;
+};
+
+LastStepTasks last_step_tasks(const exec::RunResult& run) {
+  LastStepTasks out;
+  for (std::size_t idx = 0; idx < run.timeline.size(); ++idx) {
+    const model::TimelineEvent& e = run.timeline[idx];
+    if (e.rank == 0 && e.stream == model::Stream::Compute) {
+      out.wall_s += e.end_s - e.start_s;
+      out.cpu_s += idx < run.timeline_cpu_s.size() ? run.timeline_cpu_s[idx] : 0.0;
+    }
+  }
+  out.step_s = run.step_time_s.empty() ? 0.0 : run.step_time_s.back();
+  out.step_cpu_s = run.step_cpu_time_s.empty() ? 0.0 : run.step_cpu_time_s.back();
+  return out;
+}
+
 double relative_error(double predicted, double measured) {
   return measured > 0.0 ? (predicted - measured) / measured : 0.0;
 }
@@ -250,6 +273,10 @@ void print_human(const RunCliOptions& cli, const std::string& title, const exec:
                        "waited or shared its core with other processes)\n",
                        run.median_step_cpu_time_s * MS,
                        100.0 * run.median_step_cpu_time_s / std::max(1e-12, run.median_step_time_s));
+    const LastStepTasks last = last_step_tasks(run);
+    out += fmt::format("last step on rank 0: {:.3f} ms wall, {:.3f} ms process CPU; its compute-stream tasks {:.3f} ms "
+                       "wall, {:.3f} ms thread CPU\n",
+                       last.step_s * MS, last.step_cpu_s * MS, last.wall_s * MS, last.cpu_s * MS);
   }
   out += fmt::format("profile: {} ({})\n", profile.name, profile.source);
   out += fmt::format("\n# tasks by kind (last step, every rank; {} of {} measured tasks matched by id): medians\n",
@@ -299,6 +326,11 @@ nlohmann::json to_json(const model::Scenario& scenario, const exec::RunResult& r
   out["step_cpu_time_s"] = run.median_step_cpu_time_s;
   out["predicted_step_time_s"] = predicted.step_time_s;
   out["prediction_error"] = relative_error(predicted.step_time_s, run.median_step_time_s);
+  const LastStepTasks last = last_step_tasks(run);
+  out["last_step_rank0"] = {{"step_s", last.step_s},
+                            {"process_cpu_s", last.step_cpu_s},
+                            {"compute_tasks_s", last.wall_s},
+                            {"compute_tasks_cpu_s", last.cpu_s}};
   out["profile"] = {{"name", profile.name}, {"source", profile.source}};
   nlohmann::json tasks = nlohmann::json::array();
   for (std::size_t idx = 0; idx < std::min(errors.size(), static_cast<std::size_t>(std::max(0, top_tasks))); ++idx) {
