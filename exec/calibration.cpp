@@ -768,6 +768,14 @@ CalibrationResult calibrate(const model::ModelSpec& model, const model::Plan& pl
       "(measured alone: forward {:.3g}, backward {:.3g} FLOP/s)",
       result.attention_flops_per_s, result.attention_bwd_flops_per_s));
   p.launch_overhead_s = result.launch_overhead_s;
+  if (any_in_situ) {
+    p.assumptions.push_back(fmt::format(
+        "tp-1 units (embedding, layer, head, optimizer) measured in situ: mean task {} of {} training steps of the "
+        "runtime on {} rank(s) (data parallel, 1F1B, {} micro-batches per rank); the other TP sizes' units timed "
+        "alone and predicted from the in-situ fit",
+        options.in_situ_cpu_time ? "thread CPU time" : "wall time", result.in_situ_steps_measured,
+        result.in_situ_ranks, options.in_situ_microbatches));
+  }
   const double mem_bw = options.mem_bw_bytes_per_s > 0.0 ? options.mem_bw_bytes_per_s : result.elementwise_bytes_per_s;
   if (options.mem_bw_bytes_per_s <= 0.0) {
     p.assumptions.push_back(fmt::format("memory bandwidth unknown: taken as measured, {:.3g} B/s", mem_bw));
