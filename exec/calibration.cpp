@@ -427,13 +427,22 @@ InSituRun measure_in_situ(const model::ModelSpec& model, const model::Plan& plan
     out.units = unit_times_from_tasks(labels, options.in_situ_cpu_time ? cpu_s : wall_s);
     out.wall_units = unit_times_from_tasks(labels, wall_s);
     for (std::size_t u = 0; u < names.size(); ++u) {
-      agreed[u] = static_cast<float>(out.units.at(names[u]));
-      agreed[names.size() + u] = static_cast<float>(out.wall_units.at(names[u]));
+      if (out.units.count(names[u]) > 0) { // a missing unit stays 0: every rank throws below, none hangs
+        agreed[u] = static_cast<float>(out.units.at(names[u]));
+        agreed[names.size() + u] = static_cast<float>(out.wall_units.at(names[u]));
+      }
     }
     agreed[2 * names.size()] = static_cast<float>(median_of(step_s));
     agreed[2 * names.size() + 1] = static_cast<float>(median_of(tasks_s));
   }
   world.all_reduce(std::span<float>(agreed), ReduceOp::Max);
+  for (std::size_t u = 0; u < names.size(); ++u) {
+    if (!(agreed[u] > 0.0f)) {
+      throw std::runtime_error(fmt::format("in-situ calibration: no timed task of unit {} in {} training steps on {} "
+                                           "rank(s)",
+                                           names[u], options.in_situ_steps, world.size()));
+    }
+  }
   if (world.rank() != 0) {
     out.units = InSituUnitTimes{};
     out.wall_units = InSituUnitTimes{};
