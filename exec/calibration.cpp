@@ -11,7 +11,9 @@
 #include "exec/cpu/tensor.hpp"
 #include "exec/gpt_model.hpp"
 #include "exec/local_communicator.hpp"
+#include "exec/runtime.hpp"
 #include "model/cost_model.hpp"
+#include "model/cpu_device.hpp"
 #include "model/errors.hpp"
 #include "model/op_catalog.hpp"
 
@@ -22,6 +24,7 @@
 #include <cmath>
 #include <functional>
 #include <numeric>
+#include <stdexcept>
 
 namespace cuboid::exec {
 
@@ -42,6 +45,15 @@ constexpr std::size_t UNITS_PER_TP = 7; // embed, layer, head (fwd, bwd) and the
 constexpr double UNBOUNDED_BYTES_PER_S = 1e15;
 // Floor for a GEMM's time without the per-op cost (keeps efficiencies finite when the fitted cost is large).
 constexpr double MIN_NET_SHARE = 0.5;
+
+double median_of(std::vector<double> values) {
+  if (values.empty()) {
+    return 0.0;
+  }
+  std::sort(values.begin(), values.end());
+  const std::size_t n = values.size();
+  return n % 2 == 1 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
+}
 
 // Best time of one call, repeating until min_time_s has passed (at least 3 calls); `setup` runs untimed before each
 // call (e.g. restoring a cache the call consumes). The best repeat is the one least disturbed by other processes.
@@ -337,6 +349,117 @@ double fit_seconds_per_byte(const std::vector<UnitMeasurement>& units, const std
   return bb > 0.0 ? br / bb : 0.0;
 }
 
+// --- in-situ units (issue 5) ---
+// Unit names in UnitTimes order.
+const std::vector<std::string>& unit_names() {
+  static const std::vector<std::string> names = {"embed.fwd", "embed.bwd", "layer.fwd", "layer.bwd",
+                                                 "head.fwd",  "head.bwd",  "optimizer"};
+  return names;
+}
+
+struct InSituRun {
+  InSituUnitTimes units;      // CPU or wall time, as options.in_situ_cpu_time says
+  InSituUnitTimes wall_units; // wall time
+  int ranks = 0;
+  int steps_measured = 0;
+  double step_s = 0.0;
+  double tasks_s = 0.0;
+};
+
+// The TP-1 units inside real training steps: the runtime (exec::Trainer) trains `model` data parallel over every rank
+// of `world` (1F1B, one stage, the plan's micro-batch size, in_situ_microbatches per rank), timing every task; the
+// first step (first touch of every buffer) is left out. Means over all ranks' tasks on rank 0, then agreed by all.
+InSituRun measure_in_situ(const model::ModelSpec& model, const model::Plan& plan, const CalibrationOptions& options,
+                          Communicator& world) {
+  RunOptions run;
+  run.model = model;
+  run.plan = plan;
+  run.plan.tp = 1;
+  run.plan.cp = 1;
+  run.plan.pp = 1;
+  run.plan.vp = 1;
+  run.plan.dp = world.size();
+  run.plan.sequence_parallel = false;
+  run.plan.recompute = model::Recompute::None;
+  run.plan.first_stage_layers = 0;
+  run.plan.last_stage_layers = 0;
+  run.plan.schedule = model::Schedule::OneFOneB;
+  run.plan.global_batch_size =
+      static_cast<std::int64_t>(world.size()) * plan.micro_batch_size * std::max(1, options.in_situ_microbatches);
+  run.cluster = model::cpu_cluster(world.size());
+  run.steps = options.in_situ_steps + 1;
+  run.seed = UNIT_SEED;
+  run.trace = true;
+  Trainer trainer(run, world);
+  std::vector<std::string> labels;
+  std::vector<double> cpu_s;
+  std::vector<double> wall_s;
+  std::vector<double> step_s;
+  std::vector<double> tasks_s;
+  for (int step = 0; step < run.steps; ++step) {
+    const auto start = Clock::now();
+    trainer.step();
+    const double elapsed_s = std::chrono::duration<double>(Clock::now() - start).count();
+    std::vector<double> event_cpu_s;
+    const std::vector<model::TimelineEvent> events = trainer.gather_timeline(&event_cpu_s);
+    if (step == 0 || world.rank() != 0) {
+      continue;
+    }
+    step_s.push_back(elapsed_s);
+    double rank0_tasks_s = 0.0;
+    for (std::size_t e = 0; e < events.size(); ++e) {
+      labels.push_back(events[e].name);
+      wall_s.push_back(events[e].end_s - events[e].start_s);
+      cpu_s.push_back(event_cpu_s[e]);
+      if (events[e].rank == 0 && events[e].stream == model::Stream::Compute) {
+        rank0_tasks_s += events[e].end_s - events[e].start_s;
+      }
+    }
+    tasks_s.push_back(rank0_tasks_s);
+  }
+  InSituRun out;
+  out.ranks = world.size();
+  out.steps_measured = options.in_situ_steps;
+  const std::vector<std::string>& names = unit_names();
+  // rank 0 has the means; the others contribute zeros to the max.
+  std::vector<float> agreed(2 * names.size() + 2, 0.0f);
+  if (world.rank() == 0) {
+    out.units = unit_times_from_tasks(labels, options.in_situ_cpu_time ? cpu_s : wall_s);
+    out.wall_units = unit_times_from_tasks(labels, wall_s);
+    for (std::size_t u = 0; u < names.size(); ++u) {
+      if (out.units.count(names[u]) > 0) { // a missing unit stays 0: every rank throws below, none hangs
+        agreed[u] = static_cast<float>(out.units.at(names[u]));
+        agreed[names.size() + u] = static_cast<float>(out.wall_units.at(names[u]));
+      }
+    }
+    agreed[2 * names.size()] = static_cast<float>(median_of(step_s));
+    agreed[2 * names.size() + 1] = static_cast<float>(median_of(tasks_s));
+  }
+  world.all_reduce(std::span<float>(agreed), ReduceOp::Max);
+  for (std::size_t u = 0; u < names.size(); ++u) {
+    if (!(agreed[u] > 0.0f)) {
+      throw std::runtime_error(fmt::format("in-situ calibration: no timed task of unit {} in {} training steps on {} "
+                                           "rank(s)",
+                                           names[u], options.in_situ_steps, world.size()));
+    }
+  }
+  if (world.rank() != 0) {
+    out.units = InSituUnitTimes{};
+    out.wall_units = InSituUnitTimes{};
+    for (std::size_t u = 0; u < names.size(); ++u) {
+      out.units.names.push_back(names[u]);
+      out.units.mean_s.push_back(static_cast<double>(agreed[u]));
+      out.units.counts.push_back(0);
+      out.wall_units.names.push_back(names[u]);
+      out.wall_units.mean_s.push_back(static_cast<double>(agreed[names.size() + u]));
+      out.wall_units.counts.push_back(0);
+    }
+  }
+  out.step_s = static_cast<double>(agreed[2 * names.size()]);
+  out.tasks_s = static_cast<double>(agreed[2 * names.size() + 1]);
+  return out;
+}
+
 // Unit time predicted by the cost model (TP collectives excluded: the units ran on a 1-rank group).
 double predict_unit_s(const model::OpBlock& block, const model::CostModel& cost) {
   double total = 0.0;
@@ -349,6 +472,84 @@ double predict_unit_s(const model::OpBlock& block, const model::CostModel& cost)
 }
 
 } // namespace
+
+AlphaBeta fit_alpha_beta(const std::vector<CollectiveMeasurement>& sweep) {
+  // Weighted least squares with weights 1 / t^2: every message size counts by its relative error, so that the
+  // largest sizes do not decide the latency alone (and one disturbed large point does not decide the slope).
+  double sw = 0.0, sx = 0.0, sy = 0.0, sxx = 0.0, sxy = 0.0;
+  for (const auto& c : sweep) {
+    const double w = 1.0 / std::max(1e-30, c.time_s * c.time_s);
+    sw += w;
+    sx += w * c.msg_bytes;
+    sy += w * c.time_s;
+    sxx += w * c.msg_bytes * c.msg_bytes;
+    sxy += w * c.msg_bytes * c.time_s;
+  }
+  AlphaBeta out;
+  const double det = sw * sxx - sx * sx;
+  out.seconds_per_byte = std::max(1e-15, det > 0.0 ? (sw * sxy - sx * sy) / det : 0.0);
+  out.latency_s = sw > 0.0 ? std::max(0.0, (sy - out.seconds_per_byte * sx) / sw) : 0.0;
+  return out;
+}
+
+double InSituUnitTimes::at(const std::string& name) const {
+  const auto it = std::find(names.begin(), names.end(), name);
+  if (it == names.end()) {
+    throw std::out_of_range(fmt::format("in-situ calibration measured no task of unit {}", name));
+  }
+  return mean_s[static_cast<std::size_t>(it - names.begin())];
+}
+
+int InSituUnitTimes::count(const std::string& name) const {
+  const auto it = std::find(names.begin(), names.end(), name);
+  return it == names.end() || counts.empty() ? 0 : counts[static_cast<std::size_t>(it - names.begin())];
+}
+
+std::string unit_of_task(const std::string& label) {
+  const std::size_t first_end = label.find(' ');
+  const std::string first = label.substr(0, first_end);
+  if (first == "optimizer") {
+    return "optimizer";
+  }
+  if ((first != "fwd" && first != "bwd") || first_end == std::string::npos) {
+    return "";
+  }
+  const std::size_t second_end = label.find(' ', first_end + 1);
+  const std::string second =
+      label.substr(first_end + 1, second_end == std::string::npos ? std::string::npos : second_end - first_end - 1);
+  const std::string direction = first == "fwd" ? ".fwd" : ".bwd";
+  if (second == "embed" || second == "head") {
+    return second + direction;
+  }
+  const bool layer = second.size() >= 2 && second[0] == 'L' &&
+                     std::all_of(second.begin() + 1, second.end(), [](char c) { return c >= '0' && c <= '9'; });
+  return layer ? "layer" + direction : "";
+}
+
+InSituUnitTimes unit_times_from_tasks(const std::vector<std::string>& labels, const std::vector<double>& durations_s) {
+  CUBOID_ASSERT(labels.size() == durations_s.size(), "{} task labels but {} durations", labels.size(),
+                durations_s.size());
+  InSituUnitTimes out;
+  std::vector<std::vector<double>> samples;
+  for (std::size_t idx = 0; idx < labels.size(); ++idx) {
+    const std::string unit = unit_of_task(labels[idx]);
+    if (unit.empty()) {
+      continue;
+    }
+    const auto it = std::find(out.names.begin(), out.names.end(), unit);
+    if (it == out.names.end()) {
+      out.names.push_back(unit);
+      samples.push_back({durations_s[idx]});
+    } else {
+      samples[static_cast<std::size_t>(it - out.names.begin())].push_back(durations_s[idx]);
+    }
+  }
+  for (const auto& values : samples) {
+    out.mean_s.push_back(std::accumulate(values.begin(), values.end(), 0.0) / static_cast<double>(values.size()));
+    out.counts.push_back(static_cast<int>(values.size()));
+  }
+  return out;
+}
 
 CalibrationResult calibrate(const model::ModelSpec& model, const model::Plan& plan, const CalibrationOptions& options,
                             Communicator& world) {
@@ -401,10 +602,20 @@ CalibrationResult calibrate(const model::ModelSpec& model, const model::Plan& pl
     Mat c(1, 1);
     result.tiny_op_s = max_over(world, best_time_s([&] { c.noalias() = a * a; }, options.min_time_s));
   }
-  // ---- all-reduce sweep, alpha-beta fit t = a + b * S (least squares): a = 2(n-1) alpha, b = 2(n-1)/(n B).
+  // ---- all-reduce sweep, alpha-beta fit t = a + b * S (least squares on the relative error, fit_alpha_beta):
+  // a = 2(n-1) alpha, b = 2(n-1)/(n B). The sweep includes the model's gradient (the DP all-reduce of a TP-1 run).
   const int n = world.size();
   if (n > 1) {
-    for (const double bytes : options.allreduce_bytes) {
+    std::vector<double> sweep = options.allreduce_bytes;
+    double grad_bytes = 0.0;
+    for (const ParamInfo& info : canonical_params(model)) {
+      grad_bytes += 4.0 * static_cast<double>(info.size()); // fp32 gradients
+    }
+    if (std::find(sweep.begin(), sweep.end(), grad_bytes) == sweep.end()) {
+      sweep.push_back(grad_bytes);
+    }
+    std::sort(sweep.begin(), sweep.end());
+    for (const double bytes : sweep) {
       std::vector<float> buf(static_cast<std::size_t>(bytes / 4.0), 1.0f);
       const double t = max_over(world, best_collective_time_s([&] { world.all_reduce(buf); }, options.min_time_s, world));
       const double algbw = bytes / t;
@@ -428,8 +639,28 @@ CalibrationResult calibrate(const model::ModelSpec& model, const model::Plan& pl
     unit_plan.first_stage_layers = 0;
     unit_plan.last_stage_layers = 0;
     const model::StepBlocks blocks = model::make_step_blocks(model, unit_plan);
-    const UnitTimes t = measure_units(model, unit_plan, options, world);
+    const UnitTimes alone = measure_units(model, unit_plan, options, world);
+    UnitTimes t = alone;
     const int tp = tps[idx];
+    // --- in-situ units (issue 5) --- TP 1: the units as the runtime runs them inside a training step. (TP > 1 layer
+    // tasks contain their TP all-reduces, which the split below does not price: those stay timed alone.)
+    const bool in_situ = options.in_situ_steps > 0 && tp == 1;
+    InSituRun situ;
+    if (in_situ) {
+      situ = measure_in_situ(model, plan, options, world);
+      t.embed_fwd_s = situ.units.at("embed.fwd");
+      t.embed_bwd_s = situ.units.at("embed.bwd");
+      t.layer_fwd_s = situ.units.at("layer.fwd");
+      t.layer_bwd_s = situ.units.at("layer.bwd");
+      t.head_fwd_s = situ.units.at("head.fwd");
+      t.head_bwd_s = situ.units.at("head.bwd");
+      t.optimizer_s = situ.units.at("optimizer");
+      result.in_situ_ranks = situ.ranks;
+      result.in_situ_steps_measured = situ.steps_measured;
+      result.in_situ_step_s = situ.step_s;
+      result.in_situ_tasks_s = situ.tasks_s;
+    }
+    const std::size_t first_unit = result.units.size();
     const AttentionTimes& attn = attention[idx];
     result.units.push_back(split_unit("embed.fwd", tp, t.embed_fwd_s, blocks.embed_fwd, shapes, attn));
     result.units.push_back(split_unit("embed.bwd", tp, t.embed_bwd_s, blocks.embed_bwd, shapes, attn));
@@ -439,6 +670,17 @@ CalibrationResult calibrate(const model::ModelSpec& model, const model::Plan& pl
     result.units.push_back(split_unit("head.bwd", tp, t.head_bwd_s, blocks.head_bwd, shapes, attn));
     result.units.push_back(
         split_unit("optimizer", tp, t.optimizer_s, model::make_optimizer_block(t.num_params), shapes, attn));
+    const double alone_s[] = {alone.embed_fwd_s, alone.embed_bwd_s, alone.layer_fwd_s, alone.layer_bwd_s,
+                              alone.head_fwd_s,  alone.head_bwd_s,  alone.optimizer_s};
+    for (std::size_t u = 0; u < UNITS_PER_TP; ++u) {
+      UnitMeasurement& m = result.units[first_unit + u];
+      m.alone_s = alone_s[u];
+      m.in_situ = in_situ;
+      if (in_situ) {
+        m.in_situ_wall_s = situ.wall_units.at(m.name);
+        m.in_situ_tasks = situ.units.count(m.name);
+      }
+    }
     shard_params.push_back(t.num_params);
     // Runs per step on a rank of one stage: embedding and head once per micro-batch, each layer once per
     // micro-batch, the optimizer once.
@@ -451,6 +693,15 @@ CalibrationResult calibrate(const model::ModelSpec& model, const model::Plan& pl
   }
   // Per-op cost: the floor of any op (a 1x1 GEMM). Memory-bound bytes: fitted on the units without attention.
   result.launch_overhead_s = result.tiny_op_s;
+  const bool any_in_situ =
+      std::any_of(result.units.begin(), result.units.end(), [](const UnitMeasurement& u) { return u.in_situ; });
+  if (any_in_situ) {
+    for (std::size_t idx = 0; idx < result.units.size(); ++idx) {
+      if (!result.units[idx].in_situ) {
+        unit_runs[idx] = 0.0; // timed alone: not fitted, predicted (see below)
+      }
+    }
+  }
   const double s_per_byte = fit_seconds_per_byte(result.units, unit_runs, result.launch_overhead_s);
   // No byte term (nothing left to explain): memory traffic is free up to the reference bandwidth.
   result.elementwise_bytes_per_s =
@@ -459,19 +710,33 @@ CalibrationResult calibrate(const model::ModelSpec& model, const model::Plan& pl
   // A layer's rest beyond its byte-priced ops (GeLU's tanh, the backend's copies and allocations, GEMMs slower
   // inside the layer than alone) has no op of its own in the IR: it is added to the layer's attention op, forward
   // and backward separately, so that whole layers are predicted at their measured time.
+  // With in-situ units only those (measured under the conditions of a step) are fitted; the TP sizes timed alone
+  // are then predicted from the fitted efficiencies.
   double attn_fwd_eff_s = 0.0;
   double attn_bwd_eff_s = 0.0;
-  for (const auto& u : result.units) {
-    const double rest = u.time_s - u.compute_s - u.memory_ops * result.launch_overhead_s -
-                        u.memory_bytes / result.elementwise_bytes_per_s;
-    if (u.name == "layer.fwd") {
-      attn_fwd_eff_s += rest;
-    } else if (u.name == "layer.bwd") {
-      attn_bwd_eff_s += rest;
+  double attn_fit_flops = 0.0;
+  double attn_fit_fwd_s = 0.0;
+  double attn_fit_bwd_s = 0.0;
+  for (std::size_t idx = 0; idx < tps.size(); ++idx) {
+    if (any_in_situ && !result.units[idx * UNITS_PER_TP].in_situ) {
+      continue;
+    }
+    attn_fit_flops += attention[idx].causal_flops;
+    attn_fit_fwd_s += attention[idx].fwd_s;
+    attn_fit_bwd_s += attention[idx].bwd_s;
+    for (std::size_t k = idx * UNITS_PER_TP; k < (idx + 1) * UNITS_PER_TP; ++k) {
+      const UnitMeasurement& u = result.units[k];
+      const double rest = u.time_s - u.compute_s - u.memory_ops * result.launch_overhead_s -
+                          u.memory_bytes / result.elementwise_bytes_per_s;
+      if (u.name == "layer.fwd") {
+        attn_fwd_eff_s += rest;
+      } else if (u.name == "layer.bwd") {
+        attn_bwd_eff_s += rest;
+      }
     }
   }
-  attn_fwd_eff_s = std::max(MIN_NET_SHARE * attn_fwd_s, attn_fwd_s + attn_fwd_eff_s);
-  attn_bwd_eff_s = std::max(MIN_NET_SHARE * attn_bwd_s, attn_bwd_s + attn_bwd_eff_s);
+  attn_fwd_eff_s = std::max(MIN_NET_SHARE * attn_fit_fwd_s, attn_fit_fwd_s + attn_fwd_eff_s);
+  attn_bwd_eff_s = std::max(MIN_NET_SHARE * attn_fit_bwd_s, attn_fit_bwd_s + attn_bwd_eff_s);
 
   model::CostProfile& p = result.profile;
   p.name = options.name;
@@ -504,13 +769,22 @@ CalibrationResult calibrate(const model::ModelSpec& model, const model::Plan& pl
   for (const auto& st : shapes) {
     p.gemm_table.push_back({st.m, st.n, st.k, std::min(1.0, 2.0 * st.m * st.n * st.k / net(st.time_s) / peak)});
   }
-  p.attention_efficiency = std::min(1.0, attn_flops / net(attn_fwd_eff_s) / peak);
-  p.attention_bwd_efficiency = std::min(1.0, ATTENTION_BWD_WORK_PER_FWD * attn_flops / net(attn_bwd_eff_s) / peak);
+  p.attention_efficiency = std::min(1.0, attn_fit_flops / net(attn_fwd_eff_s) / peak);
+  p.attention_bwd_efficiency =
+      std::min(1.0, ATTENTION_BWD_WORK_PER_FWD * attn_fit_flops / net(attn_bwd_eff_s) / peak);
   p.assumptions.push_back(fmt::format(
       "attention efficiencies are effective: they carry each layer's time beyond its GEMMs and byte-priced ops "
       "(measured alone: forward {:.3g}, backward {:.3g} FLOP/s)",
       result.attention_flops_per_s, result.attention_bwd_flops_per_s));
   p.launch_overhead_s = result.launch_overhead_s;
+  if (any_in_situ) {
+    p.assumptions.push_back(fmt::format(
+        "tp-1 units (embedding, layer, head, optimizer) measured in situ: mean task {} of {} training steps of the "
+        "runtime on {} rank(s) (data parallel, 1F1B, {} micro-batches per rank); the other TP sizes' units timed "
+        "alone and predicted from the in-situ fit",
+        options.in_situ_cpu_time ? "thread CPU time" : "wall time", result.in_situ_steps_measured,
+        result.in_situ_ranks, options.in_situ_microbatches));
+  }
   const double mem_bw = options.mem_bw_bytes_per_s > 0.0 ? options.mem_bw_bytes_per_s : result.elementwise_bytes_per_s;
   if (options.mem_bw_bytes_per_s <= 0.0) {
     p.assumptions.push_back(fmt::format("memory bandwidth unknown: taken as measured, {:.3g} B/s", mem_bw));
@@ -521,16 +795,9 @@ CalibrationResult calibrate(const model::ModelSpec& model, const model::Plan& pl
       "GEMMs; per-op cost {:.3g} s (a 1x1 GEMM)",
       result.elementwise_bytes_per_s, result.launch_overhead_s));
   if (result.allreduce.size() >= 2) {
-    double sx = 0.0, sy = 0.0, sxx = 0.0, sxy = 0.0;
-    for (const auto& c : result.allreduce) {
-      sx += c.msg_bytes;
-      sy += c.time_s;
-      sxx += c.msg_bytes * c.msg_bytes;
-      sxy += c.msg_bytes * c.time_s;
-    }
-    const auto count = static_cast<double>(result.allreduce.size());
-    const double slope = std::max(1e-15, (count * sxy - sx * sy) / std::max(1e-30, count * sxx - sx * sx));
-    const double intercept = std::max(0.0, (sy - slope * sx) / count);
+    const AlphaBeta fit = fit_alpha_beta(result.allreduce);
+    const double slope = fit.seconds_per_byte;
+    const double intercept = fit.latency_s;
     const double steps = 2.0 * (n - 1);
     const double bus_bw = steps / (static_cast<double>(n) * slope);
     const double link = options.link_bw_bytes_per_s > 0.0 ? options.link_bw_bytes_per_s : bus_bw;

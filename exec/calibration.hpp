@@ -28,6 +28,14 @@ struct CalibrationOptions {
   std::string name = "cpu-measured";
   /// TP sizes whose per-rank shapes are measured (empty: plan.tp only); the GEMM table covers them all.
   std::vector<int> tp_sizes;
+  // --- in-situ units (issue 5) ---
+  /// > 0: the TP-1 units (embedding, layer, head, optimizer) are not timed alone but inside this many real training
+  /// steps of the runtime (exec::Trainer, data parallel over all ranks of `world`, 1F1B, per-task timing), the first
+  /// step left out; each unit's time is the mean over its tasks (a step is a sum of tasks, so the mean is what it
+  /// adds up; a median would drop the slow tail that the step pays). 0: every unit is timed alone (best repeat).
+  int in_situ_steps = 0;
+  int in_situ_microbatches = 4; // micro-batches per rank and step of the in-situ run
+  bool in_situ_cpu_time = true; // true: each task's thread CPU time (robust to other processes); false: wall time
 };
 
 struct GemmMeasurement {
@@ -59,6 +67,11 @@ struct UnitMeasurement {
   double memory_ops = 0.0;   // IR ops priced by bytes (norms, activations, residual adds, embedding, loss, Adam)
   double memory_bytes = 0.0; // their IR bytes
   double predicted_s = 0.0;  // the unit as the finished profile predicts it
+  // --- in-situ units (issue 5) ---
+  bool in_situ = false;      // time_s is the mean of the unit's tasks in real training steps
+  double alone_s = 0.0;      // the unit timed alone (best repeat), for comparison
+  double in_situ_wall_s = 0.0; // in situ: mean wall time (time_s is the CPU time when in_situ_cpu_time)
+  int in_situ_tasks = 0;
 };
 
 struct CalibrationResult {
@@ -77,7 +90,38 @@ struct CalibrationResult {
   double eigen_peak_flops_per_s = 0.0;  // Eigen's own rate on a large square GEMM (one thread)
   double eigen_linear_flops_per_s = 0.0;   // all linear-layer GEMM FLOPs / raw Eigen time
   double backend_linear_flops_per_s = 0.0; // the same FLOPs / CPU backend time
+  // --- in-situ units (issue 5) ---
+  int in_situ_ranks = 0;             // ranks of the in-situ run (0: none)
+  int in_situ_steps_measured = 0;    // steps whose tasks were used
+  double in_situ_step_s = 0.0;       // median step time of those steps (rank 0, wall)
+  double in_situ_tasks_s = 0.0;      // median over steps of rank 0's summed compute-stream task wall times
 };
+
+// --- in-situ units (issue 5) ---
+/// Mean time of each unit in measured training steps (see unit_times_from_tasks).
+struct InSituUnitTimes {
+  // unit name ("embed.fwd", "embed.bwd", "layer.fwd", "layer.bwd", "head.fwd", "head.bwd", "optimizer") -> mean
+  // seconds and number of tasks
+  std::vector<std::string> names;
+  std::vector<double> mean_s;
+  std::vector<int> counts;
+  [[nodiscard]] double at(const std::string& name) const; // throws std::out_of_range when not measured
+  [[nodiscard]] int count(const std::string& name) const; // tasks of the unit (0: none)
+};
+
+/// t = latency_s + seconds_per_byte * S fitted to an all-reduce sweep (least squares on the relative error; slope at
+/// least 1e-15 s/B, latency at least 0).
+struct AlphaBeta {
+  double latency_s = 0.0;
+  double seconds_per_byte = 0.0;
+};
+AlphaBeta fit_alpha_beta(const std::vector<CollectiveMeasurement>& sweep);
+
+/// Unit of a runtime task from its IR label ("fwd L3 mb2 s0c0 r1" -> "layer.fwd", "bwd head mb0 ..." -> "head.bwd",
+/// "optimizer ..." -> "optimizer"); "" for every other task (collectives, sends, receives).
+std::string unit_of_task(const std::string& label);
+/// Mean per unit of measured tasks: `durations_s[i]` is the time of task `labels[i]` (wall or CPU time).
+InSituUnitTimes unit_times_from_tasks(const std::vector<std::string>& labels, const std::vector<double>& durations_s);
 
 /// Collective over `world` (all ranks take part in the all-reduce sweep; compute is measured on every rank and the
 /// slowest rank's numbers are kept). The profile is valid on every rank.

@@ -43,6 +43,13 @@ double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+// CPU time of the calling thread (user + system): a task's own work, without the time another process had the core.
+double thread_cpu_time_s() {
+  timespec now{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
+  return static_cast<double>(now.tv_sec) + 1e-9 * static_cast<double>(now.tv_nsec);
+}
+
 struct MicroState {
   Mat act;                          // forward activation flowing through the chunk (n, C)
   Mat grad;                         // its gradient flowing back
@@ -164,6 +171,7 @@ struct Trainer::State {
   std::vector<PendingSend> sends;
   std::vector<model::TimelineEvent> events; // this rank, last step
   std::vector<int> event_instr;             // instruction index of each event
+  std::vector<double> event_cpu_s;          // thread CPU time of each event
   int step = 0;
   int fault_fired_step = 0; // the step whose fault was injected (once per step)
   double loss_sum = 0.0;
@@ -680,6 +688,7 @@ double Trainer::step() {
   s.micro.clear();
   s.events.clear();
   s.event_instr.clear();
+  s.event_cpu_s.clear();
   s.model.params().zero_grads();
   if (s.zero) {
     s.zero->zero_grads();
@@ -694,11 +703,13 @@ double Trainer::step() {
       const Instr& instr = s.program.instrs[static_cast<std::size_t>(idx)];
       s.current_instr.store(idx);
       const double t0 = seconds_since(start);
+      const double cpu0 = s.options.trace ? thread_cpu_time_s() : 0.0;
       s.execute(instr);
       if (s.options.trace && instr.kind != InstrKind::Free) {
         s.events.push_back({instr.task == NO_TASK ? static_cast<model::TaskId>(idx) : instr.task, world_rank,
                             instr.stream, t0, seconds_since(start), instr.label, category_of(instr.kind)});
         s.event_instr.push_back(idx);
+        s.event_cpu_s.push_back(thread_cpu_time_s() - cpu0);
       }
     }
     s.current_instr.store(-1);
@@ -720,15 +731,16 @@ double Trainer::step() {
 }
 
 namespace {
-// One measured instruction as doubles: the fields that identify it, then start and end.
-constexpr std::size_t EVENT_FIELDS = 11;
+// One measured instruction as doubles: the fields that identify it, then its thread CPU time, start and end.
+constexpr std::size_t EVENT_FIELDS = 12;
 
-void pack_event(const Instr& instr, double start_s, double end_s, std::vector<double>& out) {
+void pack_event(const Instr& instr, double cpu_s, double start_s, double end_s, std::vector<double>& out) {
   out.insert(out.end(), {instr.task == NO_TASK ? -1.0 : static_cast<double>(instr.task),
                          static_cast<double>(instr.stream), static_cast<double>(instr.kind),
                          static_cast<double>(instr.unit), static_cast<double>(instr.layer),
                          static_cast<double>(instr.chunk), static_cast<double>(instr.microbatch),
-                         static_cast<double>(instr.direction), static_cast<double>(instr.peer), start_s, end_s});
+                         static_cast<double>(instr.direction), static_cast<double>(instr.peer), cpu_s, start_s,
+                         end_s});
 }
 
 Instr unpack_instr(const double* f) {
@@ -746,12 +758,15 @@ Instr unpack_instr(const double* f) {
 }
 } // namespace
 
-std::vector<model::TimelineEvent> Trainer::gather_timeline() {
+std::vector<model::TimelineEvent> Trainer::gather_timeline(std::vector<double>* cpu_s) {
   State& s = *state_;
   std::vector<double> packed;
   for (std::size_t e = 0; e < s.events.size(); ++e) {
-    pack_event(s.program.instrs[static_cast<std::size_t>(s.event_instr[e])], s.events[e].start_s, s.events[e].end_s,
-               packed);
+    pack_event(s.program.instrs[static_cast<std::size_t>(s.event_instr[e])], s.event_cpu_s[e], s.events[e].start_s,
+               s.events[e].end_s, packed);
+  }
+  if (cpu_s != nullptr) {
+    cpu_s->clear();
   }
   const auto all = gather_doubles(s.world, packed);
   std::vector<model::TimelineEvent> out;
@@ -771,6 +786,7 @@ std::vector<model::TimelineEvent> Trainer::gather_timeline() {
     const std::vector<double>& data = all[rank];
     for (std::size_t e = 0; e + EVENT_FIELDS <= data.size(); e += EVENT_FIELDS) {
       const Instr instr = unpack_instr(&data[e]);
+      const double task_cpu_s = data[e + EVENT_FIELDS - 3];
       const double start_s = data[e + EVENT_FIELDS - 2];
       const double end_s = data[e + EVENT_FIELDS - 1];
       const auto event_index = static_cast<model::TaskId>(e / EVENT_FIELDS);
@@ -780,12 +796,18 @@ std::vector<model::TimelineEvent> Trainer::gather_timeline() {
           model::TimelineEvent& merged = out[it->second];
           merged.start_s = std::min(merged.start_s, start_s);
           merged.end_s = std::max(merged.end_s, end_s);
+          if (cpu_s != nullptr) {
+            (*cpu_s)[it->second] += task_cpu_s;
+          }
           continue;
         }
       }
       const auto label = labels.find(instr.task);
       out.push_back({instr.task == NO_TASK ? event_index : instr.task, static_cast<int>(rank), instr.stream, start_s,
                      end_s, label != labels.end() ? label->second : describe(instr), category_of(instr.kind)});
+      if (cpu_s != nullptr) {
+        cpu_s->push_back(task_cpu_s);
+      }
     }
   }
   return out;
@@ -894,7 +916,7 @@ RunResult run_training(const RunOptions& options, Communicator& world) {
   result.median_step_time_s = median_after_first(result.step_time_s);
   result.median_step_cpu_time_s = median_after_first(result.step_cpu_time_s);
   if (options.trace) {
-    result.timeline = trainer.gather_timeline();
+    result.timeline = trainer.gather_timeline(&result.timeline_cpu_s);
   }
   return result;
 }

@@ -68,6 +68,8 @@ struct RunResult {
   /// Measured per-task timings of the last step, every rank, start/end relative to the rank's step start
   /// (rank 0 only, and only with RunOptions::trace). Event ids are IR task ids.
   std::vector<model::TimelineEvent> timeline;
+  /// Thread CPU time of each timeline event (same order; an event of several instructions: their sum).
+  std::vector<double> timeline_cpu_s;
 };
 
 /// Error raised on a rank while it runs a step, with "rank R: step S: task <label>: <what>".
@@ -90,8 +92,9 @@ public:
   /// Full model weights in canonical order (the single-rank parameter order), assembled on rank 0 from dp_rank 0's
   /// shards; empty on other ranks. Collective.
   [[nodiscard]] std::vector<float> gather_full_weights();
-  /// Measured events of the last step (rank 0: all ranks; others: empty). Collective.
-  [[nodiscard]] std::vector<model::TimelineEvent> gather_timeline();
+  /// Measured events of the last step (rank 0: all ranks; others: empty). Collective. `cpu_s` (optional, rank 0)
+  /// receives each event's thread CPU time, in the same order.
+  [[nodiscard]] std::vector<model::TimelineEvent> gather_timeline(std::vector<double>* cpu_s = nullptr);
   [[nodiscard]] const Program& program() const;
   [[nodiscard]] int steps_done() const;
   /// Global L2 norm of the gradients of the last step, before clipping (the same on every rank).

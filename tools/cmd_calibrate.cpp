@@ -27,6 +27,7 @@ constexpr int MAX_DEFAULT_TP = 8;
 constexpr const char* DEFAULT_CUDA_GPU = "h100-sxm"; // GPU whose catalog peaks a --backend cuda profile is relative to
 constexpr double GIGA = 1e9;
 constexpr double US = 1e6;
+constexpr int MAX_IN_SITU_STEPS = 1000;
 
 struct CalibrateOptions {
   ScenarioFlags scenario;
@@ -35,6 +36,10 @@ struct CalibrateOptions {
   std::vector<int> tp_sizes;
   double min_time_s = 0.02;
   bool json = false;
+  // --- in-situ units (issue 5) ---
+  int in_situ_steps = 8;
+  int in_situ_microbatches = 4;
+  std::string in_situ_clock = "cpu";
 };
 
 // TP sizes up to MAX_DEFAULT_TP that the model's heads, query groups, MLP and vocabulary divide by.
@@ -78,6 +83,24 @@ void print_human(const CalibrateOptions& cli, const model::Scenario& scenario, c
     out += fmt::format("{:5d}  {:<10} {:9.1f} {:10.1f} {:9.1f} {:7.0f} {:10.0f} {:10.1f}\n", u.tp, u.name,
                        u.time_s * US, u.compute_s * US, (u.time_s - u.compute_s) * US, u.memory_ops, u.memory_bytes,
                        u.predicted_s * US);
+  }
+  if (r.in_situ_ranks > 0) {
+    out += fmt::format("# tp-1 units measured in situ: mean task of {} training steps on {} rank(s) (data parallel, "
+                       "1F1B), {}; alone = the unit timed on its own (best repeat)\n",
+                       r.in_situ_steps_measured, r.in_situ_ranks,
+                       cli.in_situ_clock == "cpu" ? "thread CPU time" : "wall time");
+    out += "#  tp  unit         in situ     wall     alone  tasks  in situ/alone\n";
+    out += "#   -  -               (us)     (us)      (us)      -            (%)\n";
+    for (const auto& u : r.units) {
+      if (u.in_situ) {
+        out += fmt::format("{:5d}  {:<10} {:9.1f} {:8.1f} {:9.1f} {:6d} {:14.1f}\n", u.tp, u.name, u.time_s * US,
+                           u.in_situ_wall_s * US, u.alone_s * US, u.in_situ_tasks,
+                           100.0 * u.time_s / std::max(1e-12, u.alone_s));
+      }
+    }
+    out += fmt::format("in-situ step (rank 0, wall): median {:.3f} ms, of which its compute-stream tasks {:.3f} ms "
+                       "(the rest: between tasks, zero-grad, loss reduction, waits)\n",
+                       r.in_situ_step_s * 1e3, r.in_situ_tasks_s * 1e3);
   }
   out += fmt::format("memory-bound ops: {:.3f} GB/s of IR bytes (fitted on embedding, head, optimizer); per-op cost "
                      "{:.3f} us (a 1x1 GEMM); the layers' rest is carried by the attention efficiencies\n",
@@ -124,7 +147,11 @@ nlohmann::json to_json(const CalibrateOptions& cli, const exec::CalibrationResul
                      {"compute_s", u.compute_s},
                      {"memory_ops", u.memory_ops},
                      {"memory_bytes", u.memory_bytes},
-                     {"predicted_s", u.predicted_s}});
+                     {"predicted_s", u.predicted_s},
+                     {"in_situ", u.in_situ},
+                     {"alone_s", u.alone_s},
+                     {"in_situ_wall_s", u.in_situ_wall_s},
+                     {"in_situ_tasks", u.in_situ_tasks}});
   }
   return {{"backend", "cpu"},
           {"ranks", ranks},
@@ -140,7 +167,12 @@ nlohmann::json to_json(const CalibrateOptions& cli, const exec::CalibrationResul
           {"launch_overhead_s", r.launch_overhead_s},
           {"tiny_op_s", r.tiny_op_s},
           {"allreduce", allreduce},
-          {"units", units}};
+          {"units", units},
+          {"in_situ", {{"ranks", r.in_situ_ranks},
+                       {"steps", r.in_situ_steps_measured},
+                       {"clock", cli.in_situ_clock},
+                       {"step_s", r.in_situ_step_s},
+                       {"compute_tasks_s", r.in_situ_tasks_s}}}};
 }
 
 // --out and --min-time, shared by both backends.
@@ -191,6 +223,21 @@ int run_calibrate(const CalibrateOptions& cli) {
                                      "ranks is the MPI world size)"));
     }
     check_output_flags(cli);
+    // --- in-situ units (issue 5) ---
+    if (cli.in_situ_steps < 0 || cli.in_situ_steps > MAX_IN_SITU_STEPS) {
+      throw InputError(input_message(WHERE, "--in-situ-steps",
+                                     fmt::format("{} (expected an integer in [0, {}]; 0 times every unit alone)",
+                                                 cli.in_situ_steps, MAX_IN_SITU_STEPS)));
+    }
+    if (cli.in_situ_microbatches < 1 || cli.in_situ_microbatches > MAX_IN_SITU_STEPS) {
+      throw InputError(input_message(WHERE, "--in-situ-microbatches",
+                                     fmt::format("{} (expected an integer in [1, {}])", cli.in_situ_microbatches,
+                                                 MAX_IN_SITU_STEPS)));
+    }
+    if (cli.in_situ_clock != "cpu" && cli.in_situ_clock != "wall") {
+      throw InputError(input_message(WHERE, "--in-situ-clock",
+                                     fmt::format("unknown value '{}' (valid: cpu, wall)", cli.in_situ_clock)));
+    }
     scenario = resolve_scenario(cli.scenario); // shapes only: tp and micro-batch size of the plan
     options.tp_sizes = cli.tp_sizes.empty() ? default_tp_sizes(scenario.model) : cli.tp_sizes;
     for (const int tp : options.tp_sizes) {
@@ -215,6 +262,9 @@ int run_calibrate(const CalibrateOptions& cli) {
   options.link_bw_bytes_per_s = model::CPU_REFERENCE_LINK_BW_BYTES_PER_S;
   options.min_time_s = cli.min_time_s;
   options.name = "cpu-measured";
+  options.in_situ_steps = cli.in_situ_steps;
+  options.in_situ_microbatches = cli.in_situ_microbatches;
+  options.in_situ_cpu_time = cli.in_situ_clock == "cpu";
   const exec::CalibrationResult result = exec::calibrate(scenario.model, scenario.plan, options, world);
   if (!root) {
     return 0;
@@ -245,6 +295,17 @@ void add_calibrate_command(CLI::App& app, Action& action) {
   cmd->add_option("--min-time", options->min_time_s, "Seconds each measurement repeats for (best repeat counts)")
       ->capture_default_str();
   cmd->add_flag("--json", options->json, "Print the measurements as one JSON object");
+  // --- in-situ units (issue 5) ---
+  cmd->add_option("--in-situ-steps", options->in_situ_steps,
+                  "--backend cpu: time the tp-1 units inside this many real training steps (mean task; 0: each "
+                  "unit alone, best repeat)")
+      ->capture_default_str();
+  cmd->add_option("--in-situ-microbatches", options->in_situ_microbatches,
+                  "--backend cpu: micro-batches per rank and step of the in-situ training")
+      ->capture_default_str();
+  cmd->add_option("--in-situ-clock", options->in_situ_clock,
+                  "--backend cpu: cpu (each task's thread CPU time) or wall (its wall time)")
+      ->capture_default_str();
   cmd->callback([options, &action] { action = [options] { return run_calibrate(*options); }; });
 }
 

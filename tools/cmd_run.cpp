@@ -134,23 +134,27 @@ struct TaskError {
   std::string label;
   double measured_s = 0.0;
   double predicted_s = 0.0;
+  double cpu_s = 0.0; // thread CPU time of the measured task (CPU backend; 0 when not recorded)
 };
 
-// Measured and predicted durations of the same (task id, rank), largest absolute difference first.
+// Measured and predicted durations of the same (task id, rank), largest absolute difference first. `cpu_s`: the
+// measured events' thread CPU times (same order; may be empty).
 std::vector<TaskError> task_errors(const std::vector<model::TimelineEvent>& measured,
-                                   const std::vector<model::TimelineEvent>& predicted) {
+                                   const std::vector<model::TimelineEvent>& predicted,
+                                   const std::vector<double>& cpu_s = {}) {
   std::map<std::pair<model::TaskId, int>, const model::TimelineEvent*> by_task;
   for (const auto& event : predicted) {
     by_task.emplace(std::make_pair(event.id, event.rank), &event);
   }
   std::vector<TaskError> out;
-  for (const auto& event : measured) {
+  for (std::size_t idx = 0; idx < measured.size(); ++idx) {
+    const model::TimelineEvent& event = measured[idx];
     const auto it = by_task.find({event.id, event.rank});
     if (it == by_task.end()) {
       continue;
     }
     out.push_back({event.id, event.rank, event.name, event.end_s - event.start_s,
-                   it->second->end_s - it->second->start_s});
+                   it->second->end_s - it->second->start_s, idx < cpu_s.size() ? cpu_s[idx] : 0.0});
   }
   std::stable_sort(out.begin(), out.end(), [](const TaskError& a, const TaskError& b) {
     return std::abs(a.measured_s - a.predicted_s) > std::abs(b.measured_s - b.predicted_s);
@@ -196,20 +200,51 @@ struct KindError {
   int count = 0;
   double measured_s = 0.0;  // median
   double predicted_s = 0.0; // median
+  double cpu_s = 0.0;       // median thread CPU time
 };
 
 // Median measured and predicted duration per task kind: robust to the few tasks another process interrupted.
 std::vector<KindError> kind_errors(const std::vector<TaskError>& errors) {
-  std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> by_kind;
+  struct Samples {
+    std::vector<double> measured;
+    std::vector<double> predicted;
+    std::vector<double> cpu;
+  };
+  std::map<std::string, Samples> by_kind;
   for (const auto& e : errors) {
-    auto& [measured, predicted] = by_kind[task_kind(e.label)];
-    measured.push_back(e.measured_s);
-    predicted.push_back(e.predicted_s);
+    Samples& samples = by_kind[task_kind(e.label)];
+    samples.measured.push_back(e.measured_s);
+    samples.predicted.push_back(e.predicted_s);
+    samples.cpu.push_back(e.cpu_s);
   }
   std::vector<KindError> out;
   for (const auto& [kind, values] : by_kind) {
-    out.push_back({kind, static_cast<int>(values.first.size()), median(values.first), median(values.second)});
+    out.push_back({kind, static_cast<int>(values.measured.size()), median(values.measured), median(values.predicted),
+                   median(values.cpu)});
   }
+  return out;
+}
+
+// Rank 0's compute-stream tasks of the last step: summed wall time and thread CPU time (the rest of the step is
+// spent between tasks or waiting), and that step's wall and process CPU time.
+struct LastStepTasks {
+  double wall_s = 0.0;
+  double cpu_s = 0.0;
+  double step_s = 0.0;
+  double step_cpu_s = 0.0;
+};
+
+LastStepTasks last_step_tasks(const exec::RunResult& run) {
+  LastStepTasks out;
+  for (std::size_t idx = 0; idx < run.timeline.size(); ++idx) {
+    const model::TimelineEvent& e = run.timeline[idx];
+    if (e.rank == 0 && e.stream == model::Stream::Compute) {
+      out.wall_s += e.end_s - e.start_s;
+      out.cpu_s += idx < run.timeline_cpu_s.size() ? run.timeline_cpu_s[idx] : 0.0;
+    }
+  }
+  out.step_s = run.step_time_s.empty() ? 0.0 : run.step_time_s.back();
+  out.step_cpu_s = run.step_cpu_time_s.empty() ? 0.0 : run.step_cpu_time_s.back();
   return out;
 }
 
@@ -246,15 +281,26 @@ void print_human(const RunCliOptions& cli, const std::string& title, const exec:
                        "waited or shared its core with other processes)\n",
                        run.median_step_cpu_time_s * MS,
                        100.0 * run.median_step_cpu_time_s / std::max(1e-12, run.median_step_time_s));
+    const LastStepTasks last = last_step_tasks(run);
+    out += fmt::format("last step on rank 0: {:.3f} ms wall, {:.3f} ms process CPU; its compute-stream tasks {:.3f} ms "
+                       "wall, {:.3f} ms thread CPU\n",
+                       last.step_s * MS, last.step_cpu_s * MS, last.wall_s * MS, last.cpu_s * MS);
   }
   out += fmt::format("profile: {} ({})\n", profile.name, profile.source);
   out += fmt::format("\n# tasks by kind (last step, every rank; {} of {} measured tasks matched by id): medians\n",
                      matched_tasks, measured_tasks);
-  out += "# kind                  tasks   measured  predicted    error\n";
-  out += "# -                         -       (us)       (us)      (%)\n";
+  if (cpu_time) {
+    out += "# kind                  tasks   measured  predicted    error   CPU time  error vs CPU\n";
+    out += "# -                         -       (us)       (us)      (%)       (us)           (%)\n";
+  } else {
+    out += "# kind                  tasks   measured  predicted    error\n";
+    out += "# -                         -       (us)       (us)      (%)\n";
+  }
   for (const KindError& k : kind_errors(errors)) {
-    out += fmt::format("{:<22} {:7d}  {:9.1f}  {:9.1f}  {:+7.1f}\n", k.kind, k.count, k.measured_s * US,
+    out += fmt::format("{:<22} {:7d}  {:9.1f}  {:9.1f}  {:+7.1f}", k.kind, k.count, k.measured_s * US,
                        k.predicted_s * US, 100.0 * relative_error(k.predicted_s, k.measured_s));
+    out += cpu_time ? fmt::format("  {:9.1f}  {:+12.1f}\n", k.cpu_s * US, 100.0 * relative_error(k.predicted_s, k.cpu_s))
+                    : std::string("\n");
   }
   out += "\n# tasks with the largest prediction error\n";
   out += "#     id  rank  task                              measured  predicted      error\n";
@@ -291,6 +337,11 @@ nlohmann::json to_json(const model::Scenario& scenario, const exec::RunResult& r
   out["step_cpu_time_s"] = run.median_step_cpu_time_s;
   out["predicted_step_time_s"] = predicted.step_time_s;
   out["prediction_error"] = relative_error(predicted.step_time_s, run.median_step_time_s);
+  const LastStepTasks last = last_step_tasks(run);
+  out["last_step_rank0"] = {{"step_s", last.step_s},
+                            {"process_cpu_s", last.step_cpu_s},
+                            {"compute_tasks_s", last.wall_s},
+                            {"compute_tasks_cpu_s", last.cpu_s}};
   out["profile"] = {{"name", profile.name}, {"source", profile.source}};
   nlohmann::json tasks = nlohmann::json::array();
   for (std::size_t idx = 0; idx < std::min(errors.size(), static_cast<std::size_t>(std::max(0, top_tasks))); ++idx) {
@@ -307,7 +358,8 @@ nlohmann::json to_json(const model::Scenario& scenario, const exec::RunResult& r
     kinds.push_back({{"kind", k.kind},
                      {"tasks", k.count},
                      {"median_measured_s", k.measured_s},
-                     {"median_predicted_s", k.predicted_s}});
+                     {"median_predicted_s", k.predicted_s},
+                     {"median_cpu_s", k.cpu_s}});
   }
   out["task_kinds"] = kinds;
   return out;
@@ -385,7 +437,7 @@ int run_cpu(const RunCliOptions& cli) {
   sim_options.record_timeline = true;
   const sim::SimResult predicted = sim::simulate(graph, cost, sim_options);
   const std::vector<model::TimelineEvent> predicted_events = sim::to_timeline(graph, predicted);
-  const std::vector<TaskError> errors = task_errors(run.timeline, predicted_events);
+  const std::vector<TaskError> errors = task_errors(run.timeline, predicted_events, run.timeline_cpu_s);
   if (!cli.trace_path.empty()) {
     model::write_chrome_trace(cli.trace_path, {model::TraceSet{"measured", run.timeline},
                                                model::TraceSet{"predicted", predicted_events}});

@@ -13,6 +13,15 @@ file(READ ${PROFILE} text)
 if(NOT text MATCHES "gpu: cpu" OR NOT text MATCHES "gemm_table:")
   message(FATAL_ERROR "${PROFILE} is not a CPU profile with a GEMM table")
 endif()
+# --- in-situ units (issue 5) --- the default calibration times the tp-1 units inside real training steps.
+if(NOT out MATCHES "tp-1 units measured in situ" OR NOT text MATCHES "measured in situ")
+  message(FATAL_ERROR "cuboid calibrate did not report in-situ units (output or profile assumptions)")
+endif()
+execute_process(COMMAND ${CUBOID} calibrate --backend cpu --out ${PROFILE}.bad --in-situ-clock sundial
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 60)
+if(NOT rc EQUAL 2 OR NOT err MATCHES "--in-situ-clock" OR NOT err MATCHES "cpu, wall" OR EXISTS ${PROFILE}.bad)
+  message(FATAL_ERROR "calibrate --in-situ-clock sundial: exit '${rc}' (want 2 naming the flag and cpu, wall), '${err}'")
+endif()
 execute_process(COMMAND ${CUBOID} simulate --model gpt-tiny --num-gpus 2 --dp 2 --profile ${PROFILE}
                 RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 60)
 if(NOT rc EQUAL 2 OR NOT err MATCHES "--gpu cpu")
