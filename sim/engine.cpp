@@ -230,8 +230,8 @@ EngineResult Engine::run() {
   double now_s = 0.0;
   dispatch(now_s);
   while (!queue_.empty()) {
-    now_s = queue_.top().time_s;
-    while (!queue_.empty() && queue_.top().time_s == now_s) {
+    now_s = queue_.top_time_s();
+    while (!queue_.empty() && queue_.top_time_s() == now_s) {
       const Event event = queue_.pop();
       if (++result_.num_events > options_.max_events) {
         throw InfeasibleError(fmt::format("simulation exceeded max_events = {} at t = {:.6g} s ({} of {} tasks done)",

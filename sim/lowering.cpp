@@ -78,6 +78,7 @@ SimProgram lower(const model::TaskGraph& graph, const model::CostModel& cost, co
 
   ProgramBuilder builder(to_u32(ranks.size()), usable_bw(links.nvlink.bw_bytes_per_s),
                          usable_bw(links.nic.bw_bytes_per_s));
+  builder.reserve(tasks.size(), 0);
 
   // Collective matching, pass 1: k-th collective of group g on a rank -> participant count of instance (g, k).
   const std::size_t num_groups = graph.groups().size();
@@ -182,12 +183,9 @@ SimProgram lower(const model::TaskGraph& graph, const model::CostModel& cost, co
     }
     }
     CUBOID_ASSERT(sim_id == id, "lowered task {} got index {}", id, sim_id);
+    builder.set_memory(sim_id, task.alloc_at_start, task.free_at_end);
   }
-
-  for (const auto& [from, to] : graph.edges()) {
-    builder.add_edge(from, to);
-  }
-  return builder.finish();
+  return builder.finish(graph.edges());
 }
 
 } // namespace cuboid::sim

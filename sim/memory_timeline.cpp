@@ -67,6 +67,16 @@ void MemoryTimeline::replay(const SimProgram& program, const std::vector<model::
                             const EngineResult& run) {
   CUBOID_ASSERT(tasks.size() == program.tasks.size(), "{} tasks vs {} in the program", tasks.size(),
                 program.tasks.size());
+  SimProgram with_effects = program;
+  with_effects.mem_effects.clear();
+  for (std::uint32_t task = 0; task < tasks.size(); ++task) {
+    with_effects.set_memory(task, tasks[task].alloc_at_start, tasks[task].free_at_end);
+  }
+  replay(with_effects, run);
+}
+
+void MemoryTimeline::replay(const SimProgram& program, const EngineResult& run) {
+  const std::vector<model::MemBytes>& effects = program.mem_effects;
   starting_.assign(program.num_executors(), 0);
   auto hands_over = [this, &program](std::uint32_t task) {
     const SimTask& t = program.tasks[task];
@@ -96,17 +106,17 @@ void MemoryTimeline::replay(const SimProgram& program, const std::vector<model::
     for (; end_stop < num_ends && run.end_s[run.end_order[end_stop]] == now_s; ++end_stop) {
       const std::uint32_t task = run.end_order[end_stop];
       if (hands_over(task)) {
-        apply(program.tasks[task].free_rank, now_s, tasks[task].free_at_end, -1.0);
+        apply(program.tasks[task].free_rank, now_s, effects, program.tasks[task].free_effect, -1.0);
       }
     }
     for (std::size_t idx = next_start; idx < start_stop; ++idx) {
       const std::uint32_t task = run.start_order[idx];
-      apply(program.tasks[task].alloc_rank, now_s, tasks[task].alloc_at_start, 1.0);
+      apply(program.tasks[task].alloc_rank, now_s, effects, program.tasks[task].alloc_effect, 1.0);
     }
     for (std::size_t idx = next_end; idx < end_stop; ++idx) {
       const std::uint32_t task = run.end_order[idx];
       if (!hands_over(task)) {
-        apply(program.tasks[task].free_rank, now_s, tasks[task].free_at_end, -1.0);
+        apply(program.tasks[task].free_rank, now_s, effects, program.tasks[task].free_effect, -1.0);
       }
     }
     for (std::size_t idx = next_start; idx < start_stop; ++idx) {

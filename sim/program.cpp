@@ -4,6 +4,7 @@
 #include "model/errors.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <utility>
 
 namespace cuboid::sim {
@@ -33,6 +34,39 @@ double SimProgram::isolated_time_s(std::uint32_t task) const {
   return total_s;
 }
 
+namespace {
+// How many of the most recent table entries set_memory() compares with: a rank's tasks repeat a handful of distinct
+// effects (forward / backward of a layer, embedding, head), so a short window finds nearly all repeats.
+constexpr std::size_t EFFECT_WINDOW = 16;
+
+bool any_nonzero(const model::MemBytes& bytes) {
+  return std::any_of(bytes.begin(), bytes.end(), [](double value) { return value != 0.0; });
+}
+
+// Index of `bytes` in `effects` (bitwise equal: the replay must add exactly the task's values), appended if absent;
+// NO_INDEX for an effect without any non-zero byte count (the replay skips those).
+std::uint32_t intern_effect(std::vector<model::MemBytes>& effects, const model::MemBytes& bytes) {
+  if (!any_nonzero(bytes)) {
+    return NO_INDEX;
+  }
+  const std::size_t window_begin = effects.size() > EFFECT_WINDOW ? effects.size() - EFFECT_WINDOW : 0;
+  for (std::size_t idx = effects.size(); idx > window_begin; --idx) {
+    if (std::memcmp(effects[idx - 1].data(), bytes.data(), sizeof(model::MemBytes)) == 0) {
+      return static_cast<std::uint32_t>(idx - 1);
+    }
+  }
+  effects.push_back(bytes);
+  return static_cast<std::uint32_t>(effects.size() - 1);
+}
+} // namespace
+
+void SimProgram::set_memory(std::uint32_t task, const model::MemBytes& alloc_at_start,
+                            const model::MemBytes& free_at_end) {
+  SimTask& t = tasks[task];
+  t.alloc_effect = intern_effect(mem_effects, alloc_at_start);
+  t.free_effect = intern_effect(mem_effects, free_at_end);
+}
+
 ProgramBuilder::ProgramBuilder(std::uint32_t num_ranks, double nvlink_bw_bytes_per_s, double nic_bw_bytes_per_s) {
   CUBOID_ASSERT(nvlink_bw_bytes_per_s > 0.0 && nic_bw_bytes_per_s > 0.0, "bandwidths {} {} must be > 0",
                 nvlink_bw_bytes_per_s, nic_bw_bytes_per_s);
@@ -44,6 +78,11 @@ ProgramBuilder::ProgramBuilder(std::uint32_t num_ranks, double nvlink_bw_bytes_p
     program_.port_capacity[port_id(rank_idx, PortKind::NicOut)] = nic_bw_bytes_per_s;
     program_.port_capacity[port_id(rank_idx, PortKind::NicIn)] = nic_bw_bytes_per_s;
   }
+}
+
+void ProgramBuilder::reserve(std::size_t num_tasks, std::size_t num_edges) {
+  program_.tasks.reserve(num_tasks);
+  edges_.reserve(num_edges);
 }
 
 std::uint32_t ProgramBuilder::add_fixed(std::uint32_t rank_idx, model::Stream stream, double duration_s,
@@ -148,12 +187,19 @@ void build_csr(std::size_t num_keys, const std::vector<std::pair<std::uint32_t, 
 } // namespace
 
 SimProgram ProgramBuilder::finish() {
+  SimProgram program = finish(edges_);
+  edges_.clear();
+  return program;
+}
+
+SimProgram ProgramBuilder::finish(const std::vector<std::pair<std::uint32_t, std::uint32_t>>& edges) {
+  CUBOID_ASSERT(&edges == &edges_ || edges_.empty(), "finish(edges) after add_edge()");
   const std::size_t num_tasks = program_.tasks.size();
-  for (const auto& [from, to] : edges_) {
+  for (const auto& [from, to] : edges) {
     CUBOID_ASSERT(from < num_tasks && to < num_tasks, "edge {} -> {} out of range ({} tasks)", from, to, num_tasks);
   }
-  build_csr(num_tasks, edges_, true, program_.succ_offsets, program_.succs);
-  build_csr(num_tasks, edges_, false, program_.pred_offsets, program_.preds);
+  build_csr(num_tasks, edges, true, program_.succ_offsets, program_.succs);
+  build_csr(num_tasks, edges, false, program_.pred_offsets, program_.preds);
   program_.pred_count.resize(num_tasks);
   for (std::size_t task = 0; task < num_tasks; ++task) {
     program_.pred_count[task] = program_.pred_offsets[task + 1] - program_.pred_offsets[task];
@@ -167,7 +213,6 @@ SimProgram ProgramBuilder::finish() {
     CUBOID_ASSERT(ci.task_end - ci.task_begin == ci.participants, "instance {} has {} tasks, expected {}", inst,
                   ci.task_end - ci.task_begin, ci.participants);
   }
-  edges_.clear();
   instance_members_.clear();
   return std::move(program_);
 }

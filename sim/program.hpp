@@ -6,8 +6,10 @@
 #include "model/cost_model.hpp"
 #include "model/task_graph.hpp"
 
+#include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <utility>
 #include <vector>
 
 namespace cuboid::sim {
@@ -30,6 +32,8 @@ struct SimTask {
   std::uint32_t block_cost = NO_INDEX; // index into SimProgram::block_costs (compute / recompute / tp split)
   std::uint32_t alloc_rank = NO_INDEX; // rank index whose memory alloc_at_start applies to
   std::uint32_t free_rank = NO_INDEX;  // rank index whose memory free_at_end applies to
+  std::uint32_t alloc_effect = NO_INDEX; // index into SimProgram::mem_effects of alloc_at_start; NO_INDEX: none
+  std::uint32_t free_effect = NO_INDEX;  // index into SimProgram::mem_effects of free_at_end; NO_INDEX: none
 };
 
 /// A point-to-point message or one collective: `participants` tasks (one per materialised member executing it)
@@ -82,12 +86,18 @@ struct SimProgram {
   std::vector<FlowSpec> flows;
   std::vector<double> port_capacity;       // bytes/s, num_ranks * PORTS_PER_RANK
   std::vector<model::BlockCost> block_costs;
+  /// Distinct non-zero memory effects (bytes by tag) referenced by SimTask::alloc_effect / free_effect: a table that
+  /// stays in cache while the memory replay walks the tasks in simulated order (model::Task is 168 bytes).
+  std::vector<model::MemBytes> mem_effects;
 
   [[nodiscard]] std::uint32_t num_executors() const {
     return num_ranks * STREAMS_PER_RANK;
   }
   /// Time a task would take alone on an idle cluster (no queueing, no bandwidth sharing, no waiting for peers).
   [[nodiscard]] double isolated_time_s(std::uint32_t task) const;
+  /// Sets the task's alloc_at_start / free_at_end effects (all-zero bytes: none), reusing an equal table entry
+  /// among the most recently added ones.
+  void set_memory(std::uint32_t task, const model::MemBytes& alloc_at_start, const model::MemBytes& free_at_end);
 };
 
 /// Incremental construction of a SimProgram (used by lowering and by tests). finish() builds the CSR arrays.
@@ -98,6 +108,8 @@ public:
 
   std::uint32_t add_fixed(std::uint32_t rank_idx, model::Stream stream, double duration_s,
                           TaskCategory category = TaskCategory::Compute, std::uint32_t block_cost = NO_INDEX);
+  /// Capacity hints (no effect on the program's contents).
+  void reserve(std::size_t num_tasks, std::size_t num_edges);
   /// Opens a communication instance with `participants` tasks still to be added with add_comm_task().
   std::uint32_t add_instance(std::uint32_t participants);
   void add_phase(std::uint32_t instance, double latency_s);
@@ -113,9 +125,14 @@ public:
   void add_edge(std::uint32_t from, std::uint32_t to);
   std::uint32_t add_block_cost(const model::BlockCost& cost);
   SimTask& task(std::uint32_t id) { return program_.tasks[id]; }
+  void set_memory(std::uint32_t task, const model::MemBytes& alloc_at_start, const model::MemBytes& free_at_end) {
+    program_.set_memory(task, alloc_at_start, free_at_end);
+  }
   [[nodiscard]] const model::BlockCost& block_cost(std::uint32_t index) const { return program_.block_costs[index]; }
   /// Builds the CSR arrays and checks that every instance got its participants. The builder is spent afterwards.
   SimProgram finish();
+  /// Same, with the edges given at once (in their order) instead of through add_edge(), without copying them.
+  SimProgram finish(const std::vector<std::pair<std::uint32_t, std::uint32_t>>& edges);
 
 private:
   SimProgram program_;
