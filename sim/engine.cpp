@@ -142,6 +142,16 @@ void Engine::start_task(std::uint32_t task, double now_s) {
   if (t.executor2 != NO_INDEX) {
     executors_[t.executor2].running = task;
   }
+  // What finish_task() will touch (its successors' counters and tasks) is scattered over ranks' regions of the
+  // arrays: prefetch it now, while the task runs (on a pipeline, dozens of other events come first).
+  for (std::uint32_t idx = program_.succ_offsets[task]; idx < program_.succ_offsets[task + 1]; ++idx) {
+    const std::uint32_t succ = program_.succs[idx];
+    __builtin_prefetch(&pred_remaining_[succ], 1);
+    __builtin_prefetch(&program_.tasks[succ]);
+    __builtin_prefetch(&result_.start_s[succ], 1);
+    __builtin_prefetch(&result_.end_s[succ], 1);
+    __builtin_prefetch(&program_.succ_offsets[succ]);
+  }
   if (t.kind == SimTaskKind::Fixed) {
     queue_.push(now_s + t.duration_s, EventKind::TaskEnd, task);
     return;

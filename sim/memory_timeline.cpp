@@ -10,6 +10,8 @@
 namespace cuboid::sim {
 
 namespace {
+constexpr std::size_t PREFETCH_AHEAD = 16;
+
 bool any_nonzero(const model::MemBytes& bytes) {
   for (const double value : bytes) {
     if (value != 0.0) {
@@ -69,8 +71,9 @@ void MemoryTimeline::replay(const SimProgram& program, const std::vector<model::
                 program.tasks.size());
   SimProgram with_effects = program;
   with_effects.mem_effects.clear();
+  MemoryEffectInterner interner;
   for (std::uint32_t task = 0; task < tasks.size(); ++task) {
-    with_effects.set_memory(task, tasks[task].alloc_at_start, tasks[task].free_at_end);
+    interner.set_memory(with_effects, task, tasks[task].alloc_at_start, tasks[task].free_at_end);
   }
   replay(with_effects, run);
 }
@@ -87,6 +90,17 @@ void MemoryTimeline::replay(const SimProgram& program, const EngineResult& run) 
   const std::size_t num_starts = run.start_order.size();
   const std::size_t num_ends = run.end_order.size();
   while (next_start < num_starts || next_end < num_ends) {
+    // The orders jump between ranks' regions of the task arrays: fetch a few tasks ahead.
+    if (next_start + PREFETCH_AHEAD < num_starts) {
+      const std::uint32_t ahead = run.start_order[next_start + PREFETCH_AHEAD];
+      __builtin_prefetch(&program.tasks[ahead]);
+      __builtin_prefetch(&run.start_s[ahead]);
+    }
+    if (next_end + PREFETCH_AHEAD < num_ends) {
+      const std::uint32_t ahead = run.end_order[next_end + PREFETCH_AHEAD];
+      __builtin_prefetch(&program.tasks[ahead]);
+      __builtin_prefetch(&run.end_s[ahead]);
+    }
     double now_s = std::numeric_limits<double>::infinity();
     if (next_start < num_starts) {
       now_s = run.start_s[run.start_order[next_start]];

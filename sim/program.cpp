@@ -4,7 +4,7 @@
 #include "model/errors.hpp"
 
 #include <algorithm>
-#include <cstring>
+#include <bit>
 #include <utility>
 
 namespace cuboid::sim {
@@ -35,36 +35,44 @@ double SimProgram::isolated_time_s(std::uint32_t task) const {
 }
 
 namespace {
-// How many of the most recent table entries set_memory() compares with: a rank's tasks repeat a handful of distinct
-// effects (forward / backward of a layer, embedding, head), so a short window finds nearly all repeats.
-constexpr std::size_t EFFECT_WINDOW = 16;
-
-bool any_nonzero(const model::MemBytes& bytes) {
-  return std::any_of(bytes.begin(), bytes.end(), [](double value) { return value != 0.0; });
-}
-
-// Index of `bytes` in `effects` (bitwise equal: the replay must add exactly the task's values), appended if absent;
-// NO_INDEX for an effect without any non-zero byte count (the replay skips those).
-std::uint32_t intern_effect(std::vector<model::MemBytes>& effects, const model::MemBytes& bytes) {
-  if (!any_nonzero(bytes)) {
-    return NO_INDEX;
-  }
-  const std::size_t window_begin = effects.size() > EFFECT_WINDOW ? effects.size() - EFFECT_WINDOW : 0;
-  for (std::size_t idx = effects.size(); idx > window_begin; --idx) {
-    if (std::memcmp(effects[idx - 1].data(), bytes.data(), sizeof(model::MemBytes)) == 0) {
-      return static_cast<std::uint32_t>(idx - 1);
+bool same_bits(const model::MemBytes& lhs, const model::MemBytes& rhs) {
+  for (std::size_t tag = 0; tag < lhs.size(); ++tag) {
+    if (std::bit_cast<std::uint64_t>(lhs[tag]) != std::bit_cast<std::uint64_t>(rhs[tag])) {
+      return false;
     }
   }
-  effects.push_back(bytes);
-  return static_cast<std::uint32_t>(effects.size() - 1);
+  return true;
 }
 } // namespace
 
-void SimProgram::set_memory(std::uint32_t task, const model::MemBytes& alloc_at_start,
-                            const model::MemBytes& free_at_end) {
-  SimTask& t = tasks[task];
-  t.alloc_effect = intern_effect(mem_effects, alloc_at_start);
-  t.free_effect = intern_effect(mem_effects, free_at_end);
+std::uint32_t MemoryEffectInterner::intern(std::vector<model::MemBytes>& effects, const model::MemBytes& bytes) {
+  // Bitwise equality (the replay must add exactly the task's values); all-zero effects (also -0.0) are skipped by
+  // the replay, so they get no entry.
+  constexpr std::uint64_t NOT_SIGN = ~(std::uint64_t{1} << 63U);
+  std::uint64_t magnitudes = 0; // non-zero iff some value != 0.0 (NaN included)
+  std::uint64_t hash = 0;
+  for (const double value : bytes) {
+    const auto bits = std::bit_cast<std::uint64_t>(value);
+    magnitudes |= bits & NOT_SIGN;
+    hash = (hash + bits) * 0x9E3779B97F4A7C15ULL;
+  }
+  if (magnitudes == 0) {
+    return NO_INDEX;
+  }
+  // The top bits of a multiplicative hash depend on every input bit (byte counts are round numbers: low bits 0).
+  std::uint32_t& slot = recent_[hash >> (64U - RECENT_BITS)];
+  if (slot == NO_INDEX || slot >= effects.size() || !same_bits(effects[slot], bytes)) {
+    slot = static_cast<std::uint32_t>(effects.size());
+    effects.push_back(bytes);
+  }
+  return slot;
+}
+
+void MemoryEffectInterner::set_memory(SimProgram& program, std::uint32_t task, const model::MemBytes& alloc_at_start,
+                                      const model::MemBytes& free_at_end) {
+  SimTask& t = program.tasks[task];
+  t.alloc_effect = intern(program.mem_effects, alloc_at_start);
+  t.free_effect = intern(program.mem_effects, free_at_end);
 }
 
 ProgramBuilder::ProgramBuilder(std::uint32_t num_ranks, double nvlink_bw_bytes_per_s, double nic_bw_bytes_per_s) {
@@ -82,6 +90,7 @@ ProgramBuilder::ProgramBuilder(std::uint32_t num_ranks, double nvlink_bw_bytes_p
 
 void ProgramBuilder::reserve(std::size_t num_tasks, std::size_t num_edges) {
   program_.tasks.reserve(num_tasks);
+  model::advise_huge_pages(program_.tasks.data(), program_.tasks.capacity() * sizeof(SimTask));
   edges_.reserve(num_edges);
 }
 

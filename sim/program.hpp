@@ -6,6 +6,7 @@
 #include "model/cost_model.hpp"
 #include "model/task_graph.hpp"
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -95,9 +96,23 @@ struct SimProgram {
   }
   /// Time a task would take alone on an idle cluster (no queueing, no bandwidth sharing, no waiting for peers).
   [[nodiscard]] double isolated_time_s(std::uint32_t task) const;
-  /// Sets the task's alloc_at_start / free_at_end effects (all-zero bytes: none), reusing an equal table entry
-  /// among the most recently added ones.
-  void set_memory(std::uint32_t task, const model::MemBytes& alloc_at_start, const model::MemBytes& free_at_end);
+};
+
+/// Fills SimProgram::mem_effects without duplicates in practice: an effect bitwise equal to one of the recent
+/// distinct effects (a small table indexed by a hash of the bytes) gets that entry's index.
+class MemoryEffectInterner {
+public:
+  MemoryEffectInterner() { recent_.fill(NO_INDEX); }
+  /// Index of `bytes` in `effects` (appended when not found), or NO_INDEX when no byte count is non-zero.
+  std::uint32_t intern(std::vector<model::MemBytes>& effects, const model::MemBytes& bytes);
+  /// Sets the task's alloc_effect / free_effect from its model::Task effects.
+  void set_memory(SimProgram& program, std::uint32_t task, const model::MemBytes& alloc_at_start,
+                  const model::MemBytes& free_at_end);
+
+private:
+  static constexpr unsigned RECENT_BITS = 6;
+  static constexpr std::size_t RECENT = std::size_t{1} << RECENT_BITS;
+  std::array<std::uint32_t, RECENT> recent_{};
 };
 
 /// Incremental construction of a SimProgram (used by lowering and by tests). finish() builds the CSR arrays.
@@ -126,7 +141,7 @@ public:
   std::uint32_t add_block_cost(const model::BlockCost& cost);
   SimTask& task(std::uint32_t id) { return program_.tasks[id]; }
   void set_memory(std::uint32_t task, const model::MemBytes& alloc_at_start, const model::MemBytes& free_at_end) {
-    program_.set_memory(task, alloc_at_start, free_at_end);
+    interner_.set_memory(program_, task, alloc_at_start, free_at_end);
   }
   [[nodiscard]] const model::BlockCost& block_cost(std::uint32_t index) const { return program_.block_costs[index]; }
   /// Builds the CSR arrays and checks that every instance got its participants. The builder is spent afterwards.
@@ -136,6 +151,7 @@ public:
 
 private:
   SimProgram program_;
+  MemoryEffectInterner interner_;
   std::vector<std::pair<std::uint32_t, std::uint32_t>> edges_;
   std::vector<std::pair<std::uint32_t, std::uint32_t>> instance_members_; // (instance, task)
 };
