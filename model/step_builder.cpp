@@ -101,16 +101,24 @@ struct StageTemplate {
                 .microbatch = t.microbatch, .layer = t.layer, .block = t.block, .alloc_at_start = mem.alloc_at_start,
                 .free_at_end = mem.free_at_end};
   }
-  /// Index of `mem` in `effects` (bitwise equal), appended if new.
+  /// Index of `mem` in `effects` (bitwise equal), appended if new. Units alternate between a few effects: the
+  /// last index found is tried first.
   std::uint32_t effect_index(const TaskEffects& mem) {
+    const auto same = [&mem](const TaskEffects& entry) { return std::memcmp(&entry, &mem, sizeof(TaskEffects)) == 0; };
+    if (last_effect < effects.size() && same(effects[last_effect])) {
+      return last_effect;
+    }
     for (std::size_t idx = 0; idx < effects.size(); ++idx) {
-      if (std::memcmp(&effects[idx], &mem, sizeof(TaskEffects)) == 0) {
-        return static_cast<std::uint32_t>(idx);
+      if (same(effects[idx])) {
+        last_effect = static_cast<std::uint32_t>(idx);
+        return last_effect;
       }
     }
     effects.push_back(mem);
-    return static_cast<std::uint32_t>(effects.size() - 1);
+    last_effect = static_cast<std::uint32_t>(effects.size() - 1);
+    return last_effect;
   }
+  std::uint32_t last_effect = 0;
 };
 
 void set(MemBytes& bytes, MemTag tag, double value) { bytes[static_cast<std::size_t>(tag)] = value; }

@@ -12,14 +12,6 @@ namespace cuboid::sim {
 namespace {
 constexpr std::size_t PREFETCH_AHEAD = 16;
 
-bool any_nonzero(const model::MemBytes& bytes) {
-  for (const double value : bytes) {
-    if (value != 0.0) {
-      return true;
-    }
-  }
-  return false;
-}
 double sum(const model::MemBytes& bytes) {
   double total = 0.0;
   for (const double value : bytes) {
@@ -46,7 +38,8 @@ MemoryTimeline::MemoryTimeline(const std::vector<model::RankInfo>& ranks, bool r
 }
 
 void MemoryTimeline::apply(std::uint32_t rank_idx, double time_s, const model::MemBytes& bytes, double sign) {
-  if (rank_idx == NO_INDEX || !any_nonzero(bytes)) {
+  // All-zero effects have no table entry (MemoryEffectInterner): nothing to skip here.
+  if (rank_idx == NO_INDEX) {
     return;
   }
   CUBOID_ASSERT(rank_idx < ranks_.size(), "memory effect on rank index {} of {}", rank_idx, ranks_.size());

@@ -94,6 +94,14 @@ void ProgramBuilder::reserve(std::size_t num_tasks, std::size_t num_edges) {
   edges_.reserve(num_edges);
 }
 
+void ProgramBuilder::reserve_comm(std::size_t num_instances, std::size_t num_phases, std::size_t num_flows,
+                                  std::size_t num_comm_tasks) {
+  program_.instances.reserve(num_instances);
+  program_.phases.reserve(num_phases);
+  program_.flows.reserve(num_flows);
+  instance_members_.reserve(num_comm_tasks);
+}
+
 std::uint32_t ProgramBuilder::add_fixed(std::uint32_t rank_idx, model::Stream stream, double duration_s,
                                         TaskCategory category, std::uint32_t block_cost) {
   CUBOID_ASSERT(rank_idx < program_.num_ranks, "rank index {} >= {}", rank_idx, program_.num_ranks);

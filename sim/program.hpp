@@ -125,6 +125,8 @@ public:
                           TaskCategory category = TaskCategory::Compute, std::uint32_t block_cost = NO_INDEX);
   /// Capacity hints (no effect on the program's contents).
   void reserve(std::size_t num_tasks, std::size_t num_edges);
+  void reserve_comm(std::size_t num_instances, std::size_t num_phases, std::size_t num_flows,
+                    std::size_t num_comm_tasks);
   /// Opens a communication instance with `participants` tasks still to be added with add_comm_task().
   std::uint32_t add_instance(std::uint32_t participants);
   void add_phase(std::uint32_t instance, double latency_s);
