@@ -45,19 +45,29 @@ bool same_bits(const model::MemBytes& lhs, const model::MemBytes& rhs) {
 }
 } // namespace
 
-std::uint32_t MemoryEffectInterner::intern(std::vector<model::MemBytes>& effects, const model::MemBytes& bytes) {
+std::uint32_t MemoryEffectInterner::intern(std::vector<model::MemBytes>& effects, const model::MemBytes& bytes,
+                                           std::size_t channel) {
   // Bitwise equality (the replay must add exactly the task's values); all-zero effects (also -0.0) are skipped by
   // the replay, so they get no entry.
   constexpr std::uint64_t NOT_SIGN = ~(std::uint64_t{1} << 63U);
   std::uint64_t magnitudes = 0; // non-zero iff some value != 0.0 (NaN included)
-  std::uint64_t hash = 0;
   for (const double value : bytes) {
-    const auto bits = std::bit_cast<std::uint64_t>(value);
-    magnitudes |= bits & NOT_SIGN;
-    hash = (hash + bits) * 0x9E3779B97F4A7C15ULL;
+    magnitudes |= std::bit_cast<std::uint64_t>(value) & NOT_SIGN;
   }
   if (magnitudes == 0) {
     return NO_INDEX;
+  }
+  // Consecutive tasks mostly alternate between two effects per channel (a layer's forward and backward): try those
+  // first.
+  std::array<std::uint32_t, 2>& recent_hits = last_[channel];
+  for (const std::uint32_t last : recent_hits) {
+    if (last < effects.size() && same_bits(effects[last], bytes)) {
+      return last;
+    }
+  }
+  std::uint64_t hash = 0;
+  for (const double value : bytes) {
+    hash = (hash + std::bit_cast<std::uint64_t>(value)) * 0x9E3779B97F4A7C15ULL;
   }
   // The top bits of a multiplicative hash depend on every input bit (byte counts are round numbers: low bits 0).
   std::uint32_t& slot = recent_[hash >> (64U - RECENT_BITS)];
@@ -65,14 +75,16 @@ std::uint32_t MemoryEffectInterner::intern(std::vector<model::MemBytes>& effects
     slot = static_cast<std::uint32_t>(effects.size());
     effects.push_back(bytes);
   }
+  recent_hits[1] = recent_hits[0];
+  recent_hits[0] = slot;
   return slot;
 }
 
 void MemoryEffectInterner::set_memory(SimProgram& program, std::uint32_t task, const model::MemBytes& alloc_at_start,
                                       const model::MemBytes& free_at_end) {
   SimTask& t = program.tasks[task];
-  t.alloc_effect = intern(program.mem_effects, alloc_at_start);
-  t.free_effect = intern(program.mem_effects, free_at_end);
+  t.alloc_effect = intern(program.mem_effects, alloc_at_start, 0);
+  t.free_effect = intern(program.mem_effects, free_at_end, 1);
 }
 
 ProgramBuilder::ProgramBuilder(std::uint32_t num_ranks, double nvlink_bw_bytes_per_s, double nic_bw_bytes_per_s) {

@@ -102,9 +102,15 @@ struct SimProgram {
 /// distinct effects (a small table indexed by a hash of the bytes) gets that entry's index.
 class MemoryEffectInterner {
 public:
-  MemoryEffectInterner() { recent_.fill(NO_INDEX); }
+  MemoryEffectInterner() {
+    recent_.fill(NO_INDEX);
+    for (std::array<std::uint32_t, 2>& hits : last_) {
+      hits.fill(NO_INDEX);
+    }
+  }
   /// Index of `bytes` in `effects` (appended when not found), or NO_INDEX when no byte count is non-zero.
-  std::uint32_t intern(std::vector<model::MemBytes>& effects, const model::MemBytes& bytes);
+  /// `channel` (0 or 1: allocations, frees) keeps its own last two hits.
+  std::uint32_t intern(std::vector<model::MemBytes>& effects, const model::MemBytes& bytes, std::size_t channel = 0);
   /// Sets the task's alloc_effect / free_effect from its model::Task effects.
   void set_memory(SimProgram& program, std::uint32_t task, const model::MemBytes& alloc_at_start,
                   const model::MemBytes& free_at_end);
@@ -113,6 +119,7 @@ private:
   static constexpr unsigned RECENT_BITS = 6;
   static constexpr std::size_t RECENT = std::size_t{1} << RECENT_BITS;
   std::array<std::uint32_t, RECENT> recent_{};
+  std::array<std::array<std::uint32_t, 2>, 2> last_{}; // per channel: the last two indices returned
 };
 
 /// Incremental construction of a SimProgram (used by lowering and by tests). finish() builds the CSR arrays.
