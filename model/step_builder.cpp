@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstring>
 #include <iterator>
 #include <numeric>
 
@@ -63,15 +64,61 @@ struct ExpertSync {
   std::uint32_t last_task = NONE;
 };
 
+// A compute task of a stage template: only the fields that differ between a template's tasks, its memory effects by
+// index into StageTemplate::effects (24 bytes, not a 168-byte Task: a template holds m x units tasks, and a
+// 1T / 3072-GPU step has 64 templates of 2048 tasks).
+struct TemplateTask {
+  Phase phase = Phase::Forward;
+  int chunk = 0;
+  int microbatch = 0;
+  int layer = -1;
+  std::int32_t block = -1;
+  std::uint32_t effects = 0;
+};
+
+struct TaskEffects {
+  MemBytes alloc_at_start{};
+  MemBytes free_at_end{};
+};
+
 struct StageTemplate {
   std::vector<ExpertSync> expert_syncs; // --- mixture of experts ---
-  std::vector<Task> tasks; // compute tasks in schedule order; rank is filled per materialised rank
+  int stage = 0;
+  std::vector<TemplateTask> tasks; // compute tasks in schedule order
+  std::vector<TaskEffects> effects; // the distinct memory effects of `tasks`
   std::vector<std::uint32_t> fwd_first, bwd_first; // [mb * vp + chunk] -> template index of the first task
   std::vector<Send> sends;
   std::vector<Bucket> buckets;
   std::vector<double> task_params; // parameters (per TP rank, unsharded) of the unit each compute task runs
   std::int32_t optimizer_block = -1;
   MemBytes static_bytes{};
+
+  /// Template task k as the Task of materialised rank `rank`.
+  [[nodiscard]] Task task(std::size_t k, int rank) const {
+    const TemplateTask& t = tasks[k];
+    const TaskEffects& mem = effects[t.effects];
+    return Task{.kind = TaskKind::Compute, .phase = t.phase, .rank = rank, .stage = stage, .chunk = t.chunk,
+                .microbatch = t.microbatch, .layer = t.layer, .block = t.block, .alloc_at_start = mem.alloc_at_start,
+                .free_at_end = mem.free_at_end};
+  }
+  /// Index of `mem` in `effects` (bitwise equal), appended if new. Units alternate between a few effects: the
+  /// last index found is tried first.
+  std::uint32_t effect_index(const TaskEffects& mem) {
+    const auto same = [&mem](const TaskEffects& entry) { return std::memcmp(&entry, &mem, sizeof(TaskEffects)) == 0; };
+    if (last_effect < effects.size() && same(effects[last_effect])) {
+      return last_effect;
+    }
+    for (std::size_t idx = 0; idx < effects.size(); ++idx) {
+      if (same(effects[idx])) {
+        last_effect = static_cast<std::uint32_t>(idx);
+        return last_effect;
+      }
+    }
+    effects.push_back(mem);
+    last_effect = static_cast<std::uint32_t>(effects.size() - 1);
+    return last_effect;
+  }
+  std::uint32_t last_effect = 0;
 };
 
 void set(MemBytes& bytes, MemTag tag, double value) { bytes[static_cast<std::size_t>(tag)] = value; }
@@ -301,7 +348,9 @@ private:
                                                               : 0.0);
     const double embed_params = embedding_params_per_rank(model_, plan_);
     const double layer_params = layer_params_per_tp_rank(model_, plan_.tp);
-    Task task{.kind = TaskKind::Compute, .stage = stage};
+    tmpl.stage = stage;
+    TemplateTask task;
+    TaskEffects mem;
     for (std::size_t step_idx = 0; step_idx < order.size(); ++step_idx) {
       const ScheduleStep& step = order[step_idx];
       const bool fwd = step.phase == Phase::Forward;
@@ -314,16 +363,17 @@ private:
         task.layer = unit.layer;
         task.block = unit.block;
         // Forward stores its activations until the matching backward frees them; workspaces live for one task.
-        set(task.alloc_at_start, MemTag::Activations, unit.act_alloc_bytes);
-        set(task.free_at_end, MemTag::Activations, unit.act_free_bytes);
-        set(task.alloc_at_start, MemTag::Workspace, unit.workspace_bytes);
-        set(task.free_at_end, MemTag::Workspace, unit.workspace_bytes);
+        set(mem.alloc_at_start, MemTag::Activations, unit.act_alloc_bytes);
+        set(mem.free_at_end, MemTag::Activations, unit.act_free_bytes);
+        set(mem.alloc_at_start, MemTag::Workspace, unit.workspace_bytes);
+        set(mem.free_at_end, MemTag::Workspace, unit.workspace_bytes);
         const bool is_embedding = unit.block == embed_.block || unit.block == embed_bwd_.block;
         const double params = unit.layer >= 0 ? layer_params : (is_embedding ? embed_params : head_params);
         // ZeRO-2/3: the backward writes the unit's unsharded fp32 gradients, freed by its bucket's reduce-scatter;
         // ZeRO-3: the compute frees the unit's gathered bf16 parameters (allocated by its all-gather) when done.
-        set(task.alloc_at_start, MemTag::Grads, sharded_grads() && !fwd ? FP32_GRAD_BYTES * params : 0.0);
-        set(task.free_at_end, MemTag::Weights, sharded_params() ? BF16_BYTES * params : 0.0);
+        set(mem.alloc_at_start, MemTag::Grads, sharded_grads() && !fwd ? FP32_GRAD_BYTES * params : 0.0);
+        set(mem.free_at_end, MemTag::Weights, sharded_params() ? BF16_BYTES * params : 0.0);
+        task.effects = tmpl.effect_index(mem);
         tmpl.tasks.push_back(task);
         tmpl.task_params.push_back(params);
       }
@@ -425,9 +475,8 @@ private:
     const int rank = ranks_[ridx];
     base_[ridx] = static_cast<TaskId>(graph_.num_tasks());
     TaskId prev = NONE;
-    for (Task task : tmpl.tasks) {
-      task.rank = rank;
-      const TaskId id = graph_.add_task(task);
+    for (std::size_t k = 0; k < tmpl.tasks.size(); ++k) {
+      const TaskId id = graph_.add_task(tmpl.task(k, rank));
       if (prev != NONE) {
         graph_.add_edge(prev, id); // the schedule: one in-order compute stream
       }
@@ -666,7 +715,7 @@ private:
       }
     };
     for (std::size_t k = 0; k < tmpl.tasks.size(); ++k) {
-      const Task& compute = tmpl.tasks[k];
+      const TemplateTask& compute = tmpl.tasks[k];
       const TaskId compute_id = base_[ridx] + static_cast<TaskId>(k);
       const double params = tmpl.task_params[k];
       collective.phase = compute.phase;

@@ -7,16 +7,39 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <utility>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 namespace cuboid::model {
 
 TaskGraph::TaskGraph(ModelSpec model, ClusterSpec cluster, Plan plan, Instantiation instantiation)
     : model_(std::move(model)), cluster_(std::move(cluster)), plan_(plan), instantiation_(instantiation) {}
 
+void advise_huge_pages(const void* data, std::size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr std::uintptr_t HUGE_PAGE_BYTES = std::uintptr_t{2} << 20;
+  const auto begin = reinterpret_cast<std::uintptr_t>(data);
+  const std::uintptr_t first = (begin + HUGE_PAGE_BYTES - 1) & ~(HUGE_PAGE_BYTES - 1);
+  const std::uintptr_t last = (begin + bytes) & ~(HUGE_PAGE_BYTES - 1);
+  if (data != nullptr && last > first) {
+    // Advice only: on failure (THP off, old kernel) the pages stay 4 KiB, with the same contents.
+    static_cast<void>(madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE));
+  }
+#else
+  static_cast<void>(data);
+  static_cast<void>(bytes);
+#endif
+}
+
 void TaskGraph::reserve(std::size_t num_tasks) {
   tasks_.reserve(num_tasks);
   edges_.reserve(2 * num_tasks);
+  advise_huge_pages(tasks_.data(), tasks_.capacity() * sizeof(Task));
+  advise_huge_pages(edges_.data(), edges_.capacity() * sizeof(Edge));
 }
 
 const TaskGraph::Graph& TaskGraph::GraphCache::get(std::size_t num_vertices, const std::vector<Edge>& edges) {

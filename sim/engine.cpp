@@ -18,6 +18,7 @@ namespace {
 
 constexpr std::size_t MAX_STUCK_REPORTED = 5;
 constexpr std::size_t MAX_PREDS_REPORTED = 4;
+constexpr std::size_t SUCCS_AHEAD = 16; // one cache line of successor ids
 
 struct ReadyEntry {
   double ready_s = 0.0;
@@ -142,6 +143,20 @@ void Engine::start_task(std::uint32_t task, double now_s) {
   if (t.executor2 != NO_INDEX) {
     executors_[t.executor2].running = task;
   }
+  // What finish_task() will touch (its successors' counters and tasks) is scattered over ranks' regions of the
+  // arrays: prefetch it now, while the task runs (on a pipeline, dozens of other events come first).
+  const std::uint32_t succ_end = program_.succ_offsets[task + 1];
+  if (succ_end + SUCCS_AHEAD < program_.succs.size()) {
+    __builtin_prefetch(&program_.succs[succ_end + SUCCS_AHEAD]); // the next tasks' (a rank's tasks are consecutive)
+  }
+  for (std::uint32_t idx = program_.succ_offsets[task]; idx < succ_end; ++idx) {
+    const std::uint32_t succ = program_.succs[idx];
+    __builtin_prefetch(&pred_remaining_[succ], 1);
+    __builtin_prefetch(&program_.tasks[succ]);
+    __builtin_prefetch(&result_.start_s[succ], 1);
+    __builtin_prefetch(&result_.end_s[succ], 1);
+    __builtin_prefetch(&program_.succ_offsets[succ]);
+  }
   if (t.kind == SimTaskKind::Fixed) {
     queue_.push(now_s + t.duration_s, EventKind::TaskEnd, task);
     return;
@@ -200,7 +215,11 @@ void Engine::finish_task(std::uint32_t task, double now_s) {
       mark_dirty(executor);
     }
   }
-  for (std::uint32_t idx = program_.succ_offsets[task]; idx < program_.succ_offsets[task + 1]; ++idx) {
+  const std::uint32_t succ_end = program_.succ_offsets[task + 1];
+  if (succ_end + SUCCS_AHEAD < program_.succs.size()) {
+    __builtin_prefetch(&program_.succs[succ_end + SUCCS_AHEAD]); // the next tasks' (a rank's tasks are consecutive)
+  }
+  for (std::uint32_t idx = program_.succ_offsets[task]; idx < succ_end; ++idx) {
     const std::uint32_t succ = program_.succs[idx];
     if (--pred_remaining_[succ] == 0) {
       make_ready(succ, now_s);
@@ -230,8 +249,8 @@ EngineResult Engine::run() {
   double now_s = 0.0;
   dispatch(now_s);
   while (!queue_.empty()) {
-    now_s = queue_.top().time_s;
-    while (!queue_.empty() && queue_.top().time_s == now_s) {
+    now_s = queue_.top_time_s();
+    while (!queue_.empty() && queue_.top_time_s() == now_s) {
       const Event event = queue_.pop();
       if (++result_.num_events > options_.max_events) {
         throw InfeasibleError(fmt::format("simulation exceeded max_events = {} at t = {:.6g} s ({} of {} tasks done)",

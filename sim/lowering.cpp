@@ -78,17 +78,22 @@ SimProgram lower(const model::TaskGraph& graph, const model::CostModel& cost, co
 
   ProgramBuilder builder(to_u32(ranks.size()), usable_bw(links.nvlink.bw_bytes_per_s),
                          usable_bw(links.nic.bw_bytes_per_s));
+  builder.reserve(tasks.size(), 0);
 
   // Collective matching, pass 1: k-th collective of group g on a rank -> participant count of instance (g, k).
   const std::size_t num_groups = graph.groups().size();
   std::vector<std::vector<std::pair<std::int32_t, std::uint32_t>>> seen_per_rank(ranks.size()); // (group, count)
   std::vector<std::uint32_t> occurrence(tasks.size(), 0);
   std::vector<std::vector<std::uint32_t>> participants(num_groups);
+  std::size_t num_p2p = 0;
+  std::size_t num_collective = 0;
   for (std::size_t id = 0; id < tasks.size(); ++id) {
     const model::Task& task = tasks[id];
     if (task.kind != model::TaskKind::Collective) {
+      num_p2p += task.kind == model::TaskKind::P2P ? 1U : 0U;
       continue;
     }
+    ++num_collective;
     CUBOID_ASSERT(task.group_index >= 0 && static_cast<std::size_t>(task.group_index) < num_groups,
                   "collective task {} has group index {} of {}", id, task.group_index, num_groups);
     const std::uint32_t ridx = index_of(task.rank);
@@ -106,6 +111,8 @@ SimProgram lower(const model::TaskGraph& graph, const model::CostModel& cost, co
     }
     ++counts[occurrence[id]];
   }
+  // P2P: one instance, phase and flow each; a collective task: at most one instance, at least one phase.
+  builder.reserve_comm(num_p2p + num_collective, num_p2p + num_collective, num_p2p, num_p2p + num_collective);
   std::vector<std::vector<std::uint32_t>> instance_of(num_groups);
   std::vector<collectives::GroupLayout> layouts(num_groups);
   std::vector<bool> has_layout(num_groups, false);
@@ -182,12 +189,9 @@ SimProgram lower(const model::TaskGraph& graph, const model::CostModel& cost, co
     }
     }
     CUBOID_ASSERT(sim_id == id, "lowered task {} got index {}", id, sim_id);
+    builder.set_memory(sim_id, task.alloc_at_start, task.free_at_end);
   }
-
-  for (const auto& [from, to] : graph.edges()) {
-    builder.add_edge(from, to);
-  }
-  return builder.finish();
+  return builder.finish(graph.edges());
 }
 
 } // namespace cuboid::sim

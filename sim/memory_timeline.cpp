@@ -10,14 +10,8 @@
 namespace cuboid::sim {
 
 namespace {
-bool any_nonzero(const model::MemBytes& bytes) {
-  for (const double value : bytes) {
-    if (value != 0.0) {
-      return true;
-    }
-  }
-  return false;
-}
+constexpr std::size_t PREFETCH_AHEAD = 16;
+
 double sum(const model::MemBytes& bytes) {
   double total = 0.0;
   for (const double value : bytes) {
@@ -44,7 +38,8 @@ MemoryTimeline::MemoryTimeline(const std::vector<model::RankInfo>& ranks, bool r
 }
 
 void MemoryTimeline::apply(std::uint32_t rank_idx, double time_s, const model::MemBytes& bytes, double sign) {
-  if (rank_idx == NO_INDEX || !any_nonzero(bytes)) {
+  // All-zero effects have no table entry (MemoryEffectInterner): nothing to skip here.
+  if (rank_idx == NO_INDEX) {
     return;
   }
   CUBOID_ASSERT(rank_idx < ranks_.size(), "memory effect on rank index {} of {}", rank_idx, ranks_.size());
@@ -67,6 +62,17 @@ void MemoryTimeline::replay(const SimProgram& program, const std::vector<model::
                             const EngineResult& run) {
   CUBOID_ASSERT(tasks.size() == program.tasks.size(), "{} tasks vs {} in the program", tasks.size(),
                 program.tasks.size());
+  SimProgram with_effects = program;
+  with_effects.mem_effects.clear();
+  MemoryEffectInterner interner;
+  for (std::uint32_t task = 0; task < tasks.size(); ++task) {
+    interner.set_memory(with_effects, task, tasks[task].alloc_at_start, tasks[task].free_at_end);
+  }
+  replay(with_effects, run);
+}
+
+void MemoryTimeline::replay(const SimProgram& program, const EngineResult& run) {
+  const std::vector<model::MemBytes>& effects = program.mem_effects;
   starting_.assign(program.num_executors(), 0);
   auto hands_over = [this, &program](std::uint32_t task) {
     const SimTask& t = program.tasks[task];
@@ -77,6 +83,17 @@ void MemoryTimeline::replay(const SimProgram& program, const std::vector<model::
   const std::size_t num_starts = run.start_order.size();
   const std::size_t num_ends = run.end_order.size();
   while (next_start < num_starts || next_end < num_ends) {
+    // The orders jump between ranks' regions of the task arrays: fetch a few tasks ahead.
+    if (next_start + PREFETCH_AHEAD < num_starts) {
+      const std::uint32_t ahead = run.start_order[next_start + PREFETCH_AHEAD];
+      __builtin_prefetch(&program.tasks[ahead]);
+      __builtin_prefetch(&run.start_s[ahead]);
+    }
+    if (next_end + PREFETCH_AHEAD < num_ends) {
+      const std::uint32_t ahead = run.end_order[next_end + PREFETCH_AHEAD];
+      __builtin_prefetch(&program.tasks[ahead]);
+      __builtin_prefetch(&run.end_s[ahead]);
+    }
     double now_s = std::numeric_limits<double>::infinity();
     if (next_start < num_starts) {
       now_s = run.start_s[run.start_order[next_start]];
@@ -96,17 +113,17 @@ void MemoryTimeline::replay(const SimProgram& program, const std::vector<model::
     for (; end_stop < num_ends && run.end_s[run.end_order[end_stop]] == now_s; ++end_stop) {
       const std::uint32_t task = run.end_order[end_stop];
       if (hands_over(task)) {
-        apply(program.tasks[task].free_rank, now_s, tasks[task].free_at_end, -1.0);
+        apply(program.tasks[task].free_rank, now_s, effects, program.tasks[task].free_effect, -1.0);
       }
     }
     for (std::size_t idx = next_start; idx < start_stop; ++idx) {
       const std::uint32_t task = run.start_order[idx];
-      apply(program.tasks[task].alloc_rank, now_s, tasks[task].alloc_at_start, 1.0);
+      apply(program.tasks[task].alloc_rank, now_s, effects, program.tasks[task].alloc_effect, 1.0);
     }
     for (std::size_t idx = next_end; idx < end_stop; ++idx) {
       const std::uint32_t task = run.end_order[idx];
       if (!hands_over(task)) {
-        apply(program.tasks[task].free_rank, now_s, tasks[task].free_at_end, -1.0);
+        apply(program.tasks[task].free_rank, now_s, effects, program.tasks[task].free_effect, -1.0);
       }
     }
     for (std::size_t idx = next_start; idx < start_stop; ++idx) {

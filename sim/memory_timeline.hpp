@@ -7,6 +7,7 @@
 #include "sim/program.hpp"
 #include "sim/simulator.hpp"
 
+#include <utility>
 #include <vector>
 
 namespace cuboid::sim {
@@ -22,13 +23,23 @@ public:
   /// allocations (their order against concurrent streams is unknown: conservative peak). `tasks` is indexed like
   /// program.tasks.
   void replay(const SimProgram& program, const std::vector<model::Task>& tasks, const EngineResult& run);
+  /// Same, with the effects the program carries (SimProgram::mem_effects, as lowering sets them).
+  void replay(const SimProgram& program, const EngineResult& run);
 
   [[nodiscard]] const std::vector<RankMemory>& get_ranks() const { return ranks_; }
+  /// Moves the per-rank results out (the timeline is spent afterwards).
+  [[nodiscard]] std::vector<RankMemory> take_ranks() { return std::move(ranks_); }
   /// Index (into get_ranks()) of the rank with the highest peak; ties -> the lowest index.
   [[nodiscard]] std::size_t peak_index() const;
 
 private:
   void apply(std::uint32_t rank_idx, double time_s, const model::MemBytes& bytes, double sign);
+  void apply(std::uint32_t rank_idx, double time_s, const std::vector<model::MemBytes>& effects,
+             std::uint32_t effect, double sign) {
+    if (effect != NO_INDEX) {
+      apply(rank_idx, time_s, effects[effect], sign);
+    }
+  }
 
   std::vector<RankMemory> ranks_;
   std::vector<model::MemBytes> current_;

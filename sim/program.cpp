@@ -4,6 +4,7 @@
 #include "model/errors.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <utility>
 
 namespace cuboid::sim {
@@ -33,6 +34,59 @@ double SimProgram::isolated_time_s(std::uint32_t task) const {
   return total_s;
 }
 
+namespace {
+bool same_bits(const model::MemBytes& lhs, const model::MemBytes& rhs) {
+  for (std::size_t tag = 0; tag < lhs.size(); ++tag) {
+    if (std::bit_cast<std::uint64_t>(lhs[tag]) != std::bit_cast<std::uint64_t>(rhs[tag])) {
+      return false;
+    }
+  }
+  return true;
+}
+} // namespace
+
+std::uint32_t MemoryEffectInterner::intern(std::vector<model::MemBytes>& effects, const model::MemBytes& bytes,
+                                           std::size_t channel) {
+  // Bitwise equality (the replay must add exactly the task's values); all-zero effects (also -0.0) are skipped by
+  // the replay, so they get no entry.
+  constexpr std::uint64_t NOT_SIGN = ~(std::uint64_t{1} << 63U);
+  std::uint64_t magnitudes = 0; // non-zero iff some value != 0.0 (NaN included)
+  for (const double value : bytes) {
+    magnitudes |= std::bit_cast<std::uint64_t>(value) & NOT_SIGN;
+  }
+  if (magnitudes == 0) {
+    return NO_INDEX;
+  }
+  // Consecutive tasks mostly alternate between two effects per channel (a layer's forward and backward): try those
+  // first.
+  std::array<std::uint32_t, 2>& recent_hits = last_[channel];
+  for (const std::uint32_t last : recent_hits) {
+    if (last < effects.size() && same_bits(effects[last], bytes)) {
+      return last;
+    }
+  }
+  std::uint64_t hash = 0;
+  for (const double value : bytes) {
+    hash = (hash + std::bit_cast<std::uint64_t>(value)) * 0x9E3779B97F4A7C15ULL;
+  }
+  // The top bits of a multiplicative hash depend on every input bit (byte counts are round numbers: low bits 0).
+  std::uint32_t& slot = recent_[hash >> (64U - RECENT_BITS)];
+  if (slot == NO_INDEX || slot >= effects.size() || !same_bits(effects[slot], bytes)) {
+    slot = static_cast<std::uint32_t>(effects.size());
+    effects.push_back(bytes);
+  }
+  recent_hits[1] = recent_hits[0];
+  recent_hits[0] = slot;
+  return slot;
+}
+
+void MemoryEffectInterner::set_memory(SimProgram& program, std::uint32_t task, const model::MemBytes& alloc_at_start,
+                                      const model::MemBytes& free_at_end) {
+  SimTask& t = program.tasks[task];
+  t.alloc_effect = intern(program.mem_effects, alloc_at_start, 0);
+  t.free_effect = intern(program.mem_effects, free_at_end, 1);
+}
+
 ProgramBuilder::ProgramBuilder(std::uint32_t num_ranks, double nvlink_bw_bytes_per_s, double nic_bw_bytes_per_s) {
   CUBOID_ASSERT(nvlink_bw_bytes_per_s > 0.0 && nic_bw_bytes_per_s > 0.0, "bandwidths {} {} must be > 0",
                 nvlink_bw_bytes_per_s, nic_bw_bytes_per_s);
@@ -44,6 +98,20 @@ ProgramBuilder::ProgramBuilder(std::uint32_t num_ranks, double nvlink_bw_bytes_p
     program_.port_capacity[port_id(rank_idx, PortKind::NicOut)] = nic_bw_bytes_per_s;
     program_.port_capacity[port_id(rank_idx, PortKind::NicIn)] = nic_bw_bytes_per_s;
   }
+}
+
+void ProgramBuilder::reserve(std::size_t num_tasks, std::size_t num_edges) {
+  program_.tasks.reserve(num_tasks);
+  model::advise_huge_pages(program_.tasks.data(), program_.tasks.capacity() * sizeof(SimTask));
+  edges_.reserve(num_edges);
+}
+
+void ProgramBuilder::reserve_comm(std::size_t num_instances, std::size_t num_phases, std::size_t num_flows,
+                                  std::size_t num_comm_tasks) {
+  program_.instances.reserve(num_instances);
+  program_.phases.reserve(num_phases);
+  program_.flows.reserve(num_flows);
+  instance_members_.reserve(num_comm_tasks);
 }
 
 std::uint32_t ProgramBuilder::add_fixed(std::uint32_t rank_idx, model::Stream stream, double duration_s,
@@ -148,12 +216,19 @@ void build_csr(std::size_t num_keys, const std::vector<std::pair<std::uint32_t, 
 } // namespace
 
 SimProgram ProgramBuilder::finish() {
+  SimProgram program = finish(edges_);
+  edges_.clear();
+  return program;
+}
+
+SimProgram ProgramBuilder::finish(const std::vector<std::pair<std::uint32_t, std::uint32_t>>& edges) {
+  CUBOID_ASSERT(&edges == &edges_ || edges_.empty(), "finish(edges) after add_edge()");
   const std::size_t num_tasks = program_.tasks.size();
-  for (const auto& [from, to] : edges_) {
+  for (const auto& [from, to] : edges) {
     CUBOID_ASSERT(from < num_tasks && to < num_tasks, "edge {} -> {} out of range ({} tasks)", from, to, num_tasks);
   }
-  build_csr(num_tasks, edges_, true, program_.succ_offsets, program_.succs);
-  build_csr(num_tasks, edges_, false, program_.pred_offsets, program_.preds);
+  build_csr(num_tasks, edges, true, program_.succ_offsets, program_.succs);
+  build_csr(num_tasks, edges, false, program_.pred_offsets, program_.preds);
   program_.pred_count.resize(num_tasks);
   for (std::size_t task = 0; task < num_tasks; ++task) {
     program_.pred_count[task] = program_.pred_offsets[task + 1] - program_.pred_offsets[task];
@@ -167,7 +242,6 @@ SimProgram ProgramBuilder::finish() {
     CUBOID_ASSERT(ci.task_end - ci.task_begin == ci.participants, "instance {} has {} tasks, expected {}", inst,
                   ci.task_end - ci.task_begin, ci.participants);
   }
-  edges_.clear();
   instance_members_.clear();
   return std::move(program_);
 }

@@ -6,8 +6,11 @@
 #include "model/cost_model.hpp"
 #include "model/task_graph.hpp"
 
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <utility>
 #include <vector>
 
 namespace cuboid::sim {
@@ -30,6 +33,8 @@ struct SimTask {
   std::uint32_t block_cost = NO_INDEX; // index into SimProgram::block_costs (compute / recompute / tp split)
   std::uint32_t alloc_rank = NO_INDEX; // rank index whose memory alloc_at_start applies to
   std::uint32_t free_rank = NO_INDEX;  // rank index whose memory free_at_end applies to
+  std::uint32_t alloc_effect = NO_INDEX; // index into SimProgram::mem_effects of alloc_at_start; NO_INDEX: none
+  std::uint32_t free_effect = NO_INDEX;  // index into SimProgram::mem_effects of free_at_end; NO_INDEX: none
 };
 
 /// A point-to-point message or one collective: `participants` tasks (one per materialised member executing it)
@@ -82,12 +87,39 @@ struct SimProgram {
   std::vector<FlowSpec> flows;
   std::vector<double> port_capacity;       // bytes/s, num_ranks * PORTS_PER_RANK
   std::vector<model::BlockCost> block_costs;
+  /// Distinct non-zero memory effects (bytes by tag) referenced by SimTask::alloc_effect / free_effect: a table that
+  /// stays in cache while the memory replay walks the tasks in simulated order (model::Task is 168 bytes).
+  std::vector<model::MemBytes> mem_effects;
 
   [[nodiscard]] std::uint32_t num_executors() const {
     return num_ranks * STREAMS_PER_RANK;
   }
   /// Time a task would take alone on an idle cluster (no queueing, no bandwidth sharing, no waiting for peers).
   [[nodiscard]] double isolated_time_s(std::uint32_t task) const;
+};
+
+/// Fills SimProgram::mem_effects without duplicates in practice: an effect bitwise equal to one of the recent
+/// distinct effects (a small table indexed by a hash of the bytes) gets that entry's index.
+class MemoryEffectInterner {
+public:
+  MemoryEffectInterner() {
+    recent_.fill(NO_INDEX);
+    for (std::array<std::uint32_t, 2>& hits : last_) {
+      hits.fill(NO_INDEX);
+    }
+  }
+  /// Index of `bytes` in `effects` (appended when not found), or NO_INDEX when no byte count is non-zero.
+  /// `channel` (0 or 1: allocations, frees) keeps its own last two hits.
+  std::uint32_t intern(std::vector<model::MemBytes>& effects, const model::MemBytes& bytes, std::size_t channel = 0);
+  /// Sets the task's alloc_effect / free_effect from its model::Task effects.
+  void set_memory(SimProgram& program, std::uint32_t task, const model::MemBytes& alloc_at_start,
+                  const model::MemBytes& free_at_end);
+
+private:
+  static constexpr unsigned RECENT_BITS = 6;
+  static constexpr std::size_t RECENT = std::size_t{1} << RECENT_BITS;
+  std::array<std::uint32_t, RECENT> recent_{};
+  std::array<std::array<std::uint32_t, 2>, 2> last_{}; // per channel: the last two indices returned
 };
 
 /// Incremental construction of a SimProgram (used by lowering and by tests). finish() builds the CSR arrays.
@@ -98,6 +130,10 @@ public:
 
   std::uint32_t add_fixed(std::uint32_t rank_idx, model::Stream stream, double duration_s,
                           TaskCategory category = TaskCategory::Compute, std::uint32_t block_cost = NO_INDEX);
+  /// Capacity hints (no effect on the program's contents).
+  void reserve(std::size_t num_tasks, std::size_t num_edges);
+  void reserve_comm(std::size_t num_instances, std::size_t num_phases, std::size_t num_flows,
+                    std::size_t num_comm_tasks);
   /// Opens a communication instance with `participants` tasks still to be added with add_comm_task().
   std::uint32_t add_instance(std::uint32_t participants);
   void add_phase(std::uint32_t instance, double latency_s);
@@ -113,12 +149,18 @@ public:
   void add_edge(std::uint32_t from, std::uint32_t to);
   std::uint32_t add_block_cost(const model::BlockCost& cost);
   SimTask& task(std::uint32_t id) { return program_.tasks[id]; }
+  void set_memory(std::uint32_t task, const model::MemBytes& alloc_at_start, const model::MemBytes& free_at_end) {
+    interner_.set_memory(program_, task, alloc_at_start, free_at_end);
+  }
   [[nodiscard]] const model::BlockCost& block_cost(std::uint32_t index) const { return program_.block_costs[index]; }
   /// Builds the CSR arrays and checks that every instance got its participants. The builder is spent afterwards.
   SimProgram finish();
+  /// Same, with the edges given at once (in their order) instead of through add_edge(), without copying them.
+  SimProgram finish(const std::vector<std::pair<std::uint32_t, std::uint32_t>>& edges);
 
 private:
   SimProgram program_;
+  MemoryEffectInterner interner_;
   std::vector<std::pair<std::uint32_t, std::uint32_t>> edges_;
   std::vector<std::pair<std::uint32_t, std::uint32_t>> instance_members_; // (instance, task)
 };

@@ -84,11 +84,12 @@ SimResult simulate(const model::TaskGraph& graph, const model::CostModel& cost, 
   }
 
   MemoryTimeline memory(graph.ranks(), options.record_memory_timeline);
-  memory.replay(program, graph.tasks(), run);
-  result.memory = memory.get_ranks();
+  memory.replay(program, run);
+  const std::size_t peak_index = memory.peak_index();
+  result.memory = memory.take_ranks();
   result.hbm_bytes = graph.get_cluster().gpu.hbm_bytes;
   if (!result.memory.empty()) {
-    const RankMemory& peak = result.memory[memory.peak_index()];
+    const RankMemory& peak = result.memory[peak_index];
     result.peak_memory_rank = peak.rank;
     result.peak_memory_bytes = peak.peak_bytes;
     result.peak_memory_breakdown = peak.at_peak;
