@@ -129,7 +129,8 @@ public:
 
   // --- mixture of experts ---
   /// Makes the MoE layers dispatch over `ep` (the EP group, size plan.ep, this rank at position ep_rank; not owned,
-  /// must outlive the model). Required before the first MoE layer runs, also with ep = 1 (a group of one).
+  /// must outlive the model). Required before the first MoE layer runs when ep > 1; without it a model with ep = 1
+  /// dispatches to itself.
   void set_expert_parallel(Communicator* ep);
   /// Elements of the flat buffers before the routed experts: the routed-expert parameters of the stage are laid
   /// out last (per chunk contiguous), so the DP buckets cover [0, dense_param_elements()) only.
@@ -204,6 +205,8 @@ private:
   mutable double min_router_margin_ = std::numeric_limits<double>::infinity(); // diagnostics of const forwards
   mutable std::uint64_t routing_fingerprint_ = 0;
   bool recomputing_ = false; // layer_backward's rerun of the forward (not a new routing decision)
+  /// The EP group, or `self` (a group of one) when none was set and plan.ep == 1.
+  [[nodiscard]] Communicator& ep_group(Communicator& self) const;
   void declare_moe_router(LayerIdx& p, const std::string& prefix);
   void declare_moe_experts(); // after every dense parameter: see dense_param_elements()
   /// h: (n, C) the ln2 output; y: (n, C) overwritten with the weighted sum of the chosen experts' outputs.

@@ -14,6 +14,7 @@
 #include "exec/cpu/activation.hpp"
 #include "exec/cpu/linear.hpp"
 #include "exec/init.hpp"
+#include "exec/local_communicator.hpp"
 #include "model/errors.hpp"
 
 #include <fmt/format.h>
@@ -89,6 +90,13 @@ void GptModel::set_expert_parallel(Communicator* ep) {
   ep_ = ep;
 }
 
+// A model nobody gave an EP group (a standalone single-rank model, e.g. exec::calibrate's) dispatches to itself.
+Communicator& GptModel::ep_group(Communicator& self) const {
+  CUBOID_ASSERT(ep_ != nullptr || plan_.ep == 1, "MoE layer with ep = {} but no EP group (set_expert_parallel)",
+                plan_.ep);
+  return ep_ != nullptr ? *ep_ : self;
+}
+
 std::size_t GptModel::dense_param_elements() const {
   for (const ParamInfo& info : params_.infos()) {
     if (info.expert) {
@@ -128,7 +136,9 @@ void GptModel::moe_expert_forward(const LayerIdx::Expert& e, int local, LayerCac
   const auto l = static_cast<std::size_t>(local);
   const Mat& x = c.expert_x[l];
   const Eigen::Index rows = x.rows();
-  const std::int64_t F = spec_.moe_ffn_hidden_size;
+  // The shard's width (F_e / tp): only exec::calibrate times a MoE layer with tp > 1 (its output is then one TP
+  // shard's partial sum; cuboid run refuses tp > 1 with MoE, validate_moe_run).
+  const std::int64_t F = params_.info(e.w1).cols;
   out.resize(rows, spec_.hidden_size);
   if (rows == 0) {
     return; // an expert no token chose (empty Eigen blocks have no data to offset into)
@@ -147,7 +157,8 @@ void GptModel::moe_expert_forward(const LayerIdx::Expert& e, int local, LayerCac
 }
 
 void GptModel::moe_forward(int layer, const LayerIdx& p, const Mat& h, Mat& y, LayerCache& c) const {
-  CUBOID_ASSERT(ep_ != nullptr, "MoE layer without an EP group (set_expert_parallel)");
+  LocalCommunicator self;
+  Communicator& ep = ep_group(self);
   const Eigen::Index n = h.rows();
   const Eigen::Index C = h.cols();
   const int K = static_cast<int>(spec_.moe_top_k);
@@ -198,7 +209,7 @@ void GptModel::moe_forward(int layer, const LayerIdx& p, const Mat& h, Mat& y, L
     count_send[static_cast<std::size_t>(expert)] = static_cast<float>(rows_of_expert[static_cast<std::size_t>(expert)]);
   }
   const std::vector<int> per_member(static_cast<std::size_t>(members), local);
-  ep_->all_to_all_v(count_send, per_member, count_recv, per_member);
+  ep.all_to_all_v(count_send, per_member, count_recv, per_member);
   c.recv_expert_rows.assign(static_cast<std::size_t>(E), 0);
   c.send_counts.assign(static_cast<std::size_t>(members), 0);
   c.recv_counts.assign(static_cast<std::size_t>(members), 0);
@@ -213,7 +224,7 @@ void GptModel::moe_forward(int layer, const LayerIdx& p, const Mat& h, Mat& y, L
     }
   }
   Mat recv(received_rows, C);
-  ep_->all_to_all_v(span_of(send), c.send_counts, span_of(recv), c.recv_counts);
+  ep.all_to_all_v(span_of(send), c.send_counts, span_of(recv), c.recv_counts);
 
   // Local expert l's rows: member 0's block for l, member 1's, ... (received row offsets in `first`).
   std::vector<int> first(static_cast<std::size_t>(E), 0);
@@ -249,7 +260,7 @@ void GptModel::moe_forward(int layer, const LayerIdx& p, const Mat& h, Mat& y, L
   }
   // Combine: the inverse all-to-all returns each dispatched row's output in send order.
   Mat returned(static_cast<Eigen::Index>(c.dispatch_slots.size()), C);
-  ep_->all_to_all_v(span_of(back), c.recv_counts, span_of(returned), c.send_counts);
+  ep.all_to_all_v(span_of(back), c.recv_counts, span_of(returned), c.send_counts);
   c.expert_out.resize(n * K, C);
   for (std::size_t row = 0; row < c.dispatch_slots.size(); ++row) {
     c.expert_out.row(c.dispatch_slots[row]) = returned.row(static_cast<Eigen::Index>(row));
@@ -287,6 +298,8 @@ void GptModel::moe_expert_backward(const LayerIdx::Expert& e, int local, LayerCa
 }
 
 void GptModel::moe_backward(const LayerIdx& p, LayerCache& c, const Mat& dy, Mat& dh) {
+  LocalCommunicator self;
+  Communicator& ep = ep_group(self);
   const Eigen::Index n = dy.rows();
   const Eigen::Index C = dy.cols();
   const int K = c.routing.top_k;
@@ -306,7 +319,7 @@ void GptModel::moe_backward(const LayerIdx& p, LayerCache& c, const Mat& dy, Mat
     received_rows += rows;
   }
   Mat recv(received_rows, C);
-  ep_->all_to_all_v(span_of(send), c.send_counts, span_of(recv), c.recv_counts);
+  ep.all_to_all_v(span_of(send), c.send_counts, span_of(recv), c.recv_counts);
   std::vector<int> first(static_cast<std::size_t>(E), 0);
   for (int at = 0, row = 0; at < E; ++at) {
     first[static_cast<std::size_t>(at)] = row;
@@ -329,7 +342,7 @@ void GptModel::moe_backward(const LayerIdx& p, LayerCache& c, const Mat& dy, Mat
     }
   }
   Mat returned(static_cast<Eigen::Index>(c.dispatch_slots.size()), C);
-  ep_->all_to_all_v(span_of(back), c.recv_counts, span_of(returned), c.send_counts);
+  ep.all_to_all_v(span_of(back), c.recv_counts, span_of(returned), c.send_counts);
   Mat dx_slots(n * K, C);
   for (std::size_t row = 0; row < c.dispatch_slots.size(); ++row) {
     dx_slots.row(c.dispatch_slots[row]) = returned.row(static_cast<Eigen::Index>(row));
