@@ -551,8 +551,39 @@ InSituUnitTimes unit_times_from_tasks(const std::vector<std::string>& labels, co
   return out;
 }
 
+namespace {
+CalibrationResult calibrate_dense(const model::ModelSpec& model, const model::Plan& plan,
+                                  const CalibrationOptions& options, Communicator& world);
+} // namespace
+
+// --- mixture of experts --- The unit fit has no router / expert terms: a MoE model is calibrated on the dense model
+// of the same shape (every layer a dense MLP of ffn_hidden_size, no EP group), and its MoE tasks are predicted from
+// the GEMM, elementwise and all-to-all rates fitted there.
 CalibrationResult calibrate(const model::ModelSpec& model, const model::Plan& plan, const CalibrationOptions& options,
                             Communicator& world) {
+  if (!model.is_moe()) {
+    return calibrate_dense(model, plan, options, world);
+  }
+  model::ModelSpec dense = model;
+  dense.num_experts = 0;
+  dense.moe_top_k = 0;
+  dense.moe_ffn_hidden_size = 0;
+  dense.num_shared_experts = 0;
+  dense.first_k_dense_layers = 0;
+  model::Plan dense_plan = plan;
+  dense_plan.ep = 1;
+  dense_plan.moe_imbalance = 1.0;
+  CalibrationResult result = calibrate_dense(dense, dense_plan, options, world);
+  result.profile.assumptions.push_back(fmt::format(
+      "MoE model {}: units calibrated on the dense model of the same shape (router and expert tasks are predicted "
+      "from its GEMM and elementwise rates)",
+      model.name));
+  return result;
+}
+
+namespace {
+CalibrationResult calibrate_dense(const model::ModelSpec& model, const model::Plan& plan,
+                                  const CalibrationOptions& options, Communicator& world) {
   CalibrationResult result;
   const std::int64_t tokens = model.seq_length * plan.micro_batch_size;
   const std::vector<int> tps = options.tp_sizes.empty() ? std::vector<int>{plan.tp} : options.tp_sizes;
@@ -843,5 +874,6 @@ CalibrationResult calibrate(const model::ModelSpec& model, const model::Plan& pl
   }
   return result;
 }
+} // namespace
 
 } // namespace cuboid::exec

@@ -59,6 +59,11 @@ void print_human(const CalibrateOptions& cli, const model::Scenario& scenario, c
   std::string out;
   out += fmt::format("# cuboid calibrate --backend cpu: model {}, micro-batch {}, {} rank(s) measuring at once\n",
                      scenario.model.name, scenario.plan.micro_batch_size, ranks);
+  for (const std::string& note : r.profile.assumptions) {
+    if (note.starts_with("MoE model")) {
+      out += "# " + note + "\n"; // exec::calibrate measured the dense model of the same shape
+    }
+  }
   out += "# GEMMs of the linear layers (Eigen, fp32, one thread per rank); backend = the CPU backend's linear op\n";
   out += "#  tp  gemm              M      N      K       time    Eigen  backend/Eigen\n";
   out += "#   -  -                 -      -      -       (us) (GFLOP/s)           (%)\n";

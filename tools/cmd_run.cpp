@@ -405,20 +405,8 @@ int run_cpu(const RunCliOptions& cli) {
     calibration.min_time_s = QUICK_CALIBRATION_MIN_TIME_S;
     calibration.allreduce_bytes = QUICK_ALLREDUCE_BYTES;
     calibration.name = "cpu-quick";
-    // --- mixture of experts --- the quick calibration times the units of the dense model of the same shape (its
-    // unit fit has no router / expert terms); the MoE tasks are predicted from the rates fitted there.
-    model::ModelSpec calibrated_model = options.model;
-    model::Plan calibrated_plan = options.plan;
-    if (calibrated_model.is_moe()) {
-      calibrated_model.num_experts = 0;
-      calibrated_model.moe_top_k = 0;
-      calibrated_model.moe_ffn_hidden_size = 0;
-      calibrated_model.num_shared_experts = 0;
-      calibrated_model.first_k_dense_layers = 0;
-      calibrated_plan.ep = 1;
-      calibrated_plan.moe_imbalance = 1.0;
-    }
-    profile = exec::calibrate(calibrated_model, calibrated_plan, calibration, world).profile;
+    // (a MoE model is calibrated on the dense model of the same shape: exec::calibrate)
+    profile = exec::calibrate(options.model, options.plan, calibration, world).profile;
     profile.assumptions.emplace_back("quick calibration by cuboid run (no --profile): for a steadier prediction run "
                                      "`cuboid calibrate --backend cpu --out FILE` and pass --profile FILE");
     profile = apply_profile_flags(cli.profile, std::move(profile));
