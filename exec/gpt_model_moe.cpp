@@ -30,6 +30,34 @@ namespace {
 constexpr double INIT_STD = 0.02; // as gpt_model.cpp (Megatron init_method_std)
 
 std::span<float> span_of(Mat& m) { return {m.data(), static_cast<std::size_t>(m.size())}; }
+
+// The received buffer of an EP all-to-all holds, per EP member p and local expert l, a block of
+// rows_per_block[p * local + l] rows, in that order. first_rows() gives each block's first row; the local expert l's
+// rows are member 0's block for l, member 1's, ... (gather_expert_rows copies them out, scatter_expert_rows back).
+std::vector<int> first_rows(const std::vector<int>& rows_per_block) {
+  std::vector<int> first(rows_per_block.size(), 0);
+  for (std::size_t at = 0, row = 0; at < rows_per_block.size(); ++at) {
+    first[at] = static_cast<int>(row);
+    row += static_cast<std::size_t>(rows_per_block[at]);
+  }
+  return first;
+}
+void gather_expert_rows(const Mat& recv, const std::vector<int>& rows_per_block, const std::vector<int>& first,
+                        int members, int local, int l, Mat& out) {
+  for (int member = 0, row = 0; member < members; ++member) {
+    const auto at = static_cast<std::size_t>(member * local + l);
+    out.middleRows(row, rows_per_block[at]) = recv.middleRows(first[at], rows_per_block[at]);
+    row += rows_per_block[at];
+  }
+}
+void scatter_expert_rows(const Mat& in, const std::vector<int>& rows_per_block, const std::vector<int>& first,
+                         int members, int local, int l, Mat& back) {
+  for (int member = 0, row = 0; member < members; ++member) {
+    const auto at = static_cast<std::size_t>(member * local + l);
+    back.middleRows(first[at], rows_per_block[at]) = in.middleRows(row, rows_per_block[at]);
+    row += rows_per_block[at];
+  }
+}
 } // namespace
 
 void GptModel::declare_moe_router(LayerIdx& p, const std::string& prefix) {
@@ -226,12 +254,7 @@ void GptModel::moe_forward(int layer, const LayerIdx& p, const Mat& h, Mat& y, L
   Mat recv(received_rows, C);
   ep.all_to_all_v(span_of(send), c.send_counts, span_of(recv), c.recv_counts);
 
-  // Local expert l's rows: member 0's block for l, member 1's, ... (received row offsets in `first`).
-  std::vector<int> first(static_cast<std::size_t>(E), 0);
-  for (int at = 0, row = 0; at < E; ++at) {
-    first[static_cast<std::size_t>(at)] = row;
-    row += c.recv_expert_rows[static_cast<std::size_t>(at)];
-  }
+  const std::vector<int> first = first_rows(c.recv_expert_rows);
   const auto local_size = static_cast<std::size_t>(local);
   c.expert_x.assign(local_size, Mat());
   c.expert_fc1.assign(local_size, Mat());
@@ -245,18 +268,10 @@ void GptModel::moe_forward(int layer, const LayerIdx& p, const Mat& h, Mat& y, L
     }
     Mat& x = c.expert_x[static_cast<std::size_t>(l)];
     x.resize(rows, C);
-    for (int member = 0, row = 0; member < members; ++member) {
-      const auto at = static_cast<std::size_t>(member * local + l);
-      x.middleRows(row, c.recv_expert_rows[at]) = recv.middleRows(first[at], c.recv_expert_rows[at]);
-      row += c.recv_expert_rows[at];
-    }
+    gather_expert_rows(recv, c.recv_expert_rows, first, members, local, l, x);
     Mat out;
     moe_expert_forward(p.experts[static_cast<std::size_t>(l)], l, c, out);
-    for (int member = 0, row = 0; member < members; ++member) {
-      const auto at = static_cast<std::size_t>(member * local + l);
-      back.middleRows(first[at], c.recv_expert_rows[at]) = out.middleRows(row, c.recv_expert_rows[at]);
-      row += c.recv_expert_rows[at];
-    }
+    scatter_expert_rows(out, c.recv_expert_rows, first, members, local, l, back);
   }
   // Combine: the inverse all-to-all returns each dispatched row's output in send order.
   Mat returned(static_cast<Eigen::Index>(c.dispatch_slots.size()), C);
@@ -320,26 +335,14 @@ void GptModel::moe_backward(const LayerIdx& p, LayerCache& c, const Mat& dy, Mat
   }
   Mat recv(received_rows, C);
   ep.all_to_all_v(span_of(send), c.send_counts, span_of(recv), c.recv_counts);
-  std::vector<int> first(static_cast<std::size_t>(E), 0);
-  for (int at = 0, row = 0; at < E; ++at) {
-    first[static_cast<std::size_t>(at)] = row;
-    row += c.recv_expert_rows[static_cast<std::size_t>(at)];
-  }
+  const std::vector<int> first = first_rows(c.recv_expert_rows);
   Mat back(received_rows, C);
   for (int l = 0; l < local; ++l) {
     Mat dout(c.expert_x[static_cast<std::size_t>(l)].rows(), C);
-    for (int member = 0, row = 0; member < members; ++member) {
-      const auto at = static_cast<std::size_t>(member * local + l);
-      dout.middleRows(row, c.recv_expert_rows[at]) = recv.middleRows(first[at], c.recv_expert_rows[at]);
-      row += c.recv_expert_rows[at];
-    }
+    gather_expert_rows(recv, c.recv_expert_rows, first, members, local, l, dout);
     Mat dx;
     moe_expert_backward(p.experts[static_cast<std::size_t>(l)], l, c, dout, dx);
-    for (int member = 0, row = 0; member < members; ++member) {
-      const auto at = static_cast<std::size_t>(member * local + l);
-      back.middleRows(first[at], c.recv_expert_rows[at]) = dx.middleRows(row, c.recv_expert_rows[at]);
-      row += c.recv_expert_rows[at];
-    }
+    scatter_expert_rows(dx, c.recv_expert_rows, first, members, local, l, back);
   }
   Mat returned(static_cast<Eigen::Index>(c.dispatch_slots.size()), C);
   ep.all_to_all_v(span_of(back), c.recv_counts, span_of(returned), c.send_counts);
