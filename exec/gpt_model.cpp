@@ -58,6 +58,28 @@ GptModel::NormIdx GptModel::add_norm(const std::string& name) {
 
 // Declared in backward order (head, last layer .. first layer, embedding) so that the flat gradient buffer fills
 // from the front during backward and DP buckets can start early.
+GptModel::LayerIdx::Expert GptModel::declare_mlp(const std::string& prefix, std::int64_t ffn) {
+  const std::int64_t C = spec_.hidden_size;
+  const bool bias = spec_.linear_bias;
+  const double out_std = INIT_STD / std::sqrt(2.0 * static_cast<double>(spec_.num_layers));
+  LayerIdx::Expert m;
+  m.w2 = params_.add(prefix + "w2", ffn, C, TpSplit::Rows, InitKind::Normal, out_std);
+  if (bias) {
+    m.b2 = params_.add(prefix + "b2", 1, C, TpSplit::Replicated, InitKind::Zeros, 0.0);
+  }
+  m.w1 = params_.add(prefix + "w1", C, ffn, TpSplit::Columns, InitKind::Normal, INIT_STD);
+  if (bias) {
+    m.b1 = params_.add(prefix + "b1", 1, ffn, TpSplit::Columns, InitKind::Zeros, 0.0);
+  }
+  if (spec_.gated_mlp) {
+    m.wg = params_.add(prefix + "wg", C, ffn, TpSplit::Columns, InitKind::Normal, INIT_STD);
+    if (bias) {
+      m.bg = params_.add(prefix + "bg", 1, ffn, TpSplit::Columns, InitKind::Zeros, 0.0);
+    }
+  }
+  return m;
+}
+
 void GptModel::declare_params() {
   const std::int64_t C = spec_.hidden_size;
   const std::int64_t V = spec_.vocab_size;
@@ -100,20 +122,13 @@ void GptModel::declare_params() {
     if (spec_.is_moe_layer(layer)) { // --- mixture of experts --- router here, routed experts after everything else
       declare_moe_router(p, pre);
     } else {
-      p.w2 = params_.add(pre + "mlp.w2", F, C, TpSplit::Rows, InitKind::Normal, out_std);
-      if (bias) {
-        p.b2 = params_.add(pre + "mlp.b2", 1, C, TpSplit::Replicated, InitKind::Zeros, 0.0);
-      }
-      p.w1 = params_.add(pre + "mlp.w1", C, F, TpSplit::Columns, InitKind::Normal, INIT_STD);
-      if (bias) {
-        p.b1 = params_.add(pre + "mlp.b1", 1, F, TpSplit::Columns, InitKind::Zeros, 0.0);
-      }
-      if (spec_.gated_mlp) {
-        p.wg = params_.add(pre + "mlp.wg", C, F, TpSplit::Columns, InitKind::Normal, INIT_STD);
-        if (bias) {
-          p.bg = params_.add(pre + "mlp.bg", 1, F, TpSplit::Columns, InitKind::Zeros, 0.0);
-        }
-      }
+      const LayerIdx::Expert mlp = declare_mlp(pre + "mlp.", F);
+      p.w2 = mlp.w2;
+      p.b2 = mlp.b2;
+      p.w1 = mlp.w1;
+      p.b1 = mlp.b1;
+      p.wg = mlp.wg;
+      p.bg = mlp.bg;
     }
     p.ln2 = add_norm(pre + "ln2");
     p.wo = params_.add(pre + "attn.wo", spec_.q_width(), C, TpSplit::Rows, InitKind::Normal, out_std);

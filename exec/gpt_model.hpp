@@ -154,7 +154,7 @@ private:
     int wq = -1, bq = -1, wk = -1, bk = -1, wv = -1, bv = -1, wo = -1, bo = -1;
     int w1 = -1, b1 = -1, wg = -1, bg = -1, w2 = -1, b2 = -1;
     // --- mixture of experts --- (MoE layers have no w1..b2 above)
-    struct Expert {
+    struct Expert { // an MLP's parameters (declare_mlp): each routed expert's, and a dense layer's copied to w1..b2
       int w1 = -1, b1 = -1, wg = -1, bg = -1, w2 = -1, b2 = -1;
     };
     int router = -1;             // (C, E), replicated, no bias
@@ -162,6 +162,9 @@ private:
   };
 
   void declare_params();
+  /// The MLP parameters "<prefix>w2", "b2", "w1", "b1", "wg", "bg" (biases with linear_bias, wg/bg when gated),
+  /// hidden width `ffn`, in that declaration order: a dense layer's ("layers.N.mlp.") and each expert's.
+  LayerIdx::Expert declare_mlp(const std::string& prefix, std::int64_t ffn);
   NormIdx add_norm(const std::string& name);
   void norm_forward(const NormIdx& idx, const cpu::Mat& x, cpu::Mat& y, cpu::ColVec& mean, cpu::ColVec& rstd) const;
   void norm_backward(const NormIdx& idx, const cpu::Mat& dy, const cpu::Mat& x, const cpu::ColVec& mean,

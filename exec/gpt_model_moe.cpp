@@ -73,10 +73,7 @@ void GptModel::declare_moe_experts() {
   if (!spec_.is_moe()) {
     return;
   }
-  const std::int64_t C = spec_.hidden_size;
   const std::int64_t F = spec_.moe_ffn_hidden_size;
-  const bool bias = spec_.linear_bias;
-  const double out_std = INIT_STD / std::sqrt(2.0 * static_cast<double>(spec_.num_layers));
   const std::int64_t local = spec_.num_experts / plan_.ep;
   for (LayerIdx& p : layers_) {
     if (p.router < 0) {
@@ -86,21 +83,7 @@ void GptModel::declare_moe_experts() {
     const std::string layer_prefix = router_name.substr(0, router_name.size() - std::string("router").size());
     for (std::int64_t l = 0; l < local; ++l) {
       const std::string pre = fmt::format("{}experts.{}.", layer_prefix, ep_rank_ * local + l);
-      LayerIdx::Expert e;
-      e.w2 = params_.add(pre + "w2", F, C, TpSplit::Rows, InitKind::Normal, out_std);
-      if (bias) {
-        e.b2 = params_.add(pre + "b2", 1, C, TpSplit::Replicated, InitKind::Zeros, 0.0);
-      }
-      e.w1 = params_.add(pre + "w1", C, F, TpSplit::Columns, InitKind::Normal, INIT_STD);
-      if (bias) {
-        e.b1 = params_.add(pre + "b1", 1, F, TpSplit::Columns, InitKind::Zeros, 0.0);
-      }
-      if (spec_.gated_mlp) {
-        e.wg = params_.add(pre + "wg", C, F, TpSplit::Columns, InitKind::Normal, INIT_STD);
-        if (bias) {
-          e.bg = params_.add(pre + "bg", 1, F, TpSplit::Columns, InitKind::Zeros, 0.0);
-        }
-      }
+      const LayerIdx::Expert e = declare_mlp(pre, F);
       for (const int idx : {e.w1, e.b1, e.wg, e.bg, e.w2, e.b2}) {
         if (idx >= 0) {
           params_.info(idx).expert = true;
