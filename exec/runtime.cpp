@@ -296,10 +296,7 @@ struct Trainer::State {
     groups.tp->all_reduce(std::span<float>(&total, 1));
     groups.pp->all_reduce(std::span<float>(&total, 1));
     grad_norm = std::sqrt(static_cast<double>(total));
-    if (options.optimizer.max_grad_norm <= 0.0f) {
-      return 1.0f;
-    }
-    return std::min(1.0f, options.optimizer.max_grad_norm / (std::sqrt(total) + 1e-6f));
+    return cpu::clip_grad_scale(total, options.optimizer);
   }
   /// Parameters a unit's forward/backward reads (the head also reads the tied word embedding of its stage).
   std::vector<int> unit_params(UnitKind unit, int layer) const {

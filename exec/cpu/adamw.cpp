@@ -1,6 +1,7 @@
 // AdamW update loop (memory bound; one pass over param, grad and both moments).
 #include "exec/cpu/adamw.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 namespace cuboid::exec::cpu {
@@ -17,6 +18,13 @@ void adamw_update(std::span<float> param, std::span<const float> grad, std::span
     const float vhat = v[idx] / correction2;
     param[idx] -= config.lr * (mhat / (std::sqrt(vhat) + config.eps) + weight_decay * param[idx]);
   }
+}
+
+float clip_grad_scale(float grad_sumsq, const AdamWConfig& config) {
+  if (config.max_grad_norm <= 0.0f) {
+    return 1.0f;
+  }
+  return std::min(1.0f, config.max_grad_norm / (std::sqrt(grad_sumsq) + 1e-6f));
 }
 
 } // namespace cuboid::exec::cpu

@@ -20,4 +20,8 @@ struct AdamWConfig {
 void adamw_update(std::span<float> param, std::span<const float> grad, std::span<float> m, std::span<float> v,
                   int step, const AdamWConfig& config, float weight_decay, float grad_scale);
 
+/// The `grad_scale` of gradient clipping from the global sum of squared gradients: min(1, max_grad_norm / (norm +
+/// 1e-6)), or 1 without clipping (max_grad_norm <= 0). Both backends' optimizer steps use it.
+float clip_grad_scale(float grad_sumsq, const AdamWConfig& config);
+
 } // namespace cuboid::exec::cpu

@@ -388,35 +388,30 @@ void CudaTrainer::optimizer_step() {
   if (options_.model.tied_embeddings && wte >= 0 && groups_.embedding->size() > 1) {
     groups_.embedding->all_reduce(std::span<float>(model_.grad(wte), infos[static_cast<std::size_t>(wte)].size()));
   }
-  float grad_scale = 1.0f;
   const cpu::AdamWConfig& config = options_.optimizer;
-  {
-    // Global norm over unique parameters (as the CPU runtime), logged every step as Megatron does and used for
-    // clipping: one host read-back per step, after the gradient reduction has been waited for.
-    norm_acc_.zero(stream_);
-    for (std::size_t idx = 0; idx < infos.size(); ++idx) {
-      const ParamInfo& info = infos[idx];
-      if (info.embedding_copy || (info.split == TpSplit::Replicated && groups_.coord.tp_rank != 0)) {
-        continue;
-      }
-      kernels::elementwise::sum({norm_acc_.get(), model_.grad(static_cast<int>(idx)),
-                                 static_cast<std::int64_t>(info.size()), 1.0f, true},
-                                stream_);
+  // Global norm over unique parameters (as the CPU runtime), logged every step as Megatron does and used for
+  // clipping: one host read-back per step, after the gradient reduction has been waited for.
+  norm_acc_.zero(stream_);
+  for (std::size_t idx = 0; idx < infos.size(); ++idx) {
+    const ParamInfo& info = infos[idx];
+    if (info.embedding_copy || (info.split == TpSplit::Replicated && groups_.coord.tp_rank != 0)) {
+      continue;
     }
-    if (groups_.tp->size() > 1) {
-      groups_.tp->all_reduce(std::span<float>(norm_acc_.get(), 1));
-    }
-    if (groups_.pp->size() > 1) {
-      groups_.pp->all_reduce(std::span<float>(norm_acc_.get(), 1));
-    }
-    float total = 0.0f;
-    CUDA_CHECK(cudaMemcpyAsync(&total, norm_acc_.get(), sizeof(float), cudaMemcpyDeviceToHost, stream_));
-    CUDA_CHECK(cudaStreamSynchronize(stream_));
-    grad_norm_ = std::sqrt(static_cast<double>(total));
-    if (config.max_grad_norm > 0.0f) {
-      grad_scale = std::min(1.0f, config.max_grad_norm / (std::sqrt(total) + 1e-6f));
-    }
+    kernels::elementwise::sum({norm_acc_.get(), model_.grad(static_cast<int>(idx)),
+                               static_cast<std::int64_t>(info.size()), 1.0f, true},
+                              stream_);
   }
+  if (groups_.tp->size() > 1) {
+    groups_.tp->all_reduce(std::span<float>(norm_acc_.get(), 1));
+  }
+  if (groups_.pp->size() > 1) {
+    groups_.pp->all_reduce(std::span<float>(norm_acc_.get(), 1));
+  }
+  float total = 0.0f;
+  CUDA_CHECK(cudaMemcpyAsync(&total, norm_acc_.get(), sizeof(float), cudaMemcpyDeviceToHost, stream_));
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+  grad_norm_ = std::sqrt(static_cast<double>(total));
+  const float grad_scale = cpu::clip_grad_scale(total, config);
   for (std::size_t idx = 0; idx < infos.size(); ++idx) {
     const ParamInfo& info = infos[idx];
     const int p = static_cast<int>(idx);
