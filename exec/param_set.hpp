@@ -38,6 +38,11 @@ struct ParamInfo {
   bool expert = false;        // --- mixture of experts --- a routed expert's: reduced over the expert-DP group
 
   [[nodiscard]] std::size_t size() const { return static_cast<std::size_t>(rows * cols); }
+  /// Whether tp_rank's copy counts in the global gradient norm: each unique parameter once (TP-replicated ones on
+  /// tp_rank 0 only, the tied embedding's last-stage copy never).
+  [[nodiscard]] bool counts_in_grad_norm(int tp_rank) const {
+    return !embedding_copy && (split != TpSplit::Replicated || tp_rank == 0);
+  }
 };
 
 class ParamSet {

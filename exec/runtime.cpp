@@ -280,7 +280,7 @@ struct Trainer::State {
     double expert_sumsq = 0.0; // --- mixture of experts --- each EP member holds other experts: summed over EP
     for (int idx = 0; idx < static_cast<int>(params.infos().size()); ++idx) {
       const ParamInfo& info = params.info(idx);
-      if (info.embedding_copy || (info.split == TpSplit::Replicated && groups.coord.tp_rank != 0)) {
+      if (!info.counts_in_grad_norm(groups.coord.tp_rank)) {
         continue;
       }
       for (const float g : grad_of(idx)) {

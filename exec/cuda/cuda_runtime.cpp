@@ -394,7 +394,7 @@ void CudaTrainer::optimizer_step() {
   norm_acc_.zero(stream_);
   for (std::size_t idx = 0; idx < infos.size(); ++idx) {
     const ParamInfo& info = infos[idx];
-    if (info.embedding_copy || (info.split == TpSplit::Replicated && groups_.coord.tp_rank != 0)) {
+    if (!info.counts_in_grad_norm(groups_.coord.tp_rank)) {
       continue;
     }
     kernels::elementwise::sum({norm_acc_.get(), model_.grad(static_cast<int>(idx)),
