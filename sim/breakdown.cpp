@@ -20,21 +20,40 @@ double ready_time_s(const SimProgram& program, const EngineResult& run, std::uin
   return ready_s;
 }
 
-/// Adds the idle interval [from_s, to_s) to the breakdown: the part after ready(comm) to comm's category.
+/// The last-finishing predecessor of a task (lowest id on ties), or NO_INDEX: the task that released it.
+std::uint32_t critical_pred(const SimProgram& program, const EngineResult& run, std::uint32_t task) {
+  std::uint32_t critical = NO_INDEX;
+  for (std::uint32_t idx = program.pred_offsets[task]; idx < program.pred_offsets[task + 1]; ++idx) {
+    const std::uint32_t pred = program.preds[idx];
+    if (critical == NO_INDEX || run.end_s[pred] > run.end_s[critical]) {
+      critical = pred;
+    }
+  }
+  return critical;
+}
+
+/// Adds the idle interval [from_s, to_s) to the breakdown. The communication on the critical path into the interval
+/// counts as exposed communication of its category: walking back from `comm` (the task that released the compute
+/// stream), each communication task covers [its ready time, its end) and hands over to its own releasing task, so a
+/// chain of serialised collectives (DP buckets after the backward) counts whole, not only its last bucket. The rest
+/// of the interval is bubble.
 void attribute_idle(const SimProgram& program, const EngineResult& run, std::uint32_t comm, double from_s, double to_s,
                     Breakdown& out) {
   const double gap_s = to_s - from_s;
   if (gap_s <= 0.0) {
     return;
   }
-  double comm_s = 0.0;
-  if (comm != NO_INDEX && is_comm(program.tasks[comm].category)) {
-    const double waited_from_s = std::max(from_s, ready_time_s(program, run, comm));
-    const double waited_to_s = std::min(to_s, run.end_s[comm]);
-    comm_s = std::max(0.0, waited_to_s - waited_from_s);
+  double comm_total_s = 0.0;
+  double upper_s = to_s;
+  while (comm != NO_INDEX && is_comm(program.tasks[comm].category) && upper_s > from_s) {
+    const double ready_s = ready_time_s(program, run, comm);
+    const double comm_s = std::max(0.0, std::min(upper_s, run.end_s[comm]) - std::max(from_s, ready_s));
     (program.tasks[comm].category == TaskCategory::PpComm ? out.pp_comm_exposed_s : out.dp_comm_exposed_s) += comm_s;
+    comm_total_s += comm_s;
+    upper_s = std::min(upper_s, ready_s);
+    comm = critical_pred(program, run, comm);
   }
-  out.bubble_s += gap_s - comm_s;
+  out.bubble_s += gap_s - comm_total_s;
 }
 
 void add_busy(const SimProgram& program, const EngineResult& run, std::uint32_t task, Breakdown& out) {
@@ -110,15 +129,7 @@ Breakdown compute_breakdown(const SimProgram& program, const EngineResult& run, 
     if (t.executor != compute_exec && t.executor2 != compute_exec) {
       continue;
     }
-    // The task that released this one: its last-finishing predecessor (lowest id on ties).
-    std::uint32_t critical = NO_INDEX;
-    for (std::uint32_t idx = program.pred_offsets[task]; idx < program.pred_offsets[task + 1]; ++idx) {
-      const std::uint32_t pred = program.preds[idx];
-      if (critical == NO_INDEX || run.end_s[pred] > run.end_s[critical]) {
-        critical = pred;
-      }
-    }
-    attribute_idle(program, run, critical, cursor_s, run.start_s[task], out);
+    attribute_idle(program, run, critical_pred(program, run, task), cursor_s, run.start_s[task], out);
     add_busy(program, run, task, out);
     cursor_s = std::max(cursor_s, run.end_s[task]);
   }

@@ -22,6 +22,7 @@ struct ValidateFlags {
   std::string source;
   bool no_fp8 = false;
   bool json = false;
+  std::string trace_dir;
 };
 
 std::string assumptions_text(const sim::analysis::ValidationReport& report) {
@@ -52,6 +53,16 @@ int run_validate_command(const ValidateFlags& flags) {
   }
   options.source_filter = flags.source;
   options.include_fp8 = !flags.no_fp8;
+  if (!flags.trace_dir.empty()) {
+    std::error_code error;
+    std::filesystem::create_directories(flags.trace_dir, error);
+    if (error || !std::filesystem::is_directory(flags.trace_dir)) {
+      throw InputError(input_message("command line", "--trace-dir",
+                                     fmt::format("'{}' is not a directory that can be created ({})", flags.trace_dir,
+                                                 error ? error.message() : "a file of that name exists")));
+    }
+    options.trace_dir = flags.trace_dir;
+  }
   const sim::analysis::ValidationReport report = sim::analysis::validate_runs(flags.runs_path, options);
   if (!flags.source.empty() && report.rows.empty()) {
     throw InputError(input_message("command line", "--source",
@@ -83,6 +94,8 @@ void add_validate_command(CLI::App& app, Action& action) {
   cmd->add_option("--source", flags->source, "Keep only rows whose source kind or id contains this, e.g. dgxc");
   cmd->add_flag("--no-fp8", flags->no_fp8, "Skip FP8 rows");
   cmd->add_flag("--json", flags->json, "Print the report as one JSON object");
+  cmd->add_option("--trace-dir", flags->trace_dir,
+                  "Write a Chrome/Perfetto trace of each scored row's predicted step to DIR/<id>.json");
   cmd->callback([flags, &action] { action = [flags] { return run_validate_command(*flags); }; });
 }
 

@@ -7,6 +7,7 @@
 #include "model/errors.hpp"
 #include "model/hardware_catalog.hpp"
 #include "model/step_builder.hpp"
+#include "model/timeline.hpp"
 #include "sim/simulator.hpp"
 
 #include <fmt/format.h>
@@ -78,14 +79,20 @@ struct Prediction {
   model::Plan plan;
 };
 
+/// trace_path non-empty: also write the predicted step's Perfetto trace there.
 Prediction simulate_plan(const model::ModelSpec& spec, const model::ClusterSpec& cluster,
-                         const model::CostProfile& profile, const model::Plan& plan, const std::string& where) {
+                         const model::CostProfile& profile, const model::Plan& plan, const std::string& where,
+                         const std::string& trace_path = {}) {
   model::validate(plan, spec, cluster, where);
   const model::TaskGraph graph = model::build_step_graph(spec, cluster, plan, model::Instantiation::RankClasses);
   const model::CostModel cost(cluster, profile, plan);
   SimOptions options;
-  options.record_timeline = false;
-  return {simulate(graph, cost, options), plan};
+  options.record_timeline = !trace_path.empty();
+  Prediction prediction{simulate(graph, cost, options), plan};
+  if (!trace_path.empty()) {
+    model::write_chrome_trace(trace_path, {model::TraceSet{"predicted", to_timeline(graph, prediction.result)}});
+  }
+  return prediction;
 }
 
 ValidationRow validate_row(const PublishedRun& run, const ValidateOptions& options, ValidationReport& report) {
@@ -150,6 +157,10 @@ ValidationRow validate_row(const PublishedRun& run, const ValidateOptions& optio
       row.assumptions.push_back(fmt::format("recompute not stated -> {} (least with predicted peak <= {:.0f} % of HBM)",
                                             model::to_string(prediction->plan.recompute),
                                             100.0 * RECOMPUTE_CHOICE_MEMORY_SLACK));
+    }
+    if (!options.trace_dir.empty()) { // re-run the chosen plan with its timeline recorded
+      prediction = simulate_plan(mapped.model, cluster, profile, prediction->plan, run.where,
+                                 options.trace_dir + "/" + run.id + ".json");
     }
     row.layout = layout_text(prediction->plan);
     const SimResult& result = prediction->result;

@@ -20,6 +20,8 @@ struct ValidateOptions {
   std::optional<std::string> profile_path; // one profile for every row (else the shipped default per GPU)
   std::string source_filter;               // keep rows whose source kind or id contains this ("" = all)
   bool include_fp8 = true;                 // false: FP8 rows are skipped
+  /// Non-empty: write a Chrome/Perfetto trace of every scored row's predicted step to DIR/<id>.json.
+  std::string trace_dir;
   /// Cluster for a GPU catalog name and GPU count; empty = model::make_cluster (the DGX system of that GPU).
   std::function<model::ClusterSpec(const std::string& gpu, int num_gpus)> make_cluster;
 };

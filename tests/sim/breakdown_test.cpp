@@ -76,3 +76,28 @@ TEST_CASE("sim::breakdown: waiting for a DP collective before the optimizer", "[
   CHECK(out.bubble_s == Approx(0.0).margin(1e-12));
   CHECK_THAT(total(out), WithinRel(1.6, 1e-12));
 }
+
+TEST_CASE("sim::breakdown: serialised DP buckets after the backward count whole", "[sim]") {
+  // Backward 1 s, then three DP buckets of 0.4 s each on the DP stream, chained (bucket k+1 waits for bucket k, as the
+  // comm stream serialises them), then the optimizer waits for the last one. The compute stream idles 1.2 s, all of
+  // it behind the chain: dp_comm_exposed = 1.2 s, no bubble (it used to count only the last bucket, 0.4 s).
+  ProgramBuilder builder(1, NVLINK_BW, NIC_BW);
+  const std::uint32_t bwd = builder.add_fixed(0, Stream::Compute, 1.0);
+  std::uint32_t previous = bwd;
+  for (int bucket = 0; bucket < 3; ++bucket) {
+    const std::uint32_t inst = builder.add_instance(1);
+    builder.add_phase(inst, 0.4);
+    const std::uint32_t reduce = builder.add_comm_task(inst, 0, Stream::DpComm, TaskCategory::DpComm);
+    builder.add_edge(previous, reduce);
+    previous = reduce;
+  }
+  const std::uint32_t opt = builder.add_fixed(0, Stream::Compute, 0.1, TaskCategory::Optimizer);
+  builder.add_edge(previous, opt);
+  const SimProgram program = builder.finish();
+  const EngineResult run = run_engine(program);
+  REQUIRE_THAT(run.makespan_s, WithinRel(2.3, 1e-12));
+  const Breakdown out = compute_breakdown(program, run, 0, run.makespan_s);
+  CHECK_THAT(out.dp_comm_exposed_s, WithinRel(1.2, 1e-12));
+  CHECK(out.bubble_s == Approx(0.0).margin(1e-12));
+  CHECK_THAT(total(out), WithinRel(run.makespan_s, 1e-12));
+}

@@ -9,7 +9,11 @@
 
 #include <catch2/catch.hpp>
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
 
 using namespace cuboid::sim::analysis;
 using Catch::Matchers::Contains;
@@ -102,6 +106,37 @@ TEST_CASE("sim::analysis::validate_runs: one SC21 row end to end", "[validate]")
   CHECK(row.predicted_step_s > 0.0);
   CHECK(row.dominant == "compute");
   CHECK(report.profile_assumptions.contains("a100-80gb"));
+}
+
+// --trace-dir: the traced row predicts the same step as without a trace, and its Perfetto trace ends at that step.
+TEST_CASE("sim::analysis::validate_runs: --trace-dir writes the predicted step of each scored row", "[validate]") {
+  const std::string csv = std::string(CUBOID_SOURCE_DIR) + "/scenarios/validation/published_runs.csv";
+  ValidateOptions options;
+  options.source_filter = "bloom-176b-rampup-gbs16";
+  const ValidationReport plain = validate_runs(csv, options);
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / "cuboid-validate-trace-test";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  options.trace_dir = dir.string();
+  const ValidationReport traced = validate_runs(csv, options);
+  REQUIRE(traced.rows.size() == 1);
+  REQUIRE(traced.rows[0].status == RunStatus::Ok);
+  CHECK(traced.rows[0].predicted_step_s == plain.rows[0].predicted_step_s);
+  std::ifstream in(dir / "bloom-176b-rampup-gbs16.json");
+  REQUIRE(in.good());
+  const nlohmann::json trace = nlohmann::json::parse(in);
+  double last_end_us = 0.0;
+  int stages_seen = 0;
+  for (const auto& event : trace.at("traceEvents")) {
+    if (event.at("ph") == "X") {
+      last_end_us = std::max(last_end_us, event.at("ts").get<double>() + event.at("dur").get<double>());
+    } else if (event.at("name") == "process_name") {
+      ++stages_seen;
+    }
+  }
+  CHECK(stages_seen == 12); // one rank class per pipeline stage (pp = 12)
+  CHECK_THAT(last_end_us * 1e-6, WithinRel(traced.rows[0].predicted_step_s, 1e-3));
+  std::filesystem::remove_all(dir);
 }
 
 // Megatron --overlap-param-gather: GPT-3 175B, TP8 DP8 on 64 H100 with the distributed optimizer and 2 micro-batches
