@@ -223,7 +223,11 @@ std::vector<std::size_t> grad_bucket_ends(const Plan& plan, const std::vector<do
 // and copies them into the fp32 ones (runtime/bf16_optimizer.py update_hp_grads(clear_lp_grads=False), called from
 // runtime/pipe/engine.py _exec_backward_pass); they are only dropped by clear_lp_grads() before the next backward, so
 // they are live at every backward's peak: + 2 B/param.
+//
+// --grad-reduce-in-bf16 (Plan::grad_reduce_in_bf16) makes the main-grad buffer bf16: 2 instead of 4 B/param.
 namespace {
+double main_grad_bytes(const Plan& plan) { return plan.grad_reduce_in_bf16 ? BF16_BYTES : GRAD_BYTES; }
+
 double lp_grad_bytes_per_param(const Plan& plan) {
   return plan.all_reduce_sharded_grads && plan.distributed_optimizer ? BF16_BYTES : 0.0;
 }
@@ -232,7 +236,7 @@ double lp_grad_bytes_per_param(const Plan& plan) {
 double static_bytes_per_param(const Plan& plan) {
   const int zero = plan.get_zero_stage();
   const double dp = plan.dp_cp_size(); // the optimizer shards over dp*cp; ZeRO-2/3 plans have cp = 1
-  return WEIGHT_BYTES / (zero >= 3 ? dp : 1.0) + GRAD_BYTES / (zero >= 2 ? dp : 1.0) +
+  return WEIGHT_BYTES / (zero >= 3 ? dp : 1.0) + main_grad_bytes(plan) / (zero >= 2 ? dp : 1.0) +
          OPTIMIZER_BYTES / (zero >= 1 ? dp : 1.0) + lp_grad_bytes_per_param(plan);
 }
 
@@ -249,7 +253,7 @@ MemBytes static_memory(const ModelSpec& model, const Plan& plan, int stage, cons
   // DP gradient buckets are views into the contiguous fp32 main-grad buffer (Megatron DistributedDataParallel,
   // param_and_grad_buffer.py), reduced in place: they add nothing beyond Grads.
   bytes[static_cast<std::size_t>(MemTag::Grads)] =
-      GRAD_BYTES * params / (zero >= 2 ? dp : 1.0) + lp_grad_bytes_per_param(plan) * params;
+      main_grad_bytes(plan) * params / (zero >= 2 ? dp : 1.0) + lp_grad_bytes_per_param(plan) * params;
   bytes[static_cast<std::size_t>(MemTag::Optimizer)] = OPTIMIZER_BYTES * params / (zero >= 1 ? dp : 1.0);
   if (model.is_moe() && zero >= 1) {
     // --- mixture of experts --- expert optimizer states are sharded over the dp/ep expert-DP ranks only (MoE plans

@@ -288,6 +288,18 @@ void validate(const Plan& plan, const ModelSpec& model, const ClusterSpec& clust
                                                "all_reduce_sharded_grads (DeepSpeed BF16_Optimizer, ZeRO-1 only)",
                                                plan.zero_stage)));
   }
+  if (plan.grad_reduce_in_bf16 && plan.get_zero_stage() >= 2) {
+    throw InputError(input_message(where, "plan.grad_reduce_in_bf16",
+                                   fmt::format("true cannot be combined with zero_stage = {} (it sets the dtype of "
+                                               "Megatron's DDP main-grad buffer; ZeRO-2/3 reduce-scatter fp32 "
+                                               "gradients; valid: zero_stage 0/1)",
+                                               plan.get_zero_stage())));
+  }
+  if (plan.grad_reduce_in_bf16 && plan.precision == Precision::Fp16) {
+    throw InputError(input_message(where, "plan.grad_reduce_in_bf16",
+                                   "true cannot be combined with precision fp16 (fp16 plans already reduce 16-bit "
+                                   "gradients; valid: precision bf16 or fp8)"));
+  }
   if (plan.zero_stage >= 2 && !plan.overlap_grad_reduce) {
     throw InputError(input_message(where, "plan.overlap_grad_reduce",
                                    fmt::format("false cannot be combined with zero_stage = {} (sharded gradients are "

@@ -29,6 +29,10 @@ struct Plan {
   bool distributed_optimizer = false;   // ZeRO-1 style optimizer-state sharding over DP (Megatron)
   Precision precision = Precision::Bf16;
   bool overlap_grad_reduce = true;      // DP gradient all-reduce overlaps backward (bucketed)
+  // Megatron --grad-reduce-in-bf16 (Megatron-Core DistributedDataParallelConfig.grad_reduce_in_fp32 = false; NeMo's
+  // optim.grad_sync_dtype: bf16): the main-grad buffer and its DP reduction are bf16 instead of fp32. ZeRO 0/1 with
+  // bf16 or fp8 precision only (plan.cpp validate).
+  bool grad_reduce_in_bf16 = false;
   // Megatron --overlap-param-gather (distributed optimizer): the bf16 parameter all-gather of step i+1 runs behind
   // step i+1's forward instead of after the optimizer; in a one-step graph it starts with the step.
   bool overlap_param_gather = false;
@@ -86,6 +90,10 @@ struct Plan {
   /// pipeline turns it off): each TP rank sends 1/tp of the activation between stages and the receiver all-gathers
   /// it over NVLink (not modelled: ~1/8 of the send's bytes at NVLink speed). Sequence parallelism splits it anyway.
   bool p2p_scatter_gather = false;
+
+  /// Bytes per gradient element in the DP reduction of a ZeRO 0/1 plan: 2 for fp16 (Megatron-LM's arguments.py forces
+  /// --accumulate-allreduce-grads-in-fp32 only for bf16) and with grad_reduce_in_bf16, else 4 (fp32 main grads).
+  [[nodiscard]] double dp_grad_bytes() const { return precision == Precision::Fp16 || grad_reduce_in_bf16 ? 2.0 : 4.0; }
 
   /// The effective ZeRO stage: zero_stage, or 1 for a plan that only sets distributed_optimizer.
   [[nodiscard]] int get_zero_stage() const { return zero_stage > 0 ? zero_stage : (distributed_optimizer ? 1 : 0); }

@@ -50,7 +50,7 @@ std::vector<std::string> plan_yaml_keys() {
   return {"tp",         "pp",          "dp",          "vp",         "micro_batch_size",      "global_batch_size",
           "ep",         "moe_imbalance", // --- mixture of experts ---
           "schedule",   "recompute",   "precision",   "sequence_parallel", "distributed_optimizer",
-          "overlap_grad_reduce", "grad_bucket_bytes", "first_stage_layers", "last_stage_layers",
+          "overlap_grad_reduce", "grad_reduce_in_bf16", "grad_bucket_bytes", "first_stage_layers", "last_stage_layers",
           // --- context parallelism ---
           "cp",
           // --- ZeRO / FSDP ---
@@ -92,7 +92,8 @@ Plan load_plan_yaml(const YAML::Node& node, const std::string& where, const std:
   }
   const std::pair<const char*, bool*> flags[] = {{"sequence_parallel", &plan.sequence_parallel},
                                                  {"distributed_optimizer", &plan.distributed_optimizer},
-                                                 {"overlap_grad_reduce", &plan.overlap_grad_reduce}};
+                                                 {"overlap_grad_reduce", &plan.overlap_grad_reduce},
+                                                 {"grad_reduce_in_bf16", &plan.grad_reduce_in_bf16}};
   for (const auto& [name, target] : flags) {
     if (node[name]) {
       *target = yaml::read_bool(node[name], where, key(name));

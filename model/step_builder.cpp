@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cstring>
 #include <iterator>
+#include <map>
 #include <numeric>
 
 namespace cuboid::model {
@@ -153,7 +154,10 @@ public:
     // Compute of every rank first (P2P targets must exist), then sends, then DP sync and the optimizer.
     add_dp_groups();
     add_expert_dp_groups(); // --- mixture of experts ---
-    for (const auto add : {&Builder::add_compute, &Builder::add_sends, &Builder::add_gradient_sync_and_optimizer}) {
+    grads_final_.assign(ranks_.size(), NONE);
+    optimizer_of_.assign(ranks_.size(), NONE);
+    for (const auto add : {&Builder::add_compute, &Builder::add_sends, &Builder::add_gradient_sync_and_optimizer,
+                           &Builder::add_tied_embedding_sync}) {
       for (std::size_t ridx = 0; ridx < ranks_.size(); ++ridx) {
         (this->*add)(ridx);
       }
@@ -212,9 +216,23 @@ private:
           per_rank += plan_.distributed_optimizer ? 2U : 1U;
         }
       }
+      if (tied_embedding_sync() && (stage == embedding_stage() || stage == head_stage())) {
+        per_rank += 1; // the embedding group's all-reduce
+      }
       total += per_rank * idx(ranks_per_stage());
     }
     return total;
+  }
+
+  // Tied embeddings on two pipeline stages: the first stage's word embedding and the last stage's copy used by the
+  // output layer all-reduce their gradients over the two-rank embedding group after the DP reduction, before the
+  // optimizer (Megatron-LM finalize_model_grads -> _allreduce_word_embedding_grads; DeepSpeed's PipelineEngine
+  // ReduceTiedGrads runs it just before ReduceGrads, the same serial cost on a blocking engine). ZeRO-2/3 shard that
+  // gradient over DP and are not modelled here; zb-v holds both ends on stage 0 (no exchange).
+  [[nodiscard]] int embedding_stage() const { return locate_virtual_stage(plan_, 0).stage; }
+  [[nodiscard]] int head_stage() const { return locate_virtual_stage(plan_, plan_.pp * plan_.vp - 1).stage; }
+  [[nodiscard]] bool tied_embedding_sync() const {
+    return model_.tied_embeddings && plan_.pp > 1 && embedding_stage() != head_stage() && plan_.get_zero_stage() <= 1;
   }
 
   // --- mixture of experts --- A chunk's expert gradients need their own collective when it holds MoE layers and
@@ -648,11 +666,9 @@ private:
       // starts once its last unit's final backward is done (Megatron's backward hooks); else after all backward.
       const bool overlap = plan_.overlap_grad_reduce;
       const bool scatter = plan_.distributed_optimizer && !plan_.all_reduce_sharded_grads;
-      // fp16 plans reduce 16-bit grads: Megatron-LM arguments.py forces --accumulate-allreduce-grads-in-fp32 only
-      // for bf16 (default off), so fp16 main_grad buffers and their all-reduce are in the param dtype.
+      // fp32 main grads, or 16-bit ones for fp16 plans and --grad-reduce-in-bf16 (Plan::dp_grad_bytes).
       reduced = add_bucket_collectives(
-          ridx, scatter ? CollectiveKind::ReduceScatter : CollectiveKind::AllReduce,
-          plan_.precision == Precision::Fp16 ? BF16_BYTES : FP32_GRAD_BYTES,
+          ridx, scatter ? CollectiveKind::ReduceScatter : CollectiveKind::AllReduce, plan_.dp_grad_bytes(),
           [&](std::size_t bucket) { return overlap ? base_[ridx] + tmpl.buckets[bucket].last_task : last_compute; });
     }
     // --- mixture of experts --- expert gradients over the expert-DP group (reduce-scatter with the distributed
@@ -671,6 +687,8 @@ private:
     if (reduced != NONE) {
       graph_.add_edge(reduced, step_id);
     }
+    grads_final_[ridx] = reduced != NONE ? reduced : last_compute;
+    optimizer_of_[ridx] = step_id;
     if (sync && plan_.distributed_optimizer && !sharded_params()) {
       // Then all-gather the updated bf16 parameter shards, bucket by bucket (ZeRO-2: one all-gather per bucket of
       // the last micro-batch's set, which covers every parameter once). overlap_param_gather: in steady state
@@ -690,6 +708,38 @@ private:
       // --- mixture of experts --- all-gather of the updated expert shards over the expert-DP group
       add_expert_collectives(ridx, CollectiveKind::AllGather, BF16_BYTES, NONE, step_id);
     }
+  }
+
+  // The embedding group's gradient all-reduce (tied_embedding_sync above), on the rank holding the embedding and
+  // on its peer holding the output layer. Message: the word embedding's V/tp rows of h, in the dtype of the reduced
+  // grads (DeepSpeed's BF16 optimizer: its fp32 hp grads, engine.py _exec_reduce_tied_grads). Both ranks' tasks
+  // are one collective; each starts after its own rank's DP reduction and gates its optimizer.
+  void add_tied_embedding_sync(std::size_t ridx) {
+    const int stage = graph_.ranks()[ridx].stage;
+    if (!tied_embedding_sync() || (stage != embedding_stage() && stage != head_stage())) {
+      return;
+    }
+    const int rank = ranks_[ridx];
+    RankCoord coord = grid_.coord_of(rank);
+    coord.pp_rank = stage == embedding_stage() ? head_stage() : embedding_stage();
+    const int peer = grid_.rank_of(coord);
+    const int peer_idx = graph_.rank_index(peer);
+    CUBOID_ASSERT(peer_idx >= 0, "embedding-group peer rank {} of rank {} is not materialised", peer, rank);
+    const int first = stage == embedding_stage() ? rank : peer;
+    const int second = stage == embedding_stage() ? peer : rank;
+    // One group per pair, created by whichever of its two ranks comes first.
+    auto group = embedding_group_of_.find(first);
+    if (group == embedding_group_of_.end()) {
+      group = embedding_group_of_.emplace(first, graph_.add_group({first, second})).first;
+    }
+    const double bytes = static_cast<double>(model_.vocab_size) * static_cast<double>(model_.hidden_size) / plan_.tp *
+                         (plan_.all_reduce_sharded_grads ? FP32_GRAD_BYTES : plan_.dp_grad_bytes());
+    const Task task{.kind = TaskKind::Collective, .stream = Stream::DpComm, .rank = rank, .stage = stage,
+                    .collective = CollectiveKind::AllReduce, .group = GroupKind::Embedding,
+                    .group_index = group->second, .group_size = 2, .msg_bytes = bytes};
+    const TaskId id = graph_.add_task(task);
+    graph_.add_edge(grads_final_[ridx], id);
+    graph_.add_edge(id, optimizer_of_[ridx]);
   }
 
   // --- ZeRO / FSDP ---
@@ -764,6 +814,9 @@ private:
   std::vector<int> ranks_;       // materialised world ranks, in graph_.ranks() order
   std::vector<TaskId> base_;     // first compute task id per materialised rank
   std::vector<std::int32_t> dp_group_of_;
+  std::vector<TaskId> grads_final_;  // per materialised rank: the task after which its gradients are reduced
+  std::vector<TaskId> optimizer_of_; // per materialised rank: its optimizer task
+  std::map<int, std::int32_t> embedding_group_of_; // embedding-stage world rank -> its embedding group
 };
 
 } // namespace

@@ -118,6 +118,7 @@ std::string TaskGraph::label(TaskId id) const {
     const char* group = t.group == GroupKind::Tp ? "tp"
                         : t.group == GroupKind::Dp ? "dp"
                         : t.group == GroupKind::ExpertDp ? "edp"
+                        : t.group == GroupKind::Embedding ? "embed"
                                                          : "pp";
     if (t.microbatch >= 0) {
       // ZeRO-2/3 per-micro-batch collectives: "dp.allgather fwd L5 mb3 r0" (the unit it gathers for / reduces).

@@ -32,7 +32,9 @@ enum class Stream { Compute, TpComm, DpComm, PpComm };
 constexpr int NUM_STREAMS = 4;
 enum class CollectiveKind { AllReduce, ReduceScatter, AllGather, AllToAll };
 // ExpertDp (mixture of experts): the dp/ep ranks holding the same experts, which reduce the expert gradients.
-enum class GroupKind { Tp, Dp, Pp, ExpertDp };
+// Embedding: the two ranks (same tp/cp/dp coordinates) holding the word embedding and the tied output layer on
+// different pipeline stages, which all-reduce its gradient (Megatron's embedding group).
+enum class GroupKind { Tp, Dp, Pp, ExpertDp, Embedding };
 
 /// Memory tags of DESIGN.md; index into MemBytes.
 enum class MemTag { Weights, Grads, Optimizer, Activations, Workspace, CommBuffers };

@@ -52,6 +52,8 @@ std::vector<int> full_group_members(const model::TaskGraph& graph, const model::
     return grid.pp_group(task.rank);
   case model::GroupKind::ExpertDp: // --- mixture of experts ---
     return grid.expert_dp_group(task.rank, plan.ep);
+  case model::GroupKind::Embedding: // always materialised whole (two ranks)
+    return materialised;
   }
   return materialised;
 }

@@ -152,6 +152,8 @@ void add_plan_flags(CLI::App& app, PlanFlags& flags) {
                "Shard optimizer state over DP (ZeRO-1)");
   app.add_flag("--no-overlap-grad-reduce", flags.no_overlap_grad_reduce,
                "Run the DP gradient reduction after backward instead of overlapping it");
+  app.add_flag("--grad-reduce-in-bf16", flags.grad_reduce_in_bf16,
+               "Reduce DP gradients in bf16 (main-grad buffer bf16; Megatron's flag, NeMo grad_sync_dtype: bf16)");
   app.add_flag("--overlap-param-gather", flags.overlap_param_gather,
                "Distributed optimizer: all-gather the updated parameters behind the next forward");
   app.add_flag("--tp-comm-overlap", flags.tp_comm_overlap,
@@ -246,6 +248,7 @@ model::Scenario resolve_scenario(const ScenarioFlags& flags) {
   if (pf.sequence_parallel) plan.sequence_parallel = true;
   if (pf.distributed_optimizer) plan.distributed_optimizer = true;
   if (pf.no_overlap_grad_reduce) plan.overlap_grad_reduce = false;
+  if (pf.grad_reduce_in_bf16) plan.grad_reduce_in_bf16 = true;
   if (pf.overlap_param_gather) plan.overlap_param_gather = true;
   if (pf.tp_comm_overlap) plan.tp_comm_overlap = true;
   if (pf.first_stage_layers) plan.first_stage_layers = *pf.first_stage_layers;

@@ -47,6 +47,7 @@ struct PlanFlags {
   bool sequence_parallel = false;
   bool distributed_optimizer = false;
   bool no_overlap_grad_reduce = false;
+  bool grad_reduce_in_bf16 = false;
   bool overlap_param_gather = false;
   bool tp_comm_overlap = false;
   std::optional<int> first_stage_layers;

@@ -58,6 +58,7 @@ struct MappedRun {
   int num_gpus = 0;
   model::Plan plan;
   bool recompute_stated = false; // false: the caller may pick the least recompute that fits memory
+  bool full_recompute_allowed = true; // false: the source's recipes never recompute whole layers (NeMo 24.07)
   double nic_bw_bytes_per_s = 0.0; // > 0: the source's network differs from the catalog system (BLOOM: Omni-Path)
   std::vector<std::string> assumptions;
 };

@@ -226,6 +226,17 @@ MappedRun map_run(const PublishedRun& run) {
     mapped.nic_bw_bytes_per_s = BLOOM_NIC_BYTES_PER_S;
     notes.emplace_back("network: 4 x 100 Gb/s Omni-Path per 8-GPU node = 6.25 GB/s per GPU");
   }
+  if (run.source_kind == "nemo") {
+    // NeMo 24.07's H100 FP8 runs come from NeMo-Framework-Launcher: every examples/training/<model>/h100/*fp8*.sh
+    // launch script adds +training.model.optim.grad_sync_dtype=bf16 (5b, 20b, 175b, llama2 7b/13b/70b, llama3
+    // 8b/70b), and conf/training/nemotron/nemotron_340b.yaml sets optim.grad_sync_dtype: bf16 itself (NeMo maps it to
+    // Megatron-Core's grad_reduce_in_fp32 = false, megatron_gpt_model.py). Their model yamls set
+    // activations_checkpoint_granularity null, or selective with activations_checkpoint_num_layers 0 (GPT-3 20B /
+    // 175B): no recipe recomputes whole layers.
+    plan.grad_reduce_in_bf16 = plan.precision != model::Precision::Fp16;
+    mapped.full_recompute_allowed = false;
+    notes.emplace_back("NeMo launcher recipe: grad_sync_dtype bf16 (--grad-reduce-in-bf16); no full-layer recompute");
+  }
   if (plan.precision == model::Precision::Fp8 && mapped.gpu == "a100-80gb") {
     return stop(RunStatus::Unsupported, "FP8 on A100");
   }

@@ -76,6 +76,7 @@ nlohmann::json plan_to_json(const model::Plan& plan) {
                         {"distributed_optimizer", plan.distributed_optimizer},
                         {"precision", model::to_string(plan.precision)},
                         {"overlap_grad_reduce", plan.overlap_grad_reduce},
+                        {"grad_reduce_in_bf16", plan.grad_reduce_in_bf16},
                         {"overlap_param_gather", plan.overlap_param_gather},
                         {"tp_comm_overlap", plan.tp_comm_overlap},
                         {"first_stage_layers", plan.first_stage_layers},
@@ -262,6 +263,13 @@ std::string format_summary(const model::TaskGraph& graph, const model::CostModel
     out += fmt::format("# cp       cp={} (sequence split over {} ranks, ring attention; gradients reduced over dp*cp = "
                        "{})\n",
                        plan.cp, plan.cp, plan.dp_cp_size());
+  }
+  if (plan.dp_cp_size() > 1 && plan.get_zero_stage() <= 1) {
+    out += fmt::format("# grads    {} over dp={} in {}, {}{}\n",
+                       plan.distributed_optimizer && !plan.all_reduce_sharded_grads ? "reduce-scatter" : "all-reduce",
+                       plan.dp_cp_size(), plan.dp_grad_bytes() == 2.0 ? (plan.grad_reduce_in_bf16 ? "bf16" : "fp16") : "fp32",
+                       plan.overlap_grad_reduce ? "bucketed behind the backward" : "after the backward",
+                       spec.tied_embeddings && plan.pp > 1 && plan.schedule != model::Schedule::ZbV ? "; tied embedding all-reduced first <-> last stage" : "");
   }
   // --- ZeRO / FSDP --- (stage 1 is dist-opt=on above)
   if (plan.get_zero_stage() >= 2) {

@@ -140,7 +140,10 @@ ValidationRow validate_row(const PublishedRun& run, const ValidateOptions& optio
     // A published run fitted in memory: when its recompute is not stated, take the least recompute that fits.
     std::vector<model::Recompute> choices = {mapped.plan.recompute};
     if (!mapped.recompute_stated) {
-      choices = {model::Recompute::None, model::Recompute::Selective, model::Recompute::Full};
+      choices = {model::Recompute::None, model::Recompute::Selective};
+      if (mapped.full_recompute_allowed) {
+        choices.push_back(model::Recompute::Full);
+      }
     }
     std::optional<Prediction> prediction;
     for (const model::Recompute choice : choices) {

@@ -10,6 +10,7 @@
 #include <boost/graph/topological_sort.hpp>
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <iterator>
 #include <map>
 #include <tuple>
@@ -162,6 +163,81 @@ TEST_CASE("model::build_step_graph: DP buckets cover the rank's parameters", "[i
   for (const Task& t : single.tasks()) {
     CHECK(t.kind != TaskKind::Collective);
   }
+}
+
+TEST_CASE("model::build_step_graph: --grad-reduce-in-bf16 halves the reduced bytes and the main-grad memory", "[ir]") {
+  const ModelSpec spec = gpt_model(16, 2048, 16, 1024, 32000);
+  Plan plan = make_plan(2, 2, 4, 64);
+  plan.distributed_optimizer = GENERATE(false, true);
+  plan.grad_reduce_in_bf16 = true;
+  const TaskGraph graph = build_step_graph(spec, test_cluster(plan.world_size()), plan, Instantiation::RankClasses);
+  for (const RankInfo& info : graph.ranks()) {
+    double reduced = 0.0;
+    for (const TaskId id : tasks_of(graph, info.rank)) {
+      const Task& t = graph.task(id);
+      if (t.kind == TaskKind::Collective && t.collective != CollectiveKind::AllGather) {
+        reduced += t.msg_bytes;
+      }
+    }
+    const double params = params_per_rank(spec, plan, info.stage);
+    CHECK_THAT(reduced, WithinRel(2.0 * params, 1e-12));
+    CHECK_THAT(static_memory(spec, plan, info.stage)[static_cast<std::size_t>(MemTag::Grads)],
+               WithinRel(2.0 * params, 1e-12));
+  }
+  plan.zero_stage = 2;
+  plan.distributed_optimizer = true;
+  CHECK_THROWS_AS(validate(plan, spec, test_cluster(plan.world_size()), "test"), cuboid::InputError);
+  plan.zero_stage = 0;
+  plan.precision = Precision::Fp16;
+  CHECK_THROWS_AS(validate(plan, spec, test_cluster(plan.world_size()), "test"), cuboid::InputError);
+}
+
+// Megatron's embedding group: with tied embeddings on two stages, each (tp, dp) pair of first- and last-stage ranks
+// all-reduces the word embedding's gradient (V/tp x h, fp32 main grads) after its DP reduction and before its
+// optimizer. Nothing without tying, with pp = 1, or with zb-v (both ends on stage 0).
+TEST_CASE("model::build_step_graph: tied embeddings all-reduce over the embedding group", "[ir]") {
+  ModelSpec spec = gpt_model(8, 1024, 16, 1024, 32000);
+  spec.tied_embeddings = true;
+  Plan plan = make_plan(2, 4, 2, 16, 1, GENERATE(1, 2));
+  const auto inst = GENERATE(Instantiation::RankClasses, Instantiation::AllRanks);
+  const TaskGraph graph = build_step_graph(spec, test_cluster(plan.world_size()), plan, inst);
+  std::map<int, TaskId> embed_task; // rank -> its embedding-group all-reduce
+  for (TaskId id = 0; id < graph.num_tasks(); ++id) {
+    const Task& t = graph.task(id);
+    if (t.kind == TaskKind::Collective && t.group == GroupKind::Embedding) {
+      CHECK(embed_task.emplace(t.rank, id).second);
+      CHECK(t.collective == CollectiveKind::AllReduce);
+      CHECK(t.stream == Stream::DpComm);
+      CHECK(t.group_size == 2);
+      CHECK_THAT(t.msg_bytes, WithinRel(32000.0 * 1024.0 / 2.0 * 4.0, 1e-12));
+      const std::vector<int>& members = graph.groups()[static_cast<std::size_t>(t.group_index)];
+      REQUIRE(members.size() == 2);
+      CHECK(graph.ranks()[static_cast<std::size_t>(graph.rank_index(members[0]))].stage == 0);
+      CHECK(graph.ranks()[static_cast<std::size_t>(graph.rank_index(members[1]))].stage == plan.pp - 1);
+      bool gates_optimizer = false;
+      for (const auto& [from, to] : graph.edges()) {
+        gates_optimizer = gates_optimizer || (from == id && graph.task(to).kind == TaskKind::Optimizer &&
+                                              graph.task(to).rank == t.rank);
+      }
+      CHECK(gates_optimizer);
+    }
+  }
+  // Every first- and last-stage rank has one: 2 in rank classes, 2 x tp x dp with all ranks.
+  CHECK(embed_task.size() == (inst == Instantiation::RankClasses ? 2U : static_cast<std::size_t>(2 * plan.tp * plan.dp)));
+
+  const auto count_embedding = [](const TaskGraph& g) {
+    return std::count_if(g.tasks().begin(), g.tasks().end(), [](const Task& t) {
+      return t.kind == TaskKind::Collective && t.group == GroupKind::Embedding;
+    });
+  };
+  spec.tied_embeddings = false;
+  CHECK(count_embedding(build_step_graph(spec, test_cluster(plan.world_size()), plan, inst)) == 0);
+  spec.tied_embeddings = true;
+  Plan zbv = make_plan(1, 2, 1, 4, 1, 2);
+  zbv.schedule = Schedule::ZbV;
+  CHECK(count_embedding(build_step_graph(spec, test_cluster(2), zbv, inst)) == 0);
+  const Plan flat = make_plan(2, 1, 2, 16);
+  CHECK(count_embedding(build_step_graph(spec, test_cluster(4), flat, inst)) == 0);
 }
 
 TEST_CASE("model::build_step_graph: the task limit is checked before building", "[ir]") {
