@@ -40,8 +40,10 @@ struct Plan {
   // chunks pipelined with its GEMM; costed in cost_model.cpp block_cost().
   bool tp_comm_overlap = false;
   // DeepSpeed's BF16_Optimizer (BLOOM, Megatron-DeepSpeed): optimizer state sharded over DP like ZeRO-1, but the
-  // fp32 gradients are all-reduced (engine.py allreduce_gradients -> buffered_allreduce_fallback on
-  // get_grads_for_reduction()), not reduce-scattered. Only meaningful with distributed_optimizer.
+  // fp32 gradient buffer is all-reduced (engine.py allreduce_gradients -> buffered_allreduce_fallback on
+  // get_grads_for_reduction()), not reduce-scattered, each 500M-element bucket cast to the communication dtype,
+  // bf16 for bf16 runs with ZeRO stage 0 (engine.py communication_data_type, DeepSpeed @37011a92, the commit
+  // BLOOM's training rolled back to). Only meaningful with distributed_optimizer.
   bool all_reduce_sharded_grads = false;
   // Fused (FlashAttention-style) attention core; false = Megatron's pre-2022 unfused path (QK^T and AV batched GEMMs
   // with the s x s scores through HBM: fused scale-mask-softmax, dropout). Costed in cost_model.cpp.
@@ -92,8 +94,11 @@ struct Plan {
   bool p2p_scatter_gather = false;
 
   /// Bytes per gradient element in the DP reduction of a ZeRO 0/1 plan: 2 for fp16 (Megatron-LM's arguments.py forces
-  /// --accumulate-allreduce-grads-in-fp32 only for bf16) and with grad_reduce_in_bf16, else 4 (fp32 main grads).
-  [[nodiscard]] double dp_grad_bytes() const { return precision == Precision::Fp16 || grad_reduce_in_bf16 ? 2.0 : 4.0; }
+  /// --accumulate-allreduce-grads-in-fp32 only for bf16), with grad_reduce_in_bf16, and for DeepSpeed's BF16
+  /// optimizer (all_reduce_sharded_grads: bf16 communication dtype); else 4 (fp32 main grads).
+  [[nodiscard]] double dp_grad_bytes() const {
+    return precision == Precision::Fp16 || grad_reduce_in_bf16 || all_reduce_sharded_grads ? 2.0 : 4.0;
+  }
 
   /// The effective ZeRO stage: zero_stage, or 1 for a plan that only sets distributed_optimizer.
   [[nodiscard]] int get_zero_stage() const { return zero_stage > 0 ? zero_stage : (distributed_optimizer ? 1 : 0); }

@@ -60,6 +60,7 @@ struct MappedRun {
   bool recompute_stated = false; // false: the caller may pick the least recompute that fits memory
   bool full_recompute_allowed = true; // false: the source's recipes never recompute whole layers (NeMo 24.07)
   double nic_bw_bytes_per_s = 0.0; // > 0: the source's network differs from the catalog system (BLOOM: Omni-Path)
+  bool nic_bw_measured = false;    // nic_bw_bytes_per_s is an achieved rate: the profile's nic_efficiency is not applied
   std::vector<std::string> assumptions;
 };
 

@@ -17,7 +17,13 @@ constexpr double A100_PEAK = 312e12;
 constexpr double H100_BF16_PEAK = 989e12;
 constexpr double H100_FP8_PEAK = 1979e12;
 // Jean Zay (BLOOM): 4 Omni-Path links per node (validation README), 100 Gb/s each (Intel OPA 100 series), 8 GPUs.
-constexpr double BLOOM_NIC_BYTES_PER_S = 4.0 * 100e9 / 8.0 / 8.0;
+// Measured: BigScience's all_reduce_bench on 4 A100 nodes (bigscience-workshop/bigscience experiments/bandwidth/
+// all_reduce_bench-a100-n4.txt @358e3c8f, NCCL 2.10.3, the version of BLOOM's pt-1.11): 4 GB fp32 in 1.519 s, busbw
+// 40.81 Gbps = 5.10 GB/s, with the communicator's channels on one OPA link (the 16-rank run's log: "2 coll channels"
+// both "via NET/IB/1"; the 16- and 32-rank runs give the same busbw). So one link achieves 5.10 GB/s, 41 % of its
+// 12.5 GB/s wire rate; per GPU (4 links per 8 GPUs) 2.55 GB/s achieved. This measured rate replaces the spec rate,
+// with no efficiency factor on top (MappedRun::nic_bw_measured).
+constexpr double BLOOM_NIC_BYTES_PER_S = 4.0 * 40.81e9 / 8.0 / 8.0;
 
 std::string lower(std::string text) {
   std::transform(text.begin(), text.end(), text.begin(), [](unsigned char ch) { return std::tolower(ch); });
@@ -194,14 +200,14 @@ MappedRun map_run(const PublishedRun& run) {
   // SC21-era Megatron-LM and Megatron-DeepSpeed (BLOOM) block the compute stream on pipeline sends/receives
   // (Plan::blocking_p2p cites the code); Megatron-Core's 1F1B runs them on a separate stream.
   plan.blocking_p2p = !modern;
-  // Megatron-LM scatters/gathers pipeline tensors over TP (SC21 section 4.1, default on); Megatron-DeepSpeed's
-  // PipelineEngine sends the full activation from every TP rank.
-  plan.p2p_scatter_gather = run.source_kind != "bloom";
+  // Megatron-LM scatters/gathers pipeline tensors over TP (SC21 section 4.1, default on); so does DeepSpeed's
+  // PipelineEngine with TP > 1 (runtime/pipe/engine.py @37011a92: is_pipe_partitioned = is_model_parallel, each TP
+  // rank sends a 1/tp PartitionedTensor and the receiver all-gathers it with .full()).
+  plan.p2p_scatter_gather = true;
   if (plan.pp > 1 && !modern) {
     notes.emplace_back(fmt::format("pipeline sends block the compute stream ({}){}",
                                    run.source_kind == "bloom" ? "DeepSpeed PipelineEngine" : "SC21-era Megatron-LM",
-                                   plan.p2p_scatter_gather ? "; scatter/gather: 1/tp of the activation per TP rank"
-                                                           : "; full activation from every TP rank"));
+                                   "; scatter/gather: 1/tp of the activation per TP rank"));
   }
   // Megatron-Core / NeMo overlap features: the Megatron-LM README states --overlap-param-gather --tp-comm-overlap
   // for its table; the NeMo 24.07 and dgxc v25.02 recipes run Megatron-Core with the same options (assumed, their
@@ -222,9 +228,12 @@ MappedRun map_run(const PublishedRun& run) {
     // then each rank updates its shard and all-gathers the bf16 parameters (DeepSpeed runtime/engine.py
     // allreduce_gradients, runtime/bf16_optimizer.py).
     plan.all_reduce_sharded_grads = true;
-    notes.emplace_back("BF16 optimizer: fp32 gradient all-reduce over DP, sharded update, bf16 parameter all-gather");
+    notes.emplace_back("BF16 optimizer: fp32 gradient buffer all-reduced over DP in bf16 (DeepSpeed communication "
+                       "dtype), sharded update, bf16 parameter all-gather; tied embedding grads in fp32");
     mapped.nic_bw_bytes_per_s = BLOOM_NIC_BYTES_PER_S;
-    notes.emplace_back("network: 4 x 100 Gb/s Omni-Path per 8-GPU node = 6.25 GB/s per GPU");
+    mapped.nic_bw_measured = true;
+    notes.emplace_back("network: 4 Omni-Path links per 8-GPU node at the 40.8 Gb/s each that BigScience's "
+                       "all_reduce_bench measured (NCCL 2.10.3) = 2.55 GB/s per GPU, no efficiency factor");
   }
   if (run.source_kind == "nemo") {
     // NeMo 24.07's H100 FP8 runs come from NeMo-Framework-Launcher: every examples/training/<model>/h100/*fp8*.sh

@@ -127,8 +127,11 @@ ValidationRow validate_row(const PublishedRun& run, const ValidateOptions& optio
     if (mapped.nic_bw_bytes_per_s > 0.0) {
       cluster.nic_bw_bytes_per_s = mapped.nic_bw_bytes_per_s;
     }
-    const model::CostProfile profile =
+    model::CostProfile profile =
         options.profile_path ? model::load_profile(*options.profile_path) : model::default_profile(mapped.gpu);
+    if (mapped.nic_bw_measured) {
+      profile.nic_efficiency = 1.0; // a measured, achieved bandwidth (MappedRun::nic_bw_measured)
+    }
     if (!report.profile_assumptions.contains(mapped.gpu)) {
       auto& lines = report.profile_assumptions[mapped.gpu];
       for (auto& line : model::CostModel(cluster, profile, mapped.plan).assumptions()) {
