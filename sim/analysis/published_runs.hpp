@@ -69,8 +69,10 @@ struct MappedRun {
 ///  model: kv heads empty -> = heads (MHA); ffn empty -> 4h; gated MLP (SwiGLU) and RMSNorm / no bias / RoPE for
 ///  Llama; GPT, BLOOM and Nemotron are not gated (Nemotron-4 uses squared ReLU); seq from the row; vocab empty ->
 ///  the family's tokenizer (BLOOM 250880 padded, Llama-2 32000, Llama-3 128256, Nemotron 256000, GPT 51200);
-///  plan: tp/pp empty -> Skipped ("no layout"); cp empty -> 1; dp empty -> gpus / (tp*pp*cp); mbs empty -> 1;
-///  vp > 1 -> interleaved 1F1B, else 1F1B (SC21 Table 1 was interleaved but its chunk count is not given);
+///  plan: tp/pp empty -> Skipped ("no layout"); cp empty -> 1; dp empty -> gpus / (tp*pp*cp); mbs empty -> 1,
+///  except SC21 Table 1, whose micro-batch, virtual stages and DDP come from the authors' launch script
+///  (examples/sc21/run_table_1.sh, SC21_TABLE1_LAUNCH in the .cpp); vp > 1 -> interleaved 1F1B, else 1F1B;
+///  NeMo 24.07: the launcher recipes' grad_sync_dtype bf16 and no full-layer recompute;
 ///  recompute: the row's value; empty with flops_def=hw_incl_recompute -> full (eq. 3 counts the extra forward);
 ///  otherwise not stated (recompute_stated = false; default none);
 ///  sequence parallel: the row's value; empty -> yes when tp > 1 for Megatron-Core/NeMo-era sources (megatron-lm-
@@ -80,7 +82,8 @@ struct MappedRun {
 ///  BLOOM "embedding counted as a PP stage layer": first/last stages hold (L+2)/pp - 1 layers when that divides;
 ///  attention: FlashAttention (arXiv:2205.14135, May 2022) postdates SC21 and BLOOM's Megatron-DeepSpeed (fused
 ///  scale-mask-softmax), so those use the unfused path (Plan::flash_attention = false); the others are fused;
-///  network: BLOOM's Jean Zay nodes have 4 Omni-Path links (README; Intel OPA 100 Gb/s each) = 50 Gb/s per GPU.
+///  network: BLOOM's Jean Zay nodes have 4 Omni-Path links (README), at the 40.8 Gb/s each that BigScience measured
+///  with NCCL 2.10.3 = 2.55 GB/s per GPU, used as an achieved rate (nic_bw_measured).
 MappedRun map_run(const PublishedRun& run);
 
 /// SC21 eq. 3 (also BLOOM's "4*2 coefficient"): hardware FLOPs per step including the recompute forward,

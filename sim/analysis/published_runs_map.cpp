@@ -25,6 +25,39 @@ constexpr double H100_FP8_PEAK = 1979e12;
 // with no efficiency factor on top (MappedRun::nic_bw_measured).
 constexpr double BLOOM_NIC_BYTES_PER_S = 4.0 * 40.81e9 / 8.0 / 8.0;
 
+// SC21 Table 1 as its authors launched it: NVIDIA/Megatron-LM examples/sc21/run_table_1.sh @79a3bb6 ("the scripts
+// used to produce the results in the Megatron paper ... Table 1 showing weak-scaling throughput", examples/sc21/
+// README.md). Per model size: micro-batch (MBS), layers per virtual stage (--num-layers-per-virtual-pipeline-stage,
+// 0 = not set: plain 1F1B) and DDP implementation (torch: PyTorch DDP, which all-reduces bucketed gradients behind
+// the backward; local: Megatron's own, which all-reduces after it). Matched on layers, hidden size, tp and pp.
+struct Sc21Launch {
+  std::int64_t layers, hidden;
+  int tp, pp;
+  std::int64_t micro_batch;
+  int layers_per_virtual_stage;
+  bool torch_ddp;
+};
+constexpr Sc21Launch SC21_TABLE1_LAUNCH[] = {
+    {24, 2304, 1, 1, 16, 0, true},   {30, 3072, 2, 1, 16, 0, true},    {36, 4096, 4, 1, 16, 0, true},
+    {40, 6144, 8, 1, 8, 0, true},    {48, 8192, 8, 2, 4, 0, false},    {60, 10240, 8, 4, 2, 5, false},
+    {80, 12288, 8, 8, 2, 5, false},  {96, 16384, 8, 16, 1, 3, false},  {105, 20480, 8, 35, 1, 1, false},
+    {128, 25600, 8, 64, 1, 0, false}};
+// PyTorch DDP's default bucket_cap_mb = 25 (torch.nn.parallel.DistributedDataParallel): 12.5M fp16 gradients, which
+// Plan::grad_bucket_bytes counts in fp32 main-grad bytes (4 B per parameter).
+constexpr double TORCH_DDP_BUCKET_PARAMS = 25e6 / 2.0;
+
+const Sc21Launch* sc21_launch(const PublishedRun& run, std::int64_t layers, std::int64_t hidden, int tp, int pp) {
+  if (run.source_kind != "sc21" || run.id.find("-t1-") == std::string::npos) {
+    return nullptr;
+  }
+  for (const Sc21Launch& launch : SC21_TABLE1_LAUNCH) {
+    if (launch.layers == layers && launch.hidden == hidden && launch.tp == tp && launch.pp == pp) {
+      return &launch;
+    }
+  }
+  return nullptr;
+}
+
 std::string lower(std::string text) {
   std::transform(text.begin(), text.end(), text.begin(), [](unsigned char ch) { return std::tolower(ch); });
   return text;
@@ -150,15 +183,32 @@ MappedRun map_run(const PublishedRun& run) {
   }
   plan.dp = run.dp ? static_cast<int>(as_int(*run.dp)) : mapped.num_gpus / (plan.tp * plan.pp * plan.cp);
   plan.micro_batch_size = run.micro_batch ? as_int(*run.micro_batch) : 1;
-  if (!run.micro_batch) {
+  const Sc21Launch* launch = sc21_launch(run, spec.num_layers, spec.hidden_size, plan.tp, plan.pp);
+  if (!run.micro_batch && launch) {
+    plan.micro_batch_size = launch->micro_batch;
+    notes.emplace_back(fmt::format("micro batch not given -> {} (authors' examples/sc21/run_table_1.sh)",
+                                   launch->micro_batch));
+  } else if (!run.micro_batch) {
     notes.emplace_back("micro batch not given -> 1");
   }
   plan.global_batch_size = as_int(*run.global_batch);
   plan.vp = run.vp ? std::max(1, static_cast<int>(as_int(*run.vp))) : 1;
+  if (!run.vp && launch) {
+    const std::int64_t per_stage = spec.num_layers / plan.pp;
+    plan.vp = launch->layers_per_virtual_stage > 0 && per_stage % launch->layers_per_virtual_stage == 0
+                  ? static_cast<int>(per_stage / launch->layers_per_virtual_stage)
+                  : 1;
+    if (plan.pp > 1) {
+      notes.emplace_back(fmt::format("interleaving not given -> vp={} (run_table_1.sh: {})", plan.vp,
+                                     launch->layers_per_virtual_stage > 0
+                                         ? fmt::format("{} layers per virtual stage", launch->layers_per_virtual_stage)
+                                         : std::string("no virtual stages")));
+    }
+  }
   // SC21 Table 1 ran the interleaved schedule (paper section 5.1, kept in notes) without stating the chunk count:
   // take the least interleaving the stage allows (smallest vp > 1 dividing the layers per stage), which keeps the
   // bubble an upper bound of the paper's; plain 1F1B where no such vp exists.
-  if (!run.vp && plan.pp > 1 && contains(lower(run.notes), "interleaved")) {
+  if (!run.vp && !launch && plan.pp > 1 && contains(lower(run.notes), "interleaved")) {
     const std::int64_t per_stage = spec.num_layers % plan.pp == 0 ? spec.num_layers / plan.pp : 0;
     for (int chunks = 2; per_stage > 1 && chunks <= per_stage; ++chunks) {
       if (per_stage % chunks == 0) {
@@ -195,8 +245,14 @@ MappedRun map_run(const PublishedRun& run) {
     notes.emplace_back(fmt::format("sequence parallel not stated -> {}", plan.sequence_parallel ? "yes" : "no"));
   }
   plan.distributed_optimizer = run.source_kind != "sc21";
-  // SC21-era Megatron and Megatron-DeepSpeed (BLOOM) reduce gradients after the backward pass.
-  plan.overlap_grad_reduce = modern;
+  // SC21-era Megatron's local DDP and Megatron-DeepSpeed (BLOOM) reduce gradients after the backward pass; SC21's
+  // pp = 1 rows ran PyTorch DDP (run_table_1.sh DDP=torch), which overlaps its 25 MB buckets with the backward.
+  plan.overlap_grad_reduce = modern || (launch && launch->torch_ddp);
+  if (launch && launch->torch_ddp) {
+    plan.grad_bucket_bytes = TORCH_DDP_BUCKET_PARAMS * 4.0;
+    notes.emplace_back("PyTorch DDP (run_table_1.sh DDP=torch): fp16 gradients all-reduced in 25 MB buckets behind "
+                       "the backward");
+  }
   // SC21-era Megatron-LM and Megatron-DeepSpeed (BLOOM) block the compute stream on pipeline sends/receives
   // (Plan::blocking_p2p cites the code); Megatron-Core's 1F1B runs them on a separate stream.
   plan.blocking_p2p = !modern;

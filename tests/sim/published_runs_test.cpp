@@ -170,12 +170,26 @@ TEST_CASE("sim::analysis::map_run: defaults and skips", "[validate]") {
     CHECK(std::any_of(mapped.assumptions.begin(), mapped.assumptions.end(),
                       [](const std::string& line) { return line.find("--tp-comm-overlap") != std::string::npos; }));
   }
-  SECTION("SC21 predates the Megatron-Core overlaps") {
+  SECTION("SC21 predates the Megatron-Core overlaps; Table 1 as the authors' run_table_1.sh launched it") {
     const auto mapped = map_run(runs.at("megatron-sc21-t1-18b"));
     REQUIRE(mapped.status == RunStatus::Ok);
     CHECK_FALSE(mapped.plan.tp_comm_overlap);
     CHECK_FALSE(mapped.plan.overlap_param_gather);
-    CHECK_FALSE(mapped.plan.overlap_grad_reduce);
+    // MBS=8, DDP=torch: PyTorch DDP overlaps its 25 MB fp16 buckets (12.5M parameters) with the backward.
+    CHECK(mapped.plan.micro_batch_size == 8);
+    CHECK(mapped.plan.overlap_grad_reduce);
+    CHECK(mapped.plan.grad_bucket_bytes == 12.5e6 * 4.0);
+    CHECK(mapped.plan.vp == 1);
+    // pp > 1 rows: Megatron's local DDP (all-reduce after the backward) and the script's virtual stages.
+    const auto deep = map_run(runs.at("megatron-sc21-t1-76b"));
+    REQUIRE(deep.status == RunStatus::Ok);
+    CHECK(deep.plan.micro_batch_size == 2);
+    CHECK(deep.plan.vp == 3); // 60 layers / pp 4 = 15 per stage, 5 per virtual stage
+    CHECK_FALSE(deep.plan.overlap_grad_reduce);
+    const auto trillion = map_run(runs.at("megatron-sc21-t1-1t"));
+    REQUIRE(trillion.status == RunStatus::Ok);
+    CHECK(trillion.plan.vp == 1); // the script sets no virtual stages for 1T
+    CHECK(trillion.plan.schedule == cuboid::model::Schedule::OneFOneB);
   }
   SECTION("BLOOM: embedding counted as a stage layer, ffn 4h, not gated, A100 80GB") {
     const auto mapped = map_run(runs.at("bloom-176b-main-run-384gpu"));
