@@ -211,9 +211,18 @@ std::string lane_category(const model::Task& task, TimelineLane& lane) {
   case model::TaskKind::P2P:
     return "pp-comm";
   case model::TaskKind::Collective:
-    return task.group == model::GroupKind::Dp || task.group == model::GroupKind::ExpertDp ? "dp-comm"
-           : task.group == model::GroupKind::Tp                                              ? "tp-comm"
-                                                                                             : "pp-comm";
+    // gradient synchronisation (DP, expert-DP, the tied embedding's group) vs tensor-parallel traffic
+    switch (task.group) {
+    case model::GroupKind::Dp:
+    case model::GroupKind::ExpertDp:
+    case model::GroupKind::Embedding:
+      return "dp-comm";
+    case model::GroupKind::Tp:
+      return "tp-comm";
+    case model::GroupKind::Pp:
+      return "pp-comm";
+    }
+    return "pp-comm";
   }
   return "other";
 }
