@@ -144,12 +144,18 @@ nlohmann::json to_json(const CalibrateOptions& cli, const exec::CalibrationResul
                          {"algbw_bytes_per_s", c.algbw_bytes_per_s},
                          {"busbw_bytes_per_s", c.busbw_bytes_per_s}});
   }
+  nlohmann::json kernels = nlohmann::json::array();
+  for (const auto& k : r.kernels) {
+    kernels.push_back(
+        {{"name", k.name}, {"elements", k.elements}, {"time_s", k.time_s}, {"s_per_element", k.s_per_element}});
+  }
   nlohmann::json units = nlohmann::json::array();
   for (const auto& u : r.units) {
     units.push_back({{"tp", u.tp},
                      {"name", u.name},
                      {"time_s", u.time_s},
                      {"compute_s", u.compute_s},
+                     {"kernel_s", u.kernel_s},
                      {"memory_ops", u.memory_ops},
                      {"memory_bytes", u.memory_bytes},
                      {"predicted_s", u.predicted_s},
@@ -173,6 +179,7 @@ nlohmann::json to_json(const CalibrateOptions& cli, const exec::CalibrationResul
           {"tiny_op_s", r.tiny_op_s},
           {"allreduce", allreduce},
           {"units", units},
+          {"kernels", kernels},
           {"in_situ", {{"ranks", r.in_situ_ranks},
                        {"steps", r.in_situ_steps_measured},
                        {"clock", cli.in_situ_clock},
