@@ -1,7 +1,8 @@
 // Calibration microbenchmarks on the CPU backend's own kernels, so the profile describes what `cuboid run` executes.
-// GEMMs and attention are measured directly; everything else the IR prices by bytes (norms, activations, residual
-// adds, embedding, loss, optimizer, and the backend's copies and allocations between them) is measured as the time
-// of whole units minus their GEMMs and attention, so that the predicted unit time matches the measured one.
+// GEMMs, attention and the norm / activation / RoPE kernels (every variant, priced per element) are measured
+// directly; everything else the IR prices by bytes (residual adds, embedding, loss, optimizer, and the backend's
+// copies and allocations between them) is measured as the time of whole units minus the measured parts, so that the
+// predicted unit time matches the measured one.
 #include "exec/calibration.hpp"
 
 #include "exec/cpu/activation.hpp"

@@ -94,7 +94,8 @@ struct CalibrationResult {
   double attention_flops_per_s = 0.0;     // forward, causal FLOPs (2 * B * H * T^2 * D)
   double attention_bwd_flops_per_s = 0.0; // backward, 2.5 x the causal forward FLOPs (the cost model's convention)
   /// Memory-bound ops in IR bytes per second (the IR counts 16-bit activations), fitted to the embedding, head and
-  /// optimizer units minus their GEMMs. What a layer needs beyond that goes into the attention efficiencies.
+  /// optimizer units minus their GEMMs and measured kernels. What a layer needs beyond its GEMMs, attention, measured
+  /// norm / activation / RoPE kernels (`kernels`) and byte-priced ops goes into the attention efficiencies.
   double elementwise_bytes_per_s = 0.0;
   double launch_overhead_s = 0.0; // per op: tiny_op_s
   double tiny_op_s = 0.0; // a 1x1 GEMM: the floor of any op on this machine

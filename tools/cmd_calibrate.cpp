@@ -81,6 +81,12 @@ void print_human(const CalibrateOptions& cli, const model::Scenario& scenario, c
                      100.0 * r.backend_linear_flops_per_s / std::max(1.0, r.eigen_peak_flops_per_s));
   out += fmt::format("attention: forward {:.2f} GFLOP/s, backward {:.2f} GFLOP/s (causal FLOPs)\n",
                      r.attention_flops_per_s / GIGA, r.attention_bwd_flops_per_s / GIGA);
+  // --- CPU prediction across models (branch cpux) ---
+  out += "# CPU backend kernels (timed alone, every variant; the profile prices them per element)\n";
+  for (const auto& k : r.kernels) {
+    out += fmt::format("kernel {:<14} {:9.0f} elements {:9.1f} us {:8.3f} ns/element\n", k.name, k.elements,
+                       k.time_s * US, k.s_per_element * 1e9);
+  }
   out += "# units (one micro-batch on one TP shard; optimizer: one step) and the fit of their memory-bound ops\n";
   out += "#  tp  unit        measured  GEMM+attn      rest  IR ops   IR bytes  predicted\n";
   out += "#   -  -               (us)       (us)      (us)       -        (B)       (us)\n";
