@@ -1,13 +1,16 @@
 // Calibration microbenchmarks on the CPU backend's own kernels, so the profile describes what `cuboid run` executes.
-// GEMMs and attention are measured directly; everything else the IR prices by bytes (norms, activations, residual
-// adds, embedding, loss, optimizer, and the backend's copies and allocations between them) is measured as the time
-// of whole units minus their GEMMs and attention, so that the predicted unit time matches the measured one.
+// GEMMs, attention and the norm / activation / RoPE kernels (every variant, priced per element) are measured
+// directly; everything else the IR prices by bytes (residual adds, embedding, loss, optimizer, and the backend's
+// copies and allocations between them) is measured as the time of whole units minus the measured parts, so that the
+// predicted unit time matches the measured one.
 #include "exec/calibration.hpp"
 
 #include "exec/cpu/activation.hpp"
 #include "exec/cpu/adamw.hpp"
 #include "exec/cpu/attention.hpp"
 #include "exec/cpu/linear.hpp"
+#include "exec/cpu/norm.hpp"
+#include "exec/cpu/rope.hpp"
 #include "exec/cpu/tensor.hpp"
 #include "exec/gpt_model.hpp"
 #include "exec/local_communicator.hpp"
@@ -218,6 +221,62 @@ AttentionTimes measure_attention(const model::ModelSpec& model, std::int64_t mic
   return t;
 }
 
+// --- CPU prediction across models (branch cpux) ---
+// Every norm / activation / RoPE kernel of the CPU backend on this model's tp-1 sizes (norms: tokens x hidden;
+// activations: tokens x ffn; RoPE: the query and key values of a layer, timed on the query width and scaled), best
+// repeat, slowest rank. Seconds per element = (time - per-op cost) / elements.
+std::vector<KernelMeasurement> measure_kernels(const model::ModelSpec& model, std::int64_t micro_batch,
+                                               double per_op_s, const CalibrationOptions& options,
+                                               Communicator& world) {
+  const std::int64_t tokens = model.seq_length * micro_batch;
+  const std::int64_t hidden = model.hidden_size;
+  const std::int64_t ffn = model.ffn_hidden_size;
+  const Mat x = Mat::Random(tokens, hidden);
+  const Mat dy = Mat::Random(tokens, hidden);
+  const cpu::RowVec w = cpu::RowVec::Constant(hidden, 1.1f);
+  const cpu::RowVec b = cpu::RowVec::Constant(hidden, 0.1f);
+  cpu::RowVec dw = cpu::RowVec::Zero(hidden);
+  cpu::RowVec db = cpu::RowVec::Zero(hidden);
+  Mat y(tokens, hidden);
+  Mat dx = Mat::Zero(tokens, hidden);
+  cpu::ColVec mean;
+  cpu::ColVec rstd;
+  const Mat a = Mat::Random(tokens, ffn);
+  const Mat up = Mat::Random(tokens, ffn);
+  const Mat da = Mat::Random(tokens, ffn);
+  Mat act(tokens, ffn);
+  Mat dgate(tokens, ffn);
+  Mat dup(tokens, ffn);
+  Mat rot = Mat::Random(tokens, model.q_width());
+  const auto time = [&](const std::function<void()>& fn) { return max_over(world, best_time_s(fn, options.min_time_s)); };
+  std::vector<KernelMeasurement> out;
+  const auto add = [&](const char* name, double elements, double time_s) {
+    out.push_back({name, elements, time_s, std::max(0.0, time_s - per_op_s) / elements});
+  };
+  const auto norm_elements = static_cast<double>(tokens * hidden);
+  const auto act_elements = static_cast<double>(tokens * ffn);
+  cpu::layer_norm_forward(x, w, b, y, mean, rstd);
+  add("layernorm.fwd", norm_elements, time([&] { cpu::layer_norm_forward(x, w, b, y, mean, rstd); }));
+  add("layernorm.bwd", norm_elements, time([&] { cpu::layer_norm_backward(dy, x, w, mean, rstd, dx, dw, db); }));
+  cpu::rms_norm_forward(x, w, y, rstd);
+  add("rmsnorm.fwd", norm_elements, time([&] { cpu::rms_norm_forward(x, w, y, rstd); }));
+  add("rmsnorm.bwd", norm_elements, time([&] { cpu::rms_norm_backward(dy, x, w, rstd, dx, dw); }));
+  add("gelu.fwd", act_elements, time([&] { cpu::gelu_forward(a, act); }));
+  add("gelu.bwd", act_elements, time([&] { cpu::gelu_backward(da, a, dgate); }));
+  add("swiglu.fwd", act_elements, time([&] { cpu::swiglu_forward(a, up, act); }));
+  add("swiglu.bwd", act_elements, time([&] { cpu::swiglu_backward(da, a, up, dgate, dup); }));
+  // forward and backward are the same rotation (opposite angles); one measurement of the forward
+  add("rope", static_cast<double>(rot.size()),
+      time([&] { cpu::rope_forward(rot, micro_batch, model.head_dim); }));
+  return out;
+}
+
+double kernel_s_per_element(const std::vector<KernelMeasurement>& kernels, const std::string& name) {
+  const auto it = std::find_if(kernels.begin(), kernels.end(), [&](const auto& k) { return k.name == name; });
+  CUBOID_ASSERT(it != kernels.end(), "calibration measured no kernel {}", name);
+  return it->s_per_element;
+}
+
 // Measured time of one micro-batch through each unit of one TP shard (a 1-rank group: its collectives are no-ops,
 // their cost comes from the all-reduce sweep), and of one optimizer step over the shard's parameters.
 struct UnitTimes {
@@ -306,8 +365,11 @@ std::vector<ShapeTime> merge_shapes(const std::vector<GemmMeasurement>& gemms) {
 
 // Splits a measured unit into its GEMMs and attention (measured on their own) and the rest, priced by the IR ops'
 // count and bytes.
+// Ops with a measured CPU kernel (norms, activations, RoPE next to attention) are priced by `kernels` (the
+// profile's cpu_*_s_per_element, a CostModel over it) and count in kernel_s.
 UnitMeasurement split_unit(const std::string& name, int tp, double time_s, const model::OpBlock& block,
-                           const std::vector<ShapeTime>& gemms, const AttentionTimes& attention) {
+                           const std::vector<ShapeTime>& gemms, const AttentionTimes& attention,
+                           const model::CostModel& kernels, double per_op_s) {
   UnitMeasurement u{name, tp, time_s, 0.0, 0.0, 0.0};
   for (const model::Op& op : block.ops) {
     if (op.kind == model::OpKind::TpCollective) {
@@ -322,6 +384,9 @@ UnitMeasurement split_unit(const std::string& name, int tp, double time_s, const
       u.compute_s += it->time_s;
     } else if (op.kind == model::OpKind::Attention) {
       u.compute_s += op.name == "attn" ? attention.fwd_s : attention.bwd_s;
+      u.kernel_s += op.rope_elements * kernels.get_profile().cpu_rope_s_per_element;
+    } else if (const double s_per_element = kernels.cpu_kernel_s_per_element(op.cpu_kernel); s_per_element > 0.0) {
+      u.kernel_s += static_cast<double>(op.m) * s_per_element + per_op_s;
     } else {
       u.memory_ops += 1.0;
       u.memory_bytes += op.hbm_bytes;
@@ -342,7 +407,7 @@ double fit_seconds_per_byte(const std::vector<UnitMeasurement>& units, const std
     if (u.name.rfind("layer", 0) == 0) {
       continue; // layers: their rest goes to the attention op (see calibrate())
     }
-    const double residual = std::max(0.0, u.time_s - u.compute_s - u.memory_ops * per_op_s);
+    const double residual = std::max(0.0, u.time_s - u.compute_s - u.kernel_s - u.memory_ops * per_op_s);
     bb += runs[idx] * u.memory_bytes * u.memory_bytes;
     br += runs[idx] * u.memory_bytes * residual;
   }
@@ -633,6 +698,21 @@ CalibrationResult calibrate_dense(const model::ModelSpec& model, const model::Pl
     Mat c(1, 1);
     result.tiny_op_s = max_over(world, best_time_s([&] { c.noalias() = a * a; }, options.min_time_s));
   }
+  // ---- CPU backend kernels (branch cpux): every norm / activation variant and RoPE, on this model's sizes.
+  result.kernels = measure_kernels(model, plan.micro_batch_size, result.tiny_op_s, options, world);
+  {
+    model::CostProfile& kp = result.profile;
+    kp.cpu_layernorm_fwd_s_per_element = kernel_s_per_element(result.kernels, "layernorm.fwd");
+    kp.cpu_layernorm_bwd_s_per_element = kernel_s_per_element(result.kernels, "layernorm.bwd");
+    kp.cpu_rmsnorm_fwd_s_per_element = kernel_s_per_element(result.kernels, "rmsnorm.fwd");
+    kp.cpu_rmsnorm_bwd_s_per_element = kernel_s_per_element(result.kernels, "rmsnorm.bwd");
+    kp.cpu_gelu_fwd_s_per_element = kernel_s_per_element(result.kernels, "gelu.fwd");
+    kp.cpu_gelu_bwd_s_per_element = kernel_s_per_element(result.kernels, "gelu.bwd");
+    kp.cpu_swiglu_fwd_s_per_element = kernel_s_per_element(result.kernels, "swiglu.fwd");
+    kp.cpu_swiglu_bwd_s_per_element = kernel_s_per_element(result.kernels, "swiglu.bwd");
+    kp.cpu_rope_s_per_element = kernel_s_per_element(result.kernels, "rope");
+  }
+  const model::CostModel kernel_cost(model::cpu_cluster(1), result.profile, plan);
   // ---- all-reduce sweep, alpha-beta fit t = a + b * S (least squares on the relative error, fit_alpha_beta):
   // a = 2(n-1) alpha, b = 2(n-1)/(n B). The sweep includes the model's gradient (the DP all-reduce of a TP-1 run).
   const int n = world.size();
@@ -693,14 +773,20 @@ CalibrationResult calibrate_dense(const model::ModelSpec& model, const model::Pl
     }
     const std::size_t first_unit = result.units.size();
     const AttentionTimes& attn = attention[idx];
-    result.units.push_back(split_unit("embed.fwd", tp, t.embed_fwd_s, blocks.embed_fwd, shapes, attn));
-    result.units.push_back(split_unit("embed.bwd", tp, t.embed_bwd_s, blocks.embed_bwd, shapes, attn));
-    result.units.push_back(split_unit("layer.fwd", tp, t.layer_fwd_s, blocks.layer_fwd, shapes, attn));
-    result.units.push_back(split_unit("layer.bwd", tp, t.layer_bwd_s, blocks.layer_bwd, shapes, attn));
-    result.units.push_back(split_unit("head.fwd", tp, t.head_fwd_s, blocks.head_fwd, shapes, attn));
-    result.units.push_back(split_unit("head.bwd", tp, t.head_bwd_s, blocks.head_bwd, shapes, attn));
     result.units.push_back(
-        split_unit("optimizer", tp, t.optimizer_s, model::make_optimizer_block(t.num_params), shapes, attn));
+        split_unit("embed.fwd", tp, t.embed_fwd_s, blocks.embed_fwd, shapes, attn, kernel_cost, result.tiny_op_s));
+    result.units.push_back(
+        split_unit("embed.bwd", tp, t.embed_bwd_s, blocks.embed_bwd, shapes, attn, kernel_cost, result.tiny_op_s));
+    result.units.push_back(
+        split_unit("layer.fwd", tp, t.layer_fwd_s, blocks.layer_fwd, shapes, attn, kernel_cost, result.tiny_op_s));
+    result.units.push_back(
+        split_unit("layer.bwd", tp, t.layer_bwd_s, blocks.layer_bwd, shapes, attn, kernel_cost, result.tiny_op_s));
+    result.units.push_back(
+        split_unit("head.fwd", tp, t.head_fwd_s, blocks.head_fwd, shapes, attn, kernel_cost, result.tiny_op_s));
+    result.units.push_back(
+        split_unit("head.bwd", tp, t.head_bwd_s, blocks.head_bwd, shapes, attn, kernel_cost, result.tiny_op_s));
+    result.units.push_back(split_unit("optimizer", tp, t.optimizer_s, model::make_optimizer_block(t.num_params), shapes,
+                                      attn, kernel_cost, result.tiny_op_s));
     const double alone_s[] = {alone.embed_fwd_s, alone.embed_bwd_s, alone.layer_fwd_s, alone.layer_bwd_s,
                               alone.head_fwd_s,  alone.head_bwd_s,  alone.optimizer_s};
     for (std::size_t u = 0; u < UNITS_PER_TP; ++u) {
@@ -757,7 +843,7 @@ CalibrationResult calibrate_dense(const model::ModelSpec& model, const model::Pl
     attn_fit_bwd_s += attention[idx].bwd_s;
     for (std::size_t k = idx * UNITS_PER_TP; k < (idx + 1) * UNITS_PER_TP; ++k) {
       const UnitMeasurement& u = result.units[k];
-      const double rest = u.time_s - u.compute_s - u.memory_ops * result.launch_overhead_s -
+      const double rest = u.time_s - u.compute_s - u.kernel_s - u.memory_ops * result.launch_overhead_s -
                           u.memory_bytes / result.elementwise_bytes_per_s;
       if (u.name == "layer.fwd") {
         attn_fwd_eff_s += rest;
@@ -804,10 +890,18 @@ CalibrationResult calibrate_dense(const model::ModelSpec& model, const model::Pl
   p.attention_bwd_efficiency =
       std::min(1.0, ATTENTION_BWD_WORK_PER_FWD * attn_fit_flops / net(attn_bwd_eff_s) / peak);
   p.assumptions.push_back(fmt::format(
-      "attention efficiencies are effective: they carry each layer's time beyond its GEMMs and byte-priced ops "
+      "attention efficiencies are effective: they carry each layer's time beyond its GEMMs, kernels and byte-priced ops "
       "(measured alone: forward {:.3g}, backward {:.3g} FLOP/s)",
       result.attention_flops_per_s, result.attention_bwd_flops_per_s));
   p.launch_overhead_s = result.launch_overhead_s;
+  p.assumptions.push_back(fmt::format(
+      "norms, activations and RoPE priced per element by the CPU backend's own kernels timed alone on {}'s sizes "
+      "(s/element: layernorm {:.3g}/{:.3g}, rmsnorm {:.3g}/{:.3g}, gelu {:.3g}/{:.3g}, swiglu {:.3g}/{:.3g} "
+      "forward/backward, rope {:.3g}), every variant, so that the profile prices other models",
+      model.name, p.cpu_layernorm_fwd_s_per_element, p.cpu_layernorm_bwd_s_per_element,
+      p.cpu_rmsnorm_fwd_s_per_element, p.cpu_rmsnorm_bwd_s_per_element, p.cpu_gelu_fwd_s_per_element,
+      p.cpu_gelu_bwd_s_per_element, p.cpu_swiglu_fwd_s_per_element, p.cpu_swiglu_bwd_s_per_element,
+      p.cpu_rope_s_per_element));
   if (any_in_situ) {
     p.assumptions.push_back(fmt::format(
         "tp-1 units (embedding, layer, head, optimizer) measured in situ: mean task {} of {} training steps of the "

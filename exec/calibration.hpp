@@ -66,6 +66,7 @@ struct UnitMeasurement {
   double compute_s = 0.0;    // its GEMMs and attention, as measured on their own
   double memory_ops = 0.0;   // IR ops priced by bytes (norms, activations, residual adds, embedding, loss, Adam)
   double memory_bytes = 0.0; // their IR bytes
+  double kernel_s = 0.0;     // ops priced by a measured CPU kernel (norms, activations, RoPE): elements x s + per-op
   double predicted_s = 0.0;  // the unit as the finished profile predicts it
   // --- in-situ units (issue 5) ---
   bool in_situ = false;      // time_s is the mean of the unit's tasks in real training steps
@@ -74,15 +75,27 @@ struct UnitMeasurement {
   int in_situ_tasks = 0;
 };
 
+/// --- CPU prediction across models (branch cpux) --- One CPU backend kernel timed alone (best repeat) on this
+/// model's sizes: every norm and activation variant, whatever the model uses, so that the profile prices another
+/// model's kernels (CostProfile cpu_*_s_per_element).
+struct KernelMeasurement {
+  std::string name;        // "layernorm.fwd", "rmsnorm.bwd", "gelu.fwd", "swiglu.bwd", "rope", ...
+  double elements = 0.0;   // norm input (tokens x hidden), activation output (tokens x ffn), rotated values
+  double time_s = 0.0;
+  double s_per_element = 0.0; // (time_s - the per-op cost) / elements, at least 0
+};
+
 struct CalibrationResult {
   model::CostProfile profile;
+  std::vector<KernelMeasurement> kernels;
   std::vector<GemmMeasurement> gemms;
   std::vector<CollectiveMeasurement> allreduce;
   std::vector<UnitMeasurement> units;
   double attention_flops_per_s = 0.0;     // forward, causal FLOPs (2 * B * H * T^2 * D)
   double attention_bwd_flops_per_s = 0.0; // backward, 2.5 x the causal forward FLOPs (the cost model's convention)
   /// Memory-bound ops in IR bytes per second (the IR counts 16-bit activations), fitted to the embedding, head and
-  /// optimizer units minus their GEMMs. What a layer needs beyond that goes into the attention efficiencies.
+  /// optimizer units minus their GEMMs and measured kernels. What a layer needs beyond its GEMMs, attention, measured
+  /// norm / activation / RoPE kernels (`kernels`) and byte-priced ops goes into the attention efficiencies.
   double elementwise_bytes_per_s = 0.0;
   double launch_overhead_s = 0.0; // per op: tiny_op_s
   double tiny_op_s = 0.0; // a 1x1 GEMM: the floor of any op on this machine

@@ -96,6 +96,10 @@ double CostModel::op_time_s(const Op& op, Phase phase) const {
   if (op.kind == OpKind::CpRing) {
     return cp_ring_step_time_s(op);
   }
+  // A CPU backend kernel measured by the CPU profile: its per-element time (GPU profiles measure none: bytes below).
+  if (const double kernel_s = cpu_kernel_s_per_element(op.cpu_kernel); kernel_s > 0.0) {
+    return static_cast<double>(op.m) * kernel_s + profile_.launch_overhead_s;
+  }
   const double memory_s = op.hbm_bytes / (cluster_.gpu.hbm_bw_bytes_per_s * profile_.hbm_efficiency);
   double compute_s = 0.0;
   if (op.kind == OpKind::Gemm && op.flops > 0.0) {
@@ -112,6 +116,30 @@ double CostModel::op_time_s(const Op& op, Phase phase) const {
   }
   // Elementwise, Norm, Embedding, Loss: memory bound (their FLOPs run on CUDA cores far below any limit that binds).
   return std::max(compute_s, memory_s) + profile_.launch_overhead_s;
+}
+
+double CostModel::cpu_kernel_s_per_element(CpuKernel kernel) const {
+  switch (kernel) {
+  case CpuKernel::None:
+    return 0.0;
+  case CpuKernel::LayerNormFwd:
+    return profile_.cpu_layernorm_fwd_s_per_element;
+  case CpuKernel::LayerNormBwd:
+    return profile_.cpu_layernorm_bwd_s_per_element;
+  case CpuKernel::RmsNormFwd:
+    return profile_.cpu_rmsnorm_fwd_s_per_element;
+  case CpuKernel::RmsNormBwd:
+    return profile_.cpu_rmsnorm_bwd_s_per_element;
+  case CpuKernel::GeluFwd:
+    return profile_.cpu_gelu_fwd_s_per_element;
+  case CpuKernel::GeluBwd:
+    return profile_.cpu_gelu_bwd_s_per_element;
+  case CpuKernel::SwigluFwd:
+    return profile_.cpu_swiglu_fwd_s_per_element;
+  case CpuKernel::SwigluBwd:
+    return profile_.cpu_swiglu_bwd_s_per_element;
+  }
+  return 0.0;
 }
 
 double CostModel::tp_collective_time_s(const Op& op) const {

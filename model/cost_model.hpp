@@ -70,6 +70,10 @@ public:
   /// Optimizer step time on one rank holding `num_params` parameters (memory bound: Adam reads/writes state,
   /// OPTIMIZER_BYTES_PER_PARAM in cost_model.cpp).
   [[nodiscard]] double optimizer_time_s(double num_params) const;
+  /// --- CPU prediction across models (branch cpux) --- The profile's measured seconds per element of a CPU
+  /// backend kernel (CostProfile cpu_*_s_per_element; 0 for CpuKernel::None and when not measured: the op is then
+  /// priced by its bytes).
+  [[nodiscard]] double cpu_kernel_s_per_element(CpuKernel kernel) const;
 
   [[nodiscard]] const CostProfile& get_profile() const { return profile_; }
   [[nodiscard]] const ClusterSpec& get_cluster() const { return cluster_; }
@@ -97,6 +101,7 @@ private:
   [[nodiscard]] double analytic_gemm_efficiency(double m, double n, double k, double batch, bool fp8) const;
   [[nodiscard]] double table_gemm_efficiency(double m, double n, double k, bool fp8) const;
   [[nodiscard]] double attention_time_s(const Op& op, Phase phase) const;
+  [[nodiscard]] double attention_core_time_s(const Op& op, Phase phase) const;
   /// Exposed part of the TP collective block.ops[op_index] (all of it unless plan.tp_comm_overlap).
   [[nodiscard]] double overlapped_tp_comm_s(const OpBlock& block, std::size_t op_index, Phase phase) const;
 };

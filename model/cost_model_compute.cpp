@@ -119,6 +119,13 @@ constexpr double SCORE_BYTES = 2.0; // a 16-bit score or probability written or 
 } // namespace
 
 double CostModel::attention_time_s(const Op& op, Phase phase) const {
+  // --- CPU prediction across models (branch cpux) --- RoPE on the CPU backend rotates Q and K next to this op
+  // (forward before it, backward after it); only a CPU profile prices it (0 elsewhere, and 0 without RoPE).
+  const double rope_s = op.rope_elements * profile_.cpu_rope_s_per_element;
+  return rope_s + attention_core_time_s(op, phase);
+}
+
+double CostModel::attention_core_time_s(const Op& op, Phase phase) const {
   const bool backward = phase == Phase::Backward;
   const double hbm_bw = cluster_.gpu.hbm_bw_bytes_per_s * profile_.hbm_efficiency;
   const double launch = profile_.launch_overhead_s;

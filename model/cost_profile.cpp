@@ -152,6 +152,7 @@ struct NumericField {
 };
 
 constexpr double INF = std::numeric_limits<double>::infinity();
+constexpr double MAX_KERNEL_S = 1e-3; // upper bound of the cpu_*_s_per_element fields
 
 const std::vector<NumericField>& numeric_fields() {
   static const std::vector<NumericField> fields = {
@@ -171,6 +172,18 @@ const std::vector<NumericField>& numeric_fields() {
       {"nvls_latency_s", &CostProfile::nvls_latency_s, 0.0, 1.0, false},
       {"nvls_min_ranks", &CostProfile::nvls_min_ranks, 0.0, 100000.0, false},
       {"dp_overlap_efficiency", &CostProfile::dp_overlap_efficiency, 0.0, 1.0, false},
+      // CPU backend kernels, seconds per element (cost_profile.hpp): optional, default 0 (= priced by bytes), so
+      // GPU profiles and CPU profiles written before them load unchanged. [0, 1e-3] s: no kernel of the CPU
+      // backend takes a millisecond per value; larger is a unit mistake (e.g. microseconds written as seconds).
+      {"cpu_layernorm_fwd_s_per_element", &CostProfile::cpu_layernorm_fwd_s_per_element, 0.0, MAX_KERNEL_S, false},
+      {"cpu_layernorm_bwd_s_per_element", &CostProfile::cpu_layernorm_bwd_s_per_element, 0.0, MAX_KERNEL_S, false},
+      {"cpu_rmsnorm_fwd_s_per_element", &CostProfile::cpu_rmsnorm_fwd_s_per_element, 0.0, MAX_KERNEL_S, false},
+      {"cpu_rmsnorm_bwd_s_per_element", &CostProfile::cpu_rmsnorm_bwd_s_per_element, 0.0, MAX_KERNEL_S, false},
+      {"cpu_gelu_fwd_s_per_element", &CostProfile::cpu_gelu_fwd_s_per_element, 0.0, MAX_KERNEL_S, false},
+      {"cpu_gelu_bwd_s_per_element", &CostProfile::cpu_gelu_bwd_s_per_element, 0.0, MAX_KERNEL_S, false},
+      {"cpu_swiglu_fwd_s_per_element", &CostProfile::cpu_swiglu_fwd_s_per_element, 0.0, MAX_KERNEL_S, false},
+      {"cpu_swiglu_bwd_s_per_element", &CostProfile::cpu_swiglu_bwd_s_per_element, 0.0, MAX_KERNEL_S, false},
+      {"cpu_rope_s_per_element", &CostProfile::cpu_rope_s_per_element, 0.0, MAX_KERNEL_S, false},
   };
   return fields;
 }

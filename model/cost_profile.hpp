@@ -40,6 +40,21 @@ struct CostProfile {
   double nvls_latency_s = 0.0;          // NVLS all-reduce fixed cost per collective
   double nvls_min_ranks = 5.0;          // NCCL picks NVLS only from this group size up (H200 sweep)
   double dp_overlap_efficiency = 1.0;   // fraction of the DP reduction that can hide behind backward compute
+  // ---- CPU backend kernels (CPU prediction across models, branch cpux). Seconds per element of the CPU backend's
+  // own kernel (exec/cpu/norm, exec/cpu/activation, exec/cpu/rope), measured by `cuboid calibrate --backend cpu`
+  // for every variant whatever model it calibrates, so that a profile of a GeLU/LayerNorm model prices
+  // SwiGLU/RMSNorm/RoPE. An op tagged with a kernel (model::Op::cpu_kernel) costs elements * this + launch_overhead_s
+  // instead of its bytes. 0 = not measured: priced by bytes (every GPU profile and CPU profiles written before).
+  // Elements: the norm's input (tokens x hidden), the activation's output (tokens x ffn), the values RoPE rotates.
+  double cpu_layernorm_fwd_s_per_element = 0.0;
+  double cpu_layernorm_bwd_s_per_element = 0.0;
+  double cpu_rmsnorm_fwd_s_per_element = 0.0;
+  double cpu_rmsnorm_bwd_s_per_element = 0.0;
+  double cpu_gelu_fwd_s_per_element = 0.0;
+  double cpu_gelu_bwd_s_per_element = 0.0;
+  double cpu_swiglu_fwd_s_per_element = 0.0;
+  double cpu_swiglu_bwd_s_per_element = 0.0;
+  double cpu_rope_s_per_element = 0.0; // forward or backward (the same rotation), added to the attention op
   std::vector<GemmPoint> gemm_table;    // measured points; when non-empty they override the analytic curve
   std::vector<std::string> assumptions; // free text printed with results
 };

@@ -52,6 +52,12 @@ struct Dims {
   std::int64_t head_dim = 1;
   // --- context parallelism --- tokens / seq_tokens above are this CP rank's b*s/cp; seq stays the full s (keys).
   int cp = 1;
+  // --- CPU prediction across models (branch cpux) --- the CPU backend's kernels of this model (Op::cpu_kernel)
+  CpuKernel norm_fwd = CpuKernel::LayerNormFwd;
+  CpuKernel norm_bwd = CpuKernel::LayerNormBwd;
+  CpuKernel act_fwd = CpuKernel::GeluFwd;
+  CpuKernel act_bwd = CpuKernel::GeluBwd;
+  double rope_elements = 0.0; // per layer: tokens * (q + kv) / t with RoPE, else 0
 };
 
 Dims dims_of(const ModelSpec& model, const Plan& plan) {
@@ -73,6 +79,12 @@ Dims dims_of(const ModelSpec& model, const Plan& plan) {
   d.gemm_in_bytes = plan.precision == Precision::Fp8 ? FP8_BYTES : BF16_BYTES;
   d.heads = model.num_attention_heads;
   d.head_dim = model.head_dim;
+  const bool rms = model.norm == NormKind::RmsNorm;
+  d.norm_fwd = rms ? CpuKernel::RmsNormFwd : CpuKernel::LayerNormFwd;
+  d.norm_bwd = rms ? CpuKernel::RmsNormBwd : CpuKernel::LayerNormBwd;
+  d.act_fwd = model.gated_mlp ? CpuKernel::SwigluFwd : CpuKernel::GeluFwd;
+  d.act_bwd = model.gated_mlp ? CpuKernel::SwigluBwd : CpuKernel::GeluBwd;
+  d.rope_elements = model.learned_position_embedding ? 0.0 : d.tokens * (d.q + d.kv) / d.tp;
   return d;
 }
 
@@ -111,6 +123,12 @@ Op memory_op(std::string name, OpKind kind, double elements, double tensors, dou
   op.m = dim(elements);
   op.flops = elements * flops_per_element;
   op.hbm_bytes = elements * tensors * BF16_BYTES;
+  return op;
+}
+
+// The op with its CPU backend kernel (see Op::cpu_kernel; changes nothing for GPU profiles).
+Op with_kernel(Op op, CpuKernel kernel) {
+  op.cpu_kernel = kernel;
   return op;
 }
 
@@ -156,6 +174,7 @@ Op attention(const Dims& d, bool backward) {
   // forward reads Q, K, V and writes O; backward reads Q, K, V, O, dO and writes dQ, dK, dV.
   const double widths = backward ? 4.0 * d.q + 4.0 * d.kv : 2.0 * d.q + 2.0 * d.kv;
   op.hbm_bytes = d.tokens * widths / d.tp * BF16_BYTES;
+  op.rope_elements = d.rope_elements;
   return op;
 }
 
@@ -181,6 +200,7 @@ void add_attention(std::vector<Op>& ops, const Dims& d, bool backward, bool reco
   Op step = whole;
   step.flops = whole.flops / cp;
   step.hbm_bytes = whole.hbm_bytes / cp;
+  step.rope_elements = whole.rope_elements / cp;
   step.m = dim(d.seq / cp); // a (local queries) x (one rank's K/V block) tile: s/cp x s/cp
   step.n = dim(d.seq / cp);
   Op ring;
@@ -215,19 +235,22 @@ OpBlock layer_forward(const Dims& d) {
   block.name = "layer.fwd";
   auto& ops = block.ops;
   const double qkv_n = (d.q + 2.0 * d.kv) / d.tp;
-  ops.push_back(memory_op("ln1", OpKind::Norm, d.seq_tokens * d.h, 2.0, NORM_FLOPS_PER_ELEMENT));
+  ops.push_back(
+      with_kernel(memory_op("ln1", OpKind::Norm, d.seq_tokens * d.h, 2.0, NORM_FLOPS_PER_ELEMENT), d.norm_fwd));
   add_gather(ops, d, "ln1");
   ops.push_back(linear_fwd("qkv", d, qkv_n, d.h));
   add_attention(ops, d, false, false);
   ops.push_back(linear_fwd("proj", d, d.h, d.q / d.tp));
   add_reduce(ops, d, "proj");
   ops.push_back(memory_op("bda1", OpKind::Elementwise, d.seq_tokens * d.h, 3.0, BDA_FLOPS_PER_ELEMENT));
-  ops.push_back(memory_op("ln2", OpKind::Norm, d.seq_tokens * d.h, 2.0, NORM_FLOPS_PER_ELEMENT));
+  ops.push_back(
+      with_kernel(memory_op("ln2", OpKind::Norm, d.seq_tokens * d.h, 2.0, NORM_FLOPS_PER_ELEMENT), d.norm_fwd));
   add_gather(ops, d, "ln2");
   ops.push_back(linear_fwd("fc1", d, d.fc1_out / d.tp, d.h));
   // GeLU reads F and writes F; SwiGLU reads gate and up (2F) and writes F.
-  ops.push_back(memory_op("act", OpKind::Elementwise, d.tokens * d.ffn / d.tp, 1.0 + d.fc1_out / d.ffn,
-                          ACT_FLOPS_PER_ELEMENT));
+  ops.push_back(with_kernel(
+      memory_op("act", OpKind::Elementwise, d.tokens * d.ffn / d.tp, 1.0 + d.fc1_out / d.ffn, ACT_FLOPS_PER_ELEMENT),
+      d.act_fwd));
   ops.push_back(linear_fwd("fc2", d, d.h, d.ffn / d.tp));
   add_reduce(ops, d, "fc2");
   ops.push_back(memory_op("bda2", OpKind::Elementwise, d.seq_tokens * d.h, 3.0, BDA_FLOPS_PER_ELEMENT));
@@ -255,12 +278,14 @@ OpBlock layer_backward(const Dims& d, const OpBlock& forward, Recompute recomput
   ops.push_back(linear_dgrad("fc2", d, d.h, d.ffn / d.tp));
   ops.push_back(linear_wgrad("fc2", d, d.h, d.ffn / d.tp));
   // reads the saved fc1 output and dY (F), writes d(fc1 output)
-  ops.push_back(memory_op("act.bwd", OpKind::Elementwise, d.tokens * d.ffn / d.tp, (2.0 * d.fc1_out + d.ffn) / d.ffn,
-                          ACT_FLOPS_PER_ELEMENT));
+  ops.push_back(with_kernel(memory_op("act.bwd", OpKind::Elementwise, d.tokens * d.ffn / d.tp,
+                                      (2.0 * d.fc1_out + d.ffn) / d.ffn, ACT_FLOPS_PER_ELEMENT),
+                            d.act_bwd));
   ops.push_back(linear_dgrad("fc1", d, d.fc1_out / d.tp, d.h));
   ops.push_back(linear_wgrad("fc1", d, d.fc1_out / d.tp, d.h));
   add_reduce(ops, d, "fc1");
-  ops.push_back(memory_op("ln2.bwd", OpKind::Norm, d.seq_tokens * d.h, 3.0, NORM_FLOPS_PER_ELEMENT));
+  ops.push_back(
+      with_kernel(memory_op("ln2.bwd", OpKind::Norm, d.seq_tokens * d.h, 3.0, NORM_FLOPS_PER_ELEMENT), d.norm_bwd));
   ops.push_back(memory_op("bda1.bwd", OpKind::Elementwise, d.seq_tokens * d.h, 2.0, BDA_FLOPS_PER_ELEMENT));
   add_gather(ops, d, "proj");
   ops.push_back(linear_dgrad("proj", d, d.h, d.q / d.tp));
@@ -269,7 +294,8 @@ OpBlock layer_backward(const Dims& d, const OpBlock& forward, Recompute recomput
   ops.push_back(linear_dgrad("qkv", d, qkv_n, d.h));
   ops.push_back(linear_wgrad("qkv", d, qkv_n, d.h));
   add_reduce(ops, d, "qkv");
-  ops.push_back(memory_op("ln1.bwd", OpKind::Norm, d.seq_tokens * d.h, 3.0, NORM_FLOPS_PER_ELEMENT));
+  ops.push_back(
+      with_kernel(memory_op("ln1.bwd", OpKind::Norm, d.seq_tokens * d.h, 3.0, NORM_FLOPS_PER_ELEMENT), d.norm_bwd));
   finish(block);
   return block;
 }
@@ -303,7 +329,8 @@ std::pair<OpBlock, OpBlock> head_blocks(const Dims& d) {
   const double logits = d.tokens * vocab_shard;
   OpBlock fwd;
   fwd.name = "head.fwd";
-  fwd.ops.push_back(memory_op("ln_f", OpKind::Norm, d.seq_tokens * d.h, 2.0, NORM_FLOPS_PER_ELEMENT));
+  fwd.ops.push_back(
+      with_kernel(memory_op("ln_f", OpKind::Norm, d.seq_tokens * d.h, 2.0, NORM_FLOPS_PER_ELEMENT), d.norm_fwd));
   add_gather(fwd.ops, d, "logits");
   fwd.ops.push_back(linear_fwd("logits", d, vocab_shard, d.h));
   Op loss = memory_op("loss", OpKind::Loss, logits, 0.0, LOSS_FLOPS_PER_ELEMENT);
@@ -328,7 +355,8 @@ std::pair<OpBlock, OpBlock> head_blocks(const Dims& d) {
   bwd.ops.push_back(linear_wgrad("logits", d, vocab_shard, d.h));
   // conjugate of the forward's identity (all-reduce) or all-gather (reduce-scatter)
   add_reduce(bwd.ops, d, "logits");
-  bwd.ops.push_back(memory_op("ln_f.bwd", OpKind::Norm, d.seq_tokens * d.h, 3.0, NORM_FLOPS_PER_ELEMENT));
+  bwd.ops.push_back(
+      with_kernel(memory_op("ln_f.bwd", OpKind::Norm, d.seq_tokens * d.h, 3.0, NORM_FLOPS_PER_ELEMENT), d.norm_bwd));
   finish(bwd);
   return {std::move(fwd), std::move(bwd)};
 }
@@ -389,8 +417,9 @@ void moe_mlp_forward(std::vector<Op>& ops, const Dims& d, const MoeDims& m) {
   ops.push_back(memory_op("router.topk", OpKind::Elementwise, d.seq_tokens * m.experts, 2.0, ACT_FLOPS_PER_ELEMENT));
   ops.push_back(ep_alltoall("dispatch.alltoall", m, d));
   ops.push_back(expert_gemm("expert.fc1", m, m.rows_per_expert, m.fc1_out / d.tp, d.h, d.gemm_in_bytes, BF16_BYTES));
-  ops.push_back(memory_op("expert.act", OpKind::Elementwise, m.rows * m.ffn / d.tp, 1.0 + m.fc1_out / m.ffn,
-                          ACT_FLOPS_PER_ELEMENT));
+  ops.push_back(with_kernel(memory_op("expert.act", OpKind::Elementwise, m.rows * m.ffn / d.tp, 1.0 + m.fc1_out / m.ffn,
+                                      ACT_FLOPS_PER_ELEMENT),
+                            d.act_fwd));
   ops.push_back(expert_gemm("expert.fc2", m, m.rows_per_expert, d.h, m.ffn / d.tp, d.gemm_in_bytes, BF16_BYTES));
   if (d.has_tp) {
     ops.push_back(tp_collective("expert.fc2.allreduce", CollectiveKind::AllReduce, m.rows * d.h * BF16_BYTES));
@@ -398,8 +427,9 @@ void moe_mlp_forward(std::vector<Op>& ops, const Dims& d, const MoeDims& m) {
   ops.push_back(ep_alltoall("combine.alltoall", m, d));
   if (m.shared > 0.0) {
     ops.push_back(linear_fwd("shared.fc1", d, m.shared * m.fc1_out / d.tp, d.h));
-    ops.push_back(memory_op("shared.act", OpKind::Elementwise, d.tokens * m.shared * m.ffn / d.tp,
-                            1.0 + m.fc1_out / m.ffn, ACT_FLOPS_PER_ELEMENT));
+    ops.push_back(with_kernel(memory_op("shared.act", OpKind::Elementwise, d.tokens * m.shared * m.ffn / d.tp,
+                                        1.0 + m.fc1_out / m.ffn, ACT_FLOPS_PER_ELEMENT),
+                              d.act_fwd));
     ops.push_back(linear_fwd("shared.fc2", d, d.h, m.shared * m.ffn / d.tp));
     add_reduce(ops, d, "shared.fc2");
   }
@@ -413,8 +443,9 @@ void moe_mlp_backward(std::vector<Op>& ops, const Dims& d, const MoeDims& m) {
     add_gather(ops, d, "shared.fc2");
     ops.push_back(linear_dgrad("shared.fc2", d, d.h, m.shared * m.ffn / d.tp));
     ops.push_back(linear_wgrad("shared.fc2", d, d.h, m.shared * m.ffn / d.tp));
-    ops.push_back(memory_op("shared.act.bwd", OpKind::Elementwise, d.tokens * m.shared * m.ffn / d.tp,
-                            (2.0 * m.fc1_out + m.ffn) / m.ffn, ACT_FLOPS_PER_ELEMENT));
+    ops.push_back(with_kernel(memory_op("shared.act.bwd", OpKind::Elementwise, d.tokens * m.shared * m.ffn / d.tp,
+                                        (2.0 * m.fc1_out + m.ffn) / m.ffn, ACT_FLOPS_PER_ELEMENT),
+                              d.act_bwd));
     ops.push_back(linear_dgrad("shared.fc1", d, m.shared * m.fc1_out / d.tp, d.h));
     ops.push_back(linear_wgrad("shared.fc1", d, m.shared * m.fc1_out / d.tp, d.h));
   }
@@ -423,10 +454,11 @@ void moe_mlp_backward(std::vector<Op>& ops, const Dims& d, const MoeDims& m) {
                             BF16_BYTES));
   ops.push_back(expert_gemm("expert.fc2.wgrad", m, m.ffn / d.tp, d.h, m.rows_per_expert, d.gemm_in_bytes,
                             WGRAD_OUT_BYTES));
-  ops.push_back(memory_op("expert.act.bwd", OpKind::Elementwise, m.rows * m.ffn / d.tp,
-                          (2.0 * m.fc1_out + m.ffn) / m.ffn, ACT_FLOPS_PER_ELEMENT));
-  ops.push_back(expert_gemm("expert.fc1.dgrad", m, m.rows_per_expert, d.h, m.fc1_out / d.tp, d.gemm_in_bytes,
-                            BF16_BYTES));
+  ops.push_back(with_kernel(memory_op("expert.act.bwd", OpKind::Elementwise, m.rows * m.ffn / d.tp,
+                                      (2.0 * m.fc1_out + m.ffn) / m.ffn, ACT_FLOPS_PER_ELEMENT),
+                            d.act_bwd));
+  ops.push_back(
+      expert_gemm("expert.fc1.dgrad", m, m.rows_per_expert, d.h, m.fc1_out / d.tp, d.gemm_in_bytes, BF16_BYTES));
   ops.push_back(expert_gemm("expert.fc1.wgrad", m, d.h, m.fc1_out / d.tp, m.rows_per_expert, d.gemm_in_bytes,
                             WGRAD_OUT_BYTES));
   if (d.has_tp) {

@@ -45,6 +45,20 @@ using MemBytes = std::array<double, NUM_MEM_TAGS>;
 // CpRing (context parallelism): one step of the ring attention exchange inside a layer block (K/V, and in backward
 // dK/dV, sent to the next CP rank and received from the previous one), overlapped with the attention step it feeds.
 enum class OpKind { Gemm, Attention, Elementwise, Norm, Embedding, Loss, TpCollective, EpCollective, CpRing };
+/// Which kernel of the CPU backend (exec/cpu/norm, exec/cpu/activation) a Norm / Elementwise op is, so that a CPU
+/// cost profile can price it per element (CostProfile cpu_*_s_per_element); GPU profiles leave those 0 and price the
+/// op by its bytes, so the tag changes no GPU prediction. None: priced by bytes on every device.
+enum class CpuKernel {
+  None,
+  LayerNormFwd,
+  LayerNormBwd,
+  RmsNormFwd,
+  RmsNormBwd,
+  GeluFwd,
+  GeluBwd,
+  SwigluFwd,
+  SwigluBwd
+};
 
 /// One kernel-level operation inside a compute block, sized for one rank (one TP shard).
 struct Op {
@@ -61,6 +75,10 @@ struct Op {
   CollectiveKind collective = CollectiveKind::AllReduce; // TpCollective / EpCollective only
   double msg_bytes = 0.0;    // Tp/EpCollective: per-rank buffer (all-reduce input / all-gather output / all-to-all
                              // send buffer); CpRing: bytes each rank sends (= receives) in this ring step
+  // --- CPU prediction across models (branch cpux) ---
+  CpuKernel cpu_kernel = CpuKernel::None; // Norm / Elementwise: the CPU backend kernel; its elements are `m`
+  double rope_elements = 0.0; // Attention: query and key values rotated by RoPE before (forward) / after (backward)
+                              // this op on the CPU backend (0: learned positions); priced only by a CPU profile
 };
 
 /// The ops of one compute task (e.g. one layer's forward for one micro-batch). Shared by identical tasks.

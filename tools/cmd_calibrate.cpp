@@ -81,6 +81,12 @@ void print_human(const CalibrateOptions& cli, const model::Scenario& scenario, c
                      100.0 * r.backend_linear_flops_per_s / std::max(1.0, r.eigen_peak_flops_per_s));
   out += fmt::format("attention: forward {:.2f} GFLOP/s, backward {:.2f} GFLOP/s (causal FLOPs)\n",
                      r.attention_flops_per_s / GIGA, r.attention_bwd_flops_per_s / GIGA);
+  // --- CPU prediction across models (branch cpux) ---
+  out += "# CPU backend kernels (timed alone, every variant; the profile prices them per element)\n";
+  for (const auto& k : r.kernels) {
+    out += fmt::format("kernel {:<14} {:9.0f} elements {:9.1f} us {:8.3f} ns/element\n", k.name, k.elements,
+                       k.time_s * US, k.s_per_element * 1e9);
+  }
   out += "# units (one micro-batch on one TP shard; optimizer: one step) and the fit of their memory-bound ops\n";
   out += "#  tp  unit        measured  GEMM+attn      rest  IR ops   IR bytes  predicted\n";
   out += "#   -  -               (us)       (us)      (us)       -        (B)       (us)\n";
@@ -144,12 +150,18 @@ nlohmann::json to_json(const CalibrateOptions& cli, const exec::CalibrationResul
                          {"algbw_bytes_per_s", c.algbw_bytes_per_s},
                          {"busbw_bytes_per_s", c.busbw_bytes_per_s}});
   }
+  nlohmann::json kernels = nlohmann::json::array();
+  for (const auto& k : r.kernels) {
+    kernels.push_back(
+        {{"name", k.name}, {"elements", k.elements}, {"time_s", k.time_s}, {"s_per_element", k.s_per_element}});
+  }
   nlohmann::json units = nlohmann::json::array();
   for (const auto& u : r.units) {
     units.push_back({{"tp", u.tp},
                      {"name", u.name},
                      {"time_s", u.time_s},
                      {"compute_s", u.compute_s},
+                     {"kernel_s", u.kernel_s},
                      {"memory_ops", u.memory_ops},
                      {"memory_bytes", u.memory_bytes},
                      {"predicted_s", u.predicted_s},
@@ -173,6 +185,7 @@ nlohmann::json to_json(const CalibrateOptions& cli, const exec::CalibrationResul
           {"tiny_op_s", r.tiny_op_s},
           {"allreduce", allreduce},
           {"units", units},
+          {"kernels", kernels},
           {"in_situ", {{"ranks", r.in_situ_ranks},
                        {"steps", r.in_situ_steps_measured},
                        {"clock", cli.in_situ_clock},

@@ -6,6 +6,7 @@
 #include "model/cpu_device.hpp"
 #include "exec/local_communicator.hpp"
 #include "model/cost_model.hpp"
+#include "model/op_catalog.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -229,6 +230,62 @@ TEST_CASE("exec::calibrate: in-situ units come from real training steps", "[exec
         CHECK(u.predicted_s >= u.time_s * (1.0 - 1e-4)); // one-sided beyond 1e-4: see the contract test above
         CHECK(u.predicted_s <= u.time_s * 1.25);
       }
+    }
+  }
+}
+
+// --- CPU prediction across models (branch cpux) ---
+// Calibration times every norm / activation variant and RoPE, whatever the model uses (a GPT model's profile also
+// prices RMSNorm, SwiGLU and RoPE), stores (time - per-op cost) / elements in the profile, and the units' kernel_s is
+// what the cost model charges for their tagged ops: elements x seconds per element + the per-op cost.
+TEST_CASE("exec::calibrate: every CPU kernel variant measured and priced per element", "[exec][calibration]") {
+  LocalCommunicator world;
+  CalibrationOptions options;
+  options.min_time_s = 0.001;
+  const model::ModelSpec spec = test::toy_gpt();
+  const model::Plan plan = test::single_rank_plan(1, 1);
+  const CalibrationResult result = calibrate(spec, plan, options, world);
+  REQUIRE(result.kernels.size() == 9);
+  for (const auto& k : result.kernels) {
+    INFO(k.name);
+    CHECK(k.time_s > 0.0);
+    CHECK(k.elements > 0.0);
+    CHECK(k.s_per_element == Approx(std::max(0.0, k.time_s - result.tiny_op_s) / k.elements));
+  }
+  const model::CostProfile& p = result.profile;
+  const auto measured = [&](const std::string& name) {
+    const auto it = std::find_if(result.kernels.begin(), result.kernels.end(),
+                                 [&](const KernelMeasurement& k) { return k.name == name; });
+    REQUIRE(it != result.kernels.end());
+    return it->s_per_element;
+  };
+  CHECK(p.cpu_layernorm_fwd_s_per_element == measured("layernorm.fwd"));
+  CHECK(p.cpu_rmsnorm_bwd_s_per_element == measured("rmsnorm.bwd"));
+  CHECK(p.cpu_gelu_bwd_s_per_element == measured("gelu.bwd"));
+  CHECK(p.cpu_swiglu_fwd_s_per_element == measured("swiglu.fwd"));
+  CHECK(p.cpu_rope_s_per_element == measured("rope"));
+  CHECK(p.cpu_gelu_fwd_s_per_element > 0.0); // tanh per element: far above a 1x1 GEMM
+  // layer.fwd of toy-gpt: ln1, ln2 (tokens x hidden) and GeLU (tokens x ffn), no RoPE.
+  const double tokens = static_cast<double>(spec.seq_length);
+  const auto per_op = [&](double s_per_element, double elements) {
+    return s_per_element > 0.0 ? elements * s_per_element + result.tiny_op_s : 0.0;
+  };
+  const double expected = 2.0 * per_op(p.cpu_layernorm_fwd_s_per_element, tokens * static_cast<double>(spec.hidden_size)) +
+                          per_op(p.cpu_gelu_fwd_s_per_element, tokens * static_cast<double>(spec.ffn_hidden_size));
+  for (const auto& u : result.units) {
+    if (u.name == "layer.fwd") {
+      CHECK(u.kernel_s == Approx(expected).epsilon(1e-9));
+    }
+    if (u.name == "optimizer" || u.name.rfind("embed", 0) == 0) {
+      CHECK(u.kernel_s == 0.0);
+    }
+  }
+  // The profile prices a Llama layer's kernels from this GPT calibration.
+  const model::CostModel cost(model::cpu_cluster(1), p, plan);
+  const model::StepBlocks llama = model::make_step_blocks(test::toy_llama(), plan);
+  for (const model::Op& op : llama.layer_fwd.ops) {
+    if (op.name == "act") {
+      CHECK(cost.op_time_s(op) == Approx(per_op(p.cpu_swiglu_fwd_s_per_element, static_cast<double>(op.m))));
     }
   }
 }

@@ -2,6 +2,8 @@
 // and the NVLink fit against the published nccl-tests rows (scenarios/validation/published_collectives.csv).
 #include "model/cost_model.hpp"
 #include "model/errors.hpp"
+#include "model/model_catalog.hpp"
+#include "model/op_catalog.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -362,4 +364,82 @@ TEST_CASE("model::CostModel: multi-node all-reduce against published rows", "[co
     ++checked;
   }
   CHECK(checked == 6);
+}
+
+// --- CPU prediction across models (branch cpux) ---
+// A Norm / Elementwise op tagged with a CPU backend kernel costs elements x the profile's seconds per element plus
+// the per-op cost when the profile measured that kernel, and its bytes otherwise (every GPU profile: unchanged).
+TEST_CASE("model::CostModel: CPU kernel ops priced per element only when the profile measured the kernel", "[cost]") {
+  Op op;
+  op.kind = OpKind::Norm;
+  op.cpu_kernel = CpuKernel::RmsNormFwd;
+  op.m = 1000;
+  op.hbm_bytes = 1e9;
+  CostProfile profile = default_profile("h100-sxm");
+  const double bytes_s = 1e9 / (3.35e12 * profile.hbm_efficiency) + profile.launch_overhead_s;
+  {
+    const CostModel gpu(make_test_cluster("h100-sxm", 8), profile, make_plan(1));
+    CHECK_THAT(gpu.op_time_s(op), WithinRel(bytes_s, 1e-12));
+  }
+  profile.cpu_layernorm_fwd_s_per_element = 5e-9; // another kernel: still priced by bytes
+  CHECK_THAT(CostModel(make_test_cluster("h100-sxm", 8), profile, make_plan(1)).op_time_s(op),
+             WithinRel(bytes_s, 1e-12));
+  profile.cpu_rmsnorm_fwd_s_per_element = 2e-9;
+  const CostModel cpu(make_test_cluster("h100-sxm", 8), profile, make_plan(1));
+  CHECK_THAT(cpu.op_time_s(op), WithinRel(1000 * 2e-9 + profile.launch_overhead_s, 1e-12));
+  op.cpu_kernel = CpuKernel::LayerNormFwd;
+  CHECK_THAT(cpu.op_time_s(op), WithinRel(1000 * 5e-9 + profile.launch_overhead_s, 1e-12));
+  op.cpu_kernel = CpuKernel::None; // an untagged op never uses the kernel table
+  CHECK_THAT(cpu.op_time_s(op), WithinRel(bytes_s, 1e-12));
+}
+
+// RoPE rotates Q and K next to the attention op on the CPU backend: a CPU profile adds rope_elements x its seconds
+// per element to the attention op; a GPU profile (0) leaves the op's time exactly as it was.
+TEST_CASE("model::CostModel: RoPE cost on the attention op only with a CPU profile", "[cost]") {
+  CostProfile profile = default_profile("a100-80gb");
+  Op attn;
+  attn.name = "attn";
+  attn.kind = OpKind::Attention;
+  attn.flops = 1e12;
+  attn.hbm_bytes = 1e6;
+  const CostModel before(make_test_cluster("a100-80gb", 8), profile, make_plan(1));
+  const double without_s = before.op_time_s(attn, Phase::Forward);
+  attn.rope_elements = 1e6;
+  CHECK(before.op_time_s(attn, Phase::Forward) == without_s); // bit-identical for GPU profiles
+  profile.cpu_rope_s_per_element = 3e-9;
+  const CostModel cpu(make_test_cluster("a100-80gb", 8), profile, make_plan(1));
+  CHECK_THAT(cpu.op_time_s(attn, Phase::Forward), WithinRel(without_s + 1e6 * 3e-9, 1e-12));
+  CHECK_THAT(cpu.op_time_s(attn, Phase::Backward) - before.op_time_s(attn, Phase::Backward),
+             WithinRel(1e6 * 3e-9, 1e-9));
+}
+
+// The op catalog tags each norm and activation with the kernel the CPU backend runs for the model, and puts the
+// values RoPE rotates (tokens x (q + kv) / tp) on the attention ops of RoPE models only.
+TEST_CASE("model::make_step_blocks: CPU kernel tags follow the model's norm, activation and positions", "[cost]") {
+  Plan plan = make_plan(2);
+  plan.micro_batch_size = 2;
+  const auto kernel_of = [](const OpBlock& block, const std::string& name) {
+    const auto it = std::find_if(block.ops.begin(), block.ops.end(), [&](const Op& op) { return op.name == name; });
+    REQUIRE(it != block.ops.end());
+    return *it;
+  };
+  const ModelSpec gpt = find_model("gpt-tiny");
+  const StepBlocks g = make_step_blocks(gpt, plan);
+  CHECK(kernel_of(g.layer_fwd, "ln1").cpu_kernel == CpuKernel::LayerNormFwd);
+  CHECK(kernel_of(g.layer_fwd, "act").cpu_kernel == CpuKernel::GeluFwd);
+  CHECK(kernel_of(g.layer_bwd, "act.bwd").cpu_kernel == CpuKernel::GeluBwd);
+  CHECK(kernel_of(g.head_bwd, "ln_f.bwd").cpu_kernel == CpuKernel::LayerNormBwd);
+  CHECK(kernel_of(g.layer_fwd, "bda1").cpu_kernel == CpuKernel::None);
+  CHECK(kernel_of(g.layer_fwd, "attn").rope_elements == 0.0);
+  const ModelSpec llama = find_model("llama-tiny");
+  const StepBlocks l = make_step_blocks(llama, plan);
+  CHECK(kernel_of(l.layer_fwd, "ln2").cpu_kernel == CpuKernel::RmsNormFwd);
+  CHECK(kernel_of(l.layer_bwd, "ln1.bwd").cpu_kernel == CpuKernel::RmsNormBwd);
+  CHECK(kernel_of(l.layer_fwd, "act").cpu_kernel == CpuKernel::SwigluFwd);
+  CHECK(kernel_of(l.layer_bwd, "act.bwd").cpu_kernel == CpuKernel::SwigluBwd);
+  const double tokens = 2.0 * static_cast<double>(llama.seq_length);
+  const double rotated = tokens * static_cast<double>(llama.q_width() + llama.kv_width()) / 2.0;
+  CHECK(kernel_of(l.layer_fwd, "attn").rope_elements == rotated);
+  CHECK(kernel_of(l.layer_bwd, "attn.bwd").rope_elements == rotated);
+  CHECK(kernel_of(l.layer_fwd, "act").m == static_cast<std::int64_t>(tokens) * llama.ffn_hidden_size / 2);
 }

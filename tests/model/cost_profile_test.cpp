@@ -46,6 +46,15 @@ void check_same(const CostProfile& a, const CostProfile& b) {
   CHECK(a.nvls_latency_s == Approx(b.nvls_latency_s).epsilon(1e-12));
   CHECK(a.nvls_min_ranks == b.nvls_min_ranks);
   CHECK_THAT(a.dp_overlap_efficiency, WithinRel(b.dp_overlap_efficiency, 1e-12));
+  CHECK(a.cpu_layernorm_fwd_s_per_element == b.cpu_layernorm_fwd_s_per_element);
+  CHECK(a.cpu_layernorm_bwd_s_per_element == b.cpu_layernorm_bwd_s_per_element);
+  CHECK(a.cpu_rmsnorm_fwd_s_per_element == b.cpu_rmsnorm_fwd_s_per_element);
+  CHECK(a.cpu_rmsnorm_bwd_s_per_element == b.cpu_rmsnorm_bwd_s_per_element);
+  CHECK(a.cpu_gelu_fwd_s_per_element == b.cpu_gelu_fwd_s_per_element);
+  CHECK(a.cpu_gelu_bwd_s_per_element == b.cpu_gelu_bwd_s_per_element);
+  CHECK(a.cpu_swiglu_fwd_s_per_element == b.cpu_swiglu_fwd_s_per_element);
+  CHECK(a.cpu_swiglu_bwd_s_per_element == b.cpu_swiglu_bwd_s_per_element);
+  CHECK(a.cpu_rope_s_per_element == b.cpu_rope_s_per_element);
   REQUIRE(a.gemm_table.size() == b.gemm_table.size());
   for (std::size_t idx = 0; idx < a.gemm_table.size(); ++idx) {
     CHECK(a.gemm_table[idx].m == b.gemm_table[idx].m);
@@ -71,6 +80,8 @@ TEST_CASE("model::CostProfile: YAML round trip", "[cost]") {
   CostProfile profile = default_profile("h100-sxm");
   profile.gemm_table = {{1024, 1024, 1024, 0.55}, {8192, 8192, 8192, 0.78}};
   profile.assumptions.emplace_back("measured on node 7: \"quoted\", with: colon");
+  profile.cpu_gelu_fwd_s_per_element = 1.7e-8; // CPU kernel fields survive the round trip
+  profile.cpu_rope_s_per_element = 2.1e-9;
   const std::string path = temp_path("round_trip.yaml");
   save_profile(profile, path);
   CHECK_FALSE(std::filesystem::exists(path + ".tmp"));
@@ -94,6 +105,32 @@ TEST_CASE("model::CostProfile: GEMM table lookup", "[cost]") {
 }
 
 // Bad input names the file, the key, the value and the valid range (STYLE.md section 5).
+// --- CPU prediction across models (branch cpux) --- The CPU kernel fields are optional (a profile written before
+// them loads with 0 = priced by bytes) and range-checked like every other field.
+TEST_CASE("model::CostProfile: CPU kernel fields are optional and range-checked", "[cost]") {
+  {
+    const auto path = write_file("old_cpu.yaml", "gpu: cpu\nhbm_efficiency: 0.01\nlaunch_overhead_s: 2e-8\n");
+    const CostProfile old = load_profile(path);
+    CHECK(old.cpu_gelu_fwd_s_per_element == 0.0);
+    CHECK(old.cpu_rmsnorm_bwd_s_per_element == 0.0);
+    CHECK(old.cpu_rope_s_per_element == 0.0);
+  }
+  {
+    const auto path = write_file("cpu_kernel.yaml", "gpu: cpu\ncpu_swiglu_bwd_s_per_element: 8.2e-9\n");
+    CHECK(load_profile(path).cpu_swiglu_bwd_s_per_element == 8.2e-9);
+  }
+  {
+    const auto path = write_file("cpu_kernel_big.yaml", "gpu: cpu\ncpu_gelu_fwd_s_per_element: 0.5\n");
+    REQUIRE_THROWS_AS(load_profile(path), cuboid::InputError);
+    REQUIRE_THROWS_WITH(load_profile(path), Contains(path + ":2") && Contains("cpu_gelu_fwd_s_per_element") &&
+                                                Contains("0.5 is out of range") && Contains("[0, 0.001]"));
+  }
+  {
+    const auto path = write_file("cpu_kernel_neg.yaml", "cpu_rope_s_per_element: -1e-9\n");
+    REQUIRE_THROWS_WITH(load_profile(path), Contains("cpu_rope_s_per_element") && Contains("out of range"));
+  }
+}
+
 TEST_CASE("model::CostProfile: bad profile files", "[cost]") {
   SECTION("unknown key suggests the closest one") {
     const auto path = write_file("unknown.yaml", "gemm_max_eficiency: 0.8\n");
