@@ -28,6 +28,7 @@
 #include <functional>
 #include <numeric>
 #include <stdexcept>
+#include <tuple>
 
 namespace cuboid::exec {
 
@@ -773,20 +774,15 @@ CalibrationResult calibrate_dense(const model::ModelSpec& model, const model::Pl
     }
     const std::size_t first_unit = result.units.size();
     const AttentionTimes& attn = attention[idx];
-    result.units.push_back(
-        split_unit("embed.fwd", tp, t.embed_fwd_s, blocks.embed_fwd, shapes, attn, kernel_cost, result.tiny_op_s));
-    result.units.push_back(
-        split_unit("embed.bwd", tp, t.embed_bwd_s, blocks.embed_bwd, shapes, attn, kernel_cost, result.tiny_op_s));
-    result.units.push_back(
-        split_unit("layer.fwd", tp, t.layer_fwd_s, blocks.layer_fwd, shapes, attn, kernel_cost, result.tiny_op_s));
-    result.units.push_back(
-        split_unit("layer.bwd", tp, t.layer_bwd_s, blocks.layer_bwd, shapes, attn, kernel_cost, result.tiny_op_s));
-    result.units.push_back(
-        split_unit("head.fwd", tp, t.head_fwd_s, blocks.head_fwd, shapes, attn, kernel_cost, result.tiny_op_s));
-    result.units.push_back(
-        split_unit("head.bwd", tp, t.head_bwd_s, blocks.head_bwd, shapes, attn, kernel_cost, result.tiny_op_s));
-    result.units.push_back(split_unit("optimizer", tp, t.optimizer_s, model::make_optimizer_block(t.num_params), shapes,
-                                      attn, kernel_cost, result.tiny_op_s));
+    const model::OpBlock optimizer_block = model::make_optimizer_block(t.num_params);
+    const std::tuple<const char*, double, const model::OpBlock*> units[] = {
+        {"embed.fwd", t.embed_fwd_s, &blocks.embed_fwd}, {"embed.bwd", t.embed_bwd_s, &blocks.embed_bwd},
+        {"layer.fwd", t.layer_fwd_s, &blocks.layer_fwd}, {"layer.bwd", t.layer_bwd_s, &blocks.layer_bwd},
+        {"head.fwd", t.head_fwd_s, &blocks.head_fwd},    {"head.bwd", t.head_bwd_s, &blocks.head_bwd},
+        {"optimizer", t.optimizer_s, &optimizer_block}};
+    for (const auto& [name, time_s, block] : units) {
+      result.units.push_back(split_unit(name, tp, time_s, *block, shapes, attn, kernel_cost, result.tiny_op_s));
+    }
     const double alone_s[] = {alone.embed_fwd_s, alone.embed_bwd_s, alone.layer_fwd_s, alone.layer_bwd_s,
                               alone.head_fwd_s,  alone.head_bwd_s,  alone.optimizer_s};
     for (std::size_t u = 0; u < UNITS_PER_TP; ++u) {
