@@ -22,7 +22,6 @@ namespace cuboid::tools {
 
 namespace {
 constexpr const char* WHERE = "command line";
-constexpr int EXIT_BAD_INPUT = 2;
 constexpr int MAX_DEFAULT_TP = 8;
 constexpr const char* DEFAULT_CUDA_GPU = "h100-sxm"; // GPU whose catalog peaks a --backend cuda profile is relative to
 constexpr double GIGA = 1e9;
@@ -269,11 +268,12 @@ int run_calibrate(const CalibrateOptions& cli) {
                                                    m.vocab_size)));
       }
     }
-  } catch (const std::exception&) {
-    if (!root) {
-      return EXIT_BAD_INPUT; // every rank finds the same error; rank 0 reports it
-    }
-    throw;
+  } catch (const std::exception& error) {
+    // Every rank finds the same error. Rank 0 reports it and the others wait for that before they exit: mpirun
+    // aborts the job at the first non-zero exit status, which could kill rank 0 before its message was out.
+    const int code = root ? report_error(error) : error_exit_code(error);
+    world.barrier();
+    return code;
   }
   options.peak_flops_per_s = model::CPU_REFERENCE_FLOPS_PER_S;
   options.mem_bw_bytes_per_s = model::CPU_REFERENCE_MEM_BW_BYTES_PER_S;

@@ -30,7 +30,6 @@ namespace cuboid::tools {
 
 namespace {
 constexpr const char* WHERE = "command line";
-constexpr int EXIT_BAD_INPUT = 2;
 // Without --profile, `cuboid run` measures a quick profile first (shorter repeats than `cuboid calibrate`).
 constexpr double QUICK_CALIBRATION_MIN_TIME_S = 0.003;
 const std::vector<double> QUICK_ALLREDUCE_BYTES = {16384, 262144, 1 << 20};
@@ -387,11 +386,12 @@ int run_cpu(const RunCliOptions& cli) {
       }
     }
     check_run_flags(cli);
-  } catch (const std::exception&) {
-    if (!root) {
-      return EXIT_BAD_INPUT; // every rank finds the same error; rank 0 reports it
-    }
-    throw;
+  } catch (const std::exception& error) {
+    // Every rank finds the same error. Rank 0 reports it and the others wait for that before they exit: mpirun
+    // aborts the job at the first non-zero exit status, which could kill rank 0 before its message was out.
+    const int code = root ? report_error(error) : error_exit_code(error);
+    world.barrier();
+    return code;
   }
 
   exec::RunOptions options = run_options(cli, scenario);

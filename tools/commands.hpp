@@ -5,11 +5,19 @@
 
 #include <CLI/CLI.hpp>
 
+#include <exception>
 #include <functional>
 
 namespace cuboid::tools {
 
 using Action = std::function<int()>;
+
+/// Exit status of an exception that ends a command: 2 for bad input (InputError) or an infeasible plan
+/// (InfeasibleError), 1 for anything else.
+int error_exit_code(const std::exception& error);
+/// Prints the exception's one-line message to stderr ("cuboid: error: ...", "cuboid: infeasible: ..." or
+/// "cuboid: failed: ...") and returns error_exit_code(error).
+int report_error(const std::exception& error);
 
 void add_simulate_command(CLI::App& app, Action& action);
 void add_list_command(CLI::App& app, Action& action);

@@ -15,6 +15,24 @@ constexpr int EXIT_BAD_INPUT = 2;
 constexpr int EXIT_FAILURE_INTERNAL = 1;
 } // namespace
 
+namespace cuboid::tools {
+
+int error_exit_code(const std::exception& error) {
+  const bool bad_input = dynamic_cast<const InputError*>(&error) != nullptr ||
+                         dynamic_cast<const InfeasibleError*>(&error) != nullptr;
+  return bad_input ? EXIT_BAD_INPUT : EXIT_FAILURE_INTERNAL;
+}
+
+int report_error(const std::exception& error) {
+  const char* kind = dynamic_cast<const InputError*>(&error) != nullptr        ? "error"
+                     : dynamic_cast<const InfeasibleError*>(&error) != nullptr ? "infeasible"
+                                                                              : "failed";
+  std::fputs(fmt::format("cuboid: {}: {}\n", kind, error.what()).c_str(), stderr);
+  return error_exit_code(error);
+}
+
+} // namespace cuboid::tools
+
 int main(int argc, char** argv) {
   // glibc's allocator returns freed blocks above 128 KiB (mmap) and a heap top above 128 KiB (trim) to the kernel,
   // so every step of `cuboid run` faulted its activation buffers in again (~8 % of a gpt-tiny step; the graphs of
@@ -47,14 +65,7 @@ int main(int argc, char** argv) {
       return EXIT_BAD_INPUT;
     }
     return action ? action() : EXIT_BAD_INPUT;
-  } catch (const cuboid::InputError& e) {
-    std::fputs(fmt::format("cuboid: error: {}\n", e.what()).c_str(), stderr);
-    return EXIT_BAD_INPUT;
-  } catch (const cuboid::InfeasibleError& e) {
-    std::fputs(fmt::format("cuboid: infeasible: {}\n", e.what()).c_str(), stderr);
-    return EXIT_BAD_INPUT;
   } catch (const std::exception& e) {
-    std::fputs(fmt::format("cuboid: failed: {}\n", e.what()).c_str(), stderr);
-    return EXIT_FAILURE_INTERNAL;
+    return cuboid::tools::report_error(e);
   }
 }
