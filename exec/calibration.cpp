@@ -23,12 +23,12 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <functional>
 #include <numeric>
 #include <stdexcept>
-#include <tuple>
 
 namespace cuboid::exec {
 
@@ -290,6 +290,18 @@ struct UnitTimes {
   double optimizer_s = 0.0;
   double num_params = 0.0;
 };
+
+// UnitTimes' seven times in unit_names() order: embed, layer, head (fwd, bwd), optimizer.
+constexpr double UnitTimes::*UNIT_TIME_FIELDS[UNITS_PER_TP] = {
+    &UnitTimes::embed_fwd_s, &UnitTimes::embed_bwd_s, &UnitTimes::layer_fwd_s, &UnitTimes::layer_bwd_s,
+    &UnitTimes::head_fwd_s,  &UnitTimes::head_bwd_s,  &UnitTimes::optimizer_s};
+
+// The blocks the seven units run, in the same order (the optimizer's block depends on the shard's parameters).
+std::array<const model::OpBlock*, UNITS_PER_TP> unit_blocks_of(const model::StepBlocks& blocks,
+                                                               const model::OpBlock& optimizer) {
+  return {&blocks.embed_fwd, &blocks.embed_bwd, &blocks.layer_fwd, &blocks.layer_bwd,
+          &blocks.head_fwd,  &blocks.head_bwd,  &optimizer};
+}
 
 UnitTimes measure_units(const model::ModelSpec& model, const model::Plan& plan, const CalibrationOptions& options,
                         Communicator& world) {
@@ -760,34 +772,22 @@ CalibrationResult calibrate_dense(const model::ModelSpec& model, const model::Pl
     InSituRun situ;
     if (in_situ) {
       situ = measure_in_situ(model, plan, options, world);
-      t.embed_fwd_s = situ.units.at("embed.fwd");
-      t.embed_bwd_s = situ.units.at("embed.bwd");
-      t.layer_fwd_s = situ.units.at("layer.fwd");
-      t.layer_bwd_s = situ.units.at("layer.bwd");
-      t.head_fwd_s = situ.units.at("head.fwd");
-      t.head_bwd_s = situ.units.at("head.bwd");
-      t.optimizer_s = situ.units.at("optimizer");
+      for (std::size_t u = 0; u < UNITS_PER_TP; ++u) {
+        t.*UNIT_TIME_FIELDS[u] = situ.units.at(unit_names()[u]);
+      }
       result.in_situ_ranks = situ.ranks;
       result.in_situ_steps_measured = situ.steps_measured;
       result.in_situ_step_s = situ.step_s;
       result.in_situ_tasks_s = situ.tasks_s;
     }
-    const std::size_t first_unit = result.units.size();
     const AttentionTimes& attn = attention[idx];
     const model::OpBlock optimizer_block = model::make_optimizer_block(t.num_params);
-    const std::tuple<const char*, double, const model::OpBlock*> units[] = {
-        {"embed.fwd", t.embed_fwd_s, &blocks.embed_fwd}, {"embed.bwd", t.embed_bwd_s, &blocks.embed_bwd},
-        {"layer.fwd", t.layer_fwd_s, &blocks.layer_fwd}, {"layer.bwd", t.layer_bwd_s, &blocks.layer_bwd},
-        {"head.fwd", t.head_fwd_s, &blocks.head_fwd},    {"head.bwd", t.head_bwd_s, &blocks.head_bwd},
-        {"optimizer", t.optimizer_s, &optimizer_block}};
-    for (const auto& [name, time_s, block] : units) {
-      result.units.push_back(split_unit(name, tp, time_s, *block, shapes, attn, kernel_cost, result.tiny_op_s));
-    }
-    const double alone_s[] = {alone.embed_fwd_s, alone.embed_bwd_s, alone.layer_fwd_s, alone.layer_bwd_s,
-                              alone.head_fwd_s,  alone.head_bwd_s,  alone.optimizer_s};
+    const auto unit_blocks = unit_blocks_of(blocks, optimizer_block);
     for (std::size_t u = 0; u < UNITS_PER_TP; ++u) {
-      UnitMeasurement& m = result.units[first_unit + u];
-      m.alone_s = alone_s[u];
+      result.units.push_back(split_unit(unit_names()[u], tp, t.*UNIT_TIME_FIELDS[u], *unit_blocks[u], shapes, attn,
+                                        kernel_cost, result.tiny_op_s));
+      UnitMeasurement& m = result.units.back();
+      m.alone_s = alone.*UNIT_TIME_FIELDS[u];
       m.in_situ = in_situ;
       if (in_situ) {
         m.in_situ_wall_s = situ.wall_units.at(m.name);
@@ -954,13 +954,11 @@ CalibrationResult calibrate_dense(const model::ModelSpec& model, const model::Pl
     const model::CostModel cost(cluster, p, unit_plan);
     const model::StepBlocks blocks = model::make_step_blocks(model, unit_plan);
     const std::size_t first = idx * UNITS_PER_TP;
-    const std::vector<const model::OpBlock*> unit_blocks = {&blocks.embed_fwd, &blocks.embed_bwd, &blocks.layer_fwd,
-                                                            &blocks.layer_bwd, &blocks.head_fwd,  &blocks.head_bwd};
-    for (std::size_t u = 0; u < unit_blocks.size(); ++u) {
+    const model::OpBlock optimizer_block = model::make_optimizer_block(shard_params[idx]);
+    const auto unit_blocks = unit_blocks_of(blocks, optimizer_block);
+    for (std::size_t u = 0; u < UNITS_PER_TP; ++u) {
       result.units[first + u].predicted_s = predict_unit_s(*unit_blocks[u], cost);
     }
-    result.units[first + UNITS_PER_TP - 1].predicted_s =
-        predict_unit_s(model::make_optimizer_block(shard_params[idx]), cost);
   }
   return result;
 }
