@@ -61,6 +61,17 @@ TEST_CASE("exec::calibrate: a CPU profile from the model's GEMM shapes", "[exec]
 namespace cuboid::exec {
 namespace {
 
+// Short repeats on the cpu device's reference rates, TP sizes 1 and 2 (the calibrations of this file).
+CalibrationOptions quick_cpu_options() {
+  CalibrationOptions options;
+  options.min_time_s = 0.001;
+  options.peak_flops_per_s = model::CPU_REFERENCE_FLOPS_PER_S;
+  options.mem_bw_bytes_per_s = model::CPU_REFERENCE_MEM_BW_BYTES_PER_S;
+  options.link_bw_bytes_per_s = model::CPU_REFERENCE_LINK_BW_BYTES_PER_S;
+  options.tp_sizes = {1, 2};
+  return options;
+}
+
 // The contract between exec::calibrate and model::CostModel: a GEMM shape that was calibrated is predicted at its
 // measured time through the CPU backend (the mean over the ops of that shape, e.g. qkv forward and weight gradient),
 // on the cpu device (reference rates) with the profile saved and loaded again. Reason: the table point is an exact
@@ -68,12 +79,7 @@ namespace {
 // max(0.5 t, t - cost) for ops shorter than twice the per-op cost). The memory term is zero for an op without bytes.
 TEST_CASE("exec::calibrate: calibrated GEMMs are predicted at their measured time on the cpu device", "[exec]") {
   LocalCommunicator world;
-  CalibrationOptions options;
-  options.min_time_s = 0.001;
-  options.peak_flops_per_s = model::CPU_REFERENCE_FLOPS_PER_S;
-  options.mem_bw_bytes_per_s = model::CPU_REFERENCE_MEM_BW_BYTES_PER_S;
-  options.link_bw_bytes_per_s = model::CPU_REFERENCE_LINK_BW_BYTES_PER_S;
-  options.tp_sizes = {1, 2};
+  CalibrationOptions options = quick_cpu_options();
   const model::ModelSpec spec = test::gpt_tiny_shape();
   const model::Plan plan = test::single_rank_plan(1, 2);
   const CalibrationResult result = calibrate(spec, plan, options, world);
@@ -193,12 +199,7 @@ TEST_CASE("exec::fit_alpha_beta: reproduces a synthetic latency and bandwidth", 
 // are predicted at their (in-situ) measured time.
 TEST_CASE("exec::calibrate: in-situ units come from real training steps", "[exec][calibration]") {
   LocalCommunicator world;
-  CalibrationOptions options;
-  options.min_time_s = 0.001;
-  options.peak_flops_per_s = model::CPU_REFERENCE_FLOPS_PER_S;
-  options.mem_bw_bytes_per_s = model::CPU_REFERENCE_MEM_BW_BYTES_PER_S;
-  options.link_bw_bytes_per_s = model::CPU_REFERENCE_LINK_BW_BYTES_PER_S;
-  options.tp_sizes = {1, 2};
+  CalibrationOptions options = quick_cpu_options();
   options.in_situ_steps = 2;
   options.in_situ_microbatches = 3;
   const model::ModelSpec spec = test::gpt_tiny_shape();

@@ -24,6 +24,34 @@ double model_loss(GptModel& gpt, Communicator& tp, const MicroBatch& mb, int num
   return gpt.head_forward(tp, act, mb.targets, head);
 }
 
+// Zeroes the gradients, then runs one micro-batch as the runtime does: forward keeping the layer caches (only the
+// inputs under full recompute), head and loss, backward with loss scale 1. Returns the loss; the gradients are in
+// gpt.params().grads().
+double analytic_gradients(GptModel& gpt, Communicator& tp, const MicroBatch& mb, int num_layers,
+                          model::Recompute recompute) {
+  gpt.params().zero_grads();
+  cpu::Mat act;
+  gpt.embedding_forward(tp, mb.inputs, act);
+  std::vector<LayerCache> caches(static_cast<std::size_t>(num_layers));
+  for (int layer = 0; layer < num_layers; ++layer) {
+    cpu::Mat out;
+    gpt.layer_forward(tp, layer, act, out, caches[static_cast<std::size_t>(layer)],
+                      recompute != model::Recompute::Full);
+    act = std::move(out);
+  }
+  HeadCache head;
+  const double loss = gpt.head_forward(tp, act, mb.targets, head);
+  cpu::Mat grad;
+  gpt.head_backward(tp, head, mb.targets, 1.0f, grad);
+  for (int layer = num_layers - 1; layer >= 0; --layer) {
+    cpu::Mat dx;
+    gpt.layer_backward(tp, layer, caches[static_cast<std::size_t>(layer)], grad, dx);
+    grad = std::move(dx);
+  }
+  gpt.embedding_backward(tp, mb.inputs, grad);
+  return loss;
+}
+
 TEST_CASE("exec::GptModel: gradient check of the whole model", "[exec]") {
   const bool llama = GENERATE(false, true);
   const model::Recompute recompute = GENERATE(model::Recompute::None, model::Recompute::Selective, model::Recompute::Full);
@@ -37,27 +65,7 @@ TEST_CASE("exec::GptModel: gradient check of the whole model", "[exec]") {
   const int layers = static_cast<int>(spec.num_layers);
 
   // Analytic: forward keeping caches as the runtime does, backward with loss scale 1.
-  gpt.params().zero_grads();
-  cpu::Mat act;
-  gpt.embedding_forward(tp, mb.inputs, act);
-  std::vector<LayerCache> caches(static_cast<std::size_t>(layers));
-  for (int layer = 0; layer < layers; ++layer) {
-    cpu::Mat out;
-    gpt.layer_forward(tp, layer, act, out, caches[static_cast<std::size_t>(layer)],
-                      recompute != model::Recompute::Full);
-    act = std::move(out);
-  }
-  HeadCache head;
-  const double loss = gpt.head_forward(tp, act, mb.targets, head);
-  CHECK(loss > 0.0);
-  cpu::Mat grad;
-  gpt.head_backward(tp, head, mb.targets, 1.0f, grad);
-  for (int layer = layers - 1; layer >= 0; --layer) {
-    cpu::Mat dx;
-    gpt.layer_backward(tp, layer, caches[static_cast<std::size_t>(layer)], grad, dx);
-    grad = std::move(dx);
-  }
-  gpt.embedding_backward(tp, mb.inputs, grad);
+  CHECK(analytic_gradients(gpt, tp, mb, layers, recompute) > 0.0);
 
   const std::vector<float> analytic(gpt.params().grads().begin(), gpt.params().grads().end());
   for (const ParamInfo& info : gpt.params().infos()) {
@@ -99,28 +107,8 @@ TEST_CASE("exec::GptModel: gradient check of a mixture-of-experts model", "[exec
     gpt.params().values()[router_info.offset + idx] = ROUTER_STD * static_cast<float>(standard_normal(ROUTER_KEY, idx));
   }
 
-  gpt.params().zero_grads();
-  cpu::Mat act;
-  gpt.embedding_forward(tp, mb.inputs, act);
-  std::vector<LayerCache> caches(static_cast<std::size_t>(layers));
-  for (int layer = 0; layer < layers; ++layer) {
-    cpu::Mat out;
-    const bool keep_all = recompute != model::Recompute::Full;
-    gpt.layer_forward(tp, layer, act, out, caches[static_cast<std::size_t>(layer)], keep_all);
-    act = std::move(out);
-  }
-  HeadCache head;
-  const double loss = gpt.head_forward(tp, act, mb.targets, head);
-  CHECK(loss > 0.0);
-  REQUIRE(gpt.min_router_margin() > 1.0);
-  cpu::Mat grad;
-  gpt.head_backward(tp, head, mb.targets, 1.0f, grad);
-  for (int layer = layers - 1; layer >= 0; --layer) {
-    cpu::Mat dx;
-    gpt.layer_backward(tp, layer, caches[static_cast<std::size_t>(layer)], grad, dx);
-    grad = std::move(dx);
-  }
-  gpt.embedding_backward(tp, mb.inputs, grad);
+  CHECK(analytic_gradients(gpt, tp, mb, layers, recompute) > 0.0);
+  REQUIRE(gpt.min_router_margin() > 1.0); // over every routing of the forward (and of a full recompute's)
 
   const std::vector<float> analytic(gpt.params().grads().begin(), gpt.params().grads().end());
   int experts = 0;

@@ -57,6 +57,19 @@ ValidationReport sample_report() {
   return report;
 }
 
+// GPT-3 175B on 128 A100 as SC21-era Megatron ran it: TP8 PP8 DP2, 8 micro-batches per replica, the DP reduction
+// after the backward, full recompute.
+cuboid::model::Plan gpt3_128_gpu_plan() {
+  cuboid::model::Plan plan;
+  plan.tp = 8;
+  plan.pp = 8;
+  plan.dp = 2;
+  plan.global_batch_size = 16;
+  plan.overlap_grad_reduce = false;
+  plan.recompute = cuboid::model::Recompute::Full;
+  return plan;
+}
+
 } // namespace
 
 // MAPE = mean |error| over Ok rows only: sc21 (10 + 10) / 2 = 10, dgxc 5, overall 25 / 3; bias sc21 0.
@@ -178,14 +191,8 @@ TEST_CASE("sim: overlap_param_gather hides the parameter all-gather behind the f
 TEST_CASE("model::build_step_graph: BF16-optimizer gradient all-reduce", "[validate]") {
   const cuboid::model::ModelSpec spec = cuboid::model::find_model("gpt3-175b");
   const cuboid::model::ClusterSpec cluster = cuboid::model::make_cluster("a100-80gb", 128, 0, "test");
-  cuboid::model::Plan plan;
-  plan.tp = 8;
-  plan.pp = 8;
-  plan.dp = 2;
-  plan.global_batch_size = 16;
+  cuboid::model::Plan plan = gpt3_128_gpu_plan();
   plan.distributed_optimizer = true;
-  plan.overlap_grad_reduce = false;
-  plan.recompute = cuboid::model::Recompute::Full;
   auto count = [](const cuboid::model::TaskGraph& graph, cuboid::model::CollectiveKind kind) {
     return std::count_if(graph.tasks().begin(), graph.tasks().end(), [kind](const cuboid::model::Task& task) {
       return task.kind == cuboid::model::TaskKind::Collective && task.group == cuboid::model::GroupKind::Dp &&
@@ -220,13 +227,7 @@ TEST_CASE("sim::analysis::validate_runs: all published runs", "[.][validation-ru
 TEST_CASE("model::build_step_graph: blocking and scattered pipeline sends, fp16 gradient all-reduce", "[validate]") {
   const cuboid::model::ModelSpec spec = cuboid::model::find_model("gpt3-175b");
   const cuboid::model::ClusterSpec cluster = cuboid::model::make_cluster("a100-80gb", 128, 0, "test");
-  cuboid::model::Plan plan;
-  plan.tp = 8;
-  plan.pp = 8;
-  plan.dp = 2;
-  plan.global_batch_size = 16;
-  plan.overlap_grad_reduce = false;
-  plan.recompute = cuboid::model::Recompute::Full;
+  cuboid::model::Plan plan = gpt3_128_gpu_plan();
   using cuboid::model::TaskKind;
   const auto inst = cuboid::model::Instantiation::RankClasses;
   const auto plain = cuboid::model::build_step_graph(spec, cluster, plan, inst);
