@@ -220,6 +220,15 @@ cpu::MatMap GptModel::grad(int idx) {
 }
 
 const float* GptModel::bias(int idx) const { return idx < 0 ? nullptr : params_.value(idx); }
+
+void GptModel::row_parallel_forward(Communicator& tp, const Mat& in, int weight_idx, int bias_idx, Mat& out) const {
+  Mat partial(in.rows(), spec_.hidden_size);
+  cpu::linear_forward(in, weight(weight_idx), nullptr, partial);
+  leave_tp(tp, partial, out);
+  if (bias_idx >= 0) {
+    out.rowwise() += Eigen::Map<const cpu::RowVec>(params_.value(bias_idx), spec_.hidden_size);
+  }
+}
 float* GptModel::bias_grad(int idx) { return idx < 0 ? nullptr : params_.grad(idx); }
 
 void GptModel::norm_forward(const NormIdx& idx, const Mat& x, Mat& y, cpu::ColVec& mean, cpu::ColVec& rstd) const {
@@ -332,13 +341,8 @@ void GptModel::layer_forward(Communicator& tp, int layer, const Mat& x, Mat& out
   } else {
     cpu::attention_forward(shape, c.q, c.k, c.v, c.attn, keep_probs ? &c.probs : nullptr);
   }
-  Mat partial(rows, spec_.hidden_size);
-  cpu::linear_forward(c.attn, weight(p.wo), nullptr, partial);
   Mat attn_out;
-  leave_tp(tp, partial, attn_out);
-  if (p.bo >= 0) {
-    attn_out.rowwise() += Eigen::Map<const cpu::RowVec>(params_.value(p.bo), spec_.hidden_size);
-  }
+  row_parallel_forward(tp, c.attn, p.wo, p.bo, attn_out);
   c.x2 = x + attn_out;
 
   norm_forward(p.ln2, c.x2, c.h2, c.ln2_mean, c.ln2_rstd);
@@ -359,13 +363,8 @@ void GptModel::layer_forward(Communicator& tp, int layer, const Mat& x, Mat& out
     } else {
       cpu::gelu_forward(c.fc1, c.act);
     }
-    Mat partial2(rows, spec_.hidden_size);
-    cpu::linear_forward(c.act, weight(p.w2), nullptr, partial2);
     Mat mlp_out;
-    leave_tp(tp, partial2, mlp_out);
-    if (p.b2 >= 0) {
-      mlp_out.rowwise() += Eigen::Map<const cpu::RowVec>(params_.value(p.b2), spec_.hidden_size);
-    }
+    row_parallel_forward(tp, c.act, p.w2, p.b2, mlp_out);
     out = c.x2 + mlp_out;
   }
   c.complete = keep_all;

@@ -177,6 +177,9 @@ private:
   void enter_tp(Communicator& tp, const cpu::Mat& local, cpu::Mat& full) const;
   /// Leave a row-parallel region: reduce-scatter under SP, else all-reduce (in place), result in `out`.
   void leave_tp(Communicator& tp, cpu::Mat& partial, cpu::Mat& out) const;
+  /// Row-parallel linear (Megatron's RowParallelLinear) forward: this rank's shard of in x W, reduced over TP
+  /// (leave_tp), then the replicated bias `bias_idx` (< 0: none) added once, after the reduction.
+  void row_parallel_forward(Communicator& tp, const cpu::Mat& in, int weight_idx, int bias_idx, cpu::Mat& out) const;
   [[nodiscard]] const LayerIdx& layer_idx(int layer) const;
   /// cpu::linear_backward, or with `deferred` only its dX part, queueing (dY, X) for apply_weight_grads.
   void linear_grads(const cpu::Mat& dy, const cpu::Mat& x, int weight_idx, int bias_idx, cpu::Mat& dx,
