@@ -124,14 +124,10 @@ ValidationRow validate_row(const PublishedRun& run, const ValidateOptions& optio
   try {
     model::ClusterSpec cluster = options.make_cluster ? options.make_cluster(mapped.gpu, mapped.num_gpus)
                                                       : model::make_cluster(mapped.gpu, mapped.num_gpus, 0, run.where);
-    if (mapped.nic_bw_bytes_per_s > 0.0) {
-      cluster.nic_bw_bytes_per_s = mapped.nic_bw_bytes_per_s;
-    }
     model::CostProfile profile =
         options.profile_path ? model::load_profile(*options.profile_path) : model::default_profile(mapped.gpu);
-    if (mapped.nic_bw_measured) {
-      profile.nic_efficiency = 1.0; // a measured, achieved bandwidth (MappedRun::nic_bw_measured)
-    }
+    // The GPU's profile and system as shipped, before this row's network overrides (so that the lines do not depend
+    // on which row of a GPU comes first).
     if (!report.profile_assumptions.contains(mapped.gpu)) {
       auto& lines = report.profile_assumptions[mapped.gpu];
       for (auto& line : model::CostModel(cluster, profile, mapped.plan).assumptions()) {
@@ -139,6 +135,12 @@ ValidationRow validate_row(const PublishedRun& run, const ValidateOptions& optio
           lines.push_back(std::move(line));
         }
       }
+    }
+    if (mapped.nic_bw_bytes_per_s > 0.0) {
+      cluster.nic_bw_bytes_per_s = mapped.nic_bw_bytes_per_s;
+    }
+    if (mapped.nic_bw_measured) {
+      profile.nic_efficiency = 1.0; // a measured, achieved bandwidth (MappedRun::nic_bw_measured)
     }
     // A published run fitted in memory: when its recompute is not stated, take the least recompute that fits.
     std::vector<model::Recompute> choices = {mapped.plan.recompute};
