@@ -77,20 +77,21 @@ std::string dominant_of(const CostShares& shares) {
 struct Prediction {
   SimResult result;
   model::Plan plan;
+  std::vector<model::TimelineEvent> timeline; // empty unless recorded
 };
 
-/// trace_path non-empty: also write the predicted step's Perfetto trace there.
+/// record_timeline: also keep the predicted step's timeline (for --trace-dir).
 Prediction simulate_plan(const model::ModelSpec& spec, const model::ClusterSpec& cluster,
                          const model::CostProfile& profile, const model::Plan& plan, const std::string& where,
-                         const std::string& trace_path = {}) {
+                         bool record_timeline) {
   model::validate(plan, spec, cluster, where);
   const model::TaskGraph graph = model::build_step_graph(spec, cluster, plan, model::Instantiation::RankClasses);
   const model::CostModel cost(cluster, profile, plan);
   SimOptions options;
-  options.record_timeline = !trace_path.empty();
-  Prediction prediction{simulate(graph, cost, options), plan};
-  if (!trace_path.empty()) {
-    model::write_chrome_trace(trace_path, {model::TraceSet{"predicted", to_timeline(graph, prediction.result)}});
+  options.record_timeline = record_timeline;
+  Prediction prediction{simulate(graph, cost, options), plan, {}};
+  if (record_timeline) {
+    prediction.timeline = to_timeline(graph, prediction.result);
   }
   return prediction;
 }
@@ -154,7 +155,7 @@ ValidationRow validate_row(const PublishedRun& run, const ValidateOptions& optio
     for (const model::Recompute choice : choices) {
       model::Plan plan = mapped.plan;
       plan.recompute = choice;
-      prediction = simulate_plan(mapped.model, cluster, profile, plan, run.where);
+      prediction = simulate_plan(mapped.model, cluster, profile, plan, run.where, !options.trace_dir.empty());
       const bool within_slack = !mapped.recompute_stated && prediction->result.peak_memory_bytes <=
                                                                RECOMPUTE_CHOICE_MEMORY_SLACK * cluster.gpu.hbm_bytes;
       if (prediction->result.fits || within_slack) {
@@ -166,9 +167,9 @@ ValidationRow validate_row(const PublishedRun& run, const ValidateOptions& optio
                                             model::to_string(prediction->plan.recompute),
                                             100.0 * RECOMPUTE_CHOICE_MEMORY_SLACK));
     }
-    if (!options.trace_dir.empty()) { // re-run the chosen plan with its timeline recorded
-      prediction = simulate_plan(mapped.model, cluster, profile, prediction->plan, run.where,
-                                 options.trace_dir + "/" + run.id + ".json");
+    if (!options.trace_dir.empty()) { // the chosen plan's timeline
+      model::write_chrome_trace(options.trace_dir + "/" + run.id + ".json",
+                                {model::TraceSet{"predicted", std::move(prediction->timeline)}});
     }
     row.layout = layout_text(prediction->plan);
     const SimResult& result = prediction->result;
