@@ -124,7 +124,9 @@ MappedRun map_run(const PublishedRun& run) {
   };
   // ---- GPU
   if (contains(run.gpu_text, "A100")) {
-    mapped.gpu = "a100-80gb";
+    // A100 rows are the 80 GB part unless the text says 40 GB (validation README "gpu").
+    const std::string gpu = lower(run.gpu_text);
+    mapped.gpu = contains(gpu, "40gb") || contains(gpu, "40 gb") || contains(gpu, "-40g") ? "a100-40gb" : "a100-80gb";
   } else if (contains(run.gpu_text, "H200")) {
     mapped.gpu = "h200";
   } else if (contains(run.gpu_text, "H100")) {
@@ -302,7 +304,7 @@ MappedRun map_run(const PublishedRun& run) {
     mapped.full_recompute_allowed = false;
     notes.emplace_back("NeMo launcher recipe: grad_sync_dtype bf16 (--grad-reduce-in-bf16); no full-layer recompute");
   }
-  if (plan.precision == model::Precision::Fp8 && mapped.gpu == "a100-80gb") {
+  if (plan.precision == model::Precision::Fp8 && mapped.gpu.rfind("a100", 0) == 0) {
     return stop(RunStatus::Unsupported, "FP8 on A100");
   }
   // Megatron-DeepSpeed's pp-partition-method type:transformer|embedding counts the two embeddings as stage layers.
@@ -353,7 +355,7 @@ std::optional<MeasuredStep> measured_step_time(const PublishedRun& run, const Ma
                                  : "TFLOP/s with model FLOPs (72Bslh^2(1+s/6h+V/12lh))"};
   }
   if (run.measured_mfu && *run.measured_mfu > 0.0) {
-    const double peak = mapped.gpu == "a100-80gb"                          ? A100_PEAK
+    const double peak = mapped.gpu.rfind("a100", 0) == 0                  ? A100_PEAK
                         : mapped.plan.precision == model::Precision::Fp8 ? H100_FP8_PEAK
                                                                          : H100_BF16_PEAK;
     return MeasuredStep{model_flops_per_step(batch, seq, layers, hidden, vocab) / (*run.measured_mfu * peak * gpus),

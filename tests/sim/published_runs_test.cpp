@@ -205,4 +205,13 @@ TEST_CASE("sim::analysis::map_run: defaults and skips", "[validate]") {
     CHECK(mapped.plan.all_reduce_sharded_grads); // DeepSpeed BF16 optimizer
     CHECK_FALSE(mapped.plan.overlap_grad_reduce);
   }
+  SECTION("A100 is the 80 GB part unless the gpu text says 40 GB") {
+    PublishedRun run = runs.at("bloom-176b-main-run-384gpu");
+    run.gpu_text = "A100-SXM4-40GB";
+    CHECK(map_run(run).gpu == "a100-40gb");
+    run.gpu_text = "NVIDIA A100 40 GB";
+    CHECK(map_run(run).gpu == "a100-40gb");
+    run.gpu_text = "A100-SXM4-80GB";
+    CHECK(map_run(run).gpu == "a100-80gb");
+  }
 }
