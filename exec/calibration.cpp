@@ -356,6 +356,22 @@ struct ShapeTime {
   double time_s = 0.0;
 };
 
+// The plan of one calibration unit: one rank's whole model at TP size tp (no pipeline, data or context split, no
+// sequence parallelism or recompute), as the units are measured and as the finished profile predicts them.
+model::Plan unit_plan_of(const model::Plan& plan, int tp) {
+  model::Plan unit = plan;
+  unit.tp = tp;
+  unit.pp = 1;
+  unit.vp = 1;
+  unit.dp = 1;
+  unit.cp = 1; // units are measured on one rank's whole sequence (context parallelism: not split here)
+  unit.sequence_parallel = false;
+  unit.recompute = model::Recompute::None;
+  unit.first_stage_layers = 0;
+  unit.last_stage_layers = 0;
+  return unit;
+}
+
 std::vector<ShapeTime> merge_shapes(const std::vector<GemmMeasurement>& gemms) {
   std::vector<ShapeTime> shapes;
   std::vector<double> counts;
@@ -752,16 +768,7 @@ CalibrationResult calibrate_dense(const model::ModelSpec& model, const model::Pl
   std::vector<double> unit_runs;
   std::vector<double> shard_params; // per TP size
   for (std::size_t idx = 0; idx < tps.size(); ++idx) {
-    model::Plan unit_plan = plan;
-    unit_plan.tp = tps[idx];
-    unit_plan.pp = 1;
-    unit_plan.vp = 1;
-    unit_plan.dp = 1;
-    unit_plan.cp = 1; // units are measured on one rank's whole sequence (context parallelism: not split here)
-    unit_plan.sequence_parallel = false;
-    unit_plan.recompute = model::Recompute::None;
-    unit_plan.first_stage_layers = 0;
-    unit_plan.last_stage_layers = 0;
+    const model::Plan unit_plan = unit_plan_of(plan, tps[idx]);
     const model::StepBlocks blocks = model::make_step_blocks(model, unit_plan);
     const UnitTimes alone = measure_units(model, unit_plan, options, world);
     UnitTimes t = alone;
@@ -935,16 +942,7 @@ CalibrationResult calibrate_dense(const model::ModelSpec& model, const model::Pl
   }
   // ---- every unit as the finished profile predicts it (the check of the fit, printed by `cuboid calibrate`).
   for (std::size_t idx = 0; idx < tps.size(); ++idx) {
-    model::Plan unit_plan = plan;
-    unit_plan.tp = tps[idx];
-    unit_plan.pp = 1;
-    unit_plan.vp = 1;
-    unit_plan.dp = 1;
-    unit_plan.cp = 1; // units are measured on one rank's whole sequence (context parallelism: not split here)
-    unit_plan.sequence_parallel = false;
-    unit_plan.recompute = model::Recompute::None;
-    unit_plan.first_stage_layers = 0;
-    unit_plan.last_stage_layers = 0;
+    const model::Plan unit_plan = unit_plan_of(plan, tps[idx]);
     model::ClusterSpec cluster;
     cluster.gpu.name = "cpu";
     cluster.gpu.bf16_flops_per_s = peak;
