@@ -156,10 +156,21 @@ double CostModel::tp_collective_time_s(const Op& op) const {
 // and the rest only as far as the paired GEMM lasts: exposed = c / tp + max(0, c (tp - 1) / tp - t_gemm).
 // The all-gather pairs with the next GEMM of the block, a reduce-scatter with the previous one. All-reduces (no
 // sequence parallelism) are not overlapped (userbuffers requires sequence parallelism).
+// Plan::async_tp_grad_reduce: the input-gradient reduction of a column-parallel linear (the collective right after
+// its wgrad GEMM in layer_backward) runs behind that wgrad GEMM: exposed = max(0, c - t_wgrad) (Korthikanti et al.
+// 2022 section 6.2: "we overlap all-reduce communication with the linear weight's gradient computation"). Userbuffers
+// (tp_comm_overlap) keeps its finer chunked formula for reduce-scatters.
 double CostModel::overlapped_tp_comm_s(const OpBlock& block, std::size_t op_index, Phase phase) const {
   const Op& op = block.ops[op_index];
   const double comm_s = tp_collective_time_s(op);
-  if (!plan_.tp_comm_overlap || plan_.tp <= 1 || op.collective == CollectiveKind::AllReduce) {
+  const bool after_wgrad = op_index > 0 && block.ops[op_index - 1].kind == OpKind::Gemm &&
+                           block.ops[op_index - 1].name.ends_with(".wgrad");
+  const bool userbuffers = plan_.tp_comm_overlap && plan_.tp > 1 && op.collective != CollectiveKind::AllReduce;
+  if (plan_.async_tp_grad_reduce && !userbuffers && after_wgrad && !op.recompute &&
+      op.collective != CollectiveKind::AllGather) {
+    return std::max(0.0, comm_s - op_time_s(block.ops[op_index - 1], phase));
+  }
+  if (!userbuffers) {
     return comm_s;
   }
   const bool forward_pair = op.collective == CollectiveKind::AllGather;

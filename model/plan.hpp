@@ -39,6 +39,11 @@ struct Plan {
   // Megatron --tp-comm-overlap (Transformer Engine userbuffers): each TP all-gather / reduce-scatter is split into tp
   // chunks pipelined with its GEMM; costed in cost_model.cpp block_cost().
   bool tp_comm_overlap = false;
+  // Megatron-LM's asynchronous grad-input reduction (2022 on, --async-tensor-model-parallel-allreduce, then always on
+  // in Megatron-Core's LinearWithGradAccumulationAndAsyncCommunication): in the backward of a column-parallel linear
+  // (QKV, FC1) the all-reduce / reduce-scatter of the input gradient runs while the weight-gradient GEMM computes;
+  // costed in cost_model.cpp overlapped_tp_comm_s(). Simulation only: the CPU/CUDA runtimes reduce synchronously.
+  bool async_tp_grad_reduce = false;
   // DeepSpeed's BF16_Optimizer (BLOOM, Megatron-DeepSpeed): optimizer state sharded over DP like ZeRO-1, but the
   // fp32 gradient buffer is all-reduced (engine.py allreduce_gradients -> buffered_allreduce_fallback on
   // get_grads_for_reduction()), not reduce-scattered, each 500M-element bucket cast to the communication dtype,

@@ -134,6 +134,17 @@ std::string source_kind(const std::string& source) {
   if (source.find("BLOOM") != std::string::npos || source.find("bigscience") != std::string::npos) {
     return "bloom";
   }
+  // Held-out sources (scenarios/validation/holdout_runs.csv). Megatron-Bridge's repository is NVIDIA-NeMo/..., so it
+  // is matched before NeMo.
+  if (source.find("Megatron-Bridge") != std::string::npos) {
+    return "megatron-bridge";
+  }
+  if (source.find("Korthikanti") != std::string::npos) {
+    return "korthikanti22";
+  }
+  if (source.find("Megatron-Turing") != std::string::npos) {
+    return "mt-nlg";
+  }
   if (source.find("NeMo") != std::string::npos) {
     return "nemo";
   }

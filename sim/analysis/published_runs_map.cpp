@@ -230,6 +230,10 @@ MappedRun map_run(const PublishedRun& run) {
   mapped.recompute_stated = !recompute.empty();
   if (recompute == "full") {
     plan.recompute = model::Recompute::Full;
+  } else if (recompute.rfind("selective+microbatch", 0) == 0) {
+    // Korthikanti et al. 2022 Appendix C: recompute only some micro-batches' activations. Not in the schedule model.
+    return stop(RunStatus::Unsupported, fmt::format("recompute '{}': micro-batch-level recompute is not modelled",
+                                                    run.recompute));
   } else if (recompute.rfind("selective", 0) == 0) {
     plan.recompute = model::Recompute::Selective;
   } else if (recompute.empty() && flops_def.rfind("hw_incl_recompute", 0) == 0) {
@@ -239,14 +243,16 @@ MappedRun map_run(const PublishedRun& run) {
   } else {
     plan.recompute = model::Recompute::None;
   }
-  const bool modern = run.source_kind == "megatron-lm-readme" || run.source_kind == "nemo" || run.source_kind == "dgxc";
+  const bool modern = run.source_kind == "megatron-lm-readme" || run.source_kind == "nemo" ||
+                      run.source_kind == "dgxc" || run.source_kind == "megatron-bridge";
   if (run.sequence_parallel == "yes" || run.sequence_parallel == "no") {
     plan.sequence_parallel = run.sequence_parallel == "yes" && plan.tp > 1;
   } else {
     plan.sequence_parallel = modern && plan.tp > 1;
     notes.emplace_back(fmt::format("sequence parallel not stated -> {}", plan.sequence_parallel ? "yes" : "no"));
   }
-  plan.distributed_optimizer = run.source_kind != "sc21";
+  // Megatron-LM's distributed optimizer came after SC21 and Korthikanti et al. 2022 (neither uses it).
+  plan.distributed_optimizer = run.source_kind != "sc21" && run.source_kind != "korthikanti22";
   // SC21-era Megatron's local DDP and Megatron-DeepSpeed (BLOOM) reduce gradients after the backward pass; SC21's
   // pp = 1 rows ran PyTorch DDP (run_table_1.sh DDP=torch), which overlaps its 25 MB buckets with the backward.
   plan.overlap_grad_reduce = modern || (launch && launch->torch_ddp);
@@ -272,6 +278,9 @@ MappedRun map_run(const PublishedRun& run) {
   // tables do not restate them). Userbuffers TP overlap needs sequence parallelism.
   plan.overlap_param_gather = modern;
   plan.tp_comm_overlap = modern && plan.sequence_parallel;
+  // Megatron-LM from 2022 (Korthikanti et al. section 6.2) and Megatron-Core reduce the input gradient of a
+  // column-parallel linear behind its weight-gradient GEMM; SC21-era Megatron-LM and Megatron-DeepSpeed did not.
+  plan.async_tp_grad_reduce = modern || run.source_kind == "korthikanti22";
   if (modern && run.source_kind != "megatron-lm-readme") {
     notes.emplace_back(fmt::format("overlap not stated -> --overlap-param-gather{} (Megatron-Core recipe defaults)",
                                    plan.tp_comm_overlap ? " --tp-comm-overlap" : ""));
@@ -292,6 +301,21 @@ MappedRun map_run(const PublishedRun& run) {
     mapped.nic_bw_measured = true;
     notes.emplace_back("network: 4 Omni-Path links per 8-GPU node at the 40.8 Gb/s each that BigScience's "
                        "all_reduce_bench measured (NCCL 2.10.3) = 2.55 GB/s per GPU, no efficiency factor");
+  }
+  if (run.source_kind == "megatron-bridge") {
+    // Megatron-Bridge scripts/performance (configs/llama3/llama3_llm_pretrain.py, configs/llama31/
+    // llama31_llm_pretrain.py @0a0cb290): grad_reduce_in_fp32 = False, i.e. bf16 main grads and DP reduction; the H100
+    // presets set no recompute. The table's FSDP column: 1 = Megatron FSDP (ZeRO-3 over DP), 0 = distributed optimizer.
+    plan.grad_reduce_in_bf16 = plan.precision != model::Precision::Fp16;
+    mapped.full_recompute_allowed = false;
+    notes.emplace_back("Megatron-Bridge perf scripts: grad_reduce_in_fp32=False (--grad-reduce-in-bf16); no "
+                       "full-layer recompute");
+    if (run.note("FSDP").rfind('1', 0) == 0) {
+      // cuboid's ZeRO-3 reduce-scatters fp32 gradients after every micro-batch (DeepSpeed's way); Megatron FSDP with
+      // this recipe reduces bf16 ones with its own buffering, which is not modelled.
+      return stop(RunStatus::Unsupported, "FSDP=1: Megatron FSDP with bf16 gradient reduction is not modelled "
+                                          "(cuboid's ZeRO-3 reduce-scatters fp32 per micro-batch)");
+    }
   }
   if (run.source_kind == "nemo") {
     // NeMo 24.07's H100 FP8 runs come from NeMo-Framework-Launcher: every examples/training/<model>/h100/*fp8*.sh

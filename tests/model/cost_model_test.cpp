@@ -279,6 +279,46 @@ TEST_CASE("model::CostModel: TP communication overlap with the paired GEMM", "[c
   }
 }
 
+// Plan::async_tp_grad_reduce (cost_model.cpp overlapped_tp_comm_s): the input-gradient all-reduce right after a
+// column-parallel linear's wgrad GEMM exposes max(0, c - t_wgrad); a recomputed forward all-reduce, or one after a
+// forward GEMM, stays fully exposed.
+TEST_CASE("model::CostModel: asynchronous grad-input reduction behind the wgrad GEMM", "[cost]") {
+  Plan plan = make_plan(8);
+  const ClusterSpec cluster = make_test_cluster("a100-80gb", 8);
+  Op wgrad;
+  wgrad.name = "fc1.wgrad";
+  wgrad.kind = OpKind::Gemm;
+  const double k = GENERATE(256.0, 8192.0); // a wgrad shorter and one longer than the all-reduce
+  wgrad.m = 12288;
+  wgrad.n = 6144;
+  wgrad.k = static_cast<std::int64_t>(k);
+  wgrad.flops = 2.0 * 12288.0 * 6144.0 * k;
+  Op reduce;
+  reduce.name = "fc1.allreduce";
+  reduce.kind = OpKind::TpCollective;
+  reduce.collective = CollectiveKind::AllReduce;
+  reduce.msg_bytes = 50e6;
+  OpBlock block;
+  block.name = "layer.bwd";
+  block.ops = {wgrad, reduce};
+  const CostModel sync(cluster, default_profile("a100-80gb"), plan);
+  plan.async_tp_grad_reduce = true;
+  const CostModel async(cluster, default_profile("a100-80gb"), plan);
+  const double comm_s = sync.tp_collective_time_s(reduce);
+  const double wgrad_s = async.op_time_s(wgrad, Phase::Backward);
+  CHECK_THAT(sync.block_cost(block).tp_comm_s, WithinRel(comm_s, 1e-12));
+  CHECK_THAT(async.block_cost(block).tp_comm_s + 1.0, WithinRel(std::max(0.0, comm_s - wgrad_s) + 1.0, 1e-12));
+  CHECK(async.block_cost(block).tp_comm_s < comm_s);
+  SECTION("a recomputed forward all-reduce is not overlapped") {
+    block.ops[1].recompute = true;
+    CHECK_THAT(async.block_cost(block).tp_comm_s, WithinRel(comm_s, 1e-12));
+  }
+  SECTION("an all-reduce after a forward GEMM is not overlapped") {
+    block.ops[0].name = "fc2";
+    CHECK_THAT(async.block_cost(block).tp_comm_s, WithinRel(comm_s, 1e-12));
+  }
+}
+
 // Adam is memory bound: 42 B per parameter (cost_model.cpp OPTIMIZER_BYTES_PER_PARAM) plus 4 kernel launches.
 TEST_CASE("model::CostModel: optimizer time", "[cost]") {
   const CostModel cost(make_test_cluster("a100-80gb", 8), default_profile("a100-80gb"), make_plan(1));

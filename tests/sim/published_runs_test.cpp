@@ -18,6 +18,7 @@ using Catch::Matchers::WithinRel;
 namespace {
 
 const std::string RUNS_CSV = std::string(CUBOID_SOURCE_DIR) + "/scenarios/validation/published_runs.csv";
+const std::string HOLDOUT_CSV = std::string(CUBOID_SOURCE_DIR) + "/scenarios/validation/holdout_runs.csv";
 
 std::string write_temp(const std::string& name, const std::string& text) {
   const auto path = (std::filesystem::temp_directory_path() / ("cuboid_published_runs_" + name)).string();
@@ -25,9 +26,9 @@ std::string write_temp(const std::string& name, const std::string& text) {
   return path;
 }
 
-std::map<std::string, PublishedRun> runs_by_id() {
+std::map<std::string, PublishedRun> runs_by_id(const std::string& csv = RUNS_CSV) {
   std::map<std::string, PublishedRun> runs;
-  for (auto& run : read_published_runs(RUNS_CSV)) {
+  for (auto& run : read_published_runs(csv)) {
     runs.emplace(run.id, run);
   }
   return runs;
@@ -175,6 +176,7 @@ TEST_CASE("sim::analysis::map_run: defaults and skips", "[validate]") {
     REQUIRE(mapped.status == RunStatus::Ok);
     CHECK_FALSE(mapped.plan.tp_comm_overlap);
     CHECK_FALSE(mapped.plan.overlap_param_gather);
+    CHECK_FALSE(mapped.plan.async_tp_grad_reduce); // SC21-era Megatron-LM reduced the input gradient synchronously
     // MBS=8, DDP=torch: PyTorch DDP overlaps its 25 MB fp16 buckets (12.5M parameters) with the backward.
     CHECK(mapped.plan.micro_batch_size == 8);
     CHECK(mapped.plan.overlap_grad_reduce);
@@ -213,5 +215,45 @@ TEST_CASE("sim::analysis::map_run: defaults and skips", "[validate]") {
     CHECK(map_run(run).gpu == "a100-40gb");
     run.gpu_text = "A100-SXM4-80GB";
     CHECK(map_run(run).gpu == "a100-80gb");
+  }
+}
+
+TEST_CASE("sim::analysis::map_run: the held-out sources", "[validate]") {
+  const auto runs = runs_by_id(HOLDOUT_CSV);
+  SECTION("Korthikanti et al. 2022: Megatron-LM of 2022, no distributed optimizer, no FlashAttention") {
+    const PublishedRun& run = runs.at("ho-nvpapers-k22-175b-selective-sp");
+    CHECK(run.source_kind == "korthikanti22");
+    const auto mapped = map_run(run);
+    REQUIRE(mapped.status == RunStatus::Ok);
+    CHECK_FALSE(mapped.plan.distributed_optimizer);
+    CHECK_FALSE(mapped.plan.flash_attention);
+    CHECK(mapped.plan.async_tp_grad_reduce); // section 6.2: all-reduce behind the weight-gradient GEMM
+    CHECK(mapped.plan.recompute == cuboid::model::Recompute::Selective);
+    CHECK(mapped.plan.sequence_parallel);
+    CHECK(mapped.plan.vp == 3);
+  }
+  SECTION("micro-batch-level recompute is listed as unsupported, not priced as selective") {
+    const auto mapped = map_run(runs.at("ho-nvpapers-k22-175b-microbatch-level"));
+    CHECK(mapped.status == RunStatus::Unsupported);
+    CHECK_THAT(mapped.reason, Contains("micro-batch-level"));
+  }
+  SECTION("Megatron-Bridge: Megatron-Core overlaps, bf16 gradient reduction; Megatron FSDP unsupported") {
+    const PublishedRun& run = runs.at("ho-nemo-mb2511-70b-64gpu");
+    CHECK(run.source_kind == "megatron-bridge");
+    const auto mapped = map_run(run);
+    REQUIRE(mapped.status == RunStatus::Ok);
+    CHECK(mapped.plan.grad_reduce_in_bf16);
+    CHECK(mapped.plan.overlap_param_gather);
+    CHECK(mapped.plan.tp_comm_overlap);
+    CHECK_FALSE(mapped.full_recompute_allowed);
+    const auto fsdp = map_run(runs.at("ho-nemo-mb2511-8b-8gpu"));
+    CHECK(fsdp.status == RunStatus::Unsupported);
+    CHECK_THAT(fsdp.reason, Contains("FSDP"));
+  }
+  SECTION("no held-out row repeats an id of the shipped file") {
+    const auto shipped = runs_by_id();
+    for (const auto& [id, run] : runs) {
+      CHECK(shipped.count(id) == 0);
+    }
   }
 }

@@ -3,8 +3,8 @@
 # when any scored row's |error| exceeds MAX_ROW_ERROR, when fewer than MIN_SCORED rows are scored (rows must not
 # silently drop out of the score), or when the memory MAPE rises above MAX_MEM_MAPE.
 # Usage: cmake -DCUBOID=path/to/cuboid -DCSV=runs.csv -DMAX_MAPE=pct -DMAX_ROW_ERROR=pct -DMIN_SCORED=n
-#              -DMAX_MEM_MAPE=pct -P validation_check.cmake
-foreach(var CUBOID CSV MAX_MAPE MAX_ROW_ERROR MIN_SCORED MAX_MEM_MAPE)
+#              [-DMAX_MEM_MAPE=pct] -P validation_check.cmake   (memory bar only for a file with memory rows)
+foreach(var CUBOID CSV MAX_MAPE MAX_ROW_ERROR MIN_SCORED)
   if(NOT DEFINED ${var})
     message(FATAL_ERROR "validation_check.cmake: -D${var}=... is required")
   endif()
@@ -25,7 +25,9 @@ endif()
 if(mape GREATER MAX_MAPE)
   string(APPEND failures "overall MAPE ${mape} % > ${MAX_MAPE} %\n")
 endif()
-if(mem_mape GREATER MAX_MEM_MAPE)
+if(DEFINED MAX_MEM_MAPE AND NOT mem_mape MATCHES "^[0-9.]+$")
+  string(APPEND failures "memory MAPE '${mem_mape}' is not a number (no memory rows scored?)\n")
+elseif(DEFINED MAX_MEM_MAPE AND mem_mape GREATER MAX_MEM_MAPE)
   string(APPEND failures "memory MAPE ${mem_mape} % > ${MAX_MEM_MAPE} %\n")
 endif()
 string(JSON num_rows LENGTH "${out}" rows)
