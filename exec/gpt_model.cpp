@@ -29,7 +29,7 @@ constexpr double POSITION_INIT_STD = 0.01;   // GPT-2 wpe
 GptModel::GptModel(const model::ModelSpec& spec, const model::Plan& plan, int tp_rank, int pp_rank,
                    std::uint64_t seed, bool materialize, int ep_rank)
     : spec_(spec), plan_(plan), tp_rank_(tp_rank), pp_rank_(pp_rank),
-      chunks_(chunk_layouts(plan, spec.num_layers, pp_rank)), params_(plan.tp, tp_rank), ep_rank_(ep_rank) {
+      chunks_(model::chunk_layouts(plan, spec.num_layers, pp_rank)), params_(plan.tp, tp_rank), ep_rank_(ep_rank) {
   declare_params();
   params_.finalize(seed, materialize);
 }
@@ -83,8 +83,10 @@ GptModel::LayerIdx::Expert GptModel::declare_mlp(const std::string& prefix, std:
 void GptModel::declare_params() {
   const std::int64_t C = spec_.hidden_size;
   const std::int64_t V = spec_.vocab_size;
-  const bool has_embedding = std::any_of(chunks_.begin(), chunks_.end(), [](const ChunkLayout& c) { return c.has_embedding; });
-  const bool has_head = std::any_of(chunks_.begin(), chunks_.end(), [](const ChunkLayout& c) { return c.has_head; });
+  const bool has_embedding =
+      std::any_of(chunks_.begin(), chunks_.end(), [](const model::ChunkLayout& c) { return c.has_embedding; });
+  const bool has_head =
+      std::any_of(chunks_.begin(), chunks_.end(), [](const model::ChunkLayout& c) { return c.has_head; });
   const bool bias = spec_.linear_bias;
   const double out_std = INIT_STD / std::sqrt(2.0 * static_cast<double>(spec_.num_layers));
 

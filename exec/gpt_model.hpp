@@ -11,7 +11,7 @@
 #include "exec/cpu/moe.hpp"
 #include "exec/cpu/tensor.hpp"
 #include "exec/param_set.hpp"
-#include "exec/stage_layout.hpp"
+#include "model/schedule.hpp"
 #include "model/model_spec.hpp"
 #include "model/plan.hpp"
 
@@ -90,7 +90,7 @@ public:
   /// Rows of an activation between TP regions: T*B, or T*B/tp with sequence parallelism.
   [[nodiscard]] std::int64_t activation_rows() const;
   [[nodiscard]] std::int64_t hidden() const { return spec_.hidden_size; }
-  [[nodiscard]] const std::vector<ChunkLayout>& chunks() const { return chunks_; }
+  [[nodiscard]] const std::vector<model::ChunkLayout>& chunks() const { return chunks_; }
   [[nodiscard]] ParamSet& params() { return params_; }
   [[nodiscard]] const ParamSet& params() const { return params_; }
   /// Parameter indices used by a unit (for mapping gradient buckets to the backward that finishes them).
@@ -189,7 +189,7 @@ private:
   model::Plan plan_;
   int tp_rank_;
   int pp_rank_;
-  std::vector<ChunkLayout> chunks_;
+  std::vector<model::ChunkLayout> chunks_;
   ParamSet params_;
   int wte_ = -1;       // (V/tp, C) word embedding (embedding stage, and head stage when tied)
   int wpe_ = -1;       // (T, C) learned positions

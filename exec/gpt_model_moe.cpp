@@ -118,7 +118,7 @@ std::size_t GptModel::dense_param_elements() const {
 }
 
 std::pair<std::size_t, std::size_t> GptModel::expert_param_range(int chunk) const {
-  const ChunkLayout& lay = chunks_.at(static_cast<std::size_t>(chunk));
+  const model::ChunkLayout& lay = chunks_.at(static_cast<std::size_t>(chunk));
   std::size_t begin = params_.num_elements();
   std::size_t end = 0;
   std::size_t total = 0;

@@ -5,9 +5,9 @@
 //                 id k = (k mod pp*vp) / pp (reversed for backward), micro-batch = (k / (pp*vp)) * pp + k mod pp.
 #include "exec/internal_schedule.hpp"
 
-#include "exec/stage_layout.hpp"
 #include "model/errors.hpp"
 #include "model/rank_grid.hpp"
+#include "model/schedule.hpp"
 
 #include <algorithm>
 
@@ -19,12 +19,12 @@ class ProgramBuilder {
 public:
   ProgramBuilder(const model::ModelSpec& model, const model::Plan& plan, int rank)
       : plan_(plan), grid_(plan.tp, plan.cp, plan.dp, plan.pp), coord_(grid_.coord_of(rank)),
-        chunks_(chunk_layouts(plan, model.num_layers, coord_.pp_rank)) {
+        chunks_(model::chunk_layouts(plan, model.num_layers, coord_.pp_rank)) {
     program_.rank = rank;
   }
 
   void forward(int chunk, int mb) {
-    const ChunkLayout& layout = chunks_[static_cast<std::size_t>(chunk)];
+    const model::ChunkLayout& layout = chunks_[static_cast<std::size_t>(chunk)];
     if (!layout.has_embedding) {
       const auto [peer_stage, peer_chunk] = previous(chunk);
       add_p2p(InstrKind::Recv, Direction::Forward, chunk, mb, peer_stage, peer_chunk);
@@ -44,7 +44,7 @@ public:
   }
 
   void backward(int chunk, int mb) {
-    const ChunkLayout& layout = chunks_[static_cast<std::size_t>(chunk)];
+    const model::ChunkLayout& layout = chunks_[static_cast<std::size_t>(chunk)];
     if (layout.has_head) {
       add_compute(InstrKind::Backward, UnitKind::Head, -1, chunk, mb);
     } else {
@@ -126,7 +126,7 @@ private:
   const model::Plan& plan_;
   model::RankGrid grid_;
   model::RankCoord coord_;
-  std::vector<ChunkLayout> chunks_;
+  std::vector<model::ChunkLayout> chunks_;
   Program program_;
 };
 

@@ -4,6 +4,7 @@
 
 #include "model/errors.hpp"
 #include "model/model_spec.hpp"
+#include "model/schedule.hpp"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -111,6 +112,67 @@ std::vector<int> layers_per_stage(const Plan& plan, std::int64_t num_layers) {
   return layers_per_stage(plan, num_layers, "");
 }
 
+namespace {
+// The rules of Megatron-Core's TransformerConfig.__post_init__ (megatron/core/transformer/transformer_config.py) for
+// account_for_embedding_in_pipeline_split / account_for_loss_in_pipeline_split: they cannot be combined with
+// num_layers_in_first/last_pipeline_stage; num_layers + e + l must divide by pp, and the slots per pipeline rank by
+// vp. Megatron's get_num_layers_to_build allows a chunk of zero layers (assert >= 0, "Not enough layers in the first
+// virtual pipeline stage"); cuboid refuses it (no consumer of ChunkLayout is tested with an empty chunk).
+void check_slot_split(const Plan& plan, std::int64_t num_layers, const std::string& where) {
+  const bool embedding = plan.account_for_embedding_in_pipeline_split;
+  const bool loss = plan.account_for_loss_in_pipeline_split;
+  const char* flag_field =
+      embedding ? "plan.account_for_embedding_in_pipeline_split" : "plan.account_for_loss_in_pipeline_split";
+  if (plan.first_stage_layers > 0 || plan.last_stage_layers > 0) {
+    throw InfeasibleError(message(where, flag_field,
+                                  fmt::format("true cannot be combined with first_stage_layers / last_stage_layers "
+                                              "({} / {}) (Megatron-Core refuses num_layers_in_first/last_pipeline_"
+                                              "stage with the embedding/loss accounting; valid: first_stage_layers = "
+                                              "last_stage_layers = 0, or the flag false)",
+                                              plan.first_stage_layers, plan.last_stage_layers)));
+  }
+  const std::int64_t slots = num_layers + (embedding ? 1 : 0) + (loss ? 1 : 0);
+  const std::string slots_text = fmt::format("{} layer slots (num_layers = {}{}{})", slots, num_layers,
+                                             embedding ? " + 1 embedding" : "", loss ? " + 1 loss" : "");
+  if (slots % plan.pp != 0) {
+    throw InfeasibleError(message(where, "plan.pp",
+                                  fmt::format("{} does not divide the {} of the embedding/loss-aware pipeline split "
+                                              "(valid pp: {})",
+                                              plan.pp, slots_text, divisors_of(slots))));
+  }
+  const std::int64_t per_stage = slots / plan.pp;
+  if (per_stage % plan.vp != 0) {
+    throw InfeasibleError(message(where, "plan.vp",
+                                  fmt::format("{} does not divide the {} layer slots of each pipeline stage ({} / pp "
+                                              "= {}; valid vp: {})",
+                                              plan.vp, per_stage, slots_text, plan.pp, divisors_of(per_stage))));
+  }
+  const std::int64_t chunks = static_cast<std::int64_t>(plan.pp) * plan.vp;
+  if (slots / chunks == 1) {
+    throw InfeasibleError(message(where, flag_field,
+                                  fmt::format("true leaves the {} model chunk with the {} and no transformer layer "
+                                              "({} over pp*vp = {} chunks: 1 slot each); cuboid needs at least one "
+                                              "layer per chunk (valid: pp*vp <= {}, 2 or more slots per chunk)",
+                                              embedding ? "first" : "last", embedding ? "embedding" : "loss",
+                                              slots_text, chunks, slots / 2)));
+  }
+}
+} // namespace
+
+LayerRange pipeline_slot_layers(const Plan& plan, std::int64_t num_layers, int virtual_stage,
+                                const std::string& where) {
+  check_slot_split(plan, num_layers, where);
+  CUBOID_ASSERT(virtual_stage >= 0 && virtual_stage < plan.pp * plan.vp, "virtual stage {} outside pp={} vp={}",
+                virtual_stage, plan.pp, plan.vp);
+  const std::int64_t embedding = plan.account_for_embedding_in_pipeline_split ? 1 : 0;
+  const std::int64_t loss = plan.account_for_loss_in_pipeline_split ? 1 : 0;
+  const std::int64_t per_chunk = (num_layers + embedding + loss) / (static_cast<std::int64_t>(plan.pp) * plan.vp);
+  // Slots [v P, (v + 1) P) minus the embedding slot in front of the layers and the loss slot behind them.
+  const std::int64_t begin = std::max<std::int64_t>(virtual_stage * per_chunk, embedding) - embedding;
+  const std::int64_t end = std::min<std::int64_t>((virtual_stage + 1) * per_chunk, embedding + num_layers) - embedding;
+  return {static_cast<int>(begin), static_cast<int>(end - begin)};
+}
+
 // Megatron --decoder-first-pipeline-num-layers / --decoder-last-pipeline-num-layers: the first and/or last stage
 // get the given counts, the middle stages split the rest evenly. Example: Llama 3.1 405B, 126 layers, pp=16,
 // first=7, last=7 -> [7, 8 x 14, 7].
@@ -121,6 +183,17 @@ std::vector<int> layers_per_stage(const Plan& plan, std::int64_t num_layers, con
                                          "layers ({}, {}) non-negative",
                                          plan.pp, plan.vp, num_layers, plan.first_stage_layers,
                                          plan.last_stage_layers)));
+  }
+  if (plan.accounts_in_pipeline_split()) {
+    // Each stage holds the layers of its vp virtual stages (interleaved, or zb-v's V), which need not be equal.
+    std::vector<int> layers(static_cast<std::size_t>(plan.pp), 0);
+    for (int stage = 0; stage < plan.pp; ++stage) {
+      for (int chunk = 0; chunk < plan.vp; ++chunk) {
+        layers[static_cast<std::size_t>(stage)] +=
+            pipeline_slot_layers(plan, num_layers, virtual_stage_of(plan, stage, chunk), where).num_layers;
+      }
+    }
+    return layers;
   }
   const std::int64_t first = plan.first_stage_layers;
   const std::int64_t last = plan.last_stage_layers;
@@ -407,7 +480,8 @@ void validate(const Plan& plan, const ModelSpec& model, const ClusterSpec& clust
                                                       "with schedule zb-v (valid: 0, an even split)",
                                                       plan.first_stage_layers, plan.last_stage_layers)));
     }
-    if (model.num_layers % (2 * static_cast<std::int64_t>(plan.pp)) != 0) {
+    // With the embedding/loss accounting layers_per_stage checks the layer slots instead (vp = 2 divides them).
+    if (!plan.accounts_in_pipeline_split() && model.num_layers % (2 * static_cast<std::int64_t>(plan.pp)) != 0) {
       throw InfeasibleError(input_message(
           where, "plan.pp",
           fmt::format("schedule zb-v needs num_layers = {} divisible by 2*pp = {} (two equal V-shaped chunks per "

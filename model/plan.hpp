@@ -57,6 +57,12 @@ struct Plan {
   // Uneven pipelines (Megatron --decoder-first/last-pipeline-num-layers); 0 = even split.
   int first_stage_layers = 0;
   int last_stage_layers = 0;
+  // Megatron-Core --account-for-embedding-in-pipeline-split / --account-for-loss-in-pipeline-split
+  // (TransformerConfig.account_for_embedding_in_pipeline_split / account_for_loss_in_pipeline_split): the input
+  // embedding / the loss (output layer + cross-entropy) counts as one transformer layer when the layers are split
+  // over pipeline stages and model chunks (pipeline_slot_layers below). Not combined with first/last_stage_layers.
+  bool account_for_embedding_in_pipeline_split = false;
+  bool account_for_loss_in_pipeline_split = false;
 
   // --- mixture of experts ---
   // Expert parallelism as Megatron-core (--expert-model-parallel-size): the E routed experts of a MoE layer are split
@@ -112,6 +118,10 @@ struct Plan {
   [[nodiscard]] std::int64_t num_microbatches() const { return global_batch_size / (micro_batch_size * dp); }
   /// --- mixture of experts --- Size of the expert-data-parallel group (ranks holding the same experts): dp / ep.
   [[nodiscard]] int expert_dp() const { return dp / ep; }
+  /// True when the embedding and/or the loss count as a layer in the pipeline split (Megatron-Core's flags).
+  [[nodiscard]] bool accounts_in_pipeline_split() const {
+    return account_for_embedding_in_pipeline_split || account_for_loss_in_pipeline_split;
+  }
 };
 
 std::string to_string(Schedule schedule);
@@ -129,11 +139,31 @@ constexpr int MAX_ZERO_STAGE = 3;
 /// InputError naming `where` and `field` when stage is not 0..3.
 void set_zero_stage(Plan& plan, int stage, const std::string& where, const std::string& field);
 
-/// Number of layers held by each pipeline stage (size pp), honouring first/last overrides.
+/// Number of layers held by each pipeline stage (size pp), honouring first/last overrides and the embedding/loss
+/// accounting (the sum over the stage's model chunks, see pipeline_slot_layers).
 /// Throws InfeasibleError when layers cannot be split as asked.
 std::vector<int> layers_per_stage(const Plan& plan, std::int64_t num_layers);
 /// Same, with `where` (file or "command line") prefixed to error messages.
 std::vector<int> layers_per_stage(const Plan& plan, std::int64_t num_layers, const std::string& where);
+
+/// Layers [first_layer, first_layer + num_layers) of one model chunk.
+struct LayerRange {
+  int first_layer = 0;
+  int num_layers = 0;
+};
+/// Megatron-Core's embedding/loss-aware split (plan.accounts_in_pipeline_split()): S = num_layers + e + l layer slots
+/// (e = 1 with account_for_embedding_in_pipeline_split, l = 1 with account_for_loss_in_pipeline_split) split evenly
+/// over the pp * vp virtual stages, P = S / (pp * vp) slots each; virtual stage v (in model order) holds slots
+/// [v P, (v + 1) P); the embedding is slot 0 (when e = 1), layer i slot e + i, the loss the last slot (when l = 1).
+/// So virtual stage v holds layers [max(v P, e) - e, min((v + 1) P, e + L) - e).
+/// Worked example, Llama 3.1 405B, L = 126, pp = 8, vp = 8, both flags: S = 128, P = 2; virtual stage 0 holds the
+/// embedding and layer 0, virtual stage 63 layer 125 and the loss, every other one 2 layers; pipeline stage 0 (virtual
+/// stages 0, 8, ..., 56) holds 15 layers, stage 7 15, the others 16.
+/// Throws InfeasibleError (naming `where` when not empty) when the slots do not split (Megatron-Core
+/// TransformerConfig.__post_init__: S divisible by pp, and S / pp by vp), when combined with first/last_stage_layers
+/// (Megatron refuses it too) and when a chunk would hold no transformer layer (Megatron allows it; cuboid does not).
+LayerRange pipeline_slot_layers(const Plan& plan, std::int64_t num_layers, int virtual_stage,
+                                const std::string& where = "");
 
 struct ModelSpec;
 struct ClusterSpec;

@@ -54,7 +54,9 @@ std::vector<std::string> plan_yaml_keys() {
           // --- context parallelism ---
           "cp",
           // --- ZeRO / FSDP ---
-          "zero_stage"};
+          "zero_stage",
+          // Megatron-Core's embedding/loss-aware pipeline split
+          "account_for_embedding_in_pipeline_split", "account_for_loss_in_pipeline_split"};
 }
 
 Plan load_plan_yaml(const YAML::Node& node, const std::string& where, const std::string& path, int num_gpus) {
@@ -93,7 +95,11 @@ Plan load_plan_yaml(const YAML::Node& node, const std::string& where, const std:
   const std::pair<const char*, bool*> flags[] = {{"sequence_parallel", &plan.sequence_parallel},
                                                  {"distributed_optimizer", &plan.distributed_optimizer},
                                                  {"overlap_grad_reduce", &plan.overlap_grad_reduce},
-                                                 {"grad_reduce_in_bf16", &plan.grad_reduce_in_bf16}};
+                                                 {"grad_reduce_in_bf16", &plan.grad_reduce_in_bf16},
+                                                 {"account_for_embedding_in_pipeline_split",
+                                                  &plan.account_for_embedding_in_pipeline_split},
+                                                 {"account_for_loss_in_pipeline_split",
+                                                  &plan.account_for_loss_in_pipeline_split}};
   for (const auto& [name, target] : flags) {
     if (node[name]) {
       *target = yaml::read_bool(node[name], where, key(name));

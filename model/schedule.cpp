@@ -245,6 +245,17 @@ std::vector<ChunkLayout> chunk_layouts(const Plan& plan, std::int64_t num_layers
   CUBOID_ASSERT(stage >= 0 && stage < plan.pp, "stage {} outside pp={}", stage, plan.pp);
   std::vector<ChunkLayout> chunks(static_cast<std::size_t>(plan.vp));
   const auto total = static_cast<int>(num_layers);
+  if (plan.accounts_in_pipeline_split()) {
+    // Megatron-Core's embedding/loss-aware split, any vp (plan.hpp pipeline_slot_layers); the embedding stays on
+    // virtual stage 0 and the loss on the last one, as without the flags.
+    for (int chunk = 0; chunk < plan.vp; ++chunk) {
+      const int virtual_stage = virtual_stage_of(plan, stage, chunk);
+      const LayerRange range = pipeline_slot_layers(plan, num_layers, virtual_stage);
+      chunks[static_cast<std::size_t>(chunk)] = {range.first_layer, range.num_layers, virtual_stage == 0,
+                                                 virtual_stage == plan.pp * plan.vp - 1};
+    }
+    return chunks;
+  }
   if (plan.vp == 1) {
     const std::vector<int> counts = layers_per_stage(plan, num_layers);
     CUBOID_ASSERT(counts.size() == static_cast<std::size_t>(plan.pp), "layers_per_stage gave {} stages for pp={}",

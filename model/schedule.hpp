@@ -60,7 +60,10 @@ StageChunk locate_virtual_stage(const Plan& plan, int virtual_stage);
 /// stage s is virtual stage v = c * pp + s and holds layers v * Lc .. v * Lc + Lc - 1 (Lc = L / (pp * vp)).
 /// Worked example, L = 8, pp = 2, vp = 2 (Lc = 2): stage 0 holds {L0 L1} and {L4 L5}; stage 1 {L2 L3}, {L6 L7}.
 /// With vp == 1 the per-stage counts come from layers_per_stage() (uneven first/last stages allowed). zb-v places the
-/// chunks by virtual_stage_of (V shape) with the same Lc = L / (2 pp) layers each.
+/// chunks by virtual_stage_of (V shape) with the same Lc = L / (2 pp) layers each. With Megatron-Core's
+/// account_for_embedding/loss_in_pipeline_split (any vp, zb-v too) virtual stage v holds pipeline_slot_layers(v):
+/// L = 6, pp = 2, vp = 2, both flags (8 slots, 2 per chunk): stage 0 holds {E L0} and {L3 L4}, stage 1 {L1 L2} and
+/// {L5 loss}; has_embedding / has_head still mark virtual stages 0 and pp*vp - 1.
 /// Throws InfeasibleError when the layers cannot be split.
 std::vector<ChunkLayout> chunk_layouts(const Plan& plan, std::int64_t num_layers, int stage);
 

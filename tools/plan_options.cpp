@@ -160,6 +160,10 @@ void add_plan_flags(CLI::App& app, PlanFlags& flags) {
                "Overlap sequence-parallel TP all-gather / reduce-scatter with their GEMMs (TE userbuffers)");
   app.add_option("--decoder-first-pipeline-num-layers", flags.first_stage_layers, "Layers on the first stage");
   app.add_option("--decoder-last-pipeline-num-layers", flags.last_stage_layers, "Layers on the last stage");
+  app.add_flag("--account-for-embedding-in-pipeline-split", flags.account_for_embedding_in_pipeline_split,
+               "Megatron-Core: the input embedding counts as one layer in the pipeline split");
+  app.add_flag("--account-for-loss-in-pipeline-split", flags.account_for_loss_in_pipeline_split,
+               "Megatron-Core: the loss (output layer + cross-entropy) counts as one layer in the pipeline split");
   // --- mixture of experts ---
   app.add_option("--ep,--expert-model-parallel-size", flags.ep,
                  "Expert-parallel size (MoE): divides dp and the expert count");
@@ -253,6 +257,8 @@ model::Scenario resolve_scenario(const ScenarioFlags& flags) {
   if (pf.tp_comm_overlap) plan.tp_comm_overlap = true;
   if (pf.first_stage_layers) plan.first_stage_layers = *pf.first_stage_layers;
   if (pf.last_stage_layers) plan.last_stage_layers = *pf.last_stage_layers;
+  if (pf.account_for_embedding_in_pipeline_split) plan.account_for_embedding_in_pipeline_split = true;
+  if (pf.account_for_loss_in_pipeline_split) plan.account_for_loss_in_pipeline_split = true;
   // --- mixture of experts ---
   if (pf.ep) {
     require_positive("--ep", *pf.ep);

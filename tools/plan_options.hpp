@@ -52,6 +52,8 @@ struct PlanFlags {
   bool tp_comm_overlap = false;
   std::optional<int> first_stage_layers;
   std::optional<int> last_stage_layers;
+  bool account_for_embedding_in_pipeline_split = false; // Megatron-Core --account-for-embedding-in-pipeline-split
+  bool account_for_loss_in_pipeline_split = false;      // Megatron-Core --account-for-loss-in-pipeline-split
   // --- mixture of experts ---
   std::optional<int> ep;                // Megatron --expert-model-parallel-size
   std::optional<double> moe_imbalance;  // busiest expert's tokens / mean tokens

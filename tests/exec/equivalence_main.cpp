@@ -11,6 +11,7 @@
 #include "exec/local_communicator.hpp"
 #include "exec/runtime.hpp"
 #include "model/errors.hpp"
+#include "model/schedule.hpp"
 #include "model/timeline.hpp"
 
 #include <CLI/CLI.hpp>
@@ -52,6 +53,10 @@ struct Args {
   int zero = 0; // --- ZeRO / FSDP ---
   float clip_grad = 0.0f; // gradient clipping (0 = none)
   int ep = 1;   // --- mixture of experts --- (moe-tiny / moe-llama-tiny)
+  std::int64_t num_layers = 0; // 0: the model's; else its layer count (the reference run gets the same model)
+  // Megatron-Core's embedding/loss-aware pipeline split (pp > 1 only; the single-rank reference has one chunk)
+  bool account_for_embedding = false;
+  bool account_for_loss = false;
 };
 
 
@@ -104,6 +109,9 @@ RunOptions make_options(const Args& args, int tp, int dp, int pp, int vp, int cp
     throw cuboid::InputError("command line: --model: unknown value '" + args.model +
                              "' (valid: gpt-tiny, llama-tiny, moe-tiny, moe-llama-tiny)");
   }
+  if (args.num_layers > 0) {
+    options.model.num_layers = args.num_layers;
+  }
   options.plan.ep = ep;
   options.plan.tp = tp;
   options.plan.dp = dp;
@@ -121,6 +129,8 @@ RunOptions make_options(const Args& args, int tp, int dp, int pp, int vp, int cp
   }
   options.plan.first_stage_layers = pp > 1 ? args.first_stage_layers : 0;
   options.plan.last_stage_layers = pp > 1 ? args.last_stage_layers : 0;
+  options.plan.account_for_embedding_in_pipeline_split = pp > 1 && args.account_for_embedding;
+  options.plan.account_for_loss_in_pipeline_split = pp > 1 && args.account_for_loss;
   if (args.grad_bucket_bytes > 0.0) {
     options.plan.grad_bucket_bytes = args.grad_bucket_bytes;
   }
@@ -211,6 +221,17 @@ int run(const Args& args, cuboid::exec::Communicator& world) {
               args.model.c_str(), args.tp, args.cp, args.dp, args.pp, args.vp, args.ep, args.schedule.c_str(),
               args.recompute.c_str(), args.sequence_parallel ? 1 : 0, static_cast<long>(args.micro_batch),
               static_cast<long>(args.global_batch), args.zero);
+  if (options.plan.accounts_in_pipeline_split()) {
+    std::printf("# %ld layers; counted as a layer in the pipeline split: embedding %s, loss %s; stage 0 chunks:",
+                static_cast<long>(options.model.num_layers),
+                options.plan.account_for_embedding_in_pipeline_split ? "yes" : "no",
+                options.plan.account_for_loss_in_pipeline_split ? "yes" : "no");
+    for (const auto& chunk : cuboid::model::chunk_layouts(options.plan, options.model.num_layers, 0)) {
+      std::printf(" %s[%d, %d)", chunk.has_embedding ? "E " : "", chunk.first_layer,
+                  chunk.first_layer + chunk.num_layers);
+    }
+    std::printf("\n");
+  }
   std::printf("# step  loss(plan)  loss(single)  rel.diff  grad-norm(plan)  grad-norm(single)  rel.diff\n");
   int clipped_steps = 0;
   for (std::size_t step = 0; step < losses.size(); ++step) {
@@ -273,6 +294,11 @@ int main(int argc, char** argv) {
   app.add_option("--zero", args.zero, "ZeRO stage 0..3 (2, 3: sharded grads / params on the DP group)");
   app.add_option("--first-stage-layers", args.first_stage_layers, "uneven pipeline: layers of the first stage");
   app.add_option("--last-stage-layers", args.last_stage_layers, "uneven pipeline: layers of the last stage");
+  app.add_option("--num-layers", args.num_layers, "override the model's layer count (0: the model's)");
+  app.add_flag("--account-for-embedding-in-pipeline-split", args.account_for_embedding,
+               "the embedding counts as one layer in the pipeline split (Megatron-Core)");
+  app.add_flag("--account-for-loss-in-pipeline-split", args.account_for_loss,
+               "the loss counts as one layer in the pipeline split (Megatron-Core)");
   app.add_option("--clip-grad", args.clip_grad, "clip gradients to this global L2 norm (0: no clipping)");
   app.add_option("--grad-bucket-bytes", args.grad_bucket_bytes, "DP gradient bucket size (default: the plan's)");
   app.add_option("--steps", args.steps);
