@@ -127,6 +127,10 @@ MappedRun map_run(const PublishedRun& run) {
     // A100 rows are the 80 GB part unless the text says 40 GB (validation README "gpu").
     const std::string gpu = lower(run.gpu_text);
     mapped.gpu = contains(gpu, "40gb") || contains(gpu, "40 gb") || contains(gpu, "-40g") ? "a100-40gb" : "a100-80gb";
+  } else if (contains(run.gpu_text, "GB200")) {
+    mapped.gpu = "gb200";
+  } else if (contains(run.gpu_text, "B200")) {
+    mapped.gpu = "b200";
   } else if (contains(run.gpu_text, "H200")) {
     mapped.gpu = "h200";
   } else if (contains(run.gpu_text, "H100")) {
@@ -331,6 +335,20 @@ MappedRun map_run(const PublishedRun& run) {
   if (plan.precision == model::Precision::Fp8 && mapped.gpu.rfind("a100", 0) == 0) {
     return stop(RunStatus::Unsupported, "FP8 on A100");
   }
+  // Megatron-Core --account-for-embedding-in-pipeline-split / --account-for-loss-in-pipeline-split, where the row's
+  // recipe sets them (notes key = True; e.g. Megatron-Bridge llama31_405b_pretrain_config).
+  plan.account_for_embedding_in_pipeline_split =
+      run.note("account_for_embedding_in_pipeline_split").rfind("True", 0) == 0;
+  plan.account_for_loss_in_pipeline_split = run.note("account_for_loss_in_pipeline_split").rfind("True", 0) == 0;
+  if (plan.account_for_embedding_in_pipeline_split || plan.account_for_loss_in_pipeline_split) {
+    notes.emplace_back(fmt::format("recipe counts {} as a pipeline-stage layer",
+                                   plan.account_for_embedding_in_pipeline_split &&
+                                           plan.account_for_loss_in_pipeline_split
+                                       ? "the embedding and the loss each"
+                                       : (plan.account_for_embedding_in_pipeline_split ? "the embedding"
+                                                                                        : "the loss")));
+    return mapped;
+  }
   // Megatron-DeepSpeed's pp-partition-method type:transformer|embedding counts the two embeddings as stage layers.
   // Applied where the notes say so, or where the layers alone cannot be split evenly but layers + 2 can (the only
   // even layout such a run can have, e.g. BLOOM's ramp-up rows: 70 layers on pp = 12).
@@ -378,7 +396,10 @@ std::optional<MeasuredStep> measured_step_time(const PublishedRun& run, const Ma
                         hardware ? "TFLOP/s with SC21 eq. 3 (96Bslh^2(1+s/6h+V/16lh))"
                                  : "TFLOP/s with model FLOPs (72Bslh^2(1+s/6h+V/12lh))"};
   }
-  if (run.measured_mfu && *run.measured_mfu > 0.0) {
+  // The sources' MFU peaks are documented for A100, H100 and H200 (H100 compute) only; a Blackwell row needs a
+  // step time, tokens/s or TFLOP/s.
+  const bool peak_known = mapped.gpu.rfind("a100", 0) == 0 || mapped.gpu == "h100-sxm" || mapped.gpu == "h200";
+  if (run.measured_mfu && *run.measured_mfu > 0.0 && peak_known) {
     const double peak = mapped.gpu.rfind("a100", 0) == 0                  ? A100_PEAK
                         : mapped.plan.precision == model::Precision::Fp8 ? H100_FP8_PEAK
                                                                          : H100_BF16_PEAK;

@@ -246,6 +246,13 @@ TEST_CASE("sim::analysis::map_run: the held-out sources", "[validate]") {
     CHECK(mapped.plan.overlap_param_gather);
     CHECK(mapped.plan.tp_comm_overlap);
     CHECK_FALSE(mapped.full_recompute_allowed);
+    // Llama 3.1 405B: 126 layers + embedding + loss = 128 slots over PP 8 x VP 8 (llama31_405b_pretrain_config).
+    const auto split = map_run(runs.at("ho-nemo-mb2511-405b-1024gpu"));
+    REQUIRE(split.status == RunStatus::Ok);
+    CHECK(split.plan.account_for_embedding_in_pipeline_split);
+    CHECK(split.plan.account_for_loss_in_pipeline_split);
+    CHECK(split.plan.first_stage_layers == 0);
+    CHECK_FALSE(mapped.plan.account_for_embedding_in_pipeline_split);
     const auto fsdp = map_run(runs.at("ho-nemo-mb2511-8b-8gpu"));
     CHECK(fsdp.status == RunStatus::Unsupported);
     CHECK_THAT(fsdp.reason, Contains("FSDP"));
