@@ -339,11 +339,13 @@ std::vector<std::string> CostModel::assumptions() const {
   lines.push_back(fmt::format("Network: {:.0f} GB/s x {:.2f} = {:.0f} GB/s per GPU, alpha {:.1f} us/step {}",
                               cluster_.nic_bw_bytes_per_s / 1e9, profile_.nic_efficiency,
                               inter.bw_bytes_per_s / 1e9, inter.latency_s * 1e6, tag));
-  lines.push_back(fmt::format("TP collectives: ring over {} (tp={}), {}", tp_intra_node_ ? "NVLink" : "the network",
+  lines.push_back(fmt::format("TP collectives: ring over {} (tp={}), {}{}", tp_intra_node_ ? "NVLink" : "the network",
                               plan_.tp,
                               plan_.tp_comm_overlap
                                   ? "all-gather / reduce-scatter overlapped with their GEMM (1/tp exposed)"
-                                  : "exposed on the compute stream"));
+                                  : "exposed on the compute stream",
+                              plan_.async_tp_grad_reduce ? "; QKV / FC1 input-gradient reduction behind their wgrad GEMM"
+                                                         : ""));
   if (plan_.ep > 1) { // --- mixture of experts ---
     lines.push_back(fmt::format("EP all-to-all: ep={}, {} member(s) per node: (k-1)/n of the buffer over NVLink, "
                                 "(n-k)/n over the network, exposed on the compute stream; load imbalance {:.2f}",

@@ -56,7 +56,9 @@ std::vector<std::string> plan_yaml_keys() {
           // --- ZeRO / FSDP ---
           "zero_stage",
           // Megatron-Core's embedding/loss-aware pipeline split
-          "account_for_embedding_in_pipeline_split", "account_for_loss_in_pipeline_split"};
+          "account_for_embedding_in_pipeline_split", "account_for_loss_in_pipeline_split",
+          // communication overlap (Plan comments)
+          "overlap_param_gather", "tp_comm_overlap", "async_tp_grad_reduce"};
 }
 
 Plan load_plan_yaml(const YAML::Node& node, const std::string& where, const std::string& path, int num_gpus) {
@@ -99,7 +101,10 @@ Plan load_plan_yaml(const YAML::Node& node, const std::string& where, const std:
                                                  {"account_for_embedding_in_pipeline_split",
                                                   &plan.account_for_embedding_in_pipeline_split},
                                                  {"account_for_loss_in_pipeline_split",
-                                                  &plan.account_for_loss_in_pipeline_split}};
+                                                  &plan.account_for_loss_in_pipeline_split},
+                                                 {"overlap_param_gather", &plan.overlap_param_gather},
+                                                 {"tp_comm_overlap", &plan.tp_comm_overlap},
+                                                 {"async_tp_grad_reduce", &plan.async_tp_grad_reduce}};
   for (const auto& [name, target] : flags) {
     if (node[name]) {
       *target = yaml::read_bool(node[name], where, key(name));

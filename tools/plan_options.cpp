@@ -158,6 +158,9 @@ void add_plan_flags(CLI::App& app, PlanFlags& flags) {
                "Distributed optimizer: all-gather the updated parameters behind the next forward");
   app.add_flag("--tp-comm-overlap", flags.tp_comm_overlap,
                "Overlap sequence-parallel TP all-gather / reduce-scatter with their GEMMs (TE userbuffers)");
+  app.add_flag("--async-tensor-model-parallel-allreduce", flags.async_tp_grad_reduce,
+               "Reduce a column-parallel linear's input gradient behind its weight-gradient GEMM (Megatron-LM 2022 "
+               "flag; always on in Megatron-Core; simulation only: the CPU/CUDA runtimes reduce synchronously)");
   app.add_option("--decoder-first-pipeline-num-layers", flags.first_stage_layers, "Layers on the first stage");
   app.add_option("--decoder-last-pipeline-num-layers", flags.last_stage_layers, "Layers on the last stage");
   app.add_flag("--account-for-embedding-in-pipeline-split", flags.account_for_embedding_in_pipeline_split,
@@ -255,6 +258,7 @@ model::Scenario resolve_scenario(const ScenarioFlags& flags) {
   if (pf.grad_reduce_in_bf16) plan.grad_reduce_in_bf16 = true;
   if (pf.overlap_param_gather) plan.overlap_param_gather = true;
   if (pf.tp_comm_overlap) plan.tp_comm_overlap = true;
+  if (pf.async_tp_grad_reduce) plan.async_tp_grad_reduce = true;
   if (pf.first_stage_layers) plan.first_stage_layers = *pf.first_stage_layers;
   if (pf.last_stage_layers) plan.last_stage_layers = *pf.last_stage_layers;
   if (pf.account_for_embedding_in_pipeline_split) plan.account_for_embedding_in_pipeline_split = true;

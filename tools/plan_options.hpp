@@ -50,6 +50,7 @@ struct PlanFlags {
   bool grad_reduce_in_bf16 = false;
   bool overlap_param_gather = false;
   bool tp_comm_overlap = false;
+  bool async_tp_grad_reduce = false;
   std::optional<int> first_stage_layers;
   std::optional<int> last_stage_layers;
   bool account_for_embedding_in_pipeline_split = false; // Megatron-Core --account-for-embedding-in-pipeline-split

@@ -79,8 +79,11 @@ nlohmann::json plan_to_json(const model::Plan& plan) {
                         {"grad_reduce_in_bf16", plan.grad_reduce_in_bf16},
                         {"overlap_param_gather", plan.overlap_param_gather},
                         {"tp_comm_overlap", plan.tp_comm_overlap},
+                        {"async_tp_grad_reduce", plan.async_tp_grad_reduce},
                         {"first_stage_layers", plan.first_stage_layers},
                         {"last_stage_layers", plan.last_stage_layers},
+                        {"account_for_embedding_in_pipeline_split", plan.account_for_embedding_in_pipeline_split},
+                        {"account_for_loss_in_pipeline_split", plan.account_for_loss_in_pipeline_split},
                         {"zero_stage", plan.get_zero_stage()}};
   if (plan.cp > 1) { // --- context parallelism --- (only when in use: outputs without CP stay as they were)
     out["cp"] = plan.cp;

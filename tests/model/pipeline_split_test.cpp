@@ -179,6 +179,21 @@ TEST_CASE("model::load_plan_yaml: account_for_embedding/loss_in_pipeline_split k
                       Contains("plan.account_for_loss_in_pipeline_split"));
 }
 
+// The communication-overlap keys (Plan::overlap_param_gather, tp_comm_overlap, async_tp_grad_reduce) parse as bools.
+TEST_CASE("model::load_plan_yaml: communication overlap keys", "[spec]") {
+  const Plan plan = load_plan_yaml(YAML::Load("{tp: 2, global_batch_size: 8, overlap_param_gather: true, "
+                                              "tp_comm_overlap: true, async_tp_grad_reduce: true}"),
+                                   "s.yaml", "plan", 2);
+  CHECK(plan.overlap_param_gather);
+  CHECK(plan.tp_comm_overlap);
+  CHECK(plan.async_tp_grad_reduce);
+  const Plan plain = load_plan_yaml(YAML::Load("{tp: 2, global_batch_size: 8}"), "s.yaml", "plan", 2);
+  CHECK_FALSE(plain.async_tp_grad_reduce);
+  REQUIRE_THROWS_WITH(load_plan_yaml(YAML::Load("{global_batch_size: 8, async_tp_grad_reduce: maybe}"), "s.yaml",
+                                     "plan", 2),
+                      Contains("plan.async_tp_grad_reduce"));
+}
+
 TEST_CASE("model::params_per_rank: the embedding and the output layer stay on the stages holding them", "[ir]") {
   // Llama 3.1 405B, tp 8, pp 8, vp 8, both flags: stage 0 holds 15 layers and the embedding, stage 7 15 layers and
   // the final norm + output layer, stages 1-6 16 layers and neither.
