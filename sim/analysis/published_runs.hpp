@@ -27,7 +27,8 @@ struct PublishedRun {
   std::string where;        // "file:line" for messages
   std::string id;
   std::string source;       // full citation text
-  std::string source_kind;  // "sc21", "megatron-lm-readme", "bloom", "nemo", "dgxc", "other"
+  std::string source_kind;  // "sc21", "megatron-lm-readme", "bloom", "nemo", "dgxc", held-out: "megatron-bridge",
+                            // "korthikanti22", "mt-nlg"; else "other" (published_runs.cpp SOURCE_FAMILIES)
   std::string model_name;
   std::string gpu_text;
   std::string recompute;    // full, selective, selective+microbatch-level, none, ""
@@ -54,7 +55,7 @@ struct MappedRun {
   RunStatus status = RunStatus::Ok;
   std::string reason;
   model::ModelSpec model;
-  std::string gpu;          // catalog name: "a100-80gb", "h100-sxm", "h200"
+  std::string gpu;          // catalog name: "a100-80gb", "a100-40gb", "h100-sxm", "h200", "b200", "gb200"
   int num_gpus = 0;
   model::Plan plan;
   bool recompute_stated = false; // false: the caller may pick the least recompute that fits memory
