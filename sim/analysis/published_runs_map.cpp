@@ -306,31 +306,29 @@ MappedRun map_run(const PublishedRun& run) {
     notes.emplace_back("network: 4 Omni-Path links per 8-GPU node at the 40.8 Gb/s each that BigScience's "
                        "all_reduce_bench measured (NCCL 2.10.3) = 2.55 GB/s per GPU, no efficiency factor");
   }
-  if (run.source_kind == "megatron-bridge") {
-    // Megatron-Bridge scripts/performance (configs/llama3/llama3_llm_pretrain.py, configs/llama31/
-    // llama31_llm_pretrain.py @0a0cb290): grad_reduce_in_fp32 = False, i.e. bf16 main grads and DP reduction; the H100
-    // presets set no recompute. The table's FSDP column: 1 = Megatron FSDP (ZeRO-3 over DP), 0 = distributed optimizer.
+  // Both NVIDIA recipe families reduce gradients in bf16 and recompute no whole layers:
+  // * NeMo 24.07's H100 FP8 runs come from NeMo-Framework-Launcher: every examples/training/<model>/h100/*fp8*.sh
+  //   launch script adds +training.model.optim.grad_sync_dtype=bf16 (5b, 20b, 175b, llama2 7b/13b/70b, llama3
+  //   8b/70b), and conf/training/nemotron/nemotron_340b.yaml sets optim.grad_sync_dtype: bf16 itself (NeMo maps it to
+  //   Megatron-Core's grad_reduce_in_fp32 = false, megatron_gpt_model.py). Their model yamls set
+  //   activations_checkpoint_granularity null, or selective with activations_checkpoint_num_layers 0 (GPT-3 20B /
+  //   175B): no recipe recomputes whole layers.
+  // * Megatron-Bridge scripts/performance (configs/llama3/llama3_llm_pretrain.py, configs/llama31/
+  //   llama31_llm_pretrain.py @0a0cb290): grad_reduce_in_fp32 = False; the H100 presets set no recompute. The
+  //   table's FSDP column: 1 = Megatron FSDP, 0 = distributed optimizer.
+  if (run.source_kind == "nemo" || run.source_kind == "megatron-bridge") {
     plan.grad_reduce_in_bf16 = plan.precision != model::Precision::Fp16;
     mapped.full_recompute_allowed = false;
-    notes.emplace_back("Megatron-Bridge perf scripts: grad_reduce_in_fp32=False (--grad-reduce-in-bf16); no "
-                       "full-layer recompute");
-    if (run.note("FSDP").rfind('1', 0) == 0) {
+    notes.emplace_back(run.source_kind == "nemo"
+                           ? "NeMo launcher recipe: grad_sync_dtype bf16 (--grad-reduce-in-bf16); no full-layer recompute"
+                           : "Megatron-Bridge perf scripts: grad_reduce_in_fp32=False (--grad-reduce-in-bf16); no "
+                             "full-layer recompute");
+    if (run.source_kind == "megatron-bridge" && run.note("FSDP").rfind('1', 0) == 0) {
       // cuboid's ZeRO-3 reduce-scatters fp32 gradients after every micro-batch (DeepSpeed's way); Megatron FSDP with
       // this recipe reduces bf16 ones with its own buffering, which is not modelled.
       return stop(RunStatus::Unsupported, "FSDP=1: Megatron FSDP with bf16 gradient reduction is not modelled "
                                           "(cuboid's ZeRO-3 reduce-scatters fp32 per micro-batch)");
     }
-  }
-  if (run.source_kind == "nemo") {
-    // NeMo 24.07's H100 FP8 runs come from NeMo-Framework-Launcher: every examples/training/<model>/h100/*fp8*.sh
-    // launch script adds +training.model.optim.grad_sync_dtype=bf16 (5b, 20b, 175b, llama2 7b/13b/70b, llama3
-    // 8b/70b), and conf/training/nemotron/nemotron_340b.yaml sets optim.grad_sync_dtype: bf16 itself (NeMo maps it to
-    // Megatron-Core's grad_reduce_in_fp32 = false, megatron_gpt_model.py). Their model yamls set
-    // activations_checkpoint_granularity null, or selective with activations_checkpoint_num_layers 0 (GPT-3 20B /
-    // 175B): no recipe recomputes whole layers.
-    plan.grad_reduce_in_bf16 = plan.precision != model::Precision::Fp16;
-    mapped.full_recompute_allowed = false;
-    notes.emplace_back("NeMo launcher recipe: grad_sync_dtype bf16 (--grad-reduce-in-bf16); no full-layer recompute");
   }
   if (plan.precision == model::Precision::Fp8 && mapped.gpu.rfind("a100", 0) == 0) {
     return stop(RunStatus::Unsupported, "FP8 on A100");
@@ -340,20 +338,20 @@ MappedRun map_run(const PublishedRun& run) {
   plan.account_for_embedding_in_pipeline_split =
       run.note("account_for_embedding_in_pipeline_split").rfind("True", 0) == 0;
   plan.account_for_loss_in_pipeline_split = run.note("account_for_loss_in_pipeline_split").rfind("True", 0) == 0;
-  if (plan.account_for_embedding_in_pipeline_split || plan.account_for_loss_in_pipeline_split) {
+  if (plan.accounts_in_pipeline_split()) {
     notes.emplace_back(fmt::format("recipe counts {} as a pipeline-stage layer",
                                    plan.account_for_embedding_in_pipeline_split &&
                                            plan.account_for_loss_in_pipeline_split
                                        ? "the embedding and the loss each"
                                        : (plan.account_for_embedding_in_pipeline_split ? "the embedding"
                                                                                         : "the loss")));
-    return mapped;
   }
   // Megatron-DeepSpeed's pp-partition-method type:transformer|embedding counts the two embeddings as stage layers.
   // Applied where the notes say so, or where the layers alone cannot be split evenly but layers + 2 can (the only
   // even layout such a run can have, e.g. BLOOM's ramp-up rows: 70 layers on pp = 12).
   const bool stated = contains(run.notes, "embedding counted as a PP stage layer");
-  if (plan.pp > 1 && (stated || spec.num_layers % plan.pp != 0) && (spec.num_layers + 2) % plan.pp == 0) {
+  if (!plan.accounts_in_pipeline_split() && plan.pp > 1 && (stated || spec.num_layers % plan.pp != 0) &&
+      (spec.num_layers + 2) % plan.pp == 0) {
     plan.first_stage_layers = static_cast<int>((spec.num_layers + 2) / plan.pp - 1);
     plan.last_stage_layers = plan.first_stage_layers;
     notes.emplace_back(fmt::format("embedding counted as a stage layer -> first/last stages hold {} layers",

@@ -2,6 +2,7 @@
 #include "sim/analysis/result_json.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <array>
 
@@ -240,6 +241,31 @@ std::vector<std::string> csv_row(const model::Plan& plan, const SimResult& resul
           csv_number(b.optimizer_s)};
 }
 
+namespace {
+// The "# split" line of a plan with Megatron-Core's embedding/loss accounting, e.g. Llama 3.1 405B pp 8 vp 8:
+// "layers per stage 15,16,16,16,16,16,16,15 (... virtual stage 0: embedding + 1 layer, 63: 1 layer + loss)". Empty for
+// other plans (their output stays as it was).
+std::string split_line(const model::ModelSpec& spec, const model::Plan& plan) {
+  if (!plan.accounts_in_pipeline_split()) {
+    return "";
+  }
+  const bool embedding = plan.account_for_embedding_in_pipeline_split;
+  const bool loss = plan.account_for_loss_in_pipeline_split;
+  const std::int64_t slots = spec.num_layers + (embedding ? 1 : 0) + (loss ? 1 : 0);
+  const int last_virtual = plan.pp * plan.vp - 1;
+  const auto layers_text = [&](int virtual_stage) {
+    const int count = model::pipeline_slot_layers(plan, spec.num_layers, virtual_stage).num_layers;
+    return fmt::format("{} layer{}", count, count == 1 ? "" : "s");
+  };
+  return fmt::format("# split    layers per stage {} ({} counted as a layer: {} slots, {} per model chunk; "
+                     "virtual stage 0: {}{}, {}: {}{})\n",
+                     fmt::join(model::layers_per_stage(plan, spec.num_layers), ","),
+                     embedding && loss ? "embedding and loss each" : (embedding ? "embedding" : "loss"), slots,
+                     slots / (plan.pp * plan.vp), embedding ? "embedding + " : "", layers_text(0), last_virtual,
+                     layers_text(last_virtual), loss ? " + loss" : "");
+}
+} // namespace
+
 std::string format_summary(const model::TaskGraph& graph, const model::CostModel& cost, const SimResult& result) {
   const model::Plan& plan = graph.get_plan();
   const model::ModelSpec& spec = graph.get_model();
@@ -255,6 +281,7 @@ std::string format_summary(const model::TaskGraph& graph, const model::CostModel
                      plan.num_microbatches(), model::to_string(plan.schedule), model::to_string(plan.recompute),
                      plan.sequence_parallel ? "on" : "off", plan.distributed_optimizer ? "on" : "off",
                      model::to_string(plan.precision));
+  out += split_line(spec, plan);
   if (spec.is_moe()) { // --- mixture of experts ---
     out += fmt::format("# moe      {} experts (top-{}, F_e {}, {} shared), {} MoE layers, {:.1f} B active "
                        "parameters; ep={} expert-dp={} imbalance={:.2f}\n",

@@ -7,6 +7,7 @@
 #include "model/memory_model.hpp"
 #include "model/model_catalog.hpp"
 #include "model/step_builder.hpp"
+#include "sim/analysis/result_json.hpp"
 #include "sim/simulator.hpp"
 
 #include <catch2/catch.hpp>
@@ -72,4 +73,21 @@ TEST_CASE("sim: Megatron-Bridge Llama 3.1 405B on 1024 H100 needs the embedding/
   REQUIRE(middle > 0.0);
   CHECK_THAT(weights_at_peak(0) / middle, WithinRel((15.0 * layer + embedding) / (16.0 * layer), 1e-9));
   CHECK_THAT(weights_at_peak(7) / middle, WithinRel((15.0 * layer + head) / (16.0 * layer), 1e-9));
+  // simulate's summary names the split right after the plan line; a plan without the flags prints no such line.
+  const std::string summary = sim::analysis::format_summary(graph, cost, result);
+  CHECK_THAT(summary, Contains("\n# split    layers per stage 15,16,16,16,16,16,16,15 (embedding and loss each counted "
+                               "as a layer: 128 slots, 2 per model chunk; virtual stage 0: embedding + 1 layer, 63: 1 "
+                               "layer + loss)\n"));
+  CHECK(summary.find("# split") > summary.find("# plan"));
+  model::Plan even = plan;
+  even.account_for_embedding_in_pipeline_split = false;
+  even.account_for_loss_in_pipeline_split = false;
+  even.pp = 2;
+  even.vp = 1;
+  even.dp = 32;
+  even.schedule = model::Schedule::OneFOneB;
+  const model::TaskGraph even_graph = model::build_step_graph(spec, cluster, even, model::Instantiation::RankClasses);
+  const model::CostModel even_cost(cluster, model::default_profile("h100-sxm"), even);
+  CHECK(sim::analysis::format_summary(even_graph, even_cost, sim::simulate(even_graph, even_cost)).find("# split") ==
+        std::string::npos);
 }
