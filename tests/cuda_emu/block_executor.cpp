@@ -1,0 +1,306 @@
+// Runs an emulated kernel launch (cuda_emu.hpp): every CUDA thread of a block is a fiber (ucontext) with its own
+// stack; a scheduler on the launching host thread runs each fiber until it reaches a barrier (__syncthreads,
+// __syncwarp, a shuffle) or finishes the block, then releases a barrier once every live thread of its scope (warp or
+// block) waits at it. Blocks run one after another, in blockIdx order (x fastest), and launches of all host threads
+// are serialised by one mutex, because __shared__ arrays are `static` in the rewritten kernels.
+// What is reported (the launch fails with cudaErrorLaunchFailure, the reason printed, as a GPU's hang or garbage):
+//  - a barrier that can never be released (threads of one block waiting at different barriers, or a warp barrier
+//    some lanes of the warp never reach while others wait at __syncthreads);
+//  - a shuffle reading a lane that has exited or is not in the mask;
+//  - an exception thrown inside the kernel (e.g. by the wmma emulation).
+#include "tests/cuda_emu/cuda_emu.hpp"
+#include "tests/cuda_emu/emu_runtime.hpp"
+
+#include <fmt/format.h>
+
+#include <ucontext.h>
+
+#include <algorithm>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace cuboid::emu {
+
+namespace {
+
+constexpr int WARP = 32;
+constexpr std::size_t STACK_BYTES = 256u << 10; // kernels keep small per-thread arrays; fragments are 1 KiB
+
+enum class State { Runnable, AtBlockBarrier, AtWarpBarrier, BlockDone, Failed };
+
+struct Fiber {
+  ucontext_t context{};
+  std::unique_ptr<char[]> stack;
+  ThreadCoordinates coords;
+  int linear = 0;
+  State state = State::Runnable;
+  unsigned warp_mask = 0; // mask of the pending __syncwarp / shuffle
+};
+
+struct GridRun {
+  const std::function<void()>* body = nullptr;
+  std::vector<Fiber> fibers;
+  ucontext_t scheduler{};
+  std::vector<std::uint64_t> exchange; // one shuffle slot per thread
+  std::vector<unsigned char> shared;   // dynamic shared memory of the running block
+  std::uint64_t blocks_left = 0;
+  std::string error;
+};
+
+GridRun* g_run = nullptr;     // NOLINT: the running launch (launches are serialised by launch_mutex)
+Fiber* g_fiber = nullptr;     // NOLINT: the running CUDA thread
+std::mutex launch_mutex;      // NOLINT
+
+Fiber& current() {
+  if (g_fiber == nullptr) {
+    throw std::logic_error("a CUDA device function was called outside a kernel launch");
+  }
+  return *g_fiber;
+}
+
+// Back to the scheduler in `state`; returns when the scheduler resumes this fiber.
+void yield(State state) {
+  Fiber& self = current();
+  self.state = state;
+  swapcontext(&self.context, &g_run->scheduler);
+}
+
+void fiber_main() {
+  GridRun& run = *g_run;
+  while (true) {
+    std::string failure; // the fiber leaves the catch block before it switches back (exception state is per thread)
+    try {
+      (*run.body)();
+    } catch (const std::exception& e) {
+      const ThreadCoordinates& c = g_fiber->coords;
+      failure = fmt::format("thread ({}, {}, {}) of block ({}, {}, {}): {}", c.thread_idx.x, c.thread_idx.y,
+                            c.thread_idx.z, c.block_idx.x, c.block_idx.y, c.block_idx.z, e.what());
+    }
+    if (failure.empty()) {
+      yield(State::BlockDone);
+    } else {
+      run.error = failure;
+      yield(State::Failed); // never resumed
+    }
+  }
+}
+
+const char* state_name(State s) {
+  switch (s) {
+  case State::Runnable: return "runnable";
+  case State::AtBlockBarrier: return "__syncthreads";
+  case State::AtWarpBarrier: return "a warp barrier (__syncwarp / shuffle)";
+  case State::BlockDone: return "done";
+  case State::Failed: return "failed";
+  }
+  return "?";
+}
+
+// Releases the barriers that every live thread of their scope has reached; false when none can be released.
+bool release_barriers(GridRun& run) {
+  bool released = false;
+  const int threads = static_cast<int>(run.fibers.size());
+  for (int first = 0; first < threads; first += WARP) {
+    const int last = std::min(first + WARP, threads);
+    bool any = false;
+    bool all = true;
+    for (int t = first; t < last; ++t) {
+      const State s = run.fibers[static_cast<std::size_t>(t)].state;
+      if (s == State::AtWarpBarrier) {
+        any = true;
+      } else if (s != State::BlockDone) {
+        all = false;
+      }
+    }
+    if (any && all) {
+      for (int t = first; t < last; ++t) {
+        Fiber& f = run.fibers[static_cast<std::size_t>(t)];
+        if (f.state == State::AtWarpBarrier) {
+          f.state = State::Runnable;
+        }
+      }
+      released = true;
+    }
+  }
+  if (released) {
+    return true;
+  }
+  const bool block_barrier = std::all_of(run.fibers.begin(), run.fibers.end(), [](const Fiber& f) {
+    return f.state == State::AtBlockBarrier || f.state == State::BlockDone;
+  });
+  const bool any_waiting = std::any_of(run.fibers.begin(), run.fibers.end(),
+                                       [](const Fiber& f) { return f.state == State::AtBlockBarrier; });
+  if (block_barrier && any_waiting) {
+    for (Fiber& f : run.fibers) {
+      if (f.state == State::AtBlockBarrier) {
+        f.state = State::Runnable;
+      }
+    }
+    return true;
+  }
+  return false;
+}
+
+std::string describe_hang(const GridRun& run) {
+  std::string out = "no barrier can be released (divergent barrier: a GPU would hang here):";
+  int shown = 0;
+  for (const Fiber& f : run.fibers) {
+    if (f.state != State::BlockDone && shown < 8) {
+      out += fmt::format(" thread {} waits at {};", f.linear, state_name(f.state));
+      ++shown;
+    }
+  }
+  const auto done = std::count_if(run.fibers.begin(), run.fibers.end(),
+                                  [](const Fiber& f) { return f.state == State::BlockDone; });
+  return out + fmt::format(" {} of {} threads have finished the block", done, run.fibers.size());
+}
+
+// Runs one block to completion; false (with run.error set) when it fails.
+bool run_block(GridRun& run, const uint3& block_idx) {
+  std::fill(run.shared.begin(), run.shared.end(), static_cast<unsigned char>(0xff));
+  for (Fiber& f : run.fibers) {
+    f.coords.block_idx = block_idx;
+    f.state = State::Runnable;
+  }
+  while (true) {
+    for (Fiber& f : run.fibers) {
+      if (f.state == State::Runnable) {
+        g_fiber = &f;
+        swapcontext(&run.scheduler, &f.context);
+        g_fiber = nullptr;
+        if (f.state == State::Failed) {
+          return false;
+        }
+      }
+    }
+    if (std::all_of(run.fibers.begin(), run.fibers.end(), [](const Fiber& f) { return f.state == State::BlockDone; })) {
+      return true;
+    }
+    if (!release_barriers(run)) {
+      run.error = fmt::format("block ({}, {}, {}): {}", block_idx.x, block_idx.y, block_idx.z, describe_hang(run));
+      return false;
+    }
+  }
+}
+
+// Checks the configuration as cudaLaunchKernel does; the error and why, or cudaSuccess.
+std::pair<cudaError_t, std::string> check_config(const void* kernel, dim3 grid, dim3 block, std::size_t shared,
+                                                 cudaStream_t stream) {
+  const cudaDeviceProp& prop = device_properties();
+  const std::uint64_t threads = static_cast<std::uint64_t>(block.x) * block.y * block.z;
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || block.x == 0 || block.y == 0 || block.z == 0) {
+    return {cudaErrorInvalidConfiguration, "a grid or block dimension is 0"};
+  }
+  if (grid.x > static_cast<unsigned>(prop.maxGridSize[0]) || grid.y > static_cast<unsigned>(prop.maxGridSize[1]) ||
+      grid.z > static_cast<unsigned>(prop.maxGridSize[2])) {
+    return {cudaErrorInvalidConfiguration,
+            fmt::format("grid ({}, {}, {}) exceeds the maximum ({}, {}, {})", grid.x, grid.y, grid.z,
+                        prop.maxGridSize[0], prop.maxGridSize[1], prop.maxGridSize[2])};
+  }
+  if (threads > static_cast<std::uint64_t>(prop.maxThreadsPerBlock) ||
+      block.x > static_cast<unsigned>(prop.maxThreadsDim[0]) || block.y > static_cast<unsigned>(prop.maxThreadsDim[1]) ||
+      block.z > static_cast<unsigned>(prop.maxThreadsDim[2])) {
+    return {cudaErrorInvalidConfiguration,
+            fmt::format("block ({}, {}, {}) exceeds {} threads or the per-dimension maximum", block.x, block.y,
+                        block.z, prop.maxThreadsPerBlock)};
+  }
+  if (shared > max_dynamic_shared_bytes(kernel)) {
+    return {cudaErrorInvalidValue,
+            fmt::format("{} bytes of dynamic shared memory requested, the kernel allows {} (raise it with "
+                        "cudaFuncSetAttribute(..., cudaFuncAttributeMaxDynamicSharedMemorySize, n), at most {})",
+                        shared, max_dynamic_shared_bytes(kernel), prop.sharedMemPerBlockOptin)};
+  }
+  if (!is_valid_stream(stream)) {
+    return {cudaErrorInvalidResourceHandle, "the stream is not a live stream"};
+  }
+  return {cudaSuccess, {}};
+}
+
+} // namespace
+
+const ThreadCoordinates& this_thread() { return current().coords; }
+
+int lane_id() { return current().linear % WARP; }
+
+void sync_block() { yield(State::AtBlockBarrier); }
+
+void sync_warp(unsigned mask) {
+  current().warp_mask = mask;
+  yield(State::AtWarpBarrier);
+}
+
+std::uint64_t shuffle(unsigned mask, std::uint64_t bits, int src_lane) {
+  Fiber& self = current();
+  GridRun& run = *g_run;
+  const int warp_first = self.linear / WARP * WARP;
+  run.exchange[static_cast<std::size_t>(self.linear)] = bits;
+  sync_warp(mask); // every live lane has offered its value
+  if (src_lane < 0 || src_lane >= WARP || ((mask >> src_lane) & 1u) == 0) {
+    throw std::runtime_error(fmt::format("shuffle from lane {} outside the mask {:#010x}", src_lane, mask));
+  }
+  const auto src = static_cast<std::size_t>(warp_first + src_lane);
+  if (src >= run.fibers.size() || run.fibers[src].state == State::BlockDone) {
+    throw std::runtime_error(
+        fmt::format("shuffle from lane {}, which has exited (or does not exist): the value is undefined", src_lane));
+  }
+  const std::uint64_t out = run.exchange[src];
+  sync_warp(mask); // nobody overwrites a slot before every lane has read
+  return out;
+}
+
+void* dynamic_shared_base() { return g_run->shared.data(); }
+
+void Launch::run(const void* kernel, const char* name, const char* file, int line,
+                 const std::function<void()>& body) const {
+  const auto [error, why] = check_config(kernel, grid_, block_, shared_bytes_, stream_);
+  if (error != cudaSuccess) {
+    set_last_error(error, fmt::format("launch of {} at {}:{}: {}", name, file, line, why));
+    return;
+  }
+  const std::lock_guard lock(launch_mutex);
+  static std::vector<std::unique_ptr<char[]>> stacks; // NOLINT: reused by every launch (under launch_mutex)
+  GridRun run;
+  run.body = &body;
+  const unsigned threads = block_.x * block_.y * block_.z;
+  run.fibers.resize(threads);
+  run.exchange.assign(threads, 0);
+  run.shared.assign(shared_bytes_, 0);
+  while (stacks.size() < threads) {
+    stacks.emplace_back(new char[STACK_BYTES]); // not zeroed: pages are touched only as deep as a thread's stack grows
+  }
+  GridRun* const outer = g_run;
+  g_run = &run;
+  for (unsigned t = 0; t < threads; ++t) {
+    Fiber& f = run.fibers[t];
+    f.linear = static_cast<int>(t);
+    f.coords.thread_idx = uint3{t % block_.x, t / block_.x % block_.y, t / (block_.x * block_.y)};
+    f.coords.block_dim = block_;
+    f.coords.grid_dim = grid_;
+    getcontext(&f.context);
+    f.context.uc_stack.ss_sp = stacks[t].get();
+    f.context.uc_stack.ss_size = STACK_BYTES;
+    f.context.uc_link = nullptr;
+    makecontext(&f.context, fiber_main, 0);
+  }
+  bool ok = true;
+  for (unsigned z = 0; z < grid_.z && ok; ++z) {
+    for (unsigned y = 0; y < grid_.y && ok; ++y) {
+      for (unsigned x = 0; x < grid_.x && ok; ++x) {
+        ok = run_block(run, uint3{x, y, z});
+      }
+    }
+  }
+  g_run = outer;
+  if (!ok) {
+    set_last_error(cudaErrorLaunchFailure, fmt::format("kernel {} launched at {}:{} with grid ({}, {}, {}), block ({}, "
+                                                       "{}, {}), {} B shared: {}",
+                                                       name, file, line, grid_.x, grid_.y, grid_.z, block_.x, block_.y,
+                                                       block_.z, shared_bytes_, run.error));
+  }
+}
+
+} // namespace cuboid::emu

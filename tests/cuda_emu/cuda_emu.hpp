@@ -1,0 +1,237 @@
+// Device side of the CUDA emulator (see emu_runtime.hpp): what a kernel file (kernels/*.cu, rewritten to C++ by
+// cu_to_cpp.cpp) needs from nvcc and the device, for the host compiler. Included first in every rewritten kernel file.
+//  - __global__ / __device__ / __host__ are empty; __shared__ is `static`: the blocks of a grid run one after another
+//    and launches are serialised (block_executor.cpp), so one static array per kernel is one block's shared memory;
+//  - threadIdx, blockIdx, blockDim, gridDim name the running CUDA thread (a fiber of block_executor.cpp);
+//  - __syncthreads, __syncwarp and the shuffles are real barriers between the fibers of a block or warp: a divergent
+//    barrier (some threads of a block at __syncthreads, others at __syncwarp or done) is reported as the hang it is
+//    on a GPU; a shuffle that reads a lane that has exited is reported (its value is undefined on a GPU);
+//  - wmma fragments hold the whole 16x16 tile in every lane (the lane-to-element mapping is unspecified by CUDA, and
+//    cuboid's kernels only load, multiply-accumulate and store whole fragments); mma_sync accumulates in fp32;
+//  - `k<<<grid, block, smem, stream>>>(args)` is rewritten to `::cuboid::emu::Launch(grid, block, smem, stream)(k,
+//    "k", __FILE__, __LINE__)(args)`, which checks the launch as the CUDA runtime does and runs the grid at once.
+#pragma once
+
+// Location qualifiers before the CUDA headers: host_defines.h keeps definitions made before it (host compilers only).
+#define __global__
+#define __device__
+#define __host__
+#define __shared__ static
+#define __launch_bounds__(...)
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+namespace cuboid::emu {
+
+/// The running CUDA thread's coordinates (valid inside a kernel only).
+struct ThreadCoordinates {
+  uint3 thread_idx{};
+  uint3 block_idx{};
+  dim3 block_dim;
+  dim3 grid_dim;
+};
+
+const ThreadCoordinates& this_thread();
+void sync_block();
+void sync_warp(unsigned mask);
+/// Shuffle of up to 8 bytes: the value `bits` of this lane is offered, the value of lane `src_lane` (of this warp)
+/// returned. Reports an exited or out-of-mask source lane.
+std::uint64_t shuffle(unsigned mask, std::uint64_t bits, int src_lane);
+/// The running block's dynamic shared memory (the launch's smem bytes, filled with 0xff bytes at each block start).
+void* dynamic_shared_base();
+
+template <typename T> T* dynamic_shared() { return static_cast<T*>(dynamic_shared_base()); }
+
+/// One kernel launch: checks the configuration (cudaGetLastError reports a bad one, as on a GPU) and runs every block.
+class Launch {
+public:
+  Launch(dim3 grid, dim3 block, std::size_t shared_bytes = 0, cudaStream_t stream = nullptr)
+      : grid_(grid), block_(block), shared_bytes_(shared_bytes), stream_(stream) {}
+
+  template <typename... Params>
+  auto operator()(void (*kernel)(Params...), const char* name, const char* file, int line) const {
+    return [launch = *this, kernel, name, file, line](auto&&... args) {
+      const std::tuple<std::decay_t<Params>...> params(std::forward<decltype(args)>(args)...);
+      // Every CUDA thread gets its own copy of the parameters, as on a GPU.
+      launch.run(reinterpret_cast<const void*>(kernel), name, file, line, [&params, kernel] {
+        auto copy = params;
+        std::apply(kernel, copy);
+      });
+    };
+  }
+
+private:
+  void run(const void* kernel, const char* name, const char* file, int line, const std::function<void()>& body) const;
+
+  dim3 grid_;
+  dim3 block_;
+  std::size_t shared_bytes_;
+  cudaStream_t stream_;
+};
+
+template <typename T> std::uint64_t to_bits(T value) {
+  static_assert(sizeof(T) <= sizeof(std::uint64_t) && std::is_trivially_copyable_v<T>);
+  std::uint64_t bits = 0;
+  std::memcpy(&bits, &value, sizeof(T));
+  return bits;
+}
+template <typename T> T from_bits(std::uint64_t bits) {
+  T value;
+  std::memcpy(&value, &bits, sizeof(T));
+  return value;
+}
+
+int lane_id();
+
+} // namespace cuboid::emu
+
+// ---- built-in variables and intrinsics (CUDA C++ Programming Guide, "Built-in Variables", "Warp Shuffle Functions")
+
+#define threadIdx (::cuboid::emu::this_thread().thread_idx)
+#define blockIdx (::cuboid::emu::this_thread().block_idx)
+#define blockDim (::cuboid::emu::this_thread().block_dim)
+#define gridDim (::cuboid::emu::this_thread().grid_dim)
+
+inline void __syncthreads() { ::cuboid::emu::sync_block(); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { ::cuboid::emu::sync_warp(mask); }
+
+template <typename T> T __shfl_sync(unsigned mask, T var, int src_lane, int width = 32) {
+  const int lane = ::cuboid::emu::lane_id();
+  const int src = lane / width * width + src_lane % width;
+  return ::cuboid::emu::from_bits<T>(::cuboid::emu::shuffle(mask, ::cuboid::emu::to_bits(var), src));
+}
+template <typename T> T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = 32) {
+  const int lane = ::cuboid::emu::lane_id();
+  int src = lane ^ lane_mask;
+  if (src / width > lane / width) { // a later group: the caller's own value (Programming Guide)
+    src = lane;
+  }
+  return ::cuboid::emu::from_bits<T>(::cuboid::emu::shuffle(mask, ::cuboid::emu::to_bits(var), src));
+}
+template <typename T> T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = 32) {
+  const int lane = ::cuboid::emu::lane_id();
+  int src = lane + static_cast<int>(delta);
+  if (src / width != lane / width) {
+    src = lane;
+  }
+  return ::cuboid::emu::from_bits<T>(::cuboid::emu::shuffle(mask, ::cuboid::emu::to_bits(var), src));
+}
+
+// Atomics: the fibers of a launch run on one host thread and launches are serialised, so a plain update is atomic.
+template <typename T> T atomicAdd(T* address, T value) {
+  const T old = *address;
+  *address = old + value;
+  return old;
+}
+template <typename T> T atomicMax(T* address, T value) {
+  const T old = *address;
+  *address = old < value ? value : old;
+  return old;
+}
+
+// The C++ overload of cuda_runtime.h (declared there for nvcc only): a kernel's address as the C API's `const void*`.
+template <typename T> cudaError_t cudaFuncSetAttribute(T* func, cudaFuncAttribute attr, int value) {
+  return ::cudaFuncSetAttribute(reinterpret_cast<const void*>(func), attr, value);
+}
+
+// Device min / max of integer and floating arguments (CUDA Math API), in the usual arithmetic type of the two.
+template <typename A, typename B> constexpr std::common_type_t<A, B> min(A a, B b) {
+  return b < a ? std::common_type_t<A, B>(b) : std::common_type_t<A, B>(a);
+}
+template <typename A, typename B> constexpr std::common_type_t<A, B> max(A a, B b) {
+  return a < b ? std::common_type_t<A, B>(b) : std::common_type_t<A, B>(a);
+}
+
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __fdividef(float x, float y) { return x / y; }
+
+// ---- wmma (CUDA C++ Programming Guide, "Warp Matrix Functions"): whole-tile fragments, fp32 accumulation.
+namespace nvcuda::wmma {
+
+struct row_major {};
+struct col_major {};
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void> struct fragment {
+  static constexpr int ROWS = std::is_same_v<Use, matrix_b> ? K : M;
+  static constexpr int COLS = std::is_same_v<Use, matrix_a> ? K : N;
+  static constexpr int num_elements = ROWS * COLS;
+  T x[static_cast<std::size_t>(num_elements)]; // row-major tile, the same in every lane
+};
+
+namespace detail {
+template <typename T> float to_f(T v) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return __bfloat162float(v);
+  } else {
+    return static_cast<float>(v);
+  }
+}
+template <typename F, typename T> void load(F& frag, const T* ptr, unsigned ldm, bool col_major_memory) {
+  for (int r = 0; r < F::ROWS; ++r) {
+    for (int c = 0; c < F::COLS; ++c) {
+      const std::size_t offset = col_major_memory ? static_cast<std::size_t>(c) * ldm + static_cast<std::size_t>(r)
+                                                  : static_cast<std::size_t>(r) * ldm + static_cast<std::size_t>(c);
+      frag.x[r * F::COLS + c] = ptr[offset];
+    }
+  }
+}
+} // namespace detail
+
+template <typename Use, int M, int N, int K, typename T, typename Layout>
+void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& frag, const T* ptr, unsigned ldm) {
+  detail::load(frag, ptr, ldm, std::is_same_v<Layout, col_major>);
+}
+template <int M, int N, int K, typename T>
+void load_matrix_sync(fragment<accumulator, M, N, K, T>& frag, const T* ptr, unsigned ldm, layout_t layout) {
+  detail::load(frag, ptr, ldm, layout == mem_col_major);
+}
+template <int M, int N, int K, typename T>
+void store_matrix_sync(T* ptr, const fragment<accumulator, M, N, K, T>& frag, unsigned ldm, layout_t layout) {
+  for (int r = 0; r < M; ++r) {
+    for (int c = 0; c < N; ++c) {
+      const std::size_t offset = layout == mem_col_major
+                                     ? static_cast<std::size_t>(c) * ldm + static_cast<std::size_t>(r)
+                                     : static_cast<std::size_t>(r) * ldm + static_cast<std::size_t>(c);
+      ptr[offset] = frag.x[r * N + c];
+    }
+  }
+}
+template <typename Use, int M, int N, int K, typename T, typename Layout>
+void fill_fragment(fragment<Use, M, N, K, T, Layout>& frag, T value) {
+  for (auto& v : frag.x) {
+    v = value;
+  }
+}
+template <int M, int N, int K, typename TA, typename LA, typename TB, typename LB, typename TC>
+void mma_sync(fragment<accumulator, M, N, K, TC>& d, const fragment<matrix_a, M, N, K, TA, LA>& a,
+              const fragment<matrix_b, M, N, K, TB, LB>& b, const fragment<accumulator, M, N, K, TC>& c) {
+  TC out[static_cast<std::size_t>(M * N)];
+  for (int r = 0; r < M; ++r) {
+    for (int col = 0; col < N; ++col) {
+      float acc = detail::to_f(c.x[r * N + col]);
+      for (int kk = 0; kk < K; ++kk) {
+        acc += detail::to_f(a.x[r * K + kk]) * detail::to_f(b.x[kk * N + col]);
+      }
+      out[r * N + col] = static_cast<TC>(acc);
+    }
+  }
+  std::memcpy(d.x, out, sizeof(out));
+}
+
+} // namespace nvcuda::wmma
