@@ -146,17 +146,22 @@ bool release_barriers(GridRun& run) {
 }
 
 std::string describe_hang(const GridRun& run) {
-  std::string out = "no barrier can be released (divergent barrier: a GPU would hang here):";
-  int shown = 0;
-  for (const Fiber& f : run.fibers) {
-    if (f.state != State::BlockDone && shown < 8) {
-      out += fmt::format(" thread {} waits at {};", f.linear, state_name(f.state));
-      ++shown;
+  std::string out = "no barrier can be released (divergent barriers; a GPU would hang or compute garbage):";
+  for (const State s : {State::AtBlockBarrier, State::AtWarpBarrier, State::BlockDone}) {
+    int count = 0;
+    int first = -1;
+    for (const Fiber& f : run.fibers) {
+      if (f.state == s) {
+        first = count++ == 0 ? f.linear : first;
+      }
+    }
+    if (count > 0) {
+      out += fmt::format(" {} thread(s) {} (the first is thread {});", count,
+                         s == State::BlockDone ? "have finished the block" : fmt::format("wait at {}", state_name(s)),
+                         first);
     }
   }
-  const auto done = std::count_if(run.fibers.begin(), run.fibers.end(),
-                                  [](const Fiber& f) { return f.state == State::BlockDone; });
-  return out + fmt::format(" {} of {} threads have finished the block", done, run.fibers.size());
+  return out;
 }
 
 // Runs one block to completion; false (with run.error set) when it fails.
