@@ -1,0 +1,190 @@
+// The CUDA training runtime with several ranks, on the CUDA emulator: the four canonical plans (1 GPU; DP 2; DP 2 x
+// TP 2; DP 2 x TP 2 x PP 2) of gpt-tiny, each rank a process of `cuboid_emu run --backend cuda` launched as torchrun
+// does (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), NCCL through the emulator's
+// cross-process transport. Their losses must follow the CPU backend's single-process run of the same global batch
+// (the CPU backend's multi-rank runs equal its single-rank run to ~3e-6, tests/exec/equivalence), within the bf16
+// tolerance of tests/exec/cuda/cuda_runtime_gpu_test.cpp (2 % per step). No GPU can run these plans here (the lent
+// GPU machines have one GPU; NCCL does not put two ranks on one GPU), so this is where their wiring is tested:
+// process groups, TP all-reduces, PP send / recv, DP buckets on the communication stream, the embedding group.
+#include "exec/local_communicator.hpp"
+#include "exec/runtime.hpp"
+#include "model/model_catalog.hpp"
+
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+extern char** environ; // NOLINT: posix_spawn passes the environment
+
+using namespace cuboid;
+
+namespace {
+
+constexpr double LOSS_REL_TOLERANCE = 0.02;
+constexpr int STEPS = 4;
+constexpr int MICRO_BATCH = 2;
+constexpr int GLOBAL_BATCH = 8;
+constexpr auto RUN_TIMEOUT = std::chrono::seconds(600);
+
+// A TCP port that was free a moment ago on 127.0.0.1 (bound to port 0, then released).
+int free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  socklen_t len = sizeof(addr);
+  REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+struct Plan {
+  int dp = 1;
+  int tp = 1;
+  int pp = 1;
+  [[nodiscard]] int ranks() const { return dp * tp * pp; }
+};
+
+// Launches `ranks` processes of cuboid_emu with the torchrun environment; rank 0's stdout goes to `json_path`.
+// Returns the exit codes (-1 for a process that had to be killed after RUN_TIMEOUT).
+std::vector<int> launch(const Plan& plan, const std::string& json_path, const std::string& log_prefix) {
+  const int port = free_port();
+  const std::vector<std::string> args = {CUBOID_EMU_BINARY, "run", "--backend", "cuda", "--model", "gpt-tiny",
+                                         "--dp", std::to_string(plan.dp), "--tp", std::to_string(plan.tp), "--pp",
+                                         std::to_string(plan.pp), "--micro-batch-size", std::to_string(MICRO_BATCH),
+                                         "--global-batch-size", std::to_string(GLOBAL_BATCH), "--steps",
+                                         std::to_string(STEPS), "--json"};
+  std::vector<pid_t> pids;
+  for (int rank = 0; rank < plan.ranks(); ++rank) {
+    std::vector<std::string> env_strings;
+    for (char** e = environ; *e != nullptr; ++e) {
+      env_strings.emplace_back(*e);
+    }
+    for (const auto& [name, value] :
+         std::vector<std::pair<std::string, std::string>>{{"RANK", std::to_string(rank)},
+                                                          {"WORLD_SIZE", std::to_string(plan.ranks())},
+                                                          {"LOCAL_RANK", std::to_string(rank)},
+                                                          {"LOCAL_WORLD_SIZE", std::to_string(plan.ranks())},
+                                                          {"MASTER_ADDR", "127.0.0.1"},
+                                                          {"MASTER_PORT", std::to_string(port)},
+                                                          {"CUBOID_EMU_DEVICES", std::to_string(plan.ranks())}}) {
+      env_strings.push_back(name + "=" + value);
+    }
+    std::vector<char*> envp;
+    for (auto& s : env_strings) {
+      envp.push_back(s.data());
+    }
+    envp.push_back(nullptr);
+    std::vector<std::string> argv_strings = args;
+    std::vector<char*> argv;
+    for (auto& s : argv_strings) {
+      argv.push_back(s.data());
+    }
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    const std::string out = rank == 0 ? json_path : fmt::format("{}.rank{}.out", log_prefix, rank);
+    const std::string err = fmt::format("{}.rank{}.err", log_prefix, rank);
+    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    pid_t pid = 0;
+    const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), envp.data());
+    posix_spawn_file_actions_destroy(&actions);
+    REQUIRE(rc == 0);
+    pids.push_back(pid);
+  }
+  std::vector<int> codes(pids.size(), -2);
+  const auto deadline = std::chrono::steady_clock::now() + RUN_TIMEOUT;
+  std::size_t left = pids.size();
+  while (left > 0) {
+    for (std::size_t idx = 0; idx < pids.size(); ++idx) {
+      if (codes[idx] != -2) {
+        continue;
+      }
+      int status = 0;
+      if (waitpid(pids[idx], &status, WNOHANG) == pids[idx]) {
+        codes[idx] = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        --left;
+      }
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      for (std::size_t idx = 0; idx < pids.size(); ++idx) {
+        if (codes[idx] == -2) {
+          kill(pids[idx], SIGKILL);
+          waitpid(pids[idx], nullptr, 0);
+          codes[idx] = -1;
+        }
+      }
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return codes;
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+} // namespace
+
+TEST_CASE("CUDA runtime on the emulator: the canonical DP/TP/PP plans follow the CPU backend's losses",
+          "[emu][exec][cuda]") {
+  const Plan plan = GENERATE(Plan{1, 1, 1}, Plan{2, 1, 1}, Plan{2, 2, 1}, Plan{2, 2, 2});
+  CAPTURE(plan.dp, plan.tp, plan.pp);
+
+  exec::RunOptions options;
+  options.model = model::find_model("gpt-tiny");
+  options.plan.micro_batch_size = MICRO_BATCH;
+  options.plan.global_batch_size = GLOBAL_BATCH;
+  options.cluster.num_gpus = 1;
+  options.cluster.gpus_per_node = 1;
+  options.steps = STEPS;
+  exec::LocalCommunicator world;
+  const exec::RunResult cpu = exec::run_training(options, world);
+
+  const std::string prefix = fmt::format("{}/cuda_emu_ranks_dp{}_tp{}_pp{}", CUBOID_TEST_WORK_DIR, plan.dp, plan.tp,
+                                         plan.pp);
+  const std::string json_path = prefix + ".json";
+  const std::vector<int> codes = launch(plan, json_path, prefix);
+  for (std::size_t rank = 0; rank < codes.size(); ++rank) {
+    INFO("rank " << rank << " exit code " << codes[rank] << "; its stderr (" << prefix << ".rank" << rank
+                 << ".err):\n"
+                 << slurp(fmt::format("{}.rank{}.err", prefix, rank)));
+    REQUIRE(codes[rank] == 0);
+  }
+  const nlohmann::json out = nlohmann::json::parse(slurp(json_path));
+  CHECK(out.at("backend") == "cuda");
+  CHECK(out.at("ranks") == plan.ranks());
+  const auto losses = out.at("losses").get<std::vector<double>>();
+  REQUIRE(losses.size() == cpu.losses.size());
+  for (std::size_t step = 0; step < losses.size(); ++step) {
+    CAPTURE(step, cpu.losses[step], losses[step]);
+    CHECK(std::isfinite(losses[step]));
+    CHECK(std::abs(losses[step] - cpu.losses[step]) <= LOSS_REL_TOLERANCE * cpu.losses[step]);
+  }
+  CHECK(losses.back() < losses.front() - 0.1); // it learns, as the CPU run does
+}
