@@ -1,5 +1,4 @@
-// Runs an emulated kernel launch (cuda_emu.hpp): every CUDA thread of a block is a fiber (ucontext) with its own
-// stack; a scheduler on the launching host thread runs each fiber until it reaches a barrier (__syncthreads,
+// Runs an emulated kernel launch (cuda_emu.hpp): every CUDA thread of a block is a fiber with its own stack; a scheduler on the launching host thread runs each fiber until it reaches a barrier (__syncthreads,
 // __syncwarp, a shuffle) or finishes the block, then releases a barrier once every live thread of its scope (warp or
 // block) waits at it. Blocks run one after another, in blockIdx order (x fastest), and launches of all host threads
 // are serialised by one mutex, because __shared__ arrays are `static` in the rewritten kernels.
@@ -13,9 +12,12 @@
 
 #include <fmt/format.h>
 
+#if !defined(__x86_64__)
 #include <ucontext.h>
+#endif
 
 #include <algorithm>
+#include <cstdint>
 #include <exception>
 #include <memory>
 #include <mutex>
@@ -30,10 +32,67 @@ namespace {
 constexpr int WARP = 32;
 constexpr std::size_t STACK_BYTES = 256u << 10; // kernels keep small per-thread arrays; fragments are 1 KiB
 
+// ---- fiber contexts. On x86-64 a switch saves the callee-saved registers (System V ABI) on the old stack and
+// restores them from the new one: no system call, unlike swapcontext, which also saves the signal mask (a kernel
+// test switches ~10^7 times). Elsewhere ucontext.
+#if defined(__x86_64__)
+struct Context {
+  void* sp = nullptr;
+};
+extern "C" void cuboid_emu_switch(void** save_sp, void* load_sp);
+asm(R"(
+  .text
+  .globl cuboid_emu_switch
+  .type cuboid_emu_switch, @function
+cuboid_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size cuboid_emu_switch, .-cuboid_emu_switch
+  .section .note.GNU-stack, "", @progbits
+)");
+void switch_context(Context& from, Context& to) { cuboid_emu_switch(&from.sp, to.sp); }
+// A context that starts `entry` (which never returns) on [stack, stack + bytes).
+void make_context(Context& c, char* stack, std::size_t bytes, void (*entry)()) {
+  auto top = reinterpret_cast<std::uintptr_t>(stack + bytes) & ~std::uintptr_t{15};
+  auto* slot = reinterpret_cast<std::uintptr_t*>(top);
+  *--slot = 0;                                     // entry's return address: none (rsp = 8 mod 16 at its start)
+  *--slot = reinterpret_cast<std::uintptr_t>(entry); // popped by the first switch's `ret`
+  for (int reg = 0; reg < 6; ++reg) {
+    *--slot = 0; // rbp, rbx, r12-r15
+  }
+  c.sp = slot;
+}
+#else
+struct Context {
+  ucontext_t uc{};
+};
+void switch_context(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+void make_context(Context& c, char* stack, std::size_t bytes, void (*entry)()) {
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = stack;
+  c.uc.uc_stack.ss_size = bytes;
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, entry, 0);
+}
+#endif
+
 enum class State { Runnable, AtBlockBarrier, AtWarpBarrier, BlockDone, Failed };
 
 struct Fiber {
-  ucontext_t context{};
+  Context context;
   std::unique_ptr<char[]> stack;
   ThreadCoordinates coords;
   int linear = 0;
@@ -44,7 +103,7 @@ struct Fiber {
 struct GridRun {
   const std::function<void()>* body = nullptr;
   std::vector<Fiber> fibers;
-  ucontext_t scheduler{};
+  Context scheduler;
   std::vector<std::uint64_t> exchange; // one shuffle slot per thread
   std::vector<unsigned char> shared;   // dynamic shared memory of the running block
   std::uint64_t blocks_left = 0;
@@ -66,7 +125,7 @@ Fiber& current() {
 void yield(State state) {
   Fiber& self = current();
   self.state = state;
-  swapcontext(&self.context, &g_run->scheduler);
+  switch_context(self.context, g_run->scheduler);
 }
 
 void fiber_main() {
@@ -175,7 +234,7 @@ bool run_block(GridRun& run, const uint3& block_idx) {
     for (Fiber& f : run.fibers) {
       if (f.state == State::Runnable) {
         g_fiber = &f;
-        swapcontext(&run.scheduler, &f.context);
+        switch_context(run.scheduler, f.context);
         g_fiber = nullptr;
         if (f.state == State::Failed) {
           return false;
@@ -285,11 +344,7 @@ void Launch::run(const void* kernel, const char* name, const char* file, int lin
     f.coords.thread_idx = uint3{t % block_.x, t / block_.x % block_.y, t / (block_.x * block_.y)};
     f.coords.block_dim = block_;
     f.coords.grid_dim = grid_;
-    getcontext(&f.context);
-    f.context.uc_stack.ss_sp = stacks[t].get();
-    f.context.uc_stack.ss_size = STACK_BYTES;
-    f.context.uc_link = nullptr;
-    makecontext(&f.context, fiber_main, 0);
+    make_context(f.context, stacks[t].get(), STACK_BYTES, fiber_main);
   }
   bool ok = true;
   for (unsigned z = 0; z < grid_.z && ok; ++z) {

@@ -7,7 +7,8 @@
 //    barrier (some threads of a block at __syncthreads, others at __syncwarp or done) is reported as the hang it is
 //    on a GPU; a shuffle that reads a lane that has exited is reported (its value is undefined on a GPU);
 //  - wmma fragments hold the whole 16x16 tile in every lane (the lane-to-element mapping is unspecified by CUDA, and
-//    cuboid's kernels only load, multiply-accumulate and store whole fragments); mma_sync accumulates in fp32;
+//    cuboid's kernels only load, multiply-accumulate and store whole fragments); a load is a warp barrier (the warp
+//    reads the tile at one point), mma_sync accumulates in fp32;
 //  - `k<<<grid, block, smem, stream>>>(args)` is rewritten to `::cuboid::emu::Launch(grid, block, smem, stream)(k,
 //    "k", __FILE__, __LINE__)(args)`, which checks the launch as the CUDA runtime does and runs the grid at once.
 #pragma once
@@ -190,6 +191,9 @@ template <typename F, typename T> void load(F& frag, const T* ptr, unsigned ldm,
       frag.x[r * F::COLS + c] = ptr[offset];
     }
   }
+  // A warp loads a fragment collectively: no lane goes on (e.g. to store over the tile it loaded) before every
+  // lane has read it. Without this barrier a later lane would read what an earlier lane already stored.
+  ::cuboid::emu::sync_warp(0xffffffffu);
 }
 } // namespace detail
 
