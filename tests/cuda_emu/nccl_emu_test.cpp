@@ -397,3 +397,149 @@ TEST_CASE("emu::nccl: error strings, version and argument checks", "[emu]") {
   for (auto* c : pair) ncclCommDestroy(c);
   ncclCommDestroy(comm);
 }
+
+namespace {
+
+constexpr int CHILD_KILLED = -1; // the parent killed a child that ran past the deadline
+
+// Forks n children, child `rank` returning body(rank) as its exit code (an exception: 99); returns the exit codes
+// (-signal for a child that died of a signal). A child still running after `deadline_s` is killed, so a failing
+// child cannot hang the test.
+std::vector<int> run_children(int n, const std::function<int(int)>& body, double deadline_s) {
+  std::vector<pid_t> pids;
+  for (int rank = 0; rank < n; ++rank) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+      int code = 99;
+      try {
+        code = body(rank);
+      } catch (...) {
+      }
+      _exit(code); // no Catch2 teardown in the child
+    }
+    pids.push_back(pid);
+  }
+  std::vector<int> codes(pids.size(), CHILD_KILLED);
+  std::vector<bool> done(pids.size(), false);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(deadline_s);
+  for (std::size_t left = pids.size(); left > 0;) {
+    for (std::size_t idx = 0; idx < pids.size(); ++idx) {
+      int status = 0;
+      if (done[idx] || pids[idx] <= 0 || waitpid(pids[idx], &status, WNOHANG) != pids[idx]) continue;
+      done[idx] = true;
+      --left;
+      codes[idx] = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+    }
+    if (left > 0 && std::chrono::steady_clock::now() > deadline) {
+      for (std::size_t idx = 0; idx < pids.size(); ++idx) {
+        if (!done[idx] && pids[idx] > 0) {
+          kill(pids[idx], SIGKILL);
+          waitpid(pids[idx], nullptr, 0);
+        }
+      }
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return codes;
+}
+
+// Shared-memory objects this process's unique ids named ("/cuboid_nccl_<pid>_<token>..."), still in /dev/shm.
+std::vector<std::string> leftover_segments() {
+  std::vector<std::string> names;
+  const std::string prefix = "cuboid_nccl_" + std::to_string(getpid()) + "_";
+  DIR* dir = opendir("/dev/shm");
+  if (dir == nullptr) return names;
+  while (const dirent* entry = readdir(dir)) {
+    if (std::string(entry->d_name).rfind(prefix, 0) == 0) names.emplace_back(entry->d_name);
+  }
+  closedir(dir);
+  return names;
+}
+
+// One rank of the multi-process run; the exit code says which step failed (0: all results exact).
+int process_rank(int rank, int n, const ncclUniqueId& id) {
+  ncclComm_t comm = nullptr;
+  if (ncclCommInitRank(&comm, n, id, rank) != ncclSuccess) return 10;
+  // All-reduce larger than one staging slot: sum_r (r + b) = n b + n(n-1)/2.
+  const std::size_t count = (std::size_t{1} << 18) + 5;
+  std::vector<float> host(count);
+  for (std::size_t idx = 0; idx < count; ++idx) host[idx] = static_cast<float>(rank + static_cast<int>(idx % 13));
+  DeviceBuffer<float> sum(host);
+  if (ncclAllReduce(sum.get(), sum.get(), count, ncclFloat, ncclSum, comm, nullptr) != ncclSuccess) return 11;
+  const auto summed = sum.download();
+  for (std::size_t idx = 0; idx < count; ++idx) {
+    if (summed[idx] != static_cast<float>(n * static_cast<int>(idx % 13) + n * (n - 1) / 2)) return 12;
+  }
+  // Ring exchange in a group, recv issued first; 100000 doubles per message.
+  const std::size_t msg = 100000;
+  DeviceBuffer<double> mine(std::vector<double>(msg, 0.5 * rank)), got(msg);
+  ncclGroupStart();
+  ncclRecv(got.get(), msg, ncclDouble, (rank + n - 1) % n, comm, nullptr);
+  ncclSend(mine.get(), msg, ncclDouble, (rank + 1) % n, comm, nullptr);
+  if (ncclGroupEnd() != ncclSuccess) return 13;
+  if (got.download() != std::vector<double>(msg, 0.5 * ((rank + n - 1) % n))) return 14;
+  // Split by parity, keys reversing the order; an all-gather of the parent ranks in the new order.
+  ncclComm_t sub = nullptr;
+  if (ncclCommSplit(comm, rank % 2, -rank, &sub, nullptr) != ncclSuccess || sub == nullptr) return 15;
+  int sub_size = 0;
+  int sub_rank = -1;
+  ncclCommCount(sub, &sub_size);
+  ncclCommUserRank(sub, &sub_rank);
+  const int expected_size = rank % 2 == 0 ? (n + 1) / 2 : n / 2;
+  if (sub_size != expected_size || sub_rank != expected_size - 1 - rank / 2) return 16;
+  DeviceBuffer<std::int32_t> me(std::vector<std::int32_t>{rank}), all(static_cast<std::size_t>(sub_size));
+  if (ncclAllGather(me.get(), all.get(), 1, ncclInt32, sub, nullptr) != ncclSuccess) return 17;
+  const auto members = all.download();
+  for (int idx = 0; idx < sub_size; ++idx) {
+    // New rank idx is the parent rank with the idx-th largest value of that parity.
+    const int highest = (n - 1) % 2 == rank % 2 ? n - 1 : n - 2;
+    if (members[static_cast<std::size_t>(idx)] != highest - 2 * idx) return 18;
+  }
+  if (ncclCommDestroy(sub) != ncclSuccess || ncclCommDestroy(comm) != ncclSuccess) return 19;
+  return 0;
+}
+
+} // namespace
+
+TEST_CASE("emu::nccl: ranks as processes (all-reduce, send/recv ring, split)", "[emu]") {
+  const int n = GENERATE(2, 3, 4);
+  const ShortTimeout timeout("20");
+  ncclUniqueId id{};
+  REQUIRE(ncclGetUniqueId(&id) == ncclSuccess); // made before the fork, as rank 0 would send it over TCP
+  const auto codes = run_children(n, [&](int rank) { return process_rank(rank, n, id); }, 60.0);
+  for (int rank = 0; rank < n; ++rank) {
+    INFO("rank " << rank);
+    CHECK(codes[static_cast<std::size_t>(rank)] == 0);
+  }
+  CHECK(leftover_segments().empty());
+}
+
+TEST_CASE("emu::nccl: a process that dies does not hang the others", "[emu]") {
+  const int n = GENERATE(2, 3);
+  const ShortTimeout timeout("1");
+  ncclUniqueId id{};
+  REQUIRE(ncclGetUniqueId(&id) == ncclSuccess);
+  const auto codes = run_children(
+      n,
+      [&](int rank) {
+        ncclComm_t comm = nullptr;
+        if (ncclCommInitRank(&comm, n, id, rank) != ncclSuccess) return 10;
+        if (rank == n - 1) raise(SIGKILL); // dies without a word
+        DeviceBuffer<float> buf(std::vector<float>(8, 1.0f));
+        const auto start = std::chrono::steady_clock::now();
+        if (ncclAllReduce(buf.get(), buf.get(), 8, ncclFloat, ncclSum, comm, nullptr) != ncclSystemError) return 11;
+        ncclResult_t async = ncclSuccess;
+        if (ncclCommGetAsyncError(comm, &async) != ncclSuccess || async != ncclSystemError) return 12;
+        if (std::chrono::steady_clock::now() - start > std::chrono::seconds(30)) return 13;
+        ncclCommAbort(comm);
+        return 0;
+      },
+      60.0);
+  for (int rank = 0; rank + 1 < n; ++rank) {
+    INFO("rank " << rank);
+    CHECK(codes[static_cast<std::size_t>(rank)] == 0);
+  }
+  CHECK(codes[static_cast<std::size_t>(n - 1)] == -SIGKILL);
+  CHECK(leftover_segments().empty()); // the name went away once every rank had attached
+}
