@@ -109,7 +109,9 @@ struct Shape {
   std::uint64_t cols;
   std::int64_t ld;
   // Elements a column-major matrix spans (no padding after its last column).
-  [[nodiscard]] std::size_t span() const { return static_cast<std::size_t>((cols - 1) * static_cast<std::uint64_t>(ld) + rows); }
+  [[nodiscard]] std::size_t span() const {
+    return static_cast<std::size_t>((cols - 1) * static_cast<std::uint64_t>(ld) + rows);
+  }
 };
 
 Shape shape_a(const LtCase& c) {

@@ -360,7 +360,6 @@ cudaDeviceProp make_properties() {
   prop.memoryPoolsSupported = 1;
   prop.computePreemptionSupported = 1;
   prop.cooperativeLaunch = 0; // cudaLaunchCooperativeKernel is not emulated
-  prop.hostNumaId = -1;
   return prop;
 }
 
