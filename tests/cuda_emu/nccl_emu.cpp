@@ -471,9 +471,7 @@ void receive(ncclComm& comm, void* data, std::size_t count, ncclDataType_t dtype
       segment.drop_payload(peer, comm.rank, seq, message.token);
     }
     if (message.poisoned != 0) {
-      throw EmuError(ncclInvalidArgument, fmt::format("rank {}'s matching ncclSend had an "
-                                                      "invalid buffer",
-                                                      peer));
+      throw EmuError(ncclInvalidArgument, fmt::format("rank {}'s matching ncclSend had an invalid buffer", peer));
     }
     if (valid != ncclSuccess) {
       throw EmuError(valid, fmt::format("ncclRecv from {}: {}", peer, detail));
@@ -660,8 +658,6 @@ ncclResult_t collective(const CollectiveArgs& args, ncclComm* comm, const char* 
 
 } // namespace
 } // namespace cuboid::emu::nccl
-
-using cuboid::emu::nccl::CollectiveArgs;
 
 // ---- the NCCL API (nccl.h declares these extern "C")
 

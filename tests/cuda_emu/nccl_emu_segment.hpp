@@ -298,6 +298,9 @@ public:
           }
           std::this_thread::sleep_for(JOIN_POLL);
         }
+        if (segment->header().ready != 0 && segment->header().magic != SEGMENT_MAGIC) {
+          throw EmuError(ncclInvalidUsage, fmt::format("shared memory {} is not an emulated NCCL communicator", name));
+        }
         if (segment->header().ready != 0) {
           return segment;
         }

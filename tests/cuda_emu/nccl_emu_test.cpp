@@ -316,6 +316,40 @@ TEST_CASE("emu::nccl: split by parity with keys that reverse the order", "[emu]"
   }
 }
 
+TEST_CASE("emu::nccl: back-to-back collectives and splits keep every rank in step", "[emu]") {
+  // 300 small all-reduces alternating sum and max, with a split every 50: a rank that runs ahead into the next
+  // round must not overwrite a call or a slot a slower rank still reads. Round k: sum_r (r + k) = n k + n(n-1)/2,
+  // max_r (r + k) = n - 1 + k.
+  const int n = GENERATE(2, 3, 4);
+  std::vector<int> wrong(4, 0);
+  on_threads(n, [&](int rank, ncclComm_t comm) {
+    DeviceBuffer<std::int64_t> buf(1);
+    for (int round = 0; round < 300; ++round) {
+      buf.get()[0] = rank + round;
+      const bool sum = round % 2 == 0;
+      if (ncclAllReduce(buf.get(), buf.get(), 1, ncclInt64, sum ? ncclSum : ncclMax, comm, nullptr) != ncclSuccess ||
+          buf.get()[0] != (sum ? n * round + n * (n - 1) / 2 : n - 1 + round)) {
+        ++wrong[static_cast<std::size_t>(rank)];
+      }
+      if (round % 50 == 49) {
+        ncclComm_t sub = nullptr;
+        int size = 0;
+        if (ncclCommSplit(comm, round % 3 == 0 ? 0 : rank % 2, rank, &sub, nullptr) != ncclSuccess ||
+            ncclCommCount(sub, &size) != ncclSuccess ||
+            size != (round % 3 == 0  ? n
+                     : rank % 2 == 0 ? (n + 1) / 2
+                                     : n / 2)) {
+          ++wrong[static_cast<std::size_t>(rank)];
+        }
+        ncclCommDestroy(sub);
+      }
+    }
+  });
+  for (std::size_t r = 0; r < static_cast<std::size_t>(n); ++r) {
+    CHECK(wrong[r] == 0);
+  }
+}
+
 TEST_CASE("emu::nccl: mismatched collectives fail with ncclInvalidUsage on every rank", "[emu]") {
   const int n = GENERATE(2, 3, 4);
   std::vector<ncclResult_t> count_mismatch(4), op_mismatch(4), after(4), bad_buffer(4);
@@ -563,6 +597,15 @@ int process_rank(int rank, int n, const ncclUniqueId& id) {
     const int highest = (n - 1) % 2 == rank % 2 ? n - 1 : n - 2;
     if (members[static_cast<std::size_t>(idx)] != highest - 2 * idx) {
       return 18;
+    }
+  }
+  // Back-to-back small collectives across processes: a rank running ahead must not overwrite a slower one's call.
+  DeviceBuffer<std::int32_t> step(1);
+  for (int round = 0; round < 200; ++round) {
+    step.get()[0] = rank * round;
+    if (ncclAllReduce(step.get(), step.get(), 1, ncclInt32, ncclSum, comm, nullptr) != ncclSuccess ||
+        step.get()[0] != round * n * (n - 1) / 2) {
+      return 20;
     }
   }
   if (ncclCommDestroy(sub) != ncclSuccess || ncclCommDestroy(comm) != ncclSuccess) {
