@@ -8,17 +8,20 @@
 // One implementation serves both transports: a segment (header with a process-shared robust mutex + condition
 // variable, the posted call of each rank, a mailbox per ordered rank pair, one staging slot per rank) lives in heap
 // memory for ncclCommInitAll (ranks are threads of this process) and in POSIX shared memory for ncclCommInitRank
-// (ranks are threads or processes; the name comes from the unique id: random token + pid). Collectives move data in
-// chunks of one slot (fixed size, no re-mapping): copy in, barrier, compute from all slots, barrier. A p2p payload is
-// its own heap block / shm object, so sends never block (except when MAILBOX_DEPTH messages to one peer are pending).
+// (ranks are threads or processes; the name comes from the unique id: random token + pid). Sizing: the segment is
+// fixed at creation (SLOT_BYTES = 1 MiB per rank plus n^2 mailboxes), never re-mapped; collectives of any size move
+// in chunks of one slot: copy in, barrier, compute from all slots, barrier. A p2p payload is its own heap block / shm
+// object, so sends never block (except when MAILBOX_DEPTH = 64 messages to one peer are pending).
 // The shm names are unlinked as soon as every rank has attached (the mappings keep the memory), so a crashed process
 // leaks nothing but the payloads of messages it never received.
 // Checks a GPU does not make: every rank of a collective must issue the same op, datatype, count, reduce op and root
-// (else ncclInvalidUsage on all ranks, with every rank's call on stderr); buffers must be live emulated device memory
-// (ncclInvalidArgument); every wait times out after CUBOID_EMU_NCCL_TIMEOUT_S (default 120) s with ncclSystemError
+// (else ncclInvalidUsage on all ranks, with every rank's call on stderr); a recv must match its send's size (else
+// ncclInvalidUsage on the receiver); buffers must be live emulated device memory (ncclInvalidArgument, on all ranks
+// of a collective); every wait times out after CUBOID_EMU_NCCL_TIMEOUT_S (default 120) s with ncclSystemError
 // naming the ranks that did not arrive, and the communicator stays failed (ncclCommGetAsyncError).
-// Not emulated: a thread driving several ranks inside one group (it would wait for itself: detected for collectives,
-// an error), non-blocking communicators (config is ignored), fp16/fp8 reductions, user-defined reduce ops.
+// Not emulated: a thread driving several ranks' collectives or inits inside one group (it would wait for itself:
+// collectives are detected, an error; inits time out), ncclCommInitAll communicators shared across fork(),
+// non-blocking communicators (config is ignored), fp16/fp8 reductions, user-defined reduce ops.
 #include "tests/cuda_emu/emu_runtime.hpp"
 #include "tests/cuda_emu/nccl_emu_reduce.hpp"
 #include "tests/cuda_emu/nccl_emu_segment.hpp"
