@@ -55,8 +55,12 @@ void on_threads(int n, const std::function<void(int, ncclComm_t)>& body) {
   for (int rank = 0; rank < n; ++rank) {
     threads.emplace_back(body, rank, comms[static_cast<std::size_t>(rank)]);
   }
-  for (auto& thread : threads) thread.join();
-  for (auto* comm : comms) REQUIRE(ncclCommDestroy(comm) == ncclSuccess);
+  for (auto& thread : threads) {
+    thread.join();
+  }
+  for (auto* comm : comms) {
+    REQUIRE(ncclCommDestroy(comm) == ncclSuccess);
+  }
 }
 
 // Results of a body are checked on the main thread (Catch2 assertions are not thread-safe).
@@ -108,10 +112,18 @@ TEST_CASE("emu::nccl: all-reduce sum, max, min, prod and avg are exact on small 
     DeviceBuffer<double> mn(host_d);
     DeviceBuffer<std::int32_t> prod(host_i);
     ncclResult_t result = ncclAllReduce(sum.get(), sum.get(), count, ncclFloat, ncclSum, comm, nullptr); // in place
-    if (result == ncclSuccess) result = ncclAllReduce(avg.get(), mx.get(), count, ncclFloat, ncclMax, comm, nullptr);
-    if (result == ncclSuccess) result = ncclAllReduce(avg.get(), avg.get(), count, ncclFloat, ncclAvg, comm, nullptr);
-    if (result == ncclSuccess) result = ncclAllReduce(mn.get(), mn.get(), count, ncclDouble, ncclMin, comm, nullptr);
-    if (result == ncclSuccess) result = ncclAllReduce(prod.get(), prod.get(), count, ncclInt32, ncclProd, comm, nullptr);
+    if (result == ncclSuccess) {
+      result = ncclAllReduce(avg.get(), mx.get(), count, ncclFloat, ncclMax, comm, nullptr);
+    }
+    if (result == ncclSuccess) {
+      result = ncclAllReduce(avg.get(), avg.get(), count, ncclFloat, ncclAvg, comm, nullptr);
+    }
+    if (result == ncclSuccess) {
+      result = ncclAllReduce(mn.get(), mn.get(), count, ncclDouble, ncclMin, comm, nullptr);
+    }
+    if (result == ncclSuccess) {
+      result = ncclAllReduce(prod.get(), prod.get(), count, ncclInt32, ncclProd, comm, nullptr);
+    }
     results[r] = result;
     sums[r] = sum.download();
     maxes[r] = mx.download();
@@ -122,7 +134,9 @@ TEST_CASE("emu::nccl: all-reduce sum, max, min, prod and avg are exact on small 
   // sum_r (rank + b) = n b + n(n-1)/2; max = b + n - 1; avg = sum / n = b + (n-1)/2 (exact: a multiple of 0.5);
   // min_r (b - rank) = b - (n-1); prod_r ±(rank+1) = ±n! with the sign (-1)^n on odd indices.
   int factorial = 1;
-  for (int k = 2; k <= n; ++k) factorial *= k;
+  for (int k = 2; k <= n; ++k) {
+    factorial *= k;
+  }
   for (std::size_t r = 0; r < static_cast<std::size_t>(n); ++r) {
     REQUIRE(results[r] == ncclSuccess);
     for (std::size_t idx = 0; idx < count; idx += 997) {
@@ -154,7 +168,9 @@ TEST_CASE("emu::nccl: bf16 all-reduce accumulates in fp32 and rounds once to nea
   });
   for (std::size_t r = 0; r < static_cast<std::size_t>(n); ++r) {
     REQUIRE(out[r].size() == 5);
-    for (const auto bits : out[r]) REQUIRE(bf16_value(bits) == expected);
+    for (const auto bits : out[r]) {
+      REQUIRE(bf16_value(bits) == expected);
+    }
   }
 }
 
@@ -170,7 +186,9 @@ TEST_CASE("emu::nccl: reduce-scatter, all-gather and broadcast", "[emu]") {
     const auto r = static_cast<std::size_t>(rank);
     const std::size_t total = count * static_cast<std::size_t>(n);
     std::vector<float> host(total);
-    for (std::size_t idx = 0; idx < total; ++idx) host[idx] = static_cast<float>(rank + static_cast<int>(idx % 11));
+    for (std::size_t idx = 0; idx < total; ++idx) {
+      host[idx] = static_cast<float>(rank + static_cast<int>(idx % 11));
+    }
     DeviceBuffer<float> in(host), out(count), in_place(host);
     failures[r] += ncclReduceScatter(in.get(), out.get(), count, ncclFloat, ncclSum, comm, nullptr) != ncclSuccess;
     failures[r] += ncclReduceScatter(in_place.get(), in_place.get() + r * count, count, ncclFloat, ncclSum, comm,
@@ -232,12 +250,19 @@ TEST_CASE("emu::nccl: send/recv ring inside a group, and in-order messages betwe
     ncclResult_t result = ncclGroupEnd();
     from_left[r] = got.download();
     // Two eager sends to the right, then two receives from the left: they match in issue order.
-    DeviceBuffer<double> first(std::vector<double>{1.0 + rank}), second(std::vector<double>{100.0 + rank}),
-        a(1), b(1);
-    if (result == ncclSuccess) result = ncclSend(first.get(), 1, ncclDouble, right, comm, nullptr);
-    if (result == ncclSuccess) result = ncclSend(second.get(), 1, ncclDouble, right, comm, nullptr);
-    if (result == ncclSuccess) result = ncclRecv(a.get(), 1, ncclDouble, left, comm, nullptr);
-    if (result == ncclSuccess) result = ncclRecv(b.get(), 1, ncclDouble, left, comm, nullptr);
+    DeviceBuffer<double> first(std::vector<double>{1.0 + rank}), second(std::vector<double>{100.0 + rank}), a(1), b(1);
+    if (result == ncclSuccess) {
+      result = ncclSend(first.get(), 1, ncclDouble, right, comm, nullptr);
+    }
+    if (result == ncclSuccess) {
+      result = ncclSend(second.get(), 1, ncclDouble, right, comm, nullptr);
+    }
+    if (result == ncclSuccess) {
+      result = ncclRecv(a.get(), 1, ncclDouble, left, comm, nullptr);
+    }
+    if (result == ncclSuccess) {
+      result = ncclRecv(b.get(), 1, ncclDouble, left, comm, nullptr);
+    }
     ordered[r] = {a.download()[0], b.download()[0]};
     results[r] = result;
   });
@@ -256,7 +281,9 @@ TEST_CASE("emu::nccl: split by parity with keys that reverse the order", "[emu]"
   on_threads(n, [&](int rank, ncclComm_t comm) {
     const auto r = static_cast<std::size_t>(rank);
     ncclComm_t sub = nullptr;
-    if (ncclCommSplit(comm, rank % 2, -rank, &sub, nullptr) != ncclSuccess || sub == nullptr) return;
+    if (ncclCommSplit(comm, rank % 2, -rank, &sub, nullptr) != ncclSuccess || sub == nullptr) {
+      return;
+    }
     ncclCommCount(sub, &sizes[r]);
     ncclCommUserRank(sub, &ranks[r]);
     DeviceBuffer<std::int32_t> value(std::vector<std::int32_t>{rank});
@@ -267,7 +294,9 @@ TEST_CASE("emu::nccl: split by parity with keys that reverse the order", "[emu]"
     ncclComm_t rest = nullptr;
     if (ncclCommSplit(comm, rank == 0 ? NCCL_SPLIT_NOCOLOR : 5, rank, &rest, nullptr) == ncclSuccess) {
       int rest_size = 0;
-      if (rest != nullptr) ncclCommCount(rest, &rest_size);
+      if (rest != nullptr) {
+        ncclCommCount(rest, &rest_size);
+      }
       nulls[r] = rank == 0 ? (rest == nullptr ? 1 : 0) : rest_size;
     }
     ncclCommDestroy(rest);
@@ -279,9 +308,45 @@ TEST_CASE("emu::nccl: split by parity with keys that reverse the order", "[emu]"
     CHECK(sizes[r] == group_size);
     CHECK(ranks[r] == group_size - 1 - rank / 2); // key -rank: the highest parent rank becomes rank 0
     int parity_sum = 0;
-    for (int peer = rank % 2; peer < n; peer += 2) parity_sum += peer;
+    for (int peer = rank % 2; peer < n; peer += 2) {
+      parity_sum += peer;
+    }
     CHECK(reduced[r] == parity_sum);
     CHECK(nulls[r] == (rank == 0 ? 1 : n - 1));
+  }
+}
+
+TEST_CASE("emu::nccl: back-to-back collectives and splits keep every rank in step", "[emu]") {
+  // 300 small all-reduces alternating sum and max, with a split every 50: a rank that runs ahead into the next
+  // round must not overwrite a call or a slot a slower rank still reads. Round k: sum_r (r + k) = n k + n(n-1)/2,
+  // max_r (r + k) = n - 1 + k.
+  const int n = GENERATE(2, 3, 4);
+  std::vector<int> wrong(4, 0);
+  on_threads(n, [&](int rank, ncclComm_t comm) {
+    DeviceBuffer<std::int64_t> buf(1);
+    for (int round = 0; round < 300; ++round) {
+      buf.get()[0] = rank + round;
+      const bool sum = round % 2 == 0;
+      if (ncclAllReduce(buf.get(), buf.get(), 1, ncclInt64, sum ? ncclSum : ncclMax, comm, nullptr) != ncclSuccess ||
+          buf.get()[0] != (sum ? n * round + n * (n - 1) / 2 : n - 1 + round)) {
+        ++wrong[static_cast<std::size_t>(rank)];
+      }
+      if (round % 50 == 49) {
+        ncclComm_t sub = nullptr;
+        int size = 0;
+        if (ncclCommSplit(comm, round % 3 == 0 ? 0 : rank % 2, rank, &sub, nullptr) != ncclSuccess ||
+            ncclCommCount(sub, &size) != ncclSuccess ||
+            size != (round % 3 == 0  ? n
+                     : rank % 2 == 0 ? (n + 1) / 2
+                                     : n / 2)) {
+          ++wrong[static_cast<std::size_t>(rank)];
+        }
+        ncclCommDestroy(sub);
+      }
+    }
+  });
+  for (std::size_t r = 0; r < static_cast<std::size_t>(n); ++r) {
+    CHECK(wrong[r] == 0);
   }
 }
 
@@ -293,12 +358,12 @@ TEST_CASE("emu::nccl: mismatched collectives fail with ncclInvalidUsage on every
     const auto r = static_cast<std::size_t>(rank);
     DeviceBuffer<float> buf(std::vector<float>(16, 1.0f));
     count_mismatch[r] = ncclAllReduce(buf.get(), buf.get(), rank == 0 ? 8 : 16, ncclFloat, ncclSum, comm, nullptr);
-    op_mismatch[r] = ncclAllReduce(buf.get(), buf.get(), 16, ncclFloat, rank == n - 1 ? ncclMax : ncclSum, comm,
-                                   nullptr);
+    op_mismatch[r] =
+        ncclAllReduce(buf.get(), buf.get(), 16, ncclFloat, rank == n - 1 ? ncclMax : ncclSum, comm, nullptr);
     // A host pointer on one rank: every rank fails instead of the others waiting forever.
     std::vector<float> host(16, 1.0f);
-    bad_buffer[r] = ncclAllReduce(rank == 1 ? host.data() : buf.get(), buf.get(), 16, ncclFloat, ncclSum, comm,
-                                  nullptr);
+    bad_buffer[r] =
+        ncclAllReduce(rank == 1 ? host.data() : buf.get(), buf.get(), 16, ncclFloat, ncclSum, comm, nullptr);
     // The communicator is still usable: the buffers were not touched by the failed calls.
     after[r] = ncclAllReduce(buf.get(), buf.get(), 16, ncclFloat, ncclSum, comm, nullptr);
     after_value[r] = buf.download()[15];
@@ -318,7 +383,9 @@ TEST_CASE("emu::nccl: a rank that never arrives times out with ncclSystemError",
   std::vector<ncclResult_t> results(4, ncclSuccess), async(4, ncclSuccess), later(4, ncclSuccess);
   on_threads(n, [&](int rank, ncclComm_t comm) {
     const auto r = static_cast<std::size_t>(rank);
-    if (rank == n - 1) return; // never calls
+    if (rank == n - 1) {
+      return; // never calls
+    }
     DeviceBuffer<float> buf(4);
     results[r] = ncclAllReduce(buf.get(), buf.get(), 4, ncclFloat, ncclSum, comm, nullptr);
     ncclCommGetAsyncError(comm, &async[r]);
@@ -332,7 +399,9 @@ TEST_CASE("emu::nccl: a rank that never arrives times out with ncclSystemError",
   // A recv whose sender never sends times out too.
   ncclResult_t recv_result = ncclSuccess;
   on_threads(2, [&](int rank, ncclComm_t comm) {
-    if (rank == 1) return;
+    if (rank == 1) {
+      return;
+    }
     DeviceBuffer<float> buf(4);
     recv_result = ncclRecv(buf.get(), 4, ncclFloat, 1, comm, nullptr);
   });
@@ -349,17 +418,23 @@ TEST_CASE("emu::nccl: ncclCommInitRank from threads with one unique id", "[emu]"
   for (int rank = 0; rank < n; ++rank) {
     // Rank 0 (which creates the shared segment) starts last, so the others wait for it.
     threads.emplace_back([&, rank] {
-      if (rank == 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      if (rank == 0) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
       ncclComm_t comm = nullptr;
       ncclResult_t result = ncclCommInitRank(&comm, n, id, rank);
       DeviceBuffer<float> buf(std::vector<float>{static_cast<float>(rank + 1)});
-      if (result == ncclSuccess) result = ncclAllReduce(buf.get(), buf.get(), 1, ncclFloat, ncclSum, comm, nullptr);
+      if (result == ncclSuccess) {
+        result = ncclAllReduce(buf.get(), buf.get(), 1, ncclFloat, ncclSum, comm, nullptr);
+      }
       sums[static_cast<std::size_t>(rank)] = buf.download()[0];
       results[static_cast<std::size_t>(rank)] = result;
       ncclCommDestroy(comm);
     });
   }
-  for (auto& thread : threads) thread.join();
+  for (auto& thread : threads) {
+    thread.join();
+  }
   for (std::size_t r = 0; r < static_cast<std::size_t>(n); ++r) {
     REQUIRE(results[r] == ncclSuccess);
     REQUIRE(sums[r] == static_cast<float>(n * (n + 1) / 2));
@@ -394,7 +469,9 @@ TEST_CASE("emu::nccl: error strings, version and argument checks", "[emu]") {
   ncclAllReduce(buf.get(), buf.get(), 2, ncclFloat, ncclSum, pair[0], nullptr);
   ncclAllReduce(buf.get(), buf.get(), 2, ncclFloat, ncclSum, pair[1], nullptr);
   CHECK(ncclGroupEnd() == ncclInvalidUsage);
-  for (auto* c : pair) ncclCommDestroy(c);
+  for (auto* c : pair) {
+    ncclCommDestroy(c);
+  }
   ncclCommDestroy(comm);
 }
 
@@ -425,7 +502,9 @@ std::vector<int> run_children(int n, const std::function<int(int)>& body, double
   for (std::size_t left = pids.size(); left > 0;) {
     for (std::size_t idx = 0; idx < pids.size(); ++idx) {
       int status = 0;
-      if (done[idx] || pids[idx] <= 0 || waitpid(pids[idx], &status, WNOHANG) != pids[idx]) continue;
+      if (done[idx] || pids[idx] <= 0 || waitpid(pids[idx], &status, WNOHANG) != pids[idx]) {
+        continue;
+      }
       done[idx] = true;
       --left;
       codes[idx] = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
@@ -449,9 +528,13 @@ std::vector<std::string> leftover_segments() {
   std::vector<std::string> names;
   const std::string prefix = "cuboid_nccl_" + std::to_string(getpid()) + "_";
   DIR* dir = opendir("/dev/shm");
-  if (dir == nullptr) return names;
+  if (dir == nullptr) {
+    return names;
+  }
   while (const dirent* entry = readdir(dir)) {
-    if (std::string(entry->d_name).rfind(prefix, 0) == 0) names.emplace_back(entry->d_name);
+    if (std::string(entry->d_name).rfind(prefix, 0) == 0) {
+      names.emplace_back(entry->d_name);
+    }
   }
   closedir(dir);
   return names;
@@ -460,16 +543,24 @@ std::vector<std::string> leftover_segments() {
 // One rank of the multi-process run; the exit code says which step failed (0: all results exact).
 int process_rank(int rank, int n, const ncclUniqueId& id) {
   ncclComm_t comm = nullptr;
-  if (ncclCommInitRank(&comm, n, id, rank) != ncclSuccess) return 10;
+  if (ncclCommInitRank(&comm, n, id, rank) != ncclSuccess) {
+    return 10;
+  }
   // All-reduce larger than one staging slot: sum_r (r + b) = n b + n(n-1)/2.
   const std::size_t count = (std::size_t{1} << 18) + 5;
   std::vector<float> host(count);
-  for (std::size_t idx = 0; idx < count; ++idx) host[idx] = static_cast<float>(rank + static_cast<int>(idx % 13));
+  for (std::size_t idx = 0; idx < count; ++idx) {
+    host[idx] = static_cast<float>(rank + static_cast<int>(idx % 13));
+  }
   DeviceBuffer<float> sum(host);
-  if (ncclAllReduce(sum.get(), sum.get(), count, ncclFloat, ncclSum, comm, nullptr) != ncclSuccess) return 11;
+  if (ncclAllReduce(sum.get(), sum.get(), count, ncclFloat, ncclSum, comm, nullptr) != ncclSuccess) {
+    return 11;
+  }
   const auto summed = sum.download();
   for (std::size_t idx = 0; idx < count; ++idx) {
-    if (summed[idx] != static_cast<float>(n * static_cast<int>(idx % 13) + n * (n - 1) / 2)) return 12;
+    if (summed[idx] != static_cast<float>(n * static_cast<int>(idx % 13) + n * (n - 1) / 2)) {
+      return 12;
+    }
   }
   // Ring exchange in a group, recv issued first; 100000 doubles per message.
   const std::size_t msg = 100000;
@@ -477,26 +568,49 @@ int process_rank(int rank, int n, const ncclUniqueId& id) {
   ncclGroupStart();
   ncclRecv(got.get(), msg, ncclDouble, (rank + n - 1) % n, comm, nullptr);
   ncclSend(mine.get(), msg, ncclDouble, (rank + 1) % n, comm, nullptr);
-  if (ncclGroupEnd() != ncclSuccess) return 13;
-  if (got.download() != std::vector<double>(msg, 0.5 * ((rank + n - 1) % n))) return 14;
+  if (ncclGroupEnd() != ncclSuccess) {
+    return 13;
+  }
+  if (got.download() != std::vector<double>(msg, 0.5 * ((rank + n - 1) % n))) {
+    return 14;
+  }
   // Split by parity, keys reversing the order; an all-gather of the parent ranks in the new order.
   ncclComm_t sub = nullptr;
-  if (ncclCommSplit(comm, rank % 2, -rank, &sub, nullptr) != ncclSuccess || sub == nullptr) return 15;
+  if (ncclCommSplit(comm, rank % 2, -rank, &sub, nullptr) != ncclSuccess || sub == nullptr) {
+    return 15;
+  }
   int sub_size = 0;
   int sub_rank = -1;
   ncclCommCount(sub, &sub_size);
   ncclCommUserRank(sub, &sub_rank);
   const int expected_size = rank % 2 == 0 ? (n + 1) / 2 : n / 2;
-  if (sub_size != expected_size || sub_rank != expected_size - 1 - rank / 2) return 16;
+  if (sub_size != expected_size || sub_rank != expected_size - 1 - rank / 2) {
+    return 16;
+  }
   DeviceBuffer<std::int32_t> me(std::vector<std::int32_t>{rank}), all(static_cast<std::size_t>(sub_size));
-  if (ncclAllGather(me.get(), all.get(), 1, ncclInt32, sub, nullptr) != ncclSuccess) return 17;
+  if (ncclAllGather(me.get(), all.get(), 1, ncclInt32, sub, nullptr) != ncclSuccess) {
+    return 17;
+  }
   const auto members = all.download();
   for (int idx = 0; idx < sub_size; ++idx) {
     // New rank idx is the parent rank with the idx-th largest value of that parity.
     const int highest = (n - 1) % 2 == rank % 2 ? n - 1 : n - 2;
-    if (members[static_cast<std::size_t>(idx)] != highest - 2 * idx) return 18;
+    if (members[static_cast<std::size_t>(idx)] != highest - 2 * idx) {
+      return 18;
+    }
   }
-  if (ncclCommDestroy(sub) != ncclSuccess || ncclCommDestroy(comm) != ncclSuccess) return 19;
+  // Back-to-back small collectives across processes: a rank running ahead must not overwrite a slower one's call.
+  DeviceBuffer<std::int32_t> step(1);
+  for (int round = 0; round < 200; ++round) {
+    step.get()[0] = rank * round;
+    if (ncclAllReduce(step.get(), step.get(), 1, ncclInt32, ncclSum, comm, nullptr) != ncclSuccess ||
+        step.get()[0] != round * n * (n - 1) / 2) {
+      return 20;
+    }
+  }
+  if (ncclCommDestroy(sub) != ncclSuccess || ncclCommDestroy(comm) != ncclSuccess) {
+    return 19;
+  }
   return 0;
 }
 
@@ -507,7 +621,8 @@ TEST_CASE("emu::nccl: ranks as processes (all-reduce, send/recv ring, split)", "
   const ShortTimeout timeout("20");
   ncclUniqueId id{};
   REQUIRE(ncclGetUniqueId(&id) == ncclSuccess); // made before the fork, as rank 0 would send it over TCP
-  const auto codes = run_children(n, [&](int rank) { return process_rank(rank, n, id); }, 60.0);
+  const auto codes = run_children(
+      n, [&](int rank) { return process_rank(rank, n, id); }, 60.0);
   for (int rank = 0; rank < n; ++rank) {
     INFO("rank " << rank);
     CHECK(codes[static_cast<std::size_t>(rank)] == 0);
@@ -524,14 +639,24 @@ TEST_CASE("emu::nccl: a process that dies does not hang the others", "[emu]") {
       n,
       [&](int rank) {
         ncclComm_t comm = nullptr;
-        if (ncclCommInitRank(&comm, n, id, rank) != ncclSuccess) return 10;
-        if (rank == n - 1) raise(SIGKILL); // dies without a word
+        if (ncclCommInitRank(&comm, n, id, rank) != ncclSuccess) {
+          return 10;
+        }
+        if (rank == n - 1) {
+          raise(SIGKILL); // dies without a word
+        }
         DeviceBuffer<float> buf(std::vector<float>(8, 1.0f));
         const auto start = std::chrono::steady_clock::now();
-        if (ncclAllReduce(buf.get(), buf.get(), 8, ncclFloat, ncclSum, comm, nullptr) != ncclSystemError) return 11;
+        if (ncclAllReduce(buf.get(), buf.get(), 8, ncclFloat, ncclSum, comm, nullptr) != ncclSystemError) {
+          return 11;
+        }
         ncclResult_t async = ncclSuccess;
-        if (ncclCommGetAsyncError(comm, &async) != ncclSuccess || async != ncclSystemError) return 12;
-        if (std::chrono::steady_clock::now() - start > std::chrono::seconds(30)) return 13;
+        if (ncclCommGetAsyncError(comm, &async) != ncclSuccess || async != ncclSystemError) {
+          return 12;
+        }
+        if (std::chrono::steady_clock::now() - start > std::chrono::seconds(30)) {
+          return 13;
+        }
         ncclCommAbort(comm);
         return 0;
       },
