@@ -98,13 +98,14 @@ struct Fiber {
   int linear = 0;
   State state = State::Runnable;
   unsigned warp_mask = 0; // mask of the pending __syncwarp / shuffle
+  std::uint64_t shuffles = 0; // shuffles done in this block (selects the slot set)
 };
 
 struct GridRun {
   const std::function<void()>* body = nullptr;
   std::vector<Fiber> fibers;
   Context scheduler;
-  std::vector<std::uint64_t> exchange; // one shuffle slot per thread
+  std::vector<std::uint64_t> exchange; // two shuffle slots per thread (see shuffle)
   std::vector<unsigned char> shared;   // dynamic shared memory of the running block
   std::uint64_t blocks_left = 0;
   std::string error;
@@ -122,10 +123,54 @@ Fiber& current() {
 }
 
 // Back to the scheduler in `state`; returns when the scheduler resumes this fiber.
+// The lane of `self`'s warp to run next when `self` waits at a warp barrier: another runnable lane (the warp runs on
+// lane by lane), or, when `self` was the last to arrive, the first lane after releasing the barrier (possibly
+// `self`); nullptr when the warp cannot go on (a lane waits at __syncthreads): then the scheduler decides.
+// Handing over directly saves the round trip through the scheduler at every shuffle.
+Fiber* warp_successor(Fiber& self) {
+  GridRun& run = *g_run;
+  const auto first = static_cast<std::size_t>(self.linear / WARP * WARP);
+  const std::size_t last = std::min(first + WARP, run.fibers.size());
+  const auto me = static_cast<std::size_t>(self.linear);
+  for (std::size_t t = me + 1; t < last; ++t) {
+    if (run.fibers[t].state == State::Runnable) {
+      return &run.fibers[t];
+    }
+  }
+  Fiber* resume = nullptr;
+  for (std::size_t t = first; t < last; ++t) {
+    const State st = run.fibers[t].state;
+    if (st == State::Runnable) {
+      return &run.fibers[t];
+    }
+    if (st != State::AtWarpBarrier && st != State::BlockDone) {
+      return nullptr;
+    }
+  }
+  for (std::size_t t = first; t < last; ++t) {
+    Fiber& f = run.fibers[t];
+    if (f.state == State::AtWarpBarrier) {
+      f.state = State::Runnable;
+      resume = resume == nullptr ? &f : resume;
+    }
+  }
+  return resume;
+}
+
+// Leaves `self` in `state` and runs the next fiber; returns when `self` is resumed.
 void yield(State state) {
   Fiber& self = current();
   self.state = state;
-  switch_context(self.context, g_run->scheduler);
+  Fiber* next = state == State::AtWarpBarrier ? warp_successor(self) : nullptr;
+  if (next == &self) {
+    return; // the whole warp had arrived and self is its first lane
+  }
+  if (next != nullptr) {
+    g_fiber = next;
+    switch_context(self.context, next->context);
+  } else {
+    switch_context(self.context, g_run->scheduler);
+  }
 }
 
 void fiber_main() {
@@ -229,14 +274,15 @@ bool run_block(GridRun& run, const uint3& block_idx) {
   for (Fiber& f : run.fibers) {
     f.coords.block_idx = block_idx;
     f.state = State::Runnable;
+    f.shuffles = 0;
   }
   while (true) {
     for (Fiber& f : run.fibers) {
       if (f.state == State::Runnable) {
         g_fiber = &f;
-        switch_context(run.scheduler, f.context);
+        switch_context(run.scheduler, f.context); // returns when a fiber (f, or one f handed over to) yields to us
         g_fiber = nullptr;
-        if (f.state == State::Failed) {
+        if (!run.error.empty()) {
           return false;
         }
       }
@@ -301,19 +347,22 @@ std::uint64_t shuffle(unsigned mask, std::uint64_t bits, int src_lane) {
   Fiber& self = current();
   GridRun& run = *g_run;
   const int warp_first = self.linear / WARP * WARP;
-  run.exchange[static_cast<std::size_t>(self.linear)] = bits;
+  // Two slot sets used by turns: a lane can be at most one shuffle ahead of a slower lane of its warp (it waits at
+  // the next shuffle's barrier), so it never overwrites a slot that is still to be read.
+  const std::size_t set = (self.shuffles++ % 2) * run.fibers.size();
+  run.exchange[set + static_cast<std::size_t>(self.linear)] = bits;
   sync_warp(mask); // every live lane has offered its value
   if (src_lane < 0 || src_lane >= WARP || ((mask >> src_lane) & 1u) == 0) {
     throw std::runtime_error(fmt::format("shuffle from lane {} outside the mask {:#010x}", src_lane, mask));
   }
   const auto src = static_cast<std::size_t>(warp_first + src_lane);
-  if (src >= run.fibers.size() || run.fibers[src].state == State::BlockDone) {
+  // The source lane must have offered a value to this shuffle (it may be one shuffle further already, or have
+  // finished after offering): a lane that exited before it offered nothing.
+  if (src >= run.fibers.size() || run.fibers[src].shuffles < self.shuffles) {
     throw std::runtime_error(
         fmt::format("shuffle from lane {}, which has exited (or does not exist): the value is undefined", src_lane));
   }
-  const std::uint64_t out = run.exchange[src];
-  sync_warp(mask); // nobody overwrites a slot before every lane has read
-  return out;
+  return run.exchange[set + src];
 }
 
 void* dynamic_shared_base() { return g_run->shared.data(); }
@@ -331,7 +380,7 @@ void Launch::run(const void* kernel, const char* name, const char* file, int lin
   run.body = &body;
   const unsigned threads = block_.x * block_.y * block_.z;
   run.fibers.resize(threads);
-  run.exchange.assign(threads, 0);
+  run.exchange.assign(2 * static_cast<std::size_t>(threads), 0);
   run.shared.assign(shared_bytes_, 0);
   while (stacks.size() < threads) {
     stacks.emplace_back(new char[STACK_BYTES]); // not zeroed: pages are touched only as deep as a thread's stack grows
