@@ -89,25 +89,24 @@ void make_context(Context& c, char* stack, std::size_t bytes, void (*entry)()) {
 }
 #endif
 
-enum class State { Runnable, AtBlockBarrier, AtWarpBarrier, BlockDone, Failed };
+enum class State : std::uint8_t { Runnable, AtBlockBarrier, AtWarpBarrier, BlockDone, Failed };
 
+// Kept small: a warp barrier or shuffle reads the fibers of all 32 lanes.
 struct Fiber {
   Context context;
-  std::unique_ptr<char[]> stack;
-  ThreadCoordinates coords;
-  int linear = 0;
+  int linear = 0; // thread index in the block (x fastest)
   State state = State::Runnable;
-  unsigned warp_mask = 0; // mask of the pending __syncwarp / shuffle
-  std::uint64_t shuffles = 0; // shuffles done in this block (selects the slot set)
+  std::uint32_t shuffles = 0; // shuffles done in this block (selects the slot set)
 };
 
 struct GridRun {
   const std::function<void()>* body = nullptr;
   std::vector<Fiber> fibers;
+  std::vector<ThreadCoordinates> coords; // per thread, for threadIdx / blockIdx / blockDim / gridDim
   Context scheduler;
   std::vector<std::uint64_t> exchange; // two shuffle slots per thread (see shuffle)
   std::vector<unsigned char> shared;   // dynamic shared memory of the running block
-  std::uint64_t blocks_left = 0;
+  std::vector<std::vector<std::max_align_t>> warp_scratch; // per warp (see cuda_emu.hpp warp_scratch)
   std::string error;
 };
 
@@ -180,7 +179,7 @@ void fiber_main() {
     try {
       (*run.body)();
     } catch (const std::exception& e) {
-      const ThreadCoordinates& c = g_fiber->coords;
+      const ThreadCoordinates& c = run.coords[static_cast<std::size_t>(g_fiber->linear)];
       failure = fmt::format("thread ({}, {}, {}) of block ({}, {}, {}): {}", c.thread_idx.x, c.thread_idx.y,
                             c.thread_idx.z, c.block_idx.x, c.block_idx.y, c.block_idx.z, e.what());
     }
@@ -271,8 +270,10 @@ std::string describe_hang(const GridRun& run) {
 // Runs one block to completion; false (with run.error set) when it fails.
 bool run_block(GridRun& run, const uint3& block_idx) {
   std::fill(run.shared.begin(), run.shared.end(), static_cast<unsigned char>(0xff));
+  for (ThreadCoordinates& c : run.coords) {
+    c.block_idx = block_idx;
+  }
   for (Fiber& f : run.fibers) {
-    f.coords.block_idx = block_idx;
     f.state = State::Runnable;
     f.shuffles = 0;
   }
@@ -332,16 +333,13 @@ std::pair<cudaError_t, std::string> check_config(const void* kernel, dim3 grid, 
 
 } // namespace
 
-const ThreadCoordinates& this_thread() { return current().coords; }
+const ThreadCoordinates& this_thread() { return g_run->coords[static_cast<std::size_t>(current().linear)]; }
 
 int lane_id() { return current().linear % WARP; }
 
 void sync_block() { yield(State::AtBlockBarrier); }
 
-void sync_warp(unsigned mask) {
-  current().warp_mask = mask;
-  yield(State::AtWarpBarrier);
-}
+void sync_warp(unsigned /*mask*/) { yield(State::AtWarpBarrier); } // every live lane of the warp (cuboid's masks are full)
 
 std::uint64_t shuffle(unsigned mask, std::uint64_t bits, int src_lane) {
   Fiber& self = current();
@@ -367,6 +365,15 @@ std::uint64_t shuffle(unsigned mask, std::uint64_t bits, int src_lane) {
 
 void* dynamic_shared_base() { return g_run->shared.data(); }
 
+void* warp_scratch(std::size_t bytes) {
+  auto& buffer = g_run->warp_scratch[static_cast<std::size_t>(current().linear / WARP)];
+  const std::size_t words = (bytes + sizeof(std::max_align_t) - 1) / sizeof(std::max_align_t);
+  if (buffer.size() < words) {
+    buffer.assign(words, std::max_align_t{}); // zeroed: no memo is valid
+  }
+  return buffer.data();
+}
+
 void Launch::run(const void* kernel, const char* name, const char* file, int line,
                  const std::function<void()>& body) const {
   const auto [error, why] = check_config(kernel, grid_, block_, shared_bytes_, stream_);
@@ -380,7 +387,9 @@ void Launch::run(const void* kernel, const char* name, const char* file, int lin
   run.body = &body;
   const unsigned threads = block_.x * block_.y * block_.z;
   run.fibers.resize(threads);
+  run.coords.resize(threads);
   run.exchange.assign(2 * static_cast<std::size_t>(threads), 0);
+  run.warp_scratch.resize((threads + WARP - 1) / WARP);
   run.shared.assign(shared_bytes_, 0);
   while (stacks.size() < threads) {
     stacks.emplace_back(new char[STACK_BYTES]); // not zeroed: pages are touched only as deep as a thread's stack grows
@@ -390,9 +399,10 @@ void Launch::run(const void* kernel, const char* name, const char* file, int lin
   for (unsigned t = 0; t < threads; ++t) {
     Fiber& f = run.fibers[t];
     f.linear = static_cast<int>(t);
-    f.coords.thread_idx = uint3{t % block_.x, t / block_.x % block_.y, t / (block_.x * block_.y)};
-    f.coords.block_dim = block_;
-    f.coords.grid_dim = grid_;
+    ThreadCoordinates& c = run.coords[t];
+    c.thread_idx = uint3{t % block_.x, t / block_.x % block_.y, t / (block_.x * block_.y)};
+    c.block_dim = block_;
+    c.grid_dim = grid_;
     make_context(f.context, stacks[t].get(), STACK_BYTES, fiber_main);
   }
   bool ok = true;

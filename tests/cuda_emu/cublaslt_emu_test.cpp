@@ -17,13 +17,6 @@
 #include <string>
 #include <vector>
 
-// exec/cuda/cuda_check.cpp (compiled into this test for GemmRunner) also words NCCL statuses. nccl_emu.cpp defines
-// ncclGetErrorString once it is part of the emulator (its strong definition then wins); this weak fallback lets the
-// test link while it is not.
-extern "C" __attribute__((weak)) const char* ncclGetErrorString(ncclResult_t /*result*/) {
-  return "NCCL is not emulated in this build";
-}
-
 namespace {
 
 namespace cuda = cuboid::exec::cuda;
