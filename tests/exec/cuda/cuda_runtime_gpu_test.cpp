@@ -24,6 +24,13 @@ using namespace cuboid;
 
 namespace {
 constexpr double LOSS_REL_TOLERANCE = 0.02;
+// Steps per run: 6 on a GPU; the CUDA emulator's build (tests/cuda_emu) runs 4, which still covers gradient
+// accumulation and several optimizer updates, at two thirds of its CPU time.
+#ifdef CUBOID_GPU_TEST_STEPS
+constexpr int STEPS = CUBOID_GPU_TEST_STEPS;
+#else
+constexpr int STEPS = 6;
+#endif
 
 exec::RunOptions tiny_options(const std::string& model_name, model::Recompute recompute) {
   exec::RunOptions options;
@@ -33,7 +40,7 @@ exec::RunOptions tiny_options(const std::string& model_name, model::Recompute re
   options.plan.recompute = recompute;
   options.cluster.num_gpus = 1;
   options.cluster.gpus_per_node = 1;
-  options.steps = 6;
+  options.steps = STEPS;
   options.seed = 77;
   options.trace = true;
   return options;
