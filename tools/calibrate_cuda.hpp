@@ -7,7 +7,9 @@
 #include "model/model_spec.hpp"
 #include "model/plan.hpp"
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 namespace cuboid::tools {
 
@@ -18,9 +20,11 @@ struct CudaCalibration {
 };
 
 /// Measures the GEMMs of `model` under `plan` (TP shards), attention, a memory-bound kernel, launch overhead and,
-/// with several processes, NCCL all-reduce, relative to the catalog peaks of `gpu_name`. Throws InputError when
-/// this cuboid was built without CUDA or `gpu_name` is unknown; DeviceError when no GPU is usable.
+/// with several processes, NCCL all-reduce, relative to the catalog peaks of `gpu_name`; `square_gemm_sizes` (empty:
+/// the default sweep of exec/cuda/cuda_calibration.hpp) are the M = N = K of the square GEMM sweep. Throws
+/// InputError when this cuboid was built without CUDA or `gpu_name` is unknown; DeviceError when no GPU is usable.
 CudaCalibration calibrate_cuda_backend(const model::ModelSpec& model, const model::Plan& plan,
-                                       const std::string& gpu_name, double min_time_s);
+                                       const std::string& gpu_name, double min_time_s,
+                                       const std::vector<std::int64_t>& square_gemm_sizes);
 
 } // namespace cuboid::tools

@@ -16,11 +16,15 @@ constexpr double GIGA = 1e9;
 } // namespace
 
 CudaCalibration calibrate_cuda_backend(const model::ModelSpec& model, const model::Plan& plan,
-                                       const std::string& gpu_name, double min_time_s) {
+                                       const std::string& gpu_name, double min_time_s,
+                                       const std::vector<std::int64_t>& square_gemm_sizes) {
   const model::GpuSpec gpu = model::find_gpu(gpu_name, "command line: --gpu");
   exec::cuda::CudaCalibrationOptions options;
   exec::cuda::set_catalog_peaks(gpu, options.base);
   options.base.min_time_s = min_time_s;
+  if (!square_gemm_sizes.empty()) {
+    options.square_gemm_sizes = square_gemm_sizes;
+  }
   options.gpu = gpu.name;
   const exec::cuda::LaunchEnv launch = exec::cuda::read_process_launch_env();
   const exec::cuda::CudaCalibrationResult result = exec::cuda::calibrate_cuda_job(model, plan, options);

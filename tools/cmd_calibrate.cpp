@@ -27,6 +27,7 @@ constexpr const char* DEFAULT_CUDA_GPU = "h100-sxm"; // GPU whose catalog peaks 
 constexpr double GIGA = 1e9;
 constexpr double US = 1e6;
 constexpr int MAX_IN_SITU_STEPS = 1000;
+constexpr std::int64_t MAX_SQUARE_GEMM = 65536; // M = N = K; 65536^2 bf16 operands are 8 GiB each
 
 struct CalibrateOptions {
   ScenarioFlags scenario;
@@ -34,6 +35,7 @@ struct CalibrateOptions {
   std::string out_path = "cpu-profile.yaml";
   std::vector<int> tp_sizes;
   double min_time_s = 0.02;
+  std::vector<std::int64_t> square_gemm_sizes; // --backend cuda; empty: the default sweep
   bool json = false;
   // --- in-situ units (issue 5) ---
   int in_situ_steps = 8;
@@ -208,7 +210,14 @@ int run_calibrate_cuda(const CalibrateOptions& cli) {
   check_output_flags(cli);
   const model::Scenario scenario = resolve_scenario(cli.scenario); // shapes only: tp and micro-batch size
   const std::string gpu = cli.scenario.cluster.gpu.value_or(DEFAULT_CUDA_GPU);
-  const CudaCalibration result = calibrate_cuda_backend(scenario.model, scenario.plan, gpu, cli.min_time_s);
+  for (const std::int64_t size : cli.square_gemm_sizes) {
+    if (size < 1 || size > MAX_SQUARE_GEMM) {
+      throw InputError(input_message(WHERE, "--square-gemm-sizes",
+                                     fmt::format("{} (expected M = N = K in 1..{})", size, MAX_SQUARE_GEMM)));
+    }
+  }
+  const CudaCalibration result =
+      calibrate_cuda_backend(scenario.model, scenario.plan, gpu, cli.min_time_s, cli.square_gemm_sizes);
   if (!result.is_root) {
     return 0;
   }
@@ -224,6 +233,10 @@ int run_calibrate(const CalibrateOptions& cli) {
   }
   if (cli.backend != "cpu") {
     throw InputError(input_message(WHERE, "--backend", fmt::format("unknown value '{}' (valid: cpu, cuda)", cli.backend)));
+  }
+  if (!cli.square_gemm_sizes.empty()) {
+    throw InputError(input_message(WHERE, "--square-gemm-sizes",
+                                   "only used by --backend cuda (the CPU calibration sweeps the model's own shapes)"));
   }
   int argc = 0;
   char** argv = nullptr;
@@ -312,6 +325,9 @@ void add_calibrate_command(CLI::App& app, Action& action) {
       ->delimiter(',');
   cmd->add_option("--min-time", options->min_time_s, "Seconds each measurement repeats for (best repeat counts)")
       ->capture_default_str();
+  cmd->add_option("--square-gemm-sizes", options->square_gemm_sizes,
+                  "--backend cuda: M = N = K of the square GEMM sweep (default 512,1024,2048,4096,8192)")
+      ->delimiter(',');
   cmd->add_flag("--json", options->json, "Print the measurements as one JSON object");
   // --- in-situ units (issue 5) ---
   cmd->add_option("--in-situ-steps", options->in_situ_steps,
