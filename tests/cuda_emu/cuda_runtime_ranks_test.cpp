@@ -1,5 +1,6 @@
 // The CUDA training runtime with several ranks, on the CUDA emulator: the four canonical plans (1 GPU; DP 2; DP 2 x
-// TP 2; DP 2 x TP 2 x PP 2) of gpt-tiny, each rank a process of `cuboid_emu run --backend cuda` launched as torchrun
+// TP 2; DP 2 x TP 2 x PP 2) of gpt-tiny, and three variants (interleaved 1F1B; llama-tiny with GQA split over TP and
+// full recompute; the distributed optimizer), each rank a process of `cuboid_emu run --backend cuda` launched as torchrun
 // does (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), NCCL through the emulator's
 // cross-process transport. Their losses must follow the CPU backend's single-process run of the same global batch
 // (the CPU backend's multi-rank runs equal its single-rank run to ~3e-6, tests/exec/equivalence), within the bf16
@@ -62,18 +63,33 @@ struct Plan {
   int dp = 1;
   int tp = 1;
   int pp = 1;
+  std::string model = "gpt-tiny";
+  std::vector<std::string> flags; // more `cuboid run` flags
   [[nodiscard]] int ranks() const { return dp * tp * pp; }
+  [[nodiscard]] std::string name() const {
+    std::string out = fmt::format("{}_dp{}_tp{}_pp{}", model, dp, tp, pp);
+    for (const auto& f : flags) {
+      out += '_';
+      for (const char c : f) {
+        if (c != '-') {
+          out += c;
+        }
+      }
+    }
+    return out;
+  }
 };
 
 // Launches `ranks` processes of cuboid_emu with the torchrun environment; rank 0's stdout goes to `json_path`.
 // Returns the exit codes (-1 for a process that had to be killed after RUN_TIMEOUT).
 std::vector<int> launch(const Plan& plan, const std::string& json_path, const std::string& log_prefix) {
   const int port = free_port();
-  const std::vector<std::string> args = {CUBOID_EMU_BINARY, "run", "--backend", "cuda", "--model", "gpt-tiny",
-                                         "--dp", std::to_string(plan.dp), "--tp", std::to_string(plan.tp), "--pp",
-                                         std::to_string(plan.pp), "--micro-batch-size", std::to_string(MICRO_BATCH),
-                                         "--global-batch-size", std::to_string(GLOBAL_BATCH), "--steps",
-                                         std::to_string(STEPS), "--json"};
+  std::vector<std::string> args = {CUBOID_EMU_BINARY, "run", "--backend", "cuda", "--model", plan.model,
+                                   "--dp", std::to_string(plan.dp), "--tp", std::to_string(plan.tp), "--pp",
+                                   std::to_string(plan.pp), "--micro-batch-size", std::to_string(MICRO_BATCH),
+                                   "--global-batch-size", std::to_string(GLOBAL_BATCH), "--steps",
+                                   std::to_string(STEPS), "--json"};
+  args.insert(args.end(), plan.flags.begin(), plan.flags.end());
   std::vector<pid_t> pids;
   for (int rank = 0; rank < plan.ranks(); ++rank) {
     std::vector<std::string> env_strings;
@@ -153,11 +169,16 @@ std::string slurp(const std::string& path) {
 
 TEST_CASE("CUDA runtime on the emulator: the canonical DP/TP/PP plans follow the CPU backend's losses",
           "[emu][exec][cuda]") {
-  const Plan plan = GENERATE(Plan{1, 1, 1}, Plan{2, 1, 1}, Plan{2, 2, 1}, Plan{2, 2, 2});
-  CAPTURE(plan.dp, plan.tp, plan.pp);
+  const Plan plan =
+      GENERATE(Plan{1, 1, 1, "gpt-tiny", {}}, Plan{2, 1, 1, "gpt-tiny", {}}, Plan{2, 2, 1, "gpt-tiny", {}},
+               Plan{2, 2, 2, "gpt-tiny", {}},
+               Plan{1, 1, 2, "gpt-tiny", {"--vp", "2"}}, Plan{1, 2, 2, "llama-tiny", {"--recompute", "full"}},
+               Plan{2, 1, 1, "gpt-tiny", {"--distributed-optimizer"}});
+  CAPTURE(plan.name());
 
+  // The CPU backend's single-process run of the same model and global batch (its multi-rank runs equal it).
   exec::RunOptions options;
-  options.model = model::find_model("gpt-tiny");
+  options.model = model::find_model(plan.model);
   options.plan.micro_batch_size = MICRO_BATCH;
   options.plan.global_batch_size = GLOBAL_BATCH;
   options.cluster.num_gpus = 1;
@@ -166,8 +187,7 @@ TEST_CASE("CUDA runtime on the emulator: the canonical DP/TP/PP plans follow the
   exec::LocalCommunicator world;
   const exec::RunResult cpu = exec::run_training(options, world);
 
-  const std::string prefix = fmt::format("{}/cuda_emu_ranks_dp{}_tp{}_pp{}", CUBOID_TEST_WORK_DIR, plan.dp, plan.tp,
-                                         plan.pp);
+  const std::string prefix = fmt::format("{}/cuda_emu_ranks_{}", CUBOID_TEST_WORK_DIR, plan.name());
   const std::string json_path = prefix + ".json";
   const std::vector<int> codes = launch(plan, json_path, prefix);
   for (std::size_t rank = 0; rank < codes.size(); ++rank) {
