@@ -1,11 +1,12 @@
-// Runs an emulated kernel launch (cuda_emu.hpp): every CUDA thread of a block is a fiber with its own stack; a scheduler on the launching host thread runs each fiber until it reaches a barrier (__syncthreads,
-// __syncwarp, a shuffle) or finishes the block, then releases a barrier once every live thread of its scope (warp or
-// block) waits at it. Blocks run one after another, in blockIdx order (x fastest), and launches of all host threads
+// Runs an emulated kernel launch (cuda_emu.hpp): every CUDA thread of a block is a fiber with its own stack. A
+// scheduler on the launching host thread runs each fiber until it reaches a barrier (__syncthreads, __syncwarp, a
+// shuffle) or finishes the block, and releases a barrier once every live thread of its scope (warp or block) waits at
+// it; at a warp barrier a lane hands over to the next lane of its warp directly. Blocks run one after another, in blockIdx order (x fastest), and launches of all host threads
 // are serialised by one mutex, because __shared__ arrays are `static` in the rewritten kernels.
 // What is reported (the launch fails with cudaErrorLaunchFailure, the reason printed, as a GPU's hang or garbage):
 //  - a barrier that can never be released (threads of one block waiting at different barriers, or a warp barrier
 //    some lanes of the warp never reach while others wait at __syncthreads);
-//  - a shuffle reading a lane that has exited or is not in the mask;
+//  - a shuffle reading a lane that exited before it offered a value, or a lane outside the mask;
 //  - an exception thrown inside the kernel (e.g. by the wmma emulation).
 #include "tests/cuda_emu/cuda_emu.hpp"
 #include "tests/cuda_emu/emu_runtime.hpp"
@@ -121,7 +122,6 @@ Fiber& current() {
   return *g_fiber;
 }
 
-// Back to the scheduler in `state`; returns when the scheduler resumes this fiber.
 // The lane of `self`'s warp to run next when `self` waits at a warp barrier: another runnable lane (the warp runs on
 // lane by lane), or, when `self` was the last to arrive, the first lane after releasing the barrier (possibly
 // `self`); nullptr when the warp cannot go on (a lane waits at __syncthreads): then the scheduler decides.
