@@ -1,8 +1,9 @@
 // Runs an emulated kernel launch (cuda_emu.hpp): every CUDA thread of a block is a fiber with its own stack. A
 // scheduler on the launching host thread runs each fiber until it reaches a barrier (__syncthreads, __syncwarp, a
 // shuffle) or finishes the block, and releases a barrier once every live thread of its scope (warp or block) waits at
-// it; at a warp barrier a lane hands over to the next lane of its warp directly. Blocks run one after another, in blockIdx order (x fastest), and launches of all host threads
-// are serialised by one mutex, because __shared__ arrays are `static` in the rewritten kernels.
+// it; at a warp barrier a lane hands over to the next lane of its warp directly. Blocks run one after another, in
+// blockIdx order (x fastest), and launches of all host threads are serialised by one mutex, because __shared__
+// arrays are `static` in the rewritten kernels.
 // What is reported (the launch fails with cudaErrorLaunchFailure, the reason printed, as a GPU's hang or garbage):
 //  - a barrier that can never be released (threads of one block waiting at different barriers, or a warp barrier
 //    some lanes of the warp never reach while others wait at __syncthreads);
