@@ -314,7 +314,8 @@ std::pair<cudaError_t, std::string> check_config(const void* kernel, dim3 grid, 
                         prop.maxGridSize[0], prop.maxGridSize[1], prop.maxGridSize[2])};
   }
   if (threads > static_cast<std::uint64_t>(prop.maxThreadsPerBlock) ||
-      block.x > static_cast<unsigned>(prop.maxThreadsDim[0]) || block.y > static_cast<unsigned>(prop.maxThreadsDim[1]) ||
+      block.x > static_cast<unsigned>(prop.maxThreadsDim[0]) ||
+      block.y > static_cast<unsigned>(prop.maxThreadsDim[1]) ||
       block.z > static_cast<unsigned>(prop.maxThreadsDim[2])) {
     return {cudaErrorInvalidConfiguration,
             fmt::format("block ({}, {}, {}) exceeds {} threads or the per-dimension maximum", block.x, block.y,
@@ -340,7 +341,8 @@ int lane_id() { return current().linear % WARP; }
 
 void sync_block() { yield(State::AtBlockBarrier); }
 
-void sync_warp(unsigned /*mask*/) { yield(State::AtWarpBarrier); } // every live lane of the warp (cuboid's masks are full)
+// Every live lane of the warp takes part, whatever the mask (cuboid's kernels use full masks).
+void sync_warp(unsigned /*mask*/) { yield(State::AtWarpBarrier); }
 
 std::uint64_t shuffle(unsigned mask, std::uint64_t bits, int src_lane) {
   Fiber& self = current();

@@ -71,8 +71,10 @@ std::string rewrite_launches(const std::string& text, const std::string& path) {
 }
 
 std::string rewrite_dynamic_shared(const std::string& text) {
-  static const std::regex decl(
-      R"(extern\s+__shared__\s+(?:__align__\s*\(\s*\d+\s*\)\s+)?([A-Za-z_][A-Za-z0-9_:]*(?:\s+[A-Za-z_][A-Za-z0-9_:]*)*)\s+([A-Za-z_][A-Za-z0-9_]*)\s*\[\s*\]\s*;)");
+  // extern __shared__ [__align__(N)] <type words> <name>[];  ->  $1 = the type, $2 = the name
+  static const std::regex decl(R"(extern\s+__shared__\s+(?:__align__\s*\(\s*\d+\s*\)\s+)?)"
+                               R"(([A-Za-z_][A-Za-z0-9_:]*(?:\s+[A-Za-z_][A-Za-z0-9_:]*)*)\s+)"
+                               R"(([A-Za-z_][A-Za-z0-9_]*)\s*\[\s*\]\s*;)");
   return std::regex_replace(text, decl, "$1* const $2 = ::cuboid::emu::dynamic_shared<$1>();");
 }
 

@@ -1,7 +1,7 @@
 // The CUDA training runtime with several ranks, on the CUDA emulator: the four canonical plans (1 GPU; DP 2; DP 2 x
-// TP 2; DP 2 x TP 2 x PP 2) of gpt-tiny, and three variants (interleaved 1F1B; llama-tiny with GQA split over TP and
-// full recompute; the distributed optimizer), each rank a process of `cuboid_emu run --backend cuda` launched as torchrun
-// does (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), NCCL through the emulator's
+// TP 2; DP 2 x TP 2 x PP 2) of gpt-tiny, and three variants (interleaved 1F1B; llama-tiny with GQA split over TP
+// and full recompute; the distributed optimizer), each rank a process of `cuboid_emu run --backend cuda` launched as
+// torchrun does (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), NCCL through the emulator's
 // cross-process transport. Their losses must follow the CPU backend's single-process run of the same global batch
 // (the CPU backend's multi-rank runs equal its single-rank run to ~3e-6, tests/exec/equivalence), within the bf16
 // tolerance of tests/exec/cuda/cuda_runtime_gpu_test.cpp (2 % per step). No GPU can run these plans here (the lent
