@@ -123,30 +123,16 @@ Fiber& current() {
   return *g_fiber;
 }
 
-// The lane of `self`'s warp to run next when `self` waits at a warp barrier: another runnable lane (the warp runs on
-// lane by lane), or, when `self` was the last to arrive, the first lane after releasing the barrier (possibly
-// `self`); nullptr when the warp cannot go on (a lane waits at __syncthreads): then the scheduler decides.
-// Handing over directly saves the round trip through the scheduler at every shuffle.
-Fiber* warp_successor(Fiber& self) {
-  GridRun& run = *g_run;
-  const auto first = static_cast<std::size_t>(self.linear / WARP * WARP);
-  const std::size_t last = std::min(first + WARP, run.fibers.size());
-  const auto me = static_cast<std::size_t>(self.linear);
-  for (std::size_t t = me + 1; t < last; ++t) {
-    if (run.fibers[t].state == State::Runnable) {
-      return &run.fibers[t];
-    }
-  }
-  Fiber* resume = nullptr;
+// Releases the warp barrier of the lanes [first, last) when every live lane of the warp waits at it (and at least
+// one does); returns the first lane released, or nullptr when the barrier cannot be released.
+Fiber* release_warp(GridRun& run, std::size_t first, std::size_t last) {
   for (std::size_t t = first; t < last; ++t) {
     const State st = run.fibers[t].state;
-    if (st == State::Runnable) {
-      return &run.fibers[t];
-    }
     if (st != State::AtWarpBarrier && st != State::BlockDone) {
       return nullptr;
     }
   }
+  Fiber* resume = nullptr;
   for (std::size_t t = first; t < last; ++t) {
     Fiber& f = run.fibers[t];
     if (f.state == State::AtWarpBarrier) {
@@ -155,6 +141,24 @@ Fiber* warp_successor(Fiber& self) {
     }
   }
   return resume;
+}
+
+// The lane of `self`'s warp to run next when `self` waits at a warp barrier: another runnable lane (the warp runs on
+// lane by lane, from the lane after `self`), or, when `self` was the last to arrive, the first lane after releasing
+// the barrier (possibly `self`); nullptr when the warp cannot go on (a lane waits at __syncthreads): then the
+// scheduler decides. Handing over directly saves the round trip through the scheduler at every shuffle.
+Fiber* warp_successor(Fiber& self) {
+  GridRun& run = *g_run;
+  const auto first = static_cast<std::size_t>(self.linear / WARP * WARP);
+  const std::size_t lanes = std::min(first + WARP, run.fibers.size()) - first;
+  const auto me = static_cast<std::size_t>(self.linear) - first;
+  for (std::size_t step = 1; step < lanes; ++step) {
+    Fiber& f = run.fibers[first + (me + step) % lanes];
+    if (f.state == State::Runnable) {
+      return &f;
+    }
+  }
+  return release_warp(run, first, first + lanes);
 }
 
 // Leaves `self` in `state` and runs the next fiber; returns when `self` is resumed.
@@ -207,28 +211,8 @@ const char* state_name(State s) {
 // Releases the barriers that every live thread of their scope has reached; false when none can be released.
 bool release_barriers(GridRun& run) {
   bool released = false;
-  const int threads = static_cast<int>(run.fibers.size());
-  for (int first = 0; first < threads; first += WARP) {
-    const int last = std::min(first + WARP, threads);
-    bool any = false;
-    bool all = true;
-    for (int t = first; t < last; ++t) {
-      const State s = run.fibers[static_cast<std::size_t>(t)].state;
-      if (s == State::AtWarpBarrier) {
-        any = true;
-      } else if (s != State::BlockDone) {
-        all = false;
-      }
-    }
-    if (any && all) {
-      for (int t = first; t < last; ++t) {
-        Fiber& f = run.fibers[static_cast<std::size_t>(t)];
-        if (f.state == State::AtWarpBarrier) {
-          f.state = State::Runnable;
-        }
-      }
-      released = true;
-    }
+  for (std::size_t first = 0; first < run.fibers.size(); first += WARP) {
+    released = release_warp(run, first, std::min(first + WARP, run.fibers.size())) != nullptr || released;
   }
   if (released) {
     return true;
