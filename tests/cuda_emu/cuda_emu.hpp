@@ -121,24 +121,11 @@ template <typename T> T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int
   }
   return ::cuboid::emu::from_bits<T>(::cuboid::emu::shuffle(mask, ::cuboid::emu::to_bits(var), src));
 }
-template <typename T> T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = 32) {
-  const int lane = ::cuboid::emu::lane_id();
-  int src = lane + static_cast<int>(delta);
-  if (src / width != lane / width) {
-    src = lane;
-  }
-  return ::cuboid::emu::from_bits<T>(::cuboid::emu::shuffle(mask, ::cuboid::emu::to_bits(var), src));
-}
 
 // Atomics: the fibers of a launch run on one host thread and launches are serialised, so a plain update is atomic.
 template <typename T> T atomicAdd(T* address, T value) {
   const T old = *address;
   *address = old + value;
-  return old;
-}
-template <typename T> T atomicMax(T* address, T value) {
-  const T old = *address;
-  *address = old < value ? value : old;
   return old;
 }
 
@@ -147,18 +134,12 @@ template <typename T> cudaError_t cudaFuncSetAttribute(T* func, cudaFuncAttribut
   return ::cudaFuncSetAttribute(reinterpret_cast<const void*>(func), attr, value);
 }
 
-// Device min / max of integer and floating arguments (CUDA Math API), in the usual arithmetic type of the two.
+// Device min of integer and floating arguments (CUDA Math API), in the usual arithmetic type of the two.
 template <typename A, typename B> constexpr std::common_type_t<A, B> min(A a, B b) {
   return b < a ? std::common_type_t<A, B>(b) : std::common_type_t<A, B>(a);
 }
-template <typename A, typename B> constexpr std::common_type_t<A, B> max(A a, B b) {
-  return a < b ? std::common_type_t<A, B>(b) : std::common_type_t<A, B>(a);
-}
 
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
-inline float __expf(float x) { return std::exp(x); }
-inline float __logf(float x) { return std::log(x); }
-inline float __fdividef(float x, float y) { return x / y; }
 
 // ---- wmma (CUDA C++ Programming Guide, "Warp Matrix Functions"): whole-tile fragments, fp32 accumulation.
 namespace nvcuda::wmma {
