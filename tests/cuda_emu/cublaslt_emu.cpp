@@ -144,6 +144,21 @@ bool lookup(Handle handle, const std::map<const T*, std::unique_ptr<T>>& table, 
   return true;
 }
 
+// Writes `value` back to the object behind `handle` (after a set-attribute call changed a copy of it); fails when the
+// handle was destroyed in between.
+template <typename Handle, typename T>
+cublasStatus_t store(Handle handle, std::map<const T*, std::unique_ptr<T>>& table, const T& value,
+                     const char* function) {
+  const std::lock_guard lock(objects().mutex);
+  const auto it = table.find(reinterpret_cast<const T*>(handle));
+  if (it == table.end()) {
+    return fail(CUBLAS_STATUS_INVALID_VALUE, fmt::format("{}: {} destroyed meanwhile", function,
+                                                         static_cast<const void*>(handle)));
+  }
+  *it->second = value;
+  return CUBLAS_STATUS_SUCCESS;
+}
+
 // The int32 / uint32 / uint64 value of an attribute buffer, refusing a buffer of another size.
 template <typename V> cublasStatus_t read_attribute(const void* buf, std::size_t size, V& value, const char* what) {
   if (buf == nullptr || size != sizeof(V)) {
@@ -453,13 +468,7 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t matmulDesc, c
   if (status != CUBLAS_STATUS_SUCCESS) {
     return status;
   }
-  const std::lock_guard lock(o.mutex);
-  const auto it = o.descs.find(reinterpret_cast<const MatmulDesc*>(matmulDesc));
-  if (it == o.descs.end()) {
-    return fail(CUBLAS_STATUS_INVALID_VALUE, fmt::format("{}: matmul descriptor destroyed meanwhile", FUNCTION));
-  }
-  *it->second = desc;
-  return CUBLAS_STATUS_SUCCESS;
+  return store(matmulDesc, o.descs, desc, FUNCTION);
 }
 
 // ---- matrix layouts
@@ -513,13 +522,7 @@ cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p
   if (status != CUBLAS_STATUS_SUCCESS) {
     return status;
   }
-  const std::lock_guard lock(o.mutex);
-  const auto it = o.preferences.find(reinterpret_cast<const Preference*>(pref));
-  if (it == o.preferences.end()) {
-    return fail(CUBLAS_STATUS_INVALID_VALUE, fmt::format("{}: preference destroyed meanwhile", FUNCTION));
-  }
-  *it->second = value;
-  return CUBLAS_STATUS_SUCCESS;
+  return store(pref, o.preferences, value, FUNCTION);
 }
 
 // ---- heuristic and matmul

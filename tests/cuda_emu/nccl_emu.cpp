@@ -377,14 +377,20 @@ void run_collective(ncclComm& comm, const CollectiveArgs& args) {
 
 // ---- point to point
 
-void post_send(ncclComm& comm, const void* data, std::size_t count, ncclDataType_t dtype, int peer) {
+// The element size of a send's / recv's datatype; throws ncclInvalidArgument for an invalid datatype or peer.
+std::size_t p2p_element_bytes(const ncclComm& comm, const char* call, ncclDataType_t dtype, int peer) {
   const std::size_t elem = dtype_bytes(dtype);
   if (elem == 0) {
-    throw EmuError(ncclInvalidArgument, fmt::format("ncclSend: datatype {} invalid", static_cast<int>(dtype)));
+    throw EmuError(ncclInvalidArgument, fmt::format("{}: datatype {} invalid", call, static_cast<int>(dtype)));
   }
   if (peer < 0 || peer >= comm.nranks) {
-    throw EmuError(ncclInvalidArgument, fmt::format("ncclSend: peer {} of {} ranks", peer, comm.nranks));
+    throw EmuError(ncclInvalidArgument, fmt::format("{}: peer {} of {} ranks", call, peer, comm.nranks));
   }
+  return elem;
+}
+
+void post_send(ncclComm& comm, const void* data, std::size_t count, ncclDataType_t dtype, int peer) {
+  const std::size_t elem = p2p_element_bytes(comm, "ncclSend", dtype, peer);
   std::string detail;
   const ncclResult_t valid = check_buffer(data, count * elem, "ncclSend sendbuff", detail);
   Segment& segment = *comm.segment;
@@ -430,13 +436,7 @@ void post_send(ncclComm& comm, const void* data, std::size_t count, ncclDataType
 }
 
 void receive(ncclComm& comm, void* data, std::size_t count, ncclDataType_t dtype, int peer) {
-  const std::size_t elem = dtype_bytes(dtype);
-  if (elem == 0) {
-    throw EmuError(ncclInvalidArgument, fmt::format("ncclRecv: datatype {} invalid", static_cast<int>(dtype)));
-  }
-  if (peer < 0 || peer >= comm.nranks) {
-    throw EmuError(ncclInvalidArgument, fmt::format("ncclRecv: peer {} of {} ranks", peer, comm.nranks));
-  }
+  const std::size_t elem = p2p_element_bytes(comm, "ncclRecv", dtype, peer);
   std::string detail;
   const ncclResult_t valid = check_buffer(data, count * elem, "ncclRecv recvbuff", detail);
   Segment& segment = *comm.segment;
