@@ -1,6 +1,7 @@
 // Elementwise helpers of the training runtime (see elementwise.cuh). Memory bound; grid-stride loops; column sums
-// walk rows with one thread per column (coalesced across the warp); device sums reduce per block and add one
-// atomic per block (order of those additions is not deterministic: rounding-level differences only).
+// reduce a tile of columns over a chunk of rows per block (elementwise.cuh Config) and add one atomic per column and
+// chunk; device sums reduce per block and add one atomic per block (the order of those additions is not
+// deterministic: rounding-level differences only).
 #include "kernels/device_utils.cuh"
 #include "kernels/elementwise.cuh"
 
@@ -33,15 +34,45 @@ __global__ void __launch_bounds__(Config::THREADS)
 template <typename T>
 __global__ void __launch_bounds__(Config::COLUMN_THREADS)
     column_sum_kernel(float* __restrict__ dbias, const T* __restrict__ dy, std::int64_t rows, std::int64_t cols) {
-  const std::int64_t col = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (col >= cols) {
-    return;
+  constexpr int PER_LANE = Config::COLUMN_TILE / detail::WARP_SIZE;
+  __shared__ float partial[Config::COLUMN_WARPS][Config::COLUMN_TILE];
+  const int lane = static_cast<int>(threadIdx.x) % detail::WARP_SIZE;
+  const int warp = static_cast<int>(threadIdx.x) / detail::WARP_SIZE;
+  const std::int64_t col0 = static_cast<std::int64_t>(blockIdx.x) * Config::COLUMN_TILE;
+  const std::int64_t chunk = ceil_div(rows, static_cast<std::int64_t>(gridDim.y));
+  const std::int64_t row_begin = static_cast<std::int64_t>(blockIdx.y) * chunk;
+  const std::int64_t row_end = row_begin + chunk < rows ? row_begin + chunk : rows;
+  float acc[PER_LANE] = {};
+  for (std::int64_t r = row_begin + warp; r < row_end; r += Config::COLUMN_WARPS) {
+    const T* row = dy + r * cols;
+    for (int j = 0; j < PER_LANE; ++j) {
+      const std::int64_t c = col0 + j * detail::WARP_SIZE + lane;
+      if (c < cols) {
+        acc[j] += detail::to_float(row[c]);
+      }
+    }
   }
-  float acc = 0.0f;
-  for (std::int64_t r = 0; r < rows; ++r) {
-    acc += detail::to_float(dy[r * cols + col]);
+  for (int j = 0; j < PER_LANE; ++j) {
+    partial[warp][j * detail::WARP_SIZE + lane] = acc[j];
   }
-  dbias[col] += acc;
+  __syncthreads();
+  if (warp == 0) {
+    for (int j = 0; j < PER_LANE; ++j) {
+      const int t = j * detail::WARP_SIZE + lane;
+      const std::int64_t c = col0 + t;
+      if (c < cols) {
+        float total = 0.0f;
+        for (int w = 0; w < Config::COLUMN_WARPS; ++w) {
+          total += partial[w][t];
+        }
+        if (gridDim.y == 1) {
+          dbias[c] += total;
+        } else {
+          atomicAdd(dbias + c, total);
+        }
+      }
+    }
+  }
 }
 
 __global__ void __launch_bounds__(Config::THREADS)

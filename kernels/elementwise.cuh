@@ -12,7 +12,16 @@ namespace cuboid::kernels::elementwise {
 struct Config {
   static constexpr int THREADS = 256;
   static constexpr int MAX_BLOCKS = 65536;   // grid-stride beyond this
-  static constexpr int COLUMN_THREADS = 256; // column sums: one thread per column, strided over rows
+  // Column sums: a block sums COLUMN_TILE columns over one chunk of rows (each of its COLUMN_WARPS warps every
+  // COLUMN_WARPS-th row, the 32 lanes on consecutive columns: coalesced), then adds its partial sums with one atomic
+  // per column. Rows are split into chunks so that a (rows, 2048) gradient still gets ~COLUMN_TARGET_BLOCKS blocks
+  // (132 SMs on an H100): one thread per column over all rows (cols / 256 blocks) left the GPU almost idle.
+  static constexpr int COLUMN_TILE = 64;
+  static constexpr int COLUMN_WARPS = 8;
+  static constexpr int COLUMN_THREADS = COLUMN_WARPS * 32;
+  static constexpr std::int64_t COLUMN_TARGET_BLOCKS = 1024;
+  static constexpr std::int64_t COLUMN_MIN_ROWS = 64; // rows per chunk at least
+  static constexpr std::int64_t MAX_GRID_Y = 65535;
   static constexpr int REDUCE_BLOCKS = 256;  // device sums: partial block sums added with one atomic each
 };
 
@@ -47,13 +56,23 @@ template <typename T> struct ResidualAddArgs {
   }
 };
 
-/// dbias (cols) += sum over rows of dy (rows, cols).
+/// dbias (cols) += sum over rows of dy (rows, cols). The chunks' partial sums are added atomically (their order is
+/// not deterministic: rounding-level differences only); with one chunk (rows <= COLUMN_MIN_ROWS) it is exact.
 template <typename T> struct ColumnSumArgs {
   float* dbias = nullptr;
   const T* dy = nullptr;
   std::int64_t rows = 0;
   std::int64_t cols = 0;
-  [[nodiscard]] dim3 grid() const { return dim3(static_cast<unsigned>(ceil_div(cols, Config::COLUMN_THREADS))); }
+  [[nodiscard]] std::int64_t column_tiles() const { return ceil_div(cols, Config::COLUMN_TILE); }
+  [[nodiscard]] std::int64_t row_chunks() const {
+    const std::int64_t wanted = ceil_div(Config::COLUMN_TARGET_BLOCKS, column_tiles());
+    const std::int64_t most = ceil_div(rows, Config::COLUMN_MIN_ROWS);
+    const std::int64_t chunks = wanted < most ? wanted : most;
+    return chunks < Config::MAX_GRID_Y ? chunks : Config::MAX_GRID_Y;
+  }
+  [[nodiscard]] dim3 grid() const {
+    return dim3(static_cast<unsigned>(column_tiles()), static_cast<unsigned>(row_chunks()));
+  }
   void validate() const {
     require_ptr(dbias, "elementwise::column_sum", "dbias");
     require_ptr(dy, "elementwise::column_sum", "dy");

@@ -22,6 +22,7 @@
 #include "kernels/attention_tc.cuh"
 #include "kernels/cast.cuh"
 #include "kernels/cross_entropy.cuh"
+#include "kernels/elementwise.cuh"
 #include "kernels/embedding.cuh"
 #include "kernels/layernorm.cuh"
 #include "kernels/rmsnorm.cuh"
@@ -626,4 +627,38 @@ TEST_CASE("exec::cuda::EventTimeline: task times in the measured-trace format", 
     CHECK(events[1].end_s > events[1].start_s);
   }
   cudaStreamDestroy(stream);
+}
+
+TEMPLATE_TEST_CASE("kernels::elementwise: column sums (chunked over rows), bias and residual adds vs the host",
+                   "[gpu][kernels]", float, k::bf16) {
+  using T = TestType;
+  // (1000, 130): 3 column tiles (the last one partial) x 16 row chunks added atomically; (3, 2100): one chunk.
+  for (const auto& [rows, cols] : {std::pair<std::int64_t, std::int64_t>{1000, 130}, {3, 2100}}) {
+    INFO("rows " << rows << ", cols " << cols);
+    const std::size_t n = static_cast<std::size_t>(rows * cols);
+    const auto dy = quantize<T>(random_vec(n, 40));
+    const auto partial = random_vec(n, 41);
+    const auto bias = random_vec(static_cast<std::size_t>(cols), 42);
+    const auto initial = random_vec(static_cast<std::size_t>(cols), 43);
+    const k::elementwise::ColumnSumArgs<T> args{nullptr, nullptr, rows, cols};
+    CHECK(args.row_chunks() == (rows == 1000 ? 16 : 1));
+    DeviceArray<T> d_dy(dy), d_out(n);
+    DeviceArray<float> d_sum(initial), d_partial(partial), d_bias(bias);
+    k::elementwise::column_sum<T>({d_sum.get(), d_dy.get(), rows, cols}, nullptr);
+    std::vector<float> ref_sum(initial);
+    std::vector<float> ref_residual(n), ref_bias_add(n);
+    for (std::int64_t r = 0; r < rows; ++r) {
+      for (std::int64_t c = 0; c < cols; ++c) {
+        const auto idx = static_cast<std::size_t>(r * cols + c);
+        ref_sum[static_cast<std::size_t>(c)] += dy[idx];
+        ref_residual[idx] = dy[idx] + (partial[idx] + bias[static_cast<std::size_t>(c)]);
+        ref_bias_add[idx] = dy[idx] + bias[static_cast<std::size_t>(c)];
+      }
+    }
+    require_close(d_sum.download(), ref_sum, 1e-5, 1e-4, "column_sum");
+    k::elementwise::residual_add<T>({d_out.get(), d_dy.get(), d_partial.get(), d_bias.get(), rows, cols}, nullptr);
+    require_close(d_out.download(), quantize<T>(ref_residual), EPS<T>, 1e-6, "residual_add");
+    k::elementwise::bias_add<T>({d_dy.get(), d_bias.get(), rows, cols}, nullptr);
+    require_close(d_dy.download(), quantize<T>(ref_bias_add), EPS<T>, 1e-6, "bias_add");
+  }
 }
