@@ -1,4 +1,5 @@
-// Activation kernels: fp32 math on each element, grid-stride loops (memory bound: one read per input, one write).
+// Activation kernels: fp32 math on each element, grid-stride loops (memory bound: one read per input, one write;
+// the GeLU's optional bias is (cols) fp32, read through the cache).
 #include "kernels/activation.cuh"
 #include "kernels/device_utils.cuh"
 
@@ -13,22 +14,50 @@ __device__ __forceinline__ float sigmoid(float v) { return 1.0f / (1.0f + expf(-
 
 // ---- kernels
 
-template <typename T>
-__global__ void __launch_bounds__(Config::THREADS) gelu_forward_kernel(T* __restrict__ y, const T* __restrict__ x,
-                                                                        std::int64_t n) {
+// BIAS: v = x[idx] + bias[idx % cols]. The column advances with the grid stride (one 64-bit modulo per thread,
+// then an add and a compare per element) instead of a 64-bit modulo per element.
+template <typename T, bool BIAS>
+__global__ void __launch_bounds__(Config::THREADS)
+    gelu_forward_kernel(T* __restrict__ y, const T* __restrict__ x, const float* __restrict__ bias, std::int64_t n,
+                        std::int64_t cols) {
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
-  for (std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += stride) {
-    const float v = detail::to_float(x[idx]);
+  std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  [[maybe_unused]] std::int64_t col = 0;
+  [[maybe_unused]] std::int64_t col_step = 0;
+  if constexpr (BIAS) {
+    col = idx % cols;
+    col_step = stride % cols;
+  }
+  for (; idx < n; idx += stride) {
+    float v = detail::to_float(x[idx]);
+    if constexpr (BIAS) {
+      v += bias[col];
+      col += col_step;
+      col -= col >= cols ? cols : 0;
+    }
     y[idx] = detail::from_float<T>(0.5f * v * (1.0f + tanhf(GELU_SCALE * (v + GELU_CUBIC * v * v * v))));
   }
 }
 
-template <typename T>
+template <typename T, bool BIAS>
 __global__ void __launch_bounds__(Config::THREADS)
-    gelu_backward_kernel(T* __restrict__ dx, const T* __restrict__ dy, const T* __restrict__ x, std::int64_t n) {
+    gelu_backward_kernel(T* __restrict__ dx, const T* __restrict__ dy, const T* __restrict__ x,
+                         const float* __restrict__ bias, std::int64_t n, std::int64_t cols) {
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
-  for (std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += stride) {
-    const float v = detail::to_float(x[idx]);
+  std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  [[maybe_unused]] std::int64_t col = 0;
+  [[maybe_unused]] std::int64_t col_step = 0;
+  if constexpr (BIAS) {
+    col = idx % cols;
+    col_step = stride % cols;
+  }
+  for (; idx < n; idx += stride) {
+    float v = detail::to_float(x[idx]);
+    if constexpr (BIAS) {
+      v += bias[col];
+      col += col_step;
+      col -= col >= cols ? cols : 0;
+    }
     const float t = tanhf(GELU_SCALE * (v + GELU_CUBIC * v * v * v));
     const float dinner = GELU_SCALE * (1.0f + 3.0f * GELU_CUBIC * v * v);
     const float g = detail::to_float(dy[idx]);
@@ -65,14 +94,25 @@ __global__ void __launch_bounds__(Config::THREADS)
 template <typename T> void gelu_forward(const GeluForwardArgs<T>& args, cudaStream_t stream) {
   NVTX_RANGE_FN();
   args.validate();
-  gelu_forward_kernel<T><<<args.grid(), Config::THREADS, 0, stream>>>(args.y, args.x, args.n);
+  if (args.bias != nullptr) {
+    gelu_forward_kernel<T, true><<<args.grid(), Config::THREADS, 0, stream>>>(args.y, args.x, args.bias, args.n,
+                                                                                args.cols);
+  } else {
+    gelu_forward_kernel<T, false><<<args.grid(), Config::THREADS, 0, stream>>>(args.y, args.x, nullptr, args.n, 0);
+  }
   CUDA_CHECK(cudaGetLastError());
 }
 
 template <typename T> void gelu_backward(const GeluBackwardArgs<T>& args, cudaStream_t stream) {
   NVTX_RANGE_FN();
   args.validate();
-  gelu_backward_kernel<T><<<args.grid(), Config::THREADS, 0, stream>>>(args.dx, args.dy, args.x, args.n);
+  if (args.bias != nullptr) {
+    gelu_backward_kernel<T, true><<<args.grid(), Config::THREADS, 0, stream>>>(args.dx, args.dy, args.x, args.bias,
+                                                                                 args.n, args.cols);
+  } else {
+    gelu_backward_kernel<T, false><<<args.grid(), Config::THREADS, 0, stream>>>(args.dx, args.dy, args.x, nullptr,
+                                                                                  args.n, 0);
+  }
   CUDA_CHECK(cudaGetLastError());
 }
 

@@ -2,6 +2,12 @@
 // (Hendrycks & Gimpel 2016, as GPT-2): y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); SwiGLU (Shazeer 2020,
 // as Llama): y = silu(gate) * up. All tensors are contiguous (n elements) in T (float or bf16), computed in fp32.
 // Backward outputs are OVERWRITTEN, like the CPU ops. Elementwise, grid-stride loops.
+// Bias + GeLU (Megatron-LM's bias_gelu fusion, megatron/model/fused_bias_gelu.py): with `bias` set, the fc1 GEMM
+// writes x without its bias and the GeLU adds it: y = gelu(x + bias[col]), x viewed as (n / cols, cols) row-major;
+// the backward adds the same bias, so the runtime keeps fc1's output without it. That saves the separate bias-add
+// pass over the (rows, ffn) fc1 output (a read and a write of it in HBM, and a launch) for the price of cols fp32
+// reads that stay in L1/L2. The bias gradient (column sum of dx) is not computed here. Without a bias the launcher
+// runs the plain kernels (a compile-time branch): the same code as before the fusion.
 #pragma once
 
 #include "kernels/common.cuh"
@@ -17,11 +23,18 @@ template <typename T> struct GeluForwardArgs {
   T* y = nullptr;       // (n)
   const T* x = nullptr; // (n)
   std::int64_t n = 0;
+  const float* bias = nullptr; // optional fp32 (cols): y = gelu(x + bias[col]) with x viewed as (n / cols, cols)
+  std::int64_t cols = 0;       // required > 0 and dividing n when bias is set; ignored otherwise
   [[nodiscard]] dim3 grid() const { return grid_stride_grid(n, Config::THREADS, Config::MAX_BLOCKS); }
   void validate() const {
     require_ptr(y, "activation::gelu_forward", "y");
     require_ptr(x, "activation::gelu_forward", "x");
     require(n > 0, "activation::gelu_forward", "n must be positive", n);
+    if (bias != nullptr) {
+      require(cols > 0, "activation::gelu_forward", "cols must be positive when bias is set", cols);
+      require(n % cols == 0, "activation::gelu_forward",
+              "cols must divide n (" + std::to_string(n) + ") when bias is set", cols);
+    }
   }
 };
 
@@ -30,12 +43,19 @@ template <typename T> struct GeluBackwardArgs {
   const T* dy = nullptr; // (n)
   const T* x = nullptr;  // (n)
   std::int64_t n = 0;
+  const float* bias = nullptr; // optional fp32 (cols): dx = dy * gelu'(x + bias[col]), x viewed as (n / cols, cols)
+  std::int64_t cols = 0;       // required > 0 and dividing n when bias is set; ignored otherwise
   [[nodiscard]] dim3 grid() const { return grid_stride_grid(n, Config::THREADS, Config::MAX_BLOCKS); }
   void validate() const {
     require_ptr(dx, "activation::gelu_backward", "dx");
     require_ptr(dy, "activation::gelu_backward", "dy");
     require_ptr(x, "activation::gelu_backward", "x");
     require(n > 0, "activation::gelu_backward", "n must be positive", n);
+    if (bias != nullptr) {
+      require(cols > 0, "activation::gelu_backward", "cols must be positive when bias is set", cols);
+      require(n % cols == 0, "activation::gelu_backward",
+              "cols must divide n (" + std::to_string(n) + ") when bias is set", cols);
+    }
   }
 };
 

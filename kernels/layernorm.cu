@@ -36,9 +36,9 @@ __global__ void __launch_bounds__(Config::THREADS)
   }
 }
 
-template <typename T>
+template <typename T, typename DY>
 __global__ void __launch_bounds__(Config::THREADS)
-    backward_kernel(T* __restrict__ dx, float* __restrict__ dw, float* __restrict__ db, const T* __restrict__ dy,
+    backward_kernel(T* __restrict__ dx, float* __restrict__ dw, float* __restrict__ db, const DY* __restrict__ dy,
                     const T* __restrict__ x, const float* __restrict__ w, const float* __restrict__ mean,
                     const float* __restrict__ rstd, std::int64_t rows, std::int64_t cols) {
   extern __shared__ float partial[]; // dw partial (C), then db partial (C)
@@ -51,7 +51,7 @@ __global__ void __launch_bounds__(Config::THREADS)
   }
   const auto inv_cols = 1.0f / static_cast<float>(cols);
   for (std::int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-    const T* dyr = dy + row * cols;
+    const DY* dyr = dy + row * cols;
     const T* xr = x + row * cols;
     const float mu = mean[row];
     const float rs = rstd[row];
@@ -91,14 +91,14 @@ template <typename T> void forward(const ForwardArgs<T>& args, cudaStream_t stre
   CUDA_CHECK(cudaGetLastError());
 }
 
-template <typename T> void backward(const BackwardArgs<T>& args, cudaStream_t stream) {
+template <typename T, typename DY> void backward(const BackwardArgs<T, DY>& args, cudaStream_t stream) {
   NVTX_RANGE_FN();
   args.validate();
   const std::size_t smem = args.smem_bytes();
   // Above 48 KiB of dynamic shared memory a kernel must opt in (CUDA C++ Programming Guide, "Shared Memory").
-  CUDA_CHECK(cudaFuncSetAttribute(backward_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  CUDA_CHECK(cudaFuncSetAttribute(backward_kernel<T, DY>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(smem)));
-  backward_kernel<T><<<args.grid(), Config::THREADS, smem, stream>>>(args.dx, args.dw, args.db, args.dy, args.x,
+  backward_kernel<T, DY><<<args.grid(), Config::THREADS, smem, stream>>>(args.dx, args.dw, args.db, args.dy, args.x,
                                                                        args.w, args.mean, args.rstd, args.rows,
                                                                        args.cols);
   CUDA_CHECK(cudaGetLastError());
@@ -106,7 +106,8 @@ template <typename T> void backward(const BackwardArgs<T>& args, cudaStream_t st
 
 template void forward<float>(const ForwardArgs<float>&, cudaStream_t);
 template void forward<bf16>(const ForwardArgs<bf16>&, cudaStream_t);
-template void backward<float>(const BackwardArgs<float>&, cudaStream_t);
-template void backward<bf16>(const BackwardArgs<bf16>&, cudaStream_t);
+template void backward<float, float>(const BackwardArgs<float, float>&, cudaStream_t);
+template void backward<bf16, bf16>(const BackwardArgs<bf16, bf16>&, cudaStream_t);
+template void backward<bf16, float>(const BackwardArgs<bf16, float>&, cudaStream_t);
 
 } // namespace cuboid::kernels::layernorm

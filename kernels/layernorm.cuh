@@ -2,6 +2,10 @@
 // (layer_norm_forward / layer_norm_backward, eps = 1e-5). x, y, dy, dx: (N, C) row-major in element type T (float or
 // bf16); weights w, b and their gradients are fp32 (master weights); mean and rstd (N) are fp32, saved for backward.
 // All sums are fp32. Backward ACCUMULATES into dx, dw and db, like the CPU op (callers zero them).
+// The backward's dy has its own element type DY (default T): DY = float takes the fp32 output of a data-gradient
+// GEMM (after its TP all-reduce) as it is, which saves the cast pass to bf16 before the norm (an fp32 read and a bf16
+// write of (N, C) in HBM, and a launch) and the rounding of dy to bf16. Instantiated for <float, float>,
+// <bf16, bf16> and <bf16, float>.
 // Forward: one block per row, two passes (mean, then variance) as the CPU reference. Backward: each block keeps
 // fp32 partial dw / db in shared memory over a strided set of rows and adds them to global memory once (so the
 // atomics are grid * C, not N * C), as karpathy/llm.c llmc/layernorm.cuh layernorm_backward_kernel10.
@@ -42,11 +46,11 @@ template <typename T> struct ForwardArgs {
   }
 };
 
-template <typename T> struct BackwardArgs {
+template <typename T, typename DY = T> struct BackwardArgs {
   T* dx = nullptr;           // (N, C), accumulated
   float* dw = nullptr;       // (C), accumulated
   float* db = nullptr;       // (C), accumulated
-  const T* dy = nullptr;     // (N, C)
+  const DY* dy = nullptr;    // (N, C): T, or fp32 straight from a data-gradient GEMM
   const T* x = nullptr;      // (N, C)
   const float* w = nullptr;  // (C)
   const float* mean = nullptr; // (N)
@@ -72,6 +76,6 @@ template <typename T> struct BackwardArgs {
 };
 
 template <typename T> void forward(const ForwardArgs<T>& args, cudaStream_t stream);
-template <typename T> void backward(const BackwardArgs<T>& args, cudaStream_t stream);
+template <typename T, typename DY = T> void backward(const BackwardArgs<T, DY>& args, cudaStream_t stream);
 
 } // namespace cuboid::kernels::layernorm

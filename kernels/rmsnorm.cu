@@ -28,9 +28,9 @@ __global__ void __launch_bounds__(Config::THREADS)
   }
 }
 
-template <typename T>
+template <typename T, typename DY>
 __global__ void __launch_bounds__(Config::THREADS)
-    backward_kernel(T* __restrict__ dx, float* __restrict__ dw, const T* __restrict__ dy, const T* __restrict__ x,
+    backward_kernel(T* __restrict__ dx, float* __restrict__ dw, const DY* __restrict__ dy, const T* __restrict__ x,
                     const float* __restrict__ w, const float* __restrict__ rstd, std::int64_t rows,
                     std::int64_t cols) {
   extern __shared__ float pdw[]; // (C) partial dw of this block
@@ -40,7 +40,7 @@ __global__ void __launch_bounds__(Config::THREADS)
   }
   const auto inv_cols = 1.0f / static_cast<float>(cols);
   for (std::int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-    const T* dyr = dy + row * cols;
+    const DY* dyr = dy + row * cols;
     const T* xr = x + row * cols;
     const float rs = rstd[row];
     float s_dxhat_xhat = 0.0f;
@@ -70,20 +70,21 @@ template <typename T> void forward(const ForwardArgs<T>& args, cudaStream_t stre
   CUDA_CHECK(cudaGetLastError());
 }
 
-template <typename T> void backward(const BackwardArgs<T>& args, cudaStream_t stream) {
+template <typename T, typename DY> void backward(const BackwardArgs<T, DY>& args, cudaStream_t stream) {
   NVTX_RANGE_FN();
   args.validate();
   const std::size_t smem = args.smem_bytes();
-  CUDA_CHECK(cudaFuncSetAttribute(backward_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  CUDA_CHECK(cudaFuncSetAttribute(backward_kernel<T, DY>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(smem)));
-  backward_kernel<T><<<args.grid(), Config::THREADS, smem, stream>>>(args.dx, args.dw, args.dy, args.x, args.w,
+  backward_kernel<T, DY><<<args.grid(), Config::THREADS, smem, stream>>>(args.dx, args.dw, args.dy, args.x, args.w,
                                                                        args.rstd, args.rows, args.cols);
   CUDA_CHECK(cudaGetLastError());
 }
 
 template void forward<float>(const ForwardArgs<float>&, cudaStream_t);
 template void forward<bf16>(const ForwardArgs<bf16>&, cudaStream_t);
-template void backward<float>(const BackwardArgs<float>&, cudaStream_t);
-template void backward<bf16>(const BackwardArgs<bf16>&, cudaStream_t);
+template void backward<float, float>(const BackwardArgs<float, float>&, cudaStream_t);
+template void backward<bf16, bf16>(const BackwardArgs<bf16, bf16>&, cudaStream_t);
+template void backward<bf16, float>(const BackwardArgs<bf16, float>&, cudaStream_t);
 
 } // namespace cuboid::kernels::rmsnorm

@@ -1,7 +1,8 @@
 // RMSNorm (Zhang & Sennrich 2019, as Llama) over the last dimension, forward and backward; reference:
 // exec/cpu/norm.hpp (rms_norm_forward / rms_norm_backward): y = x * rstd * w, rstd = 1 / sqrt(mean(x^2) + 1e-5).
 // x, y, dy, dx: (N, C) row-major in T (float or bf16); w and dw fp32; rstd (N) fp32, saved for backward.
-// Backward ACCUMULATES into dx and dw. Same structure as layernorm.cuh (block per row; shared-memory dw partials).
+// Backward ACCUMULATES into dx and dw. Same structure as layernorm.cuh (block per row; shared-memory dw partials), and
+// the same dy element type DY (default T; DY = float reads a data-gradient GEMM's fp32 output without a cast pass).
 #pragma once
 
 #include "kernels/common.cuh"
@@ -35,10 +36,10 @@ template <typename T> struct ForwardArgs {
   }
 };
 
-template <typename T> struct BackwardArgs {
+template <typename T, typename DY = T> struct BackwardArgs {
   T* dx = nullptr;             // (N, C), accumulated
   float* dw = nullptr;         // (C), accumulated
-  const T* dy = nullptr;       // (N, C)
+  const DY* dy = nullptr;      // (N, C): T, or fp32 straight from a data-gradient GEMM
   const T* x = nullptr;        // (N, C)
   const float* w = nullptr;    // (C)
   const float* rstd = nullptr; // (N)
@@ -61,6 +62,6 @@ template <typename T> struct BackwardArgs {
 };
 
 template <typename T> void forward(const ForwardArgs<T>& args, cudaStream_t stream);
-template <typename T> void backward(const BackwardArgs<T>& args, cudaStream_t stream);
+template <typename T, typename DY = T> void backward(const BackwardArgs<T, DY>& args, cudaStream_t stream);
 
 } // namespace cuboid::kernels::rmsnorm

@@ -1,5 +1,7 @@
 // Host-side logic of the CUDA kernels, run without a GPU: launch-precondition checks (LaunchError messages name the
-// kernel, the argument and the value) and grid / shared-memory sizes of the tiled kernels.
+// kernel, the argument and the value), grid / shared-memory sizes of the tiled kernels, and the argument types of
+// the fused variants (GeLU's bias; the norms' fp32 dy).
+#include "kernels/activation.cuh"
 #include "kernels/adamw.cuh"
 #include "kernels/attention.cuh"
 #include "kernels/attention_tc.cuh"
@@ -9,6 +11,8 @@
 #include "kernels/rope.cuh"
 
 #include <catch2/catch.hpp>
+
+#include <type_traits>
 
 namespace k = cuboid::kernels;
 
@@ -56,6 +60,61 @@ TEST_CASE("kernels::layernorm / rmsnorm: backward grid and shared memory", "[ker
   k::rmsnorm::BackwardArgs<float> rms{dummy, dummy, dummy, dummy, dummy, dummy, 10, k::rmsnorm::Config::MAX_COLS};
   CHECK_NOTHROW(rms.validate());
   CHECK(rms.smem_bytes() <= SM90_MAX_SMEM_BYTES);
+}
+
+TEST_CASE("kernels::layernorm / rmsnorm: backward dy element type", "[kernels]") {
+  // DY defaults to T (today's callers), and fp32 dy beside bf16 x keeps the bf16 launch shape.
+  STATIC_REQUIRE(std::is_same_v<decltype(k::layernorm::BackwardArgs<k::bf16>::dy), const k::bf16*>);
+  STATIC_REQUIRE(std::is_same_v<decltype(k::layernorm::BackwardArgs<k::bf16, float>::dy), const float*>);
+  STATIC_REQUIRE(std::is_same_v<decltype(k::layernorm::BackwardArgs<k::bf16, float>::x), const k::bf16*>);
+  STATIC_REQUIRE(std::is_same_v<decltype(k::rmsnorm::BackwardArgs<k::bf16>::dy), const k::bf16*>);
+  STATIC_REQUIRE(std::is_same_v<decltype(k::rmsnorm::BackwardArgs<k::bf16, float>::dy), const float*>);
+  k::bf16 dummy_bf16[4];
+  k::layernorm::BackwardArgs<k::bf16, float> ln{dummy_bf16, dummy, dummy, dummy, dummy_bf16, dummy, dummy, dummy,
+                                                100, 1024};
+  CHECK_NOTHROW(ln.validate());
+  CHECK(ln.smem_bytes() == 2 * 1024 * sizeof(float));
+  ln.dy = nullptr;
+  REQUIRE_THROWS_WITH(ln.validate(), "layernorm::backward: dy is null");
+  k::rmsnorm::BackwardArgs<k::bf16, float> rms{dummy_bf16, dummy, dummy, dummy_bf16, dummy, dummy, 10, 0};
+  REQUIRE_THROWS_WITH(rms.validate(), "rmsnorm::backward: cols must be in [1, 32768] (got 0)");
+}
+
+TEST_CASE("kernels::activation: GeLU bias preconditions", "[kernels]") {
+  SECTION("forward") {
+    k::activation::GeluForwardArgs<float> args{dummy, dummy, 4};
+    CHECK_NOTHROW(args.validate()); // no bias: cols 0 is ignored
+    args.bias = dummy;
+    REQUIRE_THROWS_AS(args.validate(), k::LaunchError);
+    REQUIRE_THROWS_WITH(args.validate(), "activation::gelu_forward: cols must be positive when bias is set (got 0)");
+    args.cols = -2;
+    REQUIRE_THROWS_WITH(args.validate(), Catch::Contains("cols must be positive when bias is set (got -2)"));
+    args.cols = 3;
+    REQUIRE_THROWS_WITH(args.validate(),
+                        "activation::gelu_forward: cols must divide n (4) when bias is set (got 3)");
+    args.cols = 2;
+    CHECK_NOTHROW(args.validate());
+    args.cols = 4;
+    CHECK_NOTHROW(args.validate());
+    args.bias = nullptr;
+    args.cols = 3; // ignored without a bias
+    CHECK_NOTHROW(args.validate());
+  }
+  SECTION("backward") {
+    k::activation::GeluBackwardArgs<k::bf16> args{reinterpret_cast<k::bf16*>(dummy),
+                                                  reinterpret_cast<const k::bf16*>(dummy),
+                                                  reinterpret_cast<const k::bf16*>(dummy), 6};
+    CHECK_NOTHROW(args.validate());
+    args.bias = dummy;
+    REQUIRE_THROWS_WITH(args.validate(), "activation::gelu_backward: cols must be positive when bias is set (got 0)");
+    args.cols = 4;
+    REQUIRE_THROWS_WITH(args.validate(),
+                        "activation::gelu_backward: cols must divide n (6) when bias is set (got 4)");
+    args.cols = 3;
+    CHECK_NOTHROW(args.validate());
+    args.dy = nullptr;
+    REQUIRE_THROWS_WITH(args.validate(), "activation::gelu_backward: dy is null");
+  }
 }
 
 TEST_CASE("kernels::attention: shapes, grids and shared memory", "[kernels]") {

@@ -256,6 +256,116 @@ TEMPLATE_TEST_CASE("kernels::activation vs exec::cpu activations", "[gpu][kernel
   }
 }
 
+namespace {
+// The largest |got - ref| - rtol |ref| - atol (<= 0: within tolerance), as require_close measures it.
+double worst_excess(const std::vector<float>& got, const std::vector<float>& ref, double rtol, double atol) {
+  double worst = -1e30;
+  for (std::size_t idx = 0; idx < got.size(); ++idx) {
+    const auto r = static_cast<double>(ref[idx]);
+    worst = std::max(worst, std::abs(static_cast<double>(got[idx]) - r) - rtol * std::abs(r) - atol);
+  }
+  return worst;
+}
+} // namespace
+
+TEMPLATE_TEST_CASE("kernels::activation GeLU with a fused bias vs exec::cpu gelu of (x + bias)", "[gpu][kernels]",
+                   float, k::bf16) {
+  using T = TestType;
+  // cols 3 and 129 divide neither the 256-thread block nor a warp; 1000 x 16800 = 16.8 M elements is more than the
+  // capped grid (65536 blocks x 256 threads = 16,777,216), so the last threads take a second grid stride and
+  // their column wraps (16,777,216 mod 1000 = 216).
+  const auto [rows, cols] = GENERATE(std::make_tuple(std::int64_t{10}, std::int64_t{3}),
+                                     std::make_tuple(std::int64_t{10}, std::int64_t{129}),
+                                     std::make_tuple(std::int64_t{16800}, std::int64_t{1000}));
+  const std::int64_t n = rows * cols;
+  const auto x = quantize<T>(random_vec(static_cast<std::size_t>(n), 23, 4.0f));
+  const auto dy = quantize<T>(random_vec(static_cast<std::size_t>(n), 24));
+  const auto bias = random_vec(static_cast<std::size_t>(cols), 25, 1.0f); // fp32, not rounded to T
+  std::vector<float> xb(x);
+  for (std::size_t idx = 0; idx < xb.size(); ++idx) {
+    xb[idx] += bias[idx % static_cast<std::size_t>(cols)];
+  }
+  cpu::Mat y(rows, cols), dx(rows, cols);
+  cpu::gelu_forward(to_mat(xb, rows, cols), y);
+  cpu::gelu_backward(to_mat(dy, rows, cols), to_mat(xb, rows, cols), dx);
+  DeviceArray<T> d_x(x), d_dy(dy), d_y(static_cast<std::size_t>(n)), d_dx(static_cast<std::size_t>(n));
+  DeviceArray<float> d_bias(bias);
+  k::activation::gelu_forward<T>({d_y.get(), d_x.get(), n, d_bias.get(), cols}, nullptr);
+  k::activation::gelu_backward<T>({d_dx.get(), d_dy.get(), d_x.get(), n, d_bias.get(), cols}, nullptr);
+  const double tol = 2.0 * EPS<T> + 1e-6;
+  INFO("rows " << rows << ", cols " << cols);
+  const auto got_y = d_y.download();
+  require_close(got_y, to_vec(y), tol, tol, "gelu(x + bias) y");
+  require_close(d_dx.download(), to_vec(dx), tol, tol, "gelu(x + bias) dx");
+  // The bias matters at this tolerance: gelu(x) without it is far from the reference.
+  cpu::Mat y_plain(rows, cols);
+  cpu::gelu_forward(to_mat(x, rows, cols), y_plain);
+  CHECK(worst_excess(got_y, to_vec(y_plain), tol, tol) > 0.0);
+}
+
+TEST_CASE("kernels::layernorm and rmsnorm backward with fp32 dy and bf16 x vs exec::cpu norms", "[gpu][kernels]") {
+  using T = k::bf16;
+  const std::int64_t rows = 7;
+  const std::int64_t cols = GENERATE(200, 1000);
+  const auto x = quantize<T>(random_vec(static_cast<std::size_t>(rows * cols), 40, 2.0f));
+  const auto dy = random_vec(static_cast<std::size_t>(rows * cols), 41); // fp32, as a data-gradient GEMM writes it
+  const auto dy_bf16 = quantize<T>(dy);
+  const auto dx0 = quantize<T>(random_vec(static_cast<std::size_t>(rows * cols), 42));
+  std::vector<float> w = random_vec(static_cast<std::size_t>(cols), 43, 0.2f);
+  for (float& v : w) {
+    v += 1.0f;
+  }
+  const auto b = random_vec(static_cast<std::size_t>(cols), 44, 0.1f);
+  const cpu::RowVec w_row = Eigen::Map<const cpu::RowVec>(w.data(), cols);
+  const cpu::RowVec b_row = Eigen::Map<const cpu::RowVec>(b.data(), cols);
+  DeviceArray<T> d_x(x), d_dx(dx0);
+  DeviceArray<float> d_dy(dy), d_w(w), d_mean(static_cast<std::size_t>(rows)), d_rstd(static_cast<std::size_t>(rows));
+  DeviceArray<float> d_dw(static_cast<std::size_t>(cols)), d_db(static_cast<std::size_t>(cols));
+  const double out_tol = 2.0 * EPS<T> + 1e-5; // dx is bf16
+  // dw, db are fp32 sums of fp32 dy: this tolerance is sharper than the effect of rounding dy to bf16 (checked below),
+  // so a kernel that rounded dy first would fail it.
+  const double grad_rtol = 1e-4, grad_atol = 1e-5;
+  SECTION("layer norm") {
+    cpu::Mat y(rows, cols);
+    cpu::ColVec mean, rstd;
+    cpu::layer_norm_forward(to_mat(x, rows, cols), w_row, b_row, y, mean, rstd);
+    d_mean.upload(to_vec_any(mean));
+    d_rstd.upload(to_vec_any(rstd));
+    cpu::Mat dx = to_mat(dx0, rows, cols);
+    cpu::RowVec dw = cpu::RowVec::Zero(cols), db = cpu::RowVec::Zero(cols);
+    cpu::layer_norm_backward(to_mat(dy, rows, cols), to_mat(x, rows, cols), w_row, mean, rstd, dx, dw, db);
+    const k::layernorm::BackwardArgs<T, float> args{d_dx.get(), d_dw.get(), d_db.get(), d_dy.get(), d_x.get(),
+                                                    d_w.get(),  d_mean.get(), d_rstd.get(), rows, cols};
+    k::layernorm::backward(args, nullptr);
+    require_close(d_dx.download(), to_vec(dx), out_tol, out_tol, "layernorm dx (fp32 dy)");
+    require_close(d_dw.download(), to_vec_any(dw), grad_rtol, grad_atol, "layernorm dw (fp32 dy)");
+    require_close(d_db.download(), to_vec_any(db), grad_rtol, grad_atol, "layernorm db (fp32 dy)");
+    cpu::Mat dx_r = to_mat(dx0, rows, cols);
+    cpu::RowVec dw_r = cpu::RowVec::Zero(cols), db_r = cpu::RowVec::Zero(cols);
+    cpu::layer_norm_backward(to_mat(dy_bf16, rows, cols), to_mat(x, rows, cols), w_row, mean, rstd, dx_r, dw_r, db_r);
+    CHECK(worst_excess(to_vec_any(dw_r), to_vec_any(dw), grad_rtol, grad_atol) > 0.0);
+    CHECK(worst_excess(to_vec_any(db_r), to_vec_any(db), grad_rtol, grad_atol) > 0.0);
+  }
+  SECTION("RMSNorm") {
+    cpu::Mat y(rows, cols);
+    cpu::ColVec rstd;
+    cpu::rms_norm_forward(to_mat(x, rows, cols), w_row, y, rstd);
+    d_rstd.upload(to_vec_any(rstd));
+    cpu::Mat dx = to_mat(dx0, rows, cols);
+    cpu::RowVec dw = cpu::RowVec::Zero(cols);
+    cpu::rms_norm_backward(to_mat(dy, rows, cols), to_mat(x, rows, cols), w_row, rstd, dx, dw);
+    const k::rmsnorm::BackwardArgs<T, float> args{d_dx.get(), d_dw.get(), d_dy.get(), d_x.get(),
+                                                  d_w.get(),  d_rstd.get(), rows, cols};
+    k::rmsnorm::backward(args, nullptr);
+    require_close(d_dx.download(), to_vec(dx), out_tol, out_tol, "rmsnorm dx (fp32 dy)");
+    require_close(d_dw.download(), to_vec_any(dw), grad_rtol, grad_atol, "rmsnorm dw (fp32 dy)");
+    cpu::Mat dx_r = to_mat(dx0, rows, cols);
+    cpu::RowVec dw_r = cpu::RowVec::Zero(cols);
+    cpu::rms_norm_backward(to_mat(dy_bf16, rows, cols), to_mat(x, rows, cols), w_row, rstd, dx_r, dw_r);
+    CHECK(worst_excess(to_vec_any(dw_r), to_vec_any(dw), grad_rtol, grad_atol) > 0.0);
+  }
+}
+
 TEMPLATE_TEST_CASE("kernels::rope vs exec::cpu rope (forward, and backward undoes it)", "[gpu][kernels]", float,
                    k::bf16) {
   using T = TestType;
