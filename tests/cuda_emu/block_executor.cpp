@@ -32,6 +32,7 @@ namespace cuboid::emu {
 namespace {
 
 constexpr int WARP = 32;
+constexpr std::size_t SHARED_ALIGNMENT = 256; // the dynamic shared memory window starts here
 constexpr std::size_t STACK_BYTES = 256u << 10; // kernels keep small per-thread arrays; fragments are 1 KiB
 
 // ---- fiber contexts. On x86-64 a switch saves the callee-saved registers (System V ABI) on the old stack and
@@ -107,7 +108,7 @@ struct GridRun {
   std::vector<ThreadCoordinates> coords; // per thread, for threadIdx / blockIdx / blockDim / gridDim
   Context scheduler;
   std::vector<std::uint64_t> exchange; // two shuffle slots per thread (see shuffle)
-  std::vector<unsigned char> shared;   // dynamic shared memory of the running block
+  std::vector<unsigned char> shared;   // dynamic shared memory of the running block, from SHARED_ALIGNMENT on
   std::vector<std::vector<std::max_align_t>> warp_scratch; // per warp (see cuda_emu.hpp warp_scratch)
   std::string error;
 };
@@ -350,7 +351,18 @@ std::uint64_t shuffle(unsigned mask, std::uint64_t bits, int src_lane) {
   return run.exchange[set + src];
 }
 
-void* dynamic_shared_base() { return g_run->shared.data(); }
+void device_fault(const char* function, const std::string& what) {
+  throw std::runtime_error(fmt::format("{}: {}", function, what));
+}
+
+std::string address_text(const void* ptr) { return fmt::format("{}", ptr); }
+
+void* dynamic_shared_base() {
+  // Aligned as a GPU's shared memory window (the kernels ask for __align__(128)), so that the alignment checks of
+  // wmma and vector accesses see the offsets a GPU would.
+  const auto base = reinterpret_cast<std::uintptr_t>(g_run->shared.data());
+  return g_run->shared.data() + ((SHARED_ALIGNMENT - base % SHARED_ALIGNMENT) % SHARED_ALIGNMENT);
+}
 
 void* warp_scratch(std::size_t bytes) {
   auto& buffer = g_run->warp_scratch[static_cast<std::size_t>(current().linear / WARP)];
@@ -377,7 +389,7 @@ void Launch::run(const void* kernel, const char* name, const char* file, int lin
   run.coords.resize(threads);
   run.exchange.assign(2 * static_cast<std::size_t>(threads), 0);
   run.warp_scratch.resize((threads + WARP - 1) / WARP);
-  run.shared.assign(shared_bytes_, 0);
+  run.shared.assign(shared_bytes_ + SHARED_ALIGNMENT, 0);
   while (stacks.size() < threads) {
     stacks.emplace_back(new char[STACK_BYTES]); // not zeroed: pages are touched only as deep as a thread's stack grows
   }

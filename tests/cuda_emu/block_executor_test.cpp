@@ -5,6 +5,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <array>
+
 #include <cmath>
 #include <vector>
 
@@ -64,9 +66,23 @@ TEST_CASE("emulated dynamic shared memory starts as NaN in every block (uninitia
   }
 }
 
+TEST_CASE("emulated misaligned accesses fail as on a GPU: wmma fragments, CUDA vector types", "[emu]") {
+  alignas(64) std::array<__nv_bfloat16, 16 * 24 + 16> tile{};
+  alignas(64) std::array<float, 16> in{1.0f, 2.0f, 3.0f, 4.0f, 5.0f};
+  alignas(64) std::array<float, 64> out{};
+  CHECK(t::wmma_load(tile.data(), 24, out.data()) == cudaSuccess);      // 32-byte aligned, ldm 48 bytes
+  CHECK(t::wmma_load(tile.data() + 8, 24, out.data()) == cudaErrorLaunchFailure); // 16-byte aligned only
+  CHECK(t::wmma_load(tile.data(), 20, out.data()) == cudaErrorLaunchFailure);     // ldm 40 bytes
+  CHECK(t::vector_copy(in.data(), out.data()) == cudaSuccess);
+  CHECK(out[3] == 4.0f);
+  CHECK(t::vector_copy(in.data() + 1, out.data()) == cudaErrorLaunchFailure);     // 4-byte aligned source
+  CHECK(t::vector_copy(in.data(), out.data() + 2) == cudaErrorLaunchFailure);     // 8-byte aligned destination
+}
+
 TEST_CASE("emulated wmma: a 16x16x16 bf16 tile product with fp32 accumulation", "[emu]") {
-  std::vector<__nv_bfloat16> a(256), b(256);
-  std::vector<float> af(256), bf(256), c(256, 0.0f);
+  alignas(32) std::array<__nv_bfloat16, 256> a{}, b{}; // wmma pointers are 32-byte aligned (checked)
+  std::vector<float> af(256), bf(256);
+  alignas(32) std::array<float, 256> c{};
   for (int idx = 0; idx < 256; ++idx) {
     af[static_cast<std::size_t>(idx)] = static_cast<float>(idx % 5) - 2.0f;
     bf[static_cast<std::size_t>(idx)] = static_cast<float>(idx % 3) * 0.5f;

@@ -78,6 +78,14 @@ std::string rewrite_dynamic_shared(const std::string& text) {
   return std::regex_replace(text, decl, "$1* const $2 = ::cuboid::emu::dynamic_shared<$1>();");
 }
 
+// reinterpret_cast<[const] V*>(  ->  ::cuboid::emu::vector_cast<[const] V*>(  for the CUDA vector types, whose
+// accesses fault on a GPU when misaligned (the host would not notice).
+std::string rewrite_vector_casts(const std::string& text) {
+  static const std::regex cast(
+      R"(reinterpret_cast\s*<\s*((?:const\s+)?(?:u?int[24]|u?short[24]|float[24]|double2|__nv_bfloat162|__half2)\s*\*)\s*>)");
+  return std::regex_replace(text, cast, "::cuboid::emu::vector_cast<$1>");
+}
+
 } // namespace
 
 int main(int argc, char* argv[]) {
@@ -92,7 +100,7 @@ int main(int argc, char* argv[]) {
     }
     std::stringstream buffer;
     buffer << in.rdbuf();
-    const std::string body = rewrite_dynamic_shared(rewrite_launches(buffer.str(), argv[1]));
+    const std::string body = rewrite_vector_casts(rewrite_dynamic_shared(rewrite_launches(buffer.str(), argv[1])));
     std::ofstream out(argv[2]);
     out << "#include \"tests/cuda_emu/cuda_emu.hpp\"\n#line 1 \"" << escape(argv[1]) << "\"\n" << body;
     if (!out) {

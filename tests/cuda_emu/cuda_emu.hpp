@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -54,6 +55,21 @@ void* warp_scratch(std::size_t bytes);
 void* dynamic_shared_base();
 
 template <typename T> T* dynamic_shared() { return static_cast<T*>(dynamic_shared_base()); }
+
+/// Reports a fault of the running CUDA thread (as a GPU's "misaligned address" etc.): the launch fails with it.
+[[noreturn]] void device_fault(const char* function, const std::string& what);
+std::string address_text(const void* ptr);
+
+/// reinterpret_cast to a pointer to a CUDA vector type (uint4, float2, __nv_bfloat162, ...), as cu_to_cpp rewrites
+/// it: a GPU faults (misaligned address) when the address is not a multiple of the vector's size.
+template <typename P, typename Q> P vector_cast(Q* ptr) {
+  using V = std::remove_cv_t<std::remove_pointer_t<P>>;
+  if (reinterpret_cast<std::uintptr_t>(ptr) % alignof(V) != 0) {
+    device_fault("vector access", "address " + address_text(ptr) + " is not a multiple of " +
+                                      std::to_string(alignof(V)) + " bytes");
+  }
+  return reinterpret_cast<P>(ptr);
+}
 
 /// One kernel launch: checks the configuration (cudaGetLastError reports a bad one, as on a GPU) and runs every block.
 class Launch {
@@ -166,7 +182,17 @@ template <typename T> float to_f(T v) {
     return static_cast<float>(v);
   }
 }
+// CUDA C++ Programming Guide, "Warp Matrix Functions": mptr "must be a 256-bit aligned pointer" and ldm "must be a
+// multiple of 8 for __half element type or multiple of 4 for float element type" (16 bytes). A GPU fails such an
+// access (misaligned address) or reads the wrong elements; the emulator reports it.
+template <typename T> void check_fragment_address(const T* ptr, unsigned ldm, const char* function) {
+  if (reinterpret_cast<std::uintptr_t>(ptr) % 32 != 0 || (static_cast<std::size_t>(ldm) * sizeof(T)) % 16 != 0) {
+    ::cuboid::emu::device_fault(function, "pointer " + ::cuboid::emu::address_text(ptr) + " must be 32-byte (256-bit) "
+                                "aligned and ldm " + std::to_string(ldm) + " a multiple of 16 bytes");
+  }
+}
 template <typename F, typename T> void load(F& frag, const T* ptr, unsigned ldm, bool col_major_memory) {
+  check_fragment_address(ptr, ldm, "wmma::load_matrix_sync");
   for (int r = 0; r < F::ROWS; ++r) {
     for (int c = 0; c < F::COLS; ++c) {
       const std::size_t offset = col_major_memory ? static_cast<std::size_t>(c) * ldm + static_cast<std::size_t>(r)
@@ -190,6 +216,7 @@ void load_matrix_sync(fragment<accumulator, M, N, K, T>& frag, const T* ptr, uns
 }
 template <int M, int N, int K, typename T>
 void store_matrix_sync(T* ptr, const fragment<accumulator, M, N, K, T>& frag, unsigned ldm, layout_t layout) {
+  detail::check_fragment_address(ptr, ldm, "wmma::store_matrix_sync");
   for (int r = 0; r < M; ++r) {
     for (int c = 0; c < N; ++c) {
       const std::size_t offset = layout == mem_col_major

@@ -71,6 +71,19 @@ __global__ void wmma_kernel(const __nv_bfloat16* a, const __nv_bfloat16* b, floa
   wmma::store_matrix_sync(c, acc, 16, wmma::mem_row_major);
 }
 
+// One warp loads a bf16 fragment at a (must be 32-byte aligned) with leading dimension ldm (a multiple of 8).
+__global__ void wmma_load_kernel(const __nv_bfloat16* a, unsigned ldm, float* out) {
+  namespace wmma = nvcuda::wmma;
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+  wmma::load_matrix_sync(fa, a, ldm);
+  out[threadIdx.x] = 1.0f;
+}
+
+// One thread copies 16 bytes through uint4 pointers (both must be 16-byte aligned).
+__global__ void vector_copy_kernel(const float* in, float* out) {
+  *reinterpret_cast<uint4*>(out) = *reinterpret_cast<const uint4*>(in);
+}
+
 } // namespace
 
 cudaError_t reverse_blocks(const float* in, float* out, unsigned blocks, unsigned threads) {
@@ -95,6 +108,16 @@ cudaError_t shuffle_from_exited_lane(float* out) {
 
 cudaError_t read_uninitialised_shared(float* out, unsigned threads, std::size_t shared_bytes) {
   uninitialised_shared_kernel<<<1, threads, shared_bytes>>>(out);
+  return cudaGetLastError();
+}
+
+cudaError_t wmma_load(const __nv_bfloat16* a, unsigned ldm, float* out) {
+  wmma_load_kernel<<<1, 32>>>(a, ldm, out);
+  return cudaGetLastError();
+}
+
+cudaError_t vector_copy(const float* in, float* out) {
+  vector_copy_kernel<<<1, 1>>>(in, out);
   return cudaGetLastError();
 }
 

@@ -14,5 +14,9 @@ cudaError_t divergent_barrier(float* out);
 cudaError_t shuffle_from_exited_lane(float* out);
 cudaError_t read_uninitialised_shared(float* out, unsigned threads, std::size_t shared_bytes);
 cudaError_t wmma_16x16x16(const __nv_bfloat16* a, const __nv_bfloat16* b, float* c);
+/// wmma::load_matrix_sync of a 16x16 bf16 tile at `a` with leading dimension `ldm`.
+cudaError_t wmma_load(const __nv_bfloat16* a, unsigned ldm, float* out);
+/// 16 bytes from in to out through uint4 pointers.
+cudaError_t vector_copy(const float* in, float* out);
 
 } // namespace cuboid::emu::test
