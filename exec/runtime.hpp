@@ -53,6 +53,9 @@ struct RunOptions {
   FaultKind fault_kind = FaultKind::Throw;
   // --- CUDA backend (issue 9) ---
   bool cuda_tensor_core_attention = true; // --backend cuda: false = scalar-FMA attention kernels everywhere
+  // --backend cuda --gemm-algo: true = autotune (each new GEMM shape times cuBLASLt's top 8 algorithms once, one host
+  // sync per shape; exec/cuda/gemm.hpp GemmAlgoSelection::Autotune), false = the cuBLASLt heuristic's first
+  bool cuda_gemm_autotune = true;
 };
 
 struct RunResult {

@@ -21,10 +21,11 @@ struct CudaCalibration {
 
 /// Measures the GEMMs of `model` under `plan` (TP shards), attention, a memory-bound kernel, launch overhead and,
 /// with several processes, NCCL all-reduce, relative to the catalog peaks of `gpu_name`; `square_gemm_sizes` (empty:
-/// the default sweep of exec/cuda/cuda_calibration.hpp) are the M = N = K of the square GEMM sweep. Throws
+/// the default sweep of exec/cuda/cuda_calibration.hpp) are the M = N = K of the square GEMM sweep; `gemm_autotune`
+/// picks the GEMMs' cuBLASLt algorithms as `cuboid run --gemm-algo autotune` does (false: heuristic). Throws
 /// InputError when this cuboid was built without CUDA or `gpu_name` is unknown; DeviceError when no GPU is usable.
 CudaCalibration calibrate_cuda_backend(const model::ModelSpec& model, const model::Plan& plan,
                                        const std::string& gpu_name, double min_time_s,
-                                       const std::vector<std::int64_t>& square_gemm_sizes);
+                                       const std::vector<std::int64_t>& square_gemm_sizes, bool gemm_autotune);
 
 } // namespace cuboid::tools

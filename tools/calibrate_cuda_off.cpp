@@ -6,7 +6,8 @@ namespace cuboid::tools {
 
 CudaCalibration calibrate_cuda_backend(const model::ModelSpec& /*model*/, const model::Plan& /*plan*/,
                                        const std::string& /*gpu_name*/, double /*min_time_s*/,
-                                       const std::vector<std::int64_t>& /*square_gemm_sizes*/) {
+                                       const std::vector<std::int64_t>& /*square_gemm_sizes*/,
+                                       bool /*gemm_autotune*/) {
   throw InputError(input_message("command line", "--backend",
                                  "cuda: this cuboid was built without the CUDA backend (configure with nvcc on PATH "
                                  "or -DCUBOID_ENABLE_CUDA=ON; valid here: cpu)"));

@@ -17,7 +17,7 @@ constexpr double GIGA = 1e9;
 
 CudaCalibration calibrate_cuda_backend(const model::ModelSpec& model, const model::Plan& plan,
                                        const std::string& gpu_name, double min_time_s,
-                                       const std::vector<std::int64_t>& square_gemm_sizes) {
+                                       const std::vector<std::int64_t>& square_gemm_sizes, bool gemm_autotune) {
   const model::GpuSpec gpu = model::find_gpu(gpu_name, "command line: --gpu");
   exec::cuda::CudaCalibrationOptions options;
   exec::cuda::set_catalog_peaks(gpu, options.base);
@@ -26,6 +26,8 @@ CudaCalibration calibrate_cuda_backend(const model::ModelSpec& model, const mode
     options.square_gemm_sizes = square_gemm_sizes;
   }
   options.gpu = gpu.name;
+  options.gemm_algo =
+      gemm_autotune ? exec::cuda::GemmAlgoSelection::Autotune : exec::cuda::GemmAlgoSelection::Heuristic;
   const exec::cuda::LaunchEnv launch = exec::cuda::read_process_launch_env();
   const exec::cuda::CudaCalibrationResult result = exec::cuda::calibrate_cuda_job(model, plan, options);
   CudaCalibration out;

@@ -36,6 +36,7 @@ struct CalibrateOptions {
   std::vector<int> tp_sizes;
   double min_time_s = 0.02;
   std::vector<std::int64_t> square_gemm_sizes; // --backend cuda; empty: the default sweep
+  std::string gemm_algo = "autotune";          // --backend cuda: autotune or heuristic, as `cuboid run --gemm-algo`
   bool json = false;
   // --- in-situ units (issue 5) ---
   int in_situ_steps = 8;
@@ -216,8 +217,12 @@ int run_calibrate_cuda(const CalibrateOptions& cli) {
                                      fmt::format("{} (expected M = N = K in 1..{})", size, MAX_SQUARE_GEMM)));
     }
   }
-  const CudaCalibration result =
-      calibrate_cuda_backend(scenario.model, scenario.plan, gpu, cli.min_time_s, cli.square_gemm_sizes);
+  if (cli.gemm_algo != "autotune" && cli.gemm_algo != "heuristic") {
+    throw InputError(input_message(WHERE, "--gemm-algo",
+                                   fmt::format("unknown value '{}' (valid: heuristic, autotune)", cli.gemm_algo)));
+  }
+  const CudaCalibration result = calibrate_cuda_backend(scenario.model, scenario.plan, gpu, cli.min_time_s,
+                                                        cli.square_gemm_sizes, cli.gemm_algo == "autotune");
   if (!result.is_root) {
     return 0;
   }
@@ -237,6 +242,12 @@ int run_calibrate(const CalibrateOptions& cli) {
   if (!cli.square_gemm_sizes.empty()) {
     throw InputError(input_message(WHERE, "--square-gemm-sizes",
                                    "only used by --backend cuda (the CPU calibration sweeps the model's own shapes)"));
+  }
+  if (cli.gemm_algo != "autotune") {
+    throw InputError(input_message(WHERE, "--gemm-algo",
+                                   fmt::format("'{}' is only used by --backend cuda (valid there: heuristic, autotune; "
+                                               "leave it out with --backend cpu)",
+                                               cli.gemm_algo)));
   }
   int argc = 0;
   char** argv = nullptr;
@@ -328,6 +339,10 @@ void add_calibrate_command(CLI::App& app, Action& action) {
   cmd->add_option("--square-gemm-sizes", options->square_gemm_sizes,
                   "--backend cuda: M = N = K of the square GEMM sweep (default 512,1024,2048,4096,8192)")
       ->delimiter(',');
+  cmd->add_option("--gemm-algo", options->gemm_algo,
+                  "--backend cuda: autotune or heuristic, how the GEMMs pick their cuBLASLt algorithm (use the value "
+                  "`cuboid run --gemm-algo` will use)")
+      ->capture_default_str();
   cmd->add_flag("--json", options->json, "Print the measurements as one JSON object");
   // --- in-situ units (issue 5) ---
   cmd->add_option("--in-situ-steps", options->in_situ_steps,

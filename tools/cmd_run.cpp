@@ -54,6 +54,7 @@ struct RunCliOptions {
   int fault_step = -1;
   std::string fault_kind = "throw";
   std::string attention_kernel = "auto"; // --backend cuda: auto (tensor cores where they apply) or simple
+  std::string gemm_algo = "autotune";    // --backend cuda: autotune or heuristic (cuBLASLt algorithm choice)
 };
 
 // The RunOptions both backends take from the command line (the fault kind and backend extras are set by the caller).
@@ -466,6 +467,11 @@ int run_cuda(const RunCliOptions& cli) {
                                    fmt::format("unknown value '{}' (valid: auto, simple)", cli.attention_kernel)));
   }
   options.cuda_tensor_core_attention = cli.attention_kernel == "auto";
+  if (cli.gemm_algo != "autotune" && cli.gemm_algo != "heuristic") {
+    throw InputError(input_message(WHERE, "--gemm-algo",
+                                   fmt::format("unknown value '{}' (valid: heuristic, autotune)", cli.gemm_algo)));
+  }
+  options.cuda_gemm_autotune = cli.gemm_algo == "autotune";
   const CudaTraining training = run_cuda_backend(options);
   if (!training.is_root) {
     return 0;
@@ -543,6 +549,12 @@ int run_command(const RunCliOptions& cli) {
   if (cli.backend != "cpu") {
     throw InputError(input_message(WHERE, "--backend", fmt::format("unknown value '{}' (valid: cpu, cuda)", cli.backend)));
   }
+  if (cli.gemm_algo != "autotune") {
+    throw InputError(input_message(WHERE, "--gemm-algo",
+                                   fmt::format("'{}' is only used by --backend cuda (valid there: heuristic, autotune; "
+                                               "leave it out with --backend cpu)",
+                                               cli.gemm_algo)));
+  }
   return run_cpu(cli);
 }
 } // namespace
@@ -573,6 +585,10 @@ void add_run_command(CLI::App& app, Action& action) {
       ->capture_default_str();
   cmd->add_option("--attention-kernel", options->attention_kernel,
                   "--backend cuda: auto (tensor-core attention where the shape allows) or simple (scalar fp32 kernels)")
+      ->capture_default_str();
+  cmd->add_option("--gemm-algo", options->gemm_algo,
+                  "--backend cuda: autotune (time cuBLASLt's top 8 algorithms once per GEMM shape, keep the fastest) "
+                  "or heuristic (cuBLASLt's first)")
       ->capture_default_str();
   // Test-only fault injection (hidden): rank, 1-based step and kind (throw, nan, hang, crash).
   cmd->add_option("--inject-fault-rank", options->fault_rank)->group("");

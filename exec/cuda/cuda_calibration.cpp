@@ -162,7 +162,7 @@ CudaCalibrationResult calibrate_cuda(const model::ModelSpec& model, const model:
 
   // ---- GEMMs (inputs left uninitialised: cuBLASLt's speed does not depend on the values, except for denormal-free
   // bf16, which cudaMemset(0) guarantees).
-  GemmRunner gemm;
+  GemmRunner gemm(options.gemm_algo);
   DeviceBuffer workspace(workspace_bytes(GemmArgs{}));
   for (const GemmShape& s : gemm_shapes(model, plan, options)) {
     DeviceBuffer a(static_cast<std::size_t>(s.m * s.k) * 2);

@@ -8,6 +8,7 @@
 
 #include "exec/calibration.hpp"
 #include "exec/cuda/cuda_profile.hpp"
+#include "exec/cuda/gemm.hpp"
 #include "exec/cuda/nccl_communicator.hpp"
 #include "model/model_spec.hpp"
 #include "model/plan.hpp"
@@ -19,6 +20,9 @@ struct CudaCalibrationOptions {
   std::string gpu;                // catalog name recorded in the profile ("h100-sxm")
   std::vector<std::int64_t> square_gemm_sizes = {512, 1024, 2048, 4096, 8192};
   std::int64_t elementwise_elements = 64 << 20; // bf16 -> fp32 cast over this many elements (384 MiB moved)
+  // How the GEMMs pick their cuBLASLt algorithm: as the runtime does (RunOptions::cuda_gemm_autotune), so that the
+  // profile measures the algorithms training will run. Autotune's tuning happens in the untimed warm-up call.
+  GemmAlgoSelection gemm_algo = GemmAlgoSelection::Autotune;
 };
 
 /// Uses the current device (cudaSetDevice first). `world` may be null (one GPU, no collective sweep); otherwise the

@@ -132,6 +132,7 @@ public:
   CudaTrainer(const RunOptions& options, const LaunchEnv& env, DeviceSetup& device, Communicator& world)
       : options_(options), world_(world), stream_(device.stream), grid_(options.plan.tp, options.plan.dp, options.plan.pp),
         groups_(make_process_groups(world, grid_)),
+        gemm_(options.cuda_gemm_autotune ? GemmAlgoSelection::Autotune : GemmAlgoSelection::Heuristic),
         workspace_(workspace_bytes(GemmArgs{}), device.stream),
         model_(options.model, options.plan, groups_.coord.tp_rank, groups_.coord.pp_rank, options.seed,
                CudaContext{device.stream, &gemm_, workspace_.get(), workspace_.size(), groups_.tp.get(),

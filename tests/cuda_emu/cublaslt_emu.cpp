@@ -3,9 +3,15 @@
 // column-major D (m, n) = alpha op(A) op(B) + beta C, for bf16 x bf16 -> bf16 or fp32 and fp32 x fp32 -> fp32 with
 // CUBLAS_COMPUTE_32F and fp32 host-side alpha / beta. Products are accumulated in fp32 in order of k (a GPU's tensor
 // cores accumulate in fp32 too, in another order), bf16 results are rounded to nearest even; C is not read when
-// beta == 0 (as cuBLAS does). Every operand's extent is checked against the emulated device memory.
-// Not emulated: epilogues (bias, GELU), batched and strided layouts, row-major or tiled orders, device pointer mode,
-// fp8 / fp16 / tf32 / complex types; they return CUBLAS_STATUS_NOT_SUPPORTED with a message on stderr.
+// beta == 0 (as cuBLAS does); C and D may be different matrices. Every operand's extent is checked against the
+// emulated device memory. CUBLASLT_EPILOGUE_BIAS with a CUDA_R_16BF bias (one value per row of D, added in fp32 to
+// alpha op(A) op(B) + beta C before the conversion to D's type, as the cuBLASLt documentation of
+// cublasLtEpilogue_t says) is emulated. The heuristic returns up to EMULATED_ALGOS distinct algorithms (all compute
+// the same), so that callers that time several candidates run here too. With CUBOID_EMU_CUBLASLT_NO_EPILOGUE=1 it
+// finds no algorithm for any epilogue but the default (as a cuBLASLt build without that epilogue), to test callers'
+// fallbacks. Not emulated: other epilogues (GELU, ReLU, gradients), other bias types, batched and strided layouts,
+// row-major or tiled orders, device pointer mode, fp8 / fp16 / tf32 / complex types; they return
+// CUBLAS_STATUS_NOT_SUPPORTED with a message on stderr.
 #include "tests/cuda_emu/emu_runtime.hpp"
 
 #include <cublasLt.h>
@@ -17,6 +23,7 @@
 #include <array>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -38,6 +45,9 @@ struct MatmulDesc {
   cudaDataType_t scale_type = CUDA_R_32F;
   cublasOperation_t trans_a = CUBLAS_OP_N;
   cublasOperation_t trans_b = CUBLAS_OP_N;
+  std::uint32_t epilogue = CUBLASLT_EPILOGUE_DEFAULT; // DEFAULT or BIAS
+  std::int32_t bias_type = -1;                          // CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE; -1: D's type
+  const void* bias = nullptr;                           // CUBLASLT_MATMUL_DESC_BIAS_POINTER (device memory)
 };
 
 struct MatrixLayout {
@@ -51,8 +61,13 @@ struct Preference {
   std::uint64_t max_workspace_bytes = 0;
 };
 
-// Marks an algorithm descriptor filled by cublasLtMatmulAlgoGetHeuristic (the emulator has one algorithm).
+// Marks an algorithm descriptor filled by cublasLtMatmulAlgoGetHeuristic (data[0]); data[1] is the algorithm's index
+// below EMULATED_ALGOS. The emulated algorithms differ only by that index: they compute the same.
 constexpr std::uint64_t ALGO_TAG = 0x637562'6f69'64'4c74; // "cuboidLt"
+constexpr int EMULATED_ALGOS = 3;
+
+// The test switch of the header comment: CUBOID_EMU_CUBLASLT_NO_EPILOGUE unset, "" or "0": off; "1": on.
+constexpr const char* NO_EPILOGUE_ENV = "CUBOID_EMU_CUBLASLT_NO_EPILOGUE";
 
 // The live objects of every kind, so that a stale or foreign handle is refused instead of dereferenced. Several
 // host threads (one per device) may use cuBLASLt at once: the tables are guarded by `mutex`.
@@ -269,6 +284,16 @@ cublasStatus_t resolve(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc, cubla
                             function, type_name(p.a.type), type_name(p.b.type), type_name(p.c.type),
                             type_name(p.d.type)));
   }
+  if (p.desc.epilogue == CUBLASLT_EPILOGUE_BIAS) {
+    const cudaDataType_t bias_type =
+        p.desc.bias_type == -1 ? p.d.type : static_cast<cudaDataType_t>(p.desc.bias_type);
+    if (bias_type != CUDA_R_16BF) {
+      return fail(CUBLAS_STATUS_NOT_SUPPORTED,
+                  fmt::format("{}: CUBLASLT_EPILOGUE_BIAS with a bias of type {} (emulated: CUDA_R_16BF; an unset "
+                              "CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE means D's type)",
+                              function, type_name(bias_type)));
+    }
+  }
   return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -300,10 +325,12 @@ void store(void* base, cudaDataType_t type, std::size_t index, float value) {
 constexpr std::size_t ROW_BLOCK = 256;
 constexpr std::size_t DEPTH_BLOCK = 128;
 
-// D = alpha op(A) op(B) + beta C on host memory, operands already checked. op(A) is converted to an fp32 column-major
+// D = alpha op(A) op(B) + beta C (+ bias[row] of D when `bias` is not null, bf16) on host memory, operands already
+// checked. op(A) is converted to an fp32 column-major
 // (m, k) panel and op(B) to an fp32 (k, n) panel with the depth contiguous, so that the inner loop runs over rows of
 // a column of D with unit stride (and vectorises); every element still sums its k products in order of k.
-void multiply(const Problem& p, float alpha, const void* a, const void* b, float beta, const void* c, void* d) {
+void multiply(const Problem& p, float alpha, const void* a, const void* b, float beta, const void* c,
+              const void* bias, void* d) {
   const std::size_t m = p.m;
   const std::size_t n = p.n;
   const std::size_t k = p.k;
@@ -347,6 +374,9 @@ void multiply(const Problem& p, float alpha, const void* a, const void* b, float
       float value = alpha * acc[col * m + row];
       if (beta != 0.0f) { // cuBLAS does not read C when beta is 0 (so NaN in C does not propagate)
         value += beta * load(c, p.c.type, row + col * ldc);
+      }
+      if (bias != nullptr) { // the epilogue: in fp32, before the conversion to D's type
+        value += load(bias, CUDA_R_16BF, row);
       }
       store(d, p.d.type, row + col * ldd, value);
     }
@@ -431,15 +461,30 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t matmulDesc, c
   case CUBLASLT_MATMUL_DESC_EPILOGUE: {
     std::uint32_t value = 0;
     status = read_attribute(buf, sizeInBytes, value, "CUBLASLT_MATMUL_DESC_EPILOGUE");
-    if (status == CUBLAS_STATUS_SUCCESS && value != CUBLASLT_EPILOGUE_DEFAULT) {
+    if (status == CUBLAS_STATUS_SUCCESS && value != CUBLASLT_EPILOGUE_DEFAULT && value != CUBLASLT_EPILOGUE_BIAS) {
       status = fail(CUBLAS_STATUS_NOT_SUPPORTED,
-                    fmt::format("{}: epilogue {} (emulated: CUBLASLT_EPILOGUE_DEFAULT)", FUNCTION, value));
+                    fmt::format("{}: epilogue {} (emulated: CUBLASLT_EPILOGUE_DEFAULT, CUBLASLT_EPILOGUE_BIAS)",
+                                FUNCTION, value));
     }
+    desc.epilogue = value;
+    break;
+  }
+  case CUBLASLT_MATMUL_DESC_BIAS_POINTER:
+    status = read_attribute(buf, sizeInBytes, desc.bias, "CUBLASLT_MATMUL_DESC_BIAS_POINTER");
+    break;
+  case CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE: {
+    std::int32_t value = 0;
+    status = read_attribute(buf, sizeInBytes, value, "CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE");
+    if (status == CUBLAS_STATUS_SUCCESS && value != -1 && value != CUDA_R_16BF) {
+      status = fail(CUBLAS_STATUS_NOT_SUPPORTED,
+                    fmt::format("{}: bias data type {} ({}) (emulated: CUDA_R_16BF, or -1 for D's type)", FUNCTION,
+                                value, type_name(static_cast<cudaDataType_t>(value))));
+    }
+    desc.bias_type = value;
     break;
   }
   case CUBLASLT_MATMUL_DESC_TRANSC:
   case CUBLASLT_MATMUL_DESC_FILL_MODE:
-  case CUBLASLT_MATMUL_DESC_BIAS_POINTER:
   case CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE:
   case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER:
   case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD:
@@ -455,10 +500,9 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t matmulDesc, c
   case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_SCALE_POINTER:
   case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_AMAX_POINTER:
   case CUBLASLT_MATMUL_DESC_FAST_ACCUM:
-  case CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE:
     return fail(CUBLAS_STATUS_NOT_SUPPORTED,
                 fmt::format("{}: attribute {} is not emulated (emulated: COMPUTE_TYPE, SCALE_TYPE, TRANSA, TRANSB, "
-                            "POINTER_MODE host, EPILOGUE default)",
+                            "POINTER_MODE host, EPILOGUE default or bias, BIAS_POINTER, BIAS_DATA_TYPE bf16)",
                             FUNCTION, static_cast<int>(attr)));
   default: // as the real library, a value that names no attribute is an invalid value
     return fail(CUBLAS_STATUS_INVALID_VALUE,
@@ -549,13 +593,30 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t lightHandle, cubl
       status != CUBLAS_STATUS_SUCCESS) {
     return status;
   }
-  cublasLtMatmulHeuristicResult_t& result = heuristicResultsArray[0];
-  result = cublasLtMatmulHeuristicResult_t{};
-  result.algo.data[0] = ALGO_TAG;
-  result.workspaceSize = 0; // the emulated algorithm needs no workspace, so it fits any max_workspace_bytes
-  result.state = CUBLAS_STATUS_SUCCESS;
-  result.wavesCount = 1.0f;
-  *returnAlgoCount = 1;
+  if (p.desc.epilogue != CUBLASLT_EPILOGUE_DEFAULT) {
+    const char* no_epilogue = std::getenv(NO_EPILOGUE_ENV);
+    const std::string value = no_epilogue != nullptr ? no_epilogue : "";
+    if (value != "" && value != "0" && value != "1") {
+      return fail(CUBLAS_STATUS_INVALID_VALUE,
+                  fmt::format("{}: {}=\"{}\" (valid: 1 = no algorithm for non-default epilogues; 0 or unset = off)",
+                              FUNCTION, NO_EPILOGUE_ENV, value));
+    }
+    if (value == "1") {
+      return fail(CUBLAS_STATUS_NOT_SUPPORTED,
+                  fmt::format("{}: no algorithm for epilogue {} ({}=1)", FUNCTION, p.desc.epilogue, NO_EPILOGUE_ENV));
+    }
+  }
+  const int count = std::min(requestedAlgoCount, EMULATED_ALGOS);
+  for (int idx = 0; idx < count; ++idx) {
+    cublasLtMatmulHeuristicResult_t& result = heuristicResultsArray[idx];
+    result = cublasLtMatmulHeuristicResult_t{};
+    result.algo.data[0] = ALGO_TAG;
+    result.algo.data[1] = static_cast<std::uint64_t>(idx);
+    result.workspaceSize = 0; // the emulated algorithms need no workspace, so they fit any max_workspace_bytes
+    result.state = CUBLAS_STATUS_SUCCESS;
+    result.wavesCount = 1.0f;
+  }
+  *returnAlgoCount = count;
   return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -573,7 +634,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t
   if (alpha == nullptr || beta == nullptr) {
     return fail(CUBLAS_STATUS_INVALID_VALUE, fmt::format("{}: alpha or beta is null", FUNCTION));
   }
-  if (algo != nullptr && algo->data[0] != ALGO_TAG) {
+  if (algo != nullptr && (algo->data[0] != ALGO_TAG || algo->data[1] >= static_cast<std::uint64_t>(EMULATED_ALGOS))) {
     return fail(CUBLAS_STATUS_INVALID_VALUE,
                 fmt::format("{}: algo was not filled by cublasLtMatmulAlgoGetHeuristic", FUNCTION));
   }
@@ -592,6 +653,13 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t
       check_device_range(C, extent_bytes(p.c), "cublasLtMatmul C");
     }
     check_device_range(D, extent_bytes(p.d), "cublasLtMatmul D");
+    if (p.desc.epilogue == CUBLASLT_EPILOGUE_BIAS) {
+      if (p.desc.bias == nullptr) {
+        return fail(CUBLAS_STATUS_INVALID_VALUE,
+                    fmt::format("{}: CUBLASLT_EPILOGUE_BIAS without a CUBLASLT_MATMUL_DESC_BIAS_POINTER", FUNCTION));
+      }
+      check_device_range(p.desc.bias, p.m * element_bytes(CUDA_R_16BF), "cublasLtMatmul bias");
+    }
     if (workspaceSizeInBytes > 0) {
       check_device_range(workspace, workspaceSizeInBytes, "cublasLtMatmul workspace");
     }
@@ -601,6 +669,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t
   if (p.m == 0 || p.n == 0) {
     return CUBLAS_STATUS_SUCCESS;
   }
-  multiply(p, alpha_value, A, B, beta_value, C, D);
+  const void* bias = p.desc.epilogue == CUBLASLT_EPILOGUE_BIAS ? p.desc.bias : nullptr;
+  multiply(p, alpha_value, A, B, beta_value, C, bias, D);
   return CUBLAS_STATUS_SUCCESS;
 }

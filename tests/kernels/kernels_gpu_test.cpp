@@ -645,6 +645,182 @@ TEST_CASE("exec::cuda::GemmRunner (cuBLASLt bf16) vs exec::cpu::linear", "[gpu][
   require_close(d_dw.download(), to_vec(dw), 1e-4, 1e-4, "gemm wgrad (fp32 accumulate)");
 }
 
+namespace {
+
+// The linear layer's three GEMMs of the case above on `gemm`: Y = X W (+ bias), dX = dY W^T, dW += X^T dY (fp32).
+struct LinearGemms {
+  std::vector<float> y, dx, dw;
+};
+
+LinearGemms run_linear_gemms(cuboid::exec::cuda::GemmRunner& gemm, std::int64_t tokens, std::int64_t in,
+                             std::int64_t out, const std::vector<float>& x, const std::vector<float>& w,
+                             const std::vector<float>& dy, const std::vector<float>& dw0) {
+  using cuboid::exec::cuda::GemmArgs;
+  DeviceArray<k::bf16> d_x(x), d_w(w), d_dy(dy), d_y(static_cast<std::size_t>(tokens * out)),
+      d_dx(static_cast<std::size_t>(tokens * in));
+  DeviceArray<float> d_dw(dw0);
+  GemmArgs fwd;
+  fwd.m = tokens;
+  fwd.n = out;
+  fwd.k = in;
+  fwd.a = d_x.get();
+  fwd.b = d_w.get();
+  fwd.c = d_y.get();
+  DeviceArray<std::uint8_t> ws(cuboid::exec::cuda::workspace_bytes(fwd));
+  gemm.run(fwd, ws.get(), ws.size(), nullptr);
+  GemmArgs dgrad = fwd;
+  dgrad.n = in;
+  dgrad.k = out;
+  dgrad.trans_b = true;
+  dgrad.a = d_dy.get();
+  dgrad.b = d_w.get();
+  dgrad.c = d_dx.get();
+  gemm.run(dgrad, ws.get(), ws.size(), nullptr);
+  GemmArgs wgrad;
+  wgrad.m = in;
+  wgrad.n = out;
+  wgrad.k = tokens;
+  wgrad.trans_a = true;
+  wgrad.a = d_x.get();
+  wgrad.b = d_dy.get();
+  wgrad.c = d_dw.get();
+  wgrad.c_type = cuboid::exec::cuda::GemmDType::F32;
+  wgrad.beta = 1.0f;
+  gemm.run(wgrad, ws.get(), ws.size(), nullptr);
+  return {d_y.download(), d_dx.download(), d_dw.download()};
+}
+
+} // namespace
+
+TEST_CASE("exec::cuda::GemmRunner: bias epilogue (Y = X W + b, b per output column) vs exec::cpu::linear_forward",
+          "[gpu][exec]") {
+  // The bias is one value per row-major column (output feature); cuBLASLt adds it per row of the column-major D
+  // (exec/cuda/gemm.hpp ColumnMajorProblem::bias). tokens != out, so a bias applied along the wrong axis fails.
+  using cuboid::exec::cuda::GemmArgs;
+  const std::int64_t tokens = 64, in = 96, out = 80;
+  const bool trans_b = GENERATE(false, true); // W stored (in, out), or (out, in) and used transposed
+  CAPTURE(trans_b);
+  const auto x = quantize<k::bf16>(random_vec(static_cast<std::size_t>(tokens * in), 80));
+  const auto w = quantize<k::bf16>(random_vec(static_cast<std::size_t>(in * out), 81));
+  const auto bias = quantize<k::bf16>(random_vec(static_cast<std::size_t>(out), 82, 2.0f));
+  std::vector<float> w_stored = w;
+  if (trans_b) {
+    for (std::int64_t row = 0; row < in; ++row) {
+      for (std::int64_t col = 0; col < out; ++col) {
+        w_stored[static_cast<std::size_t>(col * in + row)] = w[static_cast<std::size_t>(row * out + col)];
+      }
+    }
+  }
+  cpu::Mat y(tokens, out);
+  cpu::linear_forward(to_mat(x, tokens, in), to_mat(w, in, out), bias.data(), y);
+  DeviceArray<k::bf16> d_x(x), d_w(w_stored), d_bias(bias), d_y(static_cast<std::size_t>(tokens * out));
+  cuboid::exec::cuda::GemmRunner gemm;
+  GemmArgs fwd;
+  fwd.m = tokens;
+  fwd.n = out;
+  fwd.k = in;
+  fwd.trans_b = trans_b;
+  fwd.a = d_x.get();
+  fwd.b = d_w.get();
+  fwd.c = d_y.get();
+  fwd.bias = d_bias.get();
+  DeviceArray<std::uint8_t> ws(cuboid::exec::cuda::workspace_bytes(fwd));
+  REQUIRE(gemm.has_algorithm(fwd, ws.size()));
+  gemm.run(fwd, ws.get(), ws.size(), nullptr);
+  require_close(d_y.download(), to_vec(y), 2.0 * EPS<k::bf16>, 1e-3, "gemm forward + bias epilogue");
+  CHECK(d_bias.download() == bias);
+}
+
+TEST_CASE("exec::cuda::GemmRunner: residual from c_in (D = X W + b + R, C != D) leaves R unchanged", "[gpu][exec]") {
+  using cuboid::exec::cuda::GemmArgs;
+  const std::int64_t tokens = 64, in = 96, out = 80;
+  const bool use_bias = GENERATE(false, true);
+  CAPTURE(use_bias);
+  const auto x = quantize<k::bf16>(random_vec(static_cast<std::size_t>(tokens * in), 90));
+  const auto w = quantize<k::bf16>(random_vec(static_cast<std::size_t>(in * out), 91));
+  const auto bias = quantize<k::bf16>(random_vec(static_cast<std::size_t>(out), 92));
+  const auto residual = quantize<k::bf16>(random_vec(static_cast<std::size_t>(tokens * out), 93, 4.0f));
+  cpu::Mat y(tokens, out);
+  cpu::linear_forward(to_mat(x, tokens, in), to_mat(w, in, out), use_bias ? bias.data() : nullptr, y);
+  std::vector<float> ref = to_vec(y);
+  for (std::size_t idx = 0; idx < ref.size(); ++idx) {
+    ref[idx] += residual[idx];
+  }
+  DeviceArray<k::bf16> d_x(x), d_w(w), d_bias(bias), d_res(residual), d_out(static_cast<std::size_t>(tokens * out));
+  d_out.upload(std::vector<float>(static_cast<std::size_t>(tokens * out), 1e4f)); // must be overwritten, not read
+  cuboid::exec::cuda::GemmRunner gemm;
+  GemmArgs fwd;
+  fwd.m = tokens;
+  fwd.n = out;
+  fwd.k = in;
+  fwd.a = d_x.get();
+  fwd.b = d_w.get();
+  fwd.c = d_out.get();
+  fwd.c_in = d_res.get();
+  fwd.beta = 1.0f;
+  fwd.bias = use_bias ? d_bias.get() : nullptr;
+  DeviceArray<std::uint8_t> ws(cuboid::exec::cuda::workspace_bytes(fwd));
+  REQUIRE(gemm.has_algorithm(fwd, ws.size()));
+  gemm.run(fwd, ws.get(), ws.size(), nullptr);
+  require_close(d_out.download(), ref, 2.0 * EPS<k::bf16>, 1e-3, "gemm + residual from c_in");
+  CHECK(d_res.download() == residual);
+}
+
+TEST_CASE("exec::cuda::GemmRunner: Autotune computes what Heuristic computes (linear layer's three GEMMs)",
+          "[gpu][exec]") {
+  // Autotune times its candidates into its own scratch D: the in-place weight-gradient accumulation (beta = 1)
+  // would otherwise add X^T dY once per timing launch.
+  using cuboid::exec::cuda::GemmAlgoSelection;
+  const std::int64_t tokens = 64, in = 96, out = 80;
+  const auto x = quantize<k::bf16>(random_vec(static_cast<std::size_t>(tokens * in), 100));
+  const auto w = quantize<k::bf16>(random_vec(static_cast<std::size_t>(in * out), 101));
+  const auto dy = quantize<k::bf16>(random_vec(static_cast<std::size_t>(tokens * out), 102));
+  const auto dw0 = random_vec(static_cast<std::size_t>(in * out), 103);
+  cpu::Mat y(tokens, out), dx(tokens, in);
+  cpu::Mat dw = to_mat(dw0, in, out);
+  cpu::linear_forward(to_mat(x, tokens, in), to_mat(w, in, out), nullptr, y);
+  cpu::linear_backward(to_mat(dy, tokens, out), to_mat(x, tokens, in), to_mat(w, in, out), dx, dw, nullptr);
+  cuboid::exec::cuda::GemmRunner heuristic(GemmAlgoSelection::Heuristic);
+  cuboid::exec::cuda::GemmRunner autotune(GemmAlgoSelection::Autotune);
+  const LinearGemms h = run_linear_gemms(heuristic, tokens, in, out, x, w, dy, dw0);
+  const LinearGemms t = run_linear_gemms(autotune, tokens, in, out, x, w, dy, dw0);
+  require_close(t.y, to_vec(y), 2.0 * EPS<k::bf16>, 1e-3, "autotuned forward");
+  require_close(t.dx, to_vec(dx), 2.0 * EPS<k::bf16>, 1e-3, "autotuned dgrad");
+  require_close(t.dw, to_vec(dw), 1e-4, 1e-4, "autotuned wgrad (fp32 accumulate, in place)");
+  // Against each other: both are within bf16 rounding of the same values (other algorithms may sum in another
+  // order, so equality is not required).
+  require_close(t.y, h.y, 4.0 * EPS<k::bf16>, 1e-3, "autotuned vs heuristic forward");
+  require_close(t.dx, h.dx, 4.0 * EPS<k::bf16>, 1e-3, "autotuned vs heuristic dgrad");
+  require_close(t.dw, h.dw, 1e-4, 1e-4, "autotuned vs heuristic wgrad");
+  // A second run of the tuned shapes reuses the plans (no re-tuning) and accumulates dW once more.
+  const LinearGemms again = run_linear_gemms(autotune, tokens, in, out, x, w, dy, t.dw);
+  cpu::Mat dw2 = to_mat(to_vec(dw), in, out);
+  cpu::Mat dx2(tokens, in);
+  cpu::linear_backward(to_mat(dy, tokens, out), to_mat(x, tokens, in), to_mat(w, in, out), dx2, dw2, nullptr);
+  require_close(again.dw, to_vec(dw2), 1e-4, 1e-4, "autotuned wgrad, second accumulation");
+}
+
+TEST_CASE("exec::cuda::GemmRunner::has_algorithm and can_implement of the bias epilogue", "[gpu][exec]") {
+  using cuboid::exec::cuda::GemmArgs;
+  using cuboid::exec::cuda::GemmDType;
+  cuboid::exec::cuda::GemmRunner gemm;
+  alignas(256) std::uint8_t probe[256] = {}; // has_algorithm does not read the pointers
+  GemmArgs args;
+  args.m = 2048;
+  args.n = 2048;
+  args.k = 2048;
+  args.a = args.b = args.c = probe;
+  const std::size_t ws = cuboid::exec::cuda::workspace_bytes(args);
+  CHECK(cuboid::exec::cuda::can_implement(args).empty());
+  CHECK(gemm.has_algorithm(args, ws)); // a plain bf16 GEMM: cuBLASLt always has one
+  args.c_type = GemmDType::F32;
+  args.bias = probe;
+  CHECK_THAT(cuboid::exec::cuda::can_implement(args), Catch::Contains("bias") && Catch::Contains("c fp32"));
+  CHECK_FALSE(gemm.has_algorithm(args, ws)); // refused before cuBLASLt is asked
+  args.c_type = GemmDType::BF16;
+  CHECK(cuboid::exec::cuda::can_implement(args).empty());
+}
+
 TEST_CASE("exec::cuda::NcclCommunicator on every local GPU: exactly predictable reductions", "[gpu][exec]") {
   int devices = 0;
   REQUIRE(cudaGetDeviceCount(&devices) == cudaSuccess);
