@@ -1,7 +1,15 @@
 // CudaGptModel: forward / backward of the GPT units on the device, operator for operator the CPU GptModel
-// (exec/gpt_model.cpp) with Megatron's mixed precision (see cuda_model.hpp). Row-parallel GEMMs (attention
-// projection, fc2) write fp32 partial sums that are all-reduced over TP and added to the residual in one kernel;
-// input-gradient GEMMs accumulate in fp32 (beta = 1) before the TP all-reduce and one cast to bf16.
+// (exec/gpt_model.cpp) with Megatron's mixed precision (see cuda_model.hpp).
+// HBM traffic per layer is kept close to what the op catalog (model/op_catalog.cpp) prices, Megatron's fusions:
+//  - biases of the column-parallel linears are added in the GEMM's epilogue (cuBLASLt EPILOGUE_BIAS, bf16 bias);
+//    fc1's bias in the GeLU kernel (Megatron's bias_gelu fusion);
+//  - with tp = 1 the row-parallel GEMMs (attention projection, fc2) add bias and residual in their epilogue
+//    (D = A W + b + x, cuBLASLt C = x, beta = 1: Megatron's bias-dropout-add without the separate pass); with
+//    tp > 1 they write fp32 partial sums, all-reduced over TP and added to the residual with the bias in one kernel;
+//  - input-gradient GEMMs accumulate in fp32 (beta = 1) and the norms' backward reads that fp32 gradient directly
+//    (no cast pass); layer inputs and output gradients are moved into the layer, not copied.
+// Where cuBLASLt has no algorithm for an epilogue (GemmRunner::has_algorithm), the GEMM runs without it and a bias
+// kernel follows: same result up to bf16 rounding of the bias.
 #include "exec/cuda/cuda_model.hpp"
 
 #include "exec/init.hpp"
@@ -145,11 +153,30 @@ void CudaGptModel::gemm(std::int64_t m, std::int64_t n, std::int64_t kk, bool tr
   context_.gemm->run(args, context_.workspace, context_.workspace_bytes, context_.stream);
 }
 
-void CudaGptModel::linear(const Bf16Buffer& x, int w, int bias, std::int64_t rows, Bf16Buffer& y) {
+void CudaGptModel::linear(const Bf16Buffer& x, int w, int bias, std::int64_t rows, Bf16Buffer& y,
+                          const Bf16Buffer* residual) {
   const ParamInfo& info = layout_.params().info(w);
   y.resize(count(rows, info.cols), context_.stream);
-  gemm(rows, info.cols, info.rows, false, false, x.get(), weight(w), y.get(), GemmDType::BF16, 0.0f);
+  GemmArgs args;
+  args.m = rows;
+  args.n = info.cols;
+  args.k = info.rows;
+  args.a = x.get();
+  args.b = weight(w);
+  args.c = y.get();
+  args.c_type = GemmDType::BF16;
+  if (residual != nullptr) {
+    args.c_in = residual->get(); // D = x W (+ b) + residual
+    args.beta = 1.0f;
+  }
   if (bias >= 0) {
+    args.bias = weight(bias); // the bf16 copy (refreshed by the optimizer step with the weights)
+    if (!context_.gemm->has_algorithm(args, context_.workspace_bytes)) {
+      args.bias = nullptr;
+    }
+  }
+  context_.gemm->run(args, context_.workspace, context_.workspace_bytes, context_.stream);
+  if (bias >= 0 && args.bias == nullptr) {
     k::elementwise::bias_add<bf16>({y.get(), master(bias), rows, info.cols}, context_.stream);
   }
 }
@@ -170,6 +197,24 @@ void CudaGptModel::linear_dgrad(const Bf16Buffer& dy, int w, std::int64_t rows, 
   gemm(rows, info.rows, info.cols, false, true, dy.get(), weight(w), dx.get(), GemmDType::F32, beta);
 }
 
+void CudaGptModel::row_parallel_linear(const Bf16Buffer& in, int w, int bias, const Bf16Buffer& residual,
+                                       Bf16Buffer& out) {
+  const std::int64_t rows = activation_rows();
+  if (plan_.tp == 1) {
+    linear(in, w, bias, rows, out, &residual);
+    return;
+  }
+  const ParamInfo& info = layout_.params().info(w);
+  const cudaStream_t s = context_.stream;
+  F32Buffer partial(count(rows, info.cols), s);
+  gemm(rows, info.cols, info.rows, false, false, in.get(), weight(w), partial.get(), GemmDType::F32, 0.0f);
+  tp_all_reduce(partial);
+  out.resize(count(rows, info.cols), s);
+  k::elementwise::residual_add<bf16>({out.get(), residual.get(), partial.get(), bias >= 0 ? master(bias) : nullptr,
+                                      rows, info.cols},
+                                     s);
+}
+
 void CudaGptModel::norm_forward(const NormIdx& idx, const Bf16Buffer& x, Bf16Buffer& y, F32Buffer& mean,
                                 F32Buffer& rstd) {
   const std::int64_t rows = static_cast<std::int64_t>(x.size()) / spec_.hidden_size;
@@ -186,17 +231,18 @@ void CudaGptModel::norm_forward(const NormIdx& idx, const Bf16Buffer& x, Bf16Buf
   }
 }
 
-void CudaGptModel::norm_backward(const NormIdx& idx, const Bf16Buffer& dy, const Bf16Buffer& x, const F32Buffer& mean,
+// dy is the fp32 output of the data-gradient GEMMs (after the TP all-reduce), read as is.
+void CudaGptModel::norm_backward(const NormIdx& idx, const F32Buffer& dy, const Bf16Buffer& x, const F32Buffer& mean,
                                  const F32Buffer& rstd, Bf16Buffer& dx) {
   const std::int64_t rows = static_cast<std::int64_t>(x.size()) / spec_.hidden_size;
   if (idx.b >= 0) {
-    k::layernorm::backward<bf16>({dx.get(), grad(idx.w), grad(idx.b), dy.get(), x.get(), master(idx.w), mean.get(),
-                                  rstd.get(), rows, spec_.hidden_size},
-                                 context_.stream);
+    k::layernorm::backward<bf16, float>({dx.get(), grad(idx.w), grad(idx.b), dy.get(), x.get(), master(idx.w),
+                                         mean.get(), rstd.get(), rows, spec_.hidden_size},
+                                        context_.stream);
   } else {
-    k::rmsnorm::backward<bf16>({dx.get(), grad(idx.w), dy.get(), x.get(), master(idx.w), rstd.get(), rows,
-                                spec_.hidden_size},
-                               context_.stream);
+    k::rmsnorm::backward<bf16, float>({dx.get(), grad(idx.w), dy.get(), x.get(), master(idx.w), rstd.get(), rows,
+                                       spec_.hidden_size},
+                                      context_.stream);
   }
 }
 
@@ -209,12 +255,6 @@ void CudaGptModel::tp_all_reduce(F32Buffer& data, ReduceOp op) {
 void CudaGptModel::to_bf16(const F32Buffer& in, Bf16Buffer& out) {
   out.resize(in.size(), context_.stream);
   k::cast::convert<bf16, float>({out.get(), in.get(), static_cast<std::int64_t>(in.size())}, context_.stream);
-}
-
-void CudaGptModel::copy(const Bf16Buffer& in, Bf16Buffer& out) {
-  out.resize(in.size(), context_.stream);
-  CUDA_CHECK(cudaMemcpyAsync(out.get(), in.get(), in.size() * sizeof(bf16), cudaMemcpyDeviceToDevice,
-                             context_.stream));
 }
 
 // ---- embedding: fp32 gather from the master table (exact), TP all-reduce, positions in fp32, one cast.
@@ -250,17 +290,16 @@ void CudaGptModel::embedding_backward(const std::int32_t* tokens, const Bf16Buff
 
 // ---- transformer layer
 
-void CudaGptModel::layer_forward(int layer, const Bf16Buffer& x, Bf16Buffer& out, CudaLayerCache& c, bool keep_all) {
+void CudaGptModel::layer_forward(int layer, Bf16Buffer&& x, Bf16Buffer& out, CudaLayerCache& c, bool keep_all) {
   const LayerIdx& p = layer_idx(layer);
   const cudaStream_t s = context_.stream;
   const std::int64_t rows = activation_rows();
-  const std::int64_t C = spec_.hidden_size;
   const std::int64_t D = spec_.head_dim;
   const std::int64_t q_cols = layout_.params().info(p.wq).cols;
   const std::int64_t kv_cols = layout_.params().info(p.wk).cols;
   const k::attention::Shape shape{spec_.seq_length, plan_.micro_batch_size, q_cols / D, kv_cols / D, D};
-  if (c.x.get() != x.get()) {
-    copy(x, c.x);
+  if (&x != &c.x) {
+    c.x = std::move(x); // the layer input is saved for backward, not copied
   }
   norm_forward(p.ln1, c.x, c.h1, c.ln1_mean, c.ln1_rstd);
   linear(c.h1, p.wq, p.bq, rows, c.q);
@@ -277,31 +316,26 @@ void CudaGptModel::layer_forward(int layer, const Bf16Buffer& x, Bf16Buffer& out
   } else {
     k::attention::forward<bf16>({c.attn.get(), c.lse.get(), c.q.get(), c.k.get(), c.v.get(), shape}, s);
   }
-  F32Buffer partial(count(rows, C), s);
-  gemm(rows, C, q_cols, false, false, c.attn.get(), weight(p.wo), partial.get(), GemmDType::F32, 0.0f);
-  tp_all_reduce(partial);
-  c.x2.resize(count(rows, C), s);
-  k::elementwise::residual_add<bf16>({c.x2.get(), c.x.get(), partial.get(), p.bo >= 0 ? master(p.bo) : nullptr, rows,
-                                      C},
-                                     s);
+  row_parallel_linear(c.attn, p.wo, p.bo, c.x, c.x2); // x2 = x + attn Wo + bo
 
   norm_forward(p.ln2, c.x2, c.h2, c.ln2_mean, c.ln2_rstd);
-  linear(c.h2, p.w1, p.b1, rows, c.fc1);
   const std::int64_t ffn_cols = layout_.params().info(p.w1).cols;
   c.act.resize(count(rows, ffn_cols), s);
   if (spec_.gated_mlp) {
+    linear(c.h2, p.w1, p.b1, rows, c.fc1);
     linear(c.h2, p.wg, p.bg, rows, c.gate);
     k::activation::swiglu_forward<bf16>({c.act.get(), c.gate.get(), c.fc1.get(), rows * ffn_cols}, s);
   } else {
-    k::activation::gelu_forward<bf16>({c.act.get(), c.fc1.get(), rows * ffn_cols}, s);
+    linear(c.h2, p.w1, -1, rows, c.fc1); // fc1 without its bias: the GeLU adds it (kept for the backward)
+    k::activation::GeluForwardArgs<bf16> gelu;
+    gelu.y = c.act.get();
+    gelu.x = c.fc1.get();
+    gelu.n = rows * ffn_cols;
+    gelu.bias = p.b1 >= 0 ? master(p.b1) : nullptr;
+    gelu.cols = ffn_cols;
+    k::activation::gelu_forward<bf16>(gelu, s);
   }
-  F32Buffer partial2(count(rows, C), s);
-  gemm(rows, C, ffn_cols, false, false, c.act.get(), weight(p.w2), partial2.get(), GemmDType::F32, 0.0f);
-  tp_all_reduce(partial2);
-  out.resize(count(rows, C), s);
-  k::elementwise::residual_add<bf16>({out.get(), c.x2.get(), partial2.get(), p.b2 >= 0 ? master(p.b2) : nullptr, rows,
-                                      C},
-                                     s);
+  row_parallel_linear(c.act, p.w2, p.b2, c.x2, out); // out = x2 + act W2 + b2
   c.complete = keep_all;
   if (!keep_all) {
     // Full recompute: keep only the layer input (Korthikanti et al. 2022, sec. 5).
@@ -311,11 +345,11 @@ void CudaGptModel::layer_forward(int layer, const Bf16Buffer& x, Bf16Buffer& out
   }
 }
 
-void CudaGptModel::layer_backward(int layer, CudaLayerCache& c, const Bf16Buffer& dout, Bf16Buffer& dx) {
+void CudaGptModel::layer_backward(int layer, CudaLayerCache& c, Bf16Buffer&& dout, Bf16Buffer& dx) {
   const cudaStream_t s = context_.stream;
   if (!c.complete) {
     Bf16Buffer ignored;
-    layer_forward(layer, c.x, ignored, c, true);
+    layer_forward(layer, std::move(c.x), ignored, c, true);
   }
   const LayerIdx& p = layer_idx(layer);
   const std::int64_t rows = activation_rows();
@@ -345,16 +379,20 @@ void CudaGptModel::layer_backward(int layer, CudaLayerCache& c, const Bf16Buffer
     linear_wgrad(c.h2, dgate, p.wg, p.bg, rows);
     linear_dgrad(dfc1, p.w1, rows, dh2_f, 1.0f);
   } else {
-    k::activation::gelu_backward<bf16>({dfc1.get(), dact.get(), c.fc1.get(), rows * ffn_cols}, s);
+    k::activation::GeluBackwardArgs<bf16> gelu;
+    gelu.dx = dfc1.get();
+    gelu.dy = dact.get();
+    gelu.x = c.fc1.get();
+    gelu.n = rows * ffn_cols;
+    gelu.bias = p.b1 >= 0 ? master(p.b1) : nullptr;
+    gelu.cols = ffn_cols;
+    k::activation::gelu_backward<bf16>(gelu, s);
     linear_dgrad(dfc1, p.w1, rows, dh2_f, 0.0f);
   }
   linear_wgrad(c.h2, dfc1, p.w1, p.b1, rows);
   tp_all_reduce(dh2_f);
-  Bf16Buffer dh2;
-  to_bf16(dh2_f, dh2);
-  Bf16Buffer dx2;
-  copy(dout, dx2);
-  norm_backward(p.ln2, dh2, c.x2, c.ln2_mean, c.ln2_rstd, dx2);
+  Bf16Buffer dx2 = std::move(dout); // dx2 = dout + ln2 backward (accumulated in place)
+  norm_backward(p.ln2, dh2_f, c.x2, c.ln2_mean, c.ln2_rstd, dx2);
 
   // Attention branch: x2 = x + all_reduce(attn Wo) + bo.
   if (p.bo >= 0) {
@@ -387,23 +425,21 @@ void CudaGptModel::layer_backward(int layer, CudaLayerCache& c, const Bf16Buffer
   linear_wgrad(c.h1, dk, p.wk, p.bk, rows);
   linear_wgrad(c.h1, dv, p.wv, p.bv, rows);
   tp_all_reduce(dh1_f);
-  Bf16Buffer dh1;
-  to_bf16(dh1_f, dh1);
   dx = std::move(dx2);
-  norm_backward(p.ln1, dh1, c.x, c.ln1_mean, c.ln1_rstd, dx);
+  norm_backward(p.ln1, dh1_f, c.x, c.ln1_mean, c.ln1_rstd, dx);
   c = CudaLayerCache{};
 }
 
 // ---- final norm, output layer, vocab-parallel cross-entropy (fp32 logits)
 
-void CudaGptModel::head_forward(const Bf16Buffer& x, const std::int32_t* targets, CudaHeadCache& c, float* loss_acc,
+void CudaGptModel::head_forward(Bf16Buffer&& x, const std::int32_t* targets, CudaHeadCache& c, float* loss_acc,
                                 float loss_weight) {
   const cudaStream_t s = context_.stream;
   const ParamInfo& info = layout_.params().info(head_w_);
   const std::int64_t rows = activation_rows();
   const std::int64_t C = spec_.hidden_size;
   const std::int64_t V = info.rows;
-  copy(x, c.x);
+  c.x = std::move(x);
   norm_forward(final_norm_, c.x, c.h, c.mean, c.rstd);
   c.probs.resize(count(rows, V), s);
   gemm(rows, V, C, false, true, c.h.get(), weight(head_w_), c.probs.get(), GemmDType::F32, 0.0f);
@@ -435,11 +471,9 @@ void CudaGptModel::head_backward(CudaHeadCache& c, const std::int32_t* targets, 
   gemm(rows, C, V, false, false, dlogits.get(), weight(head_w_), dh_f.get(), GemmDType::F32, 0.0f);
   gemm(V, C, rows, true, false, dlogits.get(), c.h.get(), grad(head_w_), GemmDType::F32, 1.0f);
   tp_all_reduce(dh_f);
-  Bf16Buffer dh;
-  to_bf16(dh_f, dh);
   dx.resize(count(rows, C), s);
   CUDA_CHECK(cudaMemsetAsync(dx.get(), 0, dx.size() * sizeof(bf16), s));
-  norm_backward(final_norm_, dh, c.x, c.mean, c.rstd, dx);
+  norm_backward(final_norm_, dh_f, c.x, c.mean, c.rstd, dx);
   c = CudaHeadCache{};
 }
 

@@ -81,11 +81,13 @@ public:
   /// tokens: device (T*B) in [s, b] order; out: (n, C).
   void embedding_forward(const std::int32_t* tokens, Bf16Buffer& out);
   void embedding_backward(const std::int32_t* tokens, const Bf16Buffer& dout);
-  void layer_forward(int layer, const Bf16Buffer& x, Bf16Buffer& out, CudaLayerCache& cache, bool keep_all);
-  /// dx overwritten; consumes the cache (recomputes it if incomplete).
-  void layer_backward(int layer, CudaLayerCache& cache, const Bf16Buffer& dout, Bf16Buffer& dx);
+  /// Takes the layer input (saved in the cache for backward: moved, not copied).
+  void layer_forward(int layer, Bf16Buffer&& x, Bf16Buffer& out, CudaLayerCache& cache, bool keep_all);
+  /// dx overwritten; consumes the cache (recomputes it if incomplete) and dout (its buffer becomes dx).
+  void layer_backward(int layer, CudaLayerCache& cache, Bf16Buffer&& dout, Bf16Buffer& dx);
   /// Adds loss_weight * (mean cross-entropy over the T*B tokens) to loss_acc[0] (device) unless loss_acc is null.
-  void head_forward(const Bf16Buffer& x, const std::int32_t* targets, CudaHeadCache& cache, float* loss_acc,
+  /// Takes the head input (saved in the cache).
+  void head_forward(Bf16Buffer&& x, const std::int32_t* targets, CudaHeadCache& cache, float* loss_acc,
                     float loss_weight);
   void head_backward(CudaHeadCache& cache, const std::int32_t* targets, float loss_scale, Bf16Buffer& dx);
 
@@ -107,19 +109,23 @@ private:
   // Building blocks (all on context_.stream).
   void gemm(std::int64_t m, std::int64_t n, std::int64_t k, bool trans_a, bool trans_b, const void* a, const void* b,
             void* c, GemmDType c_type, float beta);
-  /// y (rows, out) = x (rows, in) W (in, out) [+ bias], bf16 out.
-  void linear(const Bf16Buffer& x, int w, int bias, std::int64_t rows, Bf16Buffer& y);
+  /// y (rows, out) = x (rows, in) W (in, out) [+ bias] [+ residual], bf16 out; bias and residual in the GEMM's
+  /// epilogue (a bias kernel where cuBLASLt has no algorithm with it).
+  void linear(const Bf16Buffer& x, int w, int bias, std::int64_t rows, Bf16Buffer& y,
+              const Bf16Buffer* residual = nullptr);
+  /// out = residual + TP all-reduce(in W) + bias: the row-parallel linear of Megatron (attention projection, fc2)
+  /// with the bias-residual add; tp = 1: all in the GEMM (linear with residual), else fp32 partials + one kernel.
+  void row_parallel_linear(const Bf16Buffer& in, int w, int bias, const Bf16Buffer& residual, Bf16Buffer& out);
   /// Weight and bias gradients of linear(): dW += x^T dy, db += colsum(dy).
   void linear_wgrad(const Bf16Buffer& x, const Bf16Buffer& dy, int w, int bias, std::int64_t rows);
   /// dx (rows, in) (fp32) = dy W^T, accumulated when beta = 1.
   void linear_dgrad(const Bf16Buffer& dy, int w, std::int64_t rows, F32Buffer& dx, float beta);
   void norm_forward(const NormIdx& idx, const Bf16Buffer& x, Bf16Buffer& y, F32Buffer& mean, F32Buffer& rstd);
-  /// dx += norm backward of dy.
-  void norm_backward(const NormIdx& idx, const Bf16Buffer& dy, const Bf16Buffer& x, const F32Buffer& mean,
+  /// dx += norm backward of dy (fp32).
+  void norm_backward(const NormIdx& idx, const F32Buffer& dy, const Bf16Buffer& x, const F32Buffer& mean,
                      const F32Buffer& rstd, Bf16Buffer& dx);
   void tp_all_reduce(F32Buffer& data, ReduceOp op = ReduceOp::Sum);
   void to_bf16(const F32Buffer& in, Bf16Buffer& out);
-  void copy(const Bf16Buffer& in, Bf16Buffer& out);
   [[nodiscard]] bool use_tensor_core_attention() const;
 
   model::ModelSpec spec_;

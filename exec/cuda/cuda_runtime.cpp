@@ -299,12 +299,13 @@ void CudaTrainer::execute(const Instr& instr) {
     } else if (instr.unit == UnitKind::Layer) {
       MicroState& st = state(instr.chunk, instr.microbatch);
       Bf16Buffer out;
-      model_.layer_forward(instr.layer, st.act, out, st.layers[instr.layer], keep_all);
+      model_.layer_forward(instr.layer, std::move(st.act), out, st.layers[instr.layer], keep_all);
       st.act = std::move(out);
     } else {
       MicroState& st = with_data(instr.chunk, instr.microbatch);
       const bool reports_loss = groups_.coord.tp_rank == 0;
-      model_.head_forward(st.act, st.targets.get(), st.head, reports_loss ? loss_acc_.get() : nullptr, loss_scale);
+      model_.head_forward(std::move(st.act), st.targets.get(), st.head, reports_loss ? loss_acc_.get() : nullptr,
+                          loss_scale);
     }
     return;
   }
@@ -315,7 +316,7 @@ void CudaTrainer::execute(const Instr& instr) {
     } else if (instr.unit == UnitKind::Layer) {
       MicroState& st = state(instr.chunk, instr.microbatch);
       Bf16Buffer dx;
-      model_.layer_backward(instr.layer, st.layers[instr.layer], st.grad, dx);
+      model_.layer_backward(instr.layer, st.layers[instr.layer], std::move(st.grad), dx);
       st.layers.erase(instr.layer);
       st.grad = std::move(dx);
     } else {
