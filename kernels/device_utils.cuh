@@ -41,8 +41,8 @@ template <> __device__ __forceinline__ bf16 from_float<bf16>(float v) { return _
 
 // ---- 16-byte vectors
 // Memory-bound kernels move 16 bytes per thread and access (one uint4: 8 bf16 or 4 fp32) instead of 2 or 4: scalar
-// 2-byte accesses issue 8x the load / store instructions for the same bytes and stay well below HBM bandwidth
-// (karpathy/llm.c llmc/cuda_utils.cuh Packed128). The helpers below only convert a uint4 VALUE to or from fp32
+// 2-byte accesses issue 8x the load / store instructions for the same bytes, and such kernels typically stay well
+// below HBM bandwidth (karpathy/llm.c llmc/cuda_utils.cuh Packed128; not yet measured on a GPU here). The helpers below only convert a uint4 VALUE to or from fp32
 // (bit-identical to to_float / from_float per element); the memory access itself stays in the .cu file, spelled
 // reinterpret_cast<const uint4*>(ptr)[i], so that the CUDA emulator (which rewrites .cu files, not headers) checks
 // its 16-byte alignment. Launchers take the vector path only when vector_aligned() holds for every pointer and the
