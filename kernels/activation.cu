@@ -1,5 +1,8 @@
 // Activation kernels: fp32 math on each element, grid-stride loops (memory bound: one read per input, one write;
-// the GeLU's optional bias is (cols) fp32, read through the cache).
+// the GeLU's optional bias is (cols) fp32, read through the cache). Each kernel has a vector form that moves 16
+// bytes per access (8 bf16 or 4 fp32: device_utils.cuh VEC), for HBM bandwidth; the launcher takes it when n (and,
+// with a bias, cols) is a multiple of the vector width and every pointer is 16-byte aligned, else the scalar form.
+// Both forms apply the same per-element functions (gelu, gelu_grad, ...), so their results are bit-identical.
 #include "kernels/activation.cuh"
 #include "kernels/device_utils.cuh"
 
@@ -10,9 +13,43 @@ constexpr float GELU_SCALE = 0.7978845608028654f; // sqrt(2 / pi)
 constexpr float GELU_CUBIC = 0.044715f;
 
 __device__ __forceinline__ float sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
+
+// ---- per-element math (shared by the scalar and the vector kernels)
+
+__device__ __forceinline__ float gelu(float v) {
+  return 0.5f * v * (1.0f + tanhf(GELU_SCALE * (v + GELU_CUBIC * v * v * v)));
+}
+
+// dy * gelu'(v).
+__device__ __forceinline__ float gelu_grad(float v, float g) {
+  const float t = tanhf(GELU_SCALE * (v + GELU_CUBIC * v * v * v));
+  const float dinner = GELU_SCALE * (1.0f + 3.0f * GELU_CUBIC * v * v);
+  return g * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * dinner);
+}
+
+__device__ __forceinline__ float swiglu(float g, float u) { return g * sigmoid(g) * u; }
+
+// d: dy, g: gate, u: up.
+__device__ __forceinline__ void swiglu_grad(float d, float g, float u, float& dgate, float& dup) {
+  const float s = sigmoid(g);
+  dup = d * g * s;
+  dgate = d * u * s * (1.0f + g * (1.0f - s));
+}
+
+// v[k] += bias[vec_col * VEC<T> + k] for the VEC<T> columns of one vector (fp32 bias read as uint4s).
+template <typename T> __device__ __forceinline__ void add_bias(float* v, const float* bias, std::int64_t vec_col) {
+  constexpr int BIAS_VECS = detail::VEC<T> / detail::VEC<float>; // uint4s of fp32 bias per vector of T
+  float b[detail::VEC<T>];
+  for (int q = 0; q < BIAS_VECS; ++q) {
+    detail::unpack<float>(reinterpret_cast<const uint4*>(bias)[vec_col * BIAS_VECS + q], b + q * detail::VEC<float>);
+  }
+  for (int k = 0; k < detail::VEC<T>; ++k) {
+    v[k] += b[k];
+  }
+}
 } // namespace
 
-// ---- kernels
+// ---- scalar kernels
 
 // BIAS: v = x[idx] + bias[idx % cols]. The column advances with the grid stride (one 64-bit modulo per thread,
 // then an add and a compare per element) instead of a 64-bit modulo per element.
@@ -35,7 +72,7 @@ __global__ void __launch_bounds__(Config::THREADS)
       col += col_step;
       col -= col >= cols ? cols : 0;
     }
-    y[idx] = detail::from_float<T>(0.5f * v * (1.0f + tanhf(GELU_SCALE * (v + GELU_CUBIC * v * v * v))));
+    y[idx] = detail::from_float<T>(gelu(v));
   }
 }
 
@@ -58,10 +95,7 @@ __global__ void __launch_bounds__(Config::THREADS)
       col += col_step;
       col -= col >= cols ? cols : 0;
     }
-    const float t = tanhf(GELU_SCALE * (v + GELU_CUBIC * v * v * v));
-    const float dinner = GELU_SCALE * (1.0f + 3.0f * GELU_CUBIC * v * v);
-    const float g = detail::to_float(dy[idx]);
-    dx[idx] = detail::from_float<T>(g * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * dinner));
+    dx[idx] = detail::from_float<T>(gelu_grad(v, detail::to_float(dy[idx])));
   }
 }
 
@@ -70,8 +104,7 @@ __global__ void __launch_bounds__(Config::THREADS)
     swiglu_forward_kernel(T* __restrict__ y, const T* __restrict__ gate, const T* __restrict__ up, std::int64_t n) {
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   for (std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += stride) {
-    const float g = detail::to_float(gate[idx]);
-    y[idx] = detail::from_float<T>(g * sigmoid(g) * detail::to_float(up[idx]));
+    y[idx] = detail::from_float<T>(swiglu(detail::to_float(gate[idx]), detail::to_float(up[idx])));
   }
 }
 
@@ -81,20 +114,144 @@ __global__ void __launch_bounds__(Config::THREADS)
                            const T* __restrict__ gate, const T* __restrict__ up, std::int64_t n) {
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   for (std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += stride) {
-    const float g = detail::to_float(gate[idx]);
-    const float d = detail::to_float(dy[idx]);
-    const float s = sigmoid(g);
-    dup[idx] = detail::from_float<T>(d * g * s);
-    dgate[idx] = detail::from_float<T>(d * detail::to_float(up[idx]) * s * (1.0f + g * (1.0f - s)));
+    float dg = 0.0f;
+    float du = 0.0f;
+    swiglu_grad(detail::to_float(dy[idx]), detail::to_float(gate[idx]), detail::to_float(up[idx]), dg, du);
+    dup[idx] = detail::from_float<T>(du);
+    dgate[idx] = detail::from_float<T>(dg);
+  }
+}
+
+// ---- vector kernels: thread `vec` handles elements [vec * VEC<T>, (vec + 1) * VEC<T>), vecs = n / VEC<T>
+
+// BIAS: col_vecs = cols / VEC<T> (a vector never straddles a row); the vector's column advances with the grid
+// stride as in the scalar kernel.
+template <typename T, bool BIAS>
+__global__ void __launch_bounds__(Config::THREADS)
+    gelu_forward_vec_kernel(T* __restrict__ y, const T* __restrict__ x, const float* __restrict__ bias,
+                            std::int64_t vecs, std::int64_t col_vecs) {
+  constexpr int W = detail::VEC<T>;
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  std::int64_t vec = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  [[maybe_unused]] std::int64_t col = 0;
+  [[maybe_unused]] std::int64_t col_step = 0;
+  if constexpr (BIAS) {
+    col = vec % col_vecs;
+    col_step = stride % col_vecs;
+  }
+  for (; vec < vecs; vec += stride) {
+    float v[W];
+    detail::unpack<T>(reinterpret_cast<const uint4*>(x)[vec], v);
+    if constexpr (BIAS) {
+      add_bias<T>(v, bias, col);
+      col += col_step;
+      col -= col >= col_vecs ? col_vecs : 0;
+    }
+    for (int k = 0; k < W; ++k) {
+      v[k] = gelu(v[k]);
+    }
+    reinterpret_cast<uint4*>(y)[vec] = detail::pack<T>(v);
+  }
+}
+
+template <typename T, bool BIAS>
+__global__ void __launch_bounds__(Config::THREADS)
+    gelu_backward_vec_kernel(T* __restrict__ dx, const T* __restrict__ dy, const T* __restrict__ x,
+                             const float* __restrict__ bias, std::int64_t vecs, std::int64_t col_vecs) {
+  constexpr int W = detail::VEC<T>;
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  std::int64_t vec = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  [[maybe_unused]] std::int64_t col = 0;
+  [[maybe_unused]] std::int64_t col_step = 0;
+  if constexpr (BIAS) {
+    col = vec % col_vecs;
+    col_step = stride % col_vecs;
+  }
+  for (; vec < vecs; vec += stride) {
+    float v[W];
+    float g[W];
+    detail::unpack<T>(reinterpret_cast<const uint4*>(x)[vec], v);
+    detail::unpack<T>(reinterpret_cast<const uint4*>(dy)[vec], g);
+    if constexpr (BIAS) {
+      add_bias<T>(v, bias, col);
+      col += col_step;
+      col -= col >= col_vecs ? col_vecs : 0;
+    }
+    for (int k = 0; k < W; ++k) {
+      v[k] = gelu_grad(v[k], g[k]);
+    }
+    reinterpret_cast<uint4*>(dx)[vec] = detail::pack<T>(v);
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(Config::THREADS)
+    swiglu_forward_vec_kernel(T* __restrict__ y, const T* __restrict__ gate, const T* __restrict__ up,
+                              std::int64_t vecs) {
+  constexpr int W = detail::VEC<T>;
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  for (std::int64_t vec = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; vec < vecs;
+       vec += stride) {
+    float g[W];
+    float u[W];
+    detail::unpack<T>(reinterpret_cast<const uint4*>(gate)[vec], g);
+    detail::unpack<T>(reinterpret_cast<const uint4*>(up)[vec], u);
+    for (int k = 0; k < W; ++k) {
+      g[k] = swiglu(g[k], u[k]);
+    }
+    reinterpret_cast<uint4*>(y)[vec] = detail::pack<T>(g);
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(Config::THREADS)
+    swiglu_backward_vec_kernel(T* __restrict__ dgate, T* __restrict__ dup, const T* __restrict__ dy,
+                               const T* __restrict__ gate, const T* __restrict__ up, std::int64_t vecs) {
+  constexpr int W = detail::VEC<T>;
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  for (std::int64_t vec = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; vec < vecs;
+       vec += stride) {
+    float d[W];
+    float g[W];
+    float u[W];
+    detail::unpack<T>(reinterpret_cast<const uint4*>(dy)[vec], d);
+    detail::unpack<T>(reinterpret_cast<const uint4*>(gate)[vec], g);
+    detail::unpack<T>(reinterpret_cast<const uint4*>(up)[vec], u);
+    float dg[W];
+    float du[W];
+    for (int k = 0; k < W; ++k) {
+      swiglu_grad(d[k], g[k], u[k], dg[k], du[k]);
+    }
+    reinterpret_cast<uint4*>(dup)[vec] = detail::pack<T>(du);
+    reinterpret_cast<uint4*>(dgate)[vec] = detail::pack<T>(dg);
   }
 }
 
 // ---- launchers
+// The vector path needs n (and, with a bias, cols) a multiple of VEC<T> and every pointer 16-byte aligned
+// (detail::vector_path); its grid covers the n / VEC<T> vectors (grid_stride_grid of them, at most MAX_BLOCKS
+// blocks), not Args::grid(), which covers n elements and stays the scalar path's grid.
+
+namespace {
+template <typename T> dim3 vector_grid(std::int64_t n) {
+  return grid_stride_grid(n / detail::VEC<T>, Config::THREADS, Config::MAX_BLOCKS);
+}
+} // namespace
 
 template <typename T> void gelu_forward(const GeluForwardArgs<T>& args, cudaStream_t stream) {
   NVTX_RANGE_FN();
   args.validate();
-  if (args.bias != nullptr) {
+  constexpr int W = detail::VEC<T>;
+  const bool bias = args.bias != nullptr;
+  if (detail::vector_path<T>(args.n, bias ? args.cols : W, {args.y, args.x, args.bias})) {
+    if (bias) {
+      gelu_forward_vec_kernel<T, true><<<vector_grid<T>(args.n), Config::THREADS, 0, stream>>>(
+          args.y, args.x, args.bias, args.n / W, args.cols / W);
+    } else {
+      gelu_forward_vec_kernel<T, false><<<vector_grid<T>(args.n), Config::THREADS, 0, stream>>>(
+          args.y, args.x, nullptr, args.n / W, 0);
+    }
+  } else if (bias) {
     gelu_forward_kernel<T, true><<<args.grid(), Config::THREADS, 0, stream>>>(args.y, args.x, args.bias, args.n,
                                                                                 args.cols);
   } else {
@@ -106,7 +263,17 @@ template <typename T> void gelu_forward(const GeluForwardArgs<T>& args, cudaStre
 template <typename T> void gelu_backward(const GeluBackwardArgs<T>& args, cudaStream_t stream) {
   NVTX_RANGE_FN();
   args.validate();
-  if (args.bias != nullptr) {
+  constexpr int W = detail::VEC<T>;
+  const bool bias = args.bias != nullptr;
+  if (detail::vector_path<T>(args.n, bias ? args.cols : W, {args.dx, args.dy, args.x, args.bias})) {
+    if (bias) {
+      gelu_backward_vec_kernel<T, true><<<vector_grid<T>(args.n), Config::THREADS, 0, stream>>>(
+          args.dx, args.dy, args.x, args.bias, args.n / W, args.cols / W);
+    } else {
+      gelu_backward_vec_kernel<T, false><<<vector_grid<T>(args.n), Config::THREADS, 0, stream>>>(
+          args.dx, args.dy, args.x, nullptr, args.n / W, 0);
+    }
+  } else if (bias) {
     gelu_backward_kernel<T, true><<<args.grid(), Config::THREADS, 0, stream>>>(args.dx, args.dy, args.x, args.bias,
                                                                                  args.n, args.cols);
   } else {
@@ -119,15 +286,27 @@ template <typename T> void gelu_backward(const GeluBackwardArgs<T>& args, cudaSt
 template <typename T> void swiglu_forward(const SwigluForwardArgs<T>& args, cudaStream_t stream) {
   NVTX_RANGE_FN();
   args.validate();
-  swiglu_forward_kernel<T><<<args.grid(), Config::THREADS, 0, stream>>>(args.y, args.gate, args.up, args.n);
+  constexpr int W = detail::VEC<T>;
+  if (detail::vector_path<T>(args.n, W, {args.y, args.gate, args.up})) {
+    swiglu_forward_vec_kernel<T><<<vector_grid<T>(args.n), Config::THREADS, 0, stream>>>(args.y, args.gate, args.up,
+                                                                                        args.n / W);
+  } else {
+    swiglu_forward_kernel<T><<<args.grid(), Config::THREADS, 0, stream>>>(args.y, args.gate, args.up, args.n);
+  }
   CUDA_CHECK(cudaGetLastError());
 }
 
 template <typename T> void swiglu_backward(const SwigluBackwardArgs<T>& args, cudaStream_t stream) {
   NVTX_RANGE_FN();
   args.validate();
-  swiglu_backward_kernel<T><<<args.grid(), Config::THREADS, 0, stream>>>(args.dgate, args.dup, args.dy, args.gate,
-                                                                           args.up, args.n);
+  constexpr int W = detail::VEC<T>;
+  if (detail::vector_path<T>(args.n, W, {args.dgate, args.dup, args.dy, args.gate, args.up})) {
+    swiglu_backward_vec_kernel<T><<<vector_grid<T>(args.n), Config::THREADS, 0, stream>>>(
+        args.dgate, args.dup, args.dy, args.gate, args.up, args.n / W);
+  } else {
+    swiglu_backward_kernel<T><<<args.grid(), Config::THREADS, 0, stream>>>(args.dgate, args.dup, args.dy, args.gate,
+                                                                             args.up, args.n);
+  }
   CUDA_CHECK(cudaGetLastError());
 }
 

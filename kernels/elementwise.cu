@@ -1,7 +1,10 @@
 // Elementwise helpers of the training runtime (see elementwise.cuh). Memory bound; grid-stride loops; column sums
 // reduce a tile of columns over a chunk of rows per block (elementwise.cuh Config) and add one atomic per column and
 // chunk; device sums reduce per block and add one atomic per block (the order of those additions is not
-// deterministic: rounding-level differences only).
+// deterministic: rounding-level differences only). The bias and residual adds have a vector form that moves 16
+// bytes per access (8 bf16 or 4 fp32: device_utils.cuh VEC), for HBM bandwidth; the launcher takes it when cols is
+// a multiple of the vector width (a vector never straddles a row) and every pointer is 16-byte aligned, else the
+// scalar form. Both forms do the same fp32 additions per element, so their results are bit-identical.
 #include "kernels/device_utils.cuh"
 #include "kernels/elementwise.cuh"
 
@@ -28,6 +31,78 @@ __global__ void __launch_bounds__(Config::THREADS)
   for (std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += stride) {
     const float b = bias != nullptr ? bias[idx % cols] : 0.0f;
     out[idx] = detail::from_float<T>(detail::to_float(x[idx]) + (partial[idx] + b));
+  }
+}
+
+// Vector forms: thread `vec` handles elements [vec * VEC<T>, (vec + 1) * VEC<T>) of the vecs = rows * cols / VEC<T>;
+// col_vecs = cols / VEC<T>. The vector's column advances with the grid stride (one 64-bit modulo per thread) instead
+// of a modulo per vector.
+namespace {
+// b[k] = bias[vec_col * VEC<T> + k] for the VEC<T> columns of one vector (fp32 bias read as uint4s).
+template <typename T> __device__ __forceinline__ void load_bias(float* b, const float* bias, std::int64_t vec_col) {
+  constexpr int BIAS_VECS = detail::VEC<T> / detail::VEC<float>; // uint4s of fp32 bias per vector of T
+  for (int q = 0; q < BIAS_VECS; ++q) {
+    detail::unpack<float>(reinterpret_cast<const uint4*>(bias)[vec_col * BIAS_VECS + q], b + q * detail::VEC<float>);
+  }
+}
+} // namespace
+
+template <typename T>
+__global__ void __launch_bounds__(Config::THREADS)
+    bias_add_vec_kernel(T* __restrict__ y, const float* __restrict__ bias, std::int64_t vecs, std::int64_t col_vecs) {
+  constexpr int W = detail::VEC<T>;
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  std::int64_t vec = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  std::int64_t col = vec % col_vecs;
+  const std::int64_t col_step = stride % col_vecs;
+  for (; vec < vecs; vec += stride) {
+    float v[W];
+    float b[W];
+    detail::unpack<T>(reinterpret_cast<const uint4*>(y)[vec], v);
+    load_bias<T>(b, bias, col);
+    for (int k = 0; k < W; ++k) {
+      v[k] = v[k] + b[k];
+    }
+    reinterpret_cast<uint4*>(y)[vec] = detail::pack<T>(v);
+    col += col_step;
+    col -= col >= col_vecs ? col_vecs : 0;
+  }
+}
+
+// BIAS: with a (cols) bias (col_vecs > 0), else x + partial; out may alias x (each thread reads its vector of x
+// before it writes the same vector of out).
+template <typename T, bool BIAS>
+__global__ void __launch_bounds__(Config::THREADS)
+    residual_add_vec_kernel(T* out, const T* x, const float* __restrict__ partial, const float* __restrict__ bias,
+                            std::int64_t vecs, std::int64_t col_vecs) {
+  constexpr int W = detail::VEC<T>;
+  constexpr int PARTIAL_VECS = W / detail::VEC<float>; // uint4s of fp32 partial per vector of T
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  std::int64_t vec = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  [[maybe_unused]] std::int64_t col = 0;
+  [[maybe_unused]] std::int64_t col_step = 0;
+  if constexpr (BIAS) {
+    col = vec % col_vecs;
+    col_step = stride % col_vecs;
+  }
+  for (; vec < vecs; vec += stride) {
+    float v[W];
+    float p[W];
+    float b[W] = {}; // 0.0f without a bias, as the scalar kernel adds
+    detail::unpack<T>(reinterpret_cast<const uint4*>(x)[vec], v);
+    for (int q = 0; q < PARTIAL_VECS; ++q) {
+      detail::unpack<float>(reinterpret_cast<const uint4*>(partial)[vec * PARTIAL_VECS + q],
+                            p + q * detail::VEC<float>);
+    }
+    if constexpr (BIAS) {
+      load_bias<T>(b, bias, col);
+      col += col_step;
+      col -= col >= col_vecs ? col_vecs : 0;
+    }
+    for (int k = 0; k < W; ++k) {
+      v[k] = v[k] + (p[k] + b[k]);
+    }
+    reinterpret_cast<uint4*>(out)[vec] = detail::pack<T>(v);
   }
 }
 
@@ -91,18 +166,43 @@ __global__ void __launch_bounds__(Config::THREADS)
 
 // ---- launchers
 
+// The vector paths need cols a multiple of VEC<T> and every pointer 16-byte aligned (detail::vector_path); their grid
+// covers the rows * cols / VEC<T> vectors (grid_stride_grid of them, at most MAX_BLOCKS blocks), not Args::grid(),
+// which covers the elements and stays the scalar path's grid.
+
 template <typename T> void bias_add(const BiasAddArgs<T>& args, cudaStream_t stream) {
   NVTX_RANGE_FN();
   args.validate();
-  bias_add_kernel<T><<<args.grid(), Config::THREADS, 0, stream>>>(args.y, args.bias, args.rows, args.cols);
+  constexpr int W = detail::VEC<T>;
+  const std::int64_t n = args.rows * args.cols;
+  if (detail::vector_path<T>(n, args.cols, {args.y, args.bias})) {
+    const dim3 grid = grid_stride_grid(n / W, Config::THREADS, Config::MAX_BLOCKS);
+    bias_add_vec_kernel<T><<<grid, Config::THREADS, 0, stream>>>(args.y, args.bias, n / W, args.cols / W);
+  } else {
+    bias_add_kernel<T><<<args.grid(), Config::THREADS, 0, stream>>>(args.y, args.bias, args.rows, args.cols);
+  }
   CUDA_CHECK(cudaGetLastError());
 }
 
 template <typename T> void residual_add(const ResidualAddArgs<T>& args, cudaStream_t stream) {
   NVTX_RANGE_FN();
   args.validate();
-  residual_add_kernel<T><<<args.grid(), Config::THREADS, 0, stream>>>(args.out, args.x, args.partial, args.bias,
-                                                                      args.rows, args.cols);
+  constexpr int W = detail::VEC<T>;
+  const std::int64_t n = args.rows * args.cols;
+  const bool bias = args.bias != nullptr;
+  if (detail::vector_path<T>(n, bias ? args.cols : W, {args.out, args.x, args.partial, args.bias})) {
+    const dim3 grid = grid_stride_grid(n / W, Config::THREADS, Config::MAX_BLOCKS);
+    if (bias) {
+      residual_add_vec_kernel<T, true><<<grid, Config::THREADS, 0, stream>>>(args.out, args.x, args.partial,
+                                                                             args.bias, n / W, args.cols / W);
+    } else {
+      residual_add_vec_kernel<T, false><<<grid, Config::THREADS, 0, stream>>>(args.out, args.x, args.partial,
+                                                                              nullptr, n / W, 0);
+    }
+  } else {
+    residual_add_kernel<T><<<args.grid(), Config::THREADS, 0, stream>>>(args.out, args.x, args.partial, args.bias,
+                                                                        args.rows, args.cols);
+  }
   CUDA_CHECK(cudaGetLastError());
 }
 

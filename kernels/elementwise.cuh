@@ -25,7 +25,9 @@ struct Config {
   static constexpr int REDUCE_BLOCKS = 256;  // device sums: partial block sums added with one atomic each
 };
 
-/// y (rows, cols) += bias (cols) broadcast over rows.
+/// y (rows, cols) += bias (cols) broadcast over rows. Like residual_add: with cols a multiple of the 16-byte vector
+/// width (8 bf16, 4 fp32) and every pointer 16-byte aligned, 16-byte accesses (for HBM bandwidth; grid over
+/// rows * cols / width, not grid()); else elementwise. Both give identical results.
 template <typename T> struct BiasAddArgs {
   T* y = nullptr;
   const float* bias = nullptr;
@@ -39,7 +41,8 @@ template <typename T> struct BiasAddArgs {
   }
 };
 
-/// out (rows, cols) = x + partial + bias (bias may be null); out may alias x.
+/// out (rows, cols) = x + (partial + bias) (bias may be null); out may alias x. Vector path as bias_add (without a
+/// bias, rows * cols instead of cols must be a multiple of the width).
 template <typename T> struct ResidualAddArgs {
   T* out = nullptr;
   const T* x = nullptr;

@@ -948,3 +948,276 @@ TEMPLATE_TEST_CASE("kernels::elementwise: column sums (chunked over rows), bias 
     require_close(d_dy.download(), quantize<T>(ref_bias_add), EPS<T>, 1e-6, "bias_add");
   }
 }
+
+// ---- 16-byte vector paths (activation, cast, bias / residual add)
+// A launcher takes its vector path (one uint4 = 8 bf16 or 4 fp32 per access) only when the sizes split into whole
+// vectors (with a per-column bias: no vector straddles a row) and every pointer is 16-byte aligned; else the scalar
+// kernel. Both apply the same fp32 math per element, so their outputs must be equal bit for bit. The tests run each
+// kernel on an aligned, vector-friendly shape and again with one buffer (in turn each buffer, then all of them)
+// placed one element past a 16-byte boundary, which forces the scalar path; on the CUDA emulator a vector access at
+// such a pointer fails the launch, so a launcher that forgot to check one pointer fails here too.
+
+#include <cstring> // std::memcmp (kept with this section)
+#include <limits>
+
+namespace {
+// n elements of T on the device, `shift` elements past the start of a cudaMalloc allocation (256-byte aligned):
+// shift 0 is 16-byte aligned, shift 1 is not.
+template <typename T> class ShiftedArray {
+public:
+  ShiftedArray(const std::vector<float>& host, std::size_t shift) : shift_(shift), array_(prefixed(host, shift)) {}
+  ShiftedArray(std::size_t n, std::size_t shift) : shift_(shift), array_(n + shift) {}
+  [[nodiscard]] T* get() const { return array_.get() + shift_; }
+  [[nodiscard]] std::vector<float> download() const {
+    const auto all = array_.download();
+    return {all.begin() + static_cast<std::ptrdiff_t>(shift_), all.end()};
+  }
+
+private:
+  static std::vector<float> prefixed(const std::vector<float>& host, std::size_t shift) {
+    std::vector<float> out(shift, 0.0f);
+    out.insert(out.end(), host.begin(), host.end());
+    return out;
+  }
+  std::size_t shift_;
+  DeviceArray<T> array_;
+};
+
+// Bit-for-bit equality (downloads are exact: bf16 widens to fp32 without rounding); reports the first difference.
+void require_identical(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
+  REQUIRE(got.size() == want.size());
+  const auto diff = std::mismatch(got.begin(), got.end(), want.begin(), [](float a, float b) {
+    return std::memcmp(&a, &b, sizeof(float)) == 0;
+  });
+  INFO(what << ": first different element " << (diff.first - got.begin()) << " of " << got.size());
+  CHECK(diff.first == got.end());
+}
+
+// Placements to try: bit b of a mask shifts buffer b by one element. 0 (all aligned) first, then each buffer alone,
+// then all of them.
+std::vector<unsigned> shift_masks(int buffers) {
+  std::vector<unsigned> masks{0u};
+  for (int b = 0; b < buffers; ++b) {
+    masks.push_back(1u << b);
+  }
+  masks.push_back((1u << buffers) - 1u);
+  return masks;
+}
+std::size_t shift_of(unsigned mask, int buffer) { return (mask >> buffer) & 1u; }
+} // namespace
+
+TEMPLATE_TEST_CASE("kernels::activation: the 16-byte vector path equals the scalar path bit for bit and exec::cpu",
+                   "[gpu][kernels]", float, k::bf16) {
+  using T = TestType;
+  // (10, 128): n and cols multiples of 8, the vector path when aligned. (10, 132): n a multiple of 8 but cols not:
+  // in bf16 the bias variants take the scalar path (a vector of 8 would straddle rows), the others the vector path;
+  // in fp32 (vectors of 4) all take it. (10, 129): n odd, the scalar path everywhere.
+  const auto [rows, cols] = GENERATE(std::make_tuple(std::int64_t{10}, std::int64_t{128}),
+                                     std::make_tuple(std::int64_t{10}, std::int64_t{132}),
+                                     std::make_tuple(std::int64_t{10}, std::int64_t{129}));
+  const std::int64_t n = rows * cols;
+  const auto un = static_cast<std::size_t>(n);
+  const auto x = quantize<T>(random_vec(un, 70, 4.0f)); // also SwiGLU's gate
+  const auto up = quantize<T>(random_vec(un, 71, 2.0f));
+  const auto dy = quantize<T>(random_vec(un, 72));
+  const auto bias = random_vec(static_cast<std::size_t>(cols), 73, 1.0f);
+  std::vector<float> xb(x);
+  for (std::size_t idx = 0; idx < un; ++idx) {
+    xb[idx] += bias[idx % static_cast<std::size_t>(cols)];
+  }
+  // References, in the order run() returns its outputs.
+  cpu::Mat gy(rows, cols), gdx(rows, cols), gby(rows, cols), gbdx(rows, cols), sy(rows, cols), sdg(rows, cols),
+      sdu(rows, cols);
+  cpu::gelu_forward(to_mat(x, rows, cols), gy);
+  cpu::gelu_backward(to_mat(dy, rows, cols), to_mat(x, rows, cols), gdx);
+  cpu::gelu_forward(to_mat(xb, rows, cols), gby);
+  cpu::gelu_backward(to_mat(dy, rows, cols), to_mat(xb, rows, cols), gbdx);
+  cpu::swiglu_forward(to_mat(x, rows, cols), to_mat(up, rows, cols), sy);
+  cpu::swiglu_backward(to_mat(dy, rows, cols), to_mat(x, rows, cols), to_mat(up, rows, cols), sdg, sdu);
+  const std::vector<std::vector<float>> refs{to_vec(gy), to_vec(gdx), to_vec(gby), to_vec(gbdx),
+                                             to_vec(sy), to_vec(sdg), to_vec(sdu)};
+  const std::vector<std::string> names{"gelu y",         "gelu dx",      "gelu(x + bias) y", "gelu(x + bias) dx",
+                                       "swiglu y",       "swiglu dgate", "swiglu dup"};
+  // Buffers: 0 x (gate), 1 up, 2 dy, 3 bias, 4 first output, 5 second output (SwiGLU's dup).
+  constexpr int BUFFERS = 6;
+  const auto run = [&](unsigned mask) {
+    const ShiftedArray<T> d_x(x, shift_of(mask, 0)), d_up(up, shift_of(mask, 1)), d_dy(dy, shift_of(mask, 2));
+    const ShiftedArray<float> d_bias(bias, shift_of(mask, 3));
+    const ShiftedArray<T> d_out(un, shift_of(mask, 4)), d_out2(un, shift_of(mask, 5));
+    std::vector<std::vector<float>> out;
+    k::activation::gelu_forward<T>({d_out.get(), d_x.get(), n}, nullptr);
+    out.push_back(d_out.download());
+    k::activation::gelu_backward<T>({d_out.get(), d_dy.get(), d_x.get(), n}, nullptr);
+    out.push_back(d_out.download());
+    k::activation::gelu_forward<T>({d_out.get(), d_x.get(), n, d_bias.get(), cols}, nullptr);
+    out.push_back(d_out.download());
+    k::activation::gelu_backward<T>({d_out.get(), d_dy.get(), d_x.get(), n, d_bias.get(), cols}, nullptr);
+    out.push_back(d_out.download());
+    k::activation::swiglu_forward<T>({d_out.get(), d_x.get(), d_up.get(), n}, nullptr);
+    out.push_back(d_out.download());
+    k::activation::swiglu_backward<T>({d_out.get(), d_out2.get(), d_dy.get(), d_x.get(), d_up.get(), n}, nullptr);
+    out.push_back(d_out.download());
+    out.push_back(d_out2.download());
+    return out;
+  };
+  const double tol = 2.0 * EPS<T> + 1e-6;
+  const auto aligned = run(0u);
+  for (const unsigned mask : shift_masks(BUFFERS)) {
+    INFO("rows " << rows << ", cols " << cols << ", buffers shifted by one element: mask " << mask);
+    const auto got = mask == 0u ? aligned : run(mask);
+    for (std::size_t op = 0; op < refs.size(); ++op) {
+      require_close(got[op], refs[op], tol, tol, names[op]);
+      require_identical(got[op], aligned[op], names[op] + " vs the aligned run");
+    }
+  }
+}
+
+// 134,400 x 1000 bf16 elements = 16,800,000 vectors of 8: more than the capped grid (65536 blocks x 256 threads =
+// 16,777,216 threads), so the first threads take a second grid stride, and their vector column wraps (16,777,216 mod
+// 125 vectors per row = 91). The kernels with a per-column bias, whose column bookkeeping that exercises: GeLU
+// forward, the residual add and the bias add (GeLU backward repeats the forward's bookkeeping; its tanh costs the
+// emulator ~15 s more at this size). Checked in row chunks against exec::cpu and the host sums (the device holds
+// 2 x 269 MB of bf16 and 538 MB of fp32).
+TEST_CASE("kernels: bias kernels on the vector path over more than one grid stride", "[gpu][kernels]") {
+  using k::test::bf16_bits_to_float;
+  using k::test::float_to_bf16_bits;
+  const std::int64_t rows = 134400, cols = 1000, n = rows * cols;
+  const std::int64_t chunk_rows = 4200; // 32 chunks
+  const auto chunk = static_cast<std::size_t>(chunk_rows * cols);
+  const auto ucols = static_cast<std::size_t>(cols);
+  const auto value = [](std::int64_t idx, std::uint64_t salt) { // a cheap deterministic pattern in [-4, 4)
+    const std::uint64_t h = (static_cast<std::uint64_t>(idx) + salt) * 0x9e3779b97f4a7c15ull;
+    return static_cast<float>(h >> 40) / 2097152.0f - 4.0f; // 24 bits / 2^21
+  };
+  const auto bias = random_vec(ucols, 74, 1.0f);
+  const DeviceArray<float> d_bias(bias), d_partial(static_cast<std::size_t>(n));
+  const DeviceArray<k::bf16> d_x(static_cast<std::size_t>(n)), d_y(static_cast<std::size_t>(n));
+  std::vector<std::uint16_t> bits(chunk);
+  std::vector<float> host(chunk);
+  for (std::int64_t begin = 0; begin < n; begin += chunk_rows * cols) {
+    for (std::size_t idx = 0; idx < chunk; ++idx) {
+      bits[idx] = float_to_bf16_bits(value(begin + static_cast<std::int64_t>(idx), 1));
+      host[idx] = value(begin + static_cast<std::int64_t>(idx), 2);
+    }
+    k::test::check(cudaMemcpy(d_x.get() + begin, bits.data(), chunk * sizeof(std::uint16_t), cudaMemcpyHostToDevice),
+                   "upload");
+    k::test::check(cudaMemcpy(d_partial.get() + begin, host.data(), chunk * sizeof(float), cudaMemcpyHostToDevice),
+                   "upload");
+  }
+  const auto download = [&](const DeviceArray<k::bf16>& d, std::int64_t begin) {
+    k::test::check(cudaMemcpy(bits.data(), d.get() + begin, chunk * sizeof(std::uint16_t), cudaMemcpyDeviceToHost),
+                   "download");
+    std::vector<float> out(chunk);
+    std::transform(bits.begin(), bits.end(), out.begin(), bf16_bits_to_float);
+    return out;
+  };
+  // check(d, ref): ref(x, partial, bias) per element, or (with gelu) exec::cpu::gelu_forward of x + bias.
+  const auto check_all = [&](const DeviceArray<k::bf16>& d, bool gelu, const auto& ref, double rtol, double atol,
+                             const std::string& what) {
+    k::test::check(cudaDeviceSynchronize(), "kernel");
+    std::vector<float> want(chunk);
+    for (std::int64_t begin = 0; begin < n; begin += chunk_rows * cols) {
+      INFO(what << ": rows " << begin / cols << " to " << begin / cols + chunk_rows);
+      for (std::size_t idx = 0; idx < chunk; ++idx) {
+        const auto at = begin + static_cast<std::int64_t>(idx);
+        want[idx] = ref(k::test::round_bf16(value(at, 1)), value(at, 2), bias[idx % ucols]);
+      }
+      if (gelu) {
+        cpu::Mat y(chunk_rows, cols);
+        cpu::gelu_forward(to_mat(want, chunk_rows, cols), y);
+        want = to_vec(y);
+      }
+      require_close(download(d, begin), want, rtol, atol, what);
+    }
+  };
+  const double gelu_tol = 2.0 * EPS<k::bf16> + 1e-6;
+  k::activation::gelu_forward<k::bf16>({d_y.get(), d_x.get(), n, d_bias.get(), cols}, nullptr);
+  check_all(d_y, true, [](float x, float, float b) { return x + b; }, gelu_tol, gelu_tol, "gelu(x + bias)");
+  k::elementwise::residual_add<k::bf16>({d_y.get(), d_x.get(), d_partial.get(), d_bias.get(), rows, cols}, nullptr);
+  check_all(d_y, false, [](float x, float p, float b) { return k::test::round_bf16(x + (p + b)); }, EPS<k::bf16>,
+            1e-6, "residual_add");
+  k::elementwise::bias_add<k::bf16>({d_x.get(), d_bias.get(), rows, cols}, nullptr);
+  check_all(d_x, false, [](float x, float, float b) { return k::test::round_bf16(x + b); }, EPS<k::bf16>, 1e-6,
+            "bias_add");
+}
+
+TEST_CASE("kernels::cast: the 16-byte vector path equals the scalar path and the host rounding bit for bit",
+          "[gpu][kernels]") {
+  // 4096: the vector path (groups of 8) when aligned; 4093: the scalar path.
+  const std::size_t n = GENERATE(std::size_t{4096}, std::size_t{4093});
+  auto values = random_vec(n, 75, 100.0f);
+  values[0] = 1.00390625f; // 1 + 2^-8: a tie, rounds to even (1.0)
+  values[1] = 1.01171875f; // 1 + 3 * 2^-8: a tie, rounds up to 1 + 2^-6
+  values[2] = -0.0f;
+  values[3] = std::numeric_limits<float>::infinity();
+  values[4] = std::numeric_limits<float>::max(); // rounds to inf
+  values[5] = std::numeric_limits<float>::denorm_min() * 3.0f;
+  values[9] = 1.00390625f; // ties again in the second group of 8
+  std::vector<float> rounded(values);
+  std::transform(rounded.begin(), rounded.end(), rounded.begin(), k::test::round_bf16);
+  const auto count = static_cast<std::int64_t>(n);
+  for (const unsigned mask : shift_masks(2)) { // buffers: 0 input, 1 output
+    INFO("n " << n << ", buffers shifted by one element: mask " << mask);
+    const ShiftedArray<float> d_in(values, shift_of(mask, 0));
+    const ShiftedArray<k::bf16> d_bf16(n, shift_of(mask, 1));
+    k::cast::convert<k::bf16, float>({d_bf16.get(), d_in.get(), count}, nullptr);
+    require_identical(d_bf16.download(), rounded, "fp32 -> bf16");
+    const ShiftedArray<k::bf16> d_back_in(rounded, shift_of(mask, 0));
+    const ShiftedArray<float> d_back(n, shift_of(mask, 1));
+    k::cast::convert<float, k::bf16>({d_back.get(), d_back_in.get(), count}, nullptr);
+    require_identical(d_back.download(), rounded, "bf16 -> fp32");
+  }
+}
+
+TEMPLATE_TEST_CASE("kernels::elementwise: bias and residual adds on the 16-byte vector path equal the scalar path",
+                   "[gpu][kernels]", float, k::bf16) {
+  using T = TestType;
+  // As the activation test: (10, 128) vector; (10, 132) bf16 scalar with a bias (rows would be straddled), vector
+  // for the residual add without one; (10, 129) scalar.
+  const auto [rows, cols] = GENERATE(std::make_tuple(std::int64_t{10}, std::int64_t{128}),
+                                     std::make_tuple(std::int64_t{10}, std::int64_t{132}),
+                                     std::make_tuple(std::int64_t{10}, std::int64_t{129}));
+  const auto un = static_cast<std::size_t>(rows * cols);
+  const auto x = quantize<T>(random_vec(un, 76));
+  const auto partial = random_vec(un, 77);
+  const auto bias = random_vec(static_cast<std::size_t>(cols), 78);
+  std::vector<float> ref_bias_add(un), ref_residual(un), ref_residual_plain(un);
+  for (std::size_t idx = 0; idx < un; ++idx) {
+    const float b = bias[idx % static_cast<std::size_t>(cols)];
+    ref_bias_add[idx] = x[idx] + b;
+    ref_residual[idx] = x[idx] + (partial[idx] + b);
+    ref_residual_plain[idx] = x[idx] + (partial[idx] + 0.0f);
+  }
+  const std::vector<std::vector<float>> refs{quantize<T>(ref_bias_add), quantize<T>(ref_residual),
+                                             quantize<T>(ref_residual_plain), quantize<T>(ref_residual)};
+  const std::vector<std::string> names{"bias_add", "residual_add", "residual_add without bias",
+                                       "residual_add in place"};
+  // Buffers: 0 x (bias_add's y), 1 partial, 2 bias, 3 out.
+  constexpr int BUFFERS = 4;
+  const auto run = [&](unsigned mask) {
+    std::vector<std::vector<float>> out;
+    const ShiftedArray<float> d_partial(partial, shift_of(mask, 1)), d_bias(bias, shift_of(mask, 2));
+    {
+      const ShiftedArray<T> d_y(x, shift_of(mask, 0));
+      k::elementwise::bias_add<T>({d_y.get(), d_bias.get(), rows, cols}, nullptr);
+      out.push_back(d_y.download());
+    }
+    const ShiftedArray<T> d_x(x, shift_of(mask, 0)), d_out(un, shift_of(mask, 3));
+    k::elementwise::residual_add<T>({d_out.get(), d_x.get(), d_partial.get(), d_bias.get(), rows, cols}, nullptr);
+    out.push_back(d_out.download());
+    k::elementwise::residual_add<T>({d_out.get(), d_x.get(), d_partial.get(), nullptr, rows, cols}, nullptr);
+    out.push_back(d_out.download());
+    k::elementwise::residual_add<T>({d_x.get(), d_x.get(), d_partial.get(), d_bias.get(), rows, cols}, nullptr);
+    out.push_back(d_x.download());
+    return out;
+  };
+  const auto aligned = run(0u);
+  for (const unsigned mask : shift_masks(BUFFERS)) {
+    INFO("rows " << rows << ", cols " << cols << ", buffers shifted by one element: mask " << mask);
+    const auto got = mask == 0u ? aligned : run(mask);
+    for (std::size_t op = 0; op < refs.size(); ++op) {
+      require_close(got[op], refs[op], EPS<T>, 1e-6, names[op]);
+      require_identical(got[op], aligned[op], names[op] + " vs the aligned run");
+    }
+  }
+}
