@@ -86,11 +86,10 @@ struct ColumnMajorProblem {
 /// current CUDA device.
 /// Heuristic: the heuristic's first algorithm; run() never synchronises the host.
 /// Autotune: the first run() of a shape asks the heuristic for up to 8 algorithms and times each on `stream` with CUDA
-/// events (1 warm-up + 3 timed launches; the smallest mean wins), writing into a scratch D buffer owned by the runner
-/// (cudaMalloc, grown as needed, freed by the destructor; C is read from c_in or c as in the real call), so the
-/// caller's output is untouched; then it runs the winner for real. That first run() therefore synchronises the host
-/// with `stream` once (cudaEventSynchronize) and may cudaMalloc: once per new shape only, later runs of the shape are
-/// asynchronous. Candidates that fail to launch are skipped; if all fail (or the scratch cannot be allocated), the
+/// events (1 warm-up + 3 timed launches; the smallest mean wins), writing into a scratch D buffer (cudaMalloc'd for
+/// the timing and freed again before the real call; C is read from c_in or c as in the real call), so the caller's
+/// output is untouched; then it runs the winner for real. That first run() therefore synchronises the host with
+/// `stream` and calls cudaMalloc / cudaFree: once per new shape only, later runs of the shape are asynchronous. Candidates that fail to launch are skipped; if all fail (or the scratch cannot be allocated), the
 /// heuristic's first is kept.
 class GemmRunner {
 public:
@@ -121,7 +120,7 @@ private:
   GemmAlgoSelection selection_;
   void* handle_ = nullptr; // cublasLtHandle_t (kept opaque so this header does not need cublasLt.h)
   std::map<Key, std::unique_ptr<Plan>> plans_;
-  void* scratch_ = nullptr; // Autotune's D buffer (device memory), scratch_bytes_ long
+  void* scratch_ = nullptr; // Autotune's D buffer (device memory), scratch_bytes_ long, while it times
   std::size_t scratch_bytes_ = 0;
 };
 
