@@ -555,6 +555,12 @@ int run_command(const RunCliOptions& cli) {
                                                "leave it out with --backend cpu)",
                                                cli.gemm_algo)));
   }
+  if (cli.attention_kernel != "auto") {
+    throw InputError(input_message(WHERE, "--attention-kernel",
+                                   fmt::format("'{}' is only used by --backend cuda (valid there: auto, simple; "
+                                               "leave it out with --backend cpu)",
+                                               cli.attention_kernel)));
+  }
   return run_cpu(cli);
 }
 } // namespace
