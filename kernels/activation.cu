@@ -51,26 +51,19 @@ template <typename T> __device__ __forceinline__ void add_bias(float* v, const f
 
 // ---- scalar kernels
 
-// BIAS: v = x[idx] + bias[idx % cols]. The column advances with the grid stride (one 64-bit modulo per thread,
-// then an add and a compare per element) instead of a 64-bit modulo per element.
+// BIAS: v = x[idx] + bias[idx % cols], the column kept by a detail::ColumnCursor.
 template <typename T, bool BIAS>
 __global__ void __launch_bounds__(Config::THREADS)
     gelu_forward_kernel(T* __restrict__ y, const T* __restrict__ x, const float* __restrict__ bias, std::int64_t n,
                         std::int64_t cols) {
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  [[maybe_unused]] std::int64_t col = 0;
-  [[maybe_unused]] std::int64_t col_step = 0;
-  if constexpr (BIAS) {
-    col = idx % cols;
-    col_step = stride % cols;
-  }
+  [[maybe_unused]] detail::ColumnCursor column(idx, stride, BIAS ? cols : 0);
   for (; idx < n; idx += stride) {
     float v = detail::to_float(x[idx]);
     if constexpr (BIAS) {
-      v += bias[col];
-      col += col_step;
-      col -= col >= cols ? cols : 0;
+      v += bias[column.col];
+      column.advance();
     }
     y[idx] = detail::from_float<T>(gelu(v));
   }
@@ -82,18 +75,12 @@ __global__ void __launch_bounds__(Config::THREADS)
                          const float* __restrict__ bias, std::int64_t n, std::int64_t cols) {
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  [[maybe_unused]] std::int64_t col = 0;
-  [[maybe_unused]] std::int64_t col_step = 0;
-  if constexpr (BIAS) {
-    col = idx % cols;
-    col_step = stride % cols;
-  }
+  [[maybe_unused]] detail::ColumnCursor column(idx, stride, BIAS ? cols : 0);
   for (; idx < n; idx += stride) {
     float v = detail::to_float(x[idx]);
     if constexpr (BIAS) {
-      v += bias[col];
-      col += col_step;
-      col -= col >= cols ? cols : 0;
+      v += bias[column.col];
+      column.advance();
     }
     dx[idx] = detail::from_float<T>(gelu_grad(v, detail::to_float(dy[idx])));
   }
@@ -133,19 +120,13 @@ __global__ void __launch_bounds__(Config::THREADS)
   constexpr int W = detail::VEC<T>;
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   std::int64_t vec = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  [[maybe_unused]] std::int64_t col = 0;
-  [[maybe_unused]] std::int64_t col_step = 0;
-  if constexpr (BIAS) {
-    col = vec % col_vecs;
-    col_step = stride % col_vecs;
-  }
+  [[maybe_unused]] detail::ColumnCursor column(vec, stride, BIAS ? col_vecs : 0);
   for (; vec < vecs; vec += stride) {
     float v[W];
     detail::unpack<T>(reinterpret_cast<const uint4*>(x)[vec], v);
     if constexpr (BIAS) {
-      add_bias<T>(v, bias, col);
-      col += col_step;
-      col -= col >= col_vecs ? col_vecs : 0;
+      add_bias<T>(v, bias, column.col);
+      column.advance();
     }
     for (int k = 0; k < W; ++k) {
       v[k] = gelu(v[k]);
@@ -161,21 +142,15 @@ __global__ void __launch_bounds__(Config::THREADS)
   constexpr int W = detail::VEC<T>;
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   std::int64_t vec = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  [[maybe_unused]] std::int64_t col = 0;
-  [[maybe_unused]] std::int64_t col_step = 0;
-  if constexpr (BIAS) {
-    col = vec % col_vecs;
-    col_step = stride % col_vecs;
-  }
+  [[maybe_unused]] detail::ColumnCursor column(vec, stride, BIAS ? col_vecs : 0);
   for (; vec < vecs; vec += stride) {
     float v[W];
     float g[W];
     detail::unpack<T>(reinterpret_cast<const uint4*>(x)[vec], v);
     detail::unpack<T>(reinterpret_cast<const uint4*>(dy)[vec], g);
     if constexpr (BIAS) {
-      add_bias<T>(v, bias, col);
-      col += col_step;
-      col -= col >= col_vecs ? col_vecs : 0;
+      add_bias<T>(v, bias, column.col);
+      column.advance();
     }
     for (int k = 0; k < W; ++k) {
       v[k] = gelu_grad(v[k], g[k]);

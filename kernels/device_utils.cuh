@@ -39,6 +39,21 @@ template <typename T> __device__ __forceinline__ T from_float(float v);
 template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
 template <> __device__ __forceinline__ bf16 from_float<bf16>(float v) { return __float2bfloat16_rn(v); }
 
+/// The column of a grid-stride index over a row-major (rows, cols) tensor: one 64-bit modulo per thread, then each
+/// grid stride advances it with an add and a compare (stride % cols < cols), not a modulo per element. cols <= 0:
+/// no columns (a kernel without a per-column operand), the cursor stays 0.
+struct ColumnCursor {
+  std::int64_t col = 0;
+  std::int64_t step = 0;
+  std::int64_t cols = 0;
+  __device__ __forceinline__ ColumnCursor(std::int64_t idx, std::int64_t stride, std::int64_t columns)
+      : col(columns > 0 ? idx % columns : 0), step(columns > 0 ? stride % columns : 0), cols(columns) {}
+  __device__ __forceinline__ void advance() {
+    col += step;
+    col -= col >= cols ? cols : 0;
+  }
+};
+
 // ---- 16-byte vectors
 // Memory-bound kernels move 16 bytes per thread and access (one uint4: 8 bf16 or 4 fp32) instead of 2 or 4: scalar
 // 2-byte accesses issue 8x the load / store instructions for the same bytes, and such kernels typically stay well

@@ -53,19 +53,17 @@ __global__ void __launch_bounds__(Config::THREADS)
   constexpr int W = detail::VEC<T>;
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   std::int64_t vec = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  std::int64_t col = vec % col_vecs;
-  const std::int64_t col_step = stride % col_vecs;
+  detail::ColumnCursor column(vec, stride, col_vecs);
   for (; vec < vecs; vec += stride) {
     float v[W];
     float b[W];
     detail::unpack<T>(reinterpret_cast<const uint4*>(y)[vec], v);
-    load_bias<T>(b, bias, col);
+    load_bias<T>(b, bias, column.col);
     for (int k = 0; k < W; ++k) {
       v[k] = v[k] + b[k];
     }
     reinterpret_cast<uint4*>(y)[vec] = detail::pack<T>(v);
-    col += col_step;
-    col -= col >= col_vecs ? col_vecs : 0;
+    column.advance();
   }
 }
 
@@ -79,12 +77,7 @@ __global__ void __launch_bounds__(Config::THREADS)
   constexpr int PARTIAL_VECS = W / detail::VEC<float>; // uint4s of fp32 partial per vector of T
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   std::int64_t vec = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  [[maybe_unused]] std::int64_t col = 0;
-  [[maybe_unused]] std::int64_t col_step = 0;
-  if constexpr (BIAS) {
-    col = vec % col_vecs;
-    col_step = stride % col_vecs;
-  }
+  [[maybe_unused]] detail::ColumnCursor column(vec, stride, BIAS ? col_vecs : 0);
   for (; vec < vecs; vec += stride) {
     float v[W];
     float p[W];
@@ -95,9 +88,8 @@ __global__ void __launch_bounds__(Config::THREADS)
                             p + q * detail::VEC<float>);
     }
     if constexpr (BIAS) {
-      load_bias<T>(b, bias, col);
-      col += col_step;
-      col -= col >= col_vecs ? col_vecs : 0;
+      load_bias<T>(b, bias, column.col);
+      column.advance();
     }
     for (int k = 0; k < W; ++k) {
       v[k] = v[k] + (p[k] + b[k]);
