@@ -24,8 +24,8 @@ using namespace cuboid;
 
 namespace {
 constexpr double LOSS_REL_TOLERANCE = 0.02;
-// Steps per run: 6 on a GPU; the CUDA emulator's build (tests/cuda_emu) runs 4, which still covers gradient
-// accumulation and several optimizer updates, at two thirds of its CPU time.
+// Steps per run: 6 on a GPU; the CUDA emulator's build (tests/cuda_emu) runs 3, which still covers gradient
+// accumulation and several optimizer updates, at half of its CPU time.
 #ifdef CUBOID_GPU_TEST_STEPS
 constexpr int STEPS = CUBOID_GPU_TEST_STEPS;
 #else
