@@ -128,9 +128,6 @@ GemmRunner::GemmRunner(GemmAlgoSelection selection) : selection_(selection) {
 
 GemmRunner::~GemmRunner() {
   plans_.clear();
-  if (scratch_ != nullptr) {
-    cudaFree(scratch_);
-  }
   if (handle_ != nullptr) {
     cublasLtDestroy(static_cast<cublasLtHandle_t>(handle_));
   }
@@ -236,33 +233,20 @@ bool GemmRunner::has_algorithm(const GemmArgs& args, std::size_t workspace_size)
   return !plan_for(args, workspace_size).algos.empty();
 }
 
-void* GemmRunner::scratch(std::size_t bytes) {
-  if (bytes <= scratch_bytes_) {
-    return scratch_;
-  }
-  if (scratch_ != nullptr) {
-    CUDA_CHECK(cudaFree(scratch_)); // not in use: every timing launch on it has been waited for
-    scratch_ = nullptr;
-    scratch_bytes_ = 0;
-  }
-  void* grown = nullptr;
-  if (cudaMalloc(&grown, bytes) != cudaSuccess) {
-    (void)cudaGetLastError(); // out of memory is not sticky: clear it, and keep the heuristic's first algorithm
-    return nullptr;
-  }
-  scratch_ = grown;
-  scratch_bytes_ = bytes;
-  return scratch_;
-}
-
 void GemmRunner::autotune(Plan& plan, const GemmArgs& args, void* workspace, std::size_t workspace_size,
                           cudaStream_t stream) {
   plan.tuned = true;
   const ColumnMajorProblem p = to_column_major(args);
-  void* d = scratch(static_cast<std::size_t>(args.m * args.n) * element_bytes(args.c_type));
-  if (d == nullptr) {
+  // The scratch D lives only while the candidates are timed: the logits GEMM's alone is rows x V fp32 (3.4 GB for
+  // 16384 x 51200), which neither the runtime's memory pool nor the memory model counts. cudaFree synchronises, so
+  // it also waits for every timing launch on an early exit.
+  void* raw = nullptr;
+  if (cudaMalloc(&raw, static_cast<std::size_t>(args.m * args.n) * element_bytes(args.c_type)) != cudaSuccess) {
+    (void)cudaGetLastError(); // out of memory is not sticky: clear it, and keep the heuristic's first algorithm
     return;
   }
+  const std::unique_ptr<void, cudaError_t (*)(void*)> scratch(raw, cudaFree);
+  void* d = scratch.get();
   const auto lt = static_cast<cublasLtHandle_t>(handle_);
   const auto launch = [&](const cublasLtMatmulAlgo_t& algo) {
     return cublasLtMatmul(lt, plan.op, &args.alpha, p.first, plan.first, p.second, plan.second, &args.beta, p.c_in,
@@ -303,12 +287,6 @@ void GemmRunner::autotune(Plan& plan, const GemmArgs& args, void* workspace, std
     }
   }
   std::swap(plan.algos[0], plan.algos[best]); // none launched: best == 0, the heuristic's first stays
-  // Give the scratch D back at once: the logits GEMM's alone is rows x V fp32 (3.4 GB for 16384 x 51200), which
-  // neither the runtime's memory pool nor the memory model counts.
-  CUDA_CHECK(cudaStreamSynchronize(stream));
-  CUDA_CHECK(cudaFree(scratch_));
-  scratch_ = nullptr;
-  scratch_bytes_ = 0;
 }
 
 void GemmRunner::run(const GemmArgs& args, void* workspace, std::size_t workspace_size, cudaStream_t stream) {

@@ -89,8 +89,9 @@ struct ColumnMajorProblem {
 /// events (1 warm-up + 3 timed launches; the smallest mean wins), writing into a scratch D buffer (cudaMalloc'd for
 /// the timing and freed again before the real call; C is read from c_in or c as in the real call), so the caller's
 /// output is untouched; then it runs the winner for real. That first run() therefore synchronises the host with
-/// `stream` and calls cudaMalloc / cudaFree: once per new shape only, later runs of the shape are asynchronous. Candidates that fail to launch are skipped; if all fail (or the scratch cannot be allocated), the
-/// heuristic's first is kept.
+/// `stream` and calls cudaMalloc / cudaFree: once per new shape only, later runs of the shape are asynchronous.
+/// Candidates that fail to launch are skipped; if all fail (or the scratch cannot be allocated), the heuristic's
+/// first is kept.
 class GemmRunner {
 public:
   explicit GemmRunner(GemmAlgoSelection selection = GemmAlgoSelection::Heuristic);
@@ -115,13 +116,10 @@ private:
   using Key = std::tuple<std::int64_t, std::int64_t, std::int64_t, bool, bool, int, int, int, bool, bool, std::size_t>;
   Plan& plan_for(const GemmArgs& args, std::size_t workspace_size);
   void autotune(Plan& plan, const GemmArgs& args, void* workspace, std::size_t workspace_size, cudaStream_t stream);
-  void* scratch(std::size_t bytes); // nullptr when it cannot be allocated
 
   GemmAlgoSelection selection_;
   void* handle_ = nullptr; // cublasLtHandle_t (kept opaque so this header does not need cublasLt.h)
   std::map<Key, std::unique_ptr<Plan>> plans_;
-  void* scratch_ = nullptr; // Autotune's D buffer (device memory), scratch_bytes_ long, while it times
-  std::size_t scratch_bytes_ = 0;
 };
 
 } // namespace cuboid::exec::cuda
