@@ -137,8 +137,10 @@ std::string CudaGptModel::attention_kernel() const {
 
 // ---- building blocks
 
-void CudaGptModel::gemm(std::int64_t m, std::int64_t n, std::int64_t kk, bool trans_a, bool trans_b, const void* a,
-                        const void* b, void* c, GemmDType c_type, float beta) {
+namespace {
+// bf16 A and B; no bias, C read in place (GemmArgs' defaults).
+GemmArgs gemm_args(std::int64_t m, std::int64_t n, std::int64_t kk, bool trans_a, bool trans_b, const void* a,
+                   const void* b, void* c, GemmDType c_type, float beta) {
   GemmArgs args;
   args.m = m;
   args.n = n;
@@ -150,24 +152,24 @@ void CudaGptModel::gemm(std::int64_t m, std::int64_t n, std::int64_t kk, bool tr
   args.c = c;
   args.c_type = c_type;
   args.beta = beta;
-  context_.gemm->run(args, context_.workspace, context_.workspace_bytes, context_.stream);
+  return args;
+}
+} // namespace
+
+void CudaGptModel::gemm(std::int64_t m, std::int64_t n, std::int64_t kk, bool trans_a, bool trans_b, const void* a,
+                        const void* b, void* c, GemmDType c_type, float beta) {
+  context_.gemm->run(gemm_args(m, n, kk, trans_a, trans_b, a, b, c, c_type, beta), context_.workspace,
+                     context_.workspace_bytes, context_.stream);
 }
 
 void CudaGptModel::linear(const Bf16Buffer& x, int w, int bias, std::int64_t rows, Bf16Buffer& y,
                           const Bf16Buffer* residual) {
   const ParamInfo& info = layout_.params().info(w);
   y.resize(count(rows, info.cols), context_.stream);
-  GemmArgs args;
-  args.m = rows;
-  args.n = info.cols;
-  args.k = info.rows;
-  args.a = x.get();
-  args.b = weight(w);
-  args.c = y.get();
-  args.c_type = GemmDType::BF16;
+  GemmArgs args = gemm_args(rows, info.cols, info.rows, false, false, x.get(), weight(w), y.get(), GemmDType::BF16,
+                            residual != nullptr ? 1.0f : 0.0f);
   if (residual != nullptr) {
     args.c_in = residual->get(); // D = x W (+ b) + residual
-    args.beta = 1.0f;
   }
   if (bias >= 0) {
     args.bias = weight(bias); // the bf16 copy (refreshed by the optimizer step with the weights)
