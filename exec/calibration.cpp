@@ -855,6 +855,11 @@ CalibrationResult calibrate_dense(const model::ModelSpec& model, const model::Pl
       }
     }
   }
+  // A layer measured faster than its parts timed alone (noise on a loaded machine, or parts slower alone) leaves a
+  // negative rest: the attention keeps at least MIN_NET_SHARE of its measured time, and what that adds to the fitted
+  // layers' predicted time is kept (reported in the profile's assumptions, and by `cuboid calibrate`).
+  result.layer_fwd_floor_s = std::max(0.0, MIN_NET_SHARE * attn_fit_fwd_s - (attn_fit_fwd_s + attn_fwd_eff_s));
+  result.layer_bwd_floor_s = std::max(0.0, MIN_NET_SHARE * attn_fit_bwd_s - (attn_fit_bwd_s + attn_bwd_eff_s));
   attn_fwd_eff_s = std::max(MIN_NET_SHARE * attn_fit_fwd_s, attn_fit_fwd_s + attn_fwd_eff_s);
   attn_bwd_eff_s = std::max(MIN_NET_SHARE * attn_fit_bwd_s, attn_fit_bwd_s + attn_bwd_eff_s);
 
@@ -896,6 +901,17 @@ CalibrationResult calibrate_dense(const model::ModelSpec& model, const model::Pl
       "attention efficiencies are effective: they carry each layer's time beyond its GEMMs, kernels and byte-priced ops "
       "(measured alone: forward {:.3g}, backward {:.3g} FLOP/s)",
       result.attention_flops_per_s, result.attention_bwd_flops_per_s));
+  for (const auto& [unit, floor_s] : {std::pair{"forward", result.layer_fwd_floor_s},
+                                       std::pair{"backward", result.layer_bwd_floor_s}}) {
+    if (floor_s > 0.0) {
+      p.assumptions.push_back(fmt::format(
+          "layer {} measured {:.3g} s faster than its GEMMs, attention and kernels timed alone (noise on a loaded "
+          "machine, or parts slower alone than inside the layer): attention kept at half its measured time, so "
+          "layers are predicted {:.3g} s above measured; calibrate again on an idle machine or with a longer "
+          "--min-time",
+          unit, floor_s, floor_s));
+    }
+  }
   p.launch_overhead_s = result.launch_overhead_s;
   p.assumptions.push_back(fmt::format(
       "norms, activations and RoPE priced per element by the CPU backend's own kernels timed alone on {}'s sizes "

@@ -98,6 +98,10 @@ struct CalibrationResult {
   /// norm / activation / RoPE kernels (`kernels`) and byte-priced ops goes into the attention efficiencies.
   double elementwise_bytes_per_s = 0.0;
   double launch_overhead_s = 0.0; // per op: tiny_op_s
+  /// Seconds the attention floor (half its measured time) added to the fitted layers' forward / backward, summed over
+  /// the fitted TP sizes; 0 unless a layer measured faster than its parts timed alone.
+  double layer_fwd_floor_s = 0.0;
+  double layer_bwd_floor_s = 0.0;
   double tiny_op_s = 0.0; // a 1x1 GEMM: the floor of any op on this machine
   std::int64_t eigen_peak_size = 0;     // N of the square N x N x N GEMM
   double eigen_peak_flops_per_s = 0.0;  // Eigen's own rate on a large square GEMM (one thread)

@@ -118,6 +118,12 @@ void print_human(const CalibrateOptions& cli, const model::Scenario& scenario, c
   out += fmt::format("memory-bound ops: {:.3f} GB/s of IR bytes (fitted on embedding, head, optimizer); per-op cost "
                      "{:.3f} us (a 1x1 GEMM); the layers' rest is carried by the attention efficiencies\n",
                      r.elementwise_bytes_per_s / GIGA, r.launch_overhead_s * US);
+  if (r.layer_fwd_floor_s > 0.0 || r.layer_bwd_floor_s > 0.0) {
+    out += fmt::format("warning: layers measured faster than their parts timed alone (forward {:.1f} us, backward "
+                       "{:.1f} us): predicted above measured by that much; calibrate on an idle machine or with a "
+                       "longer --min-time\n",
+                       r.layer_fwd_floor_s * US, r.layer_bwd_floor_s * US);
+  }
   if (!r.allreduce.empty()) {
     out += fmt::format("# all-reduce over {} ranks (MPI)\n", ranks);
     out += "#       size        time      algbw      busbw\n";
@@ -185,6 +191,8 @@ nlohmann::json to_json(const CalibrateOptions& cli, const exec::CalibrationResul
           {"elementwise_bytes_per_s", r.elementwise_bytes_per_s},
           {"launch_overhead_s", r.launch_overhead_s},
           {"tiny_op_s", r.tiny_op_s},
+          {"layer_fwd_floor_s", r.layer_fwd_floor_s},
+          {"layer_bwd_floor_s", r.layer_bwd_floor_s},
           {"allreduce", allreduce},
           {"units", units},
           {"kernels", kernels},
