@@ -38,11 +38,8 @@ __device__ __forceinline__ void swiglu_grad(float d, float g, float u, float& dg
 
 // v[k] += bias[vec_col * VEC<T> + k] for the VEC<T> columns of one vector (fp32 bias read as uint4s).
 template <typename T> __device__ __forceinline__ void add_bias(float* v, const float* bias, std::int64_t vec_col) {
-  constexpr int BIAS_VECS = detail::VEC<T> / detail::VEC<float>; // uint4s of fp32 bias per vector of T
   float b[detail::VEC<T>];
-  for (int q = 0; q < BIAS_VECS; ++q) {
-    detail::unpack<float>(reinterpret_cast<const uint4*>(bias)[vec_col * BIAS_VECS + q], b + q * detail::VEC<float>);
-  }
+  detail::unpack_fp32_of<T>(reinterpret_cast<const uint4*>(bias), vec_col, b);
   for (int k = 0; k < detail::VEC<T>; ++k) {
     v[k] += b[k];
   }

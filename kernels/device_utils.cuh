@@ -57,11 +57,12 @@ struct ColumnCursor {
 // ---- 16-byte vectors
 // Memory-bound kernels move 16 bytes per thread and access (one uint4: 8 bf16 or 4 fp32) instead of 2 or 4: scalar
 // 2-byte accesses issue 8x the load / store instructions for the same bytes, and such kernels typically stay well
-// below HBM bandwidth (karpathy/llm.c llmc/cuda_utils.cuh Packed128; not yet measured on a GPU here). The helpers below only convert a uint4 VALUE to or from fp32
-// (bit-identical to to_float / from_float per element); the memory access itself stays in the .cu file, spelled
-// reinterpret_cast<const uint4*>(ptr)[i], so that the CUDA emulator (which rewrites .cu files, not headers) checks
-// its 16-byte alignment. Launchers take the vector path only when vector_aligned() holds for every pointer and the
-// element count (and, with a per-column bias, the column count) is a multiple of VEC<T>.
+// below HBM bandwidth (karpathy/llm.c llmc/cuda_utils.cuh Packed128; not yet measured on a GPU here). The helpers
+// below convert uint4 values to or from fp32 (bit-identical to to_float / from_float per element) and index arrays
+// already cast to uint4; the cast itself stays in the .cu file, spelled reinterpret_cast<const uint4*>(ptr), so that
+// the CUDA emulator (which rewrites .cu files, not headers) checks its 16-byte alignment. Launchers take the vector
+// path only when vector_aligned() holds for every pointer and the element count (and, with a per-column bias, the
+// column count) is a multiple of VEC<T>.
 
 /// Bytes of one vector access.
 constexpr int VEC_BYTES = 16;
@@ -96,6 +97,17 @@ template <> __device__ __forceinline__ void unpack<bf16>(uint4 raw, float* out) 
   for (int w = 0; w < 4; ++w) {
     out[2 * w] = to_float(__ushort_as_bfloat16(static_cast<unsigned short>(words[w] & 0xffffu)));
     out[2 * w + 1] = to_float(__ushort_as_bfloat16(static_cast<unsigned short>(words[w] >> 16)));
+  }
+}
+
+/// out[0, VEC<T>) = the fp32 elements [vec * VEC<T>, (vec + 1) * VEC<T>) of an fp32 array, i.e. the fp32 values
+/// beside vector `vec` of T (a bias column block, a partial sum). `fp32_vecs` is the array as uint4s, cast in the .cu
+/// file (reinterpret_cast<const uint4*>(array)) so that the emulator checks its alignment there.
+template <typename T>
+__device__ __forceinline__ void unpack_fp32_of(const uint4* fp32_vecs, std::int64_t vec, float* out) {
+  constexpr int FP32_VECS = VEC<T> / VEC<float>; // uint4s of fp32 per vector of T
+  for (int q = 0; q < FP32_VECS; ++q) {
+    unpack<float>(fp32_vecs[vec * FP32_VECS + q], out + q * VEC<float>);
   }
 }
 

@@ -37,16 +37,6 @@ __global__ void __launch_bounds__(Config::THREADS)
 // Vector forms: thread `vec` handles elements [vec * VEC<T>, (vec + 1) * VEC<T>) of the vecs = rows * cols / VEC<T>;
 // col_vecs = cols / VEC<T>. The vector's column advances with the grid stride (one 64-bit modulo per thread) instead
 // of a modulo per vector.
-namespace {
-// b[k] = bias[vec_col * VEC<T> + k] for the VEC<T> columns of one vector (fp32 bias read as uint4s).
-template <typename T> __device__ __forceinline__ void load_bias(float* b, const float* bias, std::int64_t vec_col) {
-  constexpr int BIAS_VECS = detail::VEC<T> / detail::VEC<float>; // uint4s of fp32 bias per vector of T
-  for (int q = 0; q < BIAS_VECS; ++q) {
-    detail::unpack<float>(reinterpret_cast<const uint4*>(bias)[vec_col * BIAS_VECS + q], b + q * detail::VEC<float>);
-  }
-}
-} // namespace
-
 template <typename T>
 __global__ void __launch_bounds__(Config::THREADS)
     bias_add_vec_kernel(T* __restrict__ y, const float* __restrict__ bias, std::int64_t vecs, std::int64_t col_vecs) {
@@ -58,7 +48,7 @@ __global__ void __launch_bounds__(Config::THREADS)
     float v[W];
     float b[W];
     detail::unpack<T>(reinterpret_cast<const uint4*>(y)[vec], v);
-    load_bias<T>(b, bias, column.col);
+    detail::unpack_fp32_of<T>(reinterpret_cast<const uint4*>(bias), column.col, b);
     for (int k = 0; k < W; ++k) {
       v[k] = v[k] + b[k];
     }
@@ -74,7 +64,6 @@ __global__ void __launch_bounds__(Config::THREADS)
     residual_add_vec_kernel(T* out, const T* x, const float* __restrict__ partial, const float* __restrict__ bias,
                             std::int64_t vecs, std::int64_t col_vecs) {
   constexpr int W = detail::VEC<T>;
-  constexpr int PARTIAL_VECS = W / detail::VEC<float>; // uint4s of fp32 partial per vector of T
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   std::int64_t vec = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   [[maybe_unused]] detail::ColumnCursor column(vec, stride, BIAS ? col_vecs : 0);
@@ -83,12 +72,9 @@ __global__ void __launch_bounds__(Config::THREADS)
     float p[W];
     float b[W] = {}; // 0.0f without a bias, as the scalar kernel adds
     detail::unpack<T>(reinterpret_cast<const uint4*>(x)[vec], v);
-    for (int q = 0; q < PARTIAL_VECS; ++q) {
-      detail::unpack<float>(reinterpret_cast<const uint4*>(partial)[vec * PARTIAL_VECS + q],
-                            p + q * detail::VEC<float>);
-    }
+    detail::unpack_fp32_of<T>(reinterpret_cast<const uint4*>(partial), vec, p);
     if constexpr (BIAS) {
-      load_bias<T>(b, bias, column.col);
+      detail::unpack_fp32_of<T>(reinterpret_cast<const uint4*>(bias), column.col, b);
       column.advance();
     }
     for (int k = 0; k < W; ++k) {
