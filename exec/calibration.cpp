@@ -858,10 +858,12 @@ CalibrationResult calibrate_dense(const model::ModelSpec& model, const model::Pl
   // A layer measured faster than its parts timed alone (noise on a loaded machine, or parts slower alone) leaves a
   // negative rest: the attention keeps at least MIN_NET_SHARE of its measured time, and what that adds to the fitted
   // layers' predicted time is kept (reported in the profile's assumptions, and by `cuboid calibrate`).
-  result.layer_fwd_floor_s = std::max(0.0, MIN_NET_SHARE * attn_fit_fwd_s - (attn_fit_fwd_s + attn_fwd_eff_s));
-  result.layer_bwd_floor_s = std::max(0.0, MIN_NET_SHARE * attn_fit_bwd_s - (attn_fit_bwd_s + attn_bwd_eff_s));
-  attn_fwd_eff_s = std::max(MIN_NET_SHARE * attn_fit_fwd_s, attn_fit_fwd_s + attn_fwd_eff_s);
-  attn_bwd_eff_s = std::max(MIN_NET_SHARE * attn_fit_bwd_s, attn_fit_bwd_s + attn_bwd_eff_s);
+  const auto floored = [](double fit_s, double rest_s, double& added_s) {
+    added_s = std::max(0.0, MIN_NET_SHARE * fit_s - (fit_s + rest_s));
+    return std::max(MIN_NET_SHARE * fit_s, fit_s + rest_s);
+  };
+  attn_fwd_eff_s = floored(attn_fit_fwd_s, attn_fwd_eff_s, result.layer_fwd_floor_s);
+  attn_bwd_eff_s = floored(attn_fit_bwd_s, attn_bwd_eff_s, result.layer_bwd_floor_s);
 
   model::CostProfile& p = result.profile;
   p.name = options.name;
