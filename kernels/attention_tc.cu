@@ -27,32 +27,81 @@ struct Dims {
   int head_dim;
 };
 
-// C (16 x n, fp32, row-major, ldc) (+)= A (16 x k, bf16, row-major, lda) * B (k x n), B given row-major (k rows of
-// ldb) or, with B_COL, as the rows of its transpose (n rows of ldb: B(kk, nn) = b[nn * ldb + kk]). n, k multiples
-// of 16. All 32 lanes of the warp must call it.
-template <bool B_COL>
-__device__ __forceinline__ void warp_gemm(float* c, int ldc, const bf16* a, int lda, const bf16* b, int ldb, int n,
-                                          int k, bool accumulate) {
+using Acc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+constexpr int MAX_DT = Config::MAX_HEAD_DIM / 16; // 16-column tiles of the widest head
+constexpr int ST = TILE / 16;                     // 16-column tiles of a score row
+
+// acc[nt] += A (16 x 16 k_tiles, bf16, row-major, lda) * B for the n_tiles (<= N) 16-column tiles of B, B given
+// row-major (ldb) or, with B_COL, as the rows of its transpose (B(kk, nn) = b[nn * ldb + kk]). The A fragment is
+// loaded once per k-tile; the accumulators stay in registers (N is a compile-time bound, the loop over it unrolled).
+// All 32 lanes of the warp must call it.
+template <bool B_COL, int N>
+__device__ __forceinline__ void warp_mma(Acc (&acc)[N], int n_tiles, const bf16* a, int lda, const bf16* b, int ldb,
+                                         int k_tiles) {
   using LayoutB = typename std::conditional<B_COL, wmma::col_major, wmma::row_major>::type;
-  for (int nt = 0; nt < n / 16; ++nt) {
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-    if (accumulate) {
-      wmma::load_matrix_sync(acc, c + nt * 16, ldc, wmma::mem_row_major);
-    } else {
-      wmma::fill_fragment(acc, 0.0f);
-    }
-    for (int kt = 0; kt < k / 16; ++kt) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> fa;
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, LayoutB> fb;
-      wmma::load_matrix_sync(fa, a + kt * 16, lda);
-      if constexpr (B_COL) {
-        wmma::load_matrix_sync(fb, b + nt * 16 * ldb + kt * 16, ldb);
-      } else {
-        wmma::load_matrix_sync(fb, b + kt * 16 * ldb + nt * 16, ldb);
+  for (int kt = 0; kt < k_tiles; ++kt) {
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> fa;
+    wmma::load_matrix_sync(fa, a + kt * 16, lda);
+#pragma unroll
+    for (int nt = 0; nt < N; ++nt) {
+      if (nt < n_tiles) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, LayoutB> fb;
+        if constexpr (B_COL) {
+          wmma::load_matrix_sync(fb, b + nt * 16 * ldb + kt * 16, ldb);
+        } else {
+          wmma::load_matrix_sync(fb, b + kt * 16 * ldb + nt * 16, ldb);
+        }
+        wmma::mma_sync(acc[nt], fa, fb, acc[nt]);
       }
-      wmma::mma_sync(acc, fa, fb, acc);
     }
-    wmma::store_matrix_sync(c + nt * 16, acc, ldc, wmma::mem_row_major);
+  }
+}
+
+template <int N> __device__ __forceinline__ void zero(Acc (&acc)[N]) {
+#pragma unroll
+  for (int nt = 0; nt < N; ++nt) {
+    wmma::fill_fragment(acc[nt], 0.0f);
+  }
+}
+
+// Where each element of an accumulator fragment sits in its 16 x 16 tile. CUDA leaves the lane-to-element mapping
+// unspecified, so the kernels do not assume one: every warp loads a tile holding r * 16 + c at (r, c) into a fragment
+// of the same type, whose element i then names the row and column of element i of any accumulator fragment.
+struct FragIndex {
+  Acc rc;
+  __device__ int row(int i) const { return static_cast<int>(rc.x[i]) >> 4; }
+  __device__ int col(int i) const { return static_cast<int>(rc.x[i]) & 15; }
+};
+
+// Fills the block's 16 x 16 index tile (256 floats); a __syncthreads() must follow before load_index.
+__device__ __forceinline__ void fill_index_tile(float* tile) {
+  for (int idx = static_cast<int>(threadIdx.x); idx < 256; idx += static_cast<int>(blockDim.x)) {
+    tile[idx] = static_cast<float>(idx);
+  }
+}
+
+__device__ __forceinline__ FragIndex load_index(const float* tile) {
+  FragIndex index;
+  wmma::load_matrix_sync(index.rc, tile, 16, wmma::mem_row_major);
+  return index;
+}
+
+// Writes the warp's 16 x (16 n_tiles) accumulator rows times `scale` (divided by row_div[r] when given) as bf16 to
+// global rows t0.. of one head.
+template <int N>
+__device__ __forceinline__ void store_acc(bf16* __restrict__ dst, const Acc (&acc)[N], int n_tiles,
+                                          const FragIndex& index, float scale, const float* row_div, int t0, int b,
+                                          int head, int heads, const Dims& d) {
+#pragma unroll
+  for (int nt = 0; nt < N; ++nt) {
+    if (nt < n_tiles) {
+      for (int i = 0; i < Acc::num_elements; ++i) {
+        const int r = index.row(i);
+        const float div = row_div != nullptr ? row_div[r] : 1.0f;
+        dst[((static_cast<std::int64_t>(t0 + r) * d.batch + b) * heads + head) * d.head_dim + nt * 16 +
+            index.col(i)] = __float2bfloat16_rn(acc[nt].x[i] * scale / div);
+      }
+    }
   }
 }
 
@@ -69,25 +118,6 @@ __device__ __forceinline__ void load_tile(bf16* dst, int ld, const bf16* __restr
   }
 }
 
-__device__ __forceinline__ void zero_rows(float* p, int count) {
-  for (int idx = static_cast<int>(threadIdx.x) % detail::WARP_SIZE; idx < count; idx += detail::WARP_SIZE) {
-    p[idx] = 0.0f;
-  }
-}
-
-// Writes 16 rows of an fp32 accumulator (ld) times `scale` to global rows t0.. of one head.
-__device__ __forceinline__ void store_rows(bf16* __restrict__ dst, const float* acc, int ld, float scale, int t0,
-                                           int b, int head, int heads, const Dims& d, const float* row_div) {
-  const int lane = static_cast<int>(threadIdx.x) % detail::WARP_SIZE;
-  for (int idx = lane; idx < Config::ROWS_PER_WARP * d.head_dim; idx += detail::WARP_SIZE) {
-    const int r = idx / d.head_dim;
-    const int c = idx % d.head_dim;
-    const float div = row_div != nullptr ? row_div[r] : 1.0f;
-    dst[((static_cast<std::int64_t>(t0 + r) * d.batch + b) * heads + head) * d.head_dim + c] =
-        __float2bfloat16_rn(acc[r * ld + c] * scale / div);
-  }
-}
-
 // ---- kernels
 
 __global__ void __launch_bounds__(Config::THREADS) forward_kernel(bf16* __restrict__ out, float* __restrict__ lse,
@@ -96,26 +126,31 @@ __global__ void __launch_bounds__(Config::THREADS) forward_kernel(bf16* __restri
                                                                   const bf16* __restrict__ v, Dims d, float scale) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int D = d.head_dim;
+  const int dt = D / 16;
   const int ldb = D + Config::PAD_BF16;
-  const int ldo = D + Config::PAD_F32;
   bf16* qs = reinterpret_cast<bf16*>(smem);
   bf16* ks = qs + TILE * ldb;
   bf16* vs = ks + TILE * ldb;
   float* s_all = reinterpret_cast<float*>(vs + TILE * ldb);
   bf16* p_all = reinterpret_cast<bf16*>(s_all + TILE * LDS);
-  float* o_all = reinterpret_cast<float*>(p_all + TILE * LDP);
+  float* index_tile = reinterpret_cast<float*>(p_all + TILE * LDP);
+  float* row_stat = index_tile + 256; // per query row: the rescale factor alpha, then the row sum l
   const int warp = static_cast<int>(threadIdx.x) / detail::WARP_SIZE;
   const int lane = static_cast<int>(threadIdx.x) % detail::WARP_SIZE;
   float* s_w = s_all + warp * 16 * LDS;
   bf16* p_w = p_all + warp * 16 * LDP;
-  float* o_w = o_all + warp * 16 * ldo;
+  float* stat_w = row_stat + warp * 16;
   const int qt = static_cast<int>(blockIdx.x);
   const int b = static_cast<int>(blockIdx.y) / d.q_heads;
   const int h = static_cast<int>(blockIdx.y) % d.q_heads;
   const int g = h / (d.q_heads / d.kv_heads);
   load_tile(qs, ldb, q, qt * TILE, b, h, d.q_heads, d);
-  zero_rows(o_w, 16 * ldo);
-  const int row = lane >> 1; // two lanes per query row, 32 columns each
+  fill_index_tile(index_tile);
+  __syncthreads();
+  const FragIndex index = load_index(index_tile);
+  Acc o[MAX_DT];
+  zero(o);
+  const int row = lane >> 1; // scalar phase: two lanes per query row, 32 columns each
   const int half = lane & 1;
   const int q_index = qt * TILE + warp * 16 + row;
   float m = NEG_INF;
@@ -125,7 +160,13 @@ __global__ void __launch_bounds__(Config::THREADS) forward_kernel(bf16* __restri
     load_tile(ks, ldb, k, kt * TILE, b, g, d.kv_heads, d);
     load_tile(vs, ldb, v, kt * TILE, b, g, d.kv_heads, d);
     __syncthreads();
-    warp_gemm<true>(s_w, LDS, qs + warp * 16 * ldb, ldb, ks, ldb, TILE, D, false); // S = Q K^T
+    Acc sc[ST];
+    zero(sc);
+    warp_mma<true>(sc, ST, qs + warp * 16 * ldb, ldb, ks, ldb, dt); // S = Q K^T
+#pragma unroll
+    for (int nt = 0; nt < ST; ++nt) {
+      wmma::store_matrix_sync(s_w + nt * 16, sc[nt], LDS, wmma::mem_row_major);
+    }
     __syncwarp();
     float* srow = s_w + row * LDS + half * 32;
     float mx = NEG_INF;
@@ -148,27 +189,27 @@ __global__ void __launch_bounds__(Config::THREADS) forward_kernel(bf16* __restri
     sum += __shfl_xor_sync(detail::FULL_MASK, sum, 1);
     l = l * alpha + sum;
     m = m_new;
-    for (int c = half; c < D; c += 2) {
-      o_w[row * ldo + c] *= alpha;
+    if (half == 0) {
+      stat_w[row] = alpha;
     }
     __syncwarp();
-    warp_gemm<false>(o_w, ldo, p_w, LDP, vs, ldb, D, TILE, true); // O += P V
-    __syncwarp();
+#pragma unroll
+    for (int nt = 0; nt < MAX_DT; ++nt) { // O *= alpha, row by row
+      if (nt < dt) {
+        for (int i = 0; i < Acc::num_elements; ++i) {
+          o[nt].x[i] *= stat_w[index.row(i)];
+        }
+      }
+    }
+    warp_mma<false>(o, dt, p_w, LDP, vs, ldb, ST); // O += P V
+    __syncwarp(); // every lane has read alpha and P before the next tile overwrites them
   }
-  // Row sums to shared memory for the store (lane 2r holds row r's l).
-  float* l_w = s_w; // scores are no longer needed
   if (half == 0) {
-    l_w[row] = l;
+    stat_w[row] = l;
     lse[(static_cast<std::int64_t>(b) * d.q_heads + h) * d.seq + q_index] = m + logf(l);
   }
   __syncwarp();
-  const int t0 = qt * TILE + warp * 16;
-  for (int idx = lane; idx < 16 * D; idx += detail::WARP_SIZE) {
-    const int r = idx / D;
-    const int c = idx % D;
-    out[((static_cast<std::int64_t>(t0 + r) * d.batch + b) * d.q_heads + h) * D + c] =
-        __float2bfloat16_rn(o_w[r * ldo + c] / l_w[r]);
-  }
+  store_acc(out, o, dt, index, 1.0f, stat_w, qt * TILE + warp * 16, b, h, d.q_heads, d);
 }
 
 // delta = rowsum(dout o out) per (b, h, t): one warp per row.
@@ -196,43 +237,40 @@ __global__ void __launch_bounds__(Config::THREADS) delta_kernel(float* __restric
 }
 
 // dK, dV of 64 keys of KV head g: over every query head of the group and every query tile at or after the keys.
+// S^T, P, dP^T and the dK / dV accumulators stay in registers; P and dS go through shared memory (bf16) only as the
+// A operands of their GEMMs.
 __global__ void __launch_bounds__(Config::THREADS)
     dkdv_kernel(bf16* __restrict__ dk, bf16* __restrict__ dv, const bf16* __restrict__ q, const bf16* __restrict__ k,
                 const bf16* __restrict__ v, const bf16* __restrict__ dout, const float* __restrict__ lse,
                 const float* __restrict__ delta, Dims d, float scale) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int D = d.head_dim;
+  const int dt = D / 16;
   const int ldb = D + Config::PAD_BF16;
-  const int ldo = D + Config::PAD_F32;
   bf16* ks = reinterpret_cast<bf16*>(smem);
   bf16* vs = ks + TILE * ldb;
   bf16* qs = vs + TILE * ldb;
   bf16* dos = qs + TILE * ldb;
-  float* lse_s = reinterpret_cast<float*>(dos + TILE * ldb);
+  bf16* p_all = dos + TILE * ldb;
+  float* index_tile = reinterpret_cast<float*>(p_all + TILE * LDP);
+  float* lse_s = index_tile + 256;
   float* delta_s = lse_s + TILE;
-  float* s_all = delta_s + TILE;
-  float* dp_all = s_all + TILE * LDS;
-  bf16* p_all = reinterpret_cast<bf16*>(dp_all + TILE * LDS);
-  float* dk_all = reinterpret_cast<float*>(p_all + TILE * LDP);
-  float* dv_all = dk_all + TILE * ldo;
   const int warp = static_cast<int>(threadIdx.x) / detail::WARP_SIZE;
-  const int lane = static_cast<int>(threadIdx.x) % detail::WARP_SIZE;
-  float* s_w = s_all + warp * 16 * LDS;
-  float* dp_w = dp_all + warp * 16 * LDS;
   bf16* p_w = p_all + warp * 16 * LDP;
-  float* dk_w = dk_all + warp * 16 * ldo;
-  float* dv_w = dv_all + warp * 16 * ldo;
   const int kt = static_cast<int>(blockIdx.x);
   const int b = static_cast<int>(blockIdx.y) / d.kv_heads;
   const int g = static_cast<int>(blockIdx.y) % d.kv_heads;
   const int group = d.q_heads / d.kv_heads;
   load_tile(ks, ldb, k, kt * TILE, b, g, d.kv_heads, d);
   load_tile(vs, ldb, v, kt * TILE, b, g, d.kv_heads, d);
-  zero_rows(dk_w, 16 * ldo);
-  zero_rows(dv_w, 16 * ldo);
-  const int row = lane >> 1;
-  const int half = lane & 1;
-  const int key_index = kt * TILE + warp * 16 + row;
+  fill_index_tile(index_tile);
+  __syncthreads();
+  const FragIndex index = load_index(index_tile);
+  Acc dk_acc[MAX_DT];
+  Acc dv_acc[MAX_DT];
+  zero(dk_acc);
+  zero(dv_acc);
+  const int key0 = kt * TILE + warp * 16; // the warp's first key
   const int tiles = d.seq / TILE;
   for (int j = 0; j < group; ++j) {
     const int h = g * group + j;
@@ -246,56 +284,60 @@ __global__ void __launch_bounds__(Config::THREADS)
         delta_s[idx] = delta[stats + qt * TILE + idx];
       }
       __syncthreads();
-      warp_gemm<true>(s_w, LDS, ks + warp * 16 * ldb, ldb, qs, ldb, TILE, D, false); // S^T = K Q^T
-      __syncwarp();
-      for (int c = half * 32; c < half * 32 + 32; ++c) {
-        const int q_index = qt * TILE + c;
-        const float p = q_index >= key_index ? expf(s_w[row * LDS + c] * scale - lse_s[c]) : 0.0f;
-        s_w[row * LDS + c] = p;
-        p_w[row * LDP + c] = __float2bfloat16_rn(p);
+      Acc pr[ST]; // S^T = K Q^T, then P^T
+      zero(pr);
+      warp_mma<true>(pr, ST, ks + warp * 16 * ldb, ldb, qs, ldb, dt);
+#pragma unroll
+      for (int nt = 0; nt < ST; ++nt) {
+        for (int i = 0; i < Acc::num_elements; ++i) {
+          const int r = index.row(i);
+          const int c = nt * 16 + index.col(i);
+          const float p = qt * TILE + c >= key0 + r ? expf(pr[nt].x[i] * scale - lse_s[c]) : 0.0f;
+          pr[nt].x[i] = p;
+          p_w[r * LDP + c] = __float2bfloat16_rn(p);
+        }
       }
       __syncwarp();
-      warp_gemm<false>(dv_w, ldo, p_w, LDP, dos, ldb, D, TILE, true);              // dV += P^T dO
-      warp_gemm<true>(dp_w, LDS, vs + warp * 16 * ldb, ldb, dos, ldb, TILE, D, false); // dP^T = V dO^T
-      __syncwarp();
-      for (int c = half * 32; c < half * 32 + 32; ++c) {
-        const float ds = s_w[row * LDS + c] * (dp_w[row * LDS + c] - delta_s[c]);
-        p_w[row * LDP + c] = __float2bfloat16_rn(ds);
+      warp_mma<false>(dv_acc, dt, p_w, LDP, dos, ldb, ST); // dV += P^T dO
+      Acc dp[ST];                                           // dP^T = V dO^T
+      zero(dp);
+      warp_mma<true>(dp, ST, vs + warp * 16 * ldb, ldb, dos, ldb, dt);
+      __syncwarp(); // every lane has read P before dS replaces it
+#pragma unroll
+      for (int nt = 0; nt < ST; ++nt) {
+        for (int i = 0; i < Acc::num_elements; ++i) {
+          const int c = nt * 16 + index.col(i);
+          p_w[index.row(i) * LDP + c] = __float2bfloat16_rn(pr[nt].x[i] * (dp[nt].x[i] - delta_s[c]));
+        }
       }
       __syncwarp();
-      warp_gemm<false>(dk_w, ldo, p_w, LDP, qs, ldb, D, TILE, true); // dK += dS^T Q
-      __syncwarp();
+      warp_mma<false>(dk_acc, dt, p_w, LDP, qs, ldb, ST); // dK += dS^T Q
     }
   }
-  store_rows(dk, dk_w, ldo, scale, kt * TILE + warp * 16, b, g, d.kv_heads, d, nullptr);
-  store_rows(dv, dv_w, ldo, 1.0f, kt * TILE + warp * 16, b, g, d.kv_heads, d, nullptr);
+  store_acc(dk, dk_acc, dt, index, scale, nullptr, key0, b, g, d.kv_heads, d);
+  store_acc(dv, dv_acc, dt, index, 1.0f, nullptr, key0, b, g, d.kv_heads, d);
 }
 
-// dQ of 64 query rows of head h: over the key tiles at or before them.
+// dQ of 64 query rows of head h: over the key tiles at or before them (S, dP, dQ in registers, dS through shared
+// memory as the A operand of dS K).
 __global__ void __launch_bounds__(Config::THREADS)
     dq_kernel(bf16* __restrict__ dq, const bf16* __restrict__ q, const bf16* __restrict__ k,
               const bf16* __restrict__ v, const bf16* __restrict__ dout, const float* __restrict__ lse,
               const float* __restrict__ delta, Dims d, float scale) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int D = d.head_dim;
+  const int dt = D / 16;
   const int ldb = D + Config::PAD_BF16;
-  const int ldo = D + Config::PAD_F32;
   bf16* qs = reinterpret_cast<bf16*>(smem);
   bf16* dos = qs + TILE * ldb;
   bf16* ks = dos + TILE * ldb;
   bf16* vs = ks + TILE * ldb;
-  float* lse_s = reinterpret_cast<float*>(vs + TILE * ldb);
+  bf16* p_all = vs + TILE * ldb;
+  float* index_tile = reinterpret_cast<float*>(p_all + TILE * LDP);
+  float* lse_s = index_tile + 256;
   float* delta_s = lse_s + TILE;
-  float* s_all = delta_s + TILE;
-  float* dp_all = s_all + TILE * LDS;
-  bf16* p_all = reinterpret_cast<bf16*>(dp_all + TILE * LDS);
-  float* dq_all = reinterpret_cast<float*>(p_all + TILE * LDP);
   const int warp = static_cast<int>(threadIdx.x) / detail::WARP_SIZE;
-  const int lane = static_cast<int>(threadIdx.x) % detail::WARP_SIZE;
-  float* s_w = s_all + warp * 16 * LDS;
-  float* dp_w = dp_all + warp * 16 * LDS;
   bf16* p_w = p_all + warp * 16 * LDP;
-  float* dq_w = dq_all + warp * 16 * ldo;
   const int qt = static_cast<int>(blockIdx.x);
   const int b = static_cast<int>(blockIdx.y) / d.q_heads;
   const int h = static_cast<int>(blockIdx.y) % d.q_heads;
@@ -307,29 +349,37 @@ __global__ void __launch_bounds__(Config::THREADS)
     lse_s[idx] = lse[stats + qt * TILE + idx];
     delta_s[idx] = delta[stats + qt * TILE + idx];
   }
-  zero_rows(dq_w, 16 * ldo);
-  const int row = lane >> 1;
-  const int half = lane & 1;
-  const int local = warp * 16 + row; // query row within the block's tile
-  const int q_index = qt * TILE + local;
+  fill_index_tile(index_tile);
+  __syncthreads();
+  const FragIndex index = load_index(index_tile);
+  Acc dq_acc[MAX_DT];
+  zero(dq_acc);
+  const int local0 = warp * 16; // the warp's first query row within the block's tile
   for (int kt = 0; kt <= qt; ++kt) {
     __syncthreads();
     load_tile(ks, ldb, k, kt * TILE, b, g, d.kv_heads, d);
     load_tile(vs, ldb, v, kt * TILE, b, g, d.kv_heads, d);
     __syncthreads();
-    warp_gemm<true>(s_w, LDS, qs + warp * 16 * ldb, ldb, ks, ldb, TILE, D, false);   // S = Q K^T
-    warp_gemm<true>(dp_w, LDS, dos + warp * 16 * ldb, ldb, vs, ldb, TILE, D, false); // dP = dO V^T
-    __syncwarp();
-    for (int c = half * 32; c < half * 32 + 32; ++c) {
-      const int key = kt * TILE + c;
-      const float p = key <= q_index ? expf(s_w[row * LDS + c] * scale - lse_s[local]) : 0.0f;
-      p_w[row * LDP + c] = __float2bfloat16_rn(p * (dp_w[row * LDS + c] - delta_s[local]));
+    Acc sc[ST]; // S = Q K^T
+    Acc dp[ST]; // dP = dO V^T
+    zero(sc);
+    zero(dp);
+    warp_mma<true>(sc, ST, qs + local0 * ldb, ldb, ks, ldb, dt);
+    warp_mma<true>(dp, ST, dos + local0 * ldb, ldb, vs, ldb, dt);
+#pragma unroll
+    for (int nt = 0; nt < ST; ++nt) {
+      for (int i = 0; i < Acc::num_elements; ++i) {
+        const int local = local0 + index.row(i);
+        const int c = nt * 16 + index.col(i);
+        const float p = kt * TILE + c <= qt * TILE + local ? expf(sc[nt].x[i] * scale - lse_s[local]) : 0.0f;
+        p_w[index.row(i) * LDP + c] = __float2bfloat16_rn(p * (dp[nt].x[i] - delta_s[local]));
+      }
     }
     __syncwarp();
-    warp_gemm<false>(dq_w, ldo, p_w, LDP, ks, ldb, D, TILE, true); // dQ += dS K
-    __syncwarp();
+    warp_mma<false>(dq_acc, dt, p_w, LDP, ks, ldb, ST); // dQ += dS K
+    __syncwarp(); // every lane has read dS before the next tile's dS replaces it
   }
-  store_rows(dq, dq_w, ldo, scale, qt * TILE + warp * 16, b, h, d.q_heads, d, nullptr);
+  store_acc(dq, dq_acc, dt, index, scale, nullptr, qt * TILE + local0, b, h, d.q_heads, d);
 }
 
 Dims to_dims(const attention::Shape& s) {

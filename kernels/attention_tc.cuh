@@ -4,7 +4,10 @@
 // Algorithm: Dao 2023 (FlashAttention-2, arXiv:2307.08691) algorithms 1 and 2, with 64-row tiles: a block of
 // 4 warps owns 64 query rows (forward, dq) or 64 key rows (dk/dv), each warp 16 of them; tiles of K/V (or Q/dO)
 // stream through shared memory; every product (Q K^T, P V, dO V^T, dS K, P^T dO, dS^T Q) is a warp-level WMMA GEMM
-// between shared-memory tiles, the softmax and the dS = P (dP - delta) step are scalar fp32 on the warp's 16 rows.
+// whose operands come from shared-memory tiles and whose fp32 accumulators stay in registers. The forward's softmax
+// is scalar on the warp's 16 score rows in shared memory; the backward computes P and dS = P (dP - delta) on the
+// accumulator fragments, element by element, through a fragment index (no assumption about which lane holds which
+// element) and stores them as bf16 operands.
 // The backward is deterministic (no atomics): dk/dv per key block over the query tiles of every query head of its
 // KV group, then dq per query block. Requirements (supported()): head_dim a multiple of 16 and <= 128, seq a
 // multiple of 64, batch * q_heads <= 65535; bf16 only; sm_80 or newer (bf16 WMMA).
@@ -40,24 +43,25 @@ struct Config {
 }
 [[nodiscard]] inline bool supported(const attention::Shape& s) { return unsupported_reason(s).empty(); }
 
-/// Dynamic shared memory (bytes) of each kernel for head dimension D.
+/// Dynamic shared memory (bytes) of each kernel for head dimension D. The accumulators (O, dK / dV, dQ) and, in the
+/// backward, the scores and dP live in registers; shared memory holds the operand tiles, the bf16 P / dS tiles that
+/// feed the next GEMM, the 16 x 16 fragment index tile and per-row statistics.
 inline std::size_t bf16_tile_bytes(std::int64_t d) { return 2 * static_cast<std::size_t>(Config::TILE * (d + Config::PAD_BF16)); }
 inline std::size_t score_bytes() { return 4 * static_cast<std::size_t>(Config::TILE * (Config::TILE + Config::PAD_F32)); }
 inline std::size_t prob_bytes() { return 2 * static_cast<std::size_t>(Config::TILE * (Config::TILE + Config::PAD_BF16)); }
-inline std::size_t acc_bytes(std::int64_t d) { return 4 * static_cast<std::size_t>(Config::TILE * (d + Config::PAD_F32)); }
-/// Q, K, V tiles; scores; probabilities; O accumulator.
+inline constexpr std::size_t INDEX_TILE_BYTES = 16 * 16 * 4;
+inline constexpr std::size_t ROW_STAT_BYTES = 4 * Config::TILE; // one float per row of a tile
+/// Q, K, V tiles; scores (the softmax's row max and sum are scalar); probabilities; index tile; alpha / l per row.
 inline std::size_t forward_smem_bytes(const attention::Shape& s) {
-  return 3 * bf16_tile_bytes(s.head_dim) + score_bytes() + prob_bytes() + acc_bytes(s.head_dim);
+  return 3 * bf16_tile_bytes(s.head_dim) + score_bytes() + prob_bytes() + INDEX_TILE_BYTES + ROW_STAT_BYTES;
 }
-/// K, V (own), Q, dO tiles; LSE and delta of the Q tile; scores and dP; P / dS; dK and dV accumulators.
+/// K, V (own), Q, dO tiles; P / dS; index tile; LSE and delta of the Q tile.
 inline std::size_t dkdv_smem_bytes(const attention::Shape& s) {
-  return 4 * bf16_tile_bytes(s.head_dim) + 2 * 4 * Config::TILE + 2 * score_bytes() + prob_bytes() +
-         2 * acc_bytes(s.head_dim);
+  return 4 * bf16_tile_bytes(s.head_dim) + prob_bytes() + INDEX_TILE_BYTES + 2 * ROW_STAT_BYTES;
 }
-/// Q, dO (own), K, V tiles; LSE and delta; scores and dP; dS; dQ accumulator.
+/// Q, dO (own), K, V tiles; dS; index tile; LSE and delta.
 inline std::size_t dq_smem_bytes(const attention::Shape& s) {
-  return 4 * bf16_tile_bytes(s.head_dim) + 2 * 4 * Config::TILE + 2 * score_bytes() + prob_bytes() +
-         acc_bytes(s.head_dim);
+  return 4 * bf16_tile_bytes(s.head_dim) + prob_bytes() + INDEX_TILE_BYTES + 2 * ROW_STAT_BYTES;
 }
 
 /// Throws LaunchError unless supported(args.shape) (and the pointer checks of attention::ForwardArgs).

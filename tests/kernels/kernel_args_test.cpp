@@ -186,5 +186,12 @@ TEST_CASE("kernels::attention_tc: supported shapes and shared memory", "[kernels
   CHECK(k::attention_tc::forward_smem_bytes(widest) <= 227 * 1024);
   CHECK(k::attention_tc::dkdv_smem_bytes(widest) <= 227 * 1024);
   CHECK(k::attention_tc::dq_smem_bytes(widest) <= 227 * 1024);
-  CHECK(k::attention_tc::forward_smem_bytes(widest) == 3 * 64 * 136 * 2 + 64 * 68 * 4 + 64 * 72 * 2 + 64 * 132 * 4);
+  CHECK(k::attention_tc::forward_smem_bytes(widest) == 3 * 64 * 136 * 2 + 64 * 68 * 4 + 64 * 72 * 2 + 1024 + 256);
+  // Shared memory leaves room for two blocks per SM at head_dim 128 (2 x (bytes + 1 KiB reserved per block) <= 228
+  // KiB, the same table), four at head_dim 64 (registers may allow fewer).
+  CHECK(2 * (k::attention_tc::dkdv_smem_bytes(widest) + 1024) <= 228 * 1024);
+  CHECK(2 * (k::attention_tc::dq_smem_bytes(widest) + 1024) <= 228 * 1024);
+  CHECK(2 * (k::attention_tc::forward_smem_bytes(widest) + 1024) <= 228 * 1024);
+  const k::attention::Shape gpt3_125m{2048, 1, 1, 1, 64};
+  CHECK(4 * (k::attention_tc::dkdv_smem_bytes(gpt3_125m) + 1024) <= 228 * 1024);
 }

@@ -427,7 +427,7 @@ TEMPLATE_TEST_CASE("kernels::attention vs exec::cpu attention (causal, GQA)", "[
 // for the absolute part) backward.
 TEST_CASE("kernels::attention_tc vs exec::cpu attention (causal, GQA)", "[gpu][kernels]") {
   using T = k::bf16;
-  const std::int64_t head_dim = GENERATE(64, 128);
+  const std::int64_t head_dim = GENERATE(48, 64, 128); // 48: three 16-column tiles, the unrolled loops' bound
   const cpu::AttentionShape s{128, 2, 4, 2, head_dim}; // two 64-row tiles: diagonal and off-diagonal blocks
   const k::attention::Shape ks{s.seq, s.batch, s.q_heads, s.kv_heads, s.head_dim};
   REQUIRE(k::attention_tc::supported(ks));
