@@ -6,9 +6,10 @@
 //  - __syncthreads, __syncwarp and the shuffles are real barriers between the fibers of a block or warp: a divergent
 //    barrier (some threads of a block at __syncthreads, others at __syncwarp or done) is reported as the hang it is
 //    on a GPU; a shuffle that reads a lane that has exited is reported (its value is undefined on a GPU);
-//  - wmma fragments hold the whole 16x16 tile in every lane (the lane-to-element mapping is unspecified by CUDA, and
-//    cuboid's kernels only load, multiply-accumulate and store whole fragments); a load is a warp barrier (the warp
-//    reads the tile at one point), mma_sync accumulates in fp32;
+//  - wmma fragments hold the whole 16x16 tile in every lane (the lane-to-element mapping is unspecified by CUDA;
+//    cuboid's kernels load, multiply-accumulate and store whole fragments, and where they touch elements x[i] they
+//    learn each element's row and column from a fragment of an index tile, so any mapping, this one included, gives
+//    the same result); a load is a warp barrier (the warp reads the tile at one point), mma_sync accumulates in fp32;
 //  - `k<<<grid, block, smem, stream>>>(args)` is rewritten to `::cuboid::emu::Launch(grid, block, smem, stream)(k,
 //    "k", __FILE__, __LINE__)(args)`, which checks the launch as the CUDA runtime does and runs the grid at once.
 #pragma once
