@@ -8,6 +8,7 @@
 #include "model/errors.hpp"
 #include "tools/commands.hpp"
 #include "tools/plan_options.hpp"
+#include "tools/profile_options.hpp"
 #include "tools/calibrate_cuda.hpp"
 
 #include <fmt/format.h>
@@ -225,12 +226,8 @@ int run_calibrate_cuda(const CalibrateOptions& cli) {
                                      fmt::format("{} (expected M = N = K in 1..{})", size, MAX_SQUARE_GEMM)));
     }
   }
-  if (cli.gemm_algo != "autotune" && cli.gemm_algo != "heuristic") {
-    throw InputError(input_message(WHERE, "--gemm-algo",
-                                   fmt::format("unknown value '{}' (valid: heuristic, autotune)", cli.gemm_algo)));
-  }
   const CudaCalibration result = calibrate_cuda_backend(scenario.model, scenario.plan, gpu, cli.min_time_s,
-                                                        cli.square_gemm_sizes, cli.gemm_algo == "autotune");
+                                                        cli.square_gemm_sizes, gemm_autotune_flag(cli.gemm_algo, true));
   if (!result.is_root) {
     return 0;
   }
@@ -251,12 +248,7 @@ int run_calibrate(const CalibrateOptions& cli) {
     throw InputError(input_message(WHERE, "--square-gemm-sizes",
                                    "only used by --backend cuda (the CPU calibration sweeps the model's own shapes)"));
   }
-  if (cli.gemm_algo != "autotune") {
-    throw InputError(input_message(WHERE, "--gemm-algo",
-                                   fmt::format("'{}' is only used by --backend cuda (valid there: heuristic, autotune; "
-                                               "leave it out with --backend cpu)",
-                                               cli.gemm_algo)));
-  }
+  static_cast<void>(gemm_autotune_flag(cli.gemm_algo, false)); // refused unless left at its default
   int argc = 0;
   char** argv = nullptr;
   exec::CommEnvironment env(argc, argv);

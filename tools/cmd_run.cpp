@@ -467,11 +467,7 @@ int run_cuda(const RunCliOptions& cli) {
                                    fmt::format("unknown value '{}' (valid: auto, simple)", cli.attention_kernel)));
   }
   options.cuda_tensor_core_attention = cli.attention_kernel == "auto";
-  if (cli.gemm_algo != "autotune" && cli.gemm_algo != "heuristic") {
-    throw InputError(input_message(WHERE, "--gemm-algo",
-                                   fmt::format("unknown value '{}' (valid: heuristic, autotune)", cli.gemm_algo)));
-  }
-  options.cuda_gemm_autotune = cli.gemm_algo == "autotune";
+  options.cuda_gemm_autotune = gemm_autotune_flag(cli.gemm_algo, true);
   const CudaTraining training = run_cuda_backend(options);
   if (!training.is_root) {
     return 0;
@@ -549,12 +545,7 @@ int run_command(const RunCliOptions& cli) {
   if (cli.backend != "cpu") {
     throw InputError(input_message(WHERE, "--backend", fmt::format("unknown value '{}' (valid: cpu, cuda)", cli.backend)));
   }
-  if (cli.gemm_algo != "autotune") {
-    throw InputError(input_message(WHERE, "--gemm-algo",
-                                   fmt::format("'{}' is only used by --backend cuda (valid there: heuristic, autotune; "
-                                               "leave it out with --backend cpu)",
-                                               cli.gemm_algo)));
-  }
+  static_cast<void>(gemm_autotune_flag(cli.gemm_algo, false)); // refused unless left at its default
   if (cli.attention_kernel != "auto") {
     throw InputError(input_message(WHERE, "--attention-kernel",
                                    fmt::format("'{}' is only used by --backend cuda (valid there: auto, simple; "

@@ -76,4 +76,19 @@ model::CostProfile apply_profile_flags(const ProfileFlags& flags, model::CostPro
   return profile;
 }
 
+bool gemm_autotune_flag(const std::string& value, bool cuda) {
+  constexpr const char* WHERE = "command line";
+  if (!cuda && value != "autotune") {
+    throw InputError(input_message(WHERE, "--gemm-algo",
+                                   fmt::format("'{}' is only used by --backend cuda (valid there: heuristic, autotune; "
+                                               "leave it out with another backend)",
+                                               value)));
+  }
+  if (value != "autotune" && value != "heuristic") {
+    throw InputError(
+        input_message(WHERE, "--gemm-algo", fmt::format("unknown value '{}' (valid: heuristic, autotune)", value)));
+  }
+  return cuda && value == "autotune";
+}
+
 } // namespace cuboid::tools

@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 
 #include <optional>
+#include <string>
 
 namespace cuboid::tools {
 
@@ -28,5 +29,10 @@ model::CostProfile resolve_profile(const ProfileFlags& flags, const ClusterFlags
                                    const model::ClusterSpec& cluster);
 /// Applies the flag overrides to `profile` (same checks as resolve_profile); used for measured profiles.
 model::CostProfile apply_profile_flags(const ProfileFlags& flags, model::CostProfile profile);
+
+/// `--gemm-algo` of `run` and `calibrate`, whose default is "autotune": with `--backend cuda`, true for autotune and
+/// false for heuristic; with another backend (cuda == false), false, and an InputError unless it was left at its
+/// default. An unknown value is an InputError naming the flag, the value and the valid ones.
+bool gemm_autotune_flag(const std::string& value, bool cuda);
 
 } // namespace cuboid::tools
