@@ -19,6 +19,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 
 namespace {
 
@@ -301,7 +302,9 @@ int main(int argc, char** argv) {
                "the loss counts as one layer in the pipeline split (Megatron-Core)");
   app.add_option("--clip-grad", args.clip_grad, "clip gradients to this global L2 norm (0: no clipping)");
   app.add_option("--grad-bucket-bytes", args.grad_bucket_bytes, "DP gradient bucket size (default: the plan's)");
-  app.add_option("--steps", args.steps);
+  CLI::Option* steps = app.add_option("--steps", args.steps,
+                                      "training steps (default 10, or $CUBOID_EQUIVALENCE_STEPS: tools/test --sanitize "
+                                      "runs 3, the same checks on fewer steps under ASan's ~10x slowdown)");
   app.add_option("--micro-batch", args.micro_batch);
   app.add_option("--global-batch", args.global_batch);
   app.add_option("--timeout", args.timeout_s, "seconds per step before the watchdog aborts the job");
@@ -313,6 +316,16 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  }
+  if (const char* env_steps = std::getenv("CUBOID_EQUIVALENCE_STEPS"); env_steps != nullptr && steps->count() == 0) {
+    char* end = nullptr;
+    const long value = std::strtol(env_steps, &end, 10);
+    if (end == env_steps || *end != '\0' || value < 2 || value > 1000) {
+      std::fprintf(stderr, "CUBOID_EQUIVALENCE_STEPS: '%s' is not a step count (valid: an integer in 2..1000)\n",
+                   env_steps);
+      return 2;
+    }
+    args.steps = static_cast<int>(value);
   }
   try {
     return run(args, env.world());
