@@ -227,7 +227,7 @@ int run_calibrate_cuda(const CalibrateOptions& cli) {
     }
   }
   const CudaCalibration result = calibrate_cuda_backend(scenario.model, scenario.plan, gpu, cli.min_time_s,
-                                                        cli.square_gemm_sizes, gemm_autotune_flag(cli.gemm_algo, true));
+                                                        cli.square_gemm_sizes, gemm_autotune_flag(cli.gemm_algo));
   if (!result.is_root) {
     return 0;
   }
@@ -248,7 +248,7 @@ int run_calibrate(const CalibrateOptions& cli) {
     throw InputError(input_message(WHERE, "--square-gemm-sizes",
                                    "only used by --backend cuda (the CPU calibration sweeps the model's own shapes)"));
   }
-  static_cast<void>(gemm_autotune_flag(cli.gemm_algo, false)); // refused unless left at its default
+  require_default_gemm_algo(cli.gemm_algo);
   int argc = 0;
   char** argv = nullptr;
   exec::CommEnvironment env(argc, argv);

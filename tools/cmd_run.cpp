@@ -467,7 +467,7 @@ int run_cuda(const RunCliOptions& cli) {
                                    fmt::format("unknown value '{}' (valid: auto, simple)", cli.attention_kernel)));
   }
   options.cuda_tensor_core_attention = cli.attention_kernel == "auto";
-  options.cuda_gemm_autotune = gemm_autotune_flag(cli.gemm_algo, true);
+  options.cuda_gemm_autotune = gemm_autotune_flag(cli.gemm_algo);
   const CudaTraining training = run_cuda_backend(options);
   if (!training.is_root) {
     return 0;
@@ -545,7 +545,7 @@ int run_command(const RunCliOptions& cli) {
   if (cli.backend != "cpu") {
     throw InputError(input_message(WHERE, "--backend", fmt::format("unknown value '{}' (valid: cpu, cuda)", cli.backend)));
   }
-  static_cast<void>(gemm_autotune_flag(cli.gemm_algo, false)); // refused unless left at its default
+  require_default_gemm_algo(cli.gemm_algo);
   if (cli.attention_kernel != "auto") {
     throw InputError(input_message(WHERE, "--attention-kernel",
                                    fmt::format("'{}' is only used by --backend cuda (valid there: auto, simple; "

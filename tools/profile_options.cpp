@@ -76,19 +76,21 @@ model::CostProfile apply_profile_flags(const ProfileFlags& flags, model::CostPro
   return profile;
 }
 
-bool gemm_autotune_flag(const std::string& value, bool cuda) {
-  constexpr const char* WHERE = "command line";
-  if (!cuda && value != "autotune") {
-    throw InputError(input_message(WHERE, "--gemm-algo",
+bool gemm_autotune_flag(const std::string& value) {
+  if (value != "autotune" && value != "heuristic") {
+    throw InputError(input_message("command line", "--gemm-algo",
+                                   fmt::format("unknown value '{}' (valid: heuristic, autotune)", value)));
+  }
+  return value == "autotune";
+}
+
+void require_default_gemm_algo(const std::string& value) {
+  if (value != "autotune") {
+    throw InputError(input_message("command line", "--gemm-algo",
                                    fmt::format("'{}' is only used by --backend cuda (valid there: heuristic, autotune; "
                                                "leave it out with another backend)",
                                                value)));
   }
-  if (value != "autotune" && value != "heuristic") {
-    throw InputError(
-        input_message(WHERE, "--gemm-algo", fmt::format("unknown value '{}' (valid: heuristic, autotune)", value)));
-  }
-  return cuda && value == "autotune";
 }
 
 } // namespace cuboid::tools

@@ -30,9 +30,10 @@ model::CostProfile resolve_profile(const ProfileFlags& flags, const ClusterFlags
 /// Applies the flag overrides to `profile` (same checks as resolve_profile); used for measured profiles.
 model::CostProfile apply_profile_flags(const ProfileFlags& flags, model::CostProfile profile);
 
-/// `--gemm-algo` of `run` and `calibrate`, whose default is "autotune": with `--backend cuda`, true for autotune and
-/// false for heuristic; with another backend (cuda == false), false, and an InputError unless it was left at its
-/// default. An unknown value is an InputError naming the flag, the value and the valid ones.
-bool gemm_autotune_flag(const std::string& value, bool cuda);
+/// `--gemm-algo` of `run` and `calibrate` under `--backend cuda` (default "autotune"): true for autotune, false for
+/// heuristic. An unknown value is an InputError naming the flag, the value and the valid ones.
+bool gemm_autotune_flag(const std::string& value);
+/// With a backend other than cuda, `--gemm-algo` must be left at its default: an InputError otherwise.
+void require_default_gemm_algo(const std::string& value);
 
 } // namespace cuboid::tools

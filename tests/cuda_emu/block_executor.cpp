@@ -153,13 +153,13 @@ Fiber* warp_successor(Fiber& self) {
   const auto first = static_cast<std::size_t>(self.linear / WARP * WARP);
   const std::size_t lanes = std::min(first + WARP, run.fibers.size()) - first;
   const auto me = static_cast<std::size_t>(self.linear) - first;
-  // The lanes after `self`, then those before it (no modulo: this runs at every shuffle of every lane).
-  for (std::size_t t = me + 1; t < lanes; ++t) {
-    if (run.fibers[first + t].state == State::Runnable) {
-      return &run.fibers[first + t];
+  // The lanes after `self`, wrapping round to those before it (a subtraction, not a modulo: this runs at every
+  // shuffle of every lane).
+  for (std::size_t step = 1; step < lanes; ++step) {
+    std::size_t t = me + step;
+    if (t >= lanes) {
+      t -= lanes;
     }
-  }
-  for (std::size_t t = 0; t < me; ++t) {
     if (run.fibers[first + t].state == State::Runnable) {
       return &run.fibers[first + t];
     }
