@@ -46,11 +46,6 @@ std::vector<BucketRange> bucket_ranges(std::span<const double> weights, std::siz
 
 void validate_cuda_run_options(const RunOptions& options) {
   constexpr const char* WHERE = "command line";
-  if (options.plan.sequence_parallel) {
-    throw InputError(input_message(WHERE, "--sequence-parallel",
-                                   "not supported by --backend cuda yet (valid: off; TP without sequence parallelism "
-                                   "all-reduces the row-parallel outputs)"));
-  }
   if (options.plan.precision != model::Precision::Bf16) {
     throw InputError(input_message(WHERE, "--precision",
                                    fmt::format("'{}' is not supported by --backend cuda (valid: bf16)",

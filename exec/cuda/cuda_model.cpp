@@ -201,7 +201,7 @@ void CudaGptModel::linear_dgrad(const Bf16Buffer& dy, int w, std::int64_t rows, 
 
 void CudaGptModel::row_parallel_linear(const Bf16Buffer& in, int w, int bias, const Bf16Buffer& residual,
                                        Bf16Buffer& out) {
-  const std::int64_t rows = activation_rows();
+  const std::int64_t rows = token_rows();
   if (plan_.tp == 1) {
     linear(in, w, bias, rows, out, &residual);
     return;
@@ -210,10 +210,12 @@ void CudaGptModel::row_parallel_linear(const Bf16Buffer& in, int w, int bias, co
   const cudaStream_t s = context_.stream;
   F32Buffer partial(count(rows, info.cols), s);
   gemm(rows, info.cols, info.rows, false, false, in.get(), weight(w), partial.get(), GemmDType::F32, 0.0f);
-  tp_all_reduce(partial);
-  out.resize(count(rows, info.cols), s);
-  k::elementwise::residual_add<bf16>({out.get(), residual.get(), partial.get(), bias >= 0 ? master(bias) : nullptr,
-                                      rows, info.cols},
+  F32Buffer reduced;
+  leave_tp(partial, reduced);
+  const std::int64_t out_rows = activation_rows();
+  out.resize(count(out_rows, info.cols), s);
+  k::elementwise::residual_add<bf16>({out.get(), residual.get(), reduced.get(), bias >= 0 ? master(bias) : nullptr,
+                                      out_rows, info.cols},
                                      s);
 }
 
@@ -254,6 +256,31 @@ void CudaGptModel::tp_all_reduce(F32Buffer& data, ReduceOp op) {
   }
 }
 
+const Bf16Buffer& CudaGptModel::enter_tp(const Bf16Buffer& local, Bf16Buffer& storage) {
+  if (!sequence_parallel()) {
+    return local;
+  }
+  CUBOID_ASSERT(local.size() % 2 == 0, "enter_tp: {} bf16 elements (an even count travels as 32-bit words)",
+                local.size());
+  storage.resize(local.size() * static_cast<std::size_t>(plan_.tp), context_.stream);
+  // bf16 pairs travel as 32-bit words (an all-gather moves bytes; no arithmetic on them).
+  context_.tp->all_gather(std::span<const float>(reinterpret_cast<const float*>(local.get()), local.size() / 2),
+                          std::span<float>(reinterpret_cast<float*>(storage.get()), storage.size() / 2));
+  return storage;
+}
+
+void CudaGptModel::leave_tp(F32Buffer& partial, F32Buffer& out) {
+  if (!sequence_parallel()) {
+    tp_all_reduce(partial);
+    out = std::move(partial);
+    return;
+  }
+  out.resize(partial.size() / static_cast<std::size_t>(plan_.tp), context_.stream);
+  context_.tp->reduce_scatter(std::span<const float>(partial.get(), partial.size()),
+                              std::span<float>(out.get(), out.size()));
+  partial = F32Buffer();
+}
+
 void CudaGptModel::to_bf16(const F32Buffer& in, Bf16Buffer& out) {
   out.resize(in.size(), context_.stream);
   k::cast::convert<bf16, float>({out.get(), in.get(), static_cast<std::int64_t>(in.size())}, context_.stream);
@@ -264,30 +291,36 @@ void CudaGptModel::to_bf16(const F32Buffer& in, Bf16Buffer& out) {
 void CudaGptModel::embedding_forward(const std::int32_t* tokens, Bf16Buffer& out) {
   const cudaStream_t s = context_.stream;
   const ParamInfo& info = layout_.params().info(wte_);
-  const std::int64_t rows = activation_rows();
+  const std::int64_t rows = token_rows();
   const std::int64_t C = spec_.hidden_size;
   F32Buffer partial(count(rows, C), s);
   k::embedding::forward<float>({partial.get(), tokens, master(wte_), rows, info.rows, C, info.row0}, s);
-  tp_all_reduce(partial);
+  F32Buffer summed; // this rank's rows under sequence parallelism
+  leave_tp(partial, summed);
   if (wpe_ >= 0) {
-    k::embedding::position_forward<float>({partial.get(), master(wpe_), rows, C, spec_.seq_length, 0,
-                                           plan_.micro_batch_size},
+    const std::int64_t local = activation_rows();
+    k::embedding::position_forward<float>({summed.get(), master(wpe_), local, C, spec_.seq_length,
+                                           sequence_parallel() ? local * tp_rank_ : 0, plan_.micro_batch_size},
                                           s);
   }
-  to_bf16(partial, out);
+  to_bf16(summed, out);
 }
 
 void CudaGptModel::embedding_backward(const std::int32_t* tokens, const Bf16Buffer& dout) {
   const cudaStream_t s = context_.stream;
   const ParamInfo& info = layout_.params().info(wte_);
-  const std::int64_t rows = activation_rows();
   const std::int64_t C = spec_.hidden_size;
   if (wpe_ >= 0) {
-    k::embedding::position_backward<bf16>({grad(wpe_), dout.get(), rows, C, spec_.seq_length, 0,
-                                           plan_.micro_batch_size},
+    const std::int64_t local = activation_rows();
+    k::embedding::position_backward<bf16>({grad(wpe_), dout.get(), local, C, spec_.seq_length,
+                                           sequence_parallel() ? local * tp_rank_ : 0, plan_.micro_batch_size},
                                           s);
   }
-  k::embedding::backward<bf16>({grad(wte_), tokens, dout.get(), rows, info.rows, C, info.row0}, s);
+  // Conjugate of the forward's reduction: the all-reduce's backward is the identity, the reduce-scatter's an
+  // all-gather.
+  Bf16Buffer gathered;
+  const Bf16Buffer& full = enter_tp(dout, gathered);
+  k::embedding::backward<bf16>({grad(wte_), tokens, full.get(), token_rows(), info.rows, C, info.row0}, s);
 }
 
 // ---- transformer layer
@@ -295,7 +328,7 @@ void CudaGptModel::embedding_backward(const std::int32_t* tokens, const Bf16Buff
 void CudaGptModel::layer_forward(int layer, Bf16Buffer&& x, Bf16Buffer& out, CudaLayerCache& c, bool keep_all) {
   const LayerIdx& p = layer_idx(layer);
   const cudaStream_t s = context_.stream;
-  const std::int64_t rows = activation_rows();
+  const std::int64_t rows = token_rows();
   const std::int64_t D = spec_.head_dim;
   const std::int64_t q_cols = layout_.params().info(p.wq).cols;
   const std::int64_t kv_cols = layout_.params().info(p.wk).cols;
@@ -303,10 +336,14 @@ void CudaGptModel::layer_forward(int layer, Bf16Buffer&& x, Bf16Buffer& out, Cud
   if (&x != &c.x) {
     c.x = std::move(x); // the layer input is saved for backward, not copied
   }
+  // Under sequence parallelism the cache keeps the norm outputs of this rank's rows and the backward gathers them
+  // again, as Megatron does (and as model/memory_model.cpp counts them).
+  Bf16Buffer gathered;
   norm_forward(p.ln1, c.x, c.h1, c.ln1_mean, c.ln1_rstd);
-  linear(c.h1, p.wq, p.bq, rows, c.q);
-  linear(c.h1, p.wk, p.bk, rows, c.k);
-  linear(c.h1, p.wv, p.bv, rows, c.v);
+  const Bf16Buffer& h1 = enter_tp(c.h1, gathered);
+  linear(h1, p.wq, p.bq, rows, c.q);
+  linear(h1, p.wk, p.bk, rows, c.k);
+  linear(h1, p.wv, p.bv, rows, c.v);
   if (!spec_.learned_position_embedding) {
     k::rope::forward<bf16>({c.q.get(), rows, q_cols / D, D, plan_.micro_batch_size}, s);
     k::rope::forward<bf16>({c.k.get(), rows, kv_cols / D, D, plan_.micro_batch_size}, s);
@@ -321,14 +358,15 @@ void CudaGptModel::layer_forward(int layer, Bf16Buffer&& x, Bf16Buffer& out, Cud
   row_parallel_linear(c.attn, p.wo, p.bo, c.x, c.x2); // x2 = x + attn Wo + bo
 
   norm_forward(p.ln2, c.x2, c.h2, c.ln2_mean, c.ln2_rstd);
+  const Bf16Buffer& h2 = enter_tp(c.h2, gathered);
   const std::int64_t ffn_cols = layout_.params().info(p.w1).cols;
   c.act.resize(count(rows, ffn_cols), s);
   if (spec_.gated_mlp) {
-    linear(c.h2, p.w1, p.b1, rows, c.fc1);
-    linear(c.h2, p.wg, p.bg, rows, c.gate);
+    linear(h2, p.w1, p.b1, rows, c.fc1);
+    linear(h2, p.wg, p.bg, rows, c.gate);
     k::activation::swiglu_forward<bf16>({c.act.get(), c.gate.get(), c.fc1.get(), rows * ffn_cols}, s);
   } else {
-    linear(c.h2, p.w1, -1, rows, c.fc1); // fc1 without its bias: the GeLU adds it (kept for the backward)
+    linear(h2, p.w1, -1, rows, c.fc1); // fc1 without its bias: the GeLU adds it (kept for the backward)
     k::activation::GeluForwardArgs<bf16> gelu;
     gelu.y = c.act.get();
     gelu.x = c.fc1.get();
@@ -354,22 +392,28 @@ void CudaGptModel::layer_backward(int layer, CudaLayerCache& c, Bf16Buffer&& dou
     layer_forward(layer, std::move(c.x), ignored, c, true);
   }
   const LayerIdx& p = layer_idx(layer);
-  const std::int64_t rows = activation_rows();
+  const std::int64_t rows = token_rows();
+  const std::int64_t local_rows = activation_rows(); // rows of dout, x, x2: token_rows() / tp under SP
   const std::int64_t C = spec_.hidden_size;
   const std::int64_t D = spec_.head_dim;
   const std::int64_t q_cols = layout_.params().info(p.wq).cols;
   const std::int64_t kv_cols = layout_.params().info(p.wk).cols;
   const std::int64_t ffn_cols = layout_.params().info(p.w1).cols;
   const k::attention::Shape shape{spec_.seq_length, plan_.micro_batch_size, q_cols / D, kv_cols / D, D};
+  Bf16Buffer gathered; // all-gathered output gradients and norm outputs under sequence parallelism
 
-  // MLP branch: out = x2 + all_reduce(act W2) + b2.
+  // MLP branch: out = x2 + leave_tp(act W2) + b2.
   if (p.b2 >= 0) {
-    k::elementwise::column_sum<bf16>({grad(p.b2), dout.get(), rows, C}, s);
+    k::elementwise::column_sum<bf16>({grad(p.b2), dout.get(), local_rows, C}, s);
   }
   Bf16Buffer dact(count(rows, ffn_cols), s);
-  gemm(rows, ffn_cols, C, false, true, dout.get(), weight(p.w2), dact.get(), GemmDType::BF16, 0.0f);
-  gemm(ffn_cols, C, rows, true, false, c.act.get(), dout.get(), grad(p.w2), GemmDType::F32, 1.0f);
+  {
+    const Bf16Buffer& dmlp = enter_tp(dout, gathered); // conjugate of leave_tp
+    gemm(rows, ffn_cols, C, false, true, dmlp.get(), weight(p.w2), dact.get(), GemmDType::BF16, 0.0f);
+    gemm(ffn_cols, C, rows, true, false, c.act.get(), dmlp.get(), grad(p.w2), GemmDType::F32, 1.0f);
+  }
   c.act = Bf16Buffer();
+  const Bf16Buffer& h2 = enter_tp(c.h2, gathered);
   Bf16Buffer dfc1(count(rows, ffn_cols), s);
   F32Buffer dh2_f;
   if (spec_.gated_mlp) {
@@ -378,7 +422,7 @@ void CudaGptModel::layer_backward(int layer, CudaLayerCache& c, Bf16Buffer&& dou
                                           rows * ffn_cols},
                                          s);
     linear_dgrad(dgate, p.wg, rows, dh2_f, 0.0f);
-    linear_wgrad(c.h2, dgate, p.wg, p.bg, rows);
+    linear_wgrad(h2, dgate, p.wg, p.bg, rows);
     linear_dgrad(dfc1, p.w1, rows, dh2_f, 1.0f);
   } else {
     k::activation::GeluBackwardArgs<bf16> gelu;
@@ -391,18 +435,22 @@ void CudaGptModel::layer_backward(int layer, CudaLayerCache& c, Bf16Buffer&& dou
     k::activation::gelu_backward<bf16>(gelu, s);
     linear_dgrad(dfc1, p.w1, rows, dh2_f, 0.0f);
   }
-  linear_wgrad(c.h2, dfc1, p.w1, p.b1, rows);
-  tp_all_reduce(dh2_f);
+  linear_wgrad(h2, dfc1, p.w1, p.b1, rows);
+  F32Buffer dh2;
+  leave_tp(dh2_f, dh2); // conjugate of enter_tp
   Bf16Buffer dx2 = std::move(dout); // dx2 = dout + ln2 backward (accumulated in place)
-  norm_backward(p.ln2, dh2_f, c.x2, c.ln2_mean, c.ln2_rstd, dx2);
+  norm_backward(p.ln2, dh2, c.x2, c.ln2_mean, c.ln2_rstd, dx2);
 
-  // Attention branch: x2 = x + all_reduce(attn Wo) + bo.
+  // Attention branch: x2 = x + leave_tp(attn Wo) + bo.
   if (p.bo >= 0) {
-    k::elementwise::column_sum<bf16>({grad(p.bo), dx2.get(), rows, C}, s);
+    k::elementwise::column_sum<bf16>({grad(p.bo), dx2.get(), local_rows, C}, s);
   }
   Bf16Buffer dattn(count(rows, q_cols), s);
-  gemm(rows, q_cols, C, false, true, dx2.get(), weight(p.wo), dattn.get(), GemmDType::BF16, 0.0f);
-  gemm(q_cols, C, rows, true, false, c.attn.get(), dx2.get(), grad(p.wo), GemmDType::F32, 1.0f);
+  {
+    const Bf16Buffer& dproj = enter_tp(dx2, gathered);
+    gemm(rows, q_cols, C, false, true, dproj.get(), weight(p.wo), dattn.get(), GemmDType::BF16, 0.0f);
+    gemm(q_cols, C, rows, true, false, c.attn.get(), dproj.get(), grad(p.wo), GemmDType::F32, 1.0f);
+  }
   Bf16Buffer dq(count(rows, q_cols), s);
   Bf16Buffer dk(count(rows, kv_cols), s);
   Bf16Buffer dv(count(rows, kv_cols), s);
@@ -423,12 +471,14 @@ void CudaGptModel::layer_backward(int layer, CudaLayerCache& c, Bf16Buffer&& dou
   linear_dgrad(dq, p.wq, rows, dh1_f, 0.0f);
   linear_dgrad(dk, p.wk, rows, dh1_f, 1.0f);
   linear_dgrad(dv, p.wv, rows, dh1_f, 1.0f);
-  linear_wgrad(c.h1, dq, p.wq, p.bq, rows);
-  linear_wgrad(c.h1, dk, p.wk, p.bk, rows);
-  linear_wgrad(c.h1, dv, p.wv, p.bv, rows);
-  tp_all_reduce(dh1_f);
+  const Bf16Buffer& h1 = enter_tp(c.h1, gathered);
+  linear_wgrad(h1, dq, p.wq, p.bq, rows);
+  linear_wgrad(h1, dk, p.wk, p.bk, rows);
+  linear_wgrad(h1, dv, p.wv, p.bv, rows);
+  F32Buffer dh1;
+  leave_tp(dh1_f, dh1);
   dx = std::move(dx2);
-  norm_backward(p.ln1, dh1_f, c.x, c.ln1_mean, c.ln1_rstd, dx);
+  norm_backward(p.ln1, dh1, c.x, c.ln1_mean, c.ln1_rstd, dx);
   c = CudaLayerCache{};
 }
 
@@ -438,13 +488,17 @@ void CudaGptModel::head_forward(Bf16Buffer&& x, const std::int32_t* targets, Cud
                                 float loss_weight) {
   const cudaStream_t s = context_.stream;
   const ParamInfo& info = layout_.params().info(head_w_);
-  const std::int64_t rows = activation_rows();
+  const std::int64_t rows = token_rows();
   const std::int64_t C = spec_.hidden_size;
   const std::int64_t V = info.rows;
   c.x = std::move(x);
   norm_forward(final_norm_, c.x, c.h, c.mean, c.rstd);
   c.probs.resize(count(rows, V), s);
-  gemm(rows, V, C, false, true, c.h.get(), weight(head_w_), c.probs.get(), GemmDType::F32, 0.0f);
+  {
+    Bf16Buffer gathered; // the logits of every token (vocab-parallel), from the gathered sequence under SP
+    const Bf16Buffer& h = enter_tp(c.h, gathered);
+    gemm(rows, V, C, false, true, h.get(), weight(head_w_), c.probs.get(), GemmDType::F32, 0.0f);
+  }
   F32Buffer row_max(static_cast<std::size_t>(rows), s);
   k::cross_entropy::row_max<float>({row_max.get(), c.probs.get(), rows, V}, s);
   tp_all_reduce(row_max, ReduceOp::Max);
@@ -461,7 +515,7 @@ void CudaGptModel::head_forward(Bf16Buffer&& x, const std::int32_t* targets, Cud
 void CudaGptModel::head_backward(CudaHeadCache& c, const std::int32_t* targets, float loss_scale, Bf16Buffer& dx) {
   const cudaStream_t s = context_.stream;
   const ParamInfo& info = layout_.params().info(head_w_);
-  const std::int64_t rows = activation_rows();
+  const std::int64_t rows = token_rows();
   const std::int64_t C = spec_.hidden_size;
   const std::int64_t V = info.rows;
   const float scale = loss_scale / static_cast<float>(rows);
@@ -471,11 +525,16 @@ void CudaGptModel::head_backward(CudaHeadCache& c, const std::int32_t* targets, 
   c.probs = F32Buffer();
   F32Buffer dh_f(count(rows, C), s);
   gemm(rows, C, V, false, false, dlogits.get(), weight(head_w_), dh_f.get(), GemmDType::F32, 0.0f);
-  gemm(V, C, rows, true, false, dlogits.get(), c.h.get(), grad(head_w_), GemmDType::F32, 1.0f);
-  tp_all_reduce(dh_f);
-  dx.resize(count(rows, C), s);
+  {
+    Bf16Buffer gathered;
+    const Bf16Buffer& h = enter_tp(c.h, gathered);
+    gemm(V, C, rows, true, false, dlogits.get(), h.get(), grad(head_w_), GemmDType::F32, 1.0f);
+  }
+  F32Buffer dh;
+  leave_tp(dh_f, dh);
+  dx.resize(count(activation_rows(), C), s);
   CUDA_CHECK(cudaMemsetAsync(dx.get(), 0, dx.size() * sizeof(bf16), s));
-  norm_backward(final_norm_, dh_f, c.x, c.mean, c.rstd, dx);
+  norm_backward(final_norm_, dh, c.x, c.mean, c.rstd, dx);
   c = CudaHeadCache{};
 }
 

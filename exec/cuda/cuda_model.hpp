@@ -60,7 +60,17 @@ public:
   CudaGptModel(const model::ModelSpec& spec, const model::Plan& plan, int tp_rank, int pp_rank, std::uint64_t seed,
                const CudaContext& context);
 
-  [[nodiscard]] std::int64_t activation_rows() const { return spec_.seq_length * plan_.micro_batch_size; }
+  /// Rows of the activations between layers: the micro-batch's tokens, divided over TP under sequence parallelism
+  /// (this rank's share of the sequence, rows [tp_rank * n, (tp_rank + 1) * n) in [s, b] order).
+  [[nodiscard]] std::int64_t activation_rows() const {
+    return sequence_parallel() ? token_rows() / plan_.tp : token_rows();
+  }
+  /// Rows of the GEMMs and the attention: every token of the micro-batch.
+  [[nodiscard]] std::int64_t token_rows() const { return spec_.seq_length * plan_.micro_batch_size; }
+  /// Megatron's sequence parallelism (Korthikanti et al. 2022, sec. 4.2.2): norms, residuals and dropout-free
+  /// elementwise work on 1/tp of the sequence; all-gather before the column-parallel GEMMs, reduce-scatter after the
+  /// row-parallel ones.
+  [[nodiscard]] bool sequence_parallel() const { return plan_.sequence_parallel && plan_.tp > 1; }
   [[nodiscard]] std::int64_t hidden() const { return spec_.hidden_size; }
   /// Which attention kernels this model's layers use: "tensor-core (WMMA bf16)" or "scalar fp32 (...)".
   [[nodiscard]] std::string attention_kernel() const;
@@ -125,6 +135,12 @@ private:
   void norm_backward(const NormIdx& idx, const F32Buffer& dy, const Bf16Buffer& x, const F32Buffer& mean,
                      const F32Buffer& rstd, Bf16Buffer& dx);
   void tp_all_reduce(F32Buffer& data, ReduceOp op = ReduceOp::Sum);
+  /// Megatron's g operator before a column-parallel GEMM: under sequence parallelism the all-gather of `local` into
+  /// `storage` (returned), else `local` itself.
+  [[nodiscard]] const Bf16Buffer& enter_tp(const Bf16Buffer& local, Bf16Buffer& storage);
+  /// Its conjugate on fp32 partial sums of every token: reduce-scatter to this rank's rows under sequence
+  /// parallelism, else the TP all-reduce; `out` receives the result (`partial` is consumed).
+  void leave_tp(F32Buffer& partial, F32Buffer& out);
   void to_bf16(const F32Buffer& in, Bf16Buffer& out);
   [[nodiscard]] bool use_tensor_core_attention() const;
 

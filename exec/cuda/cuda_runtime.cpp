@@ -199,6 +199,7 @@ private:
   }
   void execute(const Instr& instr);
   void optimizer_step();
+  void reduce_sequence_parallel_grads();
 
   RunOptions options_;
   Communicator& world_;
@@ -377,6 +378,40 @@ void CudaTrainer::execute(const Instr& instr) {
   }
 }
 
+// Under sequence parallelism the replicated parameters (norms, row-parallel biases, the position table) saw only this
+// rank's share of the sequence: sum them over TP, as Megatron's _allreduce_layernorm_grads does. They are small and
+// many (about six per layer), so they travel packed in one buffer: one all-reduce instead of one per parameter.
+void CudaTrainer::reduce_sequence_parallel_grads() {
+  if (!model_.sequence_parallel()) {
+    return;
+  }
+  const auto& infos = model_.infos();
+  std::size_t total = 0;
+  for (const ParamInfo& info : infos) {
+    total += info.sequence_parallel_grad ? info.size() : 0;
+  }
+  if (total == 0) {
+    return;
+  }
+  F32Buffer packed(total, stream_);
+  const auto copy_each = [&](bool to_packed) {
+    std::size_t at = 0;
+    for (std::size_t idx = 0; idx < infos.size(); ++idx) {
+      if (!infos[idx].sequence_parallel_grad) {
+        continue;
+      }
+      float* grad = model_.grad(static_cast<int>(idx));
+      const std::size_t bytes = infos[idx].size() * sizeof(float);
+      CUDA_CHECK(cudaMemcpyAsync(to_packed ? packed.get() + at : grad, to_packed ? grad : packed.get() + at, bytes,
+                                 cudaMemcpyDeviceToDevice, stream_));
+      at += infos[idx].size();
+    }
+  };
+  copy_each(true);
+  groups_.tp->all_reduce(std::span<float>(packed.get(), total));
+  copy_each(false);
+}
+
 void CudaTrainer::optimizer_step() {
   for (auto& bucket : buckets_) {
     if (bucket.request) {
@@ -390,6 +425,7 @@ void CudaTrainer::optimizer_step() {
   if (options_.model.tied_embeddings && wte >= 0 && groups_.embedding->size() > 1) {
     groups_.embedding->all_reduce(std::span<float>(model_.grad(wte), infos[static_cast<std::size_t>(wte)].size()));
   }
+  reduce_sequence_parallel_grads();
   const cpu::AdamWConfig& config = options_.optimizer;
   // Global norm over unique parameters (as the CPU runtime), logged every step as Megatron does and used for
   // clipping: one host read-back per step, after the gradient reduction has been waited for.

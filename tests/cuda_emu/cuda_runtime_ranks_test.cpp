@@ -39,6 +39,7 @@ using namespace cuboid;
 namespace {
 
 constexpr double LOSS_REL_TOLERANCE = 0.02;
+constexpr double GRAD_NORM_REL_TOLERANCE = 0.05;
 constexpr int STEPS = 3;
 constexpr int MICRO_BATCH = 2;
 constexpr int GLOBAL_BATCH = 8;
@@ -184,7 +185,10 @@ TEST_CASE("CUDA runtime on the emulator: the canonical DP/TP/PP plans follow the
   const Plan plan =
       GENERATE(Plan{1, 1, 1, "gpt-tiny", {}, {}}, Plan{2, 1, 1, "gpt-tiny", {}, {}}, Plan{2, 2, 1, "gpt-tiny", {}, {}},
                Plan{2, 2, 2, "gpt-tiny", {}, {}},
-               Plan{1, 1, 2, "gpt-tiny", {"--vp", "2"}, {}}, Plan{1, 2, 2, "llama-tiny", {"--recompute", "full"}, {}},
+               Plan{1, 1, 2, "gpt-tiny", {"--vp", "2"}, {}},
+               // sequence parallelism: GPT (biases, LayerNorm, learned positions) and Llama (RMSNorm, RoPE, GQA)
+               Plan{1, 2, 1, "gpt-tiny", {"--sequence-parallel"}, {}},
+               Plan{1, 2, 2, "llama-tiny", {"--recompute", "full", "--sequence-parallel"}, {}},
                // and with cuBLASLt refusing epilogues: bias kernels instead of the fused biases and residuals
                Plan{2, 1, 1, "gpt-tiny", {"--distributed-optimizer"}, {{"CUBOID_EMU_CUBLASLT_NO_EPILOGUE", "1"}}});
   CAPTURE(plan.name());
@@ -220,4 +224,12 @@ TEST_CASE("CUDA runtime on the emulator: the canonical DP/TP/PP plans follow the
     CHECK(std::abs(losses[step] - cpu.losses[step]) <= LOSS_REL_TOLERANCE * cpu.losses[step]);
   }
   CHECK(losses.back() < losses.front() - 0.1); // it learns, as the CPU run does
+  // The gradient norm sees every parameter, also those that move the loss little (norms, biases: under sequence
+  // parallelism their gradients are summed over TP), within tests/exec/cuda/cuda_runtime_gpu_test.cpp's 5 %.
+  const auto norms = out.at("grad_norms").get<std::vector<double>>();
+  REQUIRE(norms.size() == cpu.grad_norms.size());
+  for (std::size_t step = 0; step < norms.size(); ++step) {
+    CAPTURE(step, cpu.grad_norms[step], norms[step]);
+    CHECK(std::abs(norms[step] - cpu.grad_norms[step]) <= GRAD_NORM_REL_TOLERANCE * cpu.grad_norms[step]);
+  }
 }
