@@ -313,7 +313,6 @@ struct Trainer::State {
     }
     return out;
   }
-  void inject_fault() const;
 };
 
 // Bucket k covers the share bucket_weights[k] / sum of the flat gradient buffer (parameters are laid out in backward
@@ -388,9 +387,9 @@ void Trainer::State::setup_buckets() {
   }
 }
 
-// Test-only faults (RunOptions::fault_kind). NanLoss only marks the step: execute() poisons the activation.
-void Trainer::State::inject_fault() const {
-  switch (options.fault_kind) {
+// Test-only faults (RunOptions::fault_kind). NanLoss only marks the step: the caller poisons the activation.
+void inject_fault(FaultKind kind, int world_rank, int step) {
+  switch (kind) {
   case FaultKind::Throw: throw std::runtime_error("injected fault (--inject-fault-rank/--inject-fault-step)");
   case FaultKind::NanLoss: return;
   case FaultKind::Hang:
@@ -398,7 +397,7 @@ void Trainer::State::inject_fault() const {
       std::this_thread::sleep_for(std::chrono::seconds(1)); // until the watchdog (or mpirun) ends the job
     }
   case FaultKind::Crash:
-    std::fprintf(stderr, "rank %d: step %d: injected crash (SIGKILL)\n", world.rank(), step);
+    std::fprintf(stderr, "rank %d: step %d: injected crash (SIGKILL)\n", world_rank, step);
     std::fflush(stderr);
     std::raise(SIGKILL);
     return;
@@ -422,7 +421,7 @@ void Trainer::State::execute(const Instr& instr) {
     const bool poison = step == options.fault_step && world.rank() == options.fault_rank && fault_fired_step != step;
     if (poison) {
       fault_fired_step = step;
-      inject_fault();
+      inject_fault(options.fault_kind, world.rank(), step);
     }
     MicroState& st = state(instr.chunk, instr.microbatch);
     if (instr.unit == UnitKind::Embedding) {

@@ -35,6 +35,10 @@ enum class FaultKind {
   Crash,   // kills its own process with SIGKILL (a rank that dies without a word)
 };
 
+/// Does what `kind` says at the faulty rank's fault point (both backends): throws for Throw, never returns for Hang
+/// and Crash, returns for NanLoss (the caller poisons its activation or loss).
+void inject_fault(FaultKind kind, int world_rank, int step);
+
 struct RunOptions {
   model::ModelSpec model;
   model::Plan plan;

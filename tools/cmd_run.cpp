@@ -57,7 +57,20 @@ struct RunCliOptions {
   std::string gemm_algo = "autotune";    // --backend cuda: autotune or heuristic (cuBLASLt algorithm choice)
 };
 
-// The RunOptions both backends take from the command line (the fault kind and backend extras are set by the caller).
+exec::FaultKind parse_fault_kind(const std::string& text) {
+  const std::map<std::string, exec::FaultKind> kinds = {{"throw", exec::FaultKind::Throw},
+                                                        {"nan", exec::FaultKind::NanLoss},
+                                                        {"hang", exec::FaultKind::Hang},
+                                                        {"crash", exec::FaultKind::Crash}};
+  const auto it = kinds.find(text);
+  if (it == kinds.end()) {
+    throw InputError(input_message(WHERE, "--inject-fault-kind",
+                                   fmt::format("unknown value '{}' (valid: throw, nan, hang, crash)", text)));
+  }
+  return it->second;
+}
+
+// The RunOptions both backends take from the command line (the backend extras are set by the caller).
 exec::RunOptions run_options(const RunCliOptions& cli, const model::Scenario& scenario) {
   exec::RunOptions options;
   options.model = scenario.model;
@@ -74,6 +87,7 @@ exec::RunOptions run_options(const RunCliOptions& cli, const model::Scenario& sc
   options.optimizer.max_grad_norm = cli.clip_grad;
   options.fault_rank = cli.fault_rank;
   options.fault_step = cli.fault_step;
+  options.fault_kind = parse_fault_kind(cli.fault_kind);
   return options;
 }
 
@@ -95,18 +109,6 @@ void check_run_flags(const RunCliOptions& cli) {
   }
 }
 
-exec::FaultKind parse_fault_kind(const std::string& text) {
-  const std::map<std::string, exec::FaultKind> kinds = {{"throw", exec::FaultKind::Throw},
-                                                        {"nan", exec::FaultKind::NanLoss},
-                                                        {"hang", exec::FaultKind::Hang},
-                                                        {"crash", exec::FaultKind::Crash}};
-  const auto it = kinds.find(text);
-  if (it == kinds.end()) {
-    throw InputError(input_message(WHERE, "--inject-fault-kind",
-                                   fmt::format("unknown value '{}' (valid: throw, nan, hang, crash)", text)));
-  }
-  return it->second;
-}
 
 // The world size decides --num-gpus; a different explicit value is an error (issue: "the MPI world size must equal
 // --num-gpus").
@@ -396,7 +398,6 @@ int run_cpu(const RunCliOptions& cli) {
   }
 
   exec::RunOptions options = run_options(cli, scenario);
-  options.fault_kind = parse_fault_kind(cli.fault_kind);
 
   if (!cli.scenario.cluster.profile) {
     exec::CalibrationOptions calibration;

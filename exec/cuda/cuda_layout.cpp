@@ -75,10 +75,6 @@ void validate_cuda_run_options(const RunOptions& options) {
                                                "interleaved; zero-bubble schedules run on --backend cpu)",
                                                model::to_string(options.plan.schedule))));
   }
-  if (options.fault_rank >= 0 || options.fault_step >= 0) {
-    throw InputError(input_message(WHERE, "--inject-fault-rank/--inject-fault-step",
-                                   "fault injection is only implemented by --backend cpu"));
-  }
 }
 
 } // namespace cuboid::exec::cuda

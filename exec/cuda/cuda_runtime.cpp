@@ -221,6 +221,7 @@ private:
   std::vector<PendingSend> sends_;
   std::vector<int> event_instr_; // instruction index of each timed event
   int step_ = 0;
+  int fault_fired_step_ = 0; // the step whose test fault was injected (once per step)
   std::atomic<int> current_instr_{-1};
   std::unique_ptr<Watchdog> watchdog_;
 };
@@ -294,6 +295,12 @@ void CudaTrainer::execute(const Instr& instr) {
   const float loss_scale = 1.0f / static_cast<float>(microbatches() * options_.plan.dp);
   switch (instr.kind) {
   case InstrKind::Forward: {
+    // Test-only fault injection, at the faulty rank's first forward of the faulty step (as exec/runtime.cpp).
+    const bool poison = step_ == options_.fault_step && world_.rank() == options_.fault_rank && fault_fired_step_ != step_;
+    if (poison) {
+      fault_fired_step_ = step_;
+      inject_fault(options_.fault_kind, world_.rank(), step_);
+    }
     if (instr.unit == UnitKind::Embedding) {
       MicroState& st = with_data(instr.chunk, instr.microbatch);
       model_.embedding_forward(st.inputs.get(), st.act);
@@ -307,6 +314,14 @@ void CudaTrainer::execute(const Instr& instr) {
       const bool reports_loss = groups_.coord.tp_rank == 0;
       model_.head_forward(std::move(st.act), st.targets.get(), st.head, reports_loss ? loss_acc_.get() : nullptr,
                           loss_scale);
+    }
+    if (poison) { // FaultKind::NanLoss (the other kinds did not return): all-ones bytes are NaN in bf16 and fp32
+      MicroState& st = state(instr.chunk, instr.microbatch);
+      if (instr.unit == UnitKind::Head) {
+        CUDA_CHECK(cudaMemsetAsync(loss_acc_.get(), 0xFF, sizeof(float), stream_));
+      } else {
+        CUDA_CHECK(cudaMemsetAsync(st.act.get(), 0xFF, st.act.size() * sizeof(kernels::bf16), stream_));
+      }
     }
     return;
   }

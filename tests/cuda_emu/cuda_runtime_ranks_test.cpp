@@ -67,6 +67,7 @@ struct Plan {
   std::string model = "gpt-tiny";
   std::vector<std::string> flags; // more `cuboid run` flags
   std::vector<std::pair<std::string, std::string>> env; // more environment variables of every rank
+  int global_batch = GLOBAL_BATCH;
   [[nodiscard]] int ranks() const { return dp * tp * pp; }
   [[nodiscard]] std::string name() const {
     std::string out = fmt::format("{}_dp{}_tp{}_pp{}", model, dp, tp, pp);
@@ -92,7 +93,7 @@ std::vector<int> launch(const Plan& plan, const std::string& json_path, const st
   std::vector<std::string> args = {CUBOID_EMU_BINARY, "run", "--backend", "cuda", "--model", plan.model,
                                    "--dp", std::to_string(plan.dp), "--tp", std::to_string(plan.tp), "--pp",
                                    std::to_string(plan.pp), "--micro-batch-size", std::to_string(MICRO_BATCH),
-                                   "--global-batch-size", std::to_string(GLOBAL_BATCH), "--steps",
+                                   "--global-batch-size", std::to_string(plan.global_batch), "--steps",
                                    std::to_string(STEPS), "--json"};
   if (plan.ranks() > 1) {
     // cuBLASLt autotuning (the default) runs each new GEMM shape 13 times, which costs seconds per process on the
@@ -231,5 +232,48 @@ TEST_CASE("CUDA runtime on the emulator: the canonical DP/TP/PP plans follow the
   for (std::size_t step = 0; step < norms.size(); ++step) {
     CAPTURE(step, cpu.grad_norms[step], norms[step]);
     CHECK(std::abs(norms[step] - cpu.grad_norms[step]) <= GRAD_NORM_REL_TOLERANCE * cpu.grad_norms[step]);
+  }
+}
+
+// Failures of `cuboid run --backend cuda` end every rank non-zero, naming rank, step and task, as the CPU backend's
+// exec.cli.fault_* cases do: an op that throws, a NaN loss, a rank killed by SIGKILL. As with NCCL on a GPU, a peer
+// of a failed rank waits in its collective until its watchdog (--timeout) ends it; torchrun or mpirun would end it
+// sooner. (A hung rank ends through the same watchdog.)
+TEST_CASE("CUDA runtime on the emulator: an injected fault ends every rank with a message", "[emu][exec][cuda]") {
+  struct Fault {
+    std::string kind;
+    int faulty_exit; // exit code of rank 1, the faulty rank
+    std::string faulty_says;
+    std::string peer_says; // rank 0
+  };
+  const Fault fault = GENERATE(Fault{"throw", 1, "rank 1: step 2: task fwd embed", "rank 0: step 2: task "},
+                               Fault{"nan", 1, "rank 1: step 2: task (between tasks): loss is nan",
+                                     "rank 0: step 2: task (between tasks): loss is nan"},
+                               Fault{"crash", 128 + SIGKILL, "rank 1: step 2: injected crash", "rank 0: step 2: task "});
+  CAPTURE(fault.kind);
+  // One micro-batch per rank per step (a step takes about 2 s on the emulator, under the 10 s limit).
+  const Plan plan{2,
+                  1,
+                  1,
+                  "gpt-tiny",
+                  {"--inject-fault-rank", "1", "--inject-fault-step", "2", "--inject-fault-kind", fault.kind,
+                   "--timeout", "10"},
+                  {},
+                  2 * MICRO_BATCH};
+  const std::string prefix = fmt::format("{}/cuda_emu_fault_{}", CUBOID_TEST_WORK_DIR, fault.kind);
+  const std::vector<int> codes = launch(plan, prefix + ".json", prefix);
+  const std::string err0 = slurp(prefix + ".rank0.err");
+  const std::string err1 = slurp(prefix + ".rank1.err");
+  INFO("rank 0 stderr:\n" << err0 << "\nrank 1 stderr:\n" << err1);
+  REQUIRE(codes.size() == 2);
+  CHECK(codes[1] == fault.faulty_exit);
+  CHECK(codes[0] == 1); // not killed by the test's own time limit (-1)
+  CHECK_THAT(err1, Catch::Contains(fault.faulty_says));
+  CHECK_THAT(err0, Catch::Contains(fault.peer_says));
+  if (fault.kind != "nan") {
+    CHECK_THAT(err0, Catch::Contains("timeout"));
+  }
+  if (fault.kind == "throw") {
+    CHECK_THAT(err1, Catch::Contains("injected fault"));
   }
 }

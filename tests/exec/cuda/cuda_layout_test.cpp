@@ -73,9 +73,9 @@ TEST_CASE("validate_cuda_run_options names what --backend cuda does not support"
     options.plan.precision = model::Precision::Fp16;
     CHECK_THROWS_AS(exec::cuda::validate_cuda_run_options(options), InputError);
   }
-  SECTION("fault injection") {
+  SECTION("fault injection is supported") {
     options.fault_rank = 0;
     options.fault_step = 1;
-    CHECK_THROWS_WITH(exec::cuda::validate_cuda_run_options(options), Catch::Contains("--backend cpu"));
+    CHECK_NOTHROW(exec::cuda::validate_cuda_run_options(options));
   }
 }
