@@ -493,6 +493,25 @@ int run_cuda(const RunCliOptions& cli) {
                                                model::TraceSet{"predicted", predicted_events}});
   }
   const model::Plan& plan = scenario.plan;
+  // The simulator's peak memory of world rank 0 (sim/memory_timeline), to set beside the measured high-water mark of
+  // the stream-ordered pool. NCCL allocates its buffers outside that pool, so the comparable prediction is the peak
+  // less its CommBuffers share (model/memory_model.cpp: 32 MiB per communicator).
+  double predicted_rank0_bytes = 0.0;
+  double predicted_rank0_nccl_bytes = 0.0;
+  for (const sim::RankMemory& m : predicted.memory) {
+    if (m.rank == 0) {
+      predicted_rank0_bytes = m.peak_bytes;
+      predicted_rank0_nccl_bytes = m.at_peak[static_cast<std::size_t>(model::MemTag::CommBuffers)];
+    }
+  }
+  const double predicted_pool_bytes = predicted_rank0_bytes - predicted_rank0_nccl_bytes;
+  // The CUDA runtime runs --distributed-optimizer with AdamW's state replicated (same arithmetic, no sharding), so
+  // its memory is above the prediction, which shards it as Megatron does.
+  const std::string memory_note =
+      scenario.plan.get_zero_stage() >= 1 && scenario.plan.dp > 1
+          ? "the CUDA runtime keeps the optimizer state replicated over DP; the prediction shards it"
+          : "";
+  constexpr double GIB = 1024.0 * 1024.0 * 1024.0;
   if (cli.json) {
     nlohmann::json out = to_json(scenario, run, profile, predicted, errors, cli.top_tasks, "cuda");
     out["device"] = training.device;
@@ -503,6 +522,11 @@ int run_cuda(const RunCliOptions& cli) {
     out["model_flops_per_step"] = graph.model_flops_per_step;
     out["peak_flops_per_s"] = peak;
     out["peak_reserved_bytes_rank0"] = training.peak_reserved_bytes;
+    out["predicted_peak_bytes_rank0"] = predicted_rank0_bytes;       // with NCCL's buffers
+    out["predicted_pool_bytes_rank0"] = predicted_pool_bytes;        // without them: compare with the pool
+    if (!memory_note.empty()) {
+      out["memory_note"] = memory_note;
+    }
     // The five longest measured tasks with their prediction (the op-by-op bar: within 15 %).
     std::vector<TaskError> longest = errors;
     std::stable_sort(longest.begin(), longest.end(),
@@ -529,12 +553,16 @@ int run_cuda(const RunCliOptions& cli) {
     print_human(cli, title, run, profile, predicted, errors, static_cast<int>(errors.size()),
                 static_cast<int>(run.timeline.size()), false);
     std::fputs(fmt::format("\nMFU: measured {:.1f} %, predicted {:.1f} % (model FLOPs {:.3e} per step, peak {:.0f} "
-                           "TFLOP/s per GPU); device memory pool high-water mark on rank 0: {:.2f} GiB; attention: "
-                           "{}\n",
+                           "TFLOP/s per GPU); device memory pool high-water mark on rank 0: {:.3f} GiB, predicted "
+                           "{:.3f} GiB (and {:.3f} GiB of NCCL buffers outside the pool); attention: {}\n",
                            100.0 * measured_mfu, 100.0 * predicted.mfu, graph.model_flops_per_step, peak / 1e12,
-                           training.peak_reserved_bytes / (1024.0 * 1024.0 * 1024.0), training.attention_kernel)
+                           training.peak_reserved_bytes / GIB, predicted_pool_bytes / GIB,
+                           predicted_rank0_nccl_bytes / GIB, training.attention_kernel)
                    .c_str(),
                stdout);
+    if (!memory_note.empty()) {
+      std::fputs(fmt::format("memory: {}\n", memory_note).c_str(), stdout);
+    }
   }
   return 0;
 }

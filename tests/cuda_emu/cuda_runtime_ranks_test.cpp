@@ -22,6 +22,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cmath>
@@ -40,6 +41,7 @@ namespace {
 
 constexpr double LOSS_REL_TOLERANCE = 0.02;
 constexpr double GRAD_NORM_REL_TOLERANCE = 0.05;
+constexpr double MEMORY_REL_TOLERANCE = 0.10;
 constexpr int STEPS = 3;
 constexpr int MICRO_BATCH = 2;
 constexpr int GLOBAL_BATCH = 8;
@@ -232,6 +234,22 @@ TEST_CASE("CUDA runtime on the emulator: the canonical DP/TP/PP plans follow the
   for (std::size_t step = 0; step < norms.size(); ++step) {
     CAPTURE(step, cpu.grad_norms[step], norms[step]);
     CHECK(std::abs(norms[step] - cpu.grad_norms[step]) <= GRAD_NORM_REL_TOLERANCE * cpu.grad_norms[step]);
+  }
+  // Rank 0's device memory, the emulated pool's high-water mark, against the simulator's peak for the same plan less
+  // NCCL's buffers (outside the pool). For these models it is mostly parameters, gradients, AdamW state and the
+  // cuBLASLt workspace; activations are a few MB.
+  const double measured_bytes = out.at("peak_reserved_bytes_rank0").get<double>();
+  const double predicted_bytes = out.at("predicted_pool_bytes_rank0").get<double>();
+  CHECK(out.at("predicted_peak_bytes_rank0").get<double>() >= predicted_bytes);
+  CAPTURE(measured_bytes, predicted_bytes);
+  CHECK(predicted_bytes > 0.0);
+  // --distributed-optimizer: the CUDA runtime keeps AdamW's state replicated (the same arithmetic, not Megatron's
+  // sharding, BENCHMARKS.md "Known gaps"), so its memory is the unsharded plan's, above the prediction (gpt-tiny DP 2:
+  // 54.5 MB measured, 49.5 MB predicted).
+  const bool shards_optimizer = std::find(plan.flags.begin(), plan.flags.end(), "--distributed-optimizer") !=
+                                plan.flags.end();
+  if (!shards_optimizer) {
+    CHECK(std::abs(measured_bytes - predicted_bytes) <= MEMORY_REL_TOLERANCE * predicted_bytes);
   }
 }
 
