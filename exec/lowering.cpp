@@ -346,8 +346,9 @@ private:
   }
 
   // Gradient buckets are the DP all-reduces (or the reduce-scatters of the distributed optimizer); the distributed
-  // optimizer's parameter all-gathers get bucket -1: the runtime keeps full replicas (all-reduce + full AdamW, the
-  // same numbers as sharded AdamW + all-gather), so they have nothing to move.
+  // optimizer's parameter all-gathers get bucket -1: the CPU runtime keeps full replicas (all-reduce + full AdamW,
+  // the same numbers as sharded AdamW + all-gather), so they have nothing to move; the CUDA runtime shards the
+  // optimizer state and all-gathers the bf16 copy at the end of its optimizer step (exec/cuda/cuda_runtime.cpp).
   int bucket_of(TaskId id) {
     if (graph_.task(id).collective == model::CollectiveKind::AllGather) {
       return -1;

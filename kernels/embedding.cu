@@ -8,17 +8,17 @@ namespace cuboid::kernels::embedding {
 
 // ---- kernels
 
-template <typename T>
+template <typename T, typename W>
 __global__ void __launch_bounds__(Config::THREADS)
-    forward_kernel(T* __restrict__ out, const std::int32_t* __restrict__ tokens, const T* __restrict__ table,
+    forward_kernel(T* __restrict__ out, const std::int32_t* __restrict__ tokens, const W* __restrict__ table,
                    std::int64_t vocab_rows, std::int64_t cols, std::int64_t vocab_start) {
   const std::int64_t row = blockIdx.x;
   const std::int64_t local = static_cast<std::int64_t>(tokens[row]) - vocab_start;
   const bool in_shard = local >= 0 && local < vocab_rows;
   T* dst = out + row * cols;
-  const T* src = table + (in_shard ? local : 0) * cols;
+  const W* src = table + (in_shard ? local : 0) * cols;
   for (std::int64_t col = threadIdx.x; col < cols; col += blockDim.x) {
-    dst[col] = in_shard ? src[col] : detail::from_float<T>(0.0f);
+    dst[col] = detail::from_float<T>(in_shard ? detail::to_float(src[col]) : 0.0f); // exact: W widens into T
   }
 }
 
@@ -38,12 +38,12 @@ __global__ void __launch_bounds__(Config::THREADS)
   }
 }
 
-template <typename T>
+template <typename T, typename W>
 __global__ void __launch_bounds__(Config::THREADS)
-    position_forward_kernel(T* __restrict__ x, const T* __restrict__ pos, std::int64_t cols, std::int64_t first_row,
+    position_forward_kernel(T* __restrict__ x, const W* __restrict__ pos, std::int64_t cols, std::int64_t first_row,
                             std::int64_t batch) {
   const std::int64_t row = blockIdx.x;
-  const T* src = pos + ((first_row + row) / batch) * cols;
+  const W* src = pos + ((first_row + row) / batch) * cols;
   T* dst = x + row * cols;
   for (std::int64_t col = threadIdx.x; col < cols; col += blockDim.x) {
     dst[col] = detail::from_float<T>(detail::to_float(dst[col]) + detail::to_float(src[col]));
@@ -64,11 +64,11 @@ __global__ void __launch_bounds__(Config::THREADS)
 
 // ---- launchers
 
-template <typename T> void forward(const ForwardArgs<T>& args, cudaStream_t stream) {
+template <typename T, typename W> void forward(const ForwardArgs<T, W>& args, cudaStream_t stream) {
   NVTX_RANGE_FN();
   args.validate();
-  forward_kernel<T><<<args.grid(), Config::THREADS, 0, stream>>>(args.out, args.tokens, args.table, args.vocab_rows,
-                                                                   args.cols, args.vocab_start);
+  forward_kernel<T, W><<<args.grid(), Config::THREADS, 0, stream>>>(args.out, args.tokens, args.table,
+                                                                      args.vocab_rows, args.cols, args.vocab_start);
   CUDA_CHECK(cudaGetLastError());
 }
 
@@ -80,11 +80,11 @@ template <typename T> void backward(const BackwardArgs<T>& args, cudaStream_t st
   CUDA_CHECK(cudaGetLastError());
 }
 
-template <typename T> void position_forward(const PositionForwardArgs<T>& args, cudaStream_t stream) {
+template <typename T, typename W> void position_forward(const PositionForwardArgs<T, W>& args, cudaStream_t stream) {
   NVTX_RANGE_FN();
   args.validate();
-  position_forward_kernel<T><<<args.grid(), Config::THREADS, 0, stream>>>(args.x, args.pos, args.cols,
-                                                                            args.first_row, args.batch);
+  position_forward_kernel<T, W><<<args.grid(), Config::THREADS, 0, stream>>>(args.x, args.pos, args.cols,
+                                                                               args.first_row, args.batch);
   CUDA_CHECK(cudaGetLastError());
 }
 
@@ -96,12 +96,14 @@ template <typename T> void position_backward(const PositionBackwardArgs<T>& args
   CUDA_CHECK(cudaGetLastError());
 }
 
-template void forward<float>(const ForwardArgs<float>&, cudaStream_t);
-template void forward<bf16>(const ForwardArgs<bf16>&, cudaStream_t);
+template void forward<float, float>(const ForwardArgs<float, float>&, cudaStream_t);
+template void forward<bf16, bf16>(const ForwardArgs<bf16, bf16>&, cudaStream_t);
+template void forward<float, bf16>(const ForwardArgs<float, bf16>&, cudaStream_t);
 template void backward<float>(const BackwardArgs<float>&, cudaStream_t);
 template void backward<bf16>(const BackwardArgs<bf16>&, cudaStream_t);
-template void position_forward<float>(const PositionForwardArgs<float>&, cudaStream_t);
-template void position_forward<bf16>(const PositionForwardArgs<bf16>&, cudaStream_t);
+template void position_forward<float, float>(const PositionForwardArgs<float, float>&, cudaStream_t);
+template void position_forward<bf16, bf16>(const PositionForwardArgs<bf16, bf16>&, cudaStream_t);
+template void position_forward<float, bf16>(const PositionForwardArgs<float, bf16>&, cudaStream_t);
 template void position_backward<float>(const PositionBackwardArgs<float>&, cudaStream_t);
 template void position_backward<bf16>(const PositionBackwardArgs<bf16>&, cudaStream_t);
 

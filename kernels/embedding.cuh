@@ -1,8 +1,9 @@
 // Vocab-parallel token embedding and learned position embedding, forward and backward; reference:
 // exec/cpu/embedding.hpp (same semantics, same row-major layouts, rows in Megatron's [s, b] order: row = t * B + b).
 // Each TP rank holds rows [vocab_start, vocab_start + Vl) of the (V, C) table; tokens outside give zero rows.
-// Element type T is float or bf16; gradients are fp32 and accumulated with atomicAdd (order of the additions is not
-// deterministic, so dtable differs from the CPU reference by rounding only).
+// Element type T is float or bf16; the forward's tables may be bf16 under fp32 rows (W: the distributed optimizer's
+// forward reads the bf16 model copy, its fp32 master being sharded); gradients are fp32 and accumulated with
+// atomicAdd (order of the additions is not deterministic, so dtable differs from the CPU reference by rounding only).
 #pragma once
 
 #include "kernels/common.cuh"
@@ -16,10 +17,10 @@ struct Config {
 constexpr std::int64_t MAX_GRID_X = 2147483647; // cudaDeviceProp::maxGridSize[0] on every GPU since sm_30
 
 /// out (N, C) overwritten: out[r] = table[tokens[r] - vocab_start] if that is in [0, Vl), else 0.
-template <typename T> struct ForwardArgs {
+template <typename T, typename W = T> struct ForwardArgs {
   T* out = nullptr;                     // (N, C)
   const std::int32_t* tokens = nullptr; // (N)
-  const T* table = nullptr;             // (Vl, C)
+  const W* table = nullptr;             // (Vl, C)
   std::int64_t rows = 0;                // N
   std::int64_t vocab_rows = 0;          // Vl
   std::int64_t cols = 0;                // C
@@ -58,9 +59,9 @@ template <typename T> struct BackwardArgs {
 };
 
 /// x (n, C) += pos[(first_row + r) / batch] (positions of local rows r; sequence parallelism starts at first_row).
-template <typename T> struct PositionForwardArgs {
+template <typename T, typename W = T> struct PositionForwardArgs {
   T* x = nullptr;          // (n, C)
-  const T* pos = nullptr;  // (T, C)
+  const W* pos = nullptr;  // (T, C)
   std::int64_t rows = 0;   // n
   std::int64_t cols = 0;   // C
   std::int64_t positions = 0; // rows of pos (T)
@@ -101,9 +102,11 @@ template <typename T> struct PositionBackwardArgs {
   }
 };
 
-template <typename T> void forward(const ForwardArgs<T>& args, cudaStream_t stream);
+/// Instantiated for (T, W) = (float, float), (bf16, bf16), (float, bf16).
+template <typename T, typename W = T> void forward(const ForwardArgs<T, W>& args, cudaStream_t stream);
 template <typename T> void backward(const BackwardArgs<T>& args, cudaStream_t stream);
-template <typename T> void position_forward(const PositionForwardArgs<T>& args, cudaStream_t stream);
+template <typename T, typename W = T>
+void position_forward(const PositionForwardArgs<T, W>& args, cudaStream_t stream);
 template <typename T> void position_backward(const PositionBackwardArgs<T>& args, cudaStream_t stream);
 
 } // namespace cuboid::kernels::embedding

@@ -505,12 +505,6 @@ int run_cuda(const RunCliOptions& cli) {
     }
   }
   const double predicted_pool_bytes = predicted_rank0_bytes - predicted_rank0_nccl_bytes;
-  // The CUDA runtime runs --distributed-optimizer with AdamW's state replicated (same arithmetic, no sharding), so
-  // its memory is above the prediction, which shards it as Megatron does.
-  const std::string memory_note =
-      scenario.plan.get_zero_stage() >= 1 && scenario.plan.dp > 1
-          ? "the CUDA runtime keeps the optimizer state replicated over DP; the prediction shards it"
-          : "";
   constexpr double GIB = 1024.0 * 1024.0 * 1024.0;
   if (cli.json) {
     nlohmann::json out = to_json(scenario, run, profile, predicted, errors, cli.top_tasks, "cuda");
@@ -524,9 +518,6 @@ int run_cuda(const RunCliOptions& cli) {
     out["peak_reserved_bytes_rank0"] = training.peak_reserved_bytes;
     out["predicted_peak_bytes_rank0"] = predicted_rank0_bytes;       // with NCCL's buffers
     out["predicted_pool_bytes_rank0"] = predicted_pool_bytes;        // without them: compare with the pool
-    if (!memory_note.empty()) {
-      out["memory_note"] = memory_note;
-    }
     // The five longest measured tasks with their prediction (the op-by-op bar: within 15 %).
     std::vector<TaskError> longest = errors;
     std::stable_sort(longest.begin(), longest.end(),
@@ -560,9 +551,6 @@ int run_cuda(const RunCliOptions& cli) {
                            predicted_rank0_nccl_bytes / GIB, training.attention_kernel)
                    .c_str(),
                stdout);
-    if (!memory_note.empty()) {
-      std::fputs(fmt::format("memory: {}\n", memory_note).c_str(), stdout);
-    }
   }
   return 0;
 }

@@ -32,11 +32,43 @@ struct BucketRange {
 };
 
 /// Bucket k covers the share weights[k] / sum(weights) of [0, total), as exec/runtime.cpp's setup_buckets (the
-/// last bucket ends at total; ranges are contiguous, in order, possibly empty).
-[[nodiscard]] std::vector<BucketRange> bucket_ranges(std::span<const double> weights, std::size_t total);
+/// last bucket ends at total; ranges are contiguous, in order, possibly empty). Inner boundaries are rounded to
+/// multiples of `granule` (total must be one).
+[[nodiscard]] std::vector<BucketRange> bucket_ranges(std::span<const double> weights, std::size_t total,
+                                                     std::size_t granule = 1);
 
-/// Throws InputError (location "command line") for what the CUDA runtime does not support yet: sequence
-/// parallelism, fault injection, precision other than bf16.
+/// The distributed optimizer's partition of the flat buffers over the DP group (Megatron-Core's
+/// distributed optimizer): every bucket is cut into segments (at `splits`: the tied word embedding gets segments
+/// of its own, as Megatron-Core gives it its own bucket, so that the first and the last pipeline stage shard it alike
+/// and its embedding-group all-reduce can follow the DP reduce-scatter); every segment into dp equal pieces, DP
+/// rank r owning piece r. A segment is reduce-scattered and all-gathered in place, one collective each.
+struct ShardSegment {
+  std::size_t begin = 0; // in elements of the flat buffers; multiples of the granule
+  std::size_t end = 0;   // (end - begin) / dp elements per DP rank
+};
+struct OwnedPiece {
+  std::size_t begin = 0;        // in the flat buffers
+  std::size_t size = 0;
+  std::size_t shard_offset = 0; // into this rank's compact master / moment buffers
+};
+struct OptimizerShards {
+  int dp = 1;
+  int dp_rank = 0;
+  std::vector<std::vector<ShardSegment>> segments; // per bucket, in order
+  std::vector<OwnedPiece> owned;                   // this rank's pieces, in buffer order
+  std::size_t shard_total = 0;                     // sum of the owned sizes: total / dp
+};
+
+/// `buckets` with every inner boundary that falls inside `whole` moved to its end, so that one bucket holds all of it.
+[[nodiscard]] std::vector<BucketRange> keep_whole(std::vector<BucketRange> buckets, BucketRange whole);
+
+/// Cuts `buckets` (contiguous from 0, boundaries multiples of dp) at the `splits` offsets (each a multiple of dp
+/// inside [0, total]) and gives DP rank dp_rank its piece of each segment.
+[[nodiscard]] OptimizerShards optimizer_shards(const std::vector<BucketRange>& buckets,
+                                               std::span<const std::size_t> splits, int dp, int dp_rank);
+
+/// Throws InputError (location "command line") for what the CUDA runtime does not support yet: precision other
+/// than bf16, context parallelism, MoE models, ZeRO-2/3, zero-bubble schedules.
 void validate_cuda_run_options(const RunOptions& options);
 
 } // namespace cuboid::exec::cuda

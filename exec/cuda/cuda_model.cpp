@@ -40,23 +40,29 @@ std::size_t count(std::int64_t rows, std::int64_t cols) { return static_cast<std
 } // namespace
 
 CudaGptModel::CudaGptModel(const model::ModelSpec& spec, const model::Plan& plan, int tp_rank, int pp_rank,
-                           std::uint64_t seed, const CudaContext& context)
+                           std::uint64_t seed, const CudaContext& context, const DpSharding& sharding)
     : spec_(spec), plan_(plan), tp_rank_(tp_rank), context_(context),
-      layout_(spec, plan, tp_rank, pp_rank, seed, false), device_(device_param_layout(layout_.params().infos())) {
+      layout_(spec, plan, tp_rank, pp_rank, seed, false),
+      device_(device_param_layout(layout_.params().infos(),
+                                  sharding.shard_optimizer && sharding.dp > 1
+                                      ? PARAM_ALIGN_ELEMENTS * static_cast<std::size_t>(sharding.dp)
+                                      : PARAM_ALIGN_ELEMENTS)) {
   const cudaStream_t s = context_.stream;
-  master_ = F32Buffer(device_.total, s);
+  wte_ = find("embed.wte");
+  wpe_ = find("embed.wpe");
+  head_w_ = spec_.tied_embeddings ? wte_ : find("head.w");
+  final_norm_ = norm_idx("final_norm");
+  setup_sharding(sharding);
+  const std::size_t state = shards_optimizer() ? shards_.shard_total : device_.total;
+  master_ = F32Buffer(state, s);
+  m_ = F32Buffer(state, s);
+  v_ = F32Buffer(state, s);
   grads_ = F32Buffer(device_.total, s);
-  m_ = F32Buffer(device_.total, s);
-  v_ = F32Buffer(device_.total, s);
   weights_ = DeviceBuffer<bf16>(device_.total, s);
   master_.zero(s);
   grads_.zero(s);
   m_.zero(s);
   v_.zero(s);
-  wte_ = find("embed.wte");
-  wpe_ = find("embed.wpe");
-  head_w_ = spec_.tied_embeddings ? wte_ : find("head.w");
-  final_norm_ = norm_idx("final_norm");
   layers_.resize(static_cast<std::size_t>(spec_.num_layers));
   for (int layer = 0; layer < spec_.num_layers; ++layer) {
     const std::string pre = fmt::format("layers.{}.", layer);
@@ -93,13 +99,88 @@ const CudaGptModel::LayerIdx& CudaGptModel::layer_idx(int layer) const {
   return layers_[static_cast<std::size_t>(layer)];
 }
 
-// Same values as ParamSet::finalize (exec/init.cpp init_block) for every shard, then the bf16 copy.
+// The DP buckets over the flat buffers and, for the distributed optimizer, their partition (Megatron-Core's
+// DistributedOptimizer): bucket boundaries on multiples of dp * PARAM_ALIGN_ELEMENTS, so that every piece keeps the
+// tensors' alignment; a word embedding tied across pipeline stages kept in one bucket and in segments of its own
+// (Megatron-Core's param_and_grad_buffer gives the shared embedding its own bucket for the same reason: both stages
+// must shard it alike for the embedding-group all-reduce that follows the reduce-scatter). The 1-row parameters
+// (norm weights, biases) get an fp32 replica for the kernels that read them.
+void CudaGptModel::setup_sharding(const DpSharding& sharding) {
+  const bool sharded = sharding.shard_optimizer && sharding.dp > 1;
+  const std::size_t granule = sharded ? PARAM_ALIGN_ELEMENTS * static_cast<std::size_t>(sharding.dp) : 1;
+  buckets_ = bucket_ranges(sharding.bucket_weights, device_.total, granule);
+  if (!sharded) {
+    return;
+  }
+  CUBOID_ASSERT(!buckets_.empty(), "the distributed optimizer over dp {} needs the program's DP buckets", sharding.dp);
+  const auto& infos = layout_.params().infos();
+  std::vector<std::size_t> splits;
+  if (spec_.tied_embeddings && plan_.pp > 1 && wte_ >= 0) {
+    const std::size_t begin = device_.offsets[static_cast<std::size_t>(wte_)];
+    const std::size_t size = infos[static_cast<std::size_t>(wte_)].size();
+    const std::size_t end = (begin + size + granule - 1) / granule * granule;
+    buckets_ = keep_whole(std::move(buckets_), {begin, end});
+    splits = {begin, end};
+  }
+  shards_ = cuda::optimizer_shards(buckets_, splits, sharding.dp, sharding.dp_rank);
+  replica_offsets_.assign(infos.size(), NOT_REPLICATED);
+  std::size_t replicated = 0;
+  for (std::size_t idx = 0; idx < infos.size(); ++idx) {
+    if (infos[idx].full_rows == 1) {
+      replica_offsets_[idx] = replicated;
+      replicated += (infos[idx].size() + PARAM_ALIGN_ELEMENTS - 1) / PARAM_ALIGN_ELEMENTS * PARAM_ALIGN_ELEMENTS;
+    }
+  }
+  replica32_ = F32Buffer(std::max<std::size_t>(replicated, 1), context_.stream);
+}
+
+float* CudaGptModel::master(int idx) const {
+  CUBOID_ASSERT(!shards_optimizer(), "master({}): the distributed optimizer keeps pieces, not tensors", idx);
+  return master_.get() + device_.offsets[static_cast<std::size_t>(idx)];
+}
+float* CudaGptModel::moment1(int idx) const {
+  CUBOID_ASSERT(!shards_optimizer(), "moment1({}): the distributed optimizer keeps pieces, not tensors", idx);
+  return m_.get() + device_.offsets[static_cast<std::size_t>(idx)];
+}
+float* CudaGptModel::moment2(int idx) const {
+  CUBOID_ASSERT(!shards_optimizer(), "moment2({}): the distributed optimizer keeps pieces, not tensors", idx);
+  return v_.get() + device_.offsets[static_cast<std::size_t>(idx)];
+}
+
+const float* CudaGptModel::value32(int idx) const {
+  if (!shards_optimizer()) {
+    return master(idx);
+  }
+  const std::size_t at = replica_offsets_[static_cast<std::size_t>(idx)];
+  CUBOID_ASSERT(at != NOT_REPLICATED, "parameter {} has no fp32 replica (a matrix: read its bf16 copy)",
+                layout_.params().info(idx).name);
+  return replica32_.get() + at;
+}
+
+void CudaGptModel::refresh_replicas() {
+  if (!shards_optimizer()) {
+    return;
+  }
+  const auto& infos = layout_.params().infos();
+  for (std::size_t idx = 0; idx < infos.size(); ++idx) {
+    if (replica_offsets_[idx] != NOT_REPLICATED) {
+      k::cast::convert<float, bf16>({replica32_.get() + replica_offsets_[idx], weights_.get() + device_.offsets[idx],
+                                     static_cast<std::int64_t>(infos[idx].size())},
+                                    context_.stream);
+    }
+  }
+}
+
+// Same values as ParamSet::finalize (exec/init.cpp init_block) for every shard, then the bf16 copy. The distributed
+// optimizer initialises the full tensors in the gradient buffer (zeroed again after), keeps its pieces as master
+// values and the exact fp32 values of the 1-row parameters as their replica.
 void CudaGptModel::initialise(std::uint64_t seed) {
   const cudaStream_t s = context_.stream;
   const auto& infos = layout_.params().infos();
+  float* values = shards_optimizer() ? grads_.get() : master_.get();
   for (std::size_t idx = 0; idx < infos.size(); ++idx) {
     const ParamInfo& p = infos[idx];
-    float* out = master(static_cast<int>(idx));
+    float* out = values + device_.offsets[idx];
     switch (p.init) {
     case InitKind::Zeros: break; // zeroed above
     case InitKind::Ones: k::init::fill({out, 1.0f, static_cast<std::int64_t>(p.size())}, s); break;
@@ -109,7 +190,21 @@ void CudaGptModel::initialise(std::uint64_t seed) {
       break;
     }
   }
-  k::cast::convert<bf16, float>({weights_.get(), master_.get(), static_cast<std::int64_t>(device_.total)}, s);
+  k::cast::convert<bf16, float>({weights_.get(), values, static_cast<std::int64_t>(device_.total)}, s);
+  if (!shards_optimizer()) {
+    return;
+  }
+  for (const OwnedPiece& piece : shards_.owned) {
+    CUDA_CHECK(cudaMemcpyAsync(master_.get() + piece.shard_offset, values + piece.begin, piece.size * sizeof(float),
+                               cudaMemcpyDeviceToDevice, s));
+  }
+  for (std::size_t idx = 0; idx < infos.size(); ++idx) {
+    if (replica_offsets_[idx] != NOT_REPLICATED) {
+      CUDA_CHECK(cudaMemcpyAsync(replica32_.get() + replica_offsets_[idx], values + device_.offsets[idx],
+                                 infos[idx].size() * sizeof(float), cudaMemcpyDeviceToDevice, s));
+    }
+  }
+  grads_.zero(s);
 }
 
 void CudaGptModel::zero_grads() { grads_.zero(context_.stream); }
@@ -179,7 +274,7 @@ void CudaGptModel::linear(const Bf16Buffer& x, int w, int bias, std::int64_t row
   }
   context_.gemm->run(args, context_.workspace, context_.workspace_bytes, context_.stream);
   if (bias >= 0 && args.bias == nullptr) {
-    k::elementwise::bias_add<bf16>({y.get(), master(bias), rows, info.cols}, context_.stream);
+    k::elementwise::bias_add<bf16>({y.get(), value32(bias), rows, info.cols}, context_.stream);
   }
 }
 
@@ -214,7 +309,7 @@ void CudaGptModel::row_parallel_linear(const Bf16Buffer& in, int w, int bias, co
   leave_tp(partial, reduced);
   const std::int64_t out_rows = activation_rows();
   out.resize(count(out_rows, info.cols), s);
-  k::elementwise::residual_add<bf16>({out.get(), residual.get(), reduced.get(), bias >= 0 ? master(bias) : nullptr,
+  k::elementwise::residual_add<bf16>({out.get(), residual.get(), reduced.get(), bias >= 0 ? value32(bias) : nullptr,
                                       out_rows, info.cols},
                                      s);
 }
@@ -227,11 +322,11 @@ void CudaGptModel::norm_forward(const NormIdx& idx, const Bf16Buffer& x, Bf16Buf
   rstd.resize(static_cast<std::size_t>(rows), s);
   if (idx.b >= 0) {
     mean.resize(static_cast<std::size_t>(rows), s);
-    k::layernorm::forward<bf16>({y.get(), mean.get(), rstd.get(), x.get(), master(idx.w), master(idx.b), rows,
+    k::layernorm::forward<bf16>({y.get(), mean.get(), rstd.get(), x.get(), value32(idx.w), value32(idx.b), rows,
                                  spec_.hidden_size},
                                 s);
   } else {
-    k::rmsnorm::forward<bf16>({y.get(), rstd.get(), x.get(), master(idx.w), rows, spec_.hidden_size}, s);
+    k::rmsnorm::forward<bf16>({y.get(), rstd.get(), x.get(), value32(idx.w), rows, spec_.hidden_size}, s);
   }
 }
 
@@ -240,11 +335,11 @@ void CudaGptModel::norm_backward(const NormIdx& idx, const F32Buffer& dy, const 
                                  const F32Buffer& rstd, Bf16Buffer& dx) {
   const std::int64_t rows = static_cast<std::int64_t>(x.size()) / spec_.hidden_size;
   if (idx.b >= 0) {
-    k::layernorm::backward<bf16, float>({dx.get(), grad(idx.w), grad(idx.b), dy.get(), x.get(), master(idx.w),
+    k::layernorm::backward<bf16, float>({dx.get(), grad(idx.w), grad(idx.b), dy.get(), x.get(), value32(idx.w),
                                          mean.get(), rstd.get(), rows, spec_.hidden_size},
                                         context_.stream);
   } else {
-    k::rmsnorm::backward<bf16, float>({dx.get(), grad(idx.w), dy.get(), x.get(), master(idx.w), rstd.get(), rows,
+    k::rmsnorm::backward<bf16, float>({dx.get(), grad(idx.w), dy.get(), x.get(), value32(idx.w), rstd.get(), rows,
                                        spec_.hidden_size},
                                       context_.stream);
   }
@@ -286,7 +381,8 @@ void CudaGptModel::to_bf16(const F32Buffer& in, Bf16Buffer& out) {
   k::cast::convert<bf16, float>({out.get(), in.get(), static_cast<std::int64_t>(in.size())}, context_.stream);
 }
 
-// ---- embedding: fp32 gather from the master table (exact), TP all-reduce, positions in fp32, one cast.
+// ---- embedding: fp32 gather from the master table (exact; the distributed optimizer's from the bf16 copy), TP
+// all-reduce, positions in fp32, one cast.
 
 void CudaGptModel::embedding_forward(const std::int32_t* tokens, Bf16Buffer& out) {
   const cudaStream_t s = context_.stream;
@@ -294,14 +390,25 @@ void CudaGptModel::embedding_forward(const std::int32_t* tokens, Bf16Buffer& out
   const std::int64_t rows = token_rows();
   const std::int64_t C = spec_.hidden_size;
   F32Buffer partial(count(rows, C), s);
-  k::embedding::forward<float>({partial.get(), tokens, master(wte_), rows, info.rows, C, info.row0}, s);
+  // The distributed optimizer's forward reads the bf16 copy (its master values are pieces); widening is exact.
+  const bool from_copy = shards_optimizer();
+  if (from_copy) {
+    k::embedding::forward<float, bf16>({partial.get(), tokens, weight(wte_), rows, info.rows, C, info.row0}, s);
+  } else {
+    k::embedding::forward<float>({partial.get(), tokens, master(wte_), rows, info.rows, C, info.row0}, s);
+  }
   F32Buffer summed; // this rank's rows under sequence parallelism
   leave_tp(partial, summed);
   if (wpe_ >= 0) {
     const std::int64_t local = activation_rows();
-    k::embedding::position_forward<float>({summed.get(), master(wpe_), local, C, spec_.seq_length,
-                                           sequence_parallel() ? local * tp_rank_ : 0, plan_.micro_batch_size},
-                                          s);
+    const std::int64_t first_row = sequence_parallel() ? local * tp_rank_ : 0;
+    if (from_copy) {
+      k::embedding::position_forward<float, bf16>(
+          {summed.get(), weight(wpe_), local, C, spec_.seq_length, first_row, plan_.micro_batch_size}, s);
+    } else {
+      k::embedding::position_forward<float>(
+          {summed.get(), master(wpe_), local, C, spec_.seq_length, first_row, plan_.micro_batch_size}, s);
+    }
   }
   to_bf16(summed, out);
 }
@@ -371,7 +478,7 @@ void CudaGptModel::layer_forward(int layer, Bf16Buffer&& x, Bf16Buffer& out, Cud
     gelu.y = c.act.get();
     gelu.x = c.fc1.get();
     gelu.n = rows * ffn_cols;
-    gelu.bias = p.b1 >= 0 ? master(p.b1) : nullptr;
+    gelu.bias = p.b1 >= 0 ? value32(p.b1) : nullptr;
     gelu.cols = ffn_cols;
     k::activation::gelu_forward<bf16>(gelu, s);
   }
@@ -430,7 +537,7 @@ void CudaGptModel::layer_backward(int layer, CudaLayerCache& c, Bf16Buffer&& dou
     gelu.dy = dact.get();
     gelu.x = c.fc1.get();
     gelu.n = rows * ffn_cols;
-    gelu.bias = p.b1 >= 0 ? master(p.b1) : nullptr;
+    gelu.bias = p.b1 >= 0 ? value32(p.b1) : nullptr;
     gelu.cols = ffn_cols;
     k::activation::gelu_backward<bf16>(gelu, s);
     linear_dgrad(dfc1, p.w1, rows, dh2_f, 0.0f);

@@ -5,8 +5,12 @@
 // (accumulated over micro-batches by cuBLASLt with beta = 1), fp32 norm statistics, attention LSE, logits and
 // loss. GEMMs via cuBLASLt (gemm.hpp), everything else via kernels/. TP collectives (all-reduce of the
 // row-parallel fp32 partial outputs, of the column-parallel input gradients, and the cross-entropy's max / sums) go
-// through the TP Communicator on device memory, stream-ordered on the compute stream. Sequence parallelism is not
-// implemented (validate_cuda_run_options rejects it). All work is enqueued on one stream without host syncs.
+// through the TP Communicator on device memory, stream-ordered on the compute stream, and so do the all-gathers and
+// reduce-scatters of sequence parallelism. All work is enqueued on one stream without host syncs.
+// Distributed optimizer (DpSharding::shard_optimizer): the fp32 master weights and both AdamW moments hold only this
+// DP rank's pieces of the flat buffers (OptimizerShards, Megatron-Core's layout: 12 bytes per parameter / dp); the
+// forward then reads what Megatron's does, the bf16 model copy: the embedding tables directly, the norm weights and
+// biases through a small fp32 replica widened from it after every parameter all-gather.
 #pragma once
 
 #include "exec/communicator.hpp"
@@ -40,6 +44,15 @@ struct CudaContext {
   bool tensor_core_attention = true;
 };
 
+/// How the DP group shares the flat parameter buffers: the gradient buckets (the program's bucket weights, in
+/// buffer order) and, for the distributed optimizer, the partition of the optimizer state.
+struct DpSharding {
+  std::vector<double> bucket_weights; // Program::bucket_weights; empty: no DP reduction
+  int dp = 1;
+  int dp_rank = 0;
+  bool shard_optimizer = false;       // Megatron's --use-distributed-optimizer with dp > 1
+};
+
 /// Saved activations of one layer for one micro-batch (as exec::LayerCache; the attention keeps its LSE instead of
 /// the probabilities, so selective recompute costs nothing extra).
 struct CudaLayerCache {
@@ -58,7 +71,7 @@ class CudaGptModel {
 public:
   /// Declares this rank's parameters (exec::GptModel's list) and initialises them on the device from `seed`.
   CudaGptModel(const model::ModelSpec& spec, const model::Plan& plan, int tp_rank, int pp_rank, std::uint64_t seed,
-               const CudaContext& context);
+               const CudaContext& context, const DpSharding& sharding = {});
 
   /// Rows of the activations between layers: the micro-batch's tokens, divided over TP under sequence parallelism
   /// (this rank's share of the sequence, rows [tp_rank * n, (tp_rank + 1) * n) in [s, b] order).
@@ -78,14 +91,28 @@ public:
   [[nodiscard]] const GptModel& host_layout() const { return layout_; }
   [[nodiscard]] const std::vector<ParamInfo>& infos() const { return layout_.params().infos(); }
   [[nodiscard]] const DeviceParamLayout& device_layout() const { return device_; }
-  [[nodiscard]] float* master(int idx) const { return master_.get() + device_.offsets[static_cast<std::size_t>(idx)]; }
+  /// DP gradient buckets over the flat buffers (from DpSharding::bucket_weights).
+  [[nodiscard]] const std::vector<BucketRange>& buckets() const { return buckets_; }
+  /// Whether the optimizer state is sharded over DP, and how (segments per bucket, this rank's pieces).
+  [[nodiscard]] bool shards_optimizer() const { return shards_.dp > 1; }
+  [[nodiscard]] const OptimizerShards& optimizer_shards() const { return shards_; }
+  /// Unsharded: fp32 master values of parameter idx. Sharded: the compact buffers below hold this rank's pieces.
+  [[nodiscard]] float* master(int idx) const;
+  /// Base pointers of the master values, the moments (compact when sharded: OwnedPiece::shard_offset) and the
+  /// bf16 copy (always full).
+  [[nodiscard]] float* masters() const { return master_.get(); }
+  [[nodiscard]] float* moments1() const { return m_.get(); }
+  [[nodiscard]] float* moments2() const { return v_.get(); }
+  [[nodiscard]] __nv_bfloat16* weights() const { return weights_.get(); }
+  /// Sharded: widens the norm weights and biases from the freshly gathered bf16 copy into their fp32 replica.
+  void refresh_replicas();
   [[nodiscard]] float* grad(int idx) const { return grads_.get() + device_.offsets[static_cast<std::size_t>(idx)]; }
   [[nodiscard]] __nv_bfloat16* weight(int idx) const {
     return weights_.get() + device_.offsets[static_cast<std::size_t>(idx)];
   }
   [[nodiscard]] float* grads() const { return grads_.get(); }
-  [[nodiscard]] float* moment1(int idx) const { return m_.get() + device_.offsets[static_cast<std::size_t>(idx)]; }
-  [[nodiscard]] float* moment2(int idx) const { return v_.get() + device_.offsets[static_cast<std::size_t>(idx)]; }
+  [[nodiscard]] float* moment1(int idx) const;
+  [[nodiscard]] float* moment2(int idx) const;
   void zero_grads();
 
   /// tokens: device (T*B) in [s, b] order; out: (n, C).
@@ -115,6 +142,9 @@ private:
   [[nodiscard]] int find(const std::string& name) const;
   [[nodiscard]] NormIdx norm_idx(const std::string& prefix) const;
   void initialise(std::uint64_t seed);
+  void setup_sharding(const DpSharding& sharding);
+  /// fp32 values of a norm weight or bias as the forward reads them: the master (unsharded) or the replica.
+  [[nodiscard]] const float* value32(int idx) const;
 
   // Building blocks (all on context_.stream).
   void gemm(std::int64_t m, std::int64_t n, std::int64_t k, bool trans_a, bool trans_b, const void* a, const void* b,
@@ -150,7 +180,12 @@ private:
   CudaContext context_;
   GptModel layout_; // parameter declarations only (materialize = false)
   DeviceParamLayout device_;
+  std::vector<BucketRange> buckets_;
+  OptimizerShards shards_;
   F32Buffer master_, grads_, m_, v_;
+  F32Buffer replica32_;                      // sharded: the 1-row parameters (norms, biases), widened from bf16
+  std::vector<std::size_t> replica_offsets_; // per parameter into replica32_; NOT_REPLICATED for the matrices
+  static constexpr std::size_t NOT_REPLICATED = static_cast<std::size_t>(-1);
   DeviceBuffer<__nv_bfloat16> weights_;
   int wte_ = -1, wpe_ = -1, head_w_ = -1;
   NormIdx final_norm_;

@@ -81,7 +81,13 @@ struct PendingSend {
 
 struct Bucket {
   BucketRange range;
-  std::unique_ptr<Request> request;
+  std::vector<std::unique_ptr<Request>> requests; // one all-reduce, or one reduce-scatter per shard segment
+  void wait() {
+    for (auto& request : requests) {
+      request->wait();
+    }
+    requests.clear();
+  }
 };
 
 // The compute stream and the device memory pool of this process, created before any NCCL or model state.
@@ -134,20 +140,16 @@ public:
         groups_(make_process_groups(world, grid_)),
         gemm_(options.cuda_gemm_autotune ? GemmAlgoSelection::Autotune : GemmAlgoSelection::Heuristic),
         workspace_(workspace_bytes(GemmArgs{}), device.stream),
+        all_programs_(world.rank() == 0 && options.trace ? build_programs(all_ranks(world)) : std::vector<Program>{}),
+        program_(all_programs_.empty() ? build_programs({world.rank()}).front() : all_programs_.front()),
         model_(options.model, options.plan, groups_.coord.tp_rank, groups_.coord.pp_rank, options.seed,
                CudaContext{device.stream, &gemm_, workspace_.get(), workspace_.size(), groups_.tp.get(),
-                           options.cuda_tensor_core_attention}),
+                           options.cuda_tensor_core_attention},
+               DpSharding{program_.bucket_weights, options.plan.dp, groups_.coord.dp_rank,
+                          options.plan.get_zero_stage() == 1}),
         data_(options.model.vocab_size, options.model.seq_length, options.seed, options.data_file),
         loss_acc_(1, device.stream), norm_acc_(1, device.stream), timeline_(world.rank()) {
     (void)env;
-    if (world.rank() == 0 && options.trace) {
-      std::vector<int> ranks(static_cast<std::size_t>(world.size()));
-      std::iota(ranks.begin(), ranks.end(), 0);
-      all_programs_ = build_programs(ranks);
-      program_ = all_programs_.front();
-    } else {
-      program_ = std::move(build_programs({world.rank()}).front());
-    }
     setup_buckets();
     if (options.timeout_s > 0.0) {
       watchdog_ = std::make_unique<Watchdog>(
@@ -172,6 +174,11 @@ private:
   [[nodiscard]] int microbatches() const { return static_cast<int>(options_.plan.num_microbatches()); }
   std::vector<Program> build_programs(const std::vector<int>& ranks) const {
     return build_rank_programs(options_, ranks);
+  }
+  static std::vector<int> all_ranks(const Communicator& world) {
+    std::vector<int> ranks(static_cast<std::size_t>(world.size()));
+    std::iota(ranks.begin(), ranks.end(), 0);
+    return ranks;
   }
   std::string current_label() const {
     const int idx = current_instr_.load();
@@ -199,7 +206,11 @@ private:
   }
   void execute(const Instr& instr);
   void optimizer_step();
+  void sharded_optimizer_step();
   void reduce_sequence_parallel_grads();
+  /// Calls fn(begin, end, shard_pos) for each part of parameter idx that this DP rank owns: flat-buffer range
+  /// [begin, end) and its position in the compact optimizer buffers.
+  template <typename Fn> void for_each_owned(int idx, Fn&& fn) const;
 
   RunOptions options_;
   Communicator& world_;
@@ -208,14 +219,14 @@ private:
   ProcessGroups groups_;
   GemmRunner gemm_;
   DeviceBuffer<std::uint8_t> workspace_;
+  std::vector<Program> all_programs_; // every rank's, on rank 0 of a traced run (for the timeline's labels)
+  Program program_;
   CudaGptModel model_;
   TokenSource data_;
   F32Buffer loss_acc_;
   F32Buffer norm_acc_;
   double grad_norm_ = 0.0; // global gradient norm of the last step, before clipping
   EventTimeline timeline_;
-  Program program_;
-  std::vector<Program> all_programs_;
   std::vector<Bucket> buckets_;
   std::map<std::pair<int, int>, MicroState> micro_;
   std::vector<PendingSend> sends_;
@@ -234,8 +245,8 @@ void CudaTrainer::setup_buckets() {
     return;
   }
   const DeviceParamLayout& layout = model_.device_layout();
-  for (const BucketRange& range : bucket_ranges(weights, layout.total)) {
-    buckets_.push_back({range, nullptr});
+  for (const BucketRange& range : model_.buckets()) {
+    buckets_.push_back({range, {}});
   }
   const GptModel& host = model_.host_layout();
   std::vector<int> finished_at(model_.infos().size(), -1);
@@ -361,23 +372,26 @@ void CudaTrainer::execute(const Instr& instr) {
   }
   case InstrKind::CollectiveStart: {
     if (instr.bucket < 0) {
-      return; // distributed optimizer's parameter all-gather: replicas are already complete
+      return; // the distributed optimizer's parameter all-gather: done at the end of its step (optimizer_step)
     }
-    Bucket& bucket = buckets_.at(static_cast<std::size_t>(instr.bucket));
-    if (bucket.range.end > bucket.range.begin) {
-      bucket.request = groups_.dp->all_reduce_async(
-          std::span<float>(model_.grads() + bucket.range.begin, bucket.range.end - bucket.range.begin));
+    const auto kb = static_cast<std::size_t>(instr.bucket);
+    Bucket& bucket = buckets_.at(kb);
+    // The distributed optimizer reduce-scatters each segment in place (this rank's piece gets the DP sum), unless
+    // the plan all-reduces its sharded grads (DeepSpeed's BF16 optimizer: Plan::all_reduce_sharded_grads).
+    if (model_.shards_optimizer() && !options_.plan.all_reduce_sharded_grads) {
+      for (const ShardSegment& segment : model_.optimizer_shards().segments.at(kb)) {
+        bucket.requests.push_back(groups_.dp->reduce_scatter_in_place_async(
+            std::span<float>(model_.grads() + segment.begin, segment.end - segment.begin)));
+      }
+    } else if (bucket.range.end > bucket.range.begin) {
+      bucket.requests.push_back(groups_.dp->all_reduce_async(
+          std::span<float>(model_.grads() + bucket.range.begin, bucket.range.end - bucket.range.begin)));
     }
     return;
   }
   case InstrKind::CollectiveWait: {
-    if (instr.bucket < 0) {
-      return;
-    }
-    Bucket& bucket = buckets_.at(static_cast<std::size_t>(instr.bucket));
-    if (bucket.request) {
-      bucket.request->wait();
-      bucket.request.reset();
+    if (instr.bucket >= 0) {
+      buckets_.at(static_cast<std::size_t>(instr.bucket)).wait();
     }
     return;
   }
@@ -429,10 +443,11 @@ void CudaTrainer::reduce_sequence_parallel_grads() {
 
 void CudaTrainer::optimizer_step() {
   for (auto& bucket : buckets_) {
-    if (bucket.request) {
-      bucket.request->wait();
-      bucket.request.reset();
-    }
+    bucket.wait();
+  }
+  if (model_.shards_optimizer()) {
+    sharded_optimizer_step();
+    return;
   }
   const auto& infos = model_.infos();
   // Tied word embedding on the first and last stage: sum the two partial gradients (Megatron's embedding group).
@@ -484,6 +499,84 @@ void CudaTrainer::optimizer_step() {
     args.grad_scale = grad_scale;
     kernels::adamw::update(args, stream_);
   }
+}
+
+template <typename Fn> void CudaTrainer::for_each_owned(int idx, Fn&& fn) const {
+  const std::size_t begin = model_.device_layout().offsets[static_cast<std::size_t>(idx)];
+  const std::size_t end = begin + model_.infos()[static_cast<std::size_t>(idx)].size();
+  for (const OwnedPiece& piece : model_.optimizer_shards().owned) {
+    const std::size_t lo = std::max(begin, piece.begin);
+    const std::size_t hi = std::min(end, piece.begin + piece.size);
+    if (lo < hi) {
+      fn(lo, hi, piece.shard_offset + (lo - piece.begin));
+    }
+  }
+}
+
+// The distributed optimizer (Megatron-Core's DistributedOptimizer; ZeRO-1): the buckets' reduce-scatters left the DP
+// sum of every gradient in the piece its owner holds. The owners then do what optimizer_step() does on whole tensors:
+// the tied embedding's all-reduce over the embedding group (both stages own the same part of it), the TP sum of the
+// sequence-parallel gradients, the global norm (summed over DP too: each element counted once), AdamW on the pieces
+// (fp32 master and moments, the bf16 copy written in place), then one in-place all-gather of the bf16 copy per
+// segment, which leaves every rank with the whole updated model. Megatron overlaps that all-gather with the next
+// forward (--overlap-param-gather); here it ends the step.
+void CudaTrainer::sharded_optimizer_step() {
+  const auto& infos = model_.infos();
+  float* grads = model_.grads();
+  const int wte = model_.host_layout().params().find("embed.wte");
+  if (options_.model.tied_embeddings && wte >= 0 && groups_.embedding->size() > 1) {
+    for_each_owned(wte, [&](std::size_t lo, std::size_t hi, std::size_t) {
+      groups_.embedding->all_reduce(std::span<float>(grads + lo, hi - lo));
+    });
+  }
+  reduce_sequence_parallel_grads(); // whole tensors: the owned parts are what the update reads
+  norm_acc_.zero(stream_);
+  for (std::size_t idx = 0; idx < infos.size(); ++idx) {
+    if (!infos[idx].counts_in_grad_norm(groups_.coord.tp_rank)) {
+      continue;
+    }
+    for_each_owned(static_cast<int>(idx), [&](std::size_t lo, std::size_t hi, std::size_t) {
+      kernels::elementwise::sum({norm_acc_.get(), grads + lo, static_cast<std::int64_t>(hi - lo), 1.0f, true}, stream_);
+    });
+  }
+  for (Communicator* group : {groups_.dp.get(), groups_.tp.get(), groups_.pp.get()}) {
+    if (group->size() > 1) {
+      group->all_reduce(std::span<float>(norm_acc_.get(), 1));
+    }
+  }
+  float total = 0.0f;
+  CUDA_CHECK(cudaMemcpyAsync(&total, norm_acc_.get(), sizeof(float), cudaMemcpyDeviceToHost, stream_));
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+  grad_norm_ = std::sqrt(static_cast<double>(total));
+  const cpu::AdamWConfig& config = options_.optimizer;
+  const float grad_scale = cpu::clip_grad_scale(total, config);
+  for (std::size_t idx = 0; idx < infos.size(); ++idx) {
+    for_each_owned(static_cast<int>(idx), [&](std::size_t lo, std::size_t hi, std::size_t at) {
+      kernels::adamw::Args args;
+      args.param = model_.masters() + at;
+      args.m = model_.moments1() + at;
+      args.v = model_.moments2() + at;
+      args.param_bf16 = model_.weights() + lo;
+      args.grad = grads + lo;
+      args.n = static_cast<std::int64_t>(hi - lo);
+      args.step = step_;
+      args.lr = config.lr;
+      args.beta1 = config.beta1;
+      args.beta2 = config.beta2;
+      args.eps = config.eps;
+      args.weight_decay = infos[idx].weight_decay ? config.weight_decay : 0.0f;
+      args.grad_scale = grad_scale;
+      kernels::adamw::update(args, stream_);
+    });
+  }
+  // bf16 pairs travel as 32-bit words (segments are multiples of 2 * dp elements).
+  for (const auto& segments : model_.optimizer_shards().segments) {
+    for (const ShardSegment& segment : segments) {
+      auto* words = reinterpret_cast<float*>(model_.weights() + segment.begin);
+      groups_.dp->all_gather_in_place(std::span<float>(words, (segment.end - segment.begin) / 2));
+    }
+  }
+  model_.refresh_replicas();
 }
 
 double CudaTrainer::step() {

@@ -2,7 +2,9 @@
 // on EP-style sub-communicators, under mpirun -np N or as one process. Inputs are exactly predictable (nccl-tests
 // "verifiable" style): member r sends r + p + 1 floats valued 1000 r + 10 p + i to member p, so member p must
 // receive from r exactly those values. Both the backend's implementation and the pairwise send/recv default of the
-// Communicator base class are checked. Exits non-zero naming the rank and the first wrong element.
+// Communicator base class are checked. Also the in-place reduce-scatter and all-gather of the distributed optimizer
+// (the base class's defaults, which host-memory backends use). Exits non-zero naming the rank and the first wrong
+// element.
 #include "exec/comm_environment.hpp"
 
 #include <fmt/format.h>
@@ -49,6 +51,37 @@ int check(Communicator& comm, bool base_implementation, const char* what) {
   return wrong;
 }
 
+// In-place reduce-scatter then all-gather over blocks of 3: member r starts with 100 r + i at element i; block b
+// of member b must hold the sum over members, and after the all-gather every member holds every block's sum.
+int check_in_place(Communicator& comm, const char* what) {
+  const int members = comm.size();
+  constexpr int BLOCK = 3;
+  std::vector<float> data(static_cast<std::size_t>(BLOCK * members));
+  for (std::size_t idx = 0; idx < data.size(); ++idx) {
+    data[idx] = static_cast<float>(100 * comm.rank()) + static_cast<float>(idx);
+  }
+  const auto expected = [&](std::size_t idx) {
+    return static_cast<float>(100 * members * (members - 1) / 2) +
+           static_cast<float>(members) * static_cast<float>(idx);
+  };
+  comm.reduce_scatter_in_place_async(data)->wait();
+  int wrong = 0;
+  const auto verify = [&](std::size_t idx, const char* phase) {
+    if (data[idx] != expected(idx) && wrong++ == 0) {
+      std::fprintf(stderr, "%s", fmt::format("{} ({}): rank {} of {}: element {} is {}, expected {}\n", what, phase,
+                                             comm.rank(), members, idx, data[idx], expected(idx)).c_str());
+    }
+  };
+  for (int idx = 0; idx < BLOCK; ++idx) {
+    verify(static_cast<std::size_t>(BLOCK * comm.rank() + idx), "reduce-scatter");
+  }
+  comm.all_gather_in_place(data);
+  for (std::size_t idx = 0; idx < data.size(); ++idx) {
+    verify(idx, "all-gather");
+  }
+  return wrong;
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -61,11 +94,14 @@ int main(int argc, char** argv) {
     const std::unique_ptr<Communicator> ep = world.split(world.rank() / 2, world.rank());
     wrong += check(*ep, false, "ep pair");
     wrong += check(*ep, true, "ep pair (send/recv default)");
+    wrong += check_in_place(world, "world in-place pair");
+    wrong += check_in_place(*ep, "ep pair in-place pair");
     if (wrong != 0) {
       return 1;
     }
     if (world.rank() == 0) {
-      std::printf("all_to_all_v: %d ranks, world and EP pairs, backend and default implementation agree\n",
+      std::printf("all_to_all_v: %d ranks, world and EP pairs, backend and default implementation agree; in-place "
+                  "reduce-scatter and all-gather exact\n",
                   world.size());
     }
     return 0;

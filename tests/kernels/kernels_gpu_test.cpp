@@ -172,6 +172,31 @@ TEMPLATE_TEST_CASE("kernels::embedding vs exec::cpu embedding ops", "[gpu][kerne
   }
 }
 
+TEST_CASE("kernels::embedding: bf16 tables into fp32 rows (the distributed optimizer's forward)", "[gpu][kernels]") {
+  const std::int64_t rows = 12, vocab_rows = 10, cols = 33, vocab_start = 5;
+  const auto tokens = random_tokens(static_cast<std::size_t>(rows), 20, 6);
+  const DeviceTokens d_tokens(tokens);
+  const auto table = random_vec(static_cast<std::size_t>(vocab_rows * cols), 7);
+  const auto table_bf16 = quantize<k::bf16>(table); // the values the bf16 copy holds, as floats
+  cpu::Mat ref(rows, cols);
+  cpu::embedding_forward(tokens, to_mat(table_bf16, vocab_rows, cols), vocab_start, ref);
+  DeviceArray<k::bf16> d_table(table);
+  DeviceArray<float> d_out(static_cast<std::size_t>(rows * cols));
+  k::embedding::forward<float, k::bf16>(
+      {d_out.get(), d_tokens.get(), d_table.get(), rows, vocab_rows, cols, vocab_start}, nullptr);
+  require_close(d_out.download(), to_vec(ref), 0.0, 0.0, "embedding forward, bf16 table"); // widening is exact
+  const std::int64_t positions = 6, n = 8, first_row = 2, batch = 2;
+  const auto pos = random_vec(static_cast<std::size_t>(positions * cols), 8);
+  const auto x = random_vec(static_cast<std::size_t>(n * cols), 9);
+  cpu::Mat xref = to_mat(x, n, cols);
+  cpu::position_embedding_forward(to_mat(quantize<k::bf16>(pos), positions, cols), first_row, batch, xref);
+  DeviceArray<float> d_x(x);
+  DeviceArray<k::bf16> d_pos(pos);
+  k::embedding::position_forward<float, k::bf16>({d_x.get(), d_pos.get(), n, cols, positions, first_row, batch},
+                                                 nullptr);
+  require_close(d_x.download(), to_vec(xref), 1e-6, 1e-6, "position forward, bf16 table");
+}
+
 TEMPLATE_TEST_CASE("kernels::layernorm and rmsnorm vs exec::cpu norms", "[gpu][kernels]", float, k::bf16) {
   using T = TestType;
   const std::int64_t rows = 7;
@@ -834,7 +859,11 @@ TEST_CASE("exec::cuda::NcclCommunicator on every local GPU: exactly predictable 
   auto comms = cuboid::exec::cuda::NcclCommunicator::init_all(ids, streams);
   const std::size_t count = 1024;
   const int n = devices;
+  const std::size_t block = 64; // of the in-place reduce-scatter and all-gather
+  const std::size_t inplace_count = block * static_cast<std::size_t>(n);
+  REQUIRE(inplace_count <= count);
   std::vector<std::vector<float>> sum_results(ids.size()), max_results(ids.size()), gathered(ids.size());
+  std::vector<std::vector<float>> scattered(ids.size()), regathered(ids.size());
   std::vector<int> split_sizes(ids.size()), split_ranks(ids.size());
   std::vector<std::thread> threads;
   // One thread per rank: NCCL calls of different ranks of one communicator must not be serialised on one thread.
@@ -853,6 +882,16 @@ TEST_CASE("exec::cuda::NcclCommunicator on every local GPU: exactly predictable 
       comms[r]->all_reduce(std::span<float>(mx.get(), count), cuboid::exec::ReduceOp::Max);
       part.upload({static_cast<float>(rank), 1.0f, 2.0f, 3.0f});
       comms[r]->all_gather(std::span<const float>(part.get(), 4), std::span<float>(all.get(), all.size()));
+      // The distributed optimizer's in-place pair: block `rank` of the reduce-scatter's buffer gets the sum of every
+      // rank's block `rank`; the all-gather then copies each rank's block to all.
+      const std::vector<float> blocks(host.begin(), host.begin() + static_cast<std::ptrdiff_t>(inplace_count));
+      DeviceArray<float> inplace(blocks);
+      const std::span<float> whole(inplace.get(), inplace_count);
+      auto scatter = comms[r]->reduce_scatter_in_place_async(whole);
+      scatter->wait();
+      cudaStreamSynchronize(streams[r]);
+      scattered[r] = inplace.download();
+      comms[r]->all_gather_in_place(whole);
       // Split by parity (as TP/DP groups are split from the world): ranks 0, 2, 4, ... and 1, 3, 5, ...
       const auto sub = comms[r]->split(rank % 2, rank);
       split_sizes[r] = sub->size();
@@ -861,6 +900,7 @@ TEST_CASE("exec::cuda::NcclCommunicator on every local GPU: exactly predictable 
       sum_results[r] = buf.download();
       max_results[r] = mx.download();
       gathered[r] = all.download();
+      regathered[r] = inplace.download();
     });
   }
   for (auto& t : threads) {
@@ -875,6 +915,13 @@ TEST_CASE("exec::cuda::NcclCommunicator on every local GPU: exactly predictable 
     }
     for (int peer = 0; peer < n; ++peer) {
       REQUIRE(gathered[r][static_cast<std::size_t>(4 * peer)] == static_cast<float>(peer));
+    }
+    for (std::size_t idx = 0; idx < inplace_count; ++idx) {
+      const float sum = static_cast<float>(n) * static_cast<float>(idx % 13) + static_cast<float>(n * (n - 1) / 2);
+      if (idx / block == r) {
+        REQUIRE(scattered[r][idx] == sum);
+      }
+      REQUIRE(regathered[r][idx] == sum); // every block, on every rank
     }
     CHECK(split_sizes[r] == (rank % 2 == 0 ? (n + 1) / 2 : n / 2));
     CHECK(split_ranks[r] == rank / 2);

@@ -8,6 +8,9 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <vector>
+
 using namespace cuboid;
 using exec::cuda::bucket_ranges;
 using exec::cuda::device_param_layout;
@@ -56,6 +59,66 @@ TEST_CASE("bucket_ranges splits [0, total) by the bucket weights", "[exec][cuda]
   const auto one = bucket_ranges(std::vector<double>{3.0}, 17);
   REQUIRE(one.size() == 1);
   CHECK(one[0].end == 17);
+  // With a granule every inner boundary is rounded up to a multiple of it (the distributed optimizer's pieces).
+  const auto coarse = bucket_ranges(weights, 1024, 128);
+  REQUIRE(coarse.size() == 3);
+  CHECK(coarse[0].end == 256);
+  CHECK(coarse[1].begin == 256);
+  CHECK(coarse[1].end == 768);
+  CHECK(coarse[2].end == 1024);
+  const auto skewed = bucket_ranges(std::vector<double>{1.0, 100.0}, 1024, 128);
+  CHECK(skewed[0].end == 128); // 10 rounded up, never to an empty first bucket of a non-zero weight
+}
+
+TEST_CASE("keep_whole moves bucket boundaries out of a tensor", "[exec][cuda]") {
+  const std::vector<exec::cuda::BucketRange> buckets{{0, 100}, {100, 200}, {200, 300}, {300, 400}};
+  const auto moved = exec::cuda::keep_whole(buckets, {50, 250});
+  REQUIRE(moved.size() == 4);
+  CHECK(moved[0].end == 250);
+  CHECK(moved[1].begin == 250);
+  CHECK(moved[1].end == 250); // emptied
+  CHECK(moved[2].begin == 250);
+  CHECK(moved[2].end == 300);
+  CHECK(moved[3].begin == 300);
+  const auto same = exec::cuda::keep_whole(buckets, {100, 200}); // already on boundaries
+  CHECK(same[0].end == 100);
+  CHECK(same[1].end == 200);
+}
+
+TEST_CASE("optimizer_shards gives every DP rank one piece of each segment", "[exec][cuda]") {
+  const std::vector<exec::cuda::BucketRange> buckets{{0, 512}, {512, 1536}};
+  const std::vector<std::size_t> splits{1024, 1280}; // a tied embedding at [1024, 1280) inside bucket 1
+  const auto rank1 = exec::cuda::optimizer_shards(buckets, splits, 4, 1);
+  REQUIRE(rank1.segments.size() == 2);
+  REQUIRE(rank1.segments[0].size() == 1);
+  REQUIRE(rank1.segments[1].size() == 3);
+  CHECK(rank1.segments[1][0].begin == 512);
+  CHECK(rank1.segments[1][0].end == 1024);
+  CHECK(rank1.segments[1][1].begin == 1024);
+  CHECK(rank1.segments[1][1].end == 1280);
+  CHECK(rank1.segments[1][2].end == 1536);
+  REQUIRE(rank1.owned.size() == 4);
+  CHECK(rank1.owned[0].begin == 128); // [0, 512) / 4: rank 1 owns [128, 256)
+  CHECK(rank1.owned[0].size == 128);
+  CHECK(rank1.owned[1].begin == 512 + 128);
+  CHECK(rank1.owned[2].begin == 1024 + 64);
+  CHECK(rank1.owned[2].size == 64);
+  CHECK(rank1.owned[2].shard_offset == 128 + 128);
+  CHECK(rank1.shard_total == 1536 / 4);
+  // Every element of [0, total) is owned by exactly one rank.
+  std::vector<int> owners(1536, 0);
+  for (int r = 0; r < 4; ++r) {
+    for (const auto& piece : exec::cuda::optimizer_shards(buckets, splits, 4, r).owned) {
+      for (std::size_t e = piece.begin; e < piece.begin + piece.size; ++e) {
+        ++owners[e];
+      }
+    }
+  }
+  CHECK(std::count(owners.begin(), owners.end(), 1) == 1536);
+  // A split on a bucket boundary or outside adds nothing; one rank owns everything.
+  const auto whole = exec::cuda::optimizer_shards(buckets, std::vector<std::size_t>{512, 0}, 1, 0);
+  CHECK(whole.owned.size() == 2);
+  CHECK(whole.shard_total == 1536);
 }
 
 TEST_CASE("validate_cuda_run_options names what --backend cuda does not support", "[exec][cuda]") {

@@ -17,6 +17,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -80,6 +81,76 @@ TEST_CASE("device parameter initialisation equals the CPU ParamSet", "[gpu][exec
       }
     }
     CHECK(max_err <= 1e-7); // same generator; double log/cos may differ in the last bit before rounding to float
+  }
+  CUDA_CHECK(cudaStreamDestroy(stream));
+}
+
+TEST_CASE("distributed optimizer: each DP rank's master pieces are the CPU ParamSet's values there",
+          "[gpu][exec][cuda]") {
+  const model::ModelSpec spec = model::find_model("gpt-tiny"); // tied embedding, biases, LayerNorm
+  model::Plan plan;
+  plan.dp = 4;
+  plan.pp = 2;
+  plan.micro_batch_size = 1;
+  plan.global_batch_size = 4;
+  plan.distributed_optimizer = true;
+  const int pp_rank = 1; // the last stage: the tied embedding's copy, in segments of its own
+  const exec::GptModel cpu(spec, plan, 0, pp_rank, 42, true);
+  cudaStream_t stream = nullptr;
+  CUDA_CHECK(cudaStreamCreate(&stream));
+  {
+    exec::cuda::GemmRunner gemm;
+    const std::vector<double> bucket_weights{3.0, 1.0, 2.0};
+    std::vector<bool> owned_somewhere;
+    for (int dp_rank = 0; dp_rank < plan.dp; ++dp_rank) {
+      CAPTURE(dp_rank);
+      const exec::cuda::CudaGptModel gpu(spec, plan, 0, pp_rank, 42,
+                                         exec::cuda::CudaContext{stream, &gemm, nullptr, 0, nullptr},
+                                         exec::cuda::DpSharding{bucket_weights, plan.dp, dp_rank, true});
+      REQUIRE(gpu.shards_optimizer());
+      const auto& shards = gpu.optimizer_shards();
+      const std::size_t total = gpu.device_layout().total;
+      CHECK(shards.shard_total * static_cast<std::size_t>(plan.dp) == total);
+      owned_somewhere.resize(total, false);
+      std::vector<float> pieces(shards.shard_total);
+      CUDA_CHECK(cudaMemcpyAsync(pieces.data(), gpu.masters(), pieces.size() * sizeof(float), cudaMemcpyDeviceToHost,
+                                 stream));
+      CUDA_CHECK(cudaStreamSynchronize(stream));
+      const auto& infos = cpu.params().infos();
+      double max_err = 0.0;
+      for (const auto& piece : shards.owned) {
+        for (std::size_t e = piece.begin; e < piece.begin + piece.size; ++e) {
+          owned_somewhere[e] = true;
+        }
+      }
+      for (std::size_t idx = 0; idx < infos.size(); ++idx) {
+        const std::size_t begin = gpu.device_layout().offsets[idx];
+        const auto values = cpu.params().value(static_cast<int>(idx));
+        const std::size_t end = begin + infos[idx].size();
+        for (const auto& piece : shards.owned) {
+          for (std::size_t e = std::max(begin, piece.begin); e < std::min(end, piece.begin + piece.size); ++e) {
+            const float mine = pieces[piece.shard_offset + (e - piece.begin)];
+            max_err = std::max(max_err, std::abs(static_cast<double>(mine - values[e - begin])));
+          }
+        }
+      }
+      CHECK(max_err <= 1e-7);
+      // The word embedding's segments start and end on its own boundaries (same pieces on both stages).
+      const int wte = cpu.params().find("embed.wte");
+      REQUIRE(wte >= 0);
+      const std::size_t wte_begin = gpu.device_layout().offsets[static_cast<std::size_t>(wte)];
+      bool starts_segment = false;
+      for (const auto& segments : shards.segments) {
+        for (const auto& segment : segments) {
+          starts_segment = starts_segment || segment.begin == wte_begin;
+          CHECK((segment.end - segment.begin) % (2 * static_cast<std::size_t>(plan.dp)) == 0);
+          CHECK_FALSE((segment.begin < wte_begin && segment.end > wte_begin)); // no segment straddles its start
+        }
+      }
+      CHECK(starts_segment);
+    }
+    CHECK(std::count(owned_somewhere.begin(), owned_somewhere.end(), true) ==
+          static_cast<std::ptrdiff_t>(owned_somewhere.size()));
   }
   CUDA_CHECK(cudaStreamDestroy(stream));
 }
