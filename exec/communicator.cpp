@@ -61,6 +61,11 @@ void Communicator::all_gather_in_place(std::span<float> data) {
   all_gather(in, data);
 }
 
+std::unique_ptr<Request> Communicator::all_gather_in_place_async(std::span<float> data) {
+  all_gather_in_place(data);
+  return std::make_unique<CompletedRequest>();
+}
+
 // --- mixture of experts ---
 namespace {
 constexpr int ALLTOALL_TAG = 32003; // after gather_doubles' tags, below MPI_TAG_UB >= 32767

@@ -45,10 +45,12 @@ public:
   /// The distributed optimizer's pair, in place on a buffer of size() equal blocks. Reduce-scatter: block r of
   /// member r's `data` receives the sum of every member's block r (its other blocks keep undefined values); it may
   /// run behind the caller like all_reduce_async (`data` untouched until wait()). All-gather: every member's `data`
-  /// receives member r's block r in block r. The defaults copy through reduce_scatter / all_gather (host memory);
+  /// receives member r's block r in block r; its async form is Megatron's --overlap-param-gather (`data` not read
+  /// before wait()). The defaults copy through reduce_scatter / all_gather (host memory) and complete at once;
   /// NcclCommunicator runs them in place on the device.
   [[nodiscard]] virtual std::unique_ptr<Request> reduce_scatter_in_place_async(std::span<float> data);
   virtual void all_gather_in_place(std::span<float> data);
+  [[nodiscard]] virtual std::unique_ptr<Request> all_gather_in_place_async(std::span<float> data);
 
   /// Non-blocking tagged send; `data` must stay alive until the request has been waited on.
   [[nodiscard]] virtual std::unique_ptr<Request> send(std::span<const float> data, int peer, int tag) = 0;

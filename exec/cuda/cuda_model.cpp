@@ -158,17 +158,19 @@ const float* CudaGptModel::value32(int idx) const {
 }
 
 void CudaGptModel::refresh_replicas() {
-  if (!shards_optimizer()) {
+  for (std::size_t idx = 0; idx < layout_.params().infos().size(); ++idx) {
+    refresh_replica(static_cast<int>(idx));
+  }
+}
+
+void CudaGptModel::refresh_replica(int idx) {
+  const auto at = static_cast<std::size_t>(idx);
+  if (!shards_optimizer() || replica_offsets_[at] == NOT_REPLICATED) {
     return;
   }
-  const auto& infos = layout_.params().infos();
-  for (std::size_t idx = 0; idx < infos.size(); ++idx) {
-    if (replica_offsets_[idx] != NOT_REPLICATED) {
-      k::cast::convert<float, bf16>({replica32_.get() + replica_offsets_[idx], weights_.get() + device_.offsets[idx],
-                                     static_cast<std::int64_t>(infos[idx].size())},
-                                    context_.stream);
-    }
-  }
+  k::cast::convert<float, bf16>({replica32_.get() + replica_offsets_[at], weights_.get() + device_.offsets[at],
+                                 static_cast<std::int64_t>(layout_.params().info(idx).size())},
+                                context_.stream);
 }
 
 // Same values as ParamSet::finalize (exec/init.cpp init_block) for every shard, then the bf16 copy. The distributed

@@ -104,8 +104,10 @@ public:
   [[nodiscard]] float* moments1() const { return m_.get(); }
   [[nodiscard]] float* moments2() const { return v_.get(); }
   [[nodiscard]] __nv_bfloat16* weights() const { return weights_.get(); }
-  /// Sharded: widens the norm weights and biases from the freshly gathered bf16 copy into their fp32 replica.
+  /// Sharded: widens the norm weights and biases (all, or parameter idx if it is one) from the freshly gathered bf16
+  /// copy into their fp32 replica.
   void refresh_replicas();
+  void refresh_replica(int idx);
   [[nodiscard]] float* grad(int idx) const { return grads_.get() + device_.offsets[static_cast<std::size_t>(idx)]; }
   [[nodiscard]] __nv_bfloat16* weight(int idx) const {
     return weights_.get() + device_.offsets[static_cast<std::size_t>(idx)];

@@ -82,12 +82,14 @@ struct PendingSend {
 struct Bucket {
   BucketRange range;
   std::vector<std::unique_ptr<Request>> requests; // one all-reduce, or one reduce-scatter per shard segment
-  void wait() {
-    for (auto& request : requests) {
+  std::vector<std::unique_ptr<Request>> gathers;  // --overlap-param-gather: the bf16 copy's all-gathers in flight
+  static void wait(std::vector<std::unique_ptr<Request>>& pending) {
+    for (auto& request : pending) {
       request->wait();
     }
-    requests.clear();
+    pending.clear();
   }
+  void wait() { wait(requests); }
 };
 
 // The compute stream and the device memory pool of this process, created before any NCCL or model state.
@@ -211,6 +213,9 @@ private:
   /// Calls fn(begin, end, shard_pos) for each part of parameter idx that this DP rank owns: flat-buffer range
   /// [begin, end) and its position in the compact optimizer buffers.
   template <typename Fn> void for_each_owned(int idx, Fn&& fn) const;
+  /// --overlap-param-gather: before a unit's forward, waits for the all-gathers of the buckets holding its
+  /// parameters that are still in flight from the last optimizer step, and refreshes their fp32 replicas.
+  void ensure_gathered(const Instr& instr);
 
   RunOptions options_;
   Communicator& world_;
@@ -228,6 +233,7 @@ private:
   double grad_norm_ = 0.0; // global gradient norm of the last step, before clipping
   EventTimeline timeline_;
   std::vector<Bucket> buckets_;
+  std::vector<char> stale_; // per parameter: its bf16 copy may still be in flight (--overlap-param-gather)
   std::map<std::pair<int, int>, MicroState> micro_;
   std::vector<PendingSend> sends_;
   std::vector<int> event_instr_; // instruction index of each timed event
@@ -246,7 +252,7 @@ void CudaTrainer::setup_buckets() {
   }
   const DeviceParamLayout& layout = model_.device_layout();
   for (const BucketRange& range : model_.buckets()) {
-    buckets_.push_back({range, {}});
+    buckets_.push_back({range, {}, {}});
   }
   const GptModel& host = model_.host_layout();
   std::vector<int> finished_at(model_.infos().size(), -1);
@@ -312,6 +318,7 @@ void CudaTrainer::execute(const Instr& instr) {
       fault_fired_step_ = step_;
       inject_fault(options_.fault_kind, world_.rank(), step_);
     }
+    ensure_gathered(instr);
     if (instr.unit == UnitKind::Embedding) {
       MicroState& st = with_data(instr.chunk, instr.microbatch);
       model_.embedding_forward(st.inputs.get(), st.act);
@@ -518,11 +525,46 @@ template <typename Fn> void CudaTrainer::for_each_owned(int idx, Fn&& fn) const 
 // the tied embedding's all-reduce over the embedding group (both stages own the same part of it), the TP sum of the
 // sequence-parallel gradients, the global norm (summed over DP too: each element counted once), AdamW on the pieces
 // (fp32 master and moments, the bf16 copy written in place), then one in-place all-gather of the bf16 copy per
-// segment, which leaves every rank with the whole updated model. Megatron overlaps that all-gather with the next
-// forward (--overlap-param-gather); here it ends the step.
+// segment, which leaves every rank with the whole updated model: at the end of the step, or with
+// --overlap-param-gather behind the next step's forward, as Megatron's.
+void CudaTrainer::ensure_gathered(const Instr& instr) {
+  if (stale_.empty()) {
+    return;
+  }
+  const GptModel& host = model_.host_layout();
+  const std::vector<int> params = instr.unit == UnitKind::Layer       ? host.layer_params(instr.layer)
+                                  : instr.unit == UnitKind::Embedding ? host.embedding_params()
+                                                                      : host.head_params();
+  for (const int p : params) {
+    if (stale_[static_cast<std::size_t>(p)] == 0) {
+      continue;
+    }
+    const std::size_t begin = model_.device_layout().offsets[static_cast<std::size_t>(p)];
+    const std::size_t end = begin + model_.infos()[static_cast<std::size_t>(p)].size();
+    for (Bucket& bucket : buckets_) {
+      if (bucket.range.begin < end && bucket.range.end > begin) {
+        Bucket::wait(bucket.gathers);
+      }
+    }
+    model_.refresh_replica(p);
+    stale_[static_cast<std::size_t>(p)] = 0;
+  }
+}
+
 void CudaTrainer::sharded_optimizer_step() {
   const auto& infos = model_.infos();
   float* grads = model_.grads();
+  // --overlap-param-gather: every gather of the last step has been waited for by the forwards; make sure before the
+  // update writes the bf16 copy again.
+  for (Bucket& bucket : buckets_) {
+    Bucket::wait(bucket.gathers);
+  }
+  for (std::size_t idx = 0; idx < stale_.size(); ++idx) {
+    if (stale_[idx] != 0) {
+      model_.refresh_replica(static_cast<int>(idx));
+    }
+  }
+  stale_.clear();
   const int wte = model_.host_layout().params().find("embed.wte");
   if (options_.model.tied_embeddings && wte >= 0 && groups_.embedding->size() > 1) {
     for_each_owned(wte, [&](std::size_t lo, std::size_t hi, std::size_t) {
@@ -569,14 +611,26 @@ void CudaTrainer::sharded_optimizer_step() {
       kernels::adamw::update(args, stream_);
     });
   }
-  // bf16 pairs travel as 32-bit words (segments are multiples of 2 * dp elements).
-  for (const auto& segments : model_.optimizer_shards().segments) {
-    for (const ShardSegment& segment : segments) {
-      auto* words = reinterpret_cast<float*>(model_.weights() + segment.begin);
-      groups_.dp->all_gather_in_place(std::span<float>(words, (segment.end - segment.begin) / 2));
+  // bf16 pairs travel as 32-bit words (segments are multiples of 2 * dp elements). --overlap-param-gather (Megatron's
+  // flag): on the communication stream, each bucket waited for by the first forward that reads it (ensure_gathered).
+  const bool overlap = options_.plan.overlap_param_gather;
+  const auto& all_segments = model_.optimizer_shards().segments;
+  for (std::size_t kb = 0; kb < all_segments.size(); ++kb) {
+    for (const ShardSegment& segment : all_segments[kb]) {
+      const std::span<float> words(reinterpret_cast<float*>(model_.weights() + segment.begin),
+                                   (segment.end - segment.begin) / 2);
+      if (overlap) {
+        buckets_[kb].gathers.push_back(groups_.dp->all_gather_in_place_async(words));
+      } else {
+        groups_.dp->all_gather_in_place(words);
+      }
     }
   }
-  model_.refresh_replicas();
+  if (overlap) {
+    stale_.assign(infos.size(), 1);
+  } else {
+    model_.refresh_replicas();
+  }
 }
 
 double CudaTrainer::step() {

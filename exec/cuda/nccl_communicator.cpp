@@ -193,6 +193,14 @@ void NcclCommunicator::all_gather_in_place(std::span<float> data) {
                            impl_->comm, impl_->compute));
 }
 
+std::unique_ptr<Request> NcclCommunicator::all_gather_in_place_async(std::span<float> data) {
+  const std::size_t block = block_of(data, "NcclCommunicator::all_gather_in_place_async");
+  hand_off(impl_->compute, impl_->comm_stream);
+  NCCL_CHECK(ncclAllGather(data.data() + static_cast<std::size_t>(impl_->rank) * block, data.data(), block, ncclFloat,
+                           impl_->comm, impl_->comm_stream));
+  return completion(impl_->comm_stream, impl_->compute);
+}
+
 void NcclCommunicator::all_gather(std::span<const float> in, std::span<float> out) {
   if (in.size() * static_cast<std::size_t>(impl_->size) != out.size()) {
     throw DeviceError(device_error_message("NcclCommunicator::all_gather", impl_->world_rank, __FILE__, __LINE__,

@@ -1,7 +1,7 @@
 // NcclCommunicator: exec::Communicator over NCCL for the CUDA backend. All float spans are DEVICE memory; the
 // double spans of send_doubles / recv_doubles are host memory (timings, losses). "Blocking" operations are
 // stream-ordered on the compute stream (no host wait) except barrier() and the double transfers, which synchronise
-// the host. all_reduce_async and reduce_scatter_in_place_async run on a separate communication stream: an event
+// the host. all_reduce_async and the in-place async pair run on a separate communication stream: an event
 // recorded on the compute stream makes them start after the gradients are produced, and Request::wait() makes the
 // compute stream wait for their completion event, so DP gradient reduction overlaps the rest of backward without a
 // host sync (as karpathy/llm.c llmc/zero.cuh hands off to its comm stream). send() also runs on the communication
@@ -46,6 +46,7 @@ public:
   void all_gather(std::span<const float> in, std::span<float> out) override;
   [[nodiscard]] std::unique_ptr<Request> reduce_scatter_in_place_async(std::span<float> data) override;
   void all_gather_in_place(std::span<float> data) override;
+  [[nodiscard]] std::unique_ptr<Request> all_gather_in_place_async(std::span<float> data) override;
   [[nodiscard]] std::unique_ptr<Request> send(std::span<const float> data, int peer, int tag) override;
   void recv(std::span<float> data, int peer, int tag) override;
   void send_doubles(std::span<const double> data, int peer, int tag) override;

@@ -193,8 +193,9 @@ TEST_CASE("CUDA runtime on the emulator: the canonical DP/TP/PP plans follow the
                Plan{1, 2, 2, "llama-tiny", {"--recompute", "full", "--sequence-parallel"}, {}},
                // and with cuBLASLt refusing epilogues: bias kernels instead of the fused biases and residuals
                Plan{2, 1, 1, "gpt-tiny", {"--distributed-optimizer"}, {{"CUBOID_EMU_CUBLASLT_NO_EPILOGUE", "1"}}},
-               // the distributed optimizer with the tied word embedding on two stages (its own shard segments)
-               Plan{2, 1, 2, "gpt-tiny", {"--distributed-optimizer"}, {}});
+               // the distributed optimizer with the tied word embedding on two stages (its own shard segments),
+               // its parameter all-gather behind the next forward
+               Plan{2, 1, 2, "gpt-tiny", {"--distributed-optimizer", "--overlap-param-gather"}, {}});
   CAPTURE(plan.name());
 
   // The CPU backend's single-process run of the same model and global batch (its multi-rank runs equal it).

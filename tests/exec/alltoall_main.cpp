@@ -11,6 +11,7 @@
 
 #include <cstdio>
 #include <exception>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -75,9 +76,15 @@ int check_in_place(Communicator& comm, const char* what) {
   for (int idx = 0; idx < BLOCK; ++idx) {
     verify(static_cast<std::size_t>(BLOCK * comm.rank() + idx), "reduce-scatter");
   }
+  std::vector<float> copy = data;
   comm.all_gather_in_place(data);
   for (std::size_t idx = 0; idx < data.size(); ++idx) {
     verify(idx, "all-gather");
+  }
+  std::swap(copy, data);
+  comm.all_gather_in_place_async(data)->wait();
+  for (std::size_t idx = 0; idx < data.size(); ++idx) {
+    verify(idx, "async all-gather");
   }
   return wrong;
 }

@@ -891,7 +891,11 @@ TEST_CASE("exec::cuda::NcclCommunicator on every local GPU: exactly predictable 
       scatter->wait();
       cudaStreamSynchronize(streams[r]);
       scattered[r] = inplace.download();
-      comms[r]->all_gather_in_place(whole);
+      if (rank % 2 == 0) {
+        comms[r]->all_gather_in_place(whole);
+      } else { // the same collective, issued on the communication stream (--overlap-param-gather)
+        comms[r]->all_gather_in_place_async(whole)->wait();
+      }
       // Split by parity (as TP/DP groups are split from the world): ranks 0, 2, 4, ... and 1, 3, 5, ...
       const auto sub = comms[r]->split(rank % 2, rank);
       split_sizes[r] = sub->size();
