@@ -119,12 +119,6 @@ void validate_cuda_run_options(const RunOptions& options) {
                                                "on --backend cpu)",
                                                options.plan.get_zero_stage())));
   }
-  if (model::splits_backward(options.plan.schedule)) {
-    throw InputError(input_message(WHERE, "--schedule",
-                                   fmt::format("'{}' is not supported by --backend cuda yet (valid: gpipe, 1f1b, "
-                                               "interleaved; zero-bubble schedules run on --backend cpu)",
-                                               model::to_string(options.plan.schedule))));
-  }
 }
 
 } // namespace cuboid::exec::cuda

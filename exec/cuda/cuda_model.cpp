@@ -288,6 +288,36 @@ void CudaGptModel::linear_wgrad(const Bf16Buffer& x, const Bf16Buffer& dy, int w
   }
 }
 
+// --- zero-bubble schedules ---
+void CudaGptModel::weight_grad(CudaWeightGradWork* deferred, int weight, int bias, std::int64_t m, std::int64_t n,
+                               std::int64_t k, std::shared_ptr<const Bf16Buffer> a,
+                               std::shared_ptr<const Bf16Buffer> b) {
+  CUBOID_ASSERT(deferred != nullptr && a && b && !a->empty() && !b->empty(), "weight_grad of parameter {}: no operands",
+                weight);
+  deferred->items.push_back({weight, bias, m, n, k, std::move(a), std::move(b)});
+}
+
+std::shared_ptr<const Bf16Buffer> CudaGptModel::keep(Bf16Buffer&& buffer) const {
+  return std::make_shared<const Bf16Buffer>(std::move(buffer));
+}
+
+std::shared_ptr<const Bf16Buffer> CudaGptModel::keep_copy(const Bf16Buffer& buffer) const {
+  Bf16Buffer copy(buffer.size(), context_.stream);
+  CUDA_CHECK(cudaMemcpyAsync(copy.get(), buffer.get(), buffer.size() * sizeof(bf16), cudaMemcpyDeviceToDevice,
+                             context_.stream));
+  return keep(std::move(copy));
+}
+
+void CudaGptModel::apply_weight_grads(CudaWeightGradWork& work) {
+  for (const CudaWeightGradWork::Item& item : work.items) {
+    gemm(item.m, item.n, item.k, true, false, item.a->get(), item.b->get(), grad(item.weight), GemmDType::F32, 1.0f);
+    if (item.bias >= 0) {
+      k::elementwise::column_sum<bf16>({grad(item.bias), item.b->get(), item.k, item.n}, context_.stream);
+    }
+  }
+  work.items.clear();
+}
+
 void CudaGptModel::linear_dgrad(const Bf16Buffer& dy, int w, std::int64_t rows, F32Buffer& dx, float beta) {
   const ParamInfo& info = layout_.params().info(w);
   if (beta == 0.0f) {
@@ -494,7 +524,8 @@ void CudaGptModel::layer_forward(int layer, Bf16Buffer&& x, Bf16Buffer& out, Cud
   }
 }
 
-void CudaGptModel::layer_backward(int layer, CudaLayerCache& c, Bf16Buffer&& dout, Bf16Buffer& dx) {
+void CudaGptModel::layer_backward(int layer, CudaLayerCache& c, Bf16Buffer&& dout, Bf16Buffer& dx,
+                                  CudaWeightGradWork* deferred) {
   const cudaStream_t s = context_.stream;
   if (!c.complete) {
     Bf16Buffer ignored;
@@ -510,6 +541,10 @@ void CudaGptModel::layer_backward(int layer, CudaLayerCache& c, Bf16Buffer&& dou
   const std::int64_t ffn_cols = layout_.params().info(p.w1).cols;
   const k::attention::Shape shape{spec_.seq_length, plan_.micro_batch_size, q_cols / D, kv_cols / D, D};
   Bf16Buffer gathered; // all-gathered output gradients and norm outputs under sequence parallelism
+  // Zero-bubble B (deferred): an operand enter_tp returned is `local` itself, or `gathered` under sequence
+  // parallelism; the deferred work takes it over (gathered is refilled by the next enter_tp) or copies what this
+  // backward still changes.
+  const auto take = [&](Bf16Buffer& local) { return keep(std::move(sequence_parallel() ? gathered : local)); };
 
   // MLP branch: out = x2 + leave_tp(act W2) + b2.
   if (p.b2 >= 0) {
@@ -519,10 +554,19 @@ void CudaGptModel::layer_backward(int layer, CudaLayerCache& c, Bf16Buffer&& dou
   {
     const Bf16Buffer& dmlp = enter_tp(dout, gathered); // conjugate of leave_tp
     gemm(rows, ffn_cols, C, false, true, dmlp.get(), weight(p.w2), dact.get(), GemmDType::BF16, 0.0f);
-    gemm(ffn_cols, C, rows, true, false, c.act.get(), dmlp.get(), grad(p.w2), GemmDType::F32, 1.0f);
+    if (deferred != nullptr) { // dout becomes dx2 below: copied unless gathered
+      weight_grad(deferred, p.w2, -1, ffn_cols, C, rows, keep(std::move(c.act)),
+                  sequence_parallel() ? take(dout) : keep_copy(dout));
+    } else {
+      gemm(ffn_cols, C, rows, true, false, c.act.get(), dmlp.get(), grad(p.w2), GemmDType::F32, 1.0f);
+    }
   }
   c.act = Bf16Buffer();
   const Bf16Buffer& h2 = enter_tp(c.h2, gathered);
+  std::shared_ptr<const Bf16Buffer> h2_kept; // shared by fc1 and the gate
+  if (deferred != nullptr) {
+    h2_kept = take(c.h2);
+  }
   Bf16Buffer dfc1(count(rows, ffn_cols), s);
   F32Buffer dh2_f;
   if (spec_.gated_mlp) {
@@ -531,7 +575,12 @@ void CudaGptModel::layer_backward(int layer, CudaLayerCache& c, Bf16Buffer&& dou
                                           rows * ffn_cols},
                                          s);
     linear_dgrad(dgate, p.wg, rows, dh2_f, 0.0f);
-    linear_wgrad(h2, dgate, p.wg, p.bg, rows);
+    if (deferred != nullptr) {
+      const ParamInfo& info = layout_.params().info(p.wg);
+      weight_grad(deferred, p.wg, p.bg, info.rows, info.cols, rows, h2_kept, keep(std::move(dgate)));
+    } else {
+      linear_wgrad(h2, dgate, p.wg, p.bg, rows);
+    }
     linear_dgrad(dfc1, p.w1, rows, dh2_f, 1.0f);
   } else {
     k::activation::GeluBackwardArgs<bf16> gelu;
@@ -544,7 +593,12 @@ void CudaGptModel::layer_backward(int layer, CudaLayerCache& c, Bf16Buffer&& dou
     k::activation::gelu_backward<bf16>(gelu, s);
     linear_dgrad(dfc1, p.w1, rows, dh2_f, 0.0f);
   }
-  linear_wgrad(h2, dfc1, p.w1, p.b1, rows);
+  if (deferred != nullptr) {
+    const ParamInfo& info = layout_.params().info(p.w1);
+    weight_grad(deferred, p.w1, p.b1, info.rows, info.cols, rows, h2_kept, keep(std::move(dfc1)));
+  } else {
+    linear_wgrad(h2, dfc1, p.w1, p.b1, rows);
+  }
   F32Buffer dh2;
   leave_tp(dh2_f, dh2); // conjugate of enter_tp
   Bf16Buffer dx2 = std::move(dout); // dx2 = dout + ln2 backward (accumulated in place)
@@ -555,10 +609,15 @@ void CudaGptModel::layer_backward(int layer, CudaLayerCache& c, Bf16Buffer&& dou
     k::elementwise::column_sum<bf16>({grad(p.bo), dx2.get(), local_rows, C}, s);
   }
   Bf16Buffer dattn(count(rows, q_cols), s);
+  std::shared_ptr<const Bf16Buffer> dproj_kept; // the projection's W, queued once the attention backward has run
   {
     const Bf16Buffer& dproj = enter_tp(dx2, gathered);
     gemm(rows, q_cols, C, false, true, dproj.get(), weight(p.wo), dattn.get(), GemmDType::BF16, 0.0f);
-    gemm(q_cols, C, rows, true, false, c.attn.get(), dproj.get(), grad(p.wo), GemmDType::F32, 1.0f);
+    if (deferred != nullptr) { // dx2 becomes dx below: copied unless gathered
+      dproj_kept = sequence_parallel() ? take(dx2) : keep_copy(dx2);
+    } else {
+      gemm(q_cols, C, rows, true, false, c.attn.get(), dproj.get(), grad(p.wo), GemmDType::F32, 1.0f);
+    }
   }
   Bf16Buffer dq(count(rows, q_cols), s);
   Bf16Buffer dk(count(rows, kv_cols), s);
@@ -581,9 +640,17 @@ void CudaGptModel::layer_backward(int layer, CudaLayerCache& c, Bf16Buffer&& dou
   linear_dgrad(dk, p.wk, rows, dh1_f, 1.0f);
   linear_dgrad(dv, p.wv, rows, dh1_f, 1.0f);
   const Bf16Buffer& h1 = enter_tp(c.h1, gathered);
-  linear_wgrad(h1, dq, p.wq, p.bq, rows);
-  linear_wgrad(h1, dk, p.wk, p.bk, rows);
-  linear_wgrad(h1, dv, p.wv, p.bv, rows);
+  if (deferred != nullptr) {
+    weight_grad(deferred, p.wo, -1, q_cols, C, rows, keep(std::move(c.attn)), std::move(dproj_kept));
+    const std::shared_ptr<const Bf16Buffer> h1_kept = take(c.h1);
+    weight_grad(deferred, p.wq, p.bq, C, q_cols, rows, h1_kept, keep(std::move(dq)));
+    weight_grad(deferred, p.wk, p.bk, C, kv_cols, rows, h1_kept, keep(std::move(dk)));
+    weight_grad(deferred, p.wv, p.bv, C, kv_cols, rows, h1_kept, keep(std::move(dv)));
+  } else {
+    linear_wgrad(h1, dq, p.wq, p.bq, rows);
+    linear_wgrad(h1, dk, p.wk, p.bk, rows);
+    linear_wgrad(h1, dv, p.wv, p.bv, rows);
+  }
   F32Buffer dh1;
   leave_tp(dh1_f, dh1);
   dx = std::move(dx2);
@@ -621,7 +688,8 @@ void CudaGptModel::head_forward(Bf16Buffer&& x, const std::int32_t* targets, Cud
   }
 }
 
-void CudaGptModel::head_backward(CudaHeadCache& c, const std::int32_t* targets, float loss_scale, Bf16Buffer& dx) {
+void CudaGptModel::head_backward(CudaHeadCache& c, const std::int32_t* targets, float loss_scale, Bf16Buffer& dx,
+                                 CudaWeightGradWork* deferred) {
   const cudaStream_t s = context_.stream;
   const ParamInfo& info = layout_.params().info(head_w_);
   const std::int64_t rows = token_rows();
@@ -637,7 +705,12 @@ void CudaGptModel::head_backward(CudaHeadCache& c, const std::int32_t* targets, 
   {
     Bf16Buffer gathered;
     const Bf16Buffer& h = enter_tp(c.h, gathered);
-    gemm(V, C, rows, true, false, dlogits.get(), h.get(), grad(head_w_), GemmDType::F32, 1.0f);
+    if (deferred != nullptr) { // dW (V/tp, C) += dlogits^T h
+      weight_grad(deferred, head_w_, -1, V, C, rows, keep(std::move(dlogits)),
+                  keep(std::move(sequence_parallel() ? gathered : c.h)));
+    } else {
+      gemm(V, C, rows, true, false, dlogits.get(), h.get(), grad(head_w_), GemmDType::F32, 1.0f);
+    }
   }
   F32Buffer dh;
   leave_tp(dh_f, dh);

@@ -25,6 +25,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace cuboid::exec::cuda {
@@ -59,6 +60,20 @@ struct CudaLayerCache {
   Bf16Buffer x, h1, q, k, v, attn, x2, h2, fc1, gate, act;
   F32Buffer ln1_mean, ln1_rstd, ln2_mean, ln2_rstd, lse;
   bool complete = false; // false when only x was kept (full recompute)
+};
+
+// --- zero-bubble schedules ---
+/// The weight-gradient half (W) of a backward that zb-h1 / zb-v defer (as exec::WeightGradWork): per linear layer
+/// the GEMM dW += A^T B (A: the layer input X, or for the output layer dY; B: the other) with the column sums of B
+/// into its bias, and the operands, kept alive (shared where two layers read one input) until W runs.
+struct CudaWeightGradWork {
+  struct Item {
+    int weight = -1;                 // gradient grad(weight) (m, n) += a^T (k, m) b (k, n)
+    int bias = -1;                   // -1 without; else += column sums of b
+    std::int64_t m = 0, n = 0, k = 0;
+    std::shared_ptr<const Bf16Buffer> a, b;
+  };
+  std::vector<Item> items;
 };
 
 struct CudaHeadCache {
@@ -122,13 +137,18 @@ public:
   void embedding_backward(const std::int32_t* tokens, const Bf16Buffer& dout);
   /// Takes the layer input (saved in the cache for backward: moved, not copied).
   void layer_forward(int layer, Bf16Buffer&& x, Bf16Buffer& out, CudaLayerCache& cache, bool keep_all);
-  /// dx overwritten; consumes the cache (recomputes it if incomplete) and dout (its buffer becomes dx).
-  void layer_backward(int layer, CudaLayerCache& cache, Bf16Buffer&& dout, Bf16Buffer& dx);
+  /// dx overwritten; consumes the cache (recomputes it if incomplete) and dout (its buffer becomes dx). With
+  /// `deferred` (zero-bubble B) the weight GEMMs of the linear layers are queued there instead of run.
+  void layer_backward(int layer, CudaLayerCache& cache, Bf16Buffer&& dout, Bf16Buffer& dx,
+                      CudaWeightGradWork* deferred = nullptr);
   /// Adds loss_weight * (mean cross-entropy over the T*B tokens) to loss_acc[0] (device) unless loss_acc is null.
   /// Takes the head input (saved in the cache).
   void head_forward(Bf16Buffer&& x, const std::int32_t* targets, CudaHeadCache& cache, float* loss_acc,
                     float loss_weight);
-  void head_backward(CudaHeadCache& cache, const std::int32_t* targets, float loss_scale, Bf16Buffer& dx);
+  void head_backward(CudaHeadCache& cache, const std::int32_t* targets, float loss_scale, Bf16Buffer& dx,
+                     CudaWeightGradWork* deferred = nullptr);
+  /// Zero-bubble W: runs the queued weight GEMMs (and bias sums) and empties `work`.
+  void apply_weight_grads(CudaWeightGradWork& work);
 
 private:
   struct NormIdx {
@@ -160,6 +180,12 @@ private:
   void row_parallel_linear(const Bf16Buffer& in, int w, int bias, const Bf16Buffer& residual, Bf16Buffer& out);
   /// Weight and bias gradients of linear(): dW += x^T dy, db += colsum(dy).
   void linear_wgrad(const Bf16Buffer& x, const Bf16Buffer& dy, int w, int bias, std::int64_t rows);
+  /// grad(weight) += a^T b (+ column sums of b into bias): now, or queued in `deferred` (zero-bubble B).
+  void weight_grad(CudaWeightGradWork* deferred, int weight, int bias, std::int64_t m, std::int64_t n, std::int64_t k,
+                   std::shared_ptr<const Bf16Buffer> a, std::shared_ptr<const Bf16Buffer> b);
+  /// A buffer the deferred work may keep: `buffer` itself when it is consumed here (moved), else a device copy.
+  [[nodiscard]] std::shared_ptr<const Bf16Buffer> keep(Bf16Buffer&& buffer) const;
+  [[nodiscard]] std::shared_ptr<const Bf16Buffer> keep_copy(const Bf16Buffer& buffer) const;
   /// dx (rows, in) (fp32) = dy W^T, accumulated when beta = 1.
   void linear_dgrad(const Bf16Buffer& dy, int w, std::int64_t rows, F32Buffer& dx, float beta);
   void norm_forward(const NormIdx& idx, const Bf16Buffer& x, Bf16Buffer& y, F32Buffer& mean, F32Buffer& rstd);

@@ -19,6 +19,7 @@
 #include "kernels/elementwise.cuh"
 #include "model/errors.hpp"
 #include "model/rank_grid.hpp"
+#include "model/schedule.hpp"
 #include "model/step_builder.hpp"
 
 #include <fmt/format.h>
@@ -72,6 +73,7 @@ struct MicroState {
   DeviceBuffer<std::int32_t> inputs;
   DeviceBuffer<std::int32_t> targets;
   bool has_data = false;
+  std::map<int, CudaWeightGradWork> pending_w; // zero-bubble: deferred W per global layer (-1: the head)
 };
 
 struct PendingSend {
@@ -130,6 +132,9 @@ struct DeviceSetup {
   DeviceSetup& operator=(const DeviceSetup&) = delete;
 };
 
+// The pipeline stage holding the output layer: the last virtual stage's (zb-v: stage 0), as exec/runtime.cpp.
+int head_stage_of(const model::Plan& plan) { return model::locate_virtual_stage(plan, plan.pp * plan.vp - 1).stage; }
+
 cudaStream_t comm_stream_of(Communicator& comm, cudaStream_t fallback) {
   auto* nccl = dynamic_cast<NcclCommunicator*>(&comm);
   return nccl != nullptr ? nccl->comm_stream() : fallback;
@@ -139,7 +144,7 @@ class CudaTrainer {
 public:
   CudaTrainer(const RunOptions& options, const LaunchEnv& env, DeviceSetup& device, Communicator& world)
       : options_(options), world_(world), stream_(device.stream), grid_(options.plan.tp, options.plan.dp, options.plan.pp),
-        groups_(make_process_groups(world, grid_)),
+        groups_(make_process_groups(world, grid_, head_stage_of(options.plan))),
         gemm_(options.cuda_gemm_autotune ? GemmAlgoSelection::Autotune : GemmAlgoSelection::Heuristic),
         workspace_(workspace_bytes(GemmArgs{}), device.stream),
         all_programs_(world.rank() == 0 && options.trace ? build_programs(all_ranks(world)) : std::vector<Program>{}),
@@ -152,6 +157,9 @@ public:
         data_(options.model.vocab_size, options.model.seq_length, options.seed, options.data_file),
         loss_acc_(1, device.stream), norm_acc_(1, device.stream), timeline_(world.rank()) {
     (void)env;
+    if (options.plan.pp > 1) {
+      p2p_backward_ = world.split(0, world.rank());
+    }
     setup_buckets();
     if (options.timeout_s > 0.0) {
       watchdog_ = std::make_unique<Watchdog>(
@@ -207,6 +215,13 @@ private:
     return st;
   }
   void execute(const Instr& instr);
+  /// The communicator of a pipeline send / receive. NCCL matches point-to-point operations between two ranks in
+  /// issue order, ignoring tags, so each direction gets its own: a schedule may interleave forward and backward
+  /// transfers to one peer in different orders on the two sides (zb-v with 4 micro-batches does), but within one
+  /// direction both sides follow the micro-batches in order.
+  [[nodiscard]] Communicator& p2p(const Instr& instr) {
+    return instr.direction == Direction::Backward && p2p_backward_ ? *p2p_backward_ : world_;
+  }
   void optimizer_step();
   void sharded_optimizer_step();
   void reduce_sequence_parallel_grads();
@@ -241,6 +256,7 @@ private:
   int fault_fired_step_ = 0; // the step whose test fault was injected (once per step)
   std::atomic<int> current_instr_{-1};
   std::unique_ptr<Watchdog> watchdog_;
+  std::unique_ptr<Communicator> p2p_backward_; // pp > 1: a copy of the world for backward transfers (p2p())
 };
 
 // As exec/runtime.cpp setup_buckets, over the device layout: bucket k's CollectiveStart moves after the last backward
@@ -263,7 +279,7 @@ void CudaTrainer::setup_buckets() {
   };
   for (int pos = 0; pos < static_cast<int>(program_.instrs.size()); ++pos) {
     const Instr& instr = program_.instrs[static_cast<std::size_t>(pos)];
-    if (instr.kind != InstrKind::Backward) {
+    if (instr.kind != InstrKind::Backward && instr.kind != InstrKind::WeightGrad) { // zero-bubble: W finishes them
       continue;
     }
     if (instr.unit == UnitKind::Layer) {
@@ -344,18 +360,48 @@ void CudaTrainer::execute(const Instr& instr) {
     return;
   }
   case InstrKind::Backward: {
+    // Zero-bubble: B computes the input gradient only and queues the weight gradients for its W (as the CPU).
+    const bool split = model::splits_backward(options_.plan.schedule);
     if (instr.unit == UnitKind::Embedding) {
-      MicroState& st = with_data(instr.chunk, instr.microbatch);
-      model_.embedding_backward(st.inputs.get(), st.grad);
+      if (!split) { // else all of it is weight gradient: its W runs it
+        MicroState& st = with_data(instr.chunk, instr.microbatch);
+        model_.embedding_backward(st.inputs.get(), st.grad);
+      }
     } else if (instr.unit == UnitKind::Layer) {
       MicroState& st = state(instr.chunk, instr.microbatch);
       Bf16Buffer dx;
-      model_.layer_backward(instr.layer, st.layers[instr.layer], std::move(st.grad), dx);
+      model_.layer_backward(instr.layer, st.layers[instr.layer], std::move(st.grad), dx,
+                            split ? &st.pending_w[instr.layer] : nullptr);
       st.layers.erase(instr.layer);
       st.grad = std::move(dx);
     } else {
       MicroState& st = with_data(instr.chunk, instr.microbatch);
-      model_.head_backward(st.head, st.targets.get(), loss_scale, st.grad);
+      model_.head_backward(st.head, st.targets.get(), loss_scale, st.grad, split ? &st.pending_w[-1] : nullptr);
+    }
+    return;
+  }
+  // --- zero-bubble schedules ---
+  case InstrKind::WeightGrad: {
+    if (instr.unit == UnitKind::Embedding) {
+      // st.grad still holds the first layer's input gradient.
+      MicroState& st = with_data(instr.chunk, instr.microbatch);
+      model_.embedding_backward(st.inputs.get(), st.grad);
+      return;
+    }
+    MicroState& st = state(instr.chunk, instr.microbatch);
+    const auto found = st.pending_w.find(instr.unit == UnitKind::Layer ? instr.layer : -1);
+    CUBOID_ASSERT(found != st.pending_w.end(), "{}: no deferred weight gradient (its B did not run)", instr.label);
+    model_.apply_weight_grads(found->second);
+    st.pending_w.erase(found);
+    return;
+  }
+  case InstrKind::LocalMove: { // zb-v: the V's turn between this rank's two chunks
+    MicroState& from = state(instr.chunk, instr.microbatch);
+    MicroState& to = state(instr.peer, instr.microbatch);
+    if (instr.direction == Direction::Forward) {
+      to.act = std::move(from.act);
+    } else {
+      to.grad = std::move(from.grad);
     }
     return;
   }
@@ -365,8 +411,8 @@ void CudaTrainer::execute(const Instr& instr) {
     CUBOID_ASSERT(buffer.size() == act_elements && act_elements % 2 == 0, "{}: nothing to send ({} elements)",
                   instr.label, buffer.size());
     // bf16 pairs travel as 32-bit words (NCCL moves bytes; no arithmetic on them).
-    auto request = world_.send(std::span<const float>(reinterpret_cast<const float*>(buffer.get()), buffer.size() / 2),
-                               instr.peer, instr.tag);
+    auto request = p2p(instr).send(
+        std::span<const float>(reinterpret_cast<const float*>(buffer.get()), buffer.size() / 2), instr.peer, instr.tag);
     sends_.push_back({std::move(buffer), std::move(request)});
     return;
   }
@@ -374,7 +420,7 @@ void CudaTrainer::execute(const Instr& instr) {
     MicroState& st = state(instr.chunk, instr.microbatch);
     Bf16Buffer& target = instr.direction == Direction::Forward ? st.act : st.grad;
     target.resize(act_elements, stream_);
-    world_.recv(std::span<float>(reinterpret_cast<float*>(target.get()), act_elements / 2), instr.peer, instr.tag);
+    p2p(instr).recv(std::span<float>(reinterpret_cast<float*>(target.get()), act_elements / 2), instr.peer, instr.tag);
     return;
   }
   case InstrKind::CollectiveStart: {
@@ -404,13 +450,6 @@ void CudaTrainer::execute(const Instr& instr) {
   }
   case InstrKind::OptimizerStep: optimizer_step(); return;
   case InstrKind::Free: micro_.erase({instr.chunk, instr.microbatch}); return;
-  case InstrKind::WeightGrad:
-  case InstrKind::LocalMove:
-    // Zero-bubble instructions: validate_cuda_run_options() refuses those schedules before any program is built.
-    throw InputError(input_message("command line", "--schedule",
-                                   fmt::format("instruction {} of a zero-bubble schedule is not supported by --backend "
-                                               "cuda (valid: gpipe, 1f1b, interleaved)",
-                                               instr.label)));
   }
 }
 
@@ -664,7 +703,7 @@ double CudaTrainer::step() {
         if (instr.kind == InstrKind::CollectiveStart) {
           end_stream = comm_stream_of(*groups_.dp, stream_);
         } else if (instr.kind == InstrKind::Send) {
-          end_stream = comm_stream_of(world_, stream_);
+          end_stream = comm_stream_of(p2p(instr), stream_);
         }
         timeline_.stop(handle, end_stream);
       }

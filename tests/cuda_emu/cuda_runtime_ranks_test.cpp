@@ -195,7 +195,10 @@ TEST_CASE("CUDA runtime on the emulator: the canonical DP/TP/PP plans follow the
                Plan{2, 1, 1, "gpt-tiny", {"--distributed-optimizer"}, {{"CUBOID_EMU_CUBLASLT_NO_EPILOGUE", "1"}}},
                // the distributed optimizer with the tied word embedding on two stages (its own shard segments),
                // its parameter all-gather behind the next forward
-               Plan{2, 1, 2, "gpt-tiny", {"--distributed-optimizer", "--overlap-param-gather"}, {}});
+               Plan{2, 1, 2, "gpt-tiny", {"--distributed-optimizer", "--overlap-param-gather"}, {}},
+               // zero-bubble schedules: W deferred after B (ZB-H1), and the V of two chunks per rank (ZB-V)
+               Plan{1, 1, 2, "gpt-tiny", {"--schedule", "zb-h1"}, {}},
+               Plan{1, 2, 2, "llama-tiny", {"--vp", "2", "--schedule", "zb-v", "--sequence-parallel"}, {}});
   CAPTURE(plan.name());
 
   // The CPU backend's single-process run of the same model and global batch (its multi-rank runs equal it).
