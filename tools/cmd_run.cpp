@@ -493,18 +493,32 @@ int run_cuda(const RunCliOptions& cli) {
                                                model::TraceSet{"predicted", predicted_events}});
   }
   const model::Plan& plan = scenario.plan;
-  // The simulator's peak memory of world rank 0 (sim/memory_timeline), to set beside the measured high-water mark of
-  // the stream-ordered pool. NCCL allocates its buffers outside that pool, so the comparable prediction is the peak
-  // less its CommBuffers share (model/memory_model.cpp: 32 MiB per communicator).
-  double predicted_rank0_bytes = 0.0;
-  double predicted_rank0_nccl_bytes = 0.0;
+  // The simulator's peak memory of each rank (sim/memory_timeline), to set beside the measured high-water mark of its
+  // stream-ordered pool. NCCL allocates its buffers outside that pool, so the comparable prediction is the peak less
+  // its CommBuffers share (model/memory_model.cpp: 32 MiB per communicator).
+  struct RankBytes {
+    double measured = 0.0, predicted = 0.0, nccl = 0.0;
+    [[nodiscard]] double pool() const { return predicted - nccl; }
+  };
+  std::vector<RankBytes> memory(static_cast<std::size_t>(scenario.plan.world_size()));
   for (const sim::RankMemory& m : predicted.memory) {
-    if (m.rank == 0) {
-      predicted_rank0_bytes = m.peak_bytes;
-      predicted_rank0_nccl_bytes = m.at_peak[static_cast<std::size_t>(model::MemTag::CommBuffers)];
+    if (m.rank >= 0 && static_cast<std::size_t>(m.rank) < memory.size()) {
+      memory[static_cast<std::size_t>(m.rank)].predicted = m.peak_bytes;
+      memory[static_cast<std::size_t>(m.rank)].nccl = m.at_peak[static_cast<std::size_t>(model::MemTag::CommBuffers)];
     }
   }
-  const double predicted_pool_bytes = predicted_rank0_bytes - predicted_rank0_nccl_bytes;
+  for (std::size_t rank = 0; rank < memory.size() && rank < training.peak_reserved_bytes_per_rank.size(); ++rank) {
+    memory[rank].measured = training.peak_reserved_bytes_per_rank[rank];
+  }
+  const RankBytes rank0 = memory.empty() ? RankBytes{} : memory.front();
+  // The rank whose measurement is farthest from its prediction (relative), for the one-line summary.
+  std::size_t worst = 0;
+  for (std::size_t rank = 0; rank < memory.size(); ++rank) {
+    if (std::abs(relative_error(memory[rank].pool(), memory[rank].measured)) >
+        std::abs(relative_error(memory[worst].pool(), memory[worst].measured))) {
+      worst = rank;
+    }
+  }
   constexpr double GIB = 1024.0 * 1024.0 * 1024.0;
   if (cli.json) {
     nlohmann::json out = to_json(scenario, run, profile, predicted, errors, cli.top_tasks, "cuda");
@@ -516,8 +530,17 @@ int run_cuda(const RunCliOptions& cli) {
     out["model_flops_per_step"] = graph.model_flops_per_step;
     out["peak_flops_per_s"] = peak;
     out["peak_reserved_bytes_rank0"] = training.peak_reserved_bytes;
-    out["predicted_peak_bytes_rank0"] = predicted_rank0_bytes;       // with NCCL's buffers
-    out["predicted_pool_bytes_rank0"] = predicted_pool_bytes;        // without them: compare with the pool
+    out["predicted_peak_bytes_rank0"] = rank0.predicted; // with NCCL's buffers
+    out["predicted_pool_bytes_rank0"] = rank0.pool();    // without them: compare with the pool
+    nlohmann::json per_rank = nlohmann::json::array();
+    for (std::size_t rank = 0; rank < memory.size(); ++rank) {
+      per_rank.push_back({{"rank", rank},
+                          {"measured_pool_bytes", memory[rank].measured},
+                          {"predicted_pool_bytes", memory[rank].pool()},
+                          {"predicted_nccl_bytes", memory[rank].nccl},
+                          {"error", relative_error(memory[rank].pool(), memory[rank].measured)}});
+    }
+    out["memory_per_rank"] = per_rank;
     // The five longest measured tasks with their prediction (the op-by-op bar: within 15 %).
     std::vector<TaskError> longest = errors;
     std::stable_sort(longest.begin(), longest.end(),
@@ -547,10 +570,17 @@ int run_cuda(const RunCliOptions& cli) {
                            "TFLOP/s per GPU); device memory pool high-water mark on rank 0: {:.3f} GiB, predicted "
                            "{:.3f} GiB (and {:.3f} GiB of NCCL buffers outside the pool); attention: {}\n",
                            100.0 * measured_mfu, 100.0 * predicted.mfu, graph.model_flops_per_step, peak / 1e12,
-                           training.peak_reserved_bytes / GIB, predicted_pool_bytes / GIB,
-                           predicted_rank0_nccl_bytes / GIB, training.attention_kernel)
+                           rank0.measured / GIB, rank0.pool() / GIB, rank0.nccl / GIB, training.attention_kernel)
                    .c_str(),
                stdout);
+    if (memory.size() > 1) {
+      std::fputs(fmt::format("memory of the {} ranks: farthest from its prediction is rank {}, {:.3f} GiB measured, "
+                             "{:.3f} GiB predicted ({:+.1f} %); per rank in --json (memory_per_rank)\n",
+                             memory.size(), worst, memory[worst].measured / GIB, memory[worst].pool() / GIB,
+                             100.0 * relative_error(memory[worst].pool(), memory[worst].measured))
+                     .c_str(),
+                 stdout);
+    }
   }
   return 0;
 }

@@ -5,6 +5,7 @@
 #include "exec/runtime.hpp"
 
 #include <string>
+#include <vector>
 
 namespace cuboid::tools {
 
@@ -15,6 +16,7 @@ struct CudaTraining {
   std::string launcher;
   std::string device;
   double peak_reserved_bytes = 0.0;
+  std::vector<double> peak_reserved_bytes_per_rank; // on rank 0: every world rank's pool high-water mark
   std::string attention_kernel;
 };
 

@@ -16,6 +16,7 @@ CudaTraining run_cuda_backend(const exec::RunOptions& options) {
   out.launcher = result.launcher;
   out.device = result.device;
   out.peak_reserved_bytes = result.peak_reserved_bytes;
+  out.peak_reserved_bytes_per_rank = std::move(result.peak_reserved_bytes_per_rank);
   out.attention_kernel = result.attention_kernel;
   return out;
 }

@@ -192,10 +192,14 @@ private:
   }
   std::string current_label() const {
     const int idx = current_instr_.load();
+    if (idx == END_OF_STEP) {
+      return "(end of step: the loss summed on the device, read back after the last task)";
+    }
     return idx >= 0 && idx < static_cast<int>(program_.instrs.size())
                ? program_.instrs[static_cast<std::size_t>(idx)].label
                : std::string("(between tasks)");
   }
+  static constexpr int END_OF_STEP = -2; // current_instr_ while the step's loss is reduced and read back
   void setup_buckets();
   MicroState& state(int chunk, int mb) { return micro_[{chunk, mb}]; }
   MicroState& with_data(int chunk, int mb) {
@@ -708,7 +712,7 @@ double CudaTrainer::step() {
         timeline_.stop(handle, end_stream);
       }
     }
-    current_instr_.store(-1);
+    current_instr_.store(END_OF_STEP);
     for (auto& send : sends_) {
       send.request->wait();
     }
@@ -724,11 +728,13 @@ double CudaTrainer::step() {
     if (watchdog_) {
       watchdog_->disarm();
     }
+    // No host sync per micro-batch: the faulty micro-batch is not known here (the CPU backend names it).
     if (!std::isfinite(loss)) {
       throw std::runtime_error(fmt::format("loss is {}: stopping the run (diverged or bad input: check the learning "
                                            "rate and the data)",
                                            loss));
     }
+    current_instr_.store(-1);
     return static_cast<double>(loss);
   } catch (const std::exception& e) {
     const std::string message =
@@ -835,6 +841,14 @@ CudaRunResult run_training_cuda(const RunOptions& requested) {
   std::uint64_t high = 0;
   CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemHigh, &high));
   result.peak_reserved_bytes = static_cast<double>(high);
+  const double mine = result.peak_reserved_bytes;
+  if (world->size() == 1) {
+    result.peak_reserved_bytes_per_rank = {mine};
+  } else {
+    for (const std::vector<double>& rank : gather_doubles(*world, std::span<const double>(&mine, 1))) {
+      result.peak_reserved_bytes_per_rank.push_back(rank.empty() ? 0.0 : rank.front());
+    }
+  }
   return result;
 }
 

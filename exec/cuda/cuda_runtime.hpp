@@ -12,6 +12,7 @@
 #include "exec/runtime.hpp"
 
 #include <string>
+#include <vector>
 
 namespace cuboid::exec::cuda {
 
@@ -22,6 +23,7 @@ struct CudaRunResult {
   std::string launcher;      // "single process", "torchrun", "mpirun"
   std::string device;        // cudaDeviceProp::name of this rank's GPU
   double peak_reserved_bytes = 0.0; // high-water mark of the device memory pool on rank 0 (weights + activations)
+  std::vector<double> peak_reserved_bytes_per_rank; // the same of every world rank, on rank 0 (empty elsewhere)
   std::string attention_kernel;      // which attention kernels the layers used (CudaGptModel::attention_kernel)
 };
 
