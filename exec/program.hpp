@@ -8,6 +8,7 @@
 
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace cuboid::exec {
@@ -60,5 +61,15 @@ struct Program {
 [[nodiscard]] std::string to_string(InstrKind kind);
 /// "fwd L3 mb2 c0", "send fwd mb2 c0 -> r4", ...
 [[nodiscard]] std::string describe(const Instr& instr);
+
+/// --- zero-bubble schedules --- A LocalMove: hands the activation (forward) or the input gradient (backward) from
+/// one chunk's micro-batch state to the other's (both runtimes' MicroState have act and grad).
+template <typename MicroState> void local_move(const Instr& instr, MicroState& from, MicroState& to) {
+  if (instr.direction == Direction::Forward) {
+    to.act = std::move(from.act);
+  } else {
+    to.grad = std::move(from.grad);
+  }
+}
 
 } // namespace cuboid::exec

@@ -493,16 +493,9 @@ void Trainer::State::execute(const Instr& instr) {
     st.pending_w.erase(found);
     return;
   }
-  case InstrKind::LocalMove: {
-    MicroState& from = state(instr.chunk, instr.microbatch);
-    MicroState& to = state(instr.peer, instr.microbatch);
-    if (instr.direction == Direction::Forward) {
-      to.act = std::move(from.act);
-    } else {
-      to.grad = std::move(from.grad);
-    }
+  case InstrKind::LocalMove:
+    local_move(instr, state(instr.chunk, instr.microbatch), state(instr.peer, instr.microbatch));
     return;
-  }
   case InstrKind::Send: {
     MicroState& st = state(instr.chunk, instr.microbatch);
     auto buffer = std::make_unique<Mat>(std::move(instr.direction == Direction::Forward ? st.act : st.grad));

@@ -60,6 +60,18 @@ std::vector<BucketRange> keep_whole(std::vector<BucketRange> buckets, BucketRang
   return buckets;
 }
 
+std::vector<BucketRange> snap_to_tensors(std::vector<BucketRange> buckets, std::span<const std::size_t> offsets,
+                                         std::size_t total) {
+  for (std::size_t k = 0; k + 1 < buckets.size(); ++k) {
+    const auto next = std::lower_bound(offsets.begin(), offsets.end(), buckets[k].end);
+    const std::size_t boundary = std::max(buckets[k].begin, next == offsets.end() ? total : *next);
+    buckets[k].end = boundary;
+    buckets[k + 1].begin = boundary;
+    buckets[k + 1].end = std::max(buckets[k + 1].end, boundary);
+  }
+  return buckets;
+}
+
 OptimizerShards optimizer_shards(const std::vector<BucketRange>& buckets, std::span<const std::size_t> splits, int dp,
                                  int dp_rank) {
   CUBOID_ASSERT(dp >= 1 && dp_rank >= 0 && dp_rank < dp, "optimizer_shards: DP rank {} of {}", dp_rank, dp);
@@ -113,10 +125,10 @@ void validate_cuda_run_options(const RunOptions& options) {
                                                "yet (valid: a dense model; MoE models run on --backend cpu)",
                                                options.model.name)));
   }
-  if (options.plan.get_zero_stage() >= 2) {
+  if (options.plan.get_zero_stage() >= 3) {
     throw InputError(input_message(WHERE, "--zero",
-                                   fmt::format("{} is not supported by --backend cuda yet (valid: 0, 1; ZeRO-2/3 run "
-                                               "on --backend cpu)",
+                                   fmt::format("{} is not supported by --backend cuda yet (valid: 0, 1, 2; ZeRO-3 / "
+                                               "FSDP runs on --backend cpu)",
                                                options.plan.get_zero_stage())));
   }
 }

@@ -62,13 +62,18 @@ struct OptimizerShards {
 /// `buckets` with every inner boundary that falls inside `whole` moved to its end, so that one bucket holds all of it.
 [[nodiscard]] std::vector<BucketRange> keep_whole(std::vector<BucketRange> buckets, BucketRange whole);
 
+/// `buckets` with every inner boundary moved up to the next tensor start (`offsets`, ascending), so that no tensor
+/// spans two buckets (ZeRO-2 keeps one gradient buffer per bucket).
+[[nodiscard]] std::vector<BucketRange> snap_to_tensors(std::vector<BucketRange> buckets,
+                                                       std::span<const std::size_t> offsets, std::size_t total);
+
 /// Cuts `buckets` (contiguous from 0, boundaries multiples of dp) at the `splits` offsets (each a multiple of dp
 /// inside [0, total]) and gives DP rank dp_rank its piece of each segment.
 [[nodiscard]] OptimizerShards optimizer_shards(const std::vector<BucketRange>& buckets,
                                                std::span<const std::size_t> splits, int dp, int dp_rank);
 
 /// Throws InputError (location "command line") for what the CUDA runtime does not support yet: precision other
-/// than bf16, context parallelism, MoE models, ZeRO-2/3.
+/// than bf16, context parallelism, MoE models, ZeRO-3.
 void validate_cuda_run_options(const RunOptions& options);
 
 } // namespace cuboid::exec::cuda

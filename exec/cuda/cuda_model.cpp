@@ -44,7 +44,7 @@ CudaGptModel::CudaGptModel(const model::ModelSpec& spec, const model::Plan& plan
     : spec_(spec), plan_(plan), tp_rank_(tp_rank), context_(context),
       layout_(spec, plan, tp_rank, pp_rank, seed, false),
       device_(device_param_layout(layout_.params().infos(),
-                                  sharding.shard_optimizer && sharding.dp > 1
+                                  (sharding.shard_optimizer || sharding.shard_grads) && sharding.dp > 1
                                       ? PARAM_ALIGN_ELEMENTS * static_cast<std::size_t>(sharding.dp)
                                       : PARAM_ALIGN_ELEMENTS)) {
   const cudaStream_t s = context_.stream;
@@ -57,10 +57,16 @@ CudaGptModel::CudaGptModel(const model::ModelSpec& spec, const model::Plan& plan
   master_ = F32Buffer(state, s);
   m_ = F32Buffer(state, s);
   v_ = F32Buffer(state, s);
-  grads_ = F32Buffer(device_.total, s);
+  if (shard_grads_) {
+    shard_grad_buffer_ = F32Buffer(shards_.shard_total, s);
+    shard_grad_buffer_.zero(s);
+    bucket_grads_.resize(buckets_.size());
+  } else {
+    grads_ = F32Buffer(device_.total, s);
+    grads_.zero(s);
+  }
   weights_ = DeviceBuffer<bf16>(device_.total, s);
   master_.zero(s);
-  grads_.zero(s);
   m_.zero(s);
   v_.zero(s);
   layers_.resize(static_cast<std::size_t>(spec_.num_layers));
@@ -106,14 +112,30 @@ const CudaGptModel::LayerIdx& CudaGptModel::layer_idx(int layer) const {
 // must shard it alike for the embedding-group all-reduce that follows the reduce-scatter). The 1-row parameters
 // (norm weights, biases) get an fp32 replica for the kernels that read them.
 void CudaGptModel::setup_sharding(const DpSharding& sharding) {
-  const bool sharded = sharding.shard_optimizer && sharding.dp > 1;
+  const bool sharded = (sharding.shard_optimizer || sharding.shard_grads) && sharding.dp > 1;
   const std::size_t granule = sharded ? PARAM_ALIGN_ELEMENTS * static_cast<std::size_t>(sharding.dp) : 1;
-  buckets_ = bucket_ranges(sharding.bucket_weights, device_.total, granule);
+  const auto& infos = layout_.params().infos();
+  shard_grads_ = sharded && sharding.shard_grads;
+  std::vector<double> weights = sharding.bucket_weights;
+  if (shard_grads_ && weights.empty()) {
+    // ZeRO-2 programs reduce-scatter per micro-batch (ZeroOp::ScatterGrads) without DP buckets of their own: one
+    // gradient bucket per unit's worth of parameters (equal shares, then whole tensors).
+    const GptModel& host = layout_;
+    std::size_t units = host.embedding_params().empty() ? 0U : 1U;
+    units += host.head_params().empty() ? 0U : 1U;
+    for (int layer = 0; layer < spec_.num_layers; ++layer) {
+      units += find(fmt::format("layers.{}.attn.wq", layer)) >= 0 ? 1U : 0U; // held by this stage
+    }
+    weights.assign(std::max<std::size_t>(units, 1), 1.0);
+  }
+  buckets_ = bucket_ranges(weights, device_.total, granule);
   if (!sharded) {
     return;
   }
   CUBOID_ASSERT(!buckets_.empty(), "the distributed optimizer over dp {} needs the program's DP buckets", sharding.dp);
-  const auto& infos = layout_.params().infos();
+  if (shard_grads_) {
+    buckets_ = snap_to_tensors(std::move(buckets_), device_.offsets, device_.total);
+  }
   std::vector<std::size_t> splits;
   if (spec_.tied_embeddings && plan_.pp > 1 && wte_ >= 0) {
     const std::size_t begin = device_.offsets[static_cast<std::size_t>(wte_)];
@@ -123,6 +145,20 @@ void CudaGptModel::setup_sharding(const DpSharding& sharding) {
     splits = {begin, end};
   }
   shards_ = cuda::optimizer_shards(buckets_, splits, sharding.dp, sharding.dp_rank);
+  if (shard_grads_) {
+    param_bucket_.assign(infos.size(), -1);
+    for (std::size_t idx = 0; idx < infos.size(); ++idx) {
+      for (std::size_t kb = 0; kb < buckets_.size(); ++kb) {
+        if (device_.offsets[idx] >= buckets_[kb].begin && device_.offsets[idx] < buckets_[kb].end) {
+          param_bucket_[idx] = static_cast<int>(kb);
+        }
+      }
+      CUBOID_ASSERT(param_bucket_[idx] >= 0 &&
+                        device_.offsets[idx] + infos[idx].size() <=
+                            buckets_[static_cast<std::size_t>(param_bucket_[idx])].end,
+                    "parameter {} is not inside one gradient bucket", infos[idx].name);
+    }
+  }
   replica_offsets_.assign(infos.size(), NOT_REPLICATED);
   std::size_t replicated = 0;
   for (std::size_t idx = 0; idx < infos.size(); ++idx) {
@@ -145,6 +181,58 @@ float* CudaGptModel::moment1(int idx) const {
 float* CudaGptModel::moment2(int idx) const {
   CUBOID_ASSERT(!shards_optimizer(), "moment2({}): the distributed optimizer keeps pieces, not tensors", idx);
   return v_.get() + device_.offsets[static_cast<std::size_t>(idx)];
+}
+
+float* CudaGptModel::grad(int idx) const {
+  const std::size_t offset = device_.offsets[static_cast<std::size_t>(idx)];
+  if (!shard_grads_) {
+    return grads_.get() + offset;
+  }
+  const auto kb = static_cast<std::size_t>(param_bucket_[static_cast<std::size_t>(idx)]);
+  F32Buffer& buffer = bucket_grads_[kb];
+  if (buffer.empty()) {
+    buffer = F32Buffer(buckets_[kb].end - buckets_[kb].begin, context_.stream);
+    buffer.zero(context_.stream);
+  }
+  return buffer.get() + (offset - buckets_[kb].begin);
+}
+
+float* CudaGptModel::grads() const {
+  CUBOID_ASSERT(!shard_grads_, "ZeRO-2 keeps no full gradient buffer (sharded_grads() holds the pieces)");
+  return grads_.get();
+}
+
+// --- ZeRO / FSDP ---
+void CudaGptModel::scatter_grads(Communicator& dp) {
+  for (std::size_t kb = 0; kb < buckets_.size(); ++kb) {
+    scatter_bucket(dp, kb);
+  }
+}
+
+void CudaGptModel::scatter_bucket(Communicator& dp, std::size_t kb) {
+  CUBOID_ASSERT(shard_grads_ && kb < buckets_.size(), "scatter_bucket({}) without ZeRO-2", kb);
+  std::size_t piece = 0; // shards_.owned has one piece per segment, in bucket order
+  for (std::size_t before = 0; before < kb; ++before) {
+    piece += shards_.segments[before].size();
+  }
+  const std::vector<ShardSegment>& segments = shards_.segments[kb];
+  F32Buffer& buffer = bucket_grads_[kb];
+  if (!buffer.empty()) {
+    for (const ShardSegment& segment : segments) {
+      float* data = buffer.get() + (segment.begin - buckets_[kb].begin);
+      dp.reduce_scatter_in_place_async(std::span<float>(data, segment.end - segment.begin))->wait();
+      const OwnedPiece& owned = shards_.owned[piece++];
+      float* mine = data + (owned.begin - segment.begin);
+      float* acc = shard_grad_buffer_.get() + owned.shard_offset;
+      k::elementwise::residual_add<float>({acc, acc, mine, nullptr, 1, static_cast<std::int64_t>(owned.size)},
+                                          context_.stream);
+    }
+    buffer = F32Buffer(); // freed in stream order, after the reduce-scatter the compute stream now waits for
+  }
+}
+
+int CudaGptModel::bucket_of(int idx) const {
+  return shard_grads_ ? param_bucket_[static_cast<std::size_t>(idx)] : -1;
 }
 
 const float* CudaGptModel::value32(int idx) const {
@@ -177,14 +265,34 @@ void CudaGptModel::refresh_replica(int idx) {
 // optimizer initialises the full tensors in the gradient buffer (zeroed again after), keeps its pieces as master
 // values and the exact fp32 values of the 1-row parameters as their replica.
 void CudaGptModel::initialise(std::uint64_t seed) {
+  if (!shards_optimizer()) {
+    initialise_range(seed, 0, device_.total, master_.get()); // zeroed by the constructor
+    return;
+  }
+  if (!shard_grads_) {
+    initialise_range(seed, 0, device_.total, grads_.get());
+    grads_.zero(context_.stream);
+    return;
+  }
+  for (const BucketRange& bucket : buckets_) { // ZeRO-2: no full fp32 buffer; one bucket's worth at a time
+    F32Buffer scratch(bucket.end - bucket.begin, context_.stream);
+    scratch.zero(context_.stream);
+    initialise_range(seed, bucket.begin, bucket.end, scratch.get());
+  }
+}
+
+void CudaGptModel::initialise_range(std::uint64_t seed, std::size_t begin, std::size_t end, float* scratch) {
   const cudaStream_t s = context_.stream;
   const auto& infos = layout_.params().infos();
-  float* values = shards_optimizer() ? grads_.get() : master_.get();
+  const auto in_range = [&](std::size_t idx) { return device_.offsets[idx] >= begin && device_.offsets[idx] < end; };
   for (std::size_t idx = 0; idx < infos.size(); ++idx) {
+    if (!in_range(idx)) {
+      continue;
+    }
     const ParamInfo& p = infos[idx];
-    float* out = values + device_.offsets[idx];
+    float* out = scratch + (device_.offsets[idx] - begin);
     switch (p.init) {
-    case InitKind::Zeros: break; // zeroed above
+    case InitKind::Zeros: break; // zeroed by the caller
     case InitKind::Ones: k::init::fill({out, 1.0f, static_cast<std::int64_t>(p.size())}, s); break;
     case InitKind::Normal:
       k::init::normal({out, mix64(seed) ^ hash_name(p.name), p.init_std, p.rows, p.cols, p.row0, p.col0, p.full_cols},
@@ -192,24 +300,38 @@ void CudaGptModel::initialise(std::uint64_t seed) {
       break;
     }
   }
-  k::cast::convert<bf16, float>({weights_.get(), values, static_cast<std::int64_t>(device_.total)}, s);
+  if (end > begin) {
+    k::cast::convert<bf16, float>({weights_.get() + begin, scratch, static_cast<std::int64_t>(end - begin)}, s);
+  }
   if (!shards_optimizer()) {
     return;
   }
   for (const OwnedPiece& piece : shards_.owned) {
-    CUDA_CHECK(cudaMemcpyAsync(master_.get() + piece.shard_offset, values + piece.begin, piece.size * sizeof(float),
-                               cudaMemcpyDeviceToDevice, s));
+    const std::size_t lo = std::max(begin, piece.begin);
+    const std::size_t hi = std::min(end, piece.begin + piece.size);
+    if (lo < hi) {
+      CUDA_CHECK(cudaMemcpyAsync(master_.get() + piece.shard_offset + (lo - piece.begin), scratch + (lo - begin),
+                                 (hi - lo) * sizeof(float), cudaMemcpyDeviceToDevice, s));
+    }
   }
   for (std::size_t idx = 0; idx < infos.size(); ++idx) {
-    if (replica_offsets_[idx] != NOT_REPLICATED) {
-      CUDA_CHECK(cudaMemcpyAsync(replica32_.get() + replica_offsets_[idx], values + device_.offsets[idx],
+    if (in_range(idx) && replica_offsets_[idx] != NOT_REPLICATED) {
+      CUDA_CHECK(cudaMemcpyAsync(replica32_.get() + replica_offsets_[idx], scratch + (device_.offsets[idx] - begin),
                                  infos[idx].size() * sizeof(float), cudaMemcpyDeviceToDevice, s));
     }
   }
-  grads_.zero(s);
 }
 
-void CudaGptModel::zero_grads() { grads_.zero(context_.stream); }
+void CudaGptModel::zero_grads() {
+  if (shard_grads_) {
+    shard_grad_buffer_.zero(context_.stream);
+    for (F32Buffer& buffer : bucket_grads_) {
+      buffer = F32Buffer();
+    }
+  } else {
+    grads_.zero(context_.stream);
+  }
+}
 
 bool CudaGptModel::use_tensor_core_attention() const {
   const std::int64_t D = spec_.head_dim;

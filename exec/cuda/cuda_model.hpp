@@ -10,7 +10,9 @@
 // Distributed optimizer (DpSharding::shard_optimizer): the fp32 master weights and both AdamW moments hold only this
 // DP rank's pieces of the flat buffers (OptimizerShards, Megatron-Core's layout: 12 bytes per parameter / dp); the
 // forward then reads what Megatron's does, the bf16 model copy: the embedding tables directly, the norm weights and
-// biases through a small fp32 replica widened from it after every parameter all-gather.
+// biases through a small fp32 replica widened from it after every parameter all-gather. ZeRO-2
+// (DpSharding::shard_grads) also shards the reduced fp32 gradients: each bucket has a gradient buffer of its own,
+// allocated at its first write and freed by the reduce-scatter that adds this rank's piece to sharded_grads().
 #pragma once
 
 #include "exec/communicator.hpp"
@@ -52,6 +54,7 @@ struct DpSharding {
   int dp = 1;
   int dp_rank = 0;
   bool shard_optimizer = false;       // Megatron's --use-distributed-optimizer with dp > 1
+  bool shard_grads = false;           // ZeRO-2 (with shard_optimizer): the reduced fp32 gradients sharded too
 };
 
 /// Saved activations of one layer for one micro-batch (as exec::LayerCache; the attention keeps its LSE instead of
@@ -123,11 +126,26 @@ public:
   /// copy into their fp32 replica.
   void refresh_replicas();
   void refresh_replica(int idx);
-  [[nodiscard]] float* grad(int idx) const { return grads_.get() + device_.offsets[static_cast<std::size_t>(idx)]; }
+  /// fp32 gradient of parameter idx. ZeRO-2: in its bucket's buffer, allocated (zeroed) at the first call after the
+  /// bucket was last scattered (scatter_grads), so only the buckets between two scatters are whole on the device.
+  [[nodiscard]] float* grad(int idx) const;
   [[nodiscard]] __nv_bfloat16* weight(int idx) const {
     return weights_.get() + device_.offsets[static_cast<std::size_t>(idx)];
   }
-  [[nodiscard]] float* grads() const { return grads_.get(); }
+  /// The full gradient buffer (not under ZeRO-2, whose reduced gradients are this rank's pieces: sharded_grads()).
+  [[nodiscard]] float* grads() const;
+  /// ZeRO-2: this rank's pieces of the reduced gradients, accumulated over the step's micro-batches (compact, at
+  /// OwnedPiece::shard_offset).
+  [[nodiscard]] bool shards_grads() const { return shard_grads_; }
+  [[nodiscard]] float* sharded_grads() const { return shard_grad_buffer_.get(); }
+  /// ZeRO-2: reduce-scatters every bucket buffer that holds gradients over `dp` (in place, one collective per
+  /// segment), adds this rank's pieces to sharded_grads() and frees the buffers. Every DP member calls it at the same
+  /// program points.
+  void scatter_grads(Communicator& dp);
+  /// The same for bucket kb alone (a no-op when it holds no gradients).
+  void scatter_bucket(Communicator& dp, std::size_t kb);
+  /// ZeRO-2: the gradient bucket holding parameter idx (-1 otherwise).
+  [[nodiscard]] int bucket_of(int idx) const;
   [[nodiscard]] float* moment1(int idx) const;
   [[nodiscard]] float* moment2(int idx) const;
   void zero_grads();
@@ -164,6 +182,8 @@ private:
   [[nodiscard]] int find(const std::string& name) const;
   [[nodiscard]] NormIdx norm_idx(const std::string& prefix) const;
   void initialise(std::uint64_t seed);
+  /// initialise() for the flat range [begin, end) (whole tensors), written into `scratch` (end - begin floats).
+  void initialise_range(std::uint64_t seed, std::size_t begin, std::size_t end, float* scratch);
   void setup_sharding(const DpSharding& sharding);
   /// fp32 values of a norm weight or bias as the forward reads them: the master (unsharded) or the replica.
   [[nodiscard]] const float* value32(int idx) const;
@@ -211,6 +231,10 @@ private:
   std::vector<BucketRange> buckets_;
   OptimizerShards shards_;
   F32Buffer master_, grads_, m_, v_;
+  bool shard_grads_ = false;
+  mutable std::vector<F32Buffer> bucket_grads_; // ZeRO-2: per bucket, live between its first gradient and a scatter
+  std::vector<int> param_bucket_;               // ZeRO-2: the bucket holding each parameter
+  F32Buffer shard_grad_buffer_;
   F32Buffer replica32_;                      // sharded: the 1-row parameters (norms, biases), widened from bf16
   std::vector<std::size_t> replica_offsets_; // per parameter into replica32_; NOT_REPLICATED for the matrices
   static constexpr std::size_t NOT_REPLICATED = static_cast<std::size_t>(-1);

@@ -153,7 +153,7 @@ public:
                CudaContext{device.stream, &gemm_, workspace_.get(), workspace_.size(), groups_.tp.get(),
                            options.cuda_tensor_core_attention},
                DpSharding{program_.bucket_weights, options.plan.dp, groups_.coord.dp_rank,
-                          options.plan.get_zero_stage() == 1}),
+                          options.plan.get_zero_stage() >= 1, options.plan.get_zero_stage() == 2}),
         data_(options.model.vocab_size, options.model.seq_length, options.seed, options.data_file),
         loss_acc_(1, device.stream), norm_acc_(1, device.stream), timeline_(world.rank()) {
     (void)env;
@@ -161,6 +161,7 @@ public:
       p2p_backward_ = world.split(0, world.rank());
     }
     setup_buckets();
+    setup_zero2_scatters();
     if (options.timeout_s > 0.0) {
       watchdog_ = std::make_unique<Watchdog>(
           options.timeout_s, [this] { return current_label(); },
@@ -235,6 +236,14 @@ private:
   /// --overlap-param-gather: before a unit's forward, waits for the all-gathers of the buckets holding its
   /// parameters that are still in flight from the last optimizer step, and refreshes their fp32 replicas.
   void ensure_gathered(const Instr& instr);
+  [[nodiscard]] std::vector<int> unit_params(const Instr& instr) const {
+    const GptModel& host = model_.host_layout();
+    return instr.unit == UnitKind::Layer       ? host.layer_params(instr.layer)
+           : instr.unit == UnitKind::Embedding ? host.embedding_params()
+                                               : host.head_params();
+  }
+  /// ZeRO-2: after which instruction each gradient bucket is reduce-scattered (setup_zero2_scatters).
+  void setup_zero2_scatters();
 
   RunOptions options_;
   Communicator& world_;
@@ -253,6 +262,7 @@ private:
   EventTimeline timeline_;
   std::vector<Bucket> buckets_;
   std::vector<char> stale_; // per parameter: its bf16 copy may still be in flight (--overlap-param-gather)
+  std::vector<std::vector<std::size_t>> scatter_after_; // ZeRO-2: per instruction, the buckets to scatter after it
   std::map<std::pair<int, int>, MicroState> micro_;
   std::vector<PendingSend> sends_;
   std::vector<int> event_instr_; // instruction index of each timed event
@@ -399,16 +409,9 @@ void CudaTrainer::execute(const Instr& instr) {
     st.pending_w.erase(found);
     return;
   }
-  case InstrKind::LocalMove: { // zb-v: the V's turn between this rank's two chunks
-    MicroState& from = state(instr.chunk, instr.microbatch);
-    MicroState& to = state(instr.peer, instr.microbatch);
-    if (instr.direction == Direction::Forward) {
-      to.act = std::move(from.act);
-    } else {
-      to.grad = std::move(from.grad);
-    }
+  case InstrKind::LocalMove: // zb-v: the V's turn between this rank's two chunks
+    local_move(instr, state(instr.chunk, instr.microbatch), state(instr.peer, instr.microbatch));
     return;
-  }
   case InstrKind::Send: {
     MicroState& st = state(instr.chunk, instr.microbatch);
     Bf16Buffer buffer = std::move(instr.direction == Direction::Forward ? st.act : st.grad);
@@ -428,6 +431,10 @@ void CudaTrainer::execute(const Instr& instr) {
     return;
   }
   case InstrKind::CollectiveStart: {
+    if (instr.zero == ZeroOp::ScatterGrads) { // ZeRO-2: this micro-batch's gradients so far, into the pieces
+      model_.scatter_grads(*groups_.dp);
+      return;
+    }
     if (instr.bucket < 0) {
       return; // the distributed optimizer's parameter all-gather: done at the end of its step (optimizer_step)
     }
@@ -570,15 +577,34 @@ template <typename Fn> void CudaTrainer::for_each_owned(int idx, Fn&& fn) const 
 // (fp32 master and moments, the bf16 copy written in place), then one in-place all-gather of the bf16 copy per
 // segment, which leaves every rank with the whole updated model: at the end of the step, or with
 // --overlap-param-gather behind the next step's forward, as Megatron's.
+// ZeRO-2: a bucket's gradients of one micro-batch are reduce-scattered right after the last backward (or W) of that
+// micro-batch that writes into it, so only the buckets being filled are whole on the device (the simulator's ZeRO-2
+// double buffer; DeepSpeed's reduce_bucket_size). The program's own ScatterGrads, later, find little or nothing left.
+void CudaTrainer::setup_zero2_scatters() {
+  if (!model_.shards_grads()) {
+    return;
+  }
+  std::map<std::pair<int, int>, std::size_t> last; // (micro-batch, bucket) -> instruction
+  for (std::size_t pos = 0; pos < program_.instrs.size(); ++pos) {
+    const Instr& instr = program_.instrs[pos];
+    if (instr.kind != InstrKind::Backward && instr.kind != InstrKind::WeightGrad) {
+      continue;
+    }
+    for (const int p : unit_params(instr)) {
+      last[{instr.microbatch, model_.bucket_of(p)}] = pos;
+    }
+  }
+  scatter_after_.assign(program_.instrs.size(), {});
+  for (const auto& [key, pos] : last) {
+    scatter_after_[pos].push_back(static_cast<std::size_t>(key.second));
+  }
+}
+
 void CudaTrainer::ensure_gathered(const Instr& instr) {
   if (stale_.empty()) {
     return;
   }
-  const GptModel& host = model_.host_layout();
-  const std::vector<int> params = instr.unit == UnitKind::Layer       ? host.layer_params(instr.layer)
-                                  : instr.unit == UnitKind::Embedding ? host.embedding_params()
-                                                                      : host.head_params();
-  for (const int p : params) {
+  for (const int p : unit_params(instr)) {
     if (stale_[static_cast<std::size_t>(p)] == 0) {
       continue;
     }
@@ -596,7 +622,14 @@ void CudaTrainer::ensure_gathered(const Instr& instr) {
 
 void CudaTrainer::sharded_optimizer_step() {
   const auto& infos = model_.infos();
-  float* grads = model_.grads();
+  // The reduced gradient of flat element lo (its compact position pos): in the full buffer (distributed optimizer)
+  // or in this rank's pieces (ZeRO-2, after the last buckets are scattered, as the CPU's zero_optimizer_step).
+  const bool zero2 = model_.shards_grads();
+  if (zero2) {
+    model_.scatter_grads(*groups_.dp);
+  }
+  float* const base = zero2 ? model_.sharded_grads() : model_.grads();
+  const auto grad_at = [&](std::size_t lo, std::size_t pos) { return base + (zero2 ? pos : lo); };
   // --overlap-param-gather: every gather of the last step has been waited for by the forwards; make sure before the
   // update writes the bf16 copy again.
   for (Bucket& bucket : buckets_) {
@@ -610,18 +643,29 @@ void CudaTrainer::sharded_optimizer_step() {
   stale_.clear();
   const int wte = model_.host_layout().params().find("embed.wte");
   if (options_.model.tied_embeddings && wte >= 0 && groups_.embedding->size() > 1) {
-    for_each_owned(wte, [&](std::size_t lo, std::size_t hi, std::size_t) {
-      groups_.embedding->all_reduce(std::span<float>(grads + lo, hi - lo));
+    for_each_owned(wte, [&](std::size_t lo, std::size_t hi, std::size_t pos) {
+      groups_.embedding->all_reduce(std::span<float>(grad_at(lo, pos), hi - lo));
     });
   }
-  reduce_sequence_parallel_grads(); // whole tensors: the owned parts are what the update reads
+  if (!zero2) {
+    reduce_sequence_parallel_grads(); // whole tensors: the owned parts are what the update reads
+  } else if (model_.sequence_parallel()) {
+    for (std::size_t idx = 0; idx < infos.size(); ++idx) {
+      if (infos[idx].sequence_parallel_grad) {
+        for_each_owned(static_cast<int>(idx), [&](std::size_t lo, std::size_t hi, std::size_t pos) {
+          groups_.tp->all_reduce(std::span<float>(grad_at(lo, pos), hi - lo));
+        });
+      }
+    }
+  }
   norm_acc_.zero(stream_);
   for (std::size_t idx = 0; idx < infos.size(); ++idx) {
     if (!infos[idx].counts_in_grad_norm(groups_.coord.tp_rank)) {
       continue;
     }
-    for_each_owned(static_cast<int>(idx), [&](std::size_t lo, std::size_t hi, std::size_t) {
-      kernels::elementwise::sum({norm_acc_.get(), grads + lo, static_cast<std::int64_t>(hi - lo), 1.0f, true}, stream_);
+    for_each_owned(static_cast<int>(idx), [&](std::size_t lo, std::size_t hi, std::size_t pos) {
+      kernels::elementwise::sum({norm_acc_.get(), grad_at(lo, pos), static_cast<std::int64_t>(hi - lo), 1.0f, true},
+                                stream_);
     });
   }
   for (Communicator* group : {groups_.dp.get(), groups_.tp.get(), groups_.pp.get()}) {
@@ -642,7 +686,7 @@ void CudaTrainer::sharded_optimizer_step() {
       args.m = model_.moments1() + at;
       args.v = model_.moments2() + at;
       args.param_bf16 = model_.weights() + lo;
-      args.grad = grads + lo;
+      args.grad = grad_at(lo, at);
       args.n = static_cast<std::int64_t>(hi - lo);
       args.step = step_;
       args.lr = config.lr;
@@ -702,6 +746,11 @@ double CudaTrainer::step() {
         event_instr_.push_back(idx);
       }
       execute(instr);
+      if (!scatter_after_.empty()) {
+        for (const std::size_t kb : scatter_after_[static_cast<std::size_t>(idx)]) {
+          model_.scatter_bucket(*groups_.dp, kb);
+        }
+      }
       if (timed) {
         cudaStream_t end_stream = stream_;
         if (instr.kind == InstrKind::CollectiveStart) {

@@ -196,8 +196,11 @@ TEST_CASE("CUDA runtime on the emulator: the canonical DP/TP/PP plans follow the
                // the distributed optimizer with the tied word embedding on two stages (its own shard segments),
                // its parameter all-gather behind the next forward
                Plan{2, 1, 2, "gpt-tiny", {"--distributed-optimizer", "--overlap-param-gather"}, {}},
-               // zero-bubble schedules: W deferred after B (ZB-H1), and the V of two chunks per rank (ZB-V)
-               Plan{1, 1, 2, "gpt-tiny", {"--schedule", "zb-h1"}, {}},
+               // ZeRO-2: gradients reduce-scattered per bucket and micro-batch, the tied embedding on two stages
+               Plan{2, 1, 2, "gpt-tiny", {"--zero", "2"}, {}},
+               // zero-bubble schedules: W deferred after B (ZB-H1, DP buckets waiting for W), and the V of two chunks
+               // per rank (ZB-V)
+               Plan{2, 1, 2, "gpt-tiny", {"--schedule", "zb-h1"}, {}},
                Plan{1, 2, 2, "llama-tiny", {"--vp", "2", "--schedule", "zb-v", "--sequence-parallel"}, {}});
   CAPTURE(plan.name());
 

@@ -85,6 +85,21 @@ TEST_CASE("keep_whole moves bucket boundaries out of a tensor", "[exec][cuda]") 
   CHECK(same[1].end == 200);
 }
 
+TEST_CASE("snap_to_tensors keeps every tensor inside one bucket", "[exec][cuda]") {
+  const std::vector<exec::cuda::BucketRange> buckets{{0, 300}, {300, 600}, {600, 1000}};
+  const std::vector<std::size_t> offsets{0, 256, 512, 640, 896};
+  const auto snapped = exec::cuda::snap_to_tensors(buckets, offsets, 1000);
+  CHECK(snapped[0].end == 512);
+  CHECK(snapped[1].begin == 512);
+  CHECK(snapped[1].end == 640);
+  CHECK(snapped[2].begin == 640);
+  CHECK(snapped[2].end == 1000);
+  const auto past = exec::cuda::snap_to_tensors({{0, 900}, {900, 1000}}, offsets, 1000);
+  CHECK(past[0].end == 1000); // no tensor starts after 896: the first bucket takes the rest
+  CHECK(past[1].begin == 1000);
+  CHECK(past[1].end == 1000);
+}
+
 TEST_CASE("optimizer_shards gives every DP rank one piece of each segment", "[exec][cuda]") {
   const std::vector<exec::cuda::BucketRange> buckets{{0, 512}, {512, 1536}};
   const std::vector<std::size_t> splits{1024, 1280}; // a tied embedding at [1024, 1280) inside bucket 1
@@ -140,5 +155,15 @@ TEST_CASE("validate_cuda_run_options names what --backend cuda does not support"
     options.fault_rank = 0;
     options.fault_step = 1;
     CHECK_NOTHROW(exec::cuda::validate_cuda_run_options(options));
+  }
+  SECTION("zero-bubble schedules and ZeRO-2 are supported, ZeRO-3 is not") {
+    options.plan.schedule = model::Schedule::ZbH1;
+    CHECK_NOTHROW(exec::cuda::validate_cuda_run_options(options));
+    options.plan.dp = 2;
+    model::set_zero_stage(options.plan, 2, "test", "zero");
+    CHECK_NOTHROW(exec::cuda::validate_cuda_run_options(options));
+    model::set_zero_stage(options.plan, 3, "test", "zero");
+    CHECK_THROWS_WITH(exec::cuda::validate_cuda_run_options(options),
+                      Catch::Contains("--zero") && Catch::Contains("3") && Catch::Contains("valid: 0, 1, 2"));
   }
 }
