@@ -125,12 +125,6 @@ void validate_cuda_run_options(const RunOptions& options) {
                                                "yet (valid: a dense model; MoE models run on --backend cpu)",
                                                options.model.name)));
   }
-  if (options.plan.get_zero_stage() >= 3) {
-    throw InputError(input_message(WHERE, "--zero",
-                                   fmt::format("{} is not supported by --backend cuda yet (valid: 0, 1, 2; ZeRO-3 / "
-                                               "FSDP runs on --backend cpu)",
-                                               options.plan.get_zero_stage())));
-  }
 }
 
 } // namespace cuboid::exec::cuda

@@ -73,7 +73,7 @@ struct OptimizerShards {
                                                std::span<const std::size_t> splits, int dp, int dp_rank);
 
 /// Throws InputError (location "command line") for what the CUDA runtime does not support yet: precision other
-/// than bf16, context parallelism, MoE models, ZeRO-3.
+/// than bf16, context parallelism, MoE models.
 void validate_cuda_run_options(const RunOptions& options);
 
 } // namespace cuboid::exec::cuda

@@ -28,6 +28,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <span>
 
 namespace cuboid::exec::cuda {
@@ -44,7 +45,8 @@ CudaGptModel::CudaGptModel(const model::ModelSpec& spec, const model::Plan& plan
     : spec_(spec), plan_(plan), tp_rank_(tp_rank), context_(context),
       layout_(spec, plan, tp_rank, pp_rank, seed, false),
       device_(device_param_layout(layout_.params().infos(),
-                                  (sharding.shard_optimizer || sharding.shard_grads) && sharding.dp > 1
+                                  (sharding.shard_optimizer || sharding.shard_grads || sharding.shard_params) &&
+                                          sharding.dp > 1
                                       ? PARAM_ALIGN_ELEMENTS * static_cast<std::size_t>(sharding.dp)
                                       : PARAM_ALIGN_ELEMENTS)) {
   const cudaStream_t s = context_.stream;
@@ -65,7 +67,13 @@ CudaGptModel::CudaGptModel(const model::ModelSpec& spec, const model::Plan& plan
     grads_ = F32Buffer(device_.total, s);
     grads_.zero(s);
   }
-  weights_ = DeviceBuffer<bf16>(device_.total, s);
+  if (shard_params_) {
+    bf16_shard_ = DeviceBuffer<bf16>(shards_.shard_total, s);
+    bucket_weights_.resize(buckets_.size());
+    gathers_.assign(buckets_.size(), 0);
+  } else {
+    weights_ = DeviceBuffer<bf16>(device_.total, s);
+  }
   master_.zero(s);
   m_.zero(s);
   v_.zero(s);
@@ -112,10 +120,11 @@ const CudaGptModel::LayerIdx& CudaGptModel::layer_idx(int layer) const {
 // must shard it alike for the embedding-group all-reduce that follows the reduce-scatter). The 1-row parameters
 // (norm weights, biases) get an fp32 replica for the kernels that read them.
 void CudaGptModel::setup_sharding(const DpSharding& sharding) {
-  const bool sharded = (sharding.shard_optimizer || sharding.shard_grads) && sharding.dp > 1;
+  const bool sharded = (sharding.shard_optimizer || sharding.shard_grads || sharding.shard_params) && sharding.dp > 1;
   const std::size_t granule = sharded ? PARAM_ALIGN_ELEMENTS * static_cast<std::size_t>(sharding.dp) : 1;
   const auto& infos = layout_.params().infos();
-  shard_grads_ = sharded && sharding.shard_grads;
+  shard_grads_ = sharded && (sharding.shard_grads || sharding.shard_params);
+  shard_params_ = sharded && sharding.shard_params;
   std::vector<double> weights = sharding.bucket_weights;
   if (shard_grads_ && weights.empty()) {
     // ZeRO-2 programs reduce-scatter per micro-batch (ZeroOp::ScatterGrads) without DP buckets of their own: one
@@ -231,6 +240,72 @@ void CudaGptModel::scatter_bucket(Communicator& dp, std::size_t kb) {
   }
 }
 
+__nv_bfloat16* CudaGptModel::weights() const {
+  CUBOID_ASSERT(!shard_params_, "ZeRO-3 keeps no full bf16 copy (sharded_weights() holds the pieces)");
+  return weights_.get();
+}
+
+__nv_bfloat16* CudaGptModel::weight(int idx) const {
+  const std::size_t offset = device_.offsets[static_cast<std::size_t>(idx)];
+  if (!shard_params_) {
+    return weights_.get() + offset;
+  }
+  const auto kb = static_cast<std::size_t>(param_bucket_[static_cast<std::size_t>(idx)]);
+  CUBOID_ASSERT(!bucket_weights_[kb].empty(), "parameter {} read without its ZeRO-3 all-gather",
+                layout_.params().info(idx).name);
+  return bucket_weights_[kb].get() + (offset - buckets_[kb].begin);
+}
+
+std::vector<std::size_t> CudaGptModel::buckets_of(const std::vector<int>& params) const {
+  std::vector<std::size_t> out;
+  for (const int p : params) {
+    const auto kb = static_cast<std::size_t>(param_bucket_[static_cast<std::size_t>(p)]);
+    if (std::find(out.begin(), out.end(), kb) == out.end()) {
+      out.push_back(kb);
+    }
+  }
+  return out;
+}
+
+void CudaGptModel::gather_params(Communicator& dp, const std::vector<int>& params) {
+  CUBOID_ASSERT(shard_params_, "gather_params without ZeRO-3");
+  for (const std::size_t kb : buckets_of(params)) {
+    if (gathers_[kb]++ > 0) {
+      continue;
+    }
+    DeviceBuffer<bf16>& buffer = bucket_weights_[kb];
+    buffer = DeviceBuffer<bf16>(buckets_[kb].end - buckets_[kb].begin, context_.stream);
+    std::size_t piece = 0;
+    for (std::size_t before = 0; before < kb; ++before) {
+      piece += shards_.segments[before].size();
+    }
+    for (const ShardSegment& segment : shards_.segments[kb]) {
+      const OwnedPiece& owned = shards_.owned[piece++];
+      CUDA_CHECK(cudaMemcpyAsync(buffer.get() + (owned.begin - buckets_[kb].begin),
+                                 bf16_shard_.get() + owned.shard_offset, owned.size * sizeof(bf16),
+                                 cudaMemcpyDeviceToDevice, context_.stream));
+      // bf16 pairs travel as 32-bit words (pieces are multiples of PARAM_ALIGN_ELEMENTS).
+      auto* words = reinterpret_cast<float*>(buffer.get() + (segment.begin - buckets_[kb].begin));
+      dp.all_gather_in_place(std::span<float>(words, (segment.end - segment.begin) / 2));
+    }
+    for (std::size_t idx = 0; idx < param_bucket_.size(); ++idx) {
+      if (param_bucket_[idx] == static_cast<int>(kb)) {
+        refresh_replica(static_cast<int>(idx));
+      }
+    }
+  }
+}
+
+void CudaGptModel::release_params(const std::vector<int>& params) {
+  CUBOID_ASSERT(shard_params_, "release_params without ZeRO-3");
+  for (const std::size_t kb : buckets_of(params)) {
+    CUBOID_ASSERT(gathers_[kb] > 0, "release of bucket {} that is not gathered", kb);
+    if (--gathers_[kb] == 0) {
+      bucket_weights_[kb] = DeviceBuffer<bf16>();
+    }
+  }
+}
+
 int CudaGptModel::bucket_of(int idx) const {
   return shard_grads_ ? param_bucket_[static_cast<std::size_t>(idx)] : -1;
 }
@@ -256,7 +331,7 @@ void CudaGptModel::refresh_replica(int idx) {
   if (!shards_optimizer() || replica_offsets_[at] == NOT_REPLICATED) {
     return;
   }
-  k::cast::convert<float, bf16>({replica32_.get() + replica_offsets_[at], weights_.get() + device_.offsets[at],
+  k::cast::convert<float, bf16>({replica32_.get() + replica_offsets_[at], weight(idx),
                                  static_cast<std::int64_t>(layout_.params().info(idx).size())},
                                 context_.stream);
 }
@@ -300,7 +375,7 @@ void CudaGptModel::initialise_range(std::uint64_t seed, std::size_t begin, std::
       break;
     }
   }
-  if (end > begin) {
+  if (end > begin && !shard_params_) {
     k::cast::convert<bf16, float>({weights_.get() + begin, scratch, static_cast<std::int64_t>(end - begin)}, s);
   }
   if (!shards_optimizer()) {
@@ -310,8 +385,14 @@ void CudaGptModel::initialise_range(std::uint64_t seed, std::size_t begin, std::
     const std::size_t lo = std::max(begin, piece.begin);
     const std::size_t hi = std::min(end, piece.begin + piece.size);
     if (lo < hi) {
-      CUDA_CHECK(cudaMemcpyAsync(master_.get() + piece.shard_offset + (lo - piece.begin), scratch + (lo - begin),
-                                 (hi - lo) * sizeof(float), cudaMemcpyDeviceToDevice, s));
+      const std::size_t at = piece.shard_offset + (lo - piece.begin);
+      CUDA_CHECK(cudaMemcpyAsync(master_.get() + at, scratch + (lo - begin), (hi - lo) * sizeof(float),
+                                 cudaMemcpyDeviceToDevice, s));
+      if (shard_params_) {
+        k::cast::convert<bf16, float>({bf16_shard_.get() + at, scratch + (lo - begin),
+                                       static_cast<std::int64_t>(hi - lo)},
+                                      s);
+      }
     }
   }
   for (std::size_t idx = 0; idx < infos.size(); ++idx) {

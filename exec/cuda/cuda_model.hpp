@@ -13,6 +13,8 @@
 // biases through a small fp32 replica widened from it after every parameter all-gather. ZeRO-2
 // (DpSharding::shard_grads) also shards the reduced fp32 gradients: each bucket has a gradient buffer of its own,
 // allocated at its first write and freed by the reduce-scatter that adds this rank's piece to sharded_grads().
+// ZeRO-3 (DpSharding::shard_params) also shards the bf16 copy: gather_params() assembles a unit's buckets before it
+// runs, release_params() frees them after.
 #pragma once
 
 #include "exec/communicator.hpp"
@@ -55,6 +57,7 @@ struct DpSharding {
   int dp_rank = 0;
   bool shard_optimizer = false;       // Megatron's --use-distributed-optimizer with dp > 1
   bool shard_grads = false;           // ZeRO-2 (with shard_optimizer): the reduced fp32 gradients sharded too
+  bool shard_params = false;          // ZeRO-3 / FSDP (with shard_grads): the bf16 copy sharded, gathered per unit
 };
 
 /// Saved activations of one layer for one micro-batch (as exec::LayerCache; the attention keeps its LSE instead of
@@ -121,7 +124,15 @@ public:
   [[nodiscard]] float* masters() const { return master_.get(); }
   [[nodiscard]] float* moments1() const { return m_.get(); }
   [[nodiscard]] float* moments2() const { return v_.get(); }
-  [[nodiscard]] __nv_bfloat16* weights() const { return weights_.get(); }
+  [[nodiscard]] __nv_bfloat16* weights() const;
+  /// ZeRO-3: this rank's pieces of the bf16 copy (compact, at OwnedPiece::shard_offset), written by AdamW.
+  [[nodiscard]] bool shards_params() const { return shard_params_; }
+  [[nodiscard]] __nv_bfloat16* sharded_weights() const { return bf16_shard_.get(); }
+  /// ZeRO-3: all-gathers the buckets holding `params` over `dp` into whole bf16 buffers (counted: a bucket two units
+  /// share is gathered once) and widens their norm weights and biases into the fp32 replica; release() frees a
+  /// bucket when its last gather is released (FSDP's reshard after forward and after backward).
+  void gather_params(Communicator& dp, const std::vector<int>& params);
+  void release_params(const std::vector<int>& params);
   /// Sharded: widens the norm weights and biases (all, or parameter idx if it is one) from the freshly gathered bf16
   /// copy into their fp32 replica.
   void refresh_replicas();
@@ -129,9 +140,8 @@ public:
   /// fp32 gradient of parameter idx. ZeRO-2: in its bucket's buffer, allocated (zeroed) at the first call after the
   /// bucket was last scattered (scatter_grads), so only the buckets between two scatters are whole on the device.
   [[nodiscard]] float* grad(int idx) const;
-  [[nodiscard]] __nv_bfloat16* weight(int idx) const {
-    return weights_.get() + device_.offsets[static_cast<std::size_t>(idx)];
-  }
+  /// The bf16 copy of parameter idx (ZeRO-3: in its gathered bucket; reading one not gathered is an internal error).
+  [[nodiscard]] __nv_bfloat16* weight(int idx) const;
   /// The full gradient buffer (not under ZeRO-2, whose reduced gradients are this rank's pieces: sharded_grads()).
   [[nodiscard]] float* grads() const;
   /// ZeRO-2: this rank's pieces of the reduced gradients, accumulated over the step's micro-batches (compact, at
@@ -235,6 +245,11 @@ private:
   mutable std::vector<F32Buffer> bucket_grads_; // ZeRO-2: per bucket, live between its first gradient and a scatter
   std::vector<int> param_bucket_;               // ZeRO-2: the bucket holding each parameter
   F32Buffer shard_grad_buffer_;
+  bool shard_params_ = false;
+  DeviceBuffer<__nv_bfloat16> bf16_shard_;                  // ZeRO-3: this rank's pieces of the bf16 copy
+  std::vector<DeviceBuffer<__nv_bfloat16>> bucket_weights_; // ZeRO-3: per bucket, whole while gathered
+  std::vector<int> gathers_;                                // ZeRO-3: per bucket, gathers not yet released
+  [[nodiscard]] std::vector<std::size_t> buckets_of(const std::vector<int>& params) const;
   F32Buffer replica32_;                      // sharded: the 1-row parameters (norms, biases), widened from bf16
   std::vector<std::size_t> replica_offsets_; // per parameter into replica32_; NOT_REPLICATED for the matrices
   static constexpr std::size_t NOT_REPLICATED = static_cast<std::size_t>(-1);

@@ -153,7 +153,8 @@ public:
                CudaContext{device.stream, &gemm_, workspace_.get(), workspace_.size(), groups_.tp.get(),
                            options.cuda_tensor_core_attention},
                DpSharding{program_.bucket_weights, options.plan.dp, groups_.coord.dp_rank,
-                          options.plan.get_zero_stage() >= 1, options.plan.get_zero_stage() == 2}),
+                          options.plan.get_zero_stage() >= 1, options.plan.get_zero_stage() >= 2,
+                          options.plan.get_zero_stage() >= 3}),
         data_(options.model.vocab_size, options.model.seq_length, options.seed, options.data_file),
         loss_acc_(1, device.stream), norm_acc_(1, device.stream), timeline_(world.rank()) {
     (void)env;
@@ -363,6 +364,9 @@ void CudaTrainer::execute(const Instr& instr) {
       model_.head_forward(std::move(st.act), st.targets.get(), st.head, reports_loss ? loss_acc_.get() : nullptr,
                           loss_scale);
     }
+    if (model_.shards_params()) {
+      model_.release_params(unit_params(instr)); // FSDP's reshard after forward
+    }
     if (poison) { // FaultKind::NanLoss (the other kinds did not return): all-ones bytes are NaN in bf16 and fp32
       MicroState& st = state(instr.chunk, instr.microbatch);
       if (instr.unit == UnitKind::Head) {
@@ -391,6 +395,9 @@ void CudaTrainer::execute(const Instr& instr) {
     } else {
       MicroState& st = with_data(instr.chunk, instr.microbatch);
       model_.head_backward(st.head, st.targets.get(), loss_scale, st.grad, split ? &st.pending_w[-1] : nullptr);
+    }
+    if (model_.shards_params()) {
+      model_.release_params(unit_params(instr));
     }
     return;
   }
@@ -431,8 +438,12 @@ void CudaTrainer::execute(const Instr& instr) {
     return;
   }
   case InstrKind::CollectiveStart: {
-    if (instr.zero == ZeroOp::ScatterGrads) { // ZeRO-2: this micro-batch's gradients so far, into the pieces
+    if (instr.zero == ZeroOp::ScatterGrads) { // ZeRO-2/3: this micro-batch's gradients so far, into the pieces
       model_.scatter_grads(*groups_.dp);
+      return;
+    }
+    if (instr.zero == ZeroOp::GatherParams) { // ZeRO-3: the unit's parameters, before its forward or backward
+      model_.gather_params(*groups_.dp, unit_params(instr));
       return;
     }
     if (instr.bucket < 0) {
@@ -685,7 +696,7 @@ void CudaTrainer::sharded_optimizer_step() {
       args.param = model_.masters() + at;
       args.m = model_.moments1() + at;
       args.v = model_.moments2() + at;
-      args.param_bf16 = model_.weights() + lo;
+      args.param_bf16 = model_.shards_params() ? model_.sharded_weights() + at : model_.weights() + lo;
       args.grad = grad_at(lo, at);
       args.n = static_cast<std::int64_t>(hi - lo);
       args.step = step_;
@@ -700,6 +711,9 @@ void CudaTrainer::sharded_optimizer_step() {
   }
   // bf16 pairs travel as 32-bit words (segments are multiples of 2 * dp elements). --overlap-param-gather (Megatron's
   // flag): on the communication stream, each bucket waited for by the first forward that reads it (ensure_gathered).
+  if (model_.shards_params()) {
+    return; // ZeRO-3: the units gather their parameters before they run (GatherParams)
+  }
   const bool overlap = options_.plan.overlap_param_gather;
   const auto& all_segments = model_.optimizer_shards().segments;
   for (std::size_t kb = 0; kb < all_segments.size(); ++kb) {

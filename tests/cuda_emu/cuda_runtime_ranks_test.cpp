@@ -198,6 +198,9 @@ TEST_CASE("CUDA runtime on the emulator: the canonical DP/TP/PP plans follow the
                Plan{2, 1, 2, "gpt-tiny", {"--distributed-optimizer", "--overlap-param-gather"}, {}},
                // ZeRO-2: gradients reduce-scattered per bucket and micro-batch, the tied embedding on two stages
                Plan{2, 1, 2, "gpt-tiny", {"--zero", "2"}, {}},
+               // ZeRO-3 / FSDP: the bf16 copy gathered per unit before its forward and backward (full recompute:
+               // the backward's gather serves the recomputed forward), with sequence parallelism
+               Plan{2, 2, 1, "llama-tiny", {"--zero", "3", "--sequence-parallel", "--recompute", "full"}, {}},
                // zero-bubble schedules: W deferred after B (ZB-H1, DP buckets waiting for W), and the V of two chunks
                // per rank (ZB-V)
                Plan{2, 1, 2, "gpt-tiny", {"--schedule", "zb-h1"}, {}},
