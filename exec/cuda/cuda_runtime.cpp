@@ -277,14 +277,16 @@ private:
 // As exec/runtime.cpp setup_buckets, over the device layout: bucket k's CollectiveStart moves after the last backward
 // that finishes a gradient in its range.
 void CudaTrainer::setup_buckets() {
+  // ZeRO-2/3 programs have no DP buckets of their own, but the model's gradient buckets still carry the parameter
+  // all-gathers (--overlap-param-gather).
+  for (const BucketRange& range : model_.buckets()) {
+    buckets_.push_back({range, {}, {}});
+  }
   const auto& weights = program_.bucket_weights;
   if (weights.empty()) {
     return;
   }
   const DeviceParamLayout& layout = model_.device_layout();
-  for (const BucketRange& range : model_.buckets()) {
-    buckets_.push_back({range, {}, {}});
-  }
   const GptModel& host = model_.host_layout();
   std::vector<int> finished_at(model_.infos().size(), -1);
   const auto mark = [&](const std::vector<int>& params, int pos) {
