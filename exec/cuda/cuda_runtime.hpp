@@ -2,9 +2,12 @@
 // (exec/runtime.hpp: lowered from the step's TaskGraph by exec/lowering.hpp, or the internal schedule) with
 // CudaGptModel (cuda_model.hpp) on this process's GPU: NCCL world from the launch environment (torchrun / mpirun /
 // single process, launch_env.hpp), TP / DP / PP groups split from it (exec/process_groups.hpp), pipeline
-// send / recv of bf16 activations over the world communicator, DP gradient buckets all-reduced on the
-// communication stream between CollectiveStart and CollectiveWait (so they overlap the rest of backward), AdamW on
-// the device with the bf16 weight copy refreshed by the same kernel. Per-task timing with CUDA events
+// send / recv of bf16 activations (forward over the world communicator, backward over a copy of it: NCCL matches
+// point-to-point in issue order), DP gradient buckets all-reduced on the communication stream between
+// CollectiveStart and CollectiveWait (so they overlap the rest of backward), AdamW on the device with the bf16
+// weight copy refreshed by the same kernel. The distributed optimizer and ZeRO-2/3 shard over DP as
+// cuda_model.hpp describes (reduce-scatter instead of all-reduce, owned pieces updated, bf16 copy all-gathered
+// after the step or, ZeRO-3, per unit); zero-bubble schedules run their deferred W. Per-task timing with CUDA events
 // (event_timeline.hpp) in the measured-trace format: compute tasks on the compute stream, a DP bucket from the
 // moment its gradients are ready (compute stream) to the end of its all-reduce (communication stream).
 #pragma once
