@@ -762,19 +762,22 @@ double CudaTrainer::step() {
         event_instr_.push_back(idx);
       }
       execute(instr);
-      if (!scatter_after_.empty()) {
-        for (const std::size_t kb : scatter_after_[static_cast<std::size_t>(idx)]) {
-          model_.scatter_bucket(*groups_.dp, kb);
-        }
-      }
       if (timed) {
+        // A DP bucket's all-reduce ends on the communication stream; the ZeRO collectives (GatherParams,
+        // ScatterGrads) are ordered on the compute stream, which waits for them.
         cudaStream_t end_stream = stream_;
-        if (instr.kind == InstrKind::CollectiveStart) {
+        if (instr.kind == InstrKind::CollectiveStart && instr.zero == ZeroOp::None) {
           end_stream = comm_stream_of(*groups_.dp, stream_);
         } else if (instr.kind == InstrKind::Send) {
           end_stream = comm_stream_of(p2p(instr), stream_);
         }
         timeline_.stop(handle, end_stream);
+      }
+      // ZeRO-2/3: the buckets this instruction finished, after its event (they are not part of its task).
+      if (!scatter_after_.empty()) {
+        for (const std::size_t kb : scatter_after_[static_cast<std::size_t>(idx)]) {
+          model_.scatter_bucket(*groups_.dp, kb);
+        }
       }
     }
     current_instr_.store(END_OF_STEP);
