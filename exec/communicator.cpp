@@ -32,30 +32,30 @@ std::vector<std::vector<double>> gather_doubles(Communicator& comm, std::span<co
   return out;
 }
 
+std::size_t equal_block(const Communicator& comm, std::size_t elements, const char* what) {
+  const auto members = static_cast<std::size_t>(comm.size());
+  if (elements % members != 0) {
+    throw DeviceError(device_error_message(what, comm.world_rank(), __FILE__, __LINE__,
+                                           fmt::format("{} elements are not {} equal blocks", elements, members)));
+  }
+  return elements / members;
+}
+
 namespace {
 struct CompletedRequest final : Request {
   void wait() override {}
 };
-
-std::size_t block_of(const Communicator& comm, std::span<float> data, const char* what) {
-  const auto members = static_cast<std::size_t>(comm.size());
-  if (data.size() % members != 0) {
-    throw DeviceError(device_error_message(what, comm.world_rank(), __FILE__, __LINE__,
-                                           fmt::format("{} elements are not {} equal blocks", data.size(), members)));
-  }
-  return data.size() / members;
-}
 } // namespace
 
 std::unique_ptr<Request> Communicator::reduce_scatter_in_place_async(std::span<float> data) {
-  const std::size_t block = block_of(*this, data, "reduce_scatter_in_place_async");
+  const std::size_t block = equal_block(*this, data.size(), "reduce_scatter_in_place_async");
   const std::vector<float> in(data.begin(), data.end());
   reduce_scatter(in, data.subspan(static_cast<std::size_t>(rank()) * block, block));
   return std::make_unique<CompletedRequest>();
 }
 
 void Communicator::all_gather_in_place(std::span<float> data) {
-  const std::size_t block = block_of(*this, data, "all_gather_in_place");
+  const std::size_t block = equal_block(*this, data.size(), "all_gather_in_place");
   const auto mine = data.subspan(static_cast<std::size_t>(rank()) * block, block);
   const std::vector<float> in(mine.begin(), mine.end());
   all_gather(in, data);

@@ -78,6 +78,10 @@ public:
   virtual void abort(int code) = 0;
 };
 
+/// Elements per member of a buffer of comm.size() equal blocks (the in-place collectives); DeviceError naming `what`
+/// when `elements` does not divide.
+[[nodiscard]] std::size_t equal_block(const Communicator& comm, std::size_t elements, const char* what);
+
 /// Gathers a variable-length double vector from every member to member 0 (empty on other members); used for
 /// timings. Collective.
 std::vector<std::vector<double>> gather_doubles(Communicator& comm, std::span<const double> data);

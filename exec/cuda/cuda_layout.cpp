@@ -92,6 +92,7 @@ OptimizerShards optimizer_shards(const std::vector<BucketRange>& buckets, std::s
     std::sort(cuts.begin(), cuts.end());
     cuts.push_back(bucket.end);
     std::vector<ShardSegment>& segments = out.segments.emplace_back();
+    out.first_owned.push_back(out.owned.size());
     for (std::size_t c = 0; c + 1 < cuts.size(); ++c) {
       if (cuts[c + 1] == cuts[c]) {
         continue;

@@ -55,7 +55,8 @@ struct OptimizerShards {
   int dp = 1;
   int dp_rank = 0;
   std::vector<std::vector<ShardSegment>> segments; // per bucket, in order
-  std::vector<OwnedPiece> owned;                   // this rank's pieces, in buffer order
+  std::vector<OwnedPiece> owned;                   // this rank's pieces, one per segment, in buffer order
+  std::vector<std::size_t> first_owned;            // per bucket: the index in `owned` of its first segment's piece
   std::size_t shard_total = 0;                     // sum of the owned sizes: total / dp
 };
 

@@ -45,9 +45,7 @@ CudaGptModel::CudaGptModel(const model::ModelSpec& spec, const model::Plan& plan
     : spec_(spec), plan_(plan), tp_rank_(tp_rank), context_(context),
       layout_(spec, plan, tp_rank, pp_rank, seed, false),
       device_(device_param_layout(layout_.params().infos(),
-                                  (sharding.shard_optimizer || sharding.shard_grads || sharding.shard_params) &&
-                                          sharding.dp > 1
-                                      ? PARAM_ALIGN_ELEMENTS * static_cast<std::size_t>(sharding.dp)
+                                  sharding.shards() ? PARAM_ALIGN_ELEMENTS * static_cast<std::size_t>(sharding.dp)
                                       : PARAM_ALIGN_ELEMENTS)) {
   const cudaStream_t s = context_.stream;
   wte_ = find("embed.wte");
@@ -120,7 +118,7 @@ const CudaGptModel::LayerIdx& CudaGptModel::layer_idx(int layer) const {
 // must shard it alike for the embedding-group all-reduce that follows the reduce-scatter). The 1-row parameters
 // (norm weights, biases) get an fp32 replica for the kernels that read them.
 void CudaGptModel::setup_sharding(const DpSharding& sharding) {
-  const bool sharded = (sharding.shard_optimizer || sharding.shard_grads || sharding.shard_params) && sharding.dp > 1;
+  const bool sharded = sharding.shards();
   const std::size_t granule = sharded ? PARAM_ALIGN_ELEMENTS * static_cast<std::size_t>(sharding.dp) : 1;
   const auto& infos = layout_.params().infos();
   shard_grads_ = sharded && (sharding.shard_grads || sharding.shard_params);
@@ -139,6 +137,8 @@ void CudaGptModel::setup_sharding(const DpSharding& sharding) {
   }
   buckets_ = bucket_ranges(weights, device_.total, granule);
   if (!sharded) {
+    shards_.owned = {{0, device_.total, 0}}; // the optimizer step's one piece (shards_.dp stays 1)
+    shards_.shard_total = device_.total;
     return;
   }
   CUBOID_ASSERT(!buckets_.empty(), "the distributed optimizer over dp {} needs the program's DP buckets", sharding.dp);
@@ -183,14 +183,6 @@ float* CudaGptModel::master(int idx) const {
   CUBOID_ASSERT(!shards_optimizer(), "master({}): the distributed optimizer keeps pieces, not tensors", idx);
   return master_.get() + device_.offsets[static_cast<std::size_t>(idx)];
 }
-float* CudaGptModel::moment1(int idx) const {
-  CUBOID_ASSERT(!shards_optimizer(), "moment1({}): the distributed optimizer keeps pieces, not tensors", idx);
-  return m_.get() + device_.offsets[static_cast<std::size_t>(idx)];
-}
-float* CudaGptModel::moment2(int idx) const {
-  CUBOID_ASSERT(!shards_optimizer(), "moment2({}): the distributed optimizer keeps pieces, not tensors", idx);
-  return v_.get() + device_.offsets[static_cast<std::size_t>(idx)];
-}
 
 float* CudaGptModel::grad(int idx) const {
   const std::size_t offset = device_.offsets[static_cast<std::size_t>(idx)];
@@ -220,10 +212,7 @@ void CudaGptModel::scatter_grads(Communicator& dp) {
 
 void CudaGptModel::scatter_bucket(Communicator& dp, std::size_t kb) {
   CUBOID_ASSERT(shard_grads_ && kb < buckets_.size(), "scatter_bucket({}) without ZeRO-2", kb);
-  std::size_t piece = 0; // shards_.owned has one piece per segment, in bucket order
-  for (std::size_t before = 0; before < kb; ++before) {
-    piece += shards_.segments[before].size();
-  }
+  std::size_t piece = shards_.first_owned[kb];
   const std::vector<ShardSegment>& segments = shards_.segments[kb];
   F32Buffer& buffer = bucket_grads_[kb];
   if (!buffer.empty()) {
@@ -275,10 +264,7 @@ void CudaGptModel::gather_params(Communicator& dp, const std::vector<int>& param
     }
     DeviceBuffer<bf16>& buffer = bucket_weights_[kb];
     buffer = DeviceBuffer<bf16>(buckets_[kb].end - buckets_[kb].begin, context_.stream);
-    std::size_t piece = 0;
-    for (std::size_t before = 0; before < kb; ++before) {
-      piece += shards_.segments[before].size();
-    }
+    std::size_t piece = shards_.first_owned[kb];
     for (const ShardSegment& segment : shards_.segments[kb]) {
       const OwnedPiece& owned = shards_.owned[piece++];
       CUDA_CHECK(cudaMemcpyAsync(buffer.get() + (owned.begin - buckets_[kb].begin),

@@ -58,6 +58,8 @@ struct DpSharding {
   bool shard_optimizer = false;       // Megatron's --use-distributed-optimizer with dp > 1
   bool shard_grads = false;           // ZeRO-2 (with shard_optimizer): the reduced fp32 gradients sharded too
   bool shard_params = false;          // ZeRO-3 / FSDP (with shard_grads): the bf16 copy sharded, gathered per unit
+  /// Whether anything is sharded (a DP group of one shards nothing).
+  [[nodiscard]] bool shards() const { return (shard_optimizer || shard_grads || shard_params) && dp > 1; }
 };
 
 /// Saved activations of one layer for one micro-batch (as exec::LayerCache; the attention keeps its LSE instead of
@@ -114,7 +116,8 @@ public:
   [[nodiscard]] const DeviceParamLayout& device_layout() const { return device_; }
   /// DP gradient buckets over the flat buffers (from DpSharding::bucket_weights).
   [[nodiscard]] const std::vector<BucketRange>& buckets() const { return buckets_; }
-  /// Whether the optimizer state is sharded over DP, and how (segments per bucket, this rank's pieces).
+  /// Whether the optimizer state is sharded over DP, and how (segments per bucket, this rank's pieces; unsharded:
+  /// one piece, the whole flat buffer).
   [[nodiscard]] bool shards_optimizer() const { return shards_.dp > 1; }
   [[nodiscard]] const OptimizerShards& optimizer_shards() const { return shards_; }
   /// Unsharded: fp32 master values of parameter idx. Sharded: the compact buffers below hold this rank's pieces.
@@ -156,8 +159,6 @@ public:
   void scatter_bucket(Communicator& dp, std::size_t kb);
   /// ZeRO-2: the gradient bucket holding parameter idx (-1 otherwise).
   [[nodiscard]] int bucket_of(int idx) const;
-  [[nodiscard]] float* moment1(int idx) const;
-  [[nodiscard]] float* moment2(int idx) const;
   void zero_grads();
 
   /// tokens: device (T*B) in [s, b] order; out: (n, C).

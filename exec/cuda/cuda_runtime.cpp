@@ -229,7 +229,6 @@ private:
     return instr.direction == Direction::Backward && p2p_backward_ ? *p2p_backward_ : world_;
   }
   void optimizer_step();
-  void sharded_optimizer_step();
   void reduce_sequence_parallel_grads();
   /// Calls fn(begin, end, shard_pos) for each part of parameter idx that this DP rank owns: flat-buffer range
   /// [begin, end) and its position in the compact optimizer buffers.
@@ -511,66 +510,6 @@ void CudaTrainer::reduce_sequence_parallel_grads() {
   copy_each(false);
 }
 
-void CudaTrainer::optimizer_step() {
-  for (auto& bucket : buckets_) {
-    bucket.wait();
-  }
-  if (model_.shards_optimizer()) {
-    sharded_optimizer_step();
-    return;
-  }
-  const auto& infos = model_.infos();
-  // Tied word embedding on the first and last stage: sum the two partial gradients (Megatron's embedding group).
-  const int wte = model_.host_layout().params().find("embed.wte");
-  if (options_.model.tied_embeddings && wte >= 0 && groups_.embedding->size() > 1) {
-    groups_.embedding->all_reduce(std::span<float>(model_.grad(wte), infos[static_cast<std::size_t>(wte)].size()));
-  }
-  reduce_sequence_parallel_grads();
-  const cpu::AdamWConfig& config = options_.optimizer;
-  // Global norm over unique parameters (as the CPU runtime), logged every step as Megatron does and used for
-  // clipping: one host read-back per step, after the gradient reduction has been waited for.
-  norm_acc_.zero(stream_);
-  for (std::size_t idx = 0; idx < infos.size(); ++idx) {
-    const ParamInfo& info = infos[idx];
-    if (!info.counts_in_grad_norm(groups_.coord.tp_rank)) {
-      continue;
-    }
-    kernels::elementwise::sum({norm_acc_.get(), model_.grad(static_cast<int>(idx)),
-                               static_cast<std::int64_t>(info.size()), 1.0f, true},
-                              stream_);
-  }
-  if (groups_.tp->size() > 1) {
-    groups_.tp->all_reduce(std::span<float>(norm_acc_.get(), 1));
-  }
-  if (groups_.pp->size() > 1) {
-    groups_.pp->all_reduce(std::span<float>(norm_acc_.get(), 1));
-  }
-  float total = 0.0f;
-  CUDA_CHECK(cudaMemcpyAsync(&total, norm_acc_.get(), sizeof(float), cudaMemcpyDeviceToHost, stream_));
-  CUDA_CHECK(cudaStreamSynchronize(stream_));
-  grad_norm_ = std::sqrt(static_cast<double>(total));
-  const float grad_scale = cpu::clip_grad_scale(total, config);
-  for (std::size_t idx = 0; idx < infos.size(); ++idx) {
-    const ParamInfo& info = infos[idx];
-    const int p = static_cast<int>(idx);
-    kernels::adamw::Args args;
-    args.param = model_.master(p);
-    args.m = model_.moment1(p);
-    args.v = model_.moment2(p);
-    args.param_bf16 = model_.weight(p);
-    args.grad = model_.grad(p);
-    args.n = static_cast<std::int64_t>(info.size());
-    args.step = step_;
-    args.lr = config.lr;
-    args.beta1 = config.beta1;
-    args.beta2 = config.beta2;
-    args.eps = config.eps;
-    args.weight_decay = info.weight_decay ? config.weight_decay : 0.0f;
-    args.grad_scale = grad_scale;
-    kernels::adamw::update(args, stream_);
-  }
-}
-
 template <typename Fn> void CudaTrainer::for_each_owned(int idx, Fn&& fn) const {
   const std::size_t begin = model_.device_layout().offsets[static_cast<std::size_t>(idx)];
   const std::size_t end = begin + model_.infos()[static_cast<std::size_t>(idx)].size();
@@ -583,13 +522,6 @@ template <typename Fn> void CudaTrainer::for_each_owned(int idx, Fn&& fn) const 
   }
 }
 
-// The distributed optimizer (Megatron-Core's DistributedOptimizer; ZeRO-1): the buckets' reduce-scatters left the DP
-// sum of every gradient in the piece its owner holds. The owners then do what optimizer_step() does on whole tensors:
-// the tied embedding's all-reduce over the embedding group (both stages own the same part of it), the TP sum of the
-// sequence-parallel gradients, the global norm (summed over DP too: each element counted once), AdamW on the pieces
-// (fp32 master and moments, the bf16 copy written in place), then one in-place all-gather of the bf16 copy per
-// segment, which leaves every rank with the whole updated model: at the end of the step, or with
-// --overlap-param-gather behind the next step's forward, as Megatron's.
 // ZeRO-2: a bucket's gradients of one micro-batch are reduce-scattered right after the last backward (or W) of that
 // micro-batch that writes into it, so only the buckets being filled are whole on the device (the simulator's ZeRO-2
 // double buffer; DeepSpeed's reduce_bucket_size). The program's own ScatterGrads, later, find little or nothing left.
@@ -633,8 +565,21 @@ void CudaTrainer::ensure_gathered(const Instr& instr) {
   }
 }
 
-void CudaTrainer::sharded_optimizer_step() {
+// The optimizer step over the pieces of the flat buffers this rank owns (for_each_owned): without sharding one piece,
+// the whole buffer, whose gradients the DP buckets all-reduced. With the distributed optimizer (Megatron-Core's
+// DistributedOptimizer; ZeRO-1) the buckets' reduce-scatters left the DP sum of every gradient in the piece its owner
+// holds, and the global norm is summed over DP too (each element counted once). In order: the tied embedding's
+// all-reduce over the embedding group (both stages own the same part of it), the TP sum of the sequence-parallel
+// gradients, the global norm over unique parameters (as the CPU runtime; logged every step as Megatron does and used
+// for clipping: one host read-back per step), AdamW (fp32 master and moments, the bf16 copy written in place); then,
+// sharded, one in-place all-gather of the bf16 copy per segment, which leaves every rank with the whole updated
+// model: at the end of the step, or with --overlap-param-gather behind the next step's forward, as Megatron's.
+void CudaTrainer::optimizer_step() {
+  for (auto& bucket : buckets_) {
+    bucket.wait();
+  }
   const auto& infos = model_.infos();
+  const bool sharded = model_.shards_optimizer();
   // The reduced gradient of flat element lo (its compact position pos): in the full buffer (distributed optimizer)
   // or in this rank's pieces (ZeRO-2, after the last buckets are scattered, as the CPU's zero_optimizer_step).
   const bool zero2 = model_.shards_grads();
@@ -682,7 +627,7 @@ void CudaTrainer::sharded_optimizer_step() {
     });
   }
   for (Communicator* group : {groups_.dp.get(), groups_.tp.get(), groups_.pp.get()}) {
-    if (group->size() > 1) {
+    if (group->size() > 1 && (sharded || group != groups_.dp.get())) {
       group->all_reduce(std::span<float>(norm_acc_.get(), 1));
     }
   }
@@ -713,7 +658,7 @@ void CudaTrainer::sharded_optimizer_step() {
   }
   // bf16 pairs travel as 32-bit words (segments are multiples of 2 * dp elements). --overlap-param-gather (Megatron's
   // flag): on the communication stream, each bucket waited for by the first forward that reads it (ensure_gathered).
-  if (model_.shards_params()) {
+  if (!sharded || model_.shards_params()) {
     return; // ZeRO-3: the units gather their parameters before they run (GatherParams)
   }
   const bool overlap = options_.plan.overlap_param_gather;

@@ -168,19 +168,10 @@ void NcclCommunicator::reduce_scatter(std::span<const float> in, std::span<float
   NCCL_CHECK(ncclReduceScatter(in.data(), out.data(), out.size(), ncclFloat, ncclSum, impl_->comm, impl_->compute));
 }
 
-std::size_t NcclCommunicator::block_of(std::span<float> data, const char* what) const {
-  const auto members = static_cast<std::size_t>(impl_->size);
-  if (data.size() % members != 0) {
-    throw DeviceError(device_error_message(what, impl_->world_rank, __FILE__, __LINE__,
-                                           fmt::format("{} elements are not {} equal blocks", data.size(), members)));
-  }
-  return data.size() / members;
-}
-
 // In place as NCCL defines it: recvbuff == sendbuff + rank * recvcount (reduce-scatter), sendbuff == recvbuff +
 // rank * sendcount (all-gather).
 std::unique_ptr<Request> NcclCommunicator::reduce_scatter_in_place_async(std::span<float> data) {
-  const std::size_t block = block_of(data, "NcclCommunicator::reduce_scatter_in_place_async");
+  const std::size_t block = equal_block(*this, data.size(), "NcclCommunicator::reduce_scatter_in_place_async");
   hand_off(impl_->compute, impl_->comm_stream);
   NCCL_CHECK(ncclReduceScatter(data.data(), data.data() + static_cast<std::size_t>(impl_->rank) * block, block,
                                ncclFloat, ncclSum, impl_->comm, impl_->comm_stream));
@@ -188,13 +179,13 @@ std::unique_ptr<Request> NcclCommunicator::reduce_scatter_in_place_async(std::sp
 }
 
 void NcclCommunicator::all_gather_in_place(std::span<float> data) {
-  const std::size_t block = block_of(data, "NcclCommunicator::all_gather_in_place");
+  const std::size_t block = equal_block(*this, data.size(), "NcclCommunicator::all_gather_in_place");
   NCCL_CHECK(ncclAllGather(data.data() + static_cast<std::size_t>(impl_->rank) * block, data.data(), block, ncclFloat,
                            impl_->comm, impl_->compute));
 }
 
 std::unique_ptr<Request> NcclCommunicator::all_gather_in_place_async(std::span<float> data) {
-  const std::size_t block = block_of(data, "NcclCommunicator::all_gather_in_place_async");
+  const std::size_t block = equal_block(*this, data.size(), "NcclCommunicator::all_gather_in_place_async");
   hand_off(impl_->compute, impl_->comm_stream);
   NCCL_CHECK(ncclAllGather(data.data() + static_cast<std::size_t>(impl_->rank) * block, data.data(), block, ncclFloat,
                            impl_->comm, impl_->comm_stream));

@@ -61,7 +61,6 @@ public:
   [[nodiscard]] cudaStream_t comm_stream() const;
 
 private:
-  [[nodiscard]] std::size_t block_of(std::span<float> data, const char* what) const;
   std::unique_ptr<Impl> impl_;
 };
 

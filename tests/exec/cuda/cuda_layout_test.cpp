@@ -120,6 +120,9 @@ TEST_CASE("optimizer_shards gives every DP rank one piece of each segment", "[ex
   CHECK(rank1.owned[2].size == 64);
   CHECK(rank1.owned[2].shard_offset == 128 + 128);
   CHECK(rank1.shard_total == 1536 / 4);
+  REQUIRE(rank1.first_owned.size() == 2);
+  CHECK(rank1.first_owned[0] == 0);
+  CHECK(rank1.first_owned[1] == 1);
   // Every element of [0, total) is owned by exactly one rank.
   std::vector<int> owners(1536, 0);
   for (int r = 0; r < 4; ++r) {
