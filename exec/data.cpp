@@ -88,4 +88,19 @@ MicroBatch TokenSource::microbatch(std::int64_t step, std::int64_t global_microb
   return mb;
 }
 
+MicroBatch select_positions(const MicroBatch& whole, const std::vector<std::int64_t>& positions, std::int64_t batch) {
+  const auto batch_size = static_cast<std::size_t>(batch);
+  MicroBatch mine;
+  mine.inputs.reserve(positions.size() * batch_size);
+  mine.targets.reserve(positions.size() * batch_size);
+  for (const std::int64_t pos : positions) {
+    for (std::size_t b = 0; b < batch_size; ++b) {
+      const std::size_t row = static_cast<std::size_t>(pos) * batch_size + b;
+      mine.inputs.push_back(whole.inputs.at(row));
+      mine.targets.push_back(whole.targets.at(row));
+    }
+  }
+  return mine;
+}
+
 } // namespace cuboid::exec

@@ -17,6 +17,11 @@ struct MicroBatch {
   std::vector<std::int32_t> targets; // (T * B)
 };
 
+/// --- context parallelism --- The rows of `whole` ([s, b] order, `batch` columns per position) at `positions`, in
+/// that order: a CP rank's share of a micro-batch (exec::context_parallel_positions).
+[[nodiscard]] MicroBatch select_positions(const MicroBatch& whole, const std::vector<std::int64_t>& positions,
+                                          std::int64_t batch);
+
 class TokenSource {
 public:
   /// Throws InputError if `data_file` is given but cannot be read or holds fewer than seq + 1 tokens, or has a

@@ -540,15 +540,19 @@ std::int64_t GptModel::cp_chunk_rows() const {
 
 // Local position t < c is chunk cp_rank's t-th, t >= c chunk (2cp-1-cp_rank)'s (t-c)-th (c = T / 2cp).
 // Example T = 8, cp = 2: rank 0 holds positions 0 1 6 7, rank 1 holds 2 3 4 5.
-std::vector<std::int64_t> GptModel::cp_positions() const {
-  const std::int64_t chunk = spec_.seq_length / (2 * plan_.cp);
+std::vector<std::int64_t> context_parallel_positions(std::int64_t seq, int cp, int cp_rank) {
+  const std::int64_t chunk = seq / (2 * cp);
   std::vector<std::int64_t> positions;
   positions.reserve(static_cast<std::size_t>(2 * chunk));
   for (std::int64_t t = 0; t < 2 * chunk; ++t) {
-    const std::int64_t which = t < chunk ? cp_rank_ : 2 * plan_.cp - 1 - cp_rank_;
+    const std::int64_t which = t < chunk ? cp_rank : 2 * cp - 1 - cp_rank;
     positions.push_back(which * chunk + t % chunk);
   }
   return positions;
+}
+
+std::vector<std::int64_t> GptModel::cp_positions() const {
+  return context_parallel_positions(spec_.seq_length, plan_.cp, cp_rank_);
 }
 
 void GptModel::cp_rope(Mat& x, bool forward) const {

@@ -73,6 +73,10 @@ struct WeightGradWork {
   std::vector<Item> items;
 };
 
+/// --- context parallelism --- The global sequence position of each of the T/cp positions a CP rank holds, in its
+/// row order: chunks cp_rank and 2cp-1-cp_rank of 2cp equal chunks (Megatron's load-balanced causal split).
+std::vector<std::int64_t> context_parallel_positions(std::int64_t seq, int cp, int cp_rank);
+
 class GptModel;
 
 /// The full model's parameters (tp = pp = dp = 1) in canonical order, without buffers.

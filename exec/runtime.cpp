@@ -233,19 +233,7 @@ struct Trainer::State {
   }
   // --- context parallelism --- this CP rank's rows of a micro-batch: its two sequence chunks ([s, b] order).
   [[nodiscard]] MicroBatch cp_rows(const MicroBatch& whole) const {
-    const std::vector<std::int64_t> positions = model.cp_positions();
-    const auto batch_size = static_cast<std::size_t>(options.plan.micro_batch_size);
-    MicroBatch mine;
-    mine.inputs.reserve(positions.size() * batch_size);
-    mine.targets.reserve(positions.size() * batch_size);
-    for (const std::int64_t pos : positions) {
-      for (std::size_t b = 0; b < batch_size; ++b) {
-        const std::size_t row = static_cast<std::size_t>(pos) * batch_size + b;
-        mine.inputs.push_back(whole.inputs[row]);
-        mine.targets.push_back(whole.targets[row]);
-      }
-    }
-    return mine;
+    return select_positions(whole, model.cp_positions(), options.plan.micro_batch_size);
   }
   void wait_sends();
   // --- mixture of experts ---

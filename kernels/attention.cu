@@ -17,6 +17,8 @@ struct Dims {
   int q_heads;
   int kv_heads;
   int head_dim;
+  int q_offset; // query i sits at key position i + q_offset (Shape::q_offset)
+  __device__ int kv_seq() const { return seq + q_offset; }
 };
 
 // Offset of element (t, b, head, 0) in a (T*B, heads*D) tensor.
@@ -45,7 +47,7 @@ __device__ void load_kv_tile(float* k_s, float* v_s, const T* k, const T* v, int
     const int j = j0 + jj;
     float kv = 0.0f;
     float vv = 0.0f;
-    if (j < dims.seq) {
+    if (j < dims.kv_seq()) {
       const std::int64_t off = row_offset(j, b, kv_head, dims, dims.kv_heads) + d;
       kv = detail::to_float(k[off]);
       vv = detail::to_float(v[off]);
@@ -94,7 +96,7 @@ __global__ void __launch_bounds__(Config::THREADS)
       acc[r][c] = 0.0f;
     }
   }
-  const int q_last = min(q0 + Config::QUERY_TILE, dims.seq) - 1;
+  const int q_last = min(q0 + Config::QUERY_TILE, dims.seq) - 1 + dims.q_offset; // the tile's last key position
   for (int j0 = 0; j0 <= q_last; j0 += Config::KEY_TILE) {
     __syncthreads(); // the previous tile is no longer read
     load_kv_tile(k_s, v_s, k, v, j0, b, kv_head, dims);
@@ -103,13 +105,13 @@ __global__ void __launch_bounds__(Config::THREADS)
     for (int r = 0; r < Config::QUERY_ROWS_PER_WARP; ++r) {
       const int local = warp * Config::QUERY_ROWS_PER_WARP + r;
       const int i = q0 + local;
-      if (i >= dims.seq || j0 > i) {
+      if (i >= dims.seq || j0 > i + dims.q_offset) {
         continue; // warp-uniform: the whole warp skips
       }
       const int j = j0 + lane;
-      const bool valid = j <= i;
+      const bool valid = j <= i + dims.q_offset;
       const float s = valid ? dot(q_s + local * dims.head_dim, k_s + lane * pad, dims.head_dim) : -INFINITY;
-      const float new_max = fmaxf(row_max[r], detail::warp_max(s)); // finite: key j0 <= i is valid
+      const float new_max = fmaxf(row_max[r], detail::warp_max(s)); // finite: key j0 <= i + q_offset is valid
       const float p = valid ? expf(s - new_max) : 0.0f;
       const float correction = expf(row_max[r] - new_max); // 0 on the first tile (row_max = -inf)
       row_sum[r] = row_sum[r] * correction + detail::warp_sum(p);
@@ -181,7 +183,7 @@ template <typename T>
 __global__ void __launch_bounds__(Config::THREADS)
     dkdv_kernel(T* __restrict__ dk, T* __restrict__ dv, const T* __restrict__ q, const T* __restrict__ k,
                 const T* __restrict__ v, const T* __restrict__ dout, const float* __restrict__ lse,
-                const float* __restrict__ delta, Dims dims, float scale) {
+                const float* __restrict__ delta, Dims dims, float scale, bool accumulate) {
   extern __shared__ float smem[];
   const int pad = dims.head_dim + 1;
   float* q_s = smem;                                    // (KEY_TILE query rows, D+1)
@@ -202,8 +204,8 @@ __global__ void __launch_bounds__(Config::THREADS)
     const int j = k0 + local;
     for (int d = lane; d < dims.head_dim; d += detail::WARP_SIZE) {
       const std::int64_t off = row_offset(j, b, kv_head, dims, dims.kv_heads) + d;
-      k_s[local * dims.head_dim + d] = j < dims.seq ? detail::to_float(k[off]) : 0.0f;
-      v_s[local * dims.head_dim + d] = j < dims.seq ? detail::to_float(v[off]) : 0.0f;
+      k_s[local * dims.head_dim + d] = j < dims.kv_seq() ? detail::to_float(k[off]) : 0.0f;
+      v_s[local * dims.head_dim + d] = j < dims.kv_seq() ? detail::to_float(v[off]) : 0.0f;
     }
   }
   float acc_dk[Config::KEY_ROWS_PER_WARP][ACC];
@@ -219,7 +221,9 @@ __global__ void __launch_bounds__(Config::THREADS)
   for (int g = 0; g < group; ++g) {
     const int head = kv_head * group + g;
     const std::int64_t stats = (static_cast<std::int64_t>(b) * dims.q_heads + head) * dims.seq;
-    for (int i0 = (k0 / Config::KEY_TILE) * Config::KEY_TILE; i0 < dims.seq; i0 += Config::KEY_TILE) {
+    // The first query that sees key k0 is k0 - q_offset.
+    for (int i0 = (max(k0 - dims.q_offset, 0) / Config::KEY_TILE) * Config::KEY_TILE; i0 < dims.seq;
+         i0 += Config::KEY_TILE) {
       __syncthreads();
       for (int idx = static_cast<int>(threadIdx.x); idx < Config::KEY_TILE * dims.head_dim;
            idx += static_cast<int>(blockDim.x)) {
@@ -240,13 +244,13 @@ __global__ void __launch_bounds__(Config::THREADS)
       for (int r = 0; r < Config::KEY_ROWS_PER_WARP; ++r) {
         const int local = warp * Config::KEY_ROWS_PER_WARP + r;
         const int j = k0 + local;
-        if (j >= dims.seq || i0 + Config::KEY_TILE - 1 < j) {
+        if (j >= dims.kv_seq() || i0 + Config::KEY_TILE - 1 + dims.q_offset < j) {
           continue; // warp-uniform: no query row of this tile sees key j
         }
         const int i = i0 + lane;
         float p = 0.0f;
         float ds = 0.0f;
-        if (i < dims.seq && i >= j) {
+        if (i < dims.seq && i + dims.q_offset >= j) {
           const float s = scale * dot(q_s + lane * pad, k_s + local * dims.head_dim, dims.head_dim);
           p = expf(s - lse_s[lane]);
           const float dp = dot(do_s + lane * pad, v_s + local * dims.head_dim, dims.head_dim);
@@ -270,7 +274,7 @@ __global__ void __launch_bounds__(Config::THREADS)
 #pragma unroll
   for (int r = 0; r < Config::KEY_ROWS_PER_WARP; ++r) {
     const int j = k0 + warp * Config::KEY_ROWS_PER_WARP + r;
-    if (j >= dims.seq) {
+    if (j >= dims.kv_seq()) {
       continue;
     }
     const std::int64_t off = row_offset(j, b, kv_head, dims, dims.kv_heads);
@@ -278,8 +282,10 @@ __global__ void __launch_bounds__(Config::THREADS)
     for (int c = 0; c < ACC; ++c) {
       const int d = lane + c * detail::WARP_SIZE;
       if (d < dims.head_dim) {
-        dk[off + d] = detail::from_float<T>(acc_dk[r][c] * scale);
-        dv[off + d] = detail::from_float<T>(acc_dv[r][c]);
+        const float dk_old = accumulate ? detail::to_float(dk[off + d]) : 0.0f;
+        const float dv_old = accumulate ? detail::to_float(dv[off + d]) : 0.0f;
+        dk[off + d] = detail::from_float<T>(acc_dk[r][c] * scale + dk_old);
+        dv[off + d] = detail::from_float<T>(acc_dv[r][c] + dv_old);
       }
     }
   }
@@ -324,7 +330,7 @@ __global__ void __launch_bounds__(Config::THREADS)
       acc[r][c] = 0.0f;
     }
   }
-  const int q_last = min(q0 + Config::QUERY_TILE, dims.seq) - 1;
+  const int q_last = min(q0 + Config::QUERY_TILE, dims.seq) - 1 + dims.q_offset; // the tile's last key position
   for (int j0 = 0; j0 <= q_last; j0 += Config::KEY_TILE) {
     __syncthreads();
     load_kv_tile(k_s, v_s, k, v, j0, b, kv_head, dims);
@@ -333,12 +339,12 @@ __global__ void __launch_bounds__(Config::THREADS)
     for (int r = 0; r < Config::QUERY_ROWS_PER_WARP; ++r) {
       const int local = warp * Config::QUERY_ROWS_PER_WARP + r;
       const int i = q0 + local;
-      if (i >= dims.seq || j0 > i) {
+      if (i >= dims.seq || j0 > i + dims.q_offset) {
         continue; // warp-uniform
       }
       const int j = j0 + lane;
       float ds = 0.0f;
-      if (j <= i) {
+      if (j <= i + dims.q_offset) {
         const float s = scale * dot(q_s + local * dims.head_dim, k_s + lane * pad, dims.head_dim);
         const float p = expf(s - row_lse[r]);
         const float dp = dot(do_s + local * dims.head_dim, v_s + lane * pad, dims.head_dim);
@@ -377,8 +383,8 @@ __global__ void __launch_bounds__(Config::THREADS)
 
 namespace {
 Dims to_dims(const Shape& s) {
-  return {static_cast<int>(s.seq), static_cast<int>(s.batch), static_cast<int>(s.q_heads),
-          static_cast<int>(s.kv_heads), static_cast<int>(s.head_dim)};
+  return {static_cast<int>(s.seq),      static_cast<int>(s.batch),    static_cast<int>(s.q_heads),
+          static_cast<int>(s.kv_heads), static_cast<int>(s.head_dim), static_cast<int>(s.q_offset)};
 }
 float softmax_scale(const Shape& s) { return 1.0f / std::sqrt(static_cast<float>(s.head_dim)); }
 
@@ -410,7 +416,7 @@ template <typename T> void backward(const BackwardArgs<T>& args, cudaStream_t st
   const std::size_t dkdv_smem = dkdv_smem_bytes(args.shape);
   allow_smem(dkdv_kernel<T>, dkdv_smem);
   dkdv_kernel<T><<<key_grid(args.shape), Config::THREADS, dkdv_smem, stream>>>(
-      args.dk, args.dv, args.q, args.k, args.v, args.dout, args.lse, args.workspace, dims, scale);
+      args.dk, args.dv, args.q, args.k, args.v, args.dout, args.lse, args.workspace, dims, scale, args.accumulate);
   CUDA_CHECK(cudaGetLastError());
   const std::size_t dq_smem = dq_smem_bytes(args.shape);
   allow_smem(dq_kernel<T>, dq_smem);

@@ -33,8 +33,14 @@ struct Shape {
   std::int64_t q_heads = 0;  // Hq, heads of this rank
   std::int64_t kv_heads = 0; // Hkv, divides Hq
   std::int64_t head_dim = 0; // D
+  /// Context parallelism: the seq queries sit at positions q_offset .. q_offset + seq - 1 of a key sequence of
+  /// kv_seq() = q_offset + seq rows (causal mask aligned to the bottom right, as FlashAttention's); 0 otherwise.
+  std::int64_t q_offset = 0;
+  [[nodiscard]] std::int64_t kv_seq() const { return q_offset + seq; }
   void validate(const char* kernel) const {
     require(seq > 0 && seq <= 2147483647, kernel, "seq must be in [1, 2^31)", seq);
+    require(q_offset >= 0 && kv_seq() <= 2147483647, kernel, "q_offset must be >= 0 and q_offset + seq < 2^31",
+            q_offset);
     require(batch > 0, kernel, "batch must be positive", batch);
     require(q_heads > 0, kernel, "q_heads must be positive", q_heads);
     require(kv_heads > 0 && q_heads % kv_heads == 0, kernel, "kv_heads must be positive and divide q_heads",
@@ -50,7 +56,8 @@ inline dim3 query_grid(const Shape& s) {
 }
 /// Grid of the dk/dv kernel: (key blocks, B * Hkv).
 inline dim3 key_grid(const Shape& s) {
-  return dim3(static_cast<unsigned>(ceil_div(s.seq, Config::KEY_BLOCK)), static_cast<unsigned>(s.batch * s.kv_heads));
+  return dim3(static_cast<unsigned>(ceil_div(s.kv_seq(), Config::KEY_BLOCK)),
+              static_cast<unsigned>(s.batch * s.kv_heads));
 }
 /// Dynamic shared memory (bytes) of each kernel: two padded (KEY_TILE, D+1) tiles plus the block's own rows.
 inline std::size_t forward_smem_bytes(const Shape& s) {
@@ -69,12 +76,13 @@ inline std::size_t backward_workspace_bytes(const Shape& s) {
   return sizeof(float) * static_cast<std::size_t>(s.batch * s.q_heads * s.seq);
 }
 
+// T below is shape.seq (query rows); k, v, dk and dv have shape.kv_seq() rows (= T unless q_offset > 0).
 template <typename T> struct ForwardArgs {
   T* out = nullptr;     // (T*B, Hq*D)
   float* lse = nullptr; // (B, Hq, T)
   const T* q = nullptr; // (T*B, Hq*D)
-  const T* k = nullptr; // (T*B, Hkv*D)
-  const T* v = nullptr; // (T*B, Hkv*D)
+  const T* k = nullptr; // (kv_seq*B, Hkv*D)
+  const T* v = nullptr; // (kv_seq*B, Hkv*D)
   Shape shape;
   [[nodiscard]] dim3 grid() const { return query_grid(shape); }
   void validate() const {
@@ -89,8 +97,8 @@ template <typename T> struct ForwardArgs {
 
 template <typename T> struct BackwardArgs {
   T* dq = nullptr;          // (T*B, Hq*D), overwritten
-  T* dk = nullptr;          // (T*B, Hkv*D), overwritten
-  T* dv = nullptr;          // (T*B, Hkv*D), overwritten
+  T* dk = nullptr;          // (kv_seq*B, Hkv*D), overwritten (added to with accumulate)
+  T* dv = nullptr;          // (kv_seq*B, Hkv*D), overwritten (added to with accumulate)
   float* workspace = nullptr; // backward_workspace_bytes(shape)
   const T* dout = nullptr;  // (T*B, Hq*D)
   const T* q = nullptr;
@@ -99,6 +107,8 @@ template <typename T> struct BackwardArgs {
   const T* out = nullptr;   // forward output
   const float* lse = nullptr; // forward LSE
   Shape shape;
+  /// dk and dv += this call's gradients (context parallelism: one call per query chunk against the same keys).
+  bool accumulate = false;
   void validate() const {
     require_ptr(dq, "attention::backward", "dq");
     require_ptr(dk, "attention::backward", "dk");

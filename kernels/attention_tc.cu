@@ -25,6 +25,7 @@ struct Dims {
   int q_heads;
   int kv_heads;
   int head_dim;
+  int q_offset; // query i sits at key position i + q_offset (a multiple of TILE)
 };
 
 using Acc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
@@ -87,19 +88,30 @@ __device__ __forceinline__ FragIndex load_index(const float* tile) {
 }
 
 // Writes the warp's 16 x (16 n_tiles) accumulator rows times `scale` (divided by row_div[r] when given) as bf16 to
-// global rows t0.. of one head.
+// global rows t0.. of one head; with `accumulate`, adds them to what is there. The accumulating store reads every
+// old value of a tile before any lane writes (a warp barrier between): the result is then the same whether each
+// element sits in one lane (the hardware's fragments) or in several (an emulator's whole-tile fragments).
 template <int N>
 __device__ __forceinline__ void store_acc(bf16* __restrict__ dst, const Acc (&acc)[N], int n_tiles,
                                           const FragIndex& index, float scale, const float* row_div, int t0, int b,
-                                          int head, int heads, const Dims& d) {
+                                          int head, int heads, const Dims& d, bool accumulate = false) {
+  const auto at = [&](int nt, int i) {
+    return ((static_cast<std::int64_t>(t0 + index.row(i)) * d.batch + b) * heads + head) * d.head_dim + nt * 16 +
+           index.col(i);
+  };
 #pragma unroll
   for (int nt = 0; nt < N; ++nt) {
     if (nt < n_tiles) {
+      Acc out = acc[nt]; // scaled, plus the old values when accumulating
       for (int i = 0; i < Acc::num_elements; ++i) {
-        const int r = index.row(i);
-        const float div = row_div != nullptr ? row_div[r] : 1.0f;
-        dst[((static_cast<std::int64_t>(t0 + r) * d.batch + b) * heads + head) * d.head_dim + nt * 16 +
-            index.col(i)] = __float2bfloat16_rn(acc[nt].x[i] * scale / div);
+        const float div = row_div != nullptr ? row_div[index.row(i)] : 1.0f;
+        out.x[i] = out.x[i] * scale / div + (accumulate ? __bfloat162float(dst[at(nt, i)]) : 0.0f);
+      }
+      if (accumulate) {
+        __syncwarp();
+      }
+      for (int i = 0; i < Acc::num_elements; ++i) {
+        dst[at(nt, i)] = __float2bfloat16_rn(out.x[i]);
       }
     }
   }
@@ -153,9 +165,10 @@ __global__ void __launch_bounds__(Config::THREADS) forward_kernel(bf16* __restri
   const int row = lane >> 1; // scalar phase: two lanes per query row, 32 columns each
   const int half = lane & 1;
   const int q_index = qt * TILE + warp * 16 + row;
+  const int q_position = q_index + d.q_offset; // among the keys
   float m = NEG_INF;
   float l = 0.0f;
-  for (int kt = 0; kt <= qt; ++kt) {
+  for (int kt = 0; kt <= qt + d.q_offset / TILE; ++kt) {
     __syncthreads(); // every warp is done with the previous K / V tile
     load_tile(ks, ldb, k, kt * TILE, b, g, d.kv_heads, d);
     load_tile(vs, ldb, v, kt * TILE, b, g, d.kv_heads, d);
@@ -172,12 +185,12 @@ __global__ void __launch_bounds__(Config::THREADS) forward_kernel(bf16* __restri
     float mx = NEG_INF;
     for (int c = 0; c < 32; ++c) {
       const int key = kt * TILE + half * 32 + c;
-      const float val = key <= q_index ? srow[c] * scale : NEG_INF;
+      const float val = key <= q_position ? srow[c] * scale : NEG_INF;
       srow[c] = val;
       mx = fmaxf(mx, val);
     }
     mx = fmaxf(mx, __shfl_xor_sync(detail::FULL_MASK, mx, 1));
-    const float m_new = fmaxf(m, mx); // finite: key kt*TILE <= q_index
+    const float m_new = fmaxf(m, mx); // finite: key kt*TILE <= q_position
     const float alpha = expf(m - m_new);
     float sum = 0.0f;
     bf16* prow = p_w + row * LDP + half * 32;
@@ -242,7 +255,7 @@ __global__ void __launch_bounds__(Config::THREADS) delta_kernel(float* __restric
 __global__ void __launch_bounds__(Config::THREADS)
     dkdv_kernel(bf16* __restrict__ dk, bf16* __restrict__ dv, const bf16* __restrict__ q, const bf16* __restrict__ k,
                 const bf16* __restrict__ v, const bf16* __restrict__ dout, const float* __restrict__ lse,
-                const float* __restrict__ delta, Dims d, float scale) {
+                const float* __restrict__ delta, Dims d, float scale, bool accumulate) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int D = d.head_dim;
   const int dt = D / 16;
@@ -275,7 +288,7 @@ __global__ void __launch_bounds__(Config::THREADS)
   for (int j = 0; j < group; ++j) {
     const int h = g * group + j;
     const std::int64_t stats = (static_cast<std::int64_t>(b) * d.q_heads + h) * d.seq;
-    for (int qt = kt; qt < tiles; ++qt) {
+    for (int qt = max(kt - d.q_offset / TILE, 0); qt < tiles; ++qt) { // the query tiles that see key tile kt
       __syncthreads();
       load_tile(qs, ldb, q, qt * TILE, b, h, d.q_heads, d);
       load_tile(dos, ldb, dout, qt * TILE, b, h, d.q_heads, d);
@@ -292,7 +305,7 @@ __global__ void __launch_bounds__(Config::THREADS)
         for (int i = 0; i < Acc::num_elements; ++i) {
           const int r = index.row(i);
           const int c = nt * 16 + index.col(i);
-          const float p = qt * TILE + c >= key0 + r ? expf(pr[nt].x[i] * scale - lse_s[c]) : 0.0f;
+          const float p = qt * TILE + c + d.q_offset >= key0 + r ? expf(pr[nt].x[i] * scale - lse_s[c]) : 0.0f;
           pr[nt].x[i] = p;
           p_w[r * LDP + c] = __float2bfloat16_rn(p);
         }
@@ -314,8 +327,8 @@ __global__ void __launch_bounds__(Config::THREADS)
       warp_mma<false>(dk_acc, dt, p_w, LDP, qs, ldb, ST); // dK += dS^T Q
     }
   }
-  store_acc(dk, dk_acc, dt, index, scale, nullptr, key0, b, g, d.kv_heads, d);
-  store_acc(dv, dv_acc, dt, index, 1.0f, nullptr, key0, b, g, d.kv_heads, d);
+  store_acc(dk, dk_acc, dt, index, scale, nullptr, key0, b, g, d.kv_heads, d, accumulate);
+  store_acc(dv, dv_acc, dt, index, 1.0f, nullptr, key0, b, g, d.kv_heads, d, accumulate);
 }
 
 // dQ of 64 query rows of head h: over the key tiles at or before them (S, dP, dQ in registers, dS through shared
@@ -355,7 +368,7 @@ __global__ void __launch_bounds__(Config::THREADS)
   Acc dq_acc[MAX_DT];
   zero(dq_acc);
   const int local0 = warp * 16; // the warp's first query row within the block's tile
-  for (int kt = 0; kt <= qt; ++kt) {
+  for (int kt = 0; kt <= qt + d.q_offset / TILE; ++kt) {
     __syncthreads();
     load_tile(ks, ldb, k, kt * TILE, b, g, d.kv_heads, d);
     load_tile(vs, ldb, v, kt * TILE, b, g, d.kv_heads, d);
@@ -371,7 +384,8 @@ __global__ void __launch_bounds__(Config::THREADS)
       for (int i = 0; i < Acc::num_elements; ++i) {
         const int local = local0 + index.row(i);
         const int c = nt * 16 + index.col(i);
-        const float p = kt * TILE + c <= qt * TILE + local ? expf(sc[nt].x[i] * scale - lse_s[local]) : 0.0f;
+        const float p =
+            kt * TILE + c <= qt * TILE + local + d.q_offset ? expf(sc[nt].x[i] * scale - lse_s[local]) : 0.0f;
         p_w[index.row(i) * LDP + c] = __float2bfloat16_rn(p * (dp[nt].x[i] - delta_s[local]));
       }
     }
@@ -383,8 +397,8 @@ __global__ void __launch_bounds__(Config::THREADS)
 }
 
 Dims to_dims(const attention::Shape& s) {
-  return {static_cast<int>(s.seq), static_cast<int>(s.batch), static_cast<int>(s.q_heads),
-          static_cast<int>(s.kv_heads), static_cast<int>(s.head_dim)};
+  return {static_cast<int>(s.seq),      static_cast<int>(s.batch),    static_cast<int>(s.q_heads),
+          static_cast<int>(s.kv_heads), static_cast<int>(s.head_dim), static_cast<int>(s.q_offset)};
 }
 
 template <typename Kernel> void allow_smem(Kernel kernel, std::size_t bytes) {
@@ -427,10 +441,10 @@ void backward(const attention::BackwardArgs<bf16>& args, cudaStream_t stream) {
   CUDA_CHECK(cudaGetLastError());
   const std::size_t dkdv_smem = attention_tc::dkdv_smem_bytes(args.shape);
   allow_smem(dkdv_kernel, dkdv_smem);
-  const dim3 key_grid(static_cast<unsigned>(args.shape.seq / TILE),
+  const dim3 key_grid(static_cast<unsigned>(args.shape.kv_seq() / TILE),
                       static_cast<unsigned>(args.shape.batch * args.shape.kv_heads));
   dkdv_kernel<<<key_grid, Config::THREADS, dkdv_smem, stream>>>(args.dk, args.dv, args.q, args.k, args.v, args.dout,
-                                                               args.lse, args.workspace, dims, scale);
+                                                               args.lse, args.workspace, dims, scale, args.accumulate);
   CUDA_CHECK(cudaGetLastError());
   const std::size_t dq_smem = attention_tc::dq_smem_bytes(args.shape);
   allow_smem(dq_kernel, dq_smem);

@@ -9,8 +9,9 @@
 // accumulator fragments, element by element, through a fragment index (no assumption about which lane holds which
 // element) and stores them as bf16 operands.
 // The backward is deterministic (no atomics): dk/dv per key block over the query tiles of every query head of its
-// KV group, then dq per query block. Requirements (supported()): head_dim a multiple of 16 and <= 128, seq a
-// multiple of 64, batch * q_heads <= 65535; bf16 only; sm_80 or newer (bf16 WMMA).
+// KV group, then dq per query block. Requirements (supported()): head_dim a multiple of 16 and <= 128, seq and
+// q_offset (context parallelism's query chunks) multiples of 64, batch * q_heads <= 65535; bf16 only; sm_80 or newer
+// (bf16 WMMA).
 #pragma once
 
 #include "kernels/attention.cuh"
@@ -34,6 +35,9 @@ struct Config {
   }
   if (s.seq % Config::TILE != 0 || s.seq <= 0) {
     return "seq must be a positive multiple of 64 (got " + std::to_string(s.seq) + ")";
+  }
+  if (s.q_offset % Config::TILE != 0 || s.q_offset < 0) {
+    return "q_offset must be a multiple of 64 (got " + std::to_string(s.q_offset) + ")";
   }
   if (s.batch * s.q_heads > attention::Config::MAX_GRID_Y || s.batch <= 0 || s.q_heads <= 0 || s.kv_heads <= 0 ||
       s.q_heads % s.kv_heads != 0) {

@@ -9,7 +9,7 @@ namespace cuboid::kernels::rope {
 template <typename T>
 __global__ void __launch_bounds__(Config::THREADS)
     rotate_kernel(T* __restrict__ x, std::int64_t pairs, std::int64_t heads, std::int64_t head_dim,
-                  std::int64_t batch, float sign) {
+                  std::int64_t batch, std::int64_t first_row, float sign) {
   const std::int64_t half = head_dim / 2;
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   for (std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < pairs;
@@ -17,7 +17,7 @@ __global__ void __launch_bounds__(Config::THREADS)
     const std::int64_t i = idx % half;
     const std::int64_t head = (idx / half) % heads;
     const std::int64_t row = idx / (half * heads);
-    const auto pos = static_cast<float>(row / batch);
+    const auto pos = static_cast<float>((first_row + row) / batch);
     const float freq = powf(Config::THETA, -2.0f * static_cast<float>(i) / static_cast<float>(head_dim));
     const float c = cosf(pos * freq);
     const float s = sign * sinf(pos * freq);
@@ -35,7 +35,7 @@ template <typename T> void forward(const Args<T>& args, cudaStream_t stream) {
   NVTX_RANGE_FN();
   args.validate();
   rotate_kernel<T><<<args.grid(), Config::THREADS, 0, stream>>>(args.x, args.pairs(), args.heads, args.head_dim,
-                                                                  args.batch, 1.0f);
+                                                                  args.batch, args.first_row, 1.0f);
   CUDA_CHECK(cudaGetLastError());
 }
 
@@ -43,7 +43,7 @@ template <typename T> void backward(const Args<T>& args, cudaStream_t stream) {
   NVTX_RANGE_FN();
   args.validate();
   rotate_kernel<T><<<args.grid(), Config::THREADS, 0, stream>>>(args.x, args.pairs(), args.heads, args.head_dim,
-                                                                  args.batch, -1.0f);
+                                                                  args.batch, args.first_row, -1.0f);
   CUDA_CHECK(cudaGetLastError());
 }
 

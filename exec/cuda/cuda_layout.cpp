@@ -114,12 +114,7 @@ void validate_cuda_run_options(const RunOptions& options) {
                                    fmt::format("'{}' is not supported by --backend cuda (valid: bf16)",
                                                model::to_string(options.plan.precision))));
   }
-  // The beyond-3D plans (issue 10) run on --backend cpu only so far.
-  if (options.plan.cp > 1) {
-    throw InputError(input_message(WHERE, "--cp", fmt::format("{} is not supported by --backend cuda yet (valid: 1; "
-                                                              "context parallelism runs on --backend cpu)",
-                                                              options.plan.cp)));
-  }
+  // Of the beyond-3D plans (issue 10), mixture of experts runs on --backend cpu only so far.
   if (options.model.is_moe()) { // --- mixture of experts ---
     throw InputError(input_message(WHERE, "--model",
                                    fmt::format("{} is a mixture-of-experts model: not supported by --backend cuda "

@@ -38,6 +38,18 @@ using k::bf16;
 
 namespace {
 std::size_t count(std::int64_t rows, std::int64_t cols) { return static_cast<std::size_t>(rows * cols); }
+
+// All-gather of n bf16 elements per member (n even) into out (n * size): the pairs travel as 32-bit words (an
+// all-gather moves bytes; no arithmetic on them).
+void all_gather_bf16(Communicator& comm, const bf16* in, std::size_t n, bf16* out) {
+  CUBOID_ASSERT(n % 2 == 0, "all-gather of {} bf16 elements (an even count travels as 32-bit words)", n);
+  comm.all_gather(std::span<const float>(reinterpret_cast<const float*>(in), n / 2),
+                  std::span<float>(reinterpret_cast<float*>(out), n / 2 * static_cast<std::size_t>(comm.size())));
+}
+
+void copy_device(bf16* dst, const bf16* src, std::size_t n, cudaStream_t s) {
+  CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(bf16), cudaMemcpyDeviceToDevice, s));
+}
 } // namespace
 
 CudaGptModel::CudaGptModel(const model::ModelSpec& spec, const model::Plan& plan, int tp_rank, int pp_rank,
@@ -401,24 +413,104 @@ void CudaGptModel::zero_grads() {
 }
 
 bool CudaGptModel::use_tensor_core_attention() const {
+  return context_.tensor_core_attention && tensor_core_unsupported_reason().empty();
+}
+
+std::string CudaGptModel::tensor_core_unsupported_reason() const {
   const std::int64_t D = spec_.head_dim;
   const std::int64_t q_heads = spec_.num_attention_heads / plan_.tp;
   const std::int64_t kv_heads = spec_.num_query_groups / plan_.tp;
-  return context_.tensor_core_attention &&
-         k::attention_tc::supported({spec_.seq_length, plan_.micro_batch_size, q_heads, kv_heads, D});
+  for (const AttentionSegment& seg : attention_segments()) {
+    std::string why =
+        k::attention_tc::unsupported_reason({seg.seq, plan_.micro_batch_size, q_heads, kv_heads, D, seg.q_offset});
+    if (!why.empty()) {
+      return context_parallel() ? "context-parallel chunk: " + why : why;
+    }
+  }
+  return {};
 }
 
 std::string CudaGptModel::attention_kernel() const {
   if (use_tensor_core_attention()) {
     return "tensor-core (bf16 WMMA, kernels/attention_tc)";
   }
-  const std::int64_t q_heads = spec_.num_attention_heads / plan_.tp;
   const std::string why =
-      context_.tensor_core_attention
-          ? k::attention_tc::unsupported_reason({spec_.seq_length, plan_.micro_batch_size, q_heads,
-                                                 spec_.num_query_groups / plan_.tp, spec_.head_dim})
-          : std::string("tensor-core kernels switched off");
+      context_.tensor_core_attention ? tensor_core_unsupported_reason() : std::string("tensor-core kernels switched off");
   return "scalar fp32 (kernels/attention; " + why + ")";
+}
+
+// ---- context parallelism
+
+std::vector<std::int64_t> CudaGptModel::cp_positions() const {
+  return context_parallel_positions(spec_.seq_length, plan_.cp, context_.cp_rank);
+}
+
+std::int64_t CudaGptModel::cp_chunk_rows() const {
+  return spec_.seq_length / (2 * plan_.cp) * plan_.micro_batch_size;
+}
+
+std::int64_t CudaGptModel::cp_first_row(int half) const {
+  const int rank = context_.cp_rank;
+  return (half == 0 ? rank : 2 * plan_.cp - 1 - rank) * cp_chunk_rows();
+}
+
+std::vector<CudaGptModel::AttentionSegment> CudaGptModel::attention_segments() const {
+  if (!context_parallel()) {
+    return {{spec_.seq_length, 0, 0}};
+  }
+  const std::int64_t B = plan_.micro_batch_size;
+  const std::int64_t chunk = spec_.seq_length / (2 * plan_.cp);
+  return {{chunk, cp_first_row(0) / B, 0}, {chunk, cp_first_row(1) / B, cp_chunk_rows()}};
+}
+
+// The gathered buffer holds member r's rows [chunk r, chunk 2cp-1-r] at block r; the whole sequence is chunk order.
+const bf16* CudaGptModel::cp_gather(const Bf16Buffer& local, std::int64_t cols, Bf16Buffer& full) {
+  const cudaStream_t s = context_.stream;
+  const std::size_t chunk = count(cp_chunk_rows(), cols);
+  const std::size_t n = 2 * static_cast<std::size_t>(plan_.cp);
+  CUBOID_ASSERT(local.size() == 2 * chunk, "cp_gather: {} elements, expected two chunks of {}", local.size(), chunk);
+  Bf16Buffer gathered(n * chunk, s);
+  all_gather_bf16(*context_.cp, local.get(), local.size(), gathered.get());
+  full.resize(n * chunk, s);
+  for (std::size_t r = 0; r < static_cast<std::size_t>(plan_.cp); ++r) {
+    copy_device(full.get() + r * chunk, gathered.get() + 2 * r * chunk, chunk, s);
+    copy_device(full.get() + (n - 1 - r) * chunk, gathered.get() + (2 * r + 1) * chunk, chunk, s);
+  }
+  return full.get();
+}
+
+// The reduction runs in fp32 (the Communicator reduces floats): each chunk is widened into member order, the sum
+// over CP reduce-scattered, this rank's two chunks narrowed again.
+void CudaGptModel::cp_reduce_scatter(const Bf16Buffer& full, std::int64_t cols, Bf16Buffer& local) {
+  const cudaStream_t s = context_.stream;
+  const std::int64_t chunk = static_cast<std::int64_t>(count(cp_chunk_rows(), cols));
+  const std::int64_t n = 2 * plan_.cp;
+  CUBOID_ASSERT(static_cast<std::int64_t>(full.size()) == n * chunk, "cp_reduce_scatter: {} elements, expected {}",
+                full.size(), n * chunk);
+  F32Buffer by_member(full.size(), s);
+  for (std::int64_t r = 0; r < plan_.cp; ++r) {
+    k::cast::convert<float, bf16>({by_member.get() + 2 * r * chunk, full.get() + r * chunk, chunk}, s);
+    k::cast::convert<float, bf16>({by_member.get() + (2 * r + 1) * chunk, full.get() + (n - 1 - r) * chunk, chunk},
+                                  s);
+  }
+  F32Buffer mine(static_cast<std::size_t>(2 * chunk), s);
+  context_.cp->reduce_scatter(std::span<const float>(by_member.get(), by_member.size()),
+                              std::span<float>(mine.get(), mine.size()));
+  to_bf16(mine, local);
+}
+
+void CudaGptModel::rope(Bf16Buffer& x, std::int64_t heads, bool forward) {
+  const std::int64_t D = spec_.head_dim;
+  const std::int64_t B = plan_.micro_batch_size;
+  for (const AttentionSegment& seg : attention_segments()) {
+    k::rope::Args<bf16> args{x.get() + seg.row0 * heads * D, seg.seq * B, heads, D, B};
+    args.first_row = seg.q_offset * B;
+    if (forward) {
+      k::rope::forward<bf16>(args, context_.stream);
+    } else {
+      k::rope::backward<bf16>(args, context_.stream);
+    }
+  }
 }
 
 // ---- building blocks
@@ -576,12 +668,8 @@ const Bf16Buffer& CudaGptModel::enter_tp(const Bf16Buffer& local, Bf16Buffer& st
   if (!sequence_parallel()) {
     return local;
   }
-  CUBOID_ASSERT(local.size() % 2 == 0, "enter_tp: {} bf16 elements (an even count travels as 32-bit words)",
-                local.size());
   storage.resize(local.size() * static_cast<std::size_t>(plan_.tp), context_.stream);
-  // bf16 pairs travel as 32-bit words (an all-gather moves bytes; no arithmetic on them).
-  context_.tp->all_gather(std::span<const float>(reinterpret_cast<const float*>(local.get()), local.size() / 2),
-                          std::span<float>(reinterpret_cast<float*>(storage.get()), storage.size() / 2));
+  all_gather_bf16(*context_.tp, local.get(), local.size(), storage.get());
   return storage;
 }
 
@@ -605,6 +693,20 @@ void CudaGptModel::to_bf16(const F32Buffer& in, Bf16Buffer& out) {
 // ---- embedding: fp32 gather from the master table (exact; the distributed optimizer's from the bf16 copy), TP
 // all-reduce, positions in fp32, one cast.
 
+// Runs of this rank's activation rows with consecutive positions: all rows from position 0; under sequence
+// parallelism this TP rank's share; under context parallelism the two local chunks.
+std::vector<CudaGptModel::PositionRun> CudaGptModel::position_runs() const {
+  if (sequence_parallel()) {
+    const std::int64_t local = activation_rows();
+    return {{0, local * tp_rank_, local}};
+  }
+  std::vector<PositionRun> runs;
+  for (const AttentionSegment& seg : attention_segments()) {
+    runs.push_back({seg.row0, seg.q_offset * plan_.micro_batch_size, seg.seq * plan_.micro_batch_size});
+  }
+  return runs;
+}
+
 void CudaGptModel::embedding_forward(const std::int32_t* tokens, Bf16Buffer& out) {
   const cudaStream_t s = context_.stream;
   const ParamInfo& info = layout_.params().info(wte_);
@@ -621,14 +723,14 @@ void CudaGptModel::embedding_forward(const std::int32_t* tokens, Bf16Buffer& out
   F32Buffer summed; // this rank's rows under sequence parallelism
   leave_tp(partial, summed);
   if (wpe_ >= 0) {
-    const std::int64_t local = activation_rows();
-    const std::int64_t first_row = sequence_parallel() ? local * tp_rank_ : 0;
-    if (from_copy) {
-      k::embedding::position_forward<float, bf16>(
-          {summed.get(), weight(wpe_), local, C, spec_.seq_length, first_row, plan_.micro_batch_size}, s);
-    } else {
-      k::embedding::position_forward<float>(
-          {summed.get(), master(wpe_), local, C, spec_.seq_length, first_row, plan_.micro_batch_size}, s);
+    for (const auto& [row0, first_row, n] : position_runs()) {
+      if (from_copy) {
+        k::embedding::position_forward<float, bf16>(
+            {summed.get() + row0 * C, weight(wpe_), n, C, spec_.seq_length, first_row, plan_.micro_batch_size}, s);
+      } else {
+        k::embedding::position_forward<float>(
+            {summed.get() + row0 * C, master(wpe_), n, C, spec_.seq_length, first_row, plan_.micro_batch_size}, s);
+      }
     }
   }
   to_bf16(summed, out);
@@ -639,10 +741,10 @@ void CudaGptModel::embedding_backward(const std::int32_t* tokens, const Bf16Buff
   const ParamInfo& info = layout_.params().info(wte_);
   const std::int64_t C = spec_.hidden_size;
   if (wpe_ >= 0) {
-    const std::int64_t local = activation_rows();
-    k::embedding::position_backward<bf16>({grad(wpe_), dout.get(), local, C, spec_.seq_length,
-                                           sequence_parallel() ? local * tp_rank_ : 0, plan_.micro_batch_size},
-                                          s);
+    for (const auto& [row0, first_row, n] : position_runs()) {
+      k::embedding::position_backward<bf16>(
+          {grad(wpe_), dout.get() + row0 * C, n, C, spec_.seq_length, first_row, plan_.micro_batch_size}, s);
+    }
   }
   // Conjugate of the forward's reduction: the all-reduce's backward is the identity, the reduce-scatter's an
   // all-gather.
@@ -660,7 +762,6 @@ void CudaGptModel::layer_forward(int layer, Bf16Buffer&& x, Bf16Buffer& out, Cud
   const std::int64_t D = spec_.head_dim;
   const std::int64_t q_cols = layout_.params().info(p.wq).cols;
   const std::int64_t kv_cols = layout_.params().info(p.wk).cols;
-  const k::attention::Shape shape{spec_.seq_length, plan_.micro_batch_size, q_cols / D, kv_cols / D, D};
   if (&x != &c.x) {
     c.x = std::move(x); // the layer input is saved for backward, not copied
   }
@@ -673,15 +774,27 @@ void CudaGptModel::layer_forward(int layer, Bf16Buffer&& x, Bf16Buffer& out, Cud
   linear(h1, p.wk, p.bk, rows, c.k);
   linear(h1, p.wv, p.bv, rows, c.v);
   if (!spec_.learned_position_embedding) {
-    k::rope::forward<bf16>({c.q.get(), rows, q_cols / D, D, plan_.micro_batch_size}, s);
-    k::rope::forward<bf16>({c.k.get(), rows, kv_cols / D, D, plan_.micro_batch_size}, s);
+    rope(c.q, q_cols / D, true);
+    rope(c.k, kv_cols / D, true);
   }
+  // Context parallelism: the whole sequence's K and V for this layer's attention only; the cache keeps this rank's
+  // rows and the backward gathers them again (as Transformer Engine's all-gather CP).
+  Bf16Buffer k_full, v_full;
+  const bf16* keys = context_parallel() ? cp_gather(c.k, kv_cols, k_full) : c.k.get();
+  const bf16* values = context_parallel() ? cp_gather(c.v, kv_cols, v_full) : c.v.get();
   c.attn.resize(count(rows, q_cols), s);
-  c.lse.resize(static_cast<std::size_t>(shape.batch * shape.q_heads * shape.seq), s);
-  if (use_tensor_core_attention()) {
-    k::attention_tc::forward({c.attn.get(), c.lse.get(), c.q.get(), c.k.get(), c.v.get(), shape}, s);
-  } else {
-    k::attention::forward<bf16>({c.attn.get(), c.lse.get(), c.q.get(), c.k.get(), c.v.get(), shape}, s);
+  c.lse.resize(static_cast<std::size_t>(plan_.micro_batch_size * (q_cols / D) * (rows / plan_.micro_batch_size)), s);
+  const bool tensor_cores = use_tensor_core_attention();
+  for (const AttentionSegment& seg : attention_segments()) {
+    const k::attention::Shape shape{seg.seq, plan_.micro_batch_size, q_cols / D, kv_cols / D, D, seg.q_offset};
+    const std::int64_t q_at = seg.row0 * q_cols;
+    float* lse = c.lse.get() + seg.row0 * (q_cols / D); // (B, Hq, seq) per segment, segments one after another
+    const k::attention::ForwardArgs<bf16> args{c.attn.get() + q_at, lse, c.q.get() + q_at, keys, values, shape};
+    if (tensor_cores) {
+      k::attention_tc::forward(args, s);
+    } else {
+      k::attention::forward<bf16>(args, s);
+    }
   }
   row_parallel_linear(c.attn, p.wo, p.bo, c.x, c.x2); // x2 = x + attn Wo + bo
 
@@ -728,7 +841,6 @@ void CudaGptModel::layer_backward(int layer, CudaLayerCache& c, Bf16Buffer&& dou
   const std::int64_t q_cols = layout_.params().info(p.wq).cols;
   const std::int64_t kv_cols = layout_.params().info(p.wk).cols;
   const std::int64_t ffn_cols = layout_.params().info(p.w1).cols;
-  const k::attention::Shape shape{spec_.seq_length, plan_.micro_batch_size, q_cols / D, kv_cols / D, D};
   Bf16Buffer gathered; // all-gathered output gradients and norm outputs under sequence parallelism
   // Zero-bubble B (deferred): an operand enter_tp returned is `local` itself, or `gathered` under sequence
   // parallelism; the deferred work takes it over (gathered is refilled by the next enter_tp) or copies what this
@@ -808,21 +920,49 @@ void CudaGptModel::layer_backward(int layer, CudaLayerCache& c, Bf16Buffer&& dou
       gemm(q_cols, C, rows, true, false, c.attn.get(), dproj.get(), grad(p.wo), GemmDType::F32, 1.0f);
     }
   }
+  Bf16Buffer k_full, v_full; // context parallelism: gathered again (layer_forward)
+  const bf16* keys = context_parallel() ? cp_gather(c.k, kv_cols, k_full) : c.k.get();
+  const bf16* values = context_parallel() ? cp_gather(c.v, kv_cols, v_full) : c.v.get();
+  const std::size_t kv_elements = context_parallel() ? k_full.size() : c.k.size();
   Bf16Buffer dq(count(rows, q_cols), s);
-  Bf16Buffer dk(count(rows, kv_cols), s);
-  Bf16Buffer dv(count(rows, kv_cols), s);
-  F32Buffer workspace(k::attention::backward_workspace_bytes(shape) / sizeof(float), s);
-  const k::attention::BackwardArgs<bf16> attention_args{dq.get(),  dk.get(),  dv.get(),      workspace.get(),
-                                                        dattn.get(), c.q.get(), c.k.get(),     c.v.get(),
-                                                        c.attn.get(), c.lse.get(), shape};
-  if (use_tensor_core_attention()) {
-    k::attention_tc::backward(attention_args, s);
-  } else {
-    k::attention::backward<bf16>(attention_args, s);
+  Bf16Buffer dk(kv_elements, s); // with CP: the whole sequence's, accumulated over the two chunks, then reduced
+  Bf16Buffer dv(kv_elements, s);
+  if (context_parallel()) {
+    CUDA_CHECK(cudaMemsetAsync(dk.get(), 0, dk.size() * sizeof(bf16), s));
+    CUDA_CHECK(cudaMemsetAsync(dv.get(), 0, dv.size() * sizeof(bf16), s));
+  }
+  {
+    // One workspace for every segment: (B, Hq, rows / B) floats, as the LSE.
+    F32Buffer workspace(c.lse.size(), s);
+    const bool tensor_cores = use_tensor_core_attention();
+    for (const AttentionSegment& seg : attention_segments()) {
+      const k::attention::Shape shape{seg.seq, plan_.micro_batch_size, q_cols / D, kv_cols / D, D, seg.q_offset};
+      const std::int64_t q_at = seg.row0 * q_cols;
+      const k::attention::BackwardArgs<bf16> args{dq.get() + q_at,     dk.get(),
+                                                  dv.get(),            workspace.get(),
+                                                  dattn.get() + q_at,  c.q.get() + q_at,
+                                                  keys,                values,
+                                                  c.attn.get() + q_at, c.lse.get() + seg.row0 * (q_cols / D),
+                                                  shape,               context_parallel()};
+      if (tensor_cores) {
+        k::attention_tc::backward(args, s);
+      } else {
+        k::attention::backward<bf16>(args, s);
+      }
+    }
+  }
+  k_full = Bf16Buffer();
+  v_full = Bf16Buffer();
+  if (context_parallel()) {
+    Bf16Buffer mine;
+    cp_reduce_scatter(dk, kv_cols, mine);
+    dk = std::move(mine);
+    cp_reduce_scatter(dv, kv_cols, mine);
+    dv = std::move(mine);
   }
   if (!spec_.learned_position_embedding) {
-    k::rope::backward<bf16>({dq.get(), rows, q_cols / D, D, plan_.micro_batch_size}, s);
-    k::rope::backward<bf16>({dk.get(), rows, kv_cols / D, D, plan_.micro_batch_size}, s);
+    rope(dq, q_cols / D, false);
+    rope(dk, kv_cols / D, false);
   }
   F32Buffer dh1_f;
   linear_dgrad(dq, p.wq, rows, dh1_f, 0.0f);

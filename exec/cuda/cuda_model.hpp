@@ -47,6 +47,10 @@ struct CudaContext {
   /// Tensor-core attention (kernels/attention_tc.cuh) where its shape requirements hold; else, or when false, the
   /// scalar-FMA kernels (kernels/attention.cuh).
   bool tensor_core_attention = true;
+  /// --- context parallelism --- The CP group (device-memory communicator; only used when cp > 1) and this rank's
+  /// place in it.
+  Communicator* cp = nullptr;
+  int cp_rank = 0;
 };
 
 /// How the DP group shares the flat parameter buffers: the gradient buckets (the program's bucket weights, in
@@ -101,8 +105,16 @@ public:
   [[nodiscard]] std::int64_t activation_rows() const {
     return sequence_parallel() ? token_rows() / plan_.tp : token_rows();
   }
-  /// Rows of the GEMMs and the attention: every token of the micro-batch.
-  [[nodiscard]] std::int64_t token_rows() const { return spec_.seq_length * plan_.micro_batch_size; }
+  /// Rows of the GEMMs and the attention: every token of the micro-batch (this CP rank's T/cp positions of it).
+  [[nodiscard]] std::int64_t token_rows() const { return spec_.seq_length * plan_.micro_batch_size / plan_.cp; }
+  /// --- context parallelism --- Global position of each of this rank's T/cp sequence positions, in row order
+  /// (exec::context_parallel_positions): the runtime feeds the model these rows of every micro-batch. As the CPU
+  /// backend (exec::GptModel::set_context_parallel) and Transformer Engine's all-gather variant (Megatron's
+  /// --cp-comm-type all_gather): each layer all-gathers K and V over the CP group, runs the attention once per
+  /// local chunk against the keys up to it (kernels' q_offset), and reduce-scatters dK and dV; the cache keeps
+  /// this rank's rows of K and V and the backward gathers them again. No sequence parallelism with it (as the CPU
+  /// backend).
+  [[nodiscard]] std::vector<std::int64_t> cp_positions() const;
   /// Megatron's sequence parallelism (Korthikanti et al. 2022, sec. 4.2.2): norms, residuals and dropout-free
   /// elementwise work on 1/tp of the sequence; all-gather before the column-parallel GEMMs, reduce-scatter after the
   /// row-parallel ones.
@@ -198,6 +210,38 @@ private:
   void setup_sharding(const DpSharding& sharding);
   /// fp32 values of a norm weight or bias as the forward reads them: the master (unsharded) or the replica.
   [[nodiscard]] const float* value32(int idx) const;
+
+  // --- context parallelism ---
+  [[nodiscard]] bool context_parallel() const { return plan_.cp > 1; }
+  /// Rows of one of the 2cp chunks (T/(2cp) * B), and the first global row (position * B) of this rank's local
+  /// chunk `half` (0: chunk cp_rank, 1: chunk 2cp-1-cp_rank).
+  [[nodiscard]] std::int64_t cp_chunk_rows() const;
+  [[nodiscard]] std::int64_t cp_first_row(int half) const;
+  /// A run of query rows of the attention: `seq` positions from global position q_offset, at local row `row0`.
+  struct AttentionSegment {
+    std::int64_t seq = 0;
+    std::int64_t q_offset = 0;
+    std::int64_t row0 = 0;
+  };
+  /// The whole sequence, or with CP the two local chunks (each against the keys up to its end).
+  [[nodiscard]] std::vector<AttentionSegment> attention_segments() const;
+  /// K or V (local rows, `cols` wide) all-gathered over CP into `full`, the whole sequence in position order;
+  /// returns full.get().
+  const __nv_bfloat16* cp_gather(const Bf16Buffer& local, std::int64_t cols, Bf16Buffer& full);
+  /// Conjugate of cp_gather: the sum over CP of the whole-sequence gradients, this rank's rows of it.
+  void cp_reduce_scatter(const Bf16Buffer& full, std::int64_t cols, Bf16Buffer& local);
+  /// RoPE of this rank's rows (each local chunk at its positions), forward or backward.
+  void rope(Bf16Buffer& x, std::int64_t heads, bool forward);
+  /// Rows [row0, row0 + rows) of the activations hold consecutive positions from first_row / B on (the position
+  /// embedding's runs: one, or under CP the two local chunks).
+  struct PositionRun {
+    std::int64_t row0 = 0;
+    std::int64_t first_row = 0;
+    std::int64_t rows = 0;
+  };
+  [[nodiscard]] std::vector<PositionRun> position_runs() const;
+  /// Empty when the tensor-core attention takes every segment's shape; else why not.
+  [[nodiscard]] std::string tensor_core_unsupported_reason() const;
 
   // Building blocks (all on context_.stream).
   void gemm(std::int64_t m, std::int64_t n, std::int64_t k, bool trans_a, bool trans_b, const void* a, const void* b,

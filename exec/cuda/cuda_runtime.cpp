@@ -143,7 +143,8 @@ cudaStream_t comm_stream_of(Communicator& comm, cudaStream_t fallback) {
 class CudaTrainer {
 public:
   CudaTrainer(const RunOptions& options, const LaunchEnv& env, DeviceSetup& device, Communicator& world)
-      : options_(options), world_(world), stream_(device.stream), grid_(options.plan.tp, options.plan.dp, options.plan.pp),
+      : options_(options), world_(world), stream_(device.stream),
+        grid_(options.plan.tp, options.plan.cp, options.plan.dp, options.plan.pp),
         groups_(make_process_groups(world, grid_, head_stage_of(options.plan))),
         gemm_(options.cuda_gemm_autotune ? GemmAlgoSelection::Autotune : GemmAlgoSelection::Heuristic),
         workspace_(workspace_bytes(GemmArgs{}), device.stream),
@@ -151,8 +152,10 @@ public:
         program_(all_programs_.empty() ? build_programs({world.rank()}).front() : all_programs_.front()),
         model_(options.model, options.plan, groups_.coord.tp_rank, groups_.coord.pp_rank, options.seed,
                CudaContext{device.stream, &gemm_, workspace_.get(), workspace_.size(), groups_.tp.get(),
-                           options.cuda_tensor_core_attention},
-               DpSharding{program_.bucket_weights, options.plan.dp, groups_.coord.dp_rank,
+                           options.cuda_tensor_core_attention, groups_.cp.get(), groups_.coord.cp_rank},
+               // The gradient group: dp ranks, or dp*cp with context parallelism (Megatron shards the distributed
+               // optimizer over it too).
+               DpSharding{program_.bucket_weights, groups_.dp->size(), groups_.dp->rank(),
                           options.plan.get_zero_stage() >= 1, options.plan.get_zero_stage() >= 2,
                           options.plan.get_zero_stage() >= 3}),
         data_(options.model.vocab_size, options.model.seq_length, options.seed, options.data_file),
@@ -208,7 +211,7 @@ private:
     MicroState& st = state(chunk, mb);
     if (!st.has_data) {
       const int global_mb = groups_.coord.dp_rank * microbatches() + mb;
-      const MicroBatch batch = data_.microbatch(step_, global_mb, options_.plan.micro_batch_size);
+      const MicroBatch batch = cp_rows(data_.microbatch(step_, global_mb, options_.plan.micro_batch_size));
       st.inputs.resize(batch.inputs.size(), stream_);
       st.targets.resize(batch.targets.size(), stream_);
       CUDA_CHECK(cudaMemcpyAsync(st.inputs.get(), batch.inputs.data(), batch.inputs.size() * sizeof(std::int32_t),
@@ -219,6 +222,12 @@ private:
       st.has_data = true;
     }
     return st;
+  }
+  /// --- context parallelism --- This CP rank's rows of a micro-batch (its two sequence chunks, [s, b] order, as
+  /// exec/runtime.cpp); the whole micro-batch when cp = 1.
+  [[nodiscard]] MicroBatch cp_rows(MicroBatch whole) const {
+    return options_.plan.cp == 1 ? whole
+                                 : select_positions(whole, model_.cp_positions(), options_.plan.micro_batch_size);
   }
   void execute(const Instr& instr);
   /// The communicator of a pipeline send / receive. NCCL matches point-to-point operations between two ranks in
@@ -341,7 +350,8 @@ void CudaTrainer::setup_buckets() {
 void CudaTrainer::execute(const Instr& instr) {
   const bool keep_all = options_.plan.recompute != model::Recompute::Full;
   const std::size_t act_elements = static_cast<std::size_t>(model_.activation_rows() * model_.hidden());
-  const float loss_scale = 1.0f / static_cast<float>(microbatches() * options_.plan.dp);
+  // Each CP rank's loss is the mean over its T/cp tokens: the step loss averages over dp*cp such means.
+  const float loss_scale = 1.0f / static_cast<float>(microbatches() * options_.plan.dp * options_.plan.cp);
   switch (instr.kind) {
   case InstrKind::Forward: {
     // Test-only fault injection, at the faulty rank's first forward of the faulty step (as exec/runtime.cpp).

@@ -151,9 +151,12 @@ template <typename T> cudaError_t cudaFuncSetAttribute(T* func, cudaFuncAttribut
   return ::cudaFuncSetAttribute(reinterpret_cast<const void*>(func), attr, value);
 }
 
-// Device min of integer and floating arguments (CUDA Math API), in the usual arithmetic type of the two.
+// Device min and max of integer and floating arguments (CUDA Math API), in the usual arithmetic type of the two.
 template <typename A, typename B> constexpr std::common_type_t<A, B> min(A a, B b) {
   return b < a ? std::common_type_t<A, B>(b) : std::common_type_t<A, B>(a);
+}
+template <typename A, typename B> constexpr std::common_type_t<A, B> max(A a, B b) {
+  return a < b ? std::common_type_t<A, B>(b) : std::common_type_t<A, B>(a);
 }
 
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }

@@ -69,9 +69,10 @@ struct Plan {
   std::vector<std::string> flags; // more `cuboid run` flags
   std::vector<std::pair<std::string, std::string>> env; // more environment variables of every rank
   int global_batch = GLOBAL_BATCH;
-  [[nodiscard]] int ranks() const { return dp * tp * pp; }
+  int cp = 1; // context parallelism
+  [[nodiscard]] int ranks() const { return dp * tp * pp * cp; }
   [[nodiscard]] std::string name() const {
-    std::string out = fmt::format("{}_dp{}_tp{}_pp{}", model, dp, tp, pp);
+    std::string out = fmt::format("{}_dp{}_tp{}_pp{}", model, dp, tp, pp) + (cp > 1 ? fmt::format("_cp{}", cp) : "");
     for (const auto& f : flags) {
       out += '_';
       for (const char c : f) {
@@ -93,7 +94,8 @@ std::vector<int> launch(const Plan& plan, const std::string& json_path, const st
   const int port = free_port();
   std::vector<std::string> args = {CUBOID_EMU_BINARY, "run", "--backend", "cuda", "--model", plan.model,
                                    "--dp", std::to_string(plan.dp), "--tp", std::to_string(plan.tp), "--pp",
-                                   std::to_string(plan.pp), "--micro-batch-size", std::to_string(MICRO_BATCH),
+                                   std::to_string(plan.pp), "--cp", std::to_string(plan.cp),
+                                   "--micro-batch-size", std::to_string(MICRO_BATCH),
                                    "--global-batch-size", std::to_string(plan.global_batch), "--steps",
                                    std::to_string(STEPS), "--json"};
   if (plan.ranks() > 1) {
@@ -204,7 +206,11 @@ TEST_CASE("CUDA runtime on the emulator: the canonical DP/TP/PP plans follow the
                // zero-bubble schedules: W deferred after B (ZB-H1, DP buckets waiting for W), and the V of two chunks
                // per rank (ZB-V)
                Plan{2, 1, 2, "gpt-tiny", {"--schedule", "zb-h1"}, {}},
-               Plan{1, 2, 2, "llama-tiny", {"--vp", "2", "--schedule", "zb-v", "--sequence-parallel"}, {}});
+               Plan{1, 2, 2, "llama-tiny", {"--vp", "2", "--schedule", "zb-v", "--sequence-parallel"}, {}},
+               // context parallelism (K/V all-gathered per layer, two query chunks per rank): learned positions
+               // with a pipeline; RoPE and GQA with the distributed optimizer sharded over dp*cp, full recompute
+               Plan{1, 1, 2, "gpt-tiny", {}, {}, GLOBAL_BATCH, 2},
+               Plan{2, 1, 1, "llama-tiny", {"--distributed-optimizer", "--recompute", "full"}, {}, GLOBAL_BATCH, 2});
   CAPTURE(plan.name());
 
   // The CPU backend's single-process run of the same model and global batch (its multi-rank runs equal it).

@@ -104,6 +104,14 @@ double max_abs(const std::vector<float>& v) {
   return out;
 }
 
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double out = 0.0;
+  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    out = std::max(out, std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i])));
+  }
+  return out;
+}
+
 std::vector<std::int32_t> random_tokens(std::size_t n, std::int32_t max_token, std::uint32_t seed) {
   std::mt19937 gen(seed);
   std::uniform_int_distribution<std::int32_t> dist(0, max_token - 1);
@@ -409,6 +417,23 @@ TEMPLATE_TEST_CASE("kernels::rope vs exec::cpu rope (forward, and backward undoe
   require_close(d_x.download(), to_vec(ref), 2.0 * tol, 2.0 * tol, "rope backward");
 }
 
+TEST_CASE("kernels::rope with first_row (a context-parallel chunk) vs exec::cpu rope at that offset", "[gpu][kernels]") {
+  const std::int64_t batch = 2, heads = 2, head_dim = 16, rows = 24 * batch, cols = heads * head_dim;
+  const std::int64_t first_row = 40 * batch; // the chunk starts at position 40
+  const auto x = random_vec(static_cast<std::size_t>(rows * cols), 26);
+  cpu::Mat ref = to_mat(x, rows, cols);
+  cpu::rope_forward(ref, batch, head_dim, first_row);
+  DeviceArray<float> d_x(x);
+  k::rope::Args<float> args{d_x.get(), rows, heads, head_dim, batch};
+  args.first_row = first_row;
+  k::rope::forward<float>(args, nullptr);
+  require_close(d_x.download(), to_vec(ref), 4e-6, 4e-6, "rope forward at an offset");
+  // Not the rotation of position 0: the offset is applied.
+  cpu::Mat at_zero = to_mat(x, rows, cols);
+  cpu::rope_forward(at_zero, batch, head_dim);
+  REQUIRE(max_abs_diff(d_x.download(), to_vec(at_zero)) > 0.1);
+}
+
 TEMPLATE_TEST_CASE("kernels::attention vs exec::cpu attention (causal, GQA)", "[gpu][kernels]", float, k::bf16) {
   using T = TestType;
   const std::int64_t head_dim = GENERATE(32, 80, 128);
@@ -488,6 +513,84 @@ TEST_CASE("kernels::attention_tc vs exec::cpu attention (causal, GQA)", "[gpu][k
                                        std::tuple{"attention_tc dv", d_dv.download(), to_vec(dv)}}) {
     require_close(got, ref, bwd_tol, bwd_tol * std::max(1e-3, max_abs(ref)), name);
   }
+}
+
+// Context parallelism (cp = 2, load-balanced chunks): rank r's queries are chunks r and 3 - r of 4, each a call with
+// q_offset = the chunk's first position against the gathered keys; dk / dv accumulate over the two calls. Reference:
+// exec::cpu's positioned attention (what the CPU runtime's CP layer runs).
+template <typename T>
+void check_cp_attention(bool tensor_cores, std::int64_t seq, std::int64_t head_dim, double fwd_tol, double bwd_tol) {
+  constexpr int CP = 2;
+  const cpu::AttentionShape full{seq, 2, 4, 2, head_dim};
+  const std::int64_t chunk = seq / (2 * CP), B = full.batch;
+  const std::int64_t qw = full.q_heads * head_dim, kw = full.kv_heads * head_dim;
+  const std::int64_t kv_rows = seq * B, q_rows = 2 * chunk * B;
+  const auto kk = quantize<T>(random_vec(static_cast<std::size_t>(kv_rows * kw), 51, 2.0f));
+  const auto v = quantize<T>(random_vec(static_cast<std::size_t>(kv_rows * kw), 52));
+  DeviceArray<T> d_k(kk), d_v(v);
+  for (int rank = 0; rank < CP; ++rank) {
+    INFO("tensor cores " << tensor_cores << ", seq " << seq << ", head_dim " << head_dim << ", CP rank " << rank);
+    const auto q = quantize<T>(random_vec(static_cast<std::size_t>(q_rows * qw), 53u + static_cast<std::uint32_t>(rank), 2.0f));
+    const auto dout = quantize<T>(random_vec(static_cast<std::size_t>(q_rows * qw), 55u + static_cast<std::uint32_t>(rank)));
+    const std::int64_t first[2] = {rank * chunk, (2 * CP - 1 - rank) * chunk};
+    std::vector<std::int64_t> positions;
+    for (const std::int64_t f : first) {
+      for (std::int64_t t = 0; t < chunk; ++t) {
+        positions.push_back(f + t);
+      }
+    }
+    cpu::Mat out(q_rows, qw), dq(q_rows, qw), dk(kv_rows, kw), dv(kv_rows, kw);
+    cpu::attention_forward_cp(full, positions, to_mat(q, q_rows, qw), to_mat(kk, kv_rows, kw),
+                              to_mat(v, kv_rows, kw), out, nullptr);
+    cpu::attention_backward_cp(full, positions, to_mat(dout, q_rows, qw), to_mat(q, q_rows, qw),
+                               to_mat(kk, kv_rows, kw), to_mat(v, kv_rows, kw), nullptr, dq, dk, dv);
+    DeviceArray<T> d_q(q), d_dout(dout), d_out(static_cast<std::size_t>(q_rows * qw));
+    DeviceArray<T> d_dq(static_cast<std::size_t>(q_rows * qw)), d_dk(static_cast<std::size_t>(kv_rows * kw)),
+        d_dv(static_cast<std::size_t>(kv_rows * kw));
+    DeviceArray<float> d_lse(static_cast<std::size_t>(2 * B * full.q_heads * chunk));
+    for (int c = 0; c < 2; ++c) {
+      const k::attention::Shape ks{chunk, B, full.q_heads, full.kv_heads, head_dim, first[c]};
+      const std::size_t q_at = static_cast<std::size_t>(c * chunk * B * qw);
+      float* lse = d_lse.get() + c * B * full.q_heads * chunk;
+      const k::attention::ForwardArgs<T> fwd{d_out.get() + q_at, lse, d_q.get() + q_at, d_k.get(), d_v.get(), ks};
+      DeviceArray<float> ws(k::attention::backward_workspace_bytes(ks) / sizeof(float));
+      const k::attention::BackwardArgs<T> bwd{d_dq.get() + q_at, d_dk.get(),  d_dv.get(),       ws.get(),
+                                              d_dout.get() + q_at, d_q.get() + q_at, d_k.get(), d_v.get(),
+                                              d_out.get() + q_at, lse, ks, true};
+      if constexpr (std::is_same_v<T, k::bf16>) {
+        if (tensor_cores) {
+          REQUIRE(k::attention_tc::supported(ks));
+          k::attention_tc::forward(fwd, nullptr);
+          k::attention_tc::backward(bwd, nullptr);
+          continue;
+        }
+      }
+      k::attention::forward<T>(fwd, nullptr);
+      k::attention::backward<T>(bwd, nullptr);
+    }
+    require_close(d_out.download(), to_vec(out), fwd_tol, fwd_tol, "cp attention out");
+    for (const auto& [name, got, ref] : {std::tuple{"cp attention dq", d_dq.download(), to_vec(dq)},
+                                         std::tuple{"cp attention dk", d_dk.download(), to_vec(dk)},
+                                         std::tuple{"cp attention dv", d_dv.download(), to_vec(dv)}}) {
+      require_close(got, ref, bwd_tol, bwd_tol * std::max(1e-3, max_abs(ref)), name);
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("kernels::attention with q_offset (context-parallel chunks) vs exec::cpu positioned attention",
+                   "[gpu][kernels]", float, k::bf16) {
+  using T = TestType;
+  // 84 positions, chunks of 21: no tile boundary of the scalar kernels falls on a chunk boundary. bf16: the two
+  // accumulated bf16 dk / dv contributions add one rounding.
+  const double fwd_tol = std::is_same_v<T, float> ? 2e-5 : 2.0 * EPS<T>;
+  const double bwd_tol = std::is_same_v<T, float> ? 1e-4 : 8.0 * EPS<T>;
+  check_cp_attention<T>(false, 84, GENERATE(32, 80), fwd_tol, bwd_tol);
+}
+
+TEST_CASE("kernels::attention_tc with q_offset (context-parallel chunks) vs exec::cpu positioned attention",
+          "[gpu][kernels]") {
+  // 256 positions, chunks of 64 (the tensor-core tile): chunk 3 sees three off-diagonal key tiles and its diagonal.
+  check_cp_attention<k::bf16>(true, 256, 64, 4.0 * EPS<k::bf16>, 14.0 * EPS<k::bf16>);
 }
 
 TEMPLATE_TEST_CASE("kernels::cross_entropy vs exec::cpu vocab-parallel cross-entropy", "[gpu][kernels]", float,
