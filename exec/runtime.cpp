@@ -113,14 +113,7 @@ void validate_options(const RunOptions& options, const Communicator& world) {
                                                               plan.tp, plan.cp, plan.pp, plan.dp, plan.world_size(),
                                                               world.size())));
   }
-  // --- context parallelism --- (the CPU runtime splits the sequence, not the SP shards: one or the other)
-  if (plan.cp > 1 && plan.sequence_parallel) {
-    throw InputError(input_message("command line", "--cp",
-                                   fmt::format("{} with --sequence-parallel: cuboid run executes context parallelism "
-                                               "without sequence parallelism (valid: drop --sequence-parallel, or "
-                                               "--cp 1)",
-                                               plan.cp)));
-  }
+  validate_context_parallel_run(plan);
   model::ClusterSpec cluster = options.cluster;
   cluster.num_gpus = world.size();
   model::validate(plan, options.model, cluster, "run options");
@@ -901,6 +894,17 @@ RunResult run_training(const RunOptions& options, Communicator& world) {
 std::vector<float> gather_full_weights(Trainer& trainer) { return trainer.gather_full_weights(); }
 
 void validate_run_options(const RunOptions& options, const Communicator& world) { validate_options(options, world); }
+
+// --- context parallelism --- (the runtimes split the sequence, not the SP shards: one or the other)
+void validate_context_parallel_run(const model::Plan& plan) {
+  if (plan.cp > 1 && plan.sequence_parallel) {
+    throw InputError(input_message("command line", "--cp",
+                                   fmt::format("{} with --sequence-parallel: cuboid run executes context parallelism "
+                                               "without sequence parallelism (valid: drop --sequence-parallel, or "
+                                               "--cp 1)",
+                                               plan.cp)));
+  }
+}
 
 // --- mixture of experts ---
 void validate_moe_run(const model::ModelSpec& model, const model::Plan& plan, ProgramSource program_source) {

@@ -114,6 +114,7 @@ void validate_cuda_run_options(const RunOptions& options) {
                                    fmt::format("'{}' is not supported by --backend cuda (valid: bf16)",
                                                model::to_string(options.plan.precision))));
   }
+  validate_context_parallel_run(options.plan);
   // Of the beyond-3D plans (issue 10), mixture of experts runs on --backend cpu only so far.
   if (options.model.is_moe()) { // --- mixture of experts ---
     throw InputError(input_message(WHERE, "--model",
