@@ -263,7 +263,7 @@ std::string cpu_title(const RunCliOptions& cli, const model::Scenario& scenario)
 }
 
 // `title` is the first line(s); `cpu_time` prints the CPU-time line (CPU backend only).
-void print_human(const RunCliOptions& cli, const std::string& title, const exec::RunResult& run,
+void print_human(const RunCliOptions& cli, const std::string& title, const model::Plan& plan, const exec::RunResult& run,
                  const model::CostProfile& profile, const sim::SimResult& predicted,
                  const std::vector<TaskError>& errors, int matched_tasks, int measured_tasks, bool cpu_time = true) {
   std::string out = title;
@@ -278,6 +278,11 @@ void print_human(const RunCliOptions& cli, const std::string& title, const exec:
                      run.median_step_time_s * MS, run.losses.size() > 1 ? 2 : 1, run.losses.size(),
                      predicted.step_time_s * MS,
                      100.0 * relative_error(predicted.step_time_s, run.median_step_time_s));
+  if (plan.cp > 1) { // --- context parallelism --- (docs/context_parallelism.md)
+    out += "note: the prediction models context parallelism as Transformer Engine's p2p ring (K/V overlapped with the "
+           "attention); this run all-gathers K/V per layer (not overlapped), so the prediction may under-estimate its CP "
+           "exchange\n";
+  }
   if (cpu_time) {
     out += fmt::format("rank 0 CPU time per step: {:.3f} ms = {:.0f} % of the wall time (below 100 %: the rank "
                        "waited or shared its core with other processes)\n",
@@ -435,7 +440,7 @@ int run_cpu(const RunCliOptions& cli) {
   if (cli.json) {
     std::puts(to_json(scenario, run, profile, predicted, errors, cli.top_tasks).dump(2).c_str());
   } else {
-    print_human(cli, cpu_title(cli, scenario), run, profile, predicted, errors, static_cast<int>(errors.size()),
+    print_human(cli, cpu_title(cli, scenario), scenario.plan, run, profile, predicted, errors, static_cast<int>(errors.size()),
                 static_cast<int>(run.timeline.size()));
   }
   return 0;
@@ -558,13 +563,13 @@ int run_cuda(const RunCliOptions& cli) {
     out["largest_measured_tasks"] = largest;
     std::puts(out.dump(2).c_str());
   } else {
-    std::string title = fmt::format("# cuboid run --backend cuda: {} x{} ({}), model {}, tp={} pp={} dp={} vp={}, "
-                                    "schedule {}, micro-batch {}, global batch {}, bf16 (fp32 master weights and "
-                                    "grads), seed {}\n",
+    std::string title = fmt::format("# cuboid run --backend cuda: {} x{} ({}), model {}, tp={} cp={} pp={} dp={} "
+                                    "vp={}, schedule {}, micro-batch {}, global batch {}, bf16 (fp32 master weights "
+                                    "and grads), seed {}\n",
                                     training.device, training.world_size, training.launcher, scenario.model.name,
-                                    plan.tp, plan.pp, plan.dp, plan.vp, model::to_string(plan.schedule),
+                                    plan.tp, plan.cp, plan.pp, plan.dp, plan.vp, model::to_string(plan.schedule),
                                     plan.micro_batch_size, plan.global_batch_size, cli.seed);
-    print_human(cli, title, run, profile, predicted, errors, static_cast<int>(errors.size()),
+    print_human(cli, title, plan, run, profile, predicted, errors, static_cast<int>(errors.size()),
                 static_cast<int>(run.timeline.size()), false);
     std::fputs(fmt::format("\nMFU: measured {:.1f} %, predicted {:.1f} % (model FLOPs {:.3e} per step, peak {:.0f} "
                            "TFLOP/s per GPU); device memory pool high-water mark on rank 0: {:.3f} GiB, predicted "
