@@ -1,7 +1,8 @@
 // Rotary position embedding (Su et al. 2021, RoFormer; "rotate half" layout of GPT-NeoX / Llama) in place, forward
 // and backward; reference: exec/cpu/rope.hpp. x: (T*B, heads*D) row-major in T (float or bf16), rows in Megatron's
-// [s, b] order (position t = (first_row + row) / B); in every head, dimension i < D/2 is paired with i + D/2 and the pair is rotated
-// by t * theta^(-2i/D) (theta = 10000); backward rotates by the opposite angle. One thread per pair, fp32 math.
+// [s, b] order (position t = (first_row + row) / B); in every head, dimension i < D/2 is paired with i + D/2 and the
+// pair is rotated by t * theta^(-2i/D) (theta = 10000); backward rotates by the opposite angle. One thread per pair,
+// fp32 math.
 #pragma once
 
 #include "kernels/common.cuh"

@@ -263,7 +263,8 @@ std::string cpu_title(const RunCliOptions& cli, const model::Scenario& scenario)
 }
 
 // `title` is the first line(s); `cpu_time` prints the CPU-time line (CPU backend only).
-void print_human(const RunCliOptions& cli, const std::string& title, const model::Plan& plan, const exec::RunResult& run,
+void print_human(const RunCliOptions& cli, const std::string& title, const model::Plan& plan,
+                 const exec::RunResult& run,
                  const model::CostProfile& profile, const sim::SimResult& predicted,
                  const std::vector<TaskError>& errors, int matched_tasks, int measured_tasks, bool cpu_time = true) {
   std::string out = title;
@@ -279,9 +280,9 @@ void print_human(const RunCliOptions& cli, const std::string& title, const model
                      predicted.step_time_s * MS,
                      100.0 * relative_error(predicted.step_time_s, run.median_step_time_s));
   if (plan.cp > 1) { // --- context parallelism --- (docs/context_parallelism.md)
-    out += "note: the prediction models context parallelism as Transformer Engine's p2p ring (K/V overlapped with the "
-           "attention); this run all-gathers K/V per layer (not overlapped), so the prediction may under-estimate its CP "
-           "exchange\n";
+    out += "note: the prediction models context parallelism as Transformer Engine's p2p ring (K/V overlapped with "
+           "the attention); this run all-gathers K/V per layer (not overlapped), so the prediction may "
+           "under-estimate its CP exchange\n";
   }
   if (cpu_time) {
     out += fmt::format("rank 0 CPU time per step: {:.3f} ms = {:.0f} % of the wall time (below 100 %: the rank "

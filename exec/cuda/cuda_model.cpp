@@ -435,7 +435,8 @@ std::string CudaGptModel::attention_kernel() const {
     return "tensor-core (bf16 WMMA, kernels/attention_tc)";
   }
   const std::string why =
-      context_.tensor_core_attention ? tensor_core_unsupported_reason() : std::string("tensor-core kernels switched off");
+      context_.tensor_core_attention ? tensor_core_unsupported_reason()
+                                     : std::string("tensor-core kernels switched off");
   return "scalar fp32 (kernels/attention; " + why + ")";
 }
 

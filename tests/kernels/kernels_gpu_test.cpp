@@ -530,8 +530,9 @@ void check_cp_attention(bool tensor_cores, std::int64_t seq, std::int64_t head_d
   DeviceArray<T> d_k(kk), d_v(v);
   for (int rank = 0; rank < CP; ++rank) {
     INFO("tensor cores " << tensor_cores << ", seq " << seq << ", head_dim " << head_dim << ", CP rank " << rank);
-    const auto q = quantize<T>(random_vec(static_cast<std::size_t>(q_rows * qw), 53u + static_cast<std::uint32_t>(rank), 2.0f));
-    const auto dout = quantize<T>(random_vec(static_cast<std::size_t>(q_rows * qw), 55u + static_cast<std::uint32_t>(rank)));
+    const auto seed = static_cast<std::uint32_t>(rank);
+    const auto q = quantize<T>(random_vec(static_cast<std::size_t>(q_rows * qw), 53u + seed, 2.0f));
+    const auto dout = quantize<T>(random_vec(static_cast<std::size_t>(q_rows * qw), 55u + seed));
     const std::int64_t first[2] = {rank * chunk, (2 * CP - 1 - rank) * chunk};
     std::vector<std::int64_t> positions;
     for (const std::int64_t f : first) {
