@@ -450,18 +450,13 @@ std::int64_t CudaGptModel::cp_chunk_rows() const {
   return spec_.seq_length / (2 * plan_.cp) * plan_.micro_batch_size;
 }
 
-std::int64_t CudaGptModel::cp_first_row(int half) const {
-  const int rank = context_.cp_rank;
-  return (half == 0 ? rank : 2 * plan_.cp - 1 - rank) * cp_chunk_rows();
-}
-
 std::vector<CudaGptModel::AttentionSegment> CudaGptModel::attention_segments() const {
   if (!context_parallel()) {
     return {{spec_.seq_length, 0, 0}};
   }
-  const std::int64_t B = plan_.micro_batch_size;
-  const std::int64_t chunk = spec_.seq_length / (2 * plan_.cp);
-  return {{chunk, cp_first_row(0) / B, 0}, {chunk, cp_first_row(1) / B, cp_chunk_rows()}};
+  const int rank = context_.cp_rank;
+  const std::int64_t chunk = spec_.seq_length / (2 * plan_.cp); // positions
+  return {{chunk, rank * chunk, 0}, {chunk, (2 * plan_.cp - 1 - rank) * chunk, cp_chunk_rows()}};
 }
 
 // The gathered buffer holds member r's rows [chunk r, chunk 2cp-1-r] at block r; the whole sequence is chunk order.
@@ -784,7 +779,7 @@ void CudaGptModel::layer_forward(int layer, Bf16Buffer&& x, Bf16Buffer& out, Cud
   const bf16* keys = context_parallel() ? cp_gather(c.k, kv_cols, k_full) : c.k.get();
   const bf16* values = context_parallel() ? cp_gather(c.v, kv_cols, v_full) : c.v.get();
   c.attn.resize(count(rows, q_cols), s);
-  c.lse.resize(static_cast<std::size_t>(plan_.micro_batch_size * (q_cols / D) * (rows / plan_.micro_batch_size)), s);
+  c.lse.resize(count(rows, q_cols / D), s); // (B, Hq, T/cp): one float per query row and head
   const bool tensor_cores = use_tensor_core_attention();
   for (const AttentionSegment& seg : attention_segments()) {
     const k::attention::Shape shape{seg.seq, plan_.micro_batch_size, q_cols / D, kv_cols / D, D, seg.q_offset};

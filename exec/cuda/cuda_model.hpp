@@ -213,17 +213,16 @@ private:
 
   // --- context parallelism ---
   [[nodiscard]] bool context_parallel() const { return plan_.cp > 1; }
-  /// Rows of one of the 2cp chunks (T/(2cp) * B), and the first global row (position * B) of this rank's local
-  /// chunk `half` (0: chunk cp_rank, 1: chunk 2cp-1-cp_rank).
+  /// Rows of one of the 2cp chunks: T/(2cp) * B.
   [[nodiscard]] std::int64_t cp_chunk_rows() const;
-  [[nodiscard]] std::int64_t cp_first_row(int half) const;
   /// A run of query rows of the attention: `seq` positions from global position q_offset, at local row `row0`.
   struct AttentionSegment {
     std::int64_t seq = 0;
     std::int64_t q_offset = 0;
     std::int64_t row0 = 0;
   };
-  /// The whole sequence, or with CP the two local chunks (each against the keys up to its end).
+  /// The whole sequence, or with CP the two local chunks, cp_rank and 2cp-1-cp_rank (each against the keys up to
+  /// its end).
   [[nodiscard]] std::vector<AttentionSegment> attention_segments() const;
   /// K or V (local rows, `cols` wide) all-gathered over CP into `full`, the whole sequence in position order;
   /// returns full.get().

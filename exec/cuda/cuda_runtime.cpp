@@ -211,7 +211,10 @@ private:
     MicroState& st = state(chunk, mb);
     if (!st.has_data) {
       const int global_mb = groups_.coord.dp_rank * microbatches() + mb;
-      const MicroBatch batch = cp_rows(data_.microbatch(step_, global_mb, options_.plan.micro_batch_size));
+      MicroBatch batch = data_.microbatch(step_, global_mb, options_.plan.micro_batch_size);
+      if (options_.plan.cp > 1) { // this CP rank's rows: its two sequence chunks ([s, b] order, as exec/runtime.cpp)
+        batch = select_positions(batch, model_.cp_positions(), options_.plan.micro_batch_size);
+      }
       st.inputs.resize(batch.inputs.size(), stream_);
       st.targets.resize(batch.targets.size(), stream_);
       CUDA_CHECK(cudaMemcpyAsync(st.inputs.get(), batch.inputs.data(), batch.inputs.size() * sizeof(std::int32_t),
@@ -222,12 +225,6 @@ private:
       st.has_data = true;
     }
     return st;
-  }
-  /// --- context parallelism --- This CP rank's rows of a micro-batch (its two sequence chunks, [s, b] order, as
-  /// exec/runtime.cpp); the whole micro-batch when cp = 1.
-  [[nodiscard]] MicroBatch cp_rows(MicroBatch whole) const {
-    return options_.plan.cp == 1 ? whole
-                                 : select_positions(whole, model_.cp_positions(), options_.plan.micro_batch_size);
   }
   void execute(const Instr& instr);
   /// The communicator of a pipeline send / receive. NCCL matches point-to-point operations between two ranks in
