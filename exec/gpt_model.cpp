@@ -281,11 +281,11 @@ void GptModel::embedding_forward(Communicator& tp, std::span<const std::int32_t>
   cpu::embedding_forward(tokens, weight(wte_), info.row0, partial);
   leave_tp(tp, partial, out);
   if (wpe_ >= 0 && plan_.cp > 1) {
-    // The rank's two chunks sit at rows cp_rank*cB and (2cp-1-cp_rank)*cB of the whole sequence.
+    // The rank's two chunks sit at rows chunk*cB of the whole sequence (c = chunk index, B = micro-batch).
     const std::int64_t chunk = cp_chunk_rows();
-    cpu::position_embedding_forward(weight(wpe_), cp_rank_ * chunk, plan_.micro_batch_size, out.topRows(chunk));
-    cpu::position_embedding_forward(weight(wpe_), (2 * plan_.cp - 1 - cp_rank_) * chunk, plan_.micro_batch_size,
-                                    out.bottomRows(chunk));
+    const auto [first, second] = context_parallel_chunks(plan_.cp, cp_rank_);
+    cpu::position_embedding_forward(weight(wpe_), first * chunk, plan_.micro_batch_size, out.topRows(chunk));
+    cpu::position_embedding_forward(weight(wpe_), second * chunk, plan_.micro_batch_size, out.bottomRows(chunk));
   } else if (wpe_ >= 0) {
     const std::int64_t first_row = plan_.sequence_parallel ? out.rows() * tp_rank_ : 0;
     cpu::position_embedding_forward(weight(wpe_), first_row, plan_.micro_batch_size, out);
@@ -295,9 +295,9 @@ void GptModel::embedding_forward(Communicator& tp, std::span<const std::int32_t>
 void GptModel::embedding_backward(Communicator& tp, std::span<const std::int32_t> tokens, const Mat& dout) {
   if (wpe_ >= 0 && plan_.cp > 1) {
     const std::int64_t chunk = cp_chunk_rows();
-    cpu::position_embedding_backward(dout.topRows(chunk), cp_rank_ * chunk, plan_.micro_batch_size, grad(wpe_));
-    cpu::position_embedding_backward(dout.bottomRows(chunk), (2 * plan_.cp - 1 - cp_rank_) * chunk,
-                                     plan_.micro_batch_size, grad(wpe_));
+    const auto [first, second] = context_parallel_chunks(plan_.cp, cp_rank_);
+    cpu::position_embedding_backward(dout.topRows(chunk), first * chunk, plan_.micro_batch_size, grad(wpe_));
+    cpu::position_embedding_backward(dout.bottomRows(chunk), second * chunk, plan_.micro_batch_size, grad(wpe_));
   } else if (wpe_ >= 0) {
     const std::int64_t first_row = plan_.sequence_parallel ? dout.rows() * tp_rank_ : 0;
     cpu::position_embedding_backward(dout, first_row, plan_.micro_batch_size, grad(wpe_));
@@ -335,7 +335,17 @@ void GptModel::layer_forward(Communicator& tp, int layer, const Mat& x, Mat& out
   }
   c.attn.resize(rows, q_cols);
   const bool keep_probs = plan_.recompute == model::Recompute::None;
-  if (plan_.cp > 1) {
+  if (cp_ulysses()) {
+    // DeepSpeed-Ulysses: every rank attends the whole sequence for heads/cp of its heads (a plain causal attention).
+    cp_rows_to_heads(c.q, c.q_full);
+    cp_rows_to_heads(c.k, c.k_full);
+    cp_rows_to_heads(c.v, c.v_full);
+    const cpu::AttentionShape heads{shape.seq, shape.batch, shape.q_heads / plan_.cp, shape.kv_heads / plan_.cp,
+                                    shape.head_dim};
+    Mat attn_full(c.q_full.rows(), c.q_full.cols());
+    cpu::attention_forward(heads, c.q_full, c.k_full, c.v_full, attn_full, keep_probs ? &c.probs : nullptr);
+    cp_heads_to_rows(attn_full, c.attn);
+  } else if (plan_.cp > 1) {
     cp_gather(c.k, c.k_full);
     cp_gather(c.v, c.v_full);
     const std::vector<std::int64_t> positions = cp_positions();
@@ -462,7 +472,20 @@ void GptModel::layer_backward(Communicator& tp, int layer, LayerCache& c, const 
   Mat dq(rows, c.q.cols());
   Mat dk(rows, c.k.cols());
   Mat dv(rows, c.v.cols());
-  if (plan_.cp > 1) {
+  if (cp_ulysses()) {
+    const cpu::AttentionShape heads{shape.seq, shape.batch, shape.q_heads / plan_.cp, shape.kv_heads / plan_.cp,
+                                    shape.head_dim};
+    Mat dattn_full;
+    cp_rows_to_heads(dattn, dattn_full);
+    Mat dq_full(c.q_full.rows(), c.q_full.cols());
+    Mat dk_full(c.k_full.rows(), c.k_full.cols());
+    Mat dv_full(c.v_full.rows(), c.v_full.cols());
+    cpu::attention_backward(heads, dattn_full, c.q_full, c.k_full, c.v_full, c.probs.size() > 0 ? &c.probs : nullptr,
+                            dq_full, dk_full, dv_full);
+    cp_heads_to_rows(dq_full, dq);
+    cp_heads_to_rows(dk_full, dk);
+    cp_heads_to_rows(dv_full, dv);
+  } else if (plan_.cp > 1) {
     // Each CP rank's queries contribute to the K/V gradients of the whole sequence: sum over the CP group, keep
     // the rows of this rank's chunks.
     Mat dk_full(c.k_full.rows(), c.k_full.cols());
@@ -538,15 +561,17 @@ std::int64_t GptModel::cp_chunk_rows() const {
   return spec_.seq_length / (2 * plan_.cp) * plan_.micro_batch_size;
 }
 
+std::array<int, 2> context_parallel_chunks(int cp, int cp_rank) { return {cp_rank, 2 * cp - 1 - cp_rank}; }
+
 // Local position t < c is chunk cp_rank's t-th, t >= c chunk (2cp-1-cp_rank)'s (t-c)-th (c = T / 2cp).
 // Example T = 8, cp = 2: rank 0 holds positions 0 1 6 7, rank 1 holds 2 3 4 5.
 std::vector<std::int64_t> context_parallel_positions(std::int64_t seq, int cp, int cp_rank) {
   const std::int64_t chunk = seq / (2 * cp);
+  const std::array<int, 2> chunks = context_parallel_chunks(cp, cp_rank);
   std::vector<std::int64_t> positions;
   positions.reserve(static_cast<std::size_t>(2 * chunk));
   for (std::int64_t t = 0; t < 2 * chunk; ++t) {
-    const std::int64_t which = t < chunk ? cp_rank : 2 * cp - 1 - cp_rank;
-    positions.push_back(which * chunk + t % chunk);
+    positions.push_back(chunks[t < chunk ? 0 : 1] * chunk + t % chunk);
   }
   return positions;
 }
@@ -557,13 +582,13 @@ std::vector<std::int64_t> GptModel::cp_positions() const {
 
 void GptModel::cp_rope(Mat& x, bool forward) const {
   const std::int64_t chunk = cp_chunk_rows();
-  const std::int64_t first[2] = {cp_rank_ * chunk, (2 * plan_.cp - 1 - cp_rank_) * chunk};
+  const std::array<int, 2> chunks = context_parallel_chunks(plan_.cp, cp_rank_);
   for (int half = 0; half < 2; ++half) {
     auto rows = x.middleRows(half * chunk, chunk);
     if (forward) {
-      cpu::rope_forward(rows, plan_.micro_batch_size, spec_.head_dim, first[half]);
+      cpu::rope_forward(rows, plan_.micro_batch_size, spec_.head_dim, chunks[static_cast<std::size_t>(half)] * chunk);
     } else {
-      cpu::rope_backward(rows, plan_.micro_batch_size, spec_.head_dim, first[half]);
+      cpu::rope_backward(rows, plan_.micro_batch_size, spec_.head_dim, chunks[static_cast<std::size_t>(half)] * chunk);
     }
   }
 }
@@ -578,8 +603,9 @@ void GptModel::cp_gather(const Mat& local, Mat& full) const {
                   std::span<float>(gathered.data(), static_cast<std::size_t>(gathered.size())));
   full.resize(spec_.seq_length * plan_.micro_batch_size, cols);
   for (int rank = 0; rank < plan_.cp; ++rank) {
-    full.middleRows(rank * chunk, chunk) = gathered.middleRows(rank * local.rows(), chunk);
-    full.middleRows((2 * plan_.cp - 1 - rank) * chunk, chunk) = gathered.middleRows(rank * local.rows() + chunk, chunk);
+    const auto [first, second] = context_parallel_chunks(plan_.cp, rank);
+    full.middleRows(first * chunk, chunk) = gathered.middleRows(rank * local.rows(), chunk);
+    full.middleRows(second * chunk, chunk) = gathered.middleRows(rank * local.rows() + chunk, chunk);
   }
 }
 
@@ -587,8 +613,55 @@ void GptModel::cp_reduce_own_rows(Mat& full, Mat& local) const {
   cp_->all_reduce(std::span<float>(full.data(), static_cast<std::size_t>(full.size())));
   const std::int64_t chunk = cp_chunk_rows();
   local.resize(2 * chunk, full.cols());
-  local.topRows(chunk) = full.middleRows(cp_rank_ * chunk, chunk);
-  local.bottomRows(chunk) = full.middleRows((2 * plan_.cp - 1 - cp_rank_) * chunk, chunk);
+  const auto [first, second] = context_parallel_chunks(plan_.cp, cp_rank_);
+  local.topRows(chunk) = full.middleRows(first * chunk, chunk);
+  local.bottomRows(chunk) = full.middleRows(second * chunk, chunk);
+}
+
+// Send block m: this rank's rows (its two chunks) of member m's head group; receive block m: member m's rows of
+// this rank's head group, placed at member m's chunks of the sequence.
+void GptModel::cp_rows_to_heads(const Mat& local, Mat& full) const {
+  const std::int64_t chunk = cp_chunk_rows();
+  const Eigen::Index rows = local.rows();
+  CUBOID_ASSERT(rows == 2 * chunk && local.cols() % plan_.cp == 0, "cp_rows_to_heads: ({}, {}) for cp {}, chunk {}",
+                rows, local.cols(), plan_.cp, chunk);
+  const Eigen::Index group_cols = local.cols() / plan_.cp;
+  Mat send(plan_.cp * rows, group_cols);
+  for (int member = 0; member < plan_.cp; ++member) {
+    send.middleRows(member * rows, rows) = local.middleCols(member * group_cols, group_cols);
+  }
+  Mat recv(send.rows(), group_cols);
+  const std::vector<int> counts(static_cast<std::size_t>(plan_.cp), static_cast<int>(rows * group_cols));
+  cp_->all_to_all_v(std::span<const float>(send.data(), static_cast<std::size_t>(send.size())), counts,
+                    std::span<float>(recv.data(), static_cast<std::size_t>(recv.size())), counts);
+  full.resize(plan_.cp * rows, group_cols);
+  for (int member = 0; member < plan_.cp; ++member) {
+    const auto [first, second] = context_parallel_chunks(plan_.cp, member);
+    full.middleRows(first * chunk, chunk) = recv.middleRows(member * rows, chunk);
+    full.middleRows(second * chunk, chunk) = recv.middleRows(member * rows + chunk, chunk);
+  }
+}
+
+void GptModel::cp_heads_to_rows(const Mat& full, Mat& local) const {
+  const std::int64_t chunk = cp_chunk_rows();
+  const Eigen::Index rows = 2 * chunk;
+  CUBOID_ASSERT(full.rows() == plan_.cp * rows, "cp_heads_to_rows: {} rows for cp {}, chunk {}", full.rows(),
+                plan_.cp, chunk);
+  const Eigen::Index group_cols = full.cols();
+  Mat send(full.rows(), group_cols);
+  for (int member = 0; member < plan_.cp; ++member) {
+    const auto [first, second] = context_parallel_chunks(plan_.cp, member);
+    send.middleRows(member * rows, chunk) = full.middleRows(first * chunk, chunk);
+    send.middleRows(member * rows + chunk, chunk) = full.middleRows(second * chunk, chunk);
+  }
+  Mat recv(send.rows(), group_cols);
+  const std::vector<int> counts(static_cast<std::size_t>(plan_.cp), static_cast<int>(rows * group_cols));
+  cp_->all_to_all_v(std::span<const float>(send.data(), static_cast<std::size_t>(send.size())), counts,
+                    std::span<float>(recv.data(), static_cast<std::size_t>(recv.size())), counts);
+  local.resize(rows, plan_.cp * group_cols);
+  for (int member = 0; member < plan_.cp; ++member) {
+    local.middleCols(member * group_cols, group_cols) = recv.middleRows(member * rows, rows);
+  }
 }
 
 } // namespace cuboid::exec

@@ -15,6 +15,7 @@
 #include "model/model_spec.hpp"
 #include "model/plan.hpp"
 
+#include <array>
 #include <cstdint>
 #include <limits>
 #include <span>
@@ -40,7 +41,9 @@ struct LayerCache {
   cpu::Mat act;               // (T*B, F/tp)
   bool complete = false;      // false when only x was kept (full recompute)
   // --- context parallelism --- (T*B above is then this CP rank's 2 chunks: T/cp*B rows)
-  cpu::Mat k_full, v_full;    // (T*B, Gl*D) K and V of the whole sequence, all-gathered over the CP group
+  cpu::Mat k_full, v_full;    // (T*B, Gl*D) K and V of the whole sequence, all-gathered over the CP group; with
+                              // cp_comm_type a2a (Ulysses) (T*B, Gl/cp*D): the whole sequence for head group cp_rank
+  cpu::Mat q_full;            // a2a only: (T*B, Hl/cp*D) Q of the whole sequence for head group cp_rank
   // --- mixture of experts --- (MoE layers: the MLP fields above stay empty)
   cpu::TopKRouting routing;          // the K experts and gates of each of the n tokens
   std::vector<int> dispatch_slots;   // (n*K) token slot n*K+k of each dispatched row, in send order
@@ -73,8 +76,10 @@ struct WeightGradWork {
   std::vector<Item> items;
 };
 
-/// --- context parallelism --- The global sequence position of each of the T/cp positions a CP rank holds, in its
-/// row order: chunks cp_rank and 2cp-1-cp_rank of 2cp equal chunks (Megatron's load-balanced causal split).
+/// --- context parallelism --- The two of the 2cp equal sequence chunks that CP rank `cp_rank` holds, in its row
+/// order: cp_rank and 2cp-1-cp_rank (Megatron's load-balanced causal split, get_batch_on_this_cp_rank).
+std::array<int, 2> context_parallel_chunks(int cp, int cp_rank);
+/// The global sequence position of each of the T/cp positions a CP rank holds, in its row order.
 std::vector<std::int64_t> context_parallel_positions(std::int64_t seq, int cp, int cp_rank);
 
 class GptModel;
@@ -209,6 +214,11 @@ private:
   void cp_rope(cpu::Mat& x, bool forward) const;
   void cp_gather(const cpu::Mat& local, cpu::Mat& full) const;
   void cp_reduce_own_rows(cpu::Mat& full, cpu::Mat& local) const;
+  // Ulysses (cp_comm_type a2a): this rank's rows of all its heads -> the whole sequence's rows (in sequence order) of
+  // head group cp_rank (cols/cp columns), by one all-to-all over the CP group; cp_heads_to_rows is the inverse.
+  [[nodiscard]] bool cp_ulysses() const { return plan_.cp > 1 && plan_.cp_comm_type == model::CpCommType::A2A; }
+  void cp_rows_to_heads(const cpu::Mat& local, cpu::Mat& full) const;
+  void cp_heads_to_rows(const cpu::Mat& full, cpu::Mat& local) const;
   // --- mixture of experts --- (gpt_model_moe.cpp)
   int ep_rank_ = 0;
   Communicator* ep_ = nullptr;   // EP group, not owned

@@ -904,6 +904,11 @@ void validate_context_parallel_run(const model::Plan& plan) {
                                                "--cp 1)",
                                                plan.cp)));
   }
+  if (plan.cp > 1 && plan.cp_comm_type == model::CpCommType::P2P) {
+    throw InputError(input_message("command line", "--cp-comm-type",
+                                   "p2p: cuboid run does not execute the ring (valid: allgather, the default of "
+                                   "cuboid run, or a2a on --backend cpu; `cuboid simulate` predicts p2p)"));
+  }
 }
 
 // --- mixture of experts ---

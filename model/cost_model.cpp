@@ -96,6 +96,9 @@ double CostModel::op_time_s(const Op& op, Phase phase) const {
   if (op.kind == OpKind::CpRing) {
     return cp_ring_step_time_s(op);
   }
+  if (op.kind == OpKind::CpCollective) {
+    return cp_collective_time_s(op);
+  }
   // A CPU backend kernel measured by the CPU profile: its per-element time (GPU profiles measure none: bytes below).
   if (const double kernel_s = cpu_kernel_s_per_element(op.cpu_kernel); kernel_s > 0.0) {
     return static_cast<double>(op.m) * kernel_s + profile_.launch_overhead_s;
@@ -202,6 +205,13 @@ double CostModel::cp_ring_step_time_s(const Op& op) const {
   return link.latency_s + op.msg_bytes / link.bw_bytes_per_s;
 }
 
+double CostModel::cp_collective_time_s(const Op& op) const {
+  if (plan_.cp <= 1) {
+    return 0.0;
+  }
+  return collective_time_s(op.collective, op.msg_bytes, plan_.cp, cp_intra_node_ ? nvlink() : network());
+}
+
 BlockCost CostModel::block_cost(const OpBlock& block) const {
   const Phase phase = block_is_backward(block.name) ? Phase::Backward : Phase::Forward;
   BlockCost cost;
@@ -219,6 +229,8 @@ BlockCost CostModel::block_cost(const OpBlock& block) const {
           has_next ? op_time_s(block.ops[op_index + 1], block.ops[op_index + 1].recompute ? Phase::Forward : phase)
                    : 0.0;
       cost.cp_comm_s += std::max(0.0, cp_ring_step_time_s(op) - hidden_s);
+    } else if (op.kind == OpKind::CpCollective) {
+      cost.cp_comm_s += cp_collective_time_s(op); // exposed (TE: on the compute stream, before/after the attention)
     } else if (op.recompute) {
       cost.recompute_s += op_time_s(op, Phase::Forward); // recomputation repeats the forward kernels
     } else {
@@ -352,9 +364,24 @@ std::vector<std::string> CostModel::assumptions() const {
                                 plan_.ep, ep_members_per_node_, plan_.moe_imbalance));
   }
   if (plan_.cp > 1) { // --- context parallelism ---
-    lines.push_back(fmt::format("CP ring attention: cp={}, K/V exchange over {} per step, overlapped with the "
-                                "previous attention step (exposed: the excess)",
-                                plan_.cp, cp_intra_node_ ? "NVLink" : "the network"));
+    const char* link = cp_intra_node_ ? "NVLink" : "the network";
+    switch (plan_.cp_comm_type) {
+    case CpCommType::P2P:
+      lines.push_back(fmt::format("CP ring attention (cp_comm_type p2p): cp={}, K/V exchange over {} per step, "
+                                  "overlapped with the previous attention step (exposed: the excess)",
+                                  plan_.cp, link));
+      break;
+    case CpCommType::AllGather:
+      lines.push_back(fmt::format("CP all-gather attention (cp_comm_type allgather): cp={}, K/V all-gathered over {} "
+                                  "per layer (backward: gathered again, dK/dV reduce-scattered), exposed",
+                                  plan_.cp, link));
+      break;
+    case CpCommType::A2A:
+      lines.push_back(fmt::format("CP Ulysses attention (cp_comm_type a2a): cp={}, Q/K/V and output all-to-alls over "
+                                  "{} per layer (heads split over cp), exposed",
+                                  plan_.cp, link));
+      break;
+    }
   }
   lines.push_back(fmt::format("Optimizer: Adam, {:.0f} B/param through HBM (memory bound) {}",
                               OPTIMIZER_BYTES_PER_PARAM, tag));

@@ -31,7 +31,8 @@ struct BlockCost {
   // --- mixture of experts ---
   double ep_comm_s = 0.0;    // EP all-to-alls inside a MoE block (exposed: the alltoall dispatcher blocks compute)
   // --- context parallelism ---
-  double cp_comm_s = 0.0;    // exposed part of the CP ring exchanges (what the overlapped attention step does not hide)
+  double cp_comm_s = 0.0;    // exposed CP communication: the part of the p2p ring exchanges that the overlapped
+                             // attention step does not hide, and all of the allgather / a2a collectives
 };
 
 class CostModel {
@@ -84,6 +85,9 @@ public:
   /// One ring step of a CpRing op: every CP rank sends msg_bytes to its successor while receiving as many from its
   /// predecessor: latency + bytes / bw of the link (NVLink when tp*cp <= gpus per node, else the network).
   [[nodiscard]] double cp_ring_step_time_s(const Op& op) const;
+  /// A CpCollective op (cp_comm_type allgather / a2a): collective_time_s over the cp ranks of the CP group, on
+  /// NVLink when tp*cp <= GPUs per node, else on the network.
+  [[nodiscard]] double cp_collective_time_s(const Op& op) const;
   [[nodiscard]] bool is_cp_intra_node() const { return cp_intra_node_; }
   /// Human-readable list of every number that drives the prediction (efficiencies, bandwidths, overlap).
   [[nodiscard]] std::vector<std::string> assumptions() const;

@@ -135,21 +135,25 @@ double CostModel::attention_core_time_s(const Op& op, Phase phase) const {
     const double eff = backward ? profile_.attention_bwd_efficiency : profile_.attention_efficiency;
     return std::max(work / (bf16_flops_per_s_ * eff), op.hbm_bytes / hbm_bw) + launch;
   }
-  const double seq = static_cast<double>(op.m);
+  // Queries (m) x keys (n): s x s, or a context-parallel tile of them (p2p: s/cp x s/cp; allgather: s/2cp x s).
+  const double queries = static_cast<double>(op.m);
+  const double keys = static_cast<double>(op.n > 0 ? op.n : op.m);
   const double head_dim = static_cast<double>(op.k);
   const double batch = static_cast<double>(std::max<std::int64_t>(1, op.batch));
-  const double scores = batch * seq * seq;
-  const double gemm_flops = 2.0 * seq * seq * head_dim * batch; // one of QK^T, AV, dP, dV, dQ, dK
+  const double scores = batch * queries * keys;
+  const double gemm_flops = 2.0 * queries * keys * head_dim * batch; // one of QK^T, AV, dP, dV, dQ, dK
   // A batched GEMM kernel: the slower of its tensor-core time and its score traffic.
   auto gemm_kernel = [&](double m, double n, double k) {
     const double eff = gemm_efficiency(m, n, k, batch, false);
     return std::max(gemm_flops / (bf16_flops_per_s_ * eff), SCORE_BYTES * scores / hbm_bw) + launch;
   };
-  if (!backward) {
-    return gemm_kernel(seq, seq, head_dim) + gemm_kernel(seq, head_dim, seq) +
+  if (!backward) { // QK^T (queries x keys), AV (queries x head_dim over keys)
+    return gemm_kernel(queries, keys, head_dim) + gemm_kernel(queries, head_dim, keys) +
            (SOFTMAX_BYTES_PER_SCORE + DROPOUT_BYTES_PER_SCORE) * scores / hbm_bw + 2.0 * launch;
   }
-  return gemm_kernel(seq, seq, head_dim) + 3.0 * gemm_kernel(seq, head_dim, seq) +
+  // dP = dO V^T (queries x keys), dV = P^T dO (keys x head_dim), dQ = dS K (queries x head_dim), dK = dS^T Q.
+  return gemm_kernel(queries, keys, head_dim) + gemm_kernel(keys, head_dim, queries) +
+         gemm_kernel(queries, head_dim, keys) + gemm_kernel(keys, head_dim, queries) +
          (DROPOUT_BYTES_PER_SCORE + SOFTMAX_BWD_BYTES_PER_SCORE) * scores / hbm_bw + 2.0 * launch;
 }
 

@@ -298,18 +298,29 @@ double layer_backward_workspace_bytes(const ModelSpec& model, const Plan& plan, 
   const double tokens = rank_tokens(model, plan);
   const double f = as_d(model.ffn_hidden_size);
   const double widest = std::max(model.gated_mlp ? 2.0 * f : f, as_d(model.q_width()) + 2.0 * as_d(model.kv_width()));
-  return recomputed + BF16_BYTES * tokens * widest / plan.tp + cp_ring_buffer_bytes(model, plan, true);
+  return recomputed + BF16_BYTES * tokens * widest / plan.tp + cp_comm_buffer_bytes(model, plan, true);
 }
 
 // --- context parallelism ---
-// Transformer Engine's p2p ring (AttnFuncWithCPAndKVP2P) double-buffers the K/V block in flight: 2 receive buffers
-// of K and V for the rank's b*s/cp tokens (kv/t wide each, bf16); backward circulates dK/dV as well (2 more).
-double cp_ring_buffer_bytes(const ModelSpec& model, const Plan& plan, bool backward) {
+// Transformer Engine (transformer_engine/pytorch/attention/dot_product_attention/context_parallel.py):
+// p2p (AttnFuncWithCPAndKVP2P) double-buffers the K/V block in flight: 2 receive buffers of K and V for the rank's
+// b*s/cp tokens (kv/t wide each, bf16); backward circulates dK/dV as well (2 more).
+// allgather (AttnFuncWithCPAndKVAllGather): k_ag / v_ag hold the whole sequence's K and V (cp blocks); backward
+// gathers them again and accumulates dK / dV of the whole sequence in K's dtype before the reduce-scatter (cp more).
+// a2a (AttnFuncWithCPAndQKVOA2A): the all-to-all writes a new Q/K/V (dQ/dK/dV) of the rank's size; the one it reads
+// is freed after it.
+double cp_comm_buffer_bytes(const ModelSpec& model, const Plan& plan, bool backward) {
   if (plan.cp <= 1) {
     return 0.0;
   }
-  const double kv_block = 2.0 * rank_tokens(model, plan) * as_d(model.kv_width()) / plan.tp * BF16_BYTES;
-  return (backward ? 4.0 : 2.0) * kv_block;
+  const double tokens = rank_tokens(model, plan);
+  const double kv_block = 2.0 * tokens * as_d(model.kv_width()) / plan.tp * BF16_BYTES;
+  switch (plan.cp_comm_type) {
+  case CpCommType::P2P: return (backward ? 4.0 : 2.0) * kv_block;
+  case CpCommType::AllGather: return (backward ? 2.0 : 1.0) * plan.cp * kv_block;
+  case CpCommType::A2A: return tokens * (as_d(model.q_width()) + 2.0 * as_d(model.kv_width())) / plan.tp * BF16_BYTES;
+  }
+  return 0.0;
 }
 
 // Korthikanti et al. 2022 section 4.3: the input-embedding dropout mask, sbh bytes (sbh/t with SP).

@@ -92,9 +92,12 @@ double head_activation_bytes(const ModelSpec& model, const Plan& plan);
 double head_backward_workspace_bytes(const ModelSpec& model, const Plan& plan);
 
 // --- context parallelism ---
-/// The CP ring's receive buffers alive during a layer's attention (0 when cp = 1): forward 2 K/V blocks of the
-/// rank's b*s/cp tokens (double-buffered), backward 4 (K/V and dK/dV). Included in the layer workspaces.
-double cp_ring_buffer_bytes(const ModelSpec& model, const Plan& plan, bool backward);
+/// The CP exchange's buffers alive during a layer's attention (0 when cp = 1), by Plan::cp_comm_type, with one K/V
+/// block = K and V of the rank's b*s/cp tokens (kv/t wide, bf16): p2p forward 2 blocks (double-buffered receive),
+/// backward 4 (K/V and dK/dV); allgather forward the gathered K/V (cp blocks), backward those and the whole-sequence
+/// dK/dV (2 cp blocks); a2a the all-to-all's output buffer, Q/K/V (forward) or dQ/dK/dV (backward) of the rank's
+/// tokens. Included in the layer workspaces.
+double cp_comm_buffer_bytes(const ModelSpec& model, const Plan& plan, bool backward);
 // --- zero-bubble schedules ---
 /// What a deferred weight-gradient (W) task needs from its B task until it runs (Qi et al. 2024, section 2: W needs
 /// the inputs of the linear layers and the gradients of their outputs). `kept_bytes` is the part of the stored

@@ -52,6 +52,7 @@ struct Dims {
   std::int64_t head_dim = 1;
   // --- context parallelism --- tokens / seq_tokens above are this CP rank's b*s/cp; seq stays the full s (keys).
   int cp = 1;
+  CpCommType cp_comm_type = CpCommType::P2P;
   // --- CPU prediction across models (branch cpux) --- the CPU backend's kernels of this model (Op::cpu_kernel)
   CpuKernel norm_fwd = CpuKernel::LayerNormFwd;
   CpuKernel norm_bwd = CpuKernel::LayerNormBwd;
@@ -68,6 +69,7 @@ Dims dims_of(const ModelSpec& model, const Plan& plan) {
   d.b = plan.micro_batch_size;
   d.seq = static_cast<double>(model.seq_length);
   d.cp = plan.cp;
+  d.cp_comm_type = plan.cp_comm_type;
   d.tokens = static_cast<double>(plan.micro_batch_size) * d.seq / plan.cp;
   d.seq_tokens = d.sp ? d.tokens / d.tp : d.tokens;
   d.h = static_cast<double>(model.hidden_size);
@@ -178,9 +180,9 @@ Op attention(const Dims& d, bool backward) {
   return op;
 }
 
-// --- context parallelism ---
-// Ring attention as Megatron-Core / Transformer Engine run it (TE attention.py AttnFuncWithCPAndKVP2P, cp_comm_type
-// "p2p"; Liu et al. 2023 "Ring Attention"): each CP rank holds the load-balanced chunks i and 2cp-1-i of the
+// --- context parallelism --- (Plan::cp_comm_type; Megatron --cp-comm-type)
+// p2p: ring attention as Megatron-Core / Transformer Engine run it (TE attention.py AttnFuncWithCPAndKVP2P,
+// cp_comm_type "p2p"; Liu et al. 2023 "Ring Attention"): each CP rank holds the load-balanced chunks i and 2cp-1-i of the
 // sequence, and the attention is cp steps; in step j the rank attends its queries to the K/V block of CP rank
 // (i - j) mod cp while it sends the K/V block it holds to the next rank and receives the next one (cp - 1 exchanges,
 // each overlapped with the attention step before it). With the load-balanced split every step does the same causal
@@ -189,13 +191,17 @@ Op attention(const Dims& d, bool backward) {
 // Per-rank K/V block: K and V of the rank's b*s/cp tokens, kv/t wide each (GQA: query groups), bf16.
 double cp_kv_block_bytes(const Dims& d) { return 2.0 * d.tokens * d.kv / d.tp * BF16_BYTES; }
 
-void add_attention(std::vector<Op>& ops, const Dims& d, bool backward, bool recompute) {
-  Op whole = attention(d, backward);
-  whole.recompute = recompute;
-  if (d.cp <= 1) {
-    ops.push_back(std::move(whole));
-    return;
-  }
+Op cp_collective(std::string name, CollectiveKind kind, double msg_bytes, bool recompute) {
+  Op op;
+  op.name = std::move(name);
+  op.kind = OpKind::CpCollective;
+  op.collective = kind;
+  op.msg_bytes = msg_bytes;
+  op.recompute = recompute;
+  return op;
+}
+
+void add_p2p_attention(std::vector<Op>& ops, const Dims& d, const Op& whole, bool backward, bool recompute) {
   const double cp = d.cp;
   Op step = whole;
   step.flops = whole.flops / cp;
@@ -213,6 +219,60 @@ void add_attention(std::vector<Op>& ops, const Dims& d, bool backward, bool reco
       ops.push_back(ring); // overlaps with the attention step that follows it (cost_model.cpp block_cost)
     }
     ops.push_back(step);
+  }
+}
+
+// allgather: TE AttnFuncWithCPAndKVAllGather (Megatron --cp-comm-type allgather; Llama 3, arXiv 2407.21783 sec.
+// 3.3.2): K and V of the rank's tokens are all-gathered over the CP group before the attention ("KV all-gather
+// between CP ranks is exposed"), then each of the rank's two chunks attends to the keys up to its own end: two
+// kernels of half the rank's work each (s/2cp queries against the s gathered keys, on two streams). Backward gathers
+// K/V again and reduce-scatters dK/dV (whole-sequence buffers in K's dtype, bf16).
+void add_allgather_attention(std::vector<Op>& ops, const Dims& d, const Op& whole, bool backward, bool recompute) {
+  const double gathered = cp_kv_block_bytes(d) * d.cp; // all-gather output: K and V of the whole sequence
+  const std::string base = backward ? "attn.bwd" : "attn";
+  ops.push_back(cp_collective(base + ".cp_allgather", CollectiveKind::AllGather, gathered, recompute));
+  Op chunk = whole;
+  chunk.flops = whole.flops / 2.0;
+  chunk.hbm_bytes = whole.hbm_bytes / 2.0;
+  chunk.rope_elements = whole.rope_elements / 2.0;
+  chunk.m = dim(d.seq / (2.0 * d.cp));
+  chunk.n = dim(d.seq);
+  ops.push_back(chunk);
+  ops.push_back(chunk);
+  if (backward) {
+    ops.push_back(cp_collective(base + ".cp_reducescatter", CollectiveKind::ReduceScatter, gathered, recompute));
+  }
+}
+
+// a2a: DeepSpeed-Ulysses (Jacobs et al. 2023, arXiv 2309.14509) as TE AttnFuncWithCPAndQKVOA2A runs it: an
+// all-to-all turns the rank's (s/cp tokens, all its heads) Q, K and V into (s tokens, heads/cp); the attention runs
+// over the whole sequence for heads/(t*cp) heads; an all-to-all returns the output to the sequence split. Backward:
+// an all-to-all of O and dO (TE saves O in the sequence split), the attention backward, an all-to-all of dQ, dK, dV.
+// Each all-to-all carries the rank's buffer (b*s/cp tokens x its widths / t, bf16), of which (cp-1)/cp leaves it.
+void add_a2a_attention(std::vector<Op>& ops, const Dims& d, const Op& whole, bool backward, bool recompute) {
+  const double qkv_bytes = d.tokens * (d.q + 2.0 * d.kv) / d.tp * BF16_BYTES;
+  const double o_bytes = d.tokens * d.q / d.tp * BF16_BYTES;
+  const std::string base = backward ? "attn.bwd" : "attn";
+  ops.push_back(cp_collective(base + (backward ? ".cp_a2a.out_dout" : ".cp_a2a.qkv"), CollectiveKind::AllToAll,
+                              backward ? 2.0 * o_bytes : qkv_bytes, recompute));
+  Op heads = whole;
+  heads.batch = dim(static_cast<double>(d.b) * static_cast<double>(d.heads) / (d.tp * d.cp));
+  ops.push_back(heads);
+  ops.push_back(cp_collective(base + (backward ? ".cp_a2a.dqkv" : ".cp_a2a.out"), CollectiveKind::AllToAll,
+                              backward ? qkv_bytes : o_bytes, recompute));
+}
+
+void add_attention(std::vector<Op>& ops, const Dims& d, bool backward, bool recompute) {
+  Op whole = attention(d, backward);
+  whole.recompute = recompute;
+  if (d.cp <= 1) {
+    ops.push_back(std::move(whole));
+    return;
+  }
+  switch (d.cp_comm_type) {
+  case CpCommType::P2P: add_p2p_attention(ops, d, whole, backward, recompute); return;
+  case CpCommType::AllGather: add_allgather_attention(ops, d, whole, backward, recompute); return;
+  case CpCommType::A2A: add_a2a_attention(ops, d, whole, backward, recompute); return;
   }
 }
 

@@ -21,8 +21,13 @@ namespace cuboid::model {
 /// (exec/ recognises the embedding and head blocks by the op names "embed"/"embedding" and "logits"/"loss".)
 /// No TpCollective ops when tp == 1. Sizes: b = micro-batch, s = sequence, h = hidden, t = tp.
 /// Context parallelism (cp > 1): every op handles the rank's b*s/cp tokens, and each attention op ("attn",
-/// "attn.bwd", the selective-recompute "attn") becomes cp ring steps, "attn.cp_ring" (OpKind::CpRing, K/V exchange;
-/// backward "attn.bwd.cp_ring" with dK/dV) before each of the first cp-1 of them.
+/// "attn.bwd", the selective-recompute "attn") becomes, by Plan::cp_comm_type,
+///   p2p        cp ring steps, "attn.cp_ring" (OpKind::CpRing, K/V exchange; backward "attn.bwd.cp_ring" with dK/dV)
+///              before each of the first cp-1 of them;
+///   allgather  attn.cp_allgather (OpKind::CpCollective) and two chunk attentions; backward attn.bwd.cp_allgather,
+///              two chunk backwards, attn.bwd.cp_reducescatter;
+///   a2a        attn.cp_a2a.qkv, attn over heads/cp, attn.cp_a2a.out; backward attn.bwd.cp_a2a.out_dout, attn.bwd,
+///              attn.bwd.cp_a2a.dqkv (all-to-alls, OpKind::CpCollective).
 struct StepBlocks {
   OpBlock layer_fwd;
   OpBlock layer_bwd;

@@ -24,6 +24,8 @@ constexpr std::array<std::pair<Recompute, const char*>, 3> RECOMPUTES = {
     {{Recompute::None, "none"}, {Recompute::Selective, "selective"}, {Recompute::Full, "full"}}};
 constexpr std::array<std::pair<Precision, const char*>, 3> PRECISIONS = {
     {{Precision::Bf16, "bf16"}, {Precision::Fp16, "fp16"}, {Precision::Fp8, "fp8"}}};
+constexpr std::array<std::pair<CpCommType, const char*>, 3> CP_COMM_TYPES = {
+    {{CpCommType::P2P, "p2p"}, {CpCommType::AllGather, "allgather"}, {CpCommType::A2A, "a2a"}}};
 
 template <typename Enum, std::size_t N>
 std::string name_of(const std::array<std::pair<Enum, const char*>, N>& table, Enum value) {
@@ -86,6 +88,7 @@ std::string to_string(Schedule schedule) { return name_of(SCHEDULES, schedule); 
 bool splits_backward(Schedule schedule) { return schedule == Schedule::ZbH1 || schedule == Schedule::ZbV; }
 std::string to_string(Recompute recompute) { return name_of(RECOMPUTES, recompute); }
 std::string to_string(Precision precision) { return name_of(PRECISIONS, precision); }
+std::string to_string(CpCommType type) { return name_of(CP_COMM_TYPES, type); }
 
 Schedule parse_schedule(const std::string& text, const std::string& where) {
   return parse_name(SCHEDULES, text, where, "schedule");
@@ -95,6 +98,17 @@ Recompute parse_recompute(const std::string& text, const std::string& where) {
 }
 Precision parse_precision(const std::string& text, const std::string& where) {
   return parse_name(PRECISIONS, text, where, "precision");
+}
+CpCommType parse_cp_comm_type(const std::string& text, const std::string& where) {
+  if (text == "all_gather") {
+    return CpCommType::AllGather; // Transformer Engine's name for Megatron's "allgather"
+  }
+  if (text == "a2a+p2p") {
+    throw InputError(fmt::format("{}: 'a2a+p2p' (hierarchical context parallelism, Megatron "
+                                 "--hierarchical-context-parallel-sizes) is not modelled (valid: p2p, allgather, a2a)",
+                                 where));
+  }
+  return parse_name(CP_COMM_TYPES, text, where, "CP communication type");
 }
 
 void set_zero_stage(Plan& plan, int stage, const std::string& where, const std::string& field) {
@@ -430,6 +444,20 @@ void validate(const Plan& plan, const ModelSpec& model, const ClusterSpec& clust
   require_tp_divides(plan, model.num_attention_heads, "num_attention_heads", where);
   require_tp_divides(plan, model.num_query_groups, "num_query_groups", where);
   require_tp_divides(plan, model.ffn_hidden_size, "ffn_hidden_size", where);
+  // Ulysses (a2a) hands each CP rank heads/(tp*cp) attention heads and query groups (Transformer Engine asserts "The
+  // number of attention heads needs to be divisible by CP size!" on the TP-local heads of Q and of K/V).
+  if (plan.cp > 1 && plan.cp_comm_type == CpCommType::A2A) {
+    for (const auto& [heads, field] : {std::pair{model.num_attention_heads, "num_attention_heads"},
+                                       std::pair{model.num_query_groups, "num_query_groups"}}) {
+      if ((heads / plan.tp) % plan.cp != 0) {
+        throw InfeasibleError(input_message(
+            where, "plan.cp_comm_type",
+            fmt::format("a2a with cp = {} needs {} / tp = {} / {} = {} divisible by cp (valid: cp dividing {}, or "
+                        "cp_comm_type p2p / allgather)",
+                        plan.cp, field, heads, plan.tp, heads / plan.tp, heads / plan.tp)));
+      }
+    }
+  }
   // micro_batch_size*dp can overflow; when it exceeds the global batch it cannot divide it.
   const bool per_step_fits = plan.micro_batch_size <= plan.global_batch_size / plan.dp;
   const std::int64_t per_step = per_step_fits ? plan.micro_batch_size * plan.dp : 0;

@@ -15,6 +15,16 @@ namespace cuboid::model {
 // the two model chunks of a rank placed in a V (chunk 0 on virtual stage s, chunk 1 on virtual stage 2pp-1-s).
 enum class Schedule { GPipe, OneFOneB, Interleaved, ZbH1, ZbV };
 enum class Recompute { None, Selective, Full };
+// --- context parallelism --- How attention exchanges K/V over the CP group (Megatron --cp-comm-type, Transformer
+// Engine's cp_comm_type, transformer_engine/pytorch/attention/dot_product_attention/context_parallel.py):
+//   P2P       ring attention, AttnFuncWithCPAndKVP2P: K/V blocks circulated, each exchange overlapped with an
+//             attention step (Megatron's default);
+//   AllGather AttnFuncWithCPAndKVAllGather (Llama 3 paper, arXiv 2407.21783 sec. 3.3.2): K/V all-gathered once per
+//             layer, exposed; backward gathers again and reduce-scatters dK/dV;
+//   A2A       DeepSpeed-Ulysses (Jacobs et al. 2023, arXiv 2309.14509), AttnFuncWithCPAndQKVOA2A: all-to-alls turn
+//             the sequence split of Q, K, V into a head split (heads/tp divisible by cp), attention over the whole
+//             sequence, and an all-to-all of the output back; exposed.
+enum class CpCommType { P2P, AllGather, A2A };
 
 struct Plan {
   int tp = 1;
@@ -76,9 +86,11 @@ struct Plan {
 
   // --- context parallelism ---
   // Megatron --context-parallel-size: each sequence is split over cp ranks (load-balanced causal split into 2*cp
-  // chunks, rank i holding chunks i and 2cp-1-i); attention exchanges K/V around the CP ring. Rank order tp-cp-dp-pp.
+  // chunks, rank i holding chunks i and 2cp-1-i); attention exchanges K/V as cp_comm_type says. Rank order
+  // tp-cp-dp-pp.
   // Not combined with mixture of experts yet (plan validation refuses cp > 1 for MoE models).
   int cp = 1;
+  CpCommType cp_comm_type = CpCommType::P2P;
 
   [[nodiscard]] int world_size() const { return tp * cp * dp * pp; }
   /// Ranks that reduce each gradient (and shard the distributed optimizer): Megatron's data-parallel group with
@@ -129,9 +141,13 @@ std::string to_string(Schedule schedule);
 bool splits_backward(Schedule schedule);
 std::string to_string(Recompute recompute);
 std::string to_string(Precision precision);
+std::string to_string(CpCommType type);
 Schedule parse_schedule(const std::string& text, const std::string& where);
 Recompute parse_recompute(const std::string& text, const std::string& where);
 Precision parse_precision(const std::string& text, const std::string& where);
+/// "p2p", "allgather" (also Transformer Engine's spelling "all_gather") or "a2a"; "a2a+p2p" (hierarchical CP) is
+/// refused with the valid names.
+CpCommType parse_cp_comm_type(const std::string& text, const std::string& where);
 
 /// Largest ZeRO stage (3 = parameters sharded, FSDP).
 constexpr int MAX_ZERO_STAGE = 3;

@@ -52,7 +52,7 @@ std::vector<std::string> plan_yaml_keys() {
           "schedule",   "recompute",   "precision",   "sequence_parallel", "distributed_optimizer",
           "overlap_grad_reduce", "grad_reduce_in_bf16", "grad_bucket_bytes", "first_stage_layers", "last_stage_layers",
           // --- context parallelism ---
-          "cp",
+          "cp", "cp_comm_type",
           // --- ZeRO / FSDP ---
           "zero_stage",
           // Megatron-Core's embedding/loss-aware pipeline split
@@ -89,6 +89,10 @@ Plan load_plan_yaml(const YAML::Node& node, const std::string& where, const std:
   if (node["recompute"]) {
     plan.recompute = parse_recompute(yaml::read_string(node["recompute"], where, key("recompute")),
                                      fmt::format("{}: {}", where, key("recompute")));
+  }
+  if (node["cp_comm_type"]) { // --- context parallelism ---
+    plan.cp_comm_type = parse_cp_comm_type(yaml::read_string(node["cp_comm_type"], where, key("cp_comm_type")),
+                                           fmt::format("{}: {}", where, key("cp_comm_type")));
   }
   if (node["precision"]) {
     plan.precision = parse_precision(yaml::read_string(node["precision"], where, key("precision")),

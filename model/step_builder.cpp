@@ -249,10 +249,10 @@ private:
     const double layer_workspace = layer_backward_workspace_bytes(model_, plan_, options);
     const double embed_act = embedding_activation_bytes(model_, plan_);
     const double head_act = head_activation_bytes(model_, plan_);
-    // Context parallelism: the CP ring's K/V receive buffers are the forward's workspace (the backward's are in
-    // layer_backward_workspace_bytes).
+    // Context parallelism: the CP exchange's buffers (cp_comm_buffer_bytes) are the forward's workspace (the
+    // backward's are in layer_backward_workspace_bytes).
     layer_ = {-1, graph_.add_block(std::move(blocks.layer_fwd)), layer_act, 0.0,
-              cp_ring_buffer_bytes(model_, plan_, false)};
+              cp_comm_buffer_bytes(model_, plan_, false)};
     if (split_) {
       add_split_blocks(blocks, layer_act, layer_workspace);
     } else {

@@ -200,6 +200,7 @@ std::string to_string(OpKind kind) {
   case OpKind::TpCollective: return "tp_collective";
   case OpKind::EpCollective: return "ep_collective";
   case OpKind::CpRing: return "cp_ring";
+  case OpKind::CpCollective: return "cp_collective";
   }
   return "unknown";
 }

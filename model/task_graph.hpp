@@ -44,7 +44,20 @@ using MemBytes = std::array<double, NUM_MEM_TAGS>;
 // EpCollective (mixture of experts): an all-to-all over the expert-parallel group inside a MoE layer's block.
 // CpRing (context parallelism): one step of the ring attention exchange inside a layer block (K/V, and in backward
 // dK/dV, sent to the next CP rank and received from the previous one), overlapped with the attention step it feeds.
-enum class OpKind { Gemm, Attention, Elementwise, Norm, Embedding, Loss, TpCollective, EpCollective, CpRing };
+// CpCollective (context parallelism, cp_comm_type allgather / a2a): an all-gather, reduce-scatter or all-to-all over
+// the CP group inside a layer block, exposed (Transformer Engine runs it on the compute stream before the attention).
+enum class OpKind {
+  Gemm,
+  Attention,
+  Elementwise,
+  Norm,
+  Embedding,
+  Loss,
+  TpCollective,
+  EpCollective,
+  CpRing,
+  CpCollective
+};
 /// Which kernel of the CPU backend (exec/cpu/norm, exec/cpu/activation) a Norm / Elementwise op is, so that a CPU
 /// cost profile can price it per element (CostProfile cpu_*_s_per_element); GPU profiles leave those 0 and price the
 /// op by its bytes, so the tag changes no GPU prediction. None: priced by bytes on every device.
@@ -72,8 +85,8 @@ struct Op {
   double flops = 0.0;        // per rank
   double hbm_bytes = 0.0;    // minimal bytes through HBM per rank (inputs read once, outputs written once)
   bool recompute = false;    // a recomputed forward op inside backward: counted in hardware FLOPs only
-  CollectiveKind collective = CollectiveKind::AllReduce; // TpCollective / EpCollective only
-  double msg_bytes = 0.0;    // Tp/EpCollective: per-rank buffer (all-reduce input / all-gather output / all-to-all
+  CollectiveKind collective = CollectiveKind::AllReduce; // TpCollective / EpCollective / CpCollective only
+  double msg_bytes = 0.0;    // Tp/Ep/CpCollective: per-rank buffer (all-reduce input / all-gather output / all-to-all
                              // send buffer); CpRing: bytes each rank sends (= receives) in this ring step
   // --- CPU prediction across models (branch cpux) ---
   CpuKernel cpu_kernel = CpuKernel::None; // Norm / Elementwise: the CPU backend kernel; its elements are `m`

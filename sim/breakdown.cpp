@@ -79,8 +79,8 @@ void add_busy(const SimProgram& program, const EngineResult& run, std::uint32_t 
   // The block's parts sum to its total (= duration); whatever does not (rounding) stays with compute.
   const model::BlockCost& cost = program.block_costs[t.block_cost];
   out.recompute_s += cost.recompute_s;
-  // Exposed CP ring exchanges are model-parallel communication inside the block: counted with the TP part.
-  out.tp_comm_exposed_s += cost.tp_comm_s + cost.cp_comm_s;
+  out.tp_comm_exposed_s += cost.tp_comm_s;
+  out.cp_comm_exposed_s += cost.cp_comm_s; // --- context parallelism ---
   out.ep_comm_exposed_s += cost.ep_comm_s; // --- mixture of experts ---
   out.compute_s += duration_s - cost.recompute_s - cost.tp_comm_s - cost.cp_comm_s - cost.ep_comm_s;
 }

@@ -35,6 +35,8 @@ struct Breakdown {
   double bubble_s = 0.0;
   double optimizer_s = 0.0;
   double ep_comm_exposed_s = 0.0; // --- mixture of experts --- EP all-to-alls inside MoE blocks
+  double cp_comm_exposed_s = 0.0; // --- context parallelism --- CP exchanges inside layer blocks (ring excess,
+                                  // all-gathers / reduce-scatters, all-to-alls)
 };
 
 struct RankMemory {

@@ -110,6 +110,16 @@ void check_run_flags(const RunCliOptions& cli) {
 }
 
 
+// --- context parallelism --- Both runtimes execute Transformer Engine's all-gather CP, the CPU one also Ulysses (a2a)
+// (docs/context_parallelism.md). A plan that leaves the exchange at Megatron's default (p2p, no --cp-comm-type) runs,
+// and is predicted, as allgather, and the report says so; an explicit p2p is refused by
+// exec::validate_context_parallel_run.
+void use_run_cp_comm_type(model::Scenario& scenario, const ScenarioFlags& flags) {
+  if (scenario.plan.cp > 1 && !flags.plan.cp_comm_type && scenario.plan.cp_comm_type == model::CpCommType::P2P) {
+    scenario.plan.cp_comm_type = model::CpCommType::AllGather;
+  }
+}
+
 // The world size decides --num-gpus; a different explicit value is an error (issue: "the MPI world size must equal
 // --num-gpus").
 model::Scenario resolve_run_scenario(ScenarioFlags flags, int world_size) {
@@ -127,6 +137,7 @@ model::Scenario resolve_run_scenario(ScenarioFlags flags, int world_size) {
   flags.cluster.num_gpus = world_size;
   model::Scenario scenario = resolve_scenario(flags);
   scenario.cluster = model::cpu_cluster(world_size);
+  use_run_cp_comm_type(scenario, flags);
   return scenario;
 }
 
@@ -280,9 +291,12 @@ void print_human(const RunCliOptions& cli, const std::string& title, const model
                      predicted.step_time_s * MS,
                      100.0 * relative_error(predicted.step_time_s, run.median_step_time_s));
   if (plan.cp > 1) { // --- context parallelism --- (docs/context_parallelism.md)
-    out += "note: the prediction models context parallelism as Transformer Engine's p2p ring (K/V overlapped with "
-           "the attention); this run all-gathers K/V per layer (not overlapped), so the prediction may "
-           "under-estimate its CP exchange\n";
+    out += plan.cp_comm_type == model::CpCommType::A2A
+               ? "note: context parallelism runs, and is predicted, as --cp-comm-type a2a (DeepSpeed-Ulysses: Q/K/V "
+                 "and output all-to-alls over the CP group, heads split over cp)\n"
+               : "note: context parallelism runs, and is predicted, as --cp-comm-type allgather (K/V all-gathered per "
+                 "layer, exposed: Transformer Engine's AttnFuncWithCPAndKVAllGather; p2p, the simulator's default, "
+                 "is not executed)\n";
   }
   if (cpu_time) {
     out += fmt::format("rank 0 CPU time per step: {:.3f} ms = {:.0f} % of the wall time (below 100 %: the rank "
@@ -465,7 +479,8 @@ int run_cuda(const RunCliOptions& cli) {
   if (!flags.cluster.gpu && !flags.cluster.system) {
     flags.cluster.gpu = "h100-sxm";
   }
-  const model::Scenario scenario = resolve_scenario(flags);
+  model::Scenario scenario = resolve_scenario(flags);
+  use_run_cp_comm_type(scenario, flags);
   const model::CostProfile profile = resolve_profile(cli.profile, flags.cluster, scenario.cluster);
   check_run_flags(cli);
   exec::RunOptions options = run_options(cli, scenario);

@@ -61,6 +61,7 @@ struct SearchFlags {
   std::string explain;
   // --- context parallelism ---
   std::vector<int> cp;
+  std::vector<std::string> cp_comm_type;
 };
 
 std::vector<bool> parse_on_off(const std::vector<std::string>& values, const char* flag) {
@@ -112,6 +113,9 @@ sim::analysis::SearchSpace build_space(const SearchFlags& flags, std::int64_t gl
     }
   }
   space.cp = flags.cp;
+  for (const auto& text : flags.cp_comm_type) {
+    space.cp_comm_types.push_back(model::parse_cp_comm_type(text, "command line: --cp-comm-type"));
+  }
   space.zero_stages = flags.zero; // --- ZeRO / FSDP --- (checked by enumerate_space)
   for (const int value : flags.tp) {
     if (value <= 0) {
@@ -139,6 +143,16 @@ std::string plan_columns(const model::Plan& plan) {
                                                 : std::string(plan.distributed_optimizer ? "on" : "off"));
 }
 
+// --- context parallelism --- " cp2" for a p2p CP plan, " cp2-allgather" / " cp2-a2a" for the others, "" for cp 1.
+std::string cp_column(const model::Plan& plan) {
+  if (plan.cp <= 1) {
+    return {};
+  }
+  return plan.cp_comm_type == model::CpCommType::P2P
+             ? fmt::format(" cp{}", plan.cp)
+             : fmt::format(" cp{}-{}", plan.cp, model::to_string(plan.cp_comm_type));
+}
+
 std::string format_table(const sim::analysis::SearchResult& result, const std::vector<std::size_t>& rows,
                          const char* title, bool moe) {
   std::string out = fmt::format("# {}\n", title);
@@ -162,7 +176,7 @@ std::string format_table(const sim::analysis::SearchResult& result, const std::v
     out += fmt::format("  {:>4} {:>5} {} {:>10.4f} {:>8.1f} {:>6.1f} {:>9.2f} {:>7.1f}{}\n", ++position,
                        outcome.num_gpus, plan_columns(outcome.plan), sim.step_time_s, sim.model_tflops_per_gpu,
                        100.0 * sim.mfu, sim.peak_memory_bytes / GB, 100.0 * sim.bubble_fraction,
-                       outcome.plan.cp > 1 ? fmt::format(" cp{}", outcome.plan.cp) : std::string{});
+                       cp_column(outcome.plan));
     if (moe) {
       out.insert(out.size() - 1, fmt::format(" {:>4}", outcome.plan.ep));
     }
@@ -382,6 +396,9 @@ void add_search_command(CLI::App& app, Action& action) {
   // --- context parallelism ---
   cmd->add_option("--cp,--context-parallel-size", flags->cp,
                   "CP sizes to try (default 1), e.g. 1,2,4; each must divide seq_length/2")
+      ->delimiter(',');
+  cmd->add_option("--cp-comm-type", flags->cp_comm_type,
+                  "CP exchanges to try for cp > 1 (default p2p), e.g. p2p,allgather,a2a")
       ->delimiter(',');
   cmd->callback([flags, &action] { action = [flags] { return run_search_command(*flags); }; });
 }

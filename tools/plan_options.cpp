@@ -174,7 +174,10 @@ void add_plan_flags(CLI::App& app, PlanFlags& flags) {
                  "MoE load imbalance >= 1: the busiest expert gets this many times the mean tokens");
   // --- context parallelism ---
   app.add_option("--cp,--context-parallel-size", flags.cp,
-                 "Context-parallel size: sequence split over cp ranks, ring attention (rank order tp-cp-dp-pp)");
+                 "Context-parallel size: sequence split over cp ranks (rank order tp-cp-dp-pp)");
+  app.add_option("--cp-comm-type", flags.cp_comm_type,
+                 "CP attention exchange: p2p (ring, overlapped; Megatron's default), allgather (K/V all-gathered), "
+                 "a2a (DeepSpeed-Ulysses all-to-all, heads/tp divisible by cp)");
   // --- ZeRO / FSDP ---
   app.add_option("--zero,--zero-stage", flags.zero,
                  "ZeRO stage over DP: 0 none, 1 optimizer state (= --distributed-optimizer), 2 + gradients, "
@@ -307,6 +310,9 @@ model::Scenario resolve_scenario(const ScenarioFlags& flags) {
   if (pf.cp) {
     require_positive("--cp", *pf.cp);
     plan.cp = *pf.cp;
+  }
+  if (pf.cp_comm_type) {
+    plan.cp_comm_type = model::parse_cp_comm_type(*pf.cp_comm_type, fmt::format("{}: --cp-comm-type", WHERE));
   }
 
   // Cluster: flags on top of the scenario's, else defaults.

@@ -60,6 +60,7 @@ struct PlanFlags {
   std::optional<double> moe_imbalance;  // busiest expert's tokens / mean tokens
   // --- context parallelism ---
   std::optional<int> cp;
+  std::optional<std::string> cp_comm_type; // Megatron --cp-comm-type p2p|allgather|a2a
   // --- ZeRO / FSDP ---
   std::optional<int> zero;   // --zero 0|1|2|3
   bool fsdp = false;         // --fsdp = --zero 3

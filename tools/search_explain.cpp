@@ -125,11 +125,12 @@ Explained explain(const model::ModelSpec& spec, const model::ClusterSpec& cluste
   return out;
 }
 
-std::array<std::pair<const char*, double>, 7> parts(const sim::SimResult& result) {
+std::array<std::pair<const char*, double>, 8> parts(const sim::SimResult& result) {
   const sim::Breakdown& b = result.breakdown;
   return {{{"compute", b.compute_s},
            {"recompute", b.recompute_s},
            {"tp comm (exposed)", b.tp_comm_exposed_s},
+           {"cp comm (exposed)", b.cp_comm_exposed_s}, // --- context parallelism --- (0 without CP)
            {"pp comm (exposed)", b.pp_comm_exposed_s},
            {"dp comm (exposed)", b.dp_comm_exposed_s},
            {"pipeline bubble", b.bubble_s},

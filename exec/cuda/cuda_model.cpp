@@ -454,9 +454,9 @@ std::vector<CudaGptModel::AttentionSegment> CudaGptModel::attention_segments() c
   if (!context_parallel()) {
     return {{spec_.seq_length, 0, 0}};
   }
-  const int rank = context_.cp_rank;
+  const auto [first, second] = context_parallel_chunks(plan_.cp, context_.cp_rank);
   const std::int64_t chunk = spec_.seq_length / (2 * plan_.cp); // positions
-  return {{chunk, rank * chunk, 0}, {chunk, (2 * plan_.cp - 1 - rank) * chunk, cp_chunk_rows()}};
+  return {{chunk, first * chunk, 0}, {chunk, second * chunk, cp_chunk_rows()}};
 }
 
 // The gathered buffer holds member r's rows [chunk r, chunk 2cp-1-r] at block r; the whole sequence is chunk order.
@@ -468,9 +468,12 @@ const bf16* CudaGptModel::cp_gather(const Bf16Buffer& local, std::int64_t cols, 
   Bf16Buffer gathered(n * chunk, s);
   all_gather_bf16(*context_.cp, local.get(), local.size(), gathered.get());
   full.resize(n * chunk, s);
-  for (std::size_t r = 0; r < static_cast<std::size_t>(plan_.cp); ++r) {
-    copy_device(full.get() + r * chunk, gathered.get() + 2 * r * chunk, chunk, s);
-    copy_device(full.get() + (n - 1 - r) * chunk, gathered.get() + (2 * r + 1) * chunk, chunk, s);
+  for (int member = 0; member < plan_.cp; ++member) {
+    const std::array<int, 2> chunks = context_parallel_chunks(plan_.cp, member);
+    for (std::size_t half = 0; half < 2; ++half) {
+      copy_device(full.get() + static_cast<std::size_t>(chunks[half]) * chunk,
+                  gathered.get() + (2 * static_cast<std::size_t>(member) + half) * chunk, chunk, s);
+    }
   }
   return full.get();
 }
@@ -484,10 +487,14 @@ void CudaGptModel::cp_reduce_scatter(const Bf16Buffer& full, std::int64_t cols, 
   CUBOID_ASSERT(static_cast<std::int64_t>(full.size()) == n * chunk, "cp_reduce_scatter: {} elements, expected {}",
                 full.size(), n * chunk);
   F32Buffer by_member(full.size(), s);
-  for (std::int64_t r = 0; r < plan_.cp; ++r) {
-    k::cast::convert<float, bf16>({by_member.get() + 2 * r * chunk, full.get() + r * chunk, chunk}, s);
-    k::cast::convert<float, bf16>({by_member.get() + (2 * r + 1) * chunk, full.get() + (n - 1 - r) * chunk, chunk},
-                                  s);
+  for (int member = 0; member < plan_.cp; ++member) {
+    const std::array<int, 2> chunks = context_parallel_chunks(plan_.cp, member);
+    for (std::int64_t half = 0; half < 2; ++half) {
+      k::cast::convert<float, bf16>(
+          {by_member.get() + (2 * member + half) * chunk, full.get() + chunks[static_cast<std::size_t>(half)] * chunk,
+           chunk},
+          s);
+    }
   }
   F32Buffer mine(static_cast<std::size_t>(2 * chunk), s);
   context_.cp->reduce_scatter(std::span<const float>(by_member.get(), by_member.size()),

@@ -88,6 +88,7 @@ nlohmann::json plan_to_json(const model::Plan& plan) {
                         {"zero_stage", plan.get_zero_stage()}};
   if (plan.cp > 1) { // --- context parallelism --- (only when in use: outputs without CP stay as they were)
     out["cp"] = plan.cp;
+    out["cp_comm_type"] = model::to_string(plan.cp_comm_type);
   }
   return out;
 }
@@ -164,6 +165,9 @@ nlohmann::json simulation_to_json(const model::TaskGraph& graph, const model::Co
     out["plan"]["ep"] = graph.get_plan().ep;
     out["plan"]["moe_imbalance"] = graph.get_plan().moe_imbalance;
     out["breakdown"]["ep_comm_exposed_s"] = result.breakdown.ep_comm_exposed_s;
+  }
+  if (graph.get_plan().cp > 1) { // --- context parallelism ---
+    out["breakdown"]["cp_comm_exposed_s"] = result.breakdown.cp_comm_exposed_s;
   }
   out["instantiation"] = graph.get_instantiation() == model::Instantiation::AllRanks ? "all-ranks" : "rank-classes";
   out["num_tasks"] = graph.num_tasks();
@@ -290,9 +294,11 @@ std::string format_summary(const model::TaskGraph& graph, const model::CostModel
                        plan.moe_imbalance);
   }
   if (plan.cp > 1) { // --- context parallelism ---
-    out += fmt::format("# cp       cp={} (sequence split over {} ranks, ring attention; gradients reduced over dp*cp = "
-                       "{})\n",
-                       plan.cp, plan.cp, plan.dp_cp_size());
+    const char* exchange = plan.cp_comm_type == model::CpCommType::P2P         ? "p2p ring attention"
+                           : plan.cp_comm_type == model::CpCommType::AllGather ? "K/V all-gathered (allgather)"
+                                                                               : "Ulysses all-to-alls (a2a)";
+    out += fmt::format("# cp       cp={} (sequence split over {} ranks, {}; gradients reduced over dp*cp = {})\n",
+                       plan.cp, plan.cp, exchange, plan.dp_cp_size());
   }
   if (plan.dp_cp_size() > 1 && plan.get_zero_stage() <= 1) {
     out += fmt::format("# grads    {} over dp={} in {}, {}{}\n",
@@ -335,6 +341,10 @@ std::string format_summary(const model::TaskGraph& graph, const model::CostModel
   if (spec.is_moe()) { // --- mixture of experts --- (compute above excludes it)
     out += fmt::format("  {:<20} {:>10.4f} {:>6.1f}%\n", "ep all-to-all (exp.)", b.ep_comm_exposed_s,
                        100.0 * b.ep_comm_exposed_s / step);
+  }
+  if (plan.cp > 1) { // --- context parallelism --- (compute above excludes it)
+    out += fmt::format("  {:<20} {:>10.4f} {:>6.1f}%\n", "cp comm (exposed)", b.cp_comm_exposed_s,
+                       100.0 * b.cp_comm_exposed_s / step);
   }
   out += fmt::format("\n# memory on rank {} at its peak (GB; HBM {:.1f} GB)\n", result.peak_memory_rank,
                      result.hbm_bytes / GB);

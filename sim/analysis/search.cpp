@@ -94,6 +94,22 @@ model::ClusterSpec resize_cluster(const model::ClusterSpec& cluster, int num_gpu
 // --- context parallelism ---
 // (cp, pp) pairs for `rest` = num_gpus / tp ranks: cp from the space (default 1) when it divides rest and, for
 // cp > 1, seq_length / 2 (the load-balanced causal split); pp every divisor of rest / cp.
+// The CP communication types of a (tp, cp) pair: p2p alone for cp = 1 (the type is moot) and by default; a2a only
+// where the TP-local heads and query groups split over cp (plan.cpp validate).
+std::vector<model::CpCommType> cp_comm_types(const model::ModelSpec& spec, const SearchSpace& space, int tp, int cp) {
+  if (cp <= 1 || space.cp_comm_types.empty()) {
+    return {model::CpCommType::P2P};
+  }
+  std::vector<model::CpCommType> types;
+  for (const model::CpCommType type : space.cp_comm_types) {
+    const bool heads_split = (spec.num_attention_heads / tp) % cp == 0 && (spec.num_query_groups / tp) % cp == 0;
+    if (type != model::CpCommType::A2A || heads_split) {
+      types.push_back(type);
+    }
+  }
+  return types;
+}
+
 std::vector<std::pair<int, int>> cp_pp_pairs(const model::ModelSpec& spec, const SearchSpace& space, int rest) {
   std::vector<std::pair<int, int>> pairs;
   for (const int cp : space.cp.empty() ? std::vector<int>{1} : space.cp) {
@@ -149,8 +165,11 @@ std::string plan_key(const model::Plan& plan, int num_gpus) {
                                 model::to_string(plan.recompute), plan.sequence_parallel ? 1 : 0,
                                 plan.distributed_optimizer ? 1 : 0, model::to_string(plan.precision));
   // Suffixes only for the beyond-3D features in use, so that 3D keys (and resumable CSVs) stay as they were.
-  if (plan.cp > 1) { // --- context parallelism ---
+  if (plan.cp > 1) { // --- context parallelism --- (p2p keys as before the comm type existed)
     key += fmt::format(" cp{}", plan.cp);
+    if (plan.cp_comm_type != model::CpCommType::P2P) {
+      key += fmt::format("-{}", model::to_string(plan.cp_comm_type));
+    }
   }
   if (plan.ep > 1) { // --- mixture of experts ---
     key += fmt::format(" ep{}", plan.ep);
@@ -274,8 +293,12 @@ std::vector<PlanOutcome> enumerate_space(const model::ModelSpec& spec, const mod
                       plan.last_stage_layers = last_layers;
                       plan.ep = ep;
                       plan.cp = cp;
-                      classify_plan(spec, sized, outcome);
-                      out.push_back(std::move(outcome));
+                      for (const model::CpCommType comm : cp_comm_types(spec, space, tp, cp)) {
+                        PlanOutcome variant = outcome;
+                        variant.plan.cp_comm_type = comm;
+                        classify_plan(spec, sized, variant);
+                        out.push_back(std::move(variant));
+                      }
                      }
                     }
                   }

@@ -41,6 +41,9 @@ struct SearchSpace {
   // CP sizes to try; empty = cp 1 only (CP is opt-in: it only pays for long sequences). Values must divide
   // seq_length / 2 (load-balanced split) and num_gpus / tp; others are skipped.
   std::vector<int> cp;
+  // How cp > 1 plans exchange K/V (Megatron --cp-comm-type); empty = p2p only. a2a is skipped where heads/tp or
+  // query groups/tp do not divide by cp.
+  std::vector<model::CpCommType> cp_comm_types;
   // --- ZeRO / FSDP ---
   // ZeRO stages to search (0..3). Empty: 0 and 1 only, as distributed_optimizer (off, on) lists them; given, it
   // replaces that dimension (stage >= 1 is the distributed optimizer; stages >= 1 only when dp > 1).

@@ -57,7 +57,7 @@ CostShares shares_of(const SimResult& result) {
   const double total = result.step_time_s > 0.0 ? result.step_time_s : 1.0;
   CostShares shares;
   shares.compute = (b.compute_s + b.recompute_s + b.optimizer_s) / total;
-  shares.exposed_comm = (b.tp_comm_exposed_s + b.pp_comm_exposed_s + b.dp_comm_exposed_s) / total;
+  shares.exposed_comm = (b.tp_comm_exposed_s + b.cp_comm_exposed_s + b.pp_comm_exposed_s + b.dp_comm_exposed_s) / total;
   shares.bubble = b.bubble_s / total;
   shares.recompute = b.recompute_s / total;
   shares.optimizer = b.optimizer_s / total;

@@ -51,6 +51,7 @@ struct Args {
   int last_stage_layers = 0;
   bool distributed_optimizer = false;
   int cp = 1; // context parallelism
+  std::string cp_comm_type = "allgather"; // allgather | a2a (the runtime's two exchanges)
   int zero = 0; // --- ZeRO / FSDP ---
   float clip_grad = 0.0f; // gradient clipping (0 = none)
   int ep = 1;   // --- mixture of experts --- (moe-tiny / moe-llama-tiny)
@@ -96,6 +97,16 @@ cuboid::model::Recompute parse_recompute(const std::string& text) {
   throw cuboid::InputError("command line: --recompute: unknown value '" + text + "' (valid: none, selective, full)");
 }
 
+cuboid::model::CpCommType parse_cp_comm_type(const std::string& text) {
+  if (text == "allgather") {
+    return cuboid::model::CpCommType::AllGather;
+  }
+  if (text == "a2a") {
+    return cuboid::model::CpCommType::A2A;
+  }
+  throw cuboid::InputError("command line: --cp-comm-type: unknown value '" + text + "' (valid: allgather, a2a)");
+}
+
 RunOptions make_options(const Args& args, int tp, int dp, int pp, int vp, int cp = 1, int ep = 1) {
   RunOptions options;
   if (args.model == "gpt-tiny") {
@@ -119,6 +130,7 @@ RunOptions make_options(const Args& args, int tp, int dp, int pp, int vp, int cp
   options.plan.pp = pp;
   options.plan.vp = vp;
   options.plan.cp = cp;
+  options.plan.cp_comm_type = parse_cp_comm_type(args.cp_comm_type);
   options.plan.micro_batch_size = args.micro_batch;
   options.plan.global_batch_size = args.global_batch;
   options.plan.schedule = parse_schedule(args.schedule);
@@ -285,6 +297,7 @@ int main(int argc, char** argv) {
   app.add_option("--ep", args.ep, "expert-parallel size (MoE models; divides dp)");
   app.add_option("--tp", args.tp);
   app.add_option("--cp", args.cp, "context-parallel size (sequence split over cp ranks)");
+  app.add_option("--cp-comm-type", args.cp_comm_type, "CP exchange: allgather (default) or a2a (Ulysses)");
   app.add_option("--dp", args.dp);
   app.add_option("--pp", args.pp);
   app.add_option("--vp", args.vp);

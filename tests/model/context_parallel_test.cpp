@@ -202,14 +202,127 @@ TEST_CASE("model::memory: activations divided by cp, ring buffers, optimizer sha
   plan.cp = 4;
   CHECK_THAT(layer_activation_bytes(spec, plan), WithinRel(layer_activation_bytes(spec, base) / 4.0, 1e-12));
   CHECK_THAT(head_activation_bytes(spec, plan), WithinRel(head_activation_bytes(spec, base) / 4.0, 1e-12));
-  REQUIRE(cp_ring_buffer_bytes(spec, base, false) == 0.0);
+  REQUIRE(cp_comm_buffer_bytes(spec, base, false) == 0.0);
   // Two K/V blocks of (4096/4) tokens, kv = 2 groups * 64 = 128 wide, over tp = 2, bf16: 2 * 2 * 1024 * 64 * 2.
-  CHECK_THAT(cp_ring_buffer_bytes(spec, plan, false), WithinRel(2.0 * 2.0 * 1024.0 * 64.0 * 2.0, 1e-12));
-  CHECK_THAT(cp_ring_buffer_bytes(spec, plan, true), WithinRel(2.0 * cp_ring_buffer_bytes(spec, plan, false), 1e-12));
+  const double kv_block = 2.0 * 1024.0 * 64.0 * 2.0;
+  CHECK_THAT(cp_comm_buffer_bytes(spec, plan, false), WithinRel(2.0 * kv_block, 1e-12));
+  CHECK_THAT(cp_comm_buffer_bytes(spec, plan, true), WithinRel(4.0 * kv_block, 1e-12));
+  // allgather: the whole sequence's K/V (cp = 4 blocks); backward also the whole-sequence dK/dV.
+  Plan gather = plan;
+  gather.cp_comm_type = CpCommType::AllGather;
+  CHECK_THAT(cp_comm_buffer_bytes(spec, gather, false), WithinRel(4.0 * kv_block, 1e-12));
+  CHECK_THAT(cp_comm_buffer_bytes(spec, gather, true), WithinRel(8.0 * kv_block, 1e-12));
+  // a2a: one Q/K/V of the rank's 1024 tokens, (q + 2 kv) / tp = (512 + 256) / 2 wide, bf16.
+  Plan ulysses = plan;
+  ulysses.cp_comm_type = CpCommType::A2A;
+  CHECK_THAT(cp_comm_buffer_bytes(spec, ulysses, false), WithinRel(1024.0 * 384.0 * 2.0, 1e-12));
+  CHECK_THAT(layer_backward_workspace_bytes(spec, gather) - layer_backward_workspace_bytes(spec, plan),
+             WithinRel(4.0 * kv_block, 1e-12));
   const MemBytes one = static_memory(spec, base, 0);
   const MemBytes ring = static_memory(spec, plan, 0);
   const auto optimizer = static_cast<std::size_t>(MemTag::Optimizer);
   const auto weights = static_cast<std::size_t>(MemTag::Weights);
   CHECK_THAT(ring[optimizer], WithinRel(one[optimizer] / 4.0, 1e-12)); // 12 B/param / (dp*cp) instead of / dp
   CHECK_THAT(ring[weights], WithinRel(one[weights], 1e-12));           // weights are replicated over CP
+}
+
+// --- cp_comm_type (Megatron --cp-comm-type) ---
+
+TEST_CASE("model::parse_cp_comm_type: Megatron's names, TE's all_gather, a2a+p2p refused", "[model][cp]") {
+  CHECK(parse_cp_comm_type("p2p", "test") == CpCommType::P2P);
+  CHECK(parse_cp_comm_type("allgather", "test") == CpCommType::AllGather);
+  CHECK(parse_cp_comm_type("all_gather", "test") == CpCommType::AllGather);
+  CHECK(parse_cp_comm_type("a2a", "test") == CpCommType::A2A);
+  for (const CpCommType type : {CpCommType::P2P, CpCommType::AllGather, CpCommType::A2A}) {
+    CHECK(parse_cp_comm_type(to_string(type), "test") == type);
+  }
+  REQUIRE_THROWS_AS(parse_cp_comm_type("a2a+p2p", "test"), InputError);
+  REQUIRE_THROWS_WITH(parse_cp_comm_type("a2a+p2p", "test"), Contains("hierarchical") && Contains("valid: p2p"));
+  REQUIRE_THROWS_WITH(parse_cp_comm_type("ring", "where.yaml"),
+                      Contains("where.yaml") && Contains("'ring'") && Contains("allgather"));
+}
+
+TEST_CASE("model::validate: a2a needs the TP-local heads and query groups divisible by cp", "[model][cp]") {
+  const ModelSpec spec = llama_model(4, 512, 8, 2, 1536, 2048, 1024); // 8 heads, 2 query groups
+  Plan plan = make_plan(1, 1, 1, 8);
+  plan.cp = 2;
+  plan.cp_comm_type = CpCommType::A2A;
+  REQUIRE_NOTHROW(validate(plan, spec, test_cluster(2), "test")); // 8/1 and 2/1 divide by 2
+  plan.cp = 4;                                                      // 2 query groups over 4 CP ranks
+  REQUIRE_THROWS_AS(validate(plan, spec, test_cluster(4), "test"), InfeasibleError);
+  REQUIRE_THROWS_WITH(validate(plan, spec, test_cluster(4), "test"),
+                      Contains("plan.cp_comm_type") && Contains("num_query_groups") && Contains("p2p / allgather"));
+  plan.cp_comm_type = CpCommType::AllGather; // the K/V exchanges need no head split
+  REQUIRE_NOTHROW(validate(plan, spec, test_cluster(4), "test"));
+  Plan tp2 = make_plan(2, 1, 1, 8);
+  tp2.cp = 2;
+  tp2.cp_comm_type = CpCommType::A2A; // 2 groups / tp 2 = 1 per TP rank, not divisible by cp 2
+  REQUIRE_THROWS_WITH(validate(tp2, spec, test_cluster(4), "test"), Contains("num_query_groups / tp = 2 / 2 = 1"));
+}
+
+TEST_CASE("model::make_step_blocks: allgather and a2a attention ops", "[model][cp]") {
+  const ModelSpec spec = llama_model(4, 512, 8, 4, 1536, 2048, 1024);
+  const int cp = GENERATE(2, 4);
+  const int tp = GENERATE(1, 2);
+  Plan base = make_plan(tp, 1, 1, 8);
+  base.recompute = GENERATE(Recompute::None, Recompute::Selective);
+  base.cp = cp;
+  const StepBlocks p2p = make_step_blocks(spec, base);
+  const double tokens = 2048.0 / cp;
+  const double kv = static_cast<double>(spec.kv_width()) / tp;
+  const double q = static_cast<double>(spec.q_width()) / tp;
+  const int recomputed = base.recompute == Recompute::Selective ? 1 : 0;
+  const auto names = [](const OpBlock& block, OpKind kind) {
+    std::vector<std::string> out;
+    for (const Op& op : block.ops) {
+      if (op.kind == kind && !op.recompute) {
+        out.push_back(op.name);
+      }
+    }
+    return out;
+  };
+  SECTION("allgather") {
+    Plan plan = base;
+    plan.cp_comm_type = CpCommType::AllGather;
+    const StepBlocks blocks = make_step_blocks(spec, plan);
+    REQUIRE(count_kind(blocks.layer_fwd, OpKind::CpRing) == 0);
+    REQUIRE(names(blocks.layer_fwd, OpKind::CpCollective) == std::vector<std::string>{"attn.cp_allgather"});
+    REQUIRE(names(blocks.layer_bwd, OpKind::CpCollective) ==
+            std::vector<std::string>{"attn.bwd.cp_allgather", "attn.bwd.cp_reducescatter"});
+    REQUIRE(count_kind(blocks.layer_fwd, OpKind::Attention) == 2); // the rank's two chunks
+    REQUIRE(count_kind(blocks.layer_bwd, OpKind::CpCollective) == 2 + recomputed);
+    for (const OpBlock* block : {&blocks.layer_fwd, &blocks.layer_bwd}) {
+      for (const Op& op : block->ops) {
+        if (op.kind == OpKind::CpCollective) { // the whole sequence's K and V: cp blocks of 2 * tokens * kv * 2 B
+          CHECK_THAT(op.msg_bytes, WithinRel(cp * 2.0 * tokens * kv * 2.0, 1e-12));
+        }
+      }
+    }
+    // The same attention work as the ring (the load-balanced split), the same model FLOPs.
+    CHECK_THAT(sum_flops(blocks.layer_bwd, OpKind::Attention),
+               WithinRel(sum_flops(p2p.layer_bwd, OpKind::Attention), 1e-12));
+    CHECK_THAT(blocks.layer_fwd.model_flops, WithinRel(p2p.layer_fwd.model_flops, 1e-12));
+  }
+  SECTION("a2a") {
+    Plan plan = base;
+    plan.cp_comm_type = CpCommType::A2A;
+    const StepBlocks blocks = make_step_blocks(spec, plan);
+    REQUIRE(names(blocks.layer_fwd, OpKind::CpCollective) ==
+            std::vector<std::string>{"attn.cp_a2a.qkv", "attn.cp_a2a.out"});
+    REQUIRE(names(blocks.layer_bwd, OpKind::CpCollective) ==
+            std::vector<std::string>{"attn.bwd.cp_a2a.out_dout", "attn.bwd.cp_a2a.dqkv"});
+    REQUIRE(count_kind(blocks.layer_bwd, OpKind::CpCollective) == 2 * (1 + recomputed));
+    for (const Op& op : blocks.layer_fwd.ops) {
+      if (op.kind == OpKind::CpCollective) {
+        CHECK(op.collective == CollectiveKind::AllToAll);
+        CHECK_THAT(op.msg_bytes, WithinRel(tokens * (op.name.ends_with("qkv") ? q + 2.0 * kv : q) * 2.0, 1e-12));
+      }
+      if (op.kind == OpKind::Attention) { // the whole sequence for heads / (tp cp)
+        CHECK(op.batch == 8 / (tp * cp));
+        CHECK(op.m == 2048);
+      }
+    }
+    CHECK_THAT(sum_flops(blocks.layer_fwd, OpKind::Attention),
+               WithinRel(sum_flops(p2p.layer_fwd, OpKind::Attention), 1e-12));
+  }
 }

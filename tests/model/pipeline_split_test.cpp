@@ -179,6 +179,18 @@ TEST_CASE("model::load_plan_yaml: account_for_embedding/loss_in_pipeline_split k
                       Contains("plan.account_for_loss_in_pipeline_split"));
 }
 
+// --- context parallelism --- plan.cp_comm_type: Megatron's names; default p2p; a bad value names file, key, valid.
+TEST_CASE("model::load_plan_yaml: cp_comm_type", "[spec][cp]") {
+  const Plan plan = load_plan_yaml(YAML::Load("{cp: 2, cp_comm_type: a2a, global_batch_size: 8}"), "s.yaml", "plan", 2);
+  CHECK(plan.cp_comm_type == CpCommType::A2A);
+  CHECK(load_plan_yaml(YAML::Load("{cp: 2, global_batch_size: 8}"), "s.yaml", "plan", 2).cp_comm_type ==
+        CpCommType::P2P);
+  REQUIRE_THROWS_WITH(load_plan_yaml(YAML::Load("{cp: 2, cp_comm_type: ring, global_batch_size: 8}"), "s.yaml",
+                                     "plan", 2),
+                      Contains("s.yaml") && Contains("plan.cp_comm_type") && Contains("'ring'") &&
+                          Contains("allgather"));
+}
+
 // The communication-overlap keys (Plan::overlap_param_gather, tp_comm_overlap, async_tp_grad_reduce) parse as bools.
 TEST_CASE("model::load_plan_yaml: communication overlap keys", "[spec]") {
   const Plan plan = load_plan_yaml(YAML::Load("{tp: 2, global_batch_size: 8, overlap_param_gather: true, "

@@ -15,7 +15,7 @@ constexpr double NVLINK_BW = 100e9;
 
 double total(const Breakdown& out) {
   return out.compute_s + out.recompute_s + out.tp_comm_exposed_s + out.pp_comm_exposed_s + out.dp_comm_exposed_s +
-         out.bubble_s + out.optimizer_s;
+         out.bubble_s + out.optimizer_s + out.cp_comm_exposed_s + out.ep_comm_exposed_s;
 }
 } // namespace
 

@@ -12,6 +12,9 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <map>
+#include <set>
+#include <string>
 
 using namespace cuboid;
 using Catch::Matchers::WithinRel;
@@ -134,4 +137,115 @@ TEST_CASE("sim::analysis::enumerate_space: cp values that divide seq/2 and the G
       REQUIRE(outcome.plan.cp == 1);
     }
   }
+}
+
+// --- cp_comm_type (Megatron --cp-comm-type) ---
+
+TEST_CASE("model::CostModel: allgather and a2a CP collectives are exposed in full", "[sim][cp]") {
+  const model::ModelSpec spec = long_seq_model();
+  const model::ClusterSpec cluster = model::make_cluster("a100-80gb", 4, 8, "test");
+  for (const model::CpCommType type : {model::CpCommType::AllGather, model::CpCommType::A2A}) {
+    model::Plan plan = cp_plan(1, 4, 1, 1);
+    plan.cp_comm_type = type;
+    const model::CostModel cost(cluster, model::default_profile(cluster.gpu.name), plan);
+    const model::StepBlocks blocks = model::make_step_blocks(spec, plan);
+    for (const model::OpBlock* block : {&blocks.layer_fwd, &blocks.layer_bwd}) {
+      double expected_s = 0.0;
+      for (const model::Op& op : block->ops) {
+        if (op.kind == model::OpKind::CpCollective) {
+          // Ring collective over the 4 CP ranks on NVLink: 3 alphas + 3/4 of the buffer (all-gather output, reduce-
+          // scatter input, all-to-all send buffer) over the link.
+          const model::LinkParams link = cost.nvlink();
+          const double op_s = 3.0 * link.latency_s + 0.75 * op.msg_bytes / link.bw_bytes_per_s;
+          CHECK_THAT(cost.op_time_s(op), WithinRel(op_s, 1e-12));
+          expected_s += op_s;
+        }
+      }
+      INFO(model::to_string(type) << " " << block->name);
+      REQUIRE(expected_s > 0.0);
+      CHECK_THAT(cost.block_cost(*block).cp_comm_s, WithinRel(expected_s, 1e-12));
+    }
+  }
+}
+
+TEST_CASE("sim::simulate: the p2p ring hides what allgather exposes; step time and memory by cp_comm_type",
+          "[sim][cp]") {
+  // Long sequence, cp 4 on one node: each p2p ring step hides behind an attention step, while the all-gather and the
+  // all-to-alls sit on the critical path. allgather holds the whole sequence's K/V: more memory than the ring (a small
+  // vocabulary keeps the logits' backward workspace below the layers').
+  model::ModelSpec spec = long_seq_model();
+  spec.vocab_size = 1024;
+  const model::ClusterSpec cluster = model::make_cluster("a100-80gb", 4, 8, "test");
+  std::map<model::CpCommType, sim::SimResult> results;
+  for (const model::CpCommType type : {model::CpCommType::P2P, model::CpCommType::AllGather, model::CpCommType::A2A}) {
+    model::Plan plan = cp_plan(1, 4, 1, 1);
+    plan.cp_comm_type = type;
+    const model::CostModel cost(cluster, model::default_profile(cluster.gpu.name), plan);
+    results.emplace(type, sim::simulate(
+                              model::build_step_graph(spec, cluster, plan, model::Instantiation::RankClasses), cost));
+  }
+  const sim::SimResult& p2p = results.at(model::CpCommType::P2P);
+  const sim::SimResult& gather = results.at(model::CpCommType::AllGather);
+  const sim::SimResult& ulysses = results.at(model::CpCommType::A2A);
+  INFO("p2p " << p2p.step_time_s << " allgather " << gather.step_time_s << " a2a " << ulysses.step_time_s);
+  CHECK(gather.step_time_s > p2p.step_time_s);
+  CHECK(ulysses.step_time_s > p2p.step_time_s);
+  CHECK(gather.peak_memory_bytes > p2p.peak_memory_bytes);
+  // Same model FLOPs per step whichever way K/V travel.
+  CHECK_THAT(gather.model_tflops_per_gpu * gather.step_time_s, WithinRel(p2p.model_tflops_per_gpu * p2p.step_time_s,
+                                                                          1e-9));
+}
+
+TEST_CASE("model::CostModel: unfused attention of a CP tile prices queries x keys", "[sim][cp]") {
+  // Without FlashAttention the scores go through HBM: p2p's cp tiles of s/cp x s/cp and allgather's two chunks of
+  // s/2cp x s hold the same s^2/cp scores, so their attention times agree to the GEMM shapes' efficiency.
+  const model::ModelSpec spec = long_seq_model();
+  const model::ClusterSpec cluster = model::make_cluster("a100-80gb", 2, 8, "test");
+  const auto attention_s = [&](model::CpCommType type, int cp) {
+    model::Plan plan = cp_plan(1, cp, 1, 1);
+    plan.flash_attention = false;
+    plan.cp_comm_type = type;
+    const model::CostModel cost(model::make_cluster("a100-80gb", cp, 8, "test"),
+                                model::default_profile(cluster.gpu.name), plan);
+    double total = 0.0;
+    for (const model::Op& op : model::make_step_blocks(spec, plan).layer_fwd.ops) {
+      total += op.kind == model::OpKind::Attention ? cost.op_time_s(op, model::Phase::Forward) : 0.0;
+    }
+    return total;
+  };
+  const double whole = attention_s(model::CpCommType::P2P, 1);
+  const double ring = attention_s(model::CpCommType::P2P, 2);
+  const double gather = attention_s(model::CpCommType::AllGather, 2);
+  INFO("cp 1 " << whole << " p2p " << ring << " allgather " << gather);
+  CHECK_THAT(gather, WithinRel(ring, 0.25));
+  CHECK(gather < 0.75 * whole); // half the scores of the unsplit rank, not all of them
+}
+
+TEST_CASE("sim::analysis::enumerate_space: cp_comm_types multiply cp > 1 plans; a2a only where heads split",
+          "[sim][cp]") {
+  const model::ModelSpec spec = long_seq_model(); // 16 heads, 4 query groups
+  const model::ClusterSpec cluster = model::make_cluster("a100-80gb", 8, 8, "test");
+  sim::analysis::SearchSpace space;
+  space.global_batch_size = 8;
+  space.tp = {1};
+  space.pp = {1};
+  space.recompute = {model::Recompute::None};
+  space.schedules = {model::Schedule::OneFOneB};
+  space.distributed_optimizer = {false};
+  space.micro_batch_size = {1};
+  space.cp = {1, 2, 8};
+  space.cp_comm_types = {model::CpCommType::P2P, model::CpCommType::AllGather, model::CpCommType::A2A};
+  std::map<int, std::set<model::CpCommType>> by_cp;
+  std::set<std::string> keys;
+  for (const auto& outcome : sim::analysis::enumerate_space(spec, cluster, space)) {
+    by_cp[outcome.plan.cp].insert(outcome.plan.cp_comm_type);
+    REQUIRE(keys.insert(sim::analysis::plan_key(outcome.plan, outcome.num_gpus)).second); // keys stay unique
+  }
+  CHECK(by_cp[1] == std::set<model::CpCommType>{model::CpCommType::P2P});
+  CHECK(by_cp[2] == std::set<model::CpCommType>{model::CpCommType::P2P, model::CpCommType::AllGather,
+                                                model::CpCommType::A2A});
+  // 4 query groups do not split over 8 CP ranks: no a2a plan.
+  CHECK(by_cp[8] == std::set<model::CpCommType>{model::CpCommType::P2P, model::CpCommType::AllGather});
+  CHECK(std::count_if(keys.begin(), keys.end(), [](const std::string& key) { return key.ends_with("cp2-a2a"); }) ==
+        1);
 }

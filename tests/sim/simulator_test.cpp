@@ -64,7 +64,7 @@ model::Plan plan_of(int tp, int dp, int pp, int microbatches, model::Schedule sc
 
 double breakdown_sum(const Breakdown& out) {
   return out.compute_s + out.recompute_s + out.tp_comm_exposed_s + out.pp_comm_exposed_s + out.dp_comm_exposed_s +
-         out.bubble_s + out.optimizer_s;
+         out.bubble_s + out.optimizer_s + out.cp_comm_exposed_s + out.ep_comm_exposed_s;
 }
 
 /// Simulates and checks the invariants on the lowered program; returns the result.
