@@ -907,7 +907,7 @@ void validate_context_parallel_run(const model::Plan& plan) {
   if (plan.cp > 1 && plan.cp_comm_type == model::CpCommType::P2P) {
     throw InputError(input_message("command line", "--cp-comm-type",
                                    "p2p: cuboid run does not execute the ring (valid: allgather, the default of "
-                                   "cuboid run, or a2a on --backend cpu; `cuboid simulate` predicts p2p)"));
+                                   "cuboid run, or a2a; `cuboid simulate` predicts p2p)"));
   }
 }
 

@@ -126,7 +126,7 @@ RunResult run_training(const RunOptions& options, Communicator& world);
 void validate_run_options(const RunOptions& options, const Communicator& world);
 /// --- context parallelism --- What `cuboid run` executes of a CP plan (no --sequence-parallel with cp > 1;
 /// cp_comm_type allgather or a2a, not the p2p ring); part of validate_run_options, and checked by the CUDA backend
-/// (which runs allgather only) before it looks for a device.
+/// before it looks for a device.
 void validate_context_parallel_run(const model::Plan& plan);
 
 /// --- mixture of experts --- What `cuboid run` executes of a MoE model (checked by validate_run_options, and by the

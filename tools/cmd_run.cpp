@@ -110,7 +110,7 @@ void check_run_flags(const RunCliOptions& cli) {
 }
 
 
-// --- context parallelism --- Both runtimes execute Transformer Engine's all-gather CP, the CPU one also Ulysses (a2a)
+// --- context parallelism --- Both runtimes execute Transformer Engine's all-gather CP and Ulysses (a2a)
 // (docs/context_parallelism.md). A plan that leaves the exchange at Megatron's default (p2p, no --cp-comm-type) runs,
 // and is predicted, as allgather, and the report says so; an explicit p2p is refused by
 // exec::validate_context_parallel_run.

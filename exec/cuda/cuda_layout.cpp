@@ -115,12 +115,6 @@ void validate_cuda_run_options(const RunOptions& options) {
                                                model::to_string(options.plan.precision))));
   }
   validate_context_parallel_run(options.plan);
-  if (options.plan.cp > 1 && options.plan.cp_comm_type != model::CpCommType::AllGather) {
-    throw InputError(input_message(WHERE, "--cp-comm-type",
-                                   fmt::format("{} is not supported by --backend cuda (valid: allgather; --backend "
-                                               "cpu also runs a2a)",
-                                               model::to_string(options.plan.cp_comm_type))));
-  }
   // Of the beyond-3D plans (issue 10), mixture of experts runs on --backend cpu only so far.
   if (options.model.is_moe()) { // --- mixture of experts ---
     throw InputError(input_message(WHERE, "--model",

@@ -420,9 +420,9 @@ std::string CudaGptModel::tensor_core_unsupported_reason() const {
   const std::int64_t D = spec_.head_dim;
   const std::int64_t q_heads = spec_.num_attention_heads / plan_.tp;
   const std::int64_t kv_heads = spec_.num_query_groups / plan_.tp;
-  for (const AttentionSegment& seg : attention_segments()) {
-    std::string why =
-        k::attention_tc::unsupported_reason({seg.seq, plan_.micro_batch_size, q_heads, kv_heads, D, seg.q_offset});
+  for (const AttentionSegment& seg : core_segments()) {
+    std::string why = k::attention_tc::unsupported_reason(
+        {seg.seq, plan_.micro_batch_size, core_heads(q_heads), core_heads(kv_heads), D, seg.q_offset});
     if (!why.empty()) {
       return context_parallel() ? "context-parallel chunk: " + why : why;
     }
@@ -457,6 +457,99 @@ std::vector<CudaGptModel::AttentionSegment> CudaGptModel::attention_segments() c
   const auto [first, second] = context_parallel_chunks(plan_.cp, context_.cp_rank);
   const std::int64_t chunk = spec_.seq_length / (2 * plan_.cp); // positions
   return {{chunk, first * chunk, 0}, {chunk, second * chunk, cp_chunk_rows()}};
+}
+
+std::vector<CudaGptModel::AttentionSegment> CudaGptModel::core_segments() const {
+  if (ulysses()) {
+    return {{spec_.seq_length, 0, 0}};
+  }
+  return attention_segments();
+}
+
+namespace {
+// Column block [col0, col0 + width) of `rows` rows of a row-major (rows, cols) bf16 matrix to or from a packed
+// (rows, width) one: one pitched copy.
+void copy_columns(bf16* dst, std::size_t dst_cols, const bf16* src, std::size_t src_cols, std::size_t width,
+                  std::size_t rows, cudaStream_t s) {
+  CUDA_CHECK(cudaMemcpy2DAsync(dst, dst_cols * sizeof(bf16), src, src_cols * sizeof(bf16), width * sizeof(bf16), rows,
+                               cudaMemcpyDeviceToDevice, s));
+}
+
+// An all-to-all of equal bf16 blocks, moved as 32-bit words (an even count per block).
+void all_to_all_bf16(Communicator& comm, const bf16* in, bf16* out, std::size_t block) {
+  CUBOID_ASSERT(block % 2 == 0, "all-to-all of {} bf16 elements per member (an even count travels as 32-bit words)",
+                block);
+  const auto members = static_cast<std::size_t>(comm.size());
+  const std::vector<int> counts(members, static_cast<int>(block / 2));
+  comm.all_to_all_v(std::span<const float>(reinterpret_cast<const float*>(in), block / 2 * members), counts,
+                    std::span<float>(reinterpret_cast<float*>(out), block / 2 * members), counts);
+}
+
+// The two sides of a Ulysses all-to-all, as element offsets into bf16 buffers `width` = cols / cp wide: the sequence
+// side (the 2cp chunks of chunk_rows rows in position order) and the member side (cp blocks, member m's block
+// holding its two chunks).
+struct UlyssesLayout {
+  int cp = 1;
+  std::size_t chunk_rows = 0;
+  std::size_t cols = 0;
+  std::size_t width = 0;
+  [[nodiscard]] std::size_t rows() const { return 2 * chunk_rows; }
+  [[nodiscard]] std::size_t member_at(int member, std::size_t half) const {
+    return (static_cast<std::size_t>(member) * rows() + half * chunk_rows) * width;
+  }
+  [[nodiscard]] std::size_t sequence_at(int member, std::size_t half) const {
+    return static_cast<std::size_t>(context_parallel_chunks(cp, member)[half]) * chunk_rows * width;
+  }
+};
+
+UlyssesLayout ulysses_layout(int cp, std::int64_t chunk_rows, std::int64_t cols, std::size_t elements,
+                             const char* what) {
+  const UlyssesLayout layout{cp, static_cast<std::size_t>(chunk_rows), static_cast<std::size_t>(cols),
+                             static_cast<std::size_t>(cols / cp)};
+  CUBOID_ASSERT(elements == layout.rows() * layout.cols && cols % cp == 0,
+                "{}: {} elements for {} rows of {} columns, cp {}", what, elements, layout.rows(), cols, cp);
+  return layout;
+}
+} // namespace
+
+// Send block m: this rank's rows (its two chunks) of head group m; received block m: member m's rows of this rank's
+// head group, placed at member m's chunks of the sequence.
+void CudaGptModel::cp_rows_to_heads(const Bf16Buffer& local, std::int64_t cols, Bf16Buffer& full) {
+  const cudaStream_t s = context_.stream;
+  const UlyssesLayout at = ulysses_layout(plan_.cp, cp_chunk_rows(), cols, local.size(), "cp_rows_to_heads");
+  Bf16Buffer send(local.size(), s);
+  for (int member = 0; member < plan_.cp; ++member) {
+    copy_columns(send.get() + at.member_at(member, 0), at.width,
+                 local.get() + static_cast<std::size_t>(member) * at.width, at.cols, at.width, at.rows(), s);
+  }
+  Bf16Buffer recv(local.size(), s);
+  all_to_all_bf16(*context_.cp, send.get(), recv.get(), at.rows() * at.width);
+  full.resize(local.size(), s);
+  for (int member = 0; member < plan_.cp; ++member) {
+    for (std::size_t half = 0; half < 2; ++half) {
+      copy_device(full.get() + at.sequence_at(member, half), recv.get() + at.member_at(member, half),
+                  at.chunk_rows * at.width, s);
+    }
+  }
+}
+
+void CudaGptModel::cp_heads_to_rows(const Bf16Buffer& full, std::int64_t cols, Bf16Buffer& local) {
+  const cudaStream_t s = context_.stream;
+  const UlyssesLayout at = ulysses_layout(plan_.cp, cp_chunk_rows(), cols, full.size(), "cp_heads_to_rows");
+  Bf16Buffer send(full.size(), s);
+  for (int member = 0; member < plan_.cp; ++member) {
+    for (std::size_t half = 0; half < 2; ++half) {
+      copy_device(send.get() + at.member_at(member, half), full.get() + at.sequence_at(member, half),
+                  at.chunk_rows * at.width, s);
+    }
+  }
+  Bf16Buffer recv(full.size(), s);
+  all_to_all_bf16(*context_.cp, send.get(), recv.get(), at.rows() * at.width);
+  local.resize(full.size(), s);
+  for (int member = 0; member < plan_.cp; ++member) {
+    copy_columns(local.get() + static_cast<std::size_t>(member) * at.width, at.cols,
+                 recv.get() + at.member_at(member, 0), at.width, at.width, at.rows(), s);
+  }
 }
 
 // The gathered buffer holds member r's rows [chunk r, chunk 2cp-1-r] at block r; the whole sequence is chunk order.
@@ -782,22 +875,39 @@ void CudaGptModel::layer_forward(int layer, Bf16Buffer&& x, Bf16Buffer& out, Cud
   }
   // Context parallelism: the whole sequence's K and V for this layer's attention only; the cache keeps this rank's
   // rows and the backward gathers them again (as Transformer Engine's all-gather CP).
+  // Ulysses instead swaps the cache's Q, K and V for the whole sequence's rows of this rank's head group (TE keeps
+  // them so for the backward) and returns the output to this rank's rows.
   Bf16Buffer k_full, v_full;
-  const bf16* keys = context_parallel() ? cp_gather(c.k, kv_cols, k_full) : c.k.get();
-  const bf16* values = context_parallel() ? cp_gather(c.v, kv_cols, v_full) : c.v.get();
-  c.attn.resize(count(rows, q_cols), s);
-  c.lse.resize(count(rows, q_cols / D), s); // (B, Hq, T/cp): one float per query row and head
+  if (ulysses()) {
+    for (Bf16Buffer* rows_layout : {&c.q, &c.k, &c.v}) {
+      Bf16Buffer heads;
+      cp_rows_to_heads(*rows_layout, rows_layout == &c.q ? q_cols : kv_cols, heads);
+      *rows_layout = std::move(heads);
+    }
+  }
+  const bool gathered_kv = context_parallel() && !ulysses();
+  const bf16* keys = gathered_kv ? cp_gather(c.k, kv_cols, k_full) : c.k.get();
+  const bf16* values = gathered_kv ? cp_gather(c.v, kv_cols, v_full) : c.v.get();
+  const std::int64_t core_q_cols = ulysses() ? q_cols / plan_.cp : q_cols;
+  Bf16Buffer attn_heads; // Ulysses: the output of this rank's head group, before the all-to-all back
+  Bf16Buffer& attn = ulysses() ? attn_heads : c.attn;
+  attn.resize(count(rows, q_cols), s);
+  c.lse.resize(count(rows, q_cols / D), s); // (B, Hq, T/cp) or (B, Hq/cp, T): one float per query row and head
   const bool tensor_cores = use_tensor_core_attention();
-  for (const AttentionSegment& seg : attention_segments()) {
-    const k::attention::Shape shape{seg.seq, plan_.micro_batch_size, q_cols / D, kv_cols / D, D, seg.q_offset};
-    const std::int64_t q_at = seg.row0 * q_cols;
-    float* lse = c.lse.get() + seg.row0 * (q_cols / D); // (B, Hq, seq) per segment, segments one after another
-    const k::attention::ForwardArgs<bf16> args{c.attn.get() + q_at, lse, c.q.get() + q_at, keys, values, shape};
+  for (const AttentionSegment& seg : core_segments()) {
+    const k::attention::Shape shape{seg.seq,           plan_.micro_batch_size, core_heads(q_cols / D),
+                                    core_heads(kv_cols / D), D,                seg.q_offset};
+    const std::int64_t q_at = seg.row0 * core_q_cols;
+    float* lse = c.lse.get() + seg.row0 * (core_q_cols / D); // (B, Hq, seq) per segment, one after another
+    const k::attention::ForwardArgs<bf16> args{attn.get() + q_at, lse, c.q.get() + q_at, keys, values, shape};
     if (tensor_cores) {
       k::attention_tc::forward(args, s);
     } else {
       k::attention::forward<bf16>(args, s);
     }
+  }
+  if (ulysses()) {
+    cp_heads_to_rows(attn_heads, q_cols, c.attn);
   }
   row_parallel_linear(c.attn, p.wo, p.bo, c.x, c.x2); // x2 = x + attn Wo + bo
 
@@ -923,14 +1033,25 @@ void CudaGptModel::layer_backward(int layer, CudaLayerCache& c, Bf16Buffer&& dou
       gemm(q_cols, C, rows, true, false, c.attn.get(), dproj.get(), grad(p.wo), GemmDType::F32, 1.0f);
     }
   }
-  Bf16Buffer k_full, v_full; // context parallelism: gathered again (layer_forward)
-  const bf16* keys = context_parallel() ? cp_gather(c.k, kv_cols, k_full) : c.k.get();
-  const bf16* values = context_parallel() ? cp_gather(c.v, kv_cols, v_full) : c.v.get();
-  const std::size_t kv_elements = context_parallel() ? k_full.size() : c.k.size();
+  // Context parallelism: allgather gathers K/V again (layer_forward); Ulysses all-to-alls O and dO to the head split
+  // (the cache holds Q, K, V so already).
+  const bool gathered_kv = context_parallel() && !ulysses();
+  Bf16Buffer k_full, v_full;
+  const bf16* keys = gathered_kv ? cp_gather(c.k, kv_cols, k_full) : c.k.get();
+  const bf16* values = gathered_kv ? cp_gather(c.v, kv_cols, v_full) : c.v.get();
+  const std::size_t kv_elements = gathered_kv ? k_full.size() : c.k.size();
+  Bf16Buffer attn_heads, dattn_heads;
+  if (ulysses()) {
+    cp_rows_to_heads(c.attn, q_cols, attn_heads);
+    cp_rows_to_heads(dattn, q_cols, dattn_heads);
+  }
+  const Bf16Buffer& attn = ulysses() ? attn_heads : c.attn;
+  const Bf16Buffer& dattn_core = ulysses() ? dattn_heads : dattn;
+  const std::int64_t core_q_cols = ulysses() ? q_cols / plan_.cp : q_cols;
   Bf16Buffer dq(count(rows, q_cols), s);
-  Bf16Buffer dk(kv_elements, s); // with CP: the whole sequence's, accumulated over the two chunks, then reduced
+  Bf16Buffer dk(kv_elements, s); // allgather: the whole sequence's, accumulated over the two chunks, then reduced
   Bf16Buffer dv(kv_elements, s);
-  if (context_parallel()) {
+  if (gathered_kv) {
     CUDA_CHECK(cudaMemsetAsync(dk.get(), 0, dk.size() * sizeof(bf16), s));
     CUDA_CHECK(cudaMemsetAsync(dv.get(), 0, dv.size() * sizeof(bf16), s));
   }
@@ -938,15 +1059,22 @@ void CudaGptModel::layer_backward(int layer, CudaLayerCache& c, Bf16Buffer&& dou
     // One workspace for every segment: (B, Hq, rows / B) floats, as the LSE.
     F32Buffer workspace(c.lse.size(), s);
     const bool tensor_cores = use_tensor_core_attention();
-    for (const AttentionSegment& seg : attention_segments()) {
-      const k::attention::Shape shape{seg.seq, plan_.micro_batch_size, q_cols / D, kv_cols / D, D, seg.q_offset};
-      const std::int64_t q_at = seg.row0 * q_cols;
-      const k::attention::BackwardArgs<bf16> args{dq.get() + q_at,     dk.get(),
-                                                  dv.get(),            workspace.get(),
-                                                  dattn.get() + q_at,  c.q.get() + q_at,
-                                                  keys,                values,
-                                                  c.attn.get() + q_at, c.lse.get() + seg.row0 * (q_cols / D),
-                                                  shape,               context_parallel()};
+    for (const AttentionSegment& seg : core_segments()) {
+      const k::attention::Shape shape{seg.seq,           plan_.micro_batch_size, core_heads(q_cols / D),
+                                      core_heads(kv_cols / D), D,                seg.q_offset};
+      const std::int64_t q_at = seg.row0 * core_q_cols;
+      const k::attention::BackwardArgs<bf16> args{dq.get() + q_at,
+                                                  dk.get(),
+                                                  dv.get(),
+                                                  workspace.get(),
+                                                  dattn_core.get() + q_at,
+                                                  c.q.get() + q_at,
+                                                  keys,
+                                                  values,
+                                                  attn.get() + q_at,
+                                                  c.lse.get() + seg.row0 * (core_q_cols / D),
+                                                  shape,
+                                                  gathered_kv};
       if (tensor_cores) {
         k::attention_tc::backward(args, s);
       } else {
@@ -956,7 +1084,14 @@ void CudaGptModel::layer_backward(int layer, CudaLayerCache& c, Bf16Buffer&& dou
   }
   k_full = Bf16Buffer();
   v_full = Bf16Buffer();
-  if (context_parallel()) {
+  if (ulysses()) {
+    for (const auto& [grad_heads, cols] :
+         {std::pair{&dq, q_cols}, std::pair{&dk, kv_cols}, std::pair{&dv, kv_cols}}) {
+      Bf16Buffer mine;
+      cp_heads_to_rows(*grad_heads, cols, mine);
+      *grad_heads = std::move(mine);
+    }
+  } else if (context_parallel()) {
     Bf16Buffer mine;
     cp_reduce_scatter(dk, kv_cols, mine);
     dk = std::move(mine);

@@ -229,6 +229,17 @@ private:
   const __nv_bfloat16* cp_gather(const Bf16Buffer& local, std::int64_t cols, Bf16Buffer& full);
   /// Conjugate of cp_gather: the sum over CP of the whole-sequence gradients, this rank's rows of it.
   void cp_reduce_scatter(const Bf16Buffer& full, std::int64_t cols, Bf16Buffer& local);
+  /// Ulysses (cp_comm_type a2a, DeepSpeed-Ulysses / TE AttnFuncWithCPAndQKVOA2A): the attention runs over the whole
+  /// sequence for heads/cp of this rank's heads, reached by all-to-alls over the CP group.
+  [[nodiscard]] bool ulysses() const { return context_parallel() && plan_.cp_comm_type == model::CpCommType::A2A; }
+  /// The attention kernels' query runs: attention_segments(), or under Ulysses the whole sequence at once.
+  [[nodiscard]] std::vector<AttentionSegment> core_segments() const;
+  /// Heads the attention kernels see of this rank's `heads`: heads / cp under Ulysses.
+  [[nodiscard]] std::int64_t core_heads(std::int64_t heads) const { return ulysses() ? heads / plan_.cp : heads; }
+  /// This rank's rows (`cols` wide, all its heads) -> the whole sequence's rows, in position order, of head group
+  /// cp_rank (cols / cp wide), by one all-to-all; cp_heads_to_rows is the inverse (`cols` = the full width).
+  void cp_rows_to_heads(const Bf16Buffer& local, std::int64_t cols, Bf16Buffer& full);
+  void cp_heads_to_rows(const Bf16Buffer& full, std::int64_t cols, Bf16Buffer& local);
   /// RoPE of this rank's rows (each local chunk at its positions), forward or backward.
   void rope(Bf16Buffer& x, std::int64_t heads, bool forward);
   /// Rows [row0, row0 + rows) of the activations hold consecutive positions from first_row / B on (the position

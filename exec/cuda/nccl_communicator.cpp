@@ -213,6 +213,54 @@ void NcclCommunicator::recv(std::span<float> data, int peer, int tag) {
   NCCL_CHECK(ncclRecv(data.data(), data.size(), ncclFloat, peer, impl_->comm, impl_->compute));
 }
 
+void NcclCommunicator::all_to_all_v(std::span<const float> in, std::span<const int> send_counts, std::span<float> out,
+                                    std::span<const int> recv_counts) {
+  const auto members = static_cast<std::size_t>(impl_->size);
+  const auto offsets = [&](std::span<const int> counts, std::size_t total, const char* what) {
+    std::vector<std::size_t> at(members + 1, 0);
+    bool valid = counts.size() == members;
+    for (std::size_t peer = 0; valid && peer < members; ++peer) {
+      valid = counts[peer] >= 0;
+      at[peer + 1] = at[peer] + (valid ? static_cast<std::size_t>(counts[peer]) : 0);
+    }
+    if (!valid || at[members] != total) {
+      throw DeviceError(device_error_message("NcclCommunicator::all_to_all_v", impl_->world_rank, __FILE__, __LINE__,
+                                             fmt::format("{} {} counts for {} members, {} floats (one non-negative "
+                                                         "count per member summing to the buffer expected)",
+                                                         counts.size(), what, members, total)));
+    }
+    return at;
+  };
+  const std::vector<std::size_t> send_at = offsets(send_counts, in.size(), "send");
+  const std::vector<std::size_t> recv_at = offsets(recv_counts, out.size(), "recv");
+  const auto me = static_cast<std::size_t>(impl_->rank);
+  if (send_counts[me] != recv_counts[me]) {
+    throw DeviceError(device_error_message("NcclCommunicator::all_to_all_v", impl_->world_rank, __FILE__, __LINE__,
+                                           fmt::format("sends {} floats to itself but expects {}", send_counts[me],
+                                                       recv_counts[me])));
+  }
+  if (send_counts[me] > 0) {
+    CUDA_CHECK(cudaMemcpyAsync(out.data() + recv_at[me], in.data() + send_at[me],
+                               static_cast<std::size_t>(send_counts[me]) * sizeof(float), cudaMemcpyDeviceToDevice,
+                               impl_->compute));
+  }
+  NCCL_CHECK(ncclGroupStart());
+  for (std::size_t peer = 0; peer < members; ++peer) {
+    if (peer == me) {
+      continue;
+    }
+    if (send_counts[peer] > 0) {
+      NCCL_CHECK(ncclSend(in.data() + send_at[peer], static_cast<std::size_t>(send_counts[peer]), ncclFloat,
+                          static_cast<int>(peer), impl_->comm, impl_->compute));
+    }
+    if (recv_counts[peer] > 0) {
+      NCCL_CHECK(ncclRecv(out.data() + recv_at[peer], static_cast<std::size_t>(recv_counts[peer]), ncclFloat,
+                          static_cast<int>(peer), impl_->comm, impl_->compute));
+    }
+  }
+  NCCL_CHECK(ncclGroupEnd());
+}
+
 void NcclCommunicator::send_doubles(std::span<const double> data, int peer, int tag) {
   check_peer(peer, impl_->size, tag, impl_->world_rank);
   if (data.empty()) {

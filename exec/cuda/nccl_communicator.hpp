@@ -49,6 +49,10 @@ public:
   [[nodiscard]] std::unique_ptr<Request> all_gather_in_place_async(std::span<float> data) override;
   [[nodiscard]] std::unique_ptr<Request> send(std::span<const float> data, int peer, int tag) override;
   void recv(std::span<float> data, int peer, int tag) override;
+  /// One NCCL group of ncclSend / ncclRecv per peer on the compute stream (NCCL's all-to-all recipe), this member's
+  /// own block copied on the device; stream-ordered like the other blocking collectives.
+  void all_to_all_v(std::span<const float> in, std::span<const int> send_counts, std::span<float> out,
+                    std::span<const int> recv_counts) override;
   void send_doubles(std::span<const double> data, int peer, int tag) override;
   void recv_doubles(std::span<double> data, int peer, int tag) override;
   void barrier() override;

@@ -210,7 +210,9 @@ TEST_CASE("CUDA runtime on the emulator: the canonical DP/TP/PP plans follow the
                // context parallelism (K/V all-gathered per layer, two query chunks per rank): learned positions
                // with a pipeline; RoPE and GQA with the distributed optimizer sharded over dp*cp, full recompute
                Plan{1, 1, 2, "gpt-tiny", {}, {}, GLOBAL_BATCH, 2},
-               Plan{2, 1, 1, "llama-tiny", {"--distributed-optimizer", "--recompute", "full"}, {}, GLOBAL_BATCH, 2});
+               Plan{2, 1, 1, "llama-tiny", {"--distributed-optimizer", "--recompute", "full"}, {}, GLOBAL_BATCH, 2},
+               // Ulysses (--cp-comm-type a2a): Q/K/V and O all-to-all'd to heads / cp, GQA under TP 2
+               Plan{1, 2, 1, "llama-tiny", {"--cp-comm-type", "a2a"}, {}, GLOBAL_BATCH, 2});
   CAPTURE(plan.name());
 
   // The CPU backend's single-process run of the same model and global batch (its multi-rank runs equal it).

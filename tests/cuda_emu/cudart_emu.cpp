@@ -560,6 +560,27 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpy
   return copy(dst, src, count, kind, "cudaMemcpyAsync");
 }
 
+// A pitched copy: `height` rows of `width` bytes, `spitch` / `dpitch` bytes apart; each row checked as one copy.
+cudaError_t cudaMemcpy2DAsync(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height,
+                              cudaMemcpyKind kind, cudaStream_t stream) {
+  if (const cudaError_t status = check_stream(stream, "cudaMemcpy2DAsync"); status != cudaSuccess) {
+    return status;
+  }
+  if (width > dpitch || width > spitch) {
+    return fail(cudaErrorInvalidPitchValue, fmt::format("cudaMemcpy2DAsync: width {} bytes exceeds pitch (dst {}, "
+                                                        "src {})",
+                                                        width, dpitch, spitch));
+  }
+  for (size_t row = 0; row < height; ++row) {
+    const cudaError_t status = copy(static_cast<char*>(dst) + row * dpitch,
+                                    static_cast<const char*>(src) + row * spitch, width, kind, "cudaMemcpy2DAsync");
+    if (status != cudaSuccess) {
+      return status;
+    }
+  }
+  return cudaSuccess;
+}
+
 cudaError_t cudaMemset(void* devPtr, int value, size_t count) { return fill(devPtr, value, count, "cudaMemset"); }
 
 cudaError_t cudaMemsetAsync(void* devPtr, int value, size_t count, cudaStream_t stream) {

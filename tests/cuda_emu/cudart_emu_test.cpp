@@ -169,6 +169,35 @@ TEST_CASE("emu::cudart: memory", "[emu]") {
     CHECK(bytes[4] == 0);
     CHECK(bytes.back() == 0);
   }
+  SECTION("a pitched copy moves a column block (10 rows of 10 floats: columns 3..6 packed, then back)") {
+    REQUIRE(cudaMemcpy(dev, host.data(), N * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess);
+    void* packed = nullptr;
+    REQUIRE(cudaMalloc(&packed, 40 * sizeof(float)) == cudaSuccess);
+    REQUIRE(cudaMemcpy2DAsync(packed, 4 * sizeof(float), static_cast<float*>(dev) + 3, 10 * sizeof(float),
+                              4 * sizeof(float), 10, cudaMemcpyDeviceToDevice, nullptr) == cudaSuccess);
+    std::vector<float> block(40, -1.0f);
+    REQUIRE(cudaMemcpy(block.data(), packed, block.size() * sizeof(float), cudaMemcpyDeviceToHost) == cudaSuccess);
+    for (std::size_t row = 0; row < 10; ++row) {
+      for (std::size_t col = 0; col < 4; ++col) {
+        CHECK(block[row * 4 + col] == host[row * 10 + 3 + col]);
+      }
+    }
+    REQUIRE(cudaMemset(dev, 0, N * sizeof(float)) == cudaSuccess);
+    REQUIRE(cudaMemcpy2DAsync(static_cast<float*>(dev) + 3, 10 * sizeof(float), packed, 4 * sizeof(float),
+                              4 * sizeof(float), 10, cudaMemcpyDeviceToDevice, nullptr) == cudaSuccess);
+    std::vector<float> back(N, -1.0f);
+    REQUIRE(cudaMemcpy(back.data(), dev, N * sizeof(float), cudaMemcpyDeviceToHost) == cudaSuccess);
+    CHECK(back[13] == host[13]);
+    CHECK(back[12] == 0.0f);
+    CHECK(back[97] == 0.0f);
+    CHECK(back[96] == host[96]);
+    // A row wider than its pitch, or one that runs past the allocation, is refused.
+    CHECK(cudaMemcpy2DAsync(packed, 4, dev, 40, 8, 1, cudaMemcpyDeviceToDevice, nullptr) ==
+          cudaErrorInvalidPitchValue);
+    CHECK(cudaMemcpy2DAsync(packed, 16, dev, 40, 16, 11, cudaMemcpyDeviceToDevice, nullptr) == cudaErrorInvalidValue);
+    clear_last_error();
+    REQUIRE(cudaFree(packed) == cudaSuccess);
+  }
   SECTION("out-of-range copies and memsets are refused and recorded") {
     std::vector<float> big(N + 1);
     CHECK(cudaMemcpy(dev, big.data(), (N + 1) * sizeof(float), cudaMemcpyHostToDevice) == cudaErrorInvalidValue);
