@@ -182,8 +182,8 @@ Op attention(const Dims& d, bool backward) {
 
 // --- context parallelism --- (Plan::cp_comm_type; Megatron --cp-comm-type)
 // p2p: ring attention as Megatron-Core / Transformer Engine run it (TE attention.py AttnFuncWithCPAndKVP2P,
-// cp_comm_type "p2p"; Liu et al. 2023 "Ring Attention"): each CP rank holds the load-balanced chunks i and 2cp-1-i of the
-// sequence, and the attention is cp steps; in step j the rank attends its queries to the K/V block of CP rank
+// cp_comm_type "p2p"; Liu et al. 2023 "Ring Attention"): each CP rank holds the load-balanced chunks i and 2cp-1-i
+// of the sequence, and the attention is cp steps; in step j the rank attends its queries to the K/V block of CP rank
 // (i - j) mod cp while it sends the K/V block it holds to the next rank and receives the next one (cp - 1 exchanges,
 // each overlapped with the attention step before it). With the load-balanced split every step does the same causal
 // work (1/cp of the rank's attention), so each step is 1/cp of attention(d). Backward runs the ring again and also
